@@ -1,0 +1,246 @@
+//! Events: the typed, hash-chained record of everything a run does.
+//!
+//! Every step of the state machine emits [`Event`]s. Each is sealed into an [`EventRecord`]
+//! whose hash chains it to the previous one; the head of the chain is the run's root hash.
+//! Observers, journals and streams all consume this one stream. Events carry hashes, not raw
+//! content, so their encoding is deterministic whatever the content.
+
+use serde::Serialize;
+
+use crate::approval::{DecisionRefusal, Verdict};
+use crate::authority::{Actor, AuthorityScope};
+use crate::budget::Budget;
+use crate::digest::Digest;
+use crate::effect::TokenUsage;
+use crate::gate::Rejection;
+use crate::id::{AgentId, ObservationId, ProposalId};
+use crate::invariant::InvariantClass;
+use crate::key::ContextKey;
+use crate::observation::{Replayability, TraceLink};
+use crate::proposal::FactRef;
+use crate::result::StopReason;
+
+/// An agent as registered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentInfo {
+    /// Its id.
+    pub id: AgentId,
+    /// Its name.
+    pub name: String,
+    /// Keys that wake it.
+    pub dependencies: Vec<ContextKey>,
+    /// Keys it was granted.
+    pub grant: AuthorityScope,
+}
+
+/// Something that happened in a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// The run started.
+    RunStarted {
+        /// Registered agents and their grants.
+        agents: Vec<AgentInfo>,
+        /// Facts in the initial context.
+        initial_facts: usize,
+        /// The budgets.
+        budget: Budget,
+    },
+    /// A stopped run was resumed with decisions.
+    RunResumed {
+        /// Cycles executed before.
+        cycle: u32,
+        /// Decisions supplied.
+        decisions: usize,
+    },
+    /// A cycle started with these agents.
+    CycleStarted {
+        /// The cycle.
+        cycle: u32,
+        /// The agents to execute, in id order.
+        agents: Vec<AgentId>,
+    },
+    /// An agent returned an effect.
+    AgentExecuted {
+        /// The cycle.
+        cycle: u32,
+        /// The agent.
+        agent: AgentId,
+        /// Proposals in the effect.
+        proposals: u32,
+        /// Observations in the effect.
+        observations: u32,
+        /// Tokens spent.
+        usage: TokenUsage,
+    },
+    /// An agent panicked, timed out or otherwise failed.
+    AgentFailed {
+        /// The cycle.
+        cycle: u32,
+        /// The agent.
+        agent: AgentId,
+        /// What happened.
+        message: String,
+        /// Whether the agent is quarantined for the rest of the run.
+        quarantined: bool,
+    },
+    /// An observation was recorded.
+    ObservationRecorded {
+        /// Its id.
+        observation: ObservationId,
+        /// Its kind.
+        kind: String,
+        /// Where it came from.
+        trace: TraceLink,
+        /// How it can be replayed.
+        replayability: Replayability,
+        /// SHA-256 of its canonical payload.
+        payload_hash: Digest,
+    },
+    /// A proposal was rejected.
+    ProposalRejected {
+        /// The cycle.
+        cycle: u32,
+        /// The proposal.
+        proposal: ProposalId,
+        /// The key as proposed.
+        key: String,
+        /// The fact id as proposed.
+        id: String,
+        /// Why.
+        rejection: Rejection,
+    },
+    /// A proposal was parked for human approval.
+    ApprovalRequested {
+        /// The cycle.
+        cycle: u32,
+        /// The proposal.
+        proposal: ProposalId,
+        /// The fact it would become.
+        fact: FactRef,
+        /// The hash a decision must name.
+        hash: Digest,
+    },
+    /// A human decided on a parked proposal.
+    ApprovalDecided {
+        /// The proposal.
+        proposal: ProposalId,
+        /// Who decided.
+        actor: Actor,
+        /// What they decided.
+        verdict: Verdict,
+    },
+    /// A decision was refused and changed nothing.
+    DecisionRefused {
+        /// The proposal it named.
+        proposal: ProposalId,
+        /// Who sent it.
+        actor: Actor,
+        /// Why it was refused.
+        refusal: DecisionRefusal,
+    },
+    /// A proposal became a fact.
+    FactPromoted {
+        /// The cycle.
+        cycle: u32,
+        /// The fact.
+        fact: FactRef,
+        /// Its version (0 unless a correction).
+        version: u32,
+        /// SHA-256 of its canonical content.
+        content_hash: Digest,
+        /// The proposal it came from.
+        proposal: ProposalId,
+        /// Who approved it, if approval was required.
+        approver: Option<Actor>,
+    },
+    /// An invariant was violated.
+    InvariantViolated {
+        /// The cycle.
+        cycle: u32,
+        /// The invariant.
+        invariant: String,
+        /// Its class.
+        class: InvariantClass,
+        /// Its reason.
+        detail: String,
+    },
+    /// A cycle ended.
+    CycleFinished {
+        /// The cycle.
+        cycle: u32,
+        /// Facts promoted.
+        promoted: u32,
+        /// Proposals rejected.
+        rejected: u32,
+        /// Proposals parked for approval.
+        parked: u32,
+    },
+    /// The run stopped.
+    RunStopped {
+        /// Cycles executed.
+        cycles: u32,
+        /// Current facts in the context.
+        facts: usize,
+        /// Why.
+        reason: StopReason,
+    },
+}
+
+/// An event sealed into the hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    /// Position in the run, from 0.
+    pub seq: u64,
+    /// `SHA-256(previous hash, seq, event JSON)`.
+    pub hash: Digest,
+    /// The event.
+    pub event: Event,
+}
+
+impl EventRecord {
+    /// The hash a record with this predecessor, position and event must have. Journals use it
+    /// to verify a stored chain.
+    pub fn chain_hash(previous: Digest, seq: u64, event: &Event) -> Digest {
+        let json = serde_json::to_vec(event).unwrap_or_default();
+        Digest::of_parts(&[previous.as_bytes(), &seq.to_le_bytes(), &json])
+    }
+}
+
+/// Receives every event of a run, in order.
+pub trait Observer {
+    /// Called once per event.
+    fn on_event(&mut self, record: &EventRecord);
+}
+
+/// Collects every record.
+impl Observer for Vec<EventRecord> {
+    fn on_event(&mut self, record: &EventRecord) {
+        self.push(record.clone());
+    }
+}
+
+/// The running head of a hash chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chain {
+    pub(crate) next_seq: u64,
+    pub(crate) head: Digest,
+}
+
+impl Chain {
+    pub(crate) fn new() -> Chain {
+        Chain {
+            next_seq: 0,
+            head: Digest::zero(),
+        }
+    }
+
+    pub(crate) fn seal(&mut self, event: Event) -> EventRecord {
+        let seq = self.next_seq;
+        let hash = EventRecord::chain_hash(self.head, seq, &event);
+        self.next_seq += 1;
+        self.head = hash;
+        EventRecord { seq, hash, event }
+    }
+}

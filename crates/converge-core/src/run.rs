@@ -1,0 +1,940 @@
+//! The convergence state machine: decisions without I/O.
+//!
+//! A [`Run`] says what to execute next ([`Step::Execute`] with a [`Batch`]) and accepts the
+//! outcomes ([`Run::submit`]); it never executes anything itself, reads no clock and spawns
+//! nothing. Drivers — the synchronous [`crate::Engine::run`], a thread pool, an async runtime —
+//! decide how a batch runs. Whatever order outcomes arrive in, they merge in `AgentId` order,
+//! then proposal order, so every driver produces the same events and the same root hash.
+//!
+//! Wake-up is semi-naive: an agent is a candidate only when a key it depends on received a
+//! fact since it was last considered (agents without dependencies: whenever anything changed).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::agent::{Agent, accepts_isolated};
+use crate::approval::{Decision, DecisionRefusal, PendingApproval, Verdict};
+use crate::authority::{Actor, ActorKind};
+use crate::budget::Exhausted;
+use crate::context::Context;
+use crate::digest::Digest;
+use crate::effect::{AgentOutcome, TokenUsage};
+use crate::engine::{FailurePolicy, Setup};
+use crate::event::{AgentInfo, Chain, Event, EventRecord};
+use crate::gate::{Proposer, Rejection};
+use crate::id::{AgentId, ObservationId, ProposalId};
+use crate::invariant::InvariantClass;
+use crate::key::ContextKey;
+use crate::observation::{Observation, TraceLink};
+use crate::proposal::{Draft, FactRef, Proposal, Validated};
+use crate::result::{AgentFailure, ConvergeResult, RejectedProposal, RunStats, StopReason};
+
+/// The agents to execute in one cycle, in `AgentId` order, all against the same context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    cycle: u32,
+    agents: Vec<AgentId>,
+}
+
+impl Batch {
+    /// The cycle, from 1.
+    pub fn cycle(&self) -> u32 {
+        self.cycle
+    }
+
+    /// The agents, in id order.
+    pub fn agents(&self) -> &[AgentId] {
+        &self.agents
+    }
+}
+
+/// What the driver should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Execute these agents against [`Run::context`] and [`Run::submit`] their outcomes.
+    Execute(Batch),
+    /// The run is over; see [`Run::stop_reason`] and [`Run::finish`].
+    Stopped,
+}
+
+/// A driver broke the protocol; the run is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// No batch is outstanding.
+    #[error("no batch is outstanding; call next_step() first")]
+    NoBatch,
+    /// An outcome names an agent that is not in the batch, or names one twice.
+    #[error("outcome for {agent} is not expected in this batch (or repeats)")]
+    Unexpected {
+        /// The agent.
+        agent: AgentId,
+    },
+    /// An agent of the batch has no outcome.
+    #[error("outcome for {agent} is missing")]
+    Missing {
+        /// The agent.
+        agent: AgentId,
+    },
+    /// A batch is outstanding; a run can only be halted between cycles.
+    #[error("a batch is outstanding; submit its outcomes before halting")]
+    BatchOutstanding,
+}
+
+/// A proposal waiting for a human, with what its promotion will need.
+#[derive(Debug)]
+struct Parked {
+    proposal: Proposal<Validated>,
+    trace: TraceLink,
+}
+
+/// Which agents to consider next cycle: a bitset, drained in id order.
+#[derive(Debug, Clone, Default)]
+struct Dirty {
+    words: Vec<u64>,
+}
+
+impl Dirty {
+    fn mark(&mut self, agent: AgentId) {
+        let (word, bit) = (agent.index() / 64, agent.index() % 64);
+        if self.words.len() <= word {
+            self.words.resize(word + 1, 0);
+        }
+        self.words[word] |= 1 << bit;
+    }
+
+    fn drain(&mut self) -> Vec<AgentId> {
+        let mut agents = Vec::new();
+        for (index, word) in self.words.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                agents.push(AgentId((index * 64) as u32 + bit));
+                bits &= bits - 1;
+            }
+        }
+        agents
+    }
+}
+
+/// Everything about a run except the context and the engine: what a suspended run keeps.
+#[derive(Debug)]
+pub(crate) struct RunState {
+    agent_names: Vec<Arc<str>>,
+    history_len: usize,
+    cycle: u32,
+    dirty: Dirty,
+    quarantined: Vec<bool>,
+    pending: BTreeMap<ProposalId, Parked>,
+    pending_by_fact: BTreeMap<FactRef, ProposalId>,
+    decided: BTreeSet<ProposalId>,
+    rejected_by_human: BTreeMap<Digest, Actor>,
+    chain: Chain,
+    stats: RunStats,
+    rejections: Vec<RejectedProposal>,
+    failures: Vec<AgentFailure>,
+}
+
+impl RunState {
+    pub(crate) fn pending_proposal(&self, id: ProposalId) -> Option<&Proposal<Validated>> {
+        self.pending.get(&id).map(|parked| &parked.proposal)
+    }
+}
+
+enum Phase {
+    Ready,
+    Executing(Batch),
+    Stopped(StopReason),
+}
+
+/// What happened while merging one cycle (or one set of decisions).
+#[derive(Default)]
+struct Tally {
+    promoted: u32,
+    rejected: u32,
+    parked: u32,
+    touched: BTreeSet<ContextKey>,
+    stop: Option<StopReason>,
+}
+
+/// One run of an engine over a context: the sans-I/O state machine.
+///
+/// ```
+/// use converge_core::{Engine, Context, Step, execute_isolated};
+/// use converge_core::agents::SeedAgent;
+///
+/// let mut engine = Engine::new();
+/// engine.register(SeedAgent::new("s1", "hello"));
+/// let mut run = engine.start(Context::new()).unwrap();
+/// while let Step::Execute(batch) = run.next_step() {
+///     let outcomes = batch.agents().iter()
+///         .map(|&id| (id, execute_isolated(run.agent(id), run.context())))
+///         .collect();
+///     run.submit(outcomes).unwrap();
+/// }
+/// let result = run.finish().ok().unwrap();
+/// assert!(result.converged);
+/// ```
+pub struct Run<'e> {
+    setup: &'e Setup,
+    ctx: Context,
+    state: RunState,
+    phase: Phase,
+    events: VecDeque<EventRecord>,
+}
+
+impl<'e> Run<'e> {
+    pub(crate) fn start(setup: &'e Setup, ctx: Context) -> Run<'e> {
+        let agents = setup.agents.len();
+        let state = RunState {
+            agent_names: setup
+                .agents
+                .iter()
+                .map(|agent| agent.name.clone())
+                .collect(),
+            history_len: ctx.history().len(),
+            cycle: 0,
+            dirty: Dirty::default(),
+            quarantined: vec![false; agents],
+            pending: BTreeMap::new(),
+            pending_by_fact: BTreeMap::new(),
+            decided: BTreeSet::new(),
+            rejected_by_human: BTreeMap::new(),
+            chain: Chain::new(),
+            stats: RunStats::default(),
+            rejections: Vec::new(),
+            failures: Vec::new(),
+        };
+        let mut run = Run {
+            setup,
+            ctx,
+            state,
+            phase: Phase::Ready,
+            events: VecDeque::new(),
+        };
+        run.begin();
+        run
+    }
+
+    fn begin(&mut self) {
+        let agents = self
+            .setup
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(index, agent)| AgentInfo {
+                id: AgentId(index as u32),
+                name: agent.name.to_string(),
+                dependencies: agent.dependencies.clone(),
+                grant: agent.grant.scope().clone(),
+            });
+        let initial_facts = self.ctx.len();
+        let budget = self.setup.budget;
+        self.emit(Event::RunStarted {
+            agents: agents.collect(),
+            initial_facts,
+            budget,
+        });
+        for index in 0..self.setup.agents.len() {
+            self.state.dirty.mark(AgentId(index as u32));
+        }
+        let classes = [InvariantClass::Structural, InvariantClass::Semantic];
+        if let Some(reason) = self.check_invariants(&classes) {
+            self.stop(reason);
+        }
+    }
+
+    /// Splits a result that stopped awaiting approval into what a resumed run needs, if it
+    /// was produced by an engine with the same agents and its context is untouched.
+    pub(crate) fn suspended(
+        setup: &Setup,
+        mut result: ConvergeResult,
+    ) -> Result<(Context, Box<RunState>), (ConvergeResult, &'static str)> {
+        let Some(mut state) = result.suspended.take() else {
+            return Err((result, "the run did not stop awaiting approval"));
+        };
+        let same_agents = state.agent_names.len() == setup.agents.len()
+            && state
+                .agent_names
+                .iter()
+                .zip(&setup.agents)
+                .all(|(name, agent)| *name == agent.name);
+        let problem = if !same_agents {
+            Some("the engine's agents differ from the suspended run's")
+        } else if state.history_len != result.context.history().len() {
+            Some("the context differs from the suspended run's")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            result.suspended = Some(state);
+            return Err((result, problem));
+        }
+        state.rejections = result.rejections;
+        state.failures = result.failures;
+        Ok((result.context, state))
+    }
+
+    /// Continues a suspended run: applies `decisions`, then behaves like any run.
+    pub(crate) fn resume(
+        setup: &'e Setup,
+        ctx: Context,
+        state: Box<RunState>,
+        decisions: Vec<Decision>,
+    ) -> Run<'e> {
+        let mut run = Run {
+            setup,
+            ctx,
+            state: *state,
+            phase: Phase::Ready,
+            events: VecDeque::new(),
+        };
+        let cycle = run.state.cycle;
+        run.emit(Event::RunResumed {
+            cycle,
+            decisions: decisions.len(),
+        });
+        let mut tally = Tally::default();
+        for decision in decisions {
+            run.decide(decision, &mut tally);
+        }
+        run.settle(tally);
+        run
+    }
+
+    /// What to do next. Calling it again before submitting returns the same batch.
+    pub fn next_step(&mut self) -> Step {
+        match &self.phase {
+            Phase::Stopped(_) => return Step::Stopped,
+            Phase::Executing(batch) => return Step::Execute(batch.clone()),
+            Phase::Ready => {}
+        }
+        let upcoming = self.state.cycle + 1;
+        let batch = self.accepting_agents(upcoming);
+        if let Phase::Stopped(_) = self.phase {
+            return Step::Stopped;
+        }
+        if batch.is_empty() {
+            let reason = self.fixed_point_reason();
+            self.stop(reason);
+            return Step::Stopped;
+        }
+        let limit = self.setup.budget.cycles.limit();
+        if self.state.cycle >= limit {
+            self.stop(StopReason::BudgetExhausted {
+                exhausted: Exhausted::Cycles { limit },
+            });
+            return Step::Stopped;
+        }
+        self.state.cycle = upcoming;
+        self.state.stats.cycles += 1;
+        self.emit(Event::CycleStarted {
+            cycle: upcoming,
+            agents: batch.clone(),
+        });
+        let batch = Batch {
+            cycle: upcoming,
+            agents: batch,
+        };
+        self.phase = Phase::Executing(batch.clone());
+        Step::Execute(batch)
+    }
+
+    fn accepting_agents(&mut self, cycle: u32) -> Vec<AgentId> {
+        let mut batch = Vec::new();
+        for agent in self.state.dirty.drain() {
+            if self.state.quarantined[agent.index()] {
+                continue;
+            }
+            match accepts_isolated(&*self.setup.agents[agent.index()].agent, &self.ctx) {
+                Ok(true) => batch.push(agent),
+                Ok(false) => {}
+                Err(message) => {
+                    if let Some(reason) = self.fail(cycle, agent, message) {
+                        self.stop(reason);
+                        return Vec::new();
+                    }
+                }
+            }
+        }
+        batch
+    }
+
+    fn fixed_point_reason(&mut self) -> StopReason {
+        if !self.state.pending.is_empty() {
+            let pending = self
+                .state
+                .pending
+                .values()
+                .map(|parked| pending_approval(&parked.proposal));
+            return StopReason::AwaitingApproval {
+                pending: pending.collect(),
+            };
+        }
+        self.check_invariants(&[InvariantClass::Acceptance])
+            .unwrap_or(StopReason::Converged)
+    }
+
+    /// The context agents read. Immutable for the whole of a batch.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// A registered agent.
+    ///
+    /// # Panics
+    /// If `agent` was not issued by this run's engine (every [`Batch`] id is).
+    pub fn agent(&self, agent: AgentId) -> &dyn Agent {
+        &*self.setup.agents[agent.index()].agent
+    }
+
+    /// The agent's registered name.
+    pub fn agent_name(&self, agent: AgentId) -> Option<&str> {
+        self.setup
+            .agents
+            .get(agent.index())
+            .map(|agent| &*agent.name)
+    }
+
+    /// Why the run stopped, once it has.
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        match &self.phase {
+            Phase::Stopped(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The next event not yet taken, in order.
+    pub fn poll_event(&mut self) -> Option<EventRecord> {
+        self.events.pop_front()
+    }
+
+    /// Hands back the outcomes of the outstanding batch, in any order. They are merged in
+    /// `AgentId` order. On error nothing changes.
+    pub fn submit(
+        &mut self,
+        mut outcomes: Vec<(AgentId, AgentOutcome)>,
+    ) -> Result<(), SubmitError> {
+        let Phase::Executing(batch) = &self.phase else {
+            return Err(SubmitError::NoBatch);
+        };
+        outcomes.sort_by_key(|(agent, _)| *agent);
+        check_complete(batch, &outcomes)?;
+        let cycle = batch.cycle;
+        let mut tally = Tally::default();
+        for (agent, outcome) in outcomes {
+            self.merge(cycle, agent, outcome, &mut tally);
+        }
+        let (promoted, rejected, parked) = (tally.promoted, tally.rejected, tally.parked);
+        self.phase = Phase::Ready;
+        self.emit(Event::CycleFinished {
+            cycle,
+            promoted,
+            rejected,
+            parked,
+        });
+        self.settle(tally);
+        Ok(())
+    }
+
+    /// Stops the run between cycles, for a reason the driver owns (a wall-clock budget, a
+    /// cancellation).
+    pub fn halt(&mut self, reason: StopReason) -> Result<(), SubmitError> {
+        match self.phase {
+            Phase::Executing(_) => Err(SubmitError::BatchOutstanding),
+            Phase::Stopped(_) => Ok(()),
+            Phase::Ready => {
+                self.stop(reason);
+                Ok(())
+            }
+        }
+    }
+
+    /// The result, once stopped; otherwise the run is handed back unchanged.
+    pub fn finish(self) -> Result<ConvergeResult, Run<'e>> {
+        match self.phase {
+            Phase::Stopped(_) => Ok(self.into_result()),
+            _ => Err(self),
+        }
+    }
+
+    pub(crate) fn into_result(self) -> ConvergeResult {
+        let reason = match self.phase {
+            Phase::Stopped(reason) => reason,
+            _ => StopReason::Halted {
+                reason: "run finished before it stopped".to_owned(),
+            },
+        };
+        let mut state = self.state;
+        let root_hash = state.chain.head;
+        let stats = state.stats;
+        let rejections = std::mem::take(&mut state.rejections);
+        let failures = std::mem::take(&mut state.failures);
+        state.history_len = self.ctx.history().len();
+        let resumable = matches!(reason, StopReason::AwaitingApproval { .. });
+        ConvergeResult {
+            context: self.ctx,
+            converged: reason == StopReason::Converged,
+            cycles: stats.cycles,
+            stop_reason: reason,
+            stats,
+            root_hash,
+            rejections,
+            failures,
+            suspended: resumable.then(|| Box::new(state)),
+        }
+    }
+
+    fn merge(&mut self, cycle: u32, agent: AgentId, outcome: AgentOutcome, tally: &mut Tally) {
+        let effect = match outcome {
+            AgentOutcome::Completed(effect) => effect,
+            AgentOutcome::Failed(message) => {
+                if let Some(reason) = self.fail(cycle, agent, message) {
+                    tally.stop.get_or_insert(reason);
+                }
+                return;
+            }
+        };
+        let (proposals, observations, usage) = effect.into_parts();
+        self.record_usage(usage);
+        self.state.stats.agents_executed += 1;
+        self.emit(Event::AgentExecuted {
+            cycle,
+            agent,
+            proposals: count_u32(proposals.len()),
+            observations: count_u32(observations.len()),
+            usage,
+        });
+        let observation_ids = self.record_observations(cycle, agent, &observations);
+        let limit = self.setup.config.proposals_per_effect_max;
+        for (seq, draft) in proposals.into_iter().enumerate() {
+            let id = ProposalId::new(cycle, agent, count_u32(seq));
+            self.state.stats.proposals += 1;
+            if seq >= limit {
+                self.reject_draft(id, draft, Rejection::TooManyProposals { limit }, tally);
+                continue;
+            }
+            self.consider(id, draft, &observation_ids, &observations, tally);
+        }
+    }
+
+    fn record_usage(&mut self, usage: TokenUsage) {
+        let tokens = &mut self.state.stats.tokens;
+        tokens.input = tokens.input.saturating_add(usage.input);
+        tokens.output = tokens.output.saturating_add(usage.output);
+    }
+
+    fn record_observations(
+        &mut self,
+        cycle: u32,
+        agent: AgentId,
+        observations: &[Observation],
+    ) -> Vec<ObservationId> {
+        let mut ids = Vec::with_capacity(observations.len());
+        for (seq, observation) in observations.iter().enumerate() {
+            let id = ObservationId::new(cycle, agent, count_u32(seq));
+            ids.push(id);
+            self.emit(Event::ObservationRecorded {
+                observation: id,
+                kind: observation.kind().to_owned(),
+                trace: observation.trace(id),
+                replayability: observation.replayability(),
+                payload_hash: observation.payload_hash(),
+            });
+        }
+        ids
+    }
+
+    fn consider(
+        &mut self,
+        id: ProposalId,
+        draft: Proposal<Draft>,
+        observation_ids: &[ObservationId],
+        observations: &[Observation],
+        tally: &mut Tally,
+    ) {
+        let setup = self.setup;
+        let registered = &setup.agents[id.agent().index()];
+        let proposer = Proposer {
+            grant: &registered.grant,
+            name: &registered.name,
+            observations: observation_ids,
+        };
+        let gate = setup.gate();
+        let pending = &self.state.pending_by_fact;
+        let validated = match gate.validate(id, draft, &proposer, &self.ctx, |fact| {
+            pending.get(fact).copied()
+        }) {
+            Ok(validated) => validated,
+            Err((draft, rejection)) => return self.reject_draft(id, draft, rejection, tally),
+        };
+        if let Some(actor) = self.state.rejected_by_human.get(&validated.hash()) {
+            let rejection = Rejection::RejectedByApprover {
+                actor: actor.clone(),
+                reason: "identical to a proposal this approver already rejected".to_owned(),
+            };
+            return self.reject_validated(validated, rejection, tally);
+        }
+        let trace = trace_of(&validated, observation_ids, observations);
+        if gate.requires_approval(validated.key()) {
+            self.park(validated, trace, tally);
+        } else {
+            self.commit(validated, trace, None, tally);
+        }
+    }
+
+    fn park(&mut self, proposal: Proposal<Validated>, trace: TraceLink, tally: &mut Tally) {
+        let id = proposal.proposal_id();
+        let fact = FactRef {
+            key: proposal.key(),
+            id: proposal.id().clone(),
+        };
+        let (cycle, hash) = (self.state.cycle, proposal.hash());
+        self.emit(Event::ApprovalRequested {
+            cycle,
+            proposal: id,
+            fact: fact.clone(),
+            hash,
+        });
+        self.state.pending_by_fact.insert(fact, id);
+        self.state.pending.insert(id, Parked { proposal, trace });
+        self.state.stats.approvals_requested += 1;
+        tally.parked += 1;
+    }
+
+    /// Promotes a validated proposal, unless the fact budget or a structural invariant forbids.
+    fn commit(
+        &mut self,
+        proposal: Proposal<Validated>,
+        trace: TraceLink,
+        approver: Option<Actor>,
+        tally: &mut Tally,
+    ) {
+        let limit = self.setup.budget.facts.limit();
+        if self.state.stats.facts_promoted >= limit {
+            tally.stop.get_or_insert(StopReason::BudgetExhausted {
+                exhausted: Exhausted::Facts { limit },
+            });
+            return self.reject_validated(
+                proposal,
+                Rejection::FactBudgetExhausted { limit },
+                tally,
+            );
+        }
+        let setup = self.setup;
+        let registered = &setup.agents[proposal.agent().index()];
+        let cycle = self.state.cycle;
+        let fact = setup.gate().promote(
+            proposal,
+            &self.ctx,
+            trace,
+            cycle,
+            registered.name.clone(),
+            approver,
+        );
+        let undo = self.ctx.insert(fact);
+        if let Some((invariant, detail)) = self.violated(InvariantClass::Structural) {
+            if let Some(fact) = self.ctx.undo(undo) {
+                let rejection = Rejection::InvariantViolated { invariant, detail };
+                self.record_rejection(
+                    fact.record().proposal(),
+                    rejected_fact(fact, rejection),
+                    tally,
+                );
+            }
+            return;
+        }
+        let Some(fact) = self.ctx.history().last() else {
+            return;
+        };
+        let event = Event::FactPromoted {
+            cycle,
+            fact: FactRef {
+                key: fact.key(),
+                id: fact.id().clone(),
+            },
+            version: fact.version(),
+            content_hash: fact.content_hash(),
+            proposal: fact.record().proposal(),
+            approver: fact.record().approver().cloned(),
+        };
+        tally.touched.insert(fact.key());
+        tally.promoted += 1;
+        self.state.stats.facts_promoted += 1;
+        self.emit(event);
+    }
+
+    fn decide(&mut self, decision: Decision, tally: &mut Tally) {
+        let id = decision.proposal();
+        let refusal = if decision.actor().kind() != ActorKind::Human {
+            Some(DecisionRefusal::NotHuman)
+        } else {
+            match self.state.pending.get(&id) {
+                None if self.state.decided.contains(&id) => Some(DecisionRefusal::AlreadyDecided),
+                None => Some(DecisionRefusal::UnknownProposal),
+                Some(parked) if parked.proposal.hash() != decision.hash() => {
+                    Some(DecisionRefusal::StaleHash {
+                        expected: parked.proposal.hash(),
+                    })
+                }
+                Some(_) => None,
+            }
+        };
+        let actor = decision.actor().clone();
+        if let Some(refusal) = refusal {
+            return self.emit(Event::DecisionRefused {
+                proposal: id,
+                actor,
+                refusal,
+            });
+        }
+        let Some(parked) = self.state.pending.remove(&id) else {
+            return;
+        };
+        let fact = FactRef {
+            key: parked.proposal.key(),
+            id: parked.proposal.id().clone(),
+        };
+        self.state.pending_by_fact.remove(&fact);
+        self.state.decided.insert(id);
+        self.state.stats.decisions += 1;
+        let verdict = decision.verdict().clone();
+        self.emit(Event::ApprovalDecided {
+            proposal: id,
+            actor: actor.clone(),
+            verdict: verdict.clone(),
+        });
+        match verdict {
+            Verdict::Approve => match self.setup.gate().recheck(&parked.proposal, &self.ctx) {
+                Ok(()) => self.commit(parked.proposal, parked.trace, Some(actor), tally),
+                Err(rejection) => self.reject_validated(parked.proposal, rejection, tally),
+            },
+            Verdict::Reject { reason } => {
+                self.state
+                    .rejected_by_human
+                    .insert(parked.proposal.hash(), actor.clone());
+                self.reject_validated(
+                    parked.proposal,
+                    Rejection::RejectedByApprover { actor, reason },
+                    tally,
+                );
+            }
+        }
+    }
+
+    /// Wakes dependents of what changed, checks semantic invariants and budgets.
+    fn settle(&mut self, mut tally: Tally) {
+        if !tally.touched.is_empty() {
+            for key in &tally.touched {
+                for &agent in self
+                    .setup
+                    .dependents
+                    .get(key)
+                    .map_or(&[][..], Vec::as_slice)
+                {
+                    self.state.dirty.mark(agent);
+                }
+            }
+            for &agent in &self.setup.independents {
+                self.state.dirty.mark(agent);
+            }
+            if let Some(reason) = self.check_invariants(&[InvariantClass::Semantic]) {
+                tally.stop = Some(reason);
+            }
+        }
+        if let Some(limit) = self.setup.budget.tokens.map(|budget| budget.limit()) {
+            let used = self.state.stats.tokens.total();
+            if used > limit {
+                tally.stop.get_or_insert(StopReason::BudgetExhausted {
+                    exhausted: Exhausted::Tokens { limit, used },
+                });
+            }
+        }
+        if let Some(reason) = tally.stop {
+            self.stop(reason);
+        }
+    }
+
+    /// Records a failure; returns a stop reason when the policy stops the run.
+    fn fail(&mut self, cycle: u32, agent: AgentId, message: String) -> Option<StopReason> {
+        let quarantine = self.setup.config.failure_policy == FailurePolicy::Quarantine;
+        self.state.quarantined[agent.index()] |= quarantine;
+        self.state.stats.agent_failures += 1;
+        self.state.failures.push(AgentFailure {
+            cycle,
+            agent,
+            message: message.clone(),
+        });
+        self.emit(Event::AgentFailed {
+            cycle,
+            agent,
+            message: message.clone(),
+            quarantined: quarantine,
+        });
+        (!quarantine).then_some(StopReason::AgentFailed { agent, message })
+    }
+
+    fn violated(&self, class: InvariantClass) -> Option<(String, String)> {
+        self.setup
+            .invariants
+            .iter()
+            .filter(|invariant| invariant.class() == class)
+            .find_map(|invariant| {
+                invariant
+                    .check(&self.ctx)
+                    .err()
+                    .map(|detail| (invariant.name().to_owned(), detail))
+            })
+    }
+
+    /// Checks the classes in order; records and returns the first violation.
+    fn check_invariants(&mut self, classes: &[InvariantClass]) -> Option<StopReason> {
+        let (class, (invariant, detail)) = classes
+            .iter()
+            .find_map(|&class| self.violated(class).map(|violation| (class, violation)))?;
+        let cycle = self.state.cycle;
+        self.emit(Event::InvariantViolated {
+            cycle,
+            invariant: invariant.clone(),
+            class,
+            detail: detail.clone(),
+        });
+        Some(StopReason::InvariantViolated {
+            invariant,
+            class,
+            detail,
+        })
+    }
+
+    fn reject_draft(
+        &mut self,
+        id: ProposalId,
+        draft: Proposal<Draft>,
+        rejection: Rejection,
+        tally: &mut Tally,
+    ) {
+        let state = draft.state;
+        let cycle = self.state.cycle;
+        let rejected = RejectedProposal {
+            proposal: id,
+            cycle,
+            key: state.key.to_string(),
+            id: state.id,
+            content: state.content,
+            confidence: state.confidence,
+            rejection,
+        };
+        self.record_rejection(id, rejected, tally);
+    }
+
+    fn reject_validated(
+        &mut self,
+        proposal: Proposal<Validated>,
+        rejection: Rejection,
+        tally: &mut Tally,
+    ) {
+        let id = proposal.proposal_id();
+        let state = proposal.state;
+        let rejected = RejectedProposal {
+            proposal: id,
+            cycle: self.state.cycle,
+            key: state.key.to_string(),
+            id: state.id.to_string(),
+            content: state.content,
+            confidence: state.confidence.value(),
+            rejection,
+        };
+        self.record_rejection(id, rejected, tally);
+    }
+
+    fn record_rejection(&mut self, id: ProposalId, rejected: RejectedProposal, tally: &mut Tally) {
+        self.emit(Event::ProposalRejected {
+            cycle: rejected.cycle,
+            proposal: id,
+            key: rejected.key.clone(),
+            id: rejected.id.clone(),
+            rejection: rejected.rejection.clone(),
+        });
+        self.state.stats.rejections += 1;
+        tally.rejected += 1;
+        self.state.rejections.push(rejected);
+    }
+
+    fn stop(&mut self, reason: StopReason) {
+        let (cycles, facts) = (self.state.cycle, self.ctx.len());
+        self.emit(Event::RunStopped {
+            cycles,
+            facts,
+            reason: reason.clone(),
+        });
+        self.phase = Phase::Stopped(reason);
+    }
+
+    fn emit(&mut self, event: Event) {
+        let record = self.state.chain.seal(event);
+        self.events.push_back(record);
+    }
+}
+
+fn check_complete(batch: &Batch, sorted: &[(AgentId, AgentOutcome)]) -> Result<(), SubmitError> {
+    let mut expected = batch.agents.iter();
+    for (agent, _) in sorted {
+        match expected.next() {
+            Some(next) if next == agent => {}
+            Some(next) if next < agent => return Err(SubmitError::Missing { agent: *next }),
+            _ => return Err(SubmitError::Unexpected { agent: *agent }),
+        }
+    }
+    match expected.next() {
+        Some(agent) => Err(SubmitError::Missing { agent: *agent }),
+        None => Ok(()),
+    }
+}
+
+fn rejected_fact(fact: crate::fact::Fact, rejection: Rejection) -> RejectedProposal {
+    RejectedProposal {
+        proposal: fact.record().proposal(),
+        cycle: fact.record().cycle(),
+        key: fact.key().to_string(),
+        id: fact.id().to_string(),
+        confidence: fact.confidence().value(),
+        content: fact.into_content(),
+        rejection,
+    }
+}
+
+fn pending_approval(proposal: &Proposal<Validated>) -> PendingApproval {
+    PendingApproval {
+        proposal: proposal.proposal_id(),
+        hash: proposal.hash(),
+        fact: FactRef {
+            key: proposal.key(),
+            id: proposal.id().clone(),
+        },
+        content_hash: proposal.content_hash(),
+        confidence: proposal.confidence(),
+        agent: proposal.agent(),
+    }
+}
+
+/// A remote observation cited by the proposal makes it a remote fact; otherwise it is local.
+fn trace_of(
+    proposal: &Proposal<Validated>,
+    ids: &[ObservationId],
+    observations: &[Observation],
+) -> TraceLink {
+    let remote = proposal.evidence().iter().find_map(|cited| {
+        let index = ids.iter().position(|id| id == cited)?;
+        let trace = observations[index].trace(*cited);
+        matches!(trace, TraceLink::RemoteRef { .. }).then_some(trace)
+    });
+    let id = proposal.proposal_id();
+    remote.unwrap_or(TraceLink::LocalTrace {
+        agent: id.agent(),
+        cycle: id.cycle(),
+    })
+}
+
+fn count_u32(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
