@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use crate::digest::Digest;
 use crate::fact::Fact;
 use crate::id::FactId;
 use crate::key::{ContextKey, CustomKey, WELL_KNOWN_COUNT};
@@ -119,6 +120,27 @@ impl Context {
             .keys()
             .map(|custom| ContextKey::Custom(*custom));
         well_known.chain(custom).filter(|key| self.has(*key))
+    }
+
+    /// A SHA-256 over the whole history: every version's key, id, version, content hash,
+    /// confidence and promotion record. Two contexts with the same digest hold the same facts
+    /// with the same provenance.
+    pub fn digest(&self) -> Digest {
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(self.history.len() * 2);
+        for fact in &self.history {
+            let mut head = Vec::with_capacity(96);
+            head.extend_from_slice(fact.key().name().as_bytes());
+            head.push(0);
+            head.extend_from_slice(fact.id().as_str().as_bytes());
+            head.push(0);
+            head.extend_from_slice(&fact.version().to_le_bytes());
+            head.extend_from_slice(fact.content_hash().as_bytes());
+            head.extend_from_slice(&fact.confidence().value().to_bits().to_le_bytes());
+            parts.push(head);
+            parts.push(serde_json::to_vec(fact.record()).unwrap_or_default());
+        }
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        Digest::of_parts(&parts)
     }
 
     fn slot(&self, key: ContextKey) -> Option<&KeyFacts> {

@@ -121,7 +121,8 @@ impl Dirty {
 #[derive(Debug)]
 pub(crate) struct RunState {
     agent_names: Vec<Arc<str>>,
-    history_len: usize,
+    /// `Context::digest` of the context when the run was suspended.
+    context_digest: Digest,
     cycle: u32,
     dirty: Dirty,
     quarantined: Vec<bool>,
@@ -192,7 +193,7 @@ impl<'e> Run<'e> {
                 .iter()
                 .map(|agent| agent.name.clone())
                 .collect(),
-            history_len: ctx.history().len(),
+            context_digest: Digest::zero(),
             cycle: 0,
             dirty: Dirty::default(),
             quarantined: vec![false; agents],
@@ -261,7 +262,7 @@ impl<'e> Run<'e> {
                 .all(|(name, agent)| *name == agent.name);
         let problem = if !same_agents {
             Some("the engine's agents differ from the suspended run's")
-        } else if state.history_len != result.context.history().len() {
+        } else if state.context_digest != result.context.digest() {
             Some("the context differs from the suspended run's")
         } else {
             None
@@ -470,8 +471,10 @@ impl<'e> Run<'e> {
         let stats = state.stats;
         let rejections = std::mem::take(&mut state.rejections);
         let failures = std::mem::take(&mut state.failures);
-        state.history_len = self.ctx.history().len();
         let resumable = matches!(reason, StopReason::AwaitingApproval { .. });
+        if resumable {
+            state.context_digest = self.ctx.digest();
+        }
         ConvergeResult {
             context: self.ctx,
             converged: reason == StopReason::Converged,

@@ -998,3 +998,61 @@ fn approvals_are_recorded_in_the_event_stream() {
     assert_eq!(decided, Some((Verdict::Approve, alice())));
     assert_eq!(promoted_by, Some(alice()));
 }
+
+#[test]
+fn a_suspended_run_cannot_be_resumed_over_another_context() {
+    let strict = || {
+        let mut engine = Engine::new();
+        engine.set_policy(
+            ContextKey::Hypotheses,
+            ValidationPolicy::new().requiring_approval(),
+        );
+        engine.register(SeedAgent::new("s1", "real seed"));
+        engine.register(Scripted::once("planner", &[ContextKey::Hypotheses], || {
+            vec![Proposal::new(
+                ContextKey::Hypotheses,
+                "h1",
+                "needs approval",
+            )]
+        }));
+        engine
+    };
+    let mut engine = strict();
+    let mut suspended = engine.run(Context::new()).unwrap();
+    let mut lax = Engine::new();
+    lax.register(Scripted::once("planner", &[ContextKey::Hypotheses], || {
+        vec![Proposal::new(
+            ContextKey::Hypotheses,
+            "forged",
+            "never approved",
+        )]
+    }));
+    let swapped = lax.run(Context::new()).unwrap().context;
+    assert_eq!(
+        swapped.history().len(),
+        suspended.context.history().len(),
+        "same length, other facts"
+    );
+    suspended.context = swapped;
+    let pending = pending_of(&suspended)[0].clone();
+    match engine.resume(
+        suspended,
+        vec![Decision::approve(pending.proposal, pending.hash, alice())],
+    ) {
+        Err(EngineError::NotResumable { problem, result }) => {
+            assert!(problem.contains("context"), "{problem}");
+            assert!(
+                result.is_resumable(),
+                "the result is handed back still resumable"
+            );
+        }
+        other => panic!("expected NotResumable, got {other:?}"),
+    }
+    let mut genuine = strict().run(Context::new()).unwrap();
+    let original = strict().run(Context::new()).unwrap().context;
+    genuine.context = original;
+    assert!(
+        engine.resume(genuine, Vec::new()).is_ok(),
+        "an identical context from an identical run is accepted"
+    );
+}
