@@ -281,6 +281,9 @@ pub enum Rejection {
         /// The limit.
         limit: usize,
     },
+    /// The proposal was waiting for approval when the run stopped for another reason; it can
+    /// no longer be decided.
+    UndecidedAtStop,
     /// A human rejected the proposal.
     RejectedByApprover {
         /// Who rejected it.
@@ -338,6 +341,9 @@ impl fmt::Display for Rejection {
             }
             Rejection::TooManyProposals { limit } => {
                 write!(f, "more than {limit} proposals in one effect")
+            }
+            Rejection::UndecidedAtStop => {
+                f.write_str("still awaiting approval when the run stopped")
             }
             Rejection::RejectedByApprover { actor, reason } => {
                 write!(f, "rejected by {actor}: {reason}")

@@ -864,6 +864,16 @@ impl<'e> Run<'e> {
     }
 
     fn stop(&mut self, reason: StopReason) {
+        if !matches!(reason, StopReason::AwaitingApproval { .. }) {
+            // A stopped run cannot be resumed, so parked proposals can no longer be decided:
+            // record them as rejections rather than let them vanish.
+            let pending = std::mem::take(&mut self.state.pending);
+            self.state.pending_by_fact.clear();
+            let mut tally = Tally::default();
+            for parked in pending.into_values() {
+                self.reject_validated(parked.proposal, Rejection::UndecidedAtStop, &mut tally);
+            }
+        }
         let (cycles, facts) = (self.state.cycle, self.ctx.len());
         self.emit(Event::RunStopped {
             cycles,
