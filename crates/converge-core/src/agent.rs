@@ -63,13 +63,8 @@ pub fn execute_isolated(agent: &dyn Agent, ctx: &Context) -> AgentOutcome {
     }
 }
 
-/// Asks an agent whether it accepts, turning a panic into an error message.
-pub(crate) fn accepts_isolated(agent: &dyn Agent, ctx: &Context) -> Result<bool, String> {
-    catch_unwind(AssertUnwindSafe(|| agent.accepts(ctx)))
-        .map_err(|panic| format!("panicked in accepts: {}", panic_message(&*panic)))
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = panic.downcast_ref::<String>() {

@@ -59,11 +59,13 @@ impl Context {
     }
 
     /// Whether `key` holds at least one fact.
+    #[inline]
     pub fn has(&self, key: ContextKey) -> bool {
         self.count(key) > 0
     }
 
     /// How many current facts `key` holds. O(1).
+    #[inline]
     pub fn count(&self, key: ContextKey) -> usize {
         self.slot(key).map_or(0, |facts| facts.current.len())
     }
@@ -75,6 +77,7 @@ impl Context {
     }
 
     /// The current version of fact `id` in `key`. O(1).
+    #[inline]
     pub fn fact(&self, key: ContextKey, id: &str) -> Option<&Fact> {
         let facts = self.slot(key)?;
         let position = *facts.by_id.get(id)?;
@@ -82,6 +85,7 @@ impl Context {
     }
 
     /// Whether fact `id` exists in `key`. O(1).
+    #[inline]
     pub fn contains(&self, key: ContextKey, id: &str) -> bool {
         self.slot(key)
             .is_some_and(|facts| facts.by_id.contains_key(id))
@@ -143,6 +147,7 @@ impl Context {
         Digest::of_parts(&parts)
     }
 
+    #[inline]
     fn slot(&self, key: ContextKey) -> Option<&KeyFacts> {
         let index = match key {
             ContextKey::Custom(custom) => *self.custom_slots.get(&custom)?,

@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::agent::{Agent, execute_isolated};
+use crate::agent_set::AgentSet;
 use crate::approval::Decision;
 use crate::authority::{AuthorityGrant, AuthorityScope};
 use crate::budget::Budget;
@@ -63,8 +64,10 @@ pub(crate) struct Registered {
 /// Everything a run reads from its engine.
 pub(crate) struct Setup {
     pub(crate) agents: Vec<Registered>,
-    pub(crate) independents: Vec<AgentId>,
-    pub(crate) dependents: BTreeMap<ContextKey, Vec<AgentId>>,
+    /// Agents without dependencies: woken whenever anything is promoted.
+    pub(crate) independents: AgentSet,
+    /// For each key, the agents that depend on it.
+    pub(crate) dependents: BTreeMap<ContextKey, AgentSet>,
     pub(crate) policies: BTreeMap<ContextKey, ValidationPolicy>,
     pub(crate) invariants: Vec<Box<dyn Invariant>>,
     pub(crate) budget: Budget,
@@ -136,7 +139,7 @@ impl Engine {
     pub fn with_config(config: EngineConfig) -> Engine {
         let setup = Setup {
             agents: Vec::new(),
-            independents: Vec::new(),
+            independents: AgentSet::default(),
             dependents: BTreeMap::new(),
             policies: BTreeMap::new(),
             invariants: Vec::new(),
@@ -170,10 +173,10 @@ impl Engine {
             .into_iter()
             .collect();
         if dependencies.is_empty() {
-            self.setup.independents.push(id);
+            self.setup.independents.insert(id);
         }
         for key in &dependencies {
-            self.setup.dependents.entry(*key).or_default().push(id);
+            self.setup.dependents.entry(*key).or_default().insert(id);
         }
         let name = Arc::from(agent.name());
         let grant = AuthorityGrant::mint(id, scope);

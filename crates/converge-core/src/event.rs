@@ -203,8 +203,8 @@ impl EventRecord {
     /// The hash a record with this predecessor, position and event must have. Journals use it
     /// to verify a stored chain.
     pub fn chain_hash(previous: Digest, seq: u64, event: &Event) -> Digest {
-        let json = serde_json::to_vec(event).unwrap_or_default();
-        Digest::of_parts(&[previous.as_bytes(), &seq.to_le_bytes(), &json])
+        let mut json = Vec::with_capacity(256);
+        chain_hash_into(previous, seq, event, &mut json)
     }
 }
 
@@ -221,11 +221,22 @@ impl Observer for Vec<EventRecord> {
     }
 }
 
-/// The running head of a hash chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Hashes one link, encoding the event into `buffer` (cleared first).
+fn chain_hash_into(previous: Digest, seq: u64, event: &Event, buffer: &mut Vec<u8>) -> Digest {
+    buffer.clear();
+    // Serializing a typed event into memory cannot fail: every map key is a string.
+    if serde_json::to_writer(&mut *buffer, event).is_err() {
+        buffer.clear();
+    }
+    Digest::of_parts(&[previous.as_bytes(), &seq.to_le_bytes(), buffer])
+}
+
+/// The running head of a hash chain, with a reusable encoding buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Chain {
     pub(crate) next_seq: u64,
     pub(crate) head: Digest,
+    buffer: Vec<u8>,
 }
 
 impl Chain {
@@ -233,12 +244,13 @@ impl Chain {
         Chain {
             next_seq: 0,
             head: Digest::zero(),
+            buffer: Vec::with_capacity(256),
         }
     }
 
     pub(crate) fn seal(&mut self, event: Event) -> EventRecord {
         let seq = self.next_seq;
-        let hash = EventRecord::chain_hash(self.head, seq, &event);
+        let hash = chain_hash_into(self.head, seq, &event, &mut self.buffer);
         self.next_seq += 1;
         self.head = hash;
         EventRecord { seq, hash, event }

@@ -15,7 +15,7 @@ use crate::gate::ValidationReport;
 use crate::id::{AgentId, FactId, ObservationId, ProposalId};
 use crate::key::ContextKey;
 use crate::observation::TraceLink;
-use crate::proposal::{Confidence, FactRef, Proposal, Validated};
+use crate::proposal::{Confidence, FactRef, Proposal, Validated, proposal_hash};
 
 /// A promoted fact.
 #[derive(Debug, PartialEq, Serialize)]
@@ -49,7 +49,6 @@ impl Fact {
             derived_from: state.derived_from,
             evidence: state.evidence,
             correction: context.correction,
-            proposal_hash: state.hash,
         };
         Fact {
             key: state.key,
@@ -97,6 +96,22 @@ impl Fact {
         self.content
     }
 
+    /// The hash of the proposal this fact came from: what an approver approved.
+    pub fn proposal_hash(&self) -> Digest {
+        let correction = self
+            .record
+            .correction
+            .as_ref()
+            .map(|correction| correction.reason.as_str());
+        proposal_hash(
+            self.key,
+            &self.id,
+            self.content_hash,
+            self.confidence,
+            correction,
+        )
+    }
+
     /// Why this fact is true: who proposed it, what was checked, who approved.
     pub fn record(&self) -> &PromotionRecord {
         &self.record
@@ -117,7 +132,6 @@ pub(crate) struct PromotionContext {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PromotionRecord {
     proposal: ProposalId,
-    proposal_hash: Digest,
     agent: AgentId,
     agent_name: Arc<str>,
     cycle: u32,
@@ -134,11 +148,6 @@ impl PromotionRecord {
     /// The proposal that became this fact.
     pub fn proposal(&self) -> ProposalId {
         self.proposal
-    }
-
-    /// The hash of that proposal (what an approver approved).
-    pub fn proposal_hash(&self) -> Digest {
-        self.proposal_hash
     }
 
     /// The proposing agent.

@@ -20,7 +20,7 @@ use crate::fact::{CorrectionEvent, Fact, PromotionContext};
 use crate::id::{FactId, ObservationId, ProposalId};
 use crate::key::ContextKey;
 use crate::observation::TraceLink;
-use crate::proposal::{Confidence, Draft, FactRef, KeyRef, Proposal, Validated, proposal_hash};
+use crate::proposal::{Confidence, Draft, FactRef, KeyRef, Proposal, Validated};
 
 /// The built-in checks every proposal passes before any user validator runs.
 pub const STRUCTURAL_CHECKS: &[&str] = &[
@@ -500,13 +500,6 @@ impl<'a> PromotionGate<'a> {
             derived_from,
             validators,
         } = checked;
-        let hash = proposal_hash(
-            fact.key,
-            &fact.id,
-            content_hash,
-            confidence,
-            draft.correction.as_deref(),
-        );
         let report = ValidationReport {
             structural: STRUCTURAL_CHECKS,
             validators,
@@ -520,7 +513,6 @@ impl<'a> PromotionGate<'a> {
                 content: draft.content,
                 content_hash,
                 confidence,
-                hash,
                 derived_from,
                 evidence,
                 correction: draft.correction,

@@ -87,6 +87,7 @@ impl ContextKey {
     }
 
     /// Index of a well-known key in `0..WELL_KNOWN_COUNT`; `None` for custom keys.
+    #[inline]
     pub(crate) fn dense_index(&self) -> Option<usize> {
         let index = match self {
             ContextKey::Seeds => 0,

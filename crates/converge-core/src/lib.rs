@@ -31,6 +31,7 @@
 //! ```
 
 mod agent;
+mod agent_set;
 pub mod agents;
 mod approval;
 mod authority;

@@ -137,7 +137,6 @@ pub struct Validated {
     pub(crate) content: Value,
     pub(crate) content_hash: Digest,
     pub(crate) confidence: Confidence,
-    pub(crate) hash: Digest,
     pub(crate) derived_from: Vec<FactRef>,
     pub(crate) evidence: Vec<ObservationId>,
     pub(crate) correction: Option<String>,
@@ -269,7 +268,14 @@ impl Proposal<Validated> {
     /// The proposal hash an approval must name: it binds key, id, content, confidence and
     /// correction reason.
     pub fn hash(&self) -> Digest {
-        self.state.hash
+        let state = &self.state;
+        proposal_hash(
+            state.key,
+            &state.id,
+            state.content_hash,
+            state.confidence,
+            state.correction.as_deref(),
+        )
     }
 
     /// The facts this proposal says it was derived from.

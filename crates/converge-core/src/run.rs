@@ -10,9 +10,11 @@
 //! fact since it was last considered (agents without dependencies: whenever anything changed).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use crate::agent::{Agent, accepts_isolated};
+use crate::agent::{Agent, panic_message};
+use crate::agent_set::AgentSet;
 use crate::approval::{Decision, DecisionRefusal, PendingApproval, Verdict};
 use crate::authority::{Actor, ActorKind};
 use crate::budget::Exhausted;
@@ -88,35 +90,6 @@ struct Parked {
     trace: TraceLink,
 }
 
-/// Which agents to consider next cycle: a bitset, drained in id order.
-#[derive(Debug, Clone, Default)]
-struct Dirty {
-    words: Vec<u64>,
-}
-
-impl Dirty {
-    fn mark(&mut self, agent: AgentId) {
-        let (word, bit) = (agent.index() / 64, agent.index() % 64);
-        if self.words.len() <= word {
-            self.words.resize(word + 1, 0);
-        }
-        self.words[word] |= 1 << bit;
-    }
-
-    fn drain(&mut self) -> Vec<AgentId> {
-        let mut agents = Vec::new();
-        for (index, word) in self.words.iter_mut().enumerate() {
-            let mut bits = std::mem::take(word);
-            while bits != 0 {
-                let bit = bits.trailing_zeros();
-                agents.push(AgentId((index * 64) as u32 + bit));
-                bits &= bits - 1;
-            }
-        }
-        agents
-    }
-}
-
 /// Everything about a run except the context and the engine: what a suspended run keeps.
 #[derive(Debug)]
 pub(crate) struct RunState {
@@ -124,8 +97,9 @@ pub(crate) struct RunState {
     /// `Context::digest` of the context when the run was suspended.
     context_digest: Digest,
     cycle: u32,
-    dirty: Dirty,
-    quarantined: Vec<bool>,
+    /// Agents to consider next cycle.
+    dirty: AgentSet,
+    quarantined: AgentSet,
     pending: BTreeMap<ProposalId, Parked>,
     pending_by_fact: BTreeMap<FactRef, ProposalId>,
     decided: BTreeSet<ProposalId>,
@@ -186,7 +160,6 @@ pub struct Run<'e> {
 
 impl<'e> Run<'e> {
     pub(crate) fn start(setup: &'e Setup, ctx: Context) -> Run<'e> {
-        let agents = setup.agents.len();
         let state = RunState {
             agent_names: setup
                 .agents
@@ -195,8 +168,8 @@ impl<'e> Run<'e> {
                 .collect(),
             context_digest: Digest::zero(),
             cycle: 0,
-            dirty: Dirty::default(),
-            quarantined: vec![false; agents],
+            dirty: AgentSet::default(),
+            quarantined: AgentSet::default(),
             pending: BTreeMap::new(),
             pending_by_fact: BTreeMap::new(),
             decided: BTreeSet::new(),
@@ -237,7 +210,7 @@ impl<'e> Run<'e> {
             budget,
         });
         for index in 0..self.setup.agents.len() {
-            self.state.dirty.mark(AgentId(index as u32));
+            self.state.dirty.insert(AgentId(index as u32));
         }
         let classes = [InvariantClass::Structural, InvariantClass::Semantic];
         if let Some(reason) = self.check_invariants(&classes) {
@@ -341,24 +314,31 @@ impl<'e> Run<'e> {
         Step::Execute(batch)
     }
 
+    /// Asks every woken, unquarantined agent whether it accepts, in id order. One unwind guard
+    /// covers the whole scan; after a panic the scan resumes with the next agent.
     fn accepting_agents(&mut self, cycle: u32) -> Vec<AgentId> {
+        let mut candidates = self.state.dirty.take();
+        candidates.subtract(&self.state.quarantined);
         let mut batch = Vec::new();
-        for agent in self.state.dirty.drain() {
-            if self.state.quarantined[agent.index()] {
-                continue;
-            }
-            match accepts_isolated(&*self.setup.agents[agent.index()].agent, &self.ctx) {
-                Ok(true) => batch.push(agent),
-                Ok(false) => {}
-                Err(message) => {
-                    if let Some(reason) = self.fail(cycle, agent, message) {
-                        self.stop(reason);
-                        return Vec::new();
+        let mut next = 0;
+        loop {
+            let (agents, ctx) = (&self.setup.agents, &self.ctx);
+            let scan = catch_unwind(AssertUnwindSafe(|| {
+                for agent in candidates.iter_from(next) {
+                    next = agent.index() + 1;
+                    if agents[agent.index()].agent.accepts(ctx) {
+                        batch.push(agent);
                     }
                 }
+            }));
+            let Err(panic) = scan else { return batch };
+            let agent = AgentId(next.saturating_sub(1) as u32);
+            let message = format!("panicked in accepts: {}", panic_message(&*panic));
+            if let Some(reason) = self.fail(cycle, agent, message) {
+                self.stop(reason);
+                return Vec::new();
             }
         }
-        batch
     }
 
     fn fixed_point_reason(&mut self) -> StopReason {
@@ -571,7 +551,11 @@ impl<'e> Run<'e> {
             Ok(validated) => validated,
             Err((draft, rejection)) => return self.reject_draft(id, draft, rejection, tally),
         };
-        if let Some(actor) = self.state.rejected_by_human.get(&validated.hash()) {
+        let rejected_before = match self.state.rejected_by_human.is_empty() {
+            true => None,
+            false => self.state.rejected_by_human.get(&validated.hash()),
+        };
+        if let Some(actor) = rejected_before {
             let rejection = Rejection::RejectedByApprover {
                 actor: actor.clone(),
                 reason: "identical to a proposal this approver already rejected".to_owned(),
@@ -729,18 +713,11 @@ impl<'e> Run<'e> {
     fn settle(&mut self, mut tally: Tally) {
         if !tally.touched.is_empty() {
             for key in &tally.touched {
-                for &agent in self
-                    .setup
-                    .dependents
-                    .get(key)
-                    .map_or(&[][..], Vec::as_slice)
-                {
-                    self.state.dirty.mark(agent);
+                if let Some(dependents) = self.setup.dependents.get(key) {
+                    self.state.dirty.union_with(dependents);
                 }
             }
-            for &agent in &self.setup.independents {
-                self.state.dirty.mark(agent);
-            }
+            self.state.dirty.union_with(&self.setup.independents);
             if let Some(reason) = self.check_invariants(&[InvariantClass::Semantic]) {
                 tally.stop = Some(reason);
             }
@@ -761,7 +738,9 @@ impl<'e> Run<'e> {
     /// Records a failure; returns a stop reason when the policy stops the run.
     fn fail(&mut self, cycle: u32, agent: AgentId, message: String) -> Option<StopReason> {
         let quarantine = self.setup.config.failure_policy == FailurePolicy::Quarantine;
-        self.state.quarantined[agent.index()] |= quarantine;
+        if quarantine {
+            self.state.quarantined.insert(agent);
+        }
         self.state.stats.agent_failures += 1;
         self.state.failures.push(AgentFailure {
             cycle,

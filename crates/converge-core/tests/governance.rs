@@ -445,7 +445,7 @@ fn approval_parks_then_promotes_with_the_approver_recorded() {
         .fact(ContextKey::Strategies, "expand-eu")
         .unwrap();
     assert_eq!(fact.record().approver(), Some(&alice()));
-    assert_eq!(fact.record().proposal_hash(), eu.hash);
+    assert_eq!(fact.proposal_hash(), eu.hash);
     assert!(!result.context.contains(ContextKey::Strategies, "expand-us"));
     let rejected = result
         .rejections

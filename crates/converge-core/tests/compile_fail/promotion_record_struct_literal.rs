@@ -6,14 +6,13 @@
 use std::sync::Arc;
 
 use converge_core::{
-    Actor, AgentId, CorrectionEvent, Digest, FactRef, ObservationId, PromotionRecord, ProposalId,
+    Actor, AgentId, CorrectionEvent, FactRef, ObservationId, PromotionRecord, ProposalId,
     TraceLink, ValidationReport,
 };
 
 #[allow(clippy::too_many_arguments)]
 fn forge(
     proposal: ProposalId,
-    proposal_hash: Digest,
     agent: AgentId,
     agent_name: Arc<str>,
     validation: ValidationReport,
@@ -25,7 +24,6 @@ fn forge(
 ) -> PromotionRecord {
     PromotionRecord {
         proposal,
-        proposal_hash,
         agent,
         agent_name,
         cycle: 0,

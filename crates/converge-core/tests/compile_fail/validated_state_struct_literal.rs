@@ -24,7 +24,6 @@ fn forge(
         content_hash: Digest::of_json(&content),
         content,
         confidence: Confidence::CERTAIN,
-        hash: Digest::of_bytes(b"forged"),
         derived_from,
         evidence,
         correction: None,

@@ -1,0 +1,432 @@
+//! Benchmark scenarios for the Converge engine: builders, expected outcomes and measurement.
+//!
+//! Each [`Scenario`] registers `n` agents on a fresh [`Engine`] with a budget of `n + 10`
+//! cycles and facts. [`measure`] times only `engine.run(Context::new())`, then checks that the
+//! run converged with exactly the expected cycles and facts, so a broken engine can never
+//! report a fast time. The binary (`src/main.rs`) parses arguments and prints
+//! [`Measurement::json_line`].
+//!
+//! The scenarios, defined exactly so they can be compared with a reference implementation:
+//!
+//! - `chain-id N`: agent 0 has no dependencies and proposes `c0` into
+//!   [`ContextKey::Hypotheses`] while it is absent; agent `i ≥ 1` depends on `Hypotheses`
+//!   and proposes `c{i}` when `c{i-1}` is present and `c{i}` absent. N facts, N cycles.
+//! - `chain-count N`: the same chain, but agent `i` accepts when `Hypotheses` holds exactly
+//!   `i` facts. N facts, N cycles.
+//! - `fanout N`: N seed agents without dependencies, each proposing its own `f{i}` into
+//!   [`ContextKey::Seeds`] while it is absent. N facts, 1 cycle.
+//!
+//! Every proposal's content is the agent's index as a JSON number.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
+
+use converge_core::{
+    Agent, AgentEffect, AuthorityScope, Budget, Context, ContextKey, ConvergeResult, CycleBudget,
+    Engine, EngineError, FactBudget, Proposal,
+};
+
+/// The largest `N` accepted: the budgets (`N + 10`) must fit the core's counters, and larger
+/// runs are almost certainly a typo.
+pub const N_MAX: usize = 10_000_000;
+
+/// The runs of `all`, in order.
+pub const DEFAULT_SET: [(Scenario, usize); 5] = [
+    (Scenario::ChainId, 1000),
+    (Scenario::ChainId, 2000),
+    (Scenario::ChainCount, 4000),
+    (Scenario::Fanout, 10_000),
+    (Scenario::Fanout, 100_000),
+];
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// A chain where each agent waits for its predecessor's fact by id.
+    ChainId,
+    /// A chain where each agent waits for `Hypotheses` to hold exactly its index of facts.
+    ChainCount,
+    /// Independent seed agents that all fire in the first cycle.
+    Fanout,
+}
+
+impl Scenario {
+    /// Every scenario, in the order usage lists them.
+    pub const ALL: [Scenario; 3] = [Scenario::ChainId, Scenario::ChainCount, Scenario::Fanout];
+
+    /// The scenario's name on the command line and in the JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::ChainId => "chain-id",
+            Scenario::ChainCount => "chain-count",
+            Scenario::Fanout => "fanout",
+        }
+    }
+
+    /// The cycles and facts a correct engine ends with for `n` agents.
+    pub fn expected(self, n: usize) -> Expected {
+        let cycles = match self {
+            Scenario::ChainId | Scenario::ChainCount => n,
+            Scenario::Fanout => usize::from(n > 0),
+        };
+        Expected { cycles, facts: n }
+    }
+
+    /// An engine with this scenario's `n` agents registered and its budget set.
+    pub fn build(self, n: usize) -> Result<Engine, BenchError> {
+        check_n(n)?;
+        let mut engine = Engine::new();
+        let limit = n + 10;
+        let cycles = u32::try_from(limit)
+            .ok()
+            .and_then(|limit| CycleBudget::new(limit).ok());
+        let facts = FactBudget::new(limit as u64).ok();
+        let (Some(cycles), Some(facts)) = (cycles, facts) else {
+            return Err(BenchError::BadN { n });
+        };
+        engine.set_budget(Budget::default().with_cycles(cycles).with_facts(facts));
+        match self {
+            Scenario::ChainId => (0..n).for_each(|i| {
+                engine.register(ChainIdAgent::new(i));
+            }),
+            Scenario::ChainCount => (0..n).for_each(|i| {
+                engine.register(ChainCountAgent::new(i));
+            }),
+            Scenario::Fanout => (0..n).for_each(|i| {
+                engine.register(FanoutAgent::new(i));
+            }),
+        }
+        Ok(engine)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = BenchError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Scenario::ALL
+            .into_iter()
+            .find(|scenario| scenario.name() == name)
+            .ok_or_else(|| BenchError::UnknownScenario {
+                name: name.to_owned(),
+            })
+    }
+}
+
+/// What a correct run of a scenario ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// Cycles executed.
+    pub cycles: usize,
+    /// Current facts in the final context.
+    pub facts: usize,
+}
+
+/// Why a scenario could not be built or measured.
+#[derive(Debug)]
+pub enum BenchError {
+    /// The scenario name is not known.
+    UnknownScenario {
+        /// The name given.
+        name: String,
+    },
+    /// `N` is out of range.
+    BadN {
+        /// The value given.
+        n: usize,
+    },
+    /// The engine refused to start.
+    Engine(EngineError),
+    /// The run ended differently from what a correct engine produces.
+    Mismatch {
+        /// The scenario.
+        scenario: Scenario,
+        /// Its size.
+        n: usize,
+        /// What was expected.
+        expected: Expected,
+        /// Whether the run converged.
+        converged: bool,
+        /// The stop reason, as debug text.
+        stop_reason: String,
+        /// Cycles executed.
+        cycles: usize,
+        /// Facts in the final context.
+        facts: usize,
+    },
+}
+
+impl BenchError {
+    /// Whether the error comes from the user's arguments (rather than from the engine).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            BenchError::UnknownScenario { .. } | BenchError::BadN { .. }
+        )
+    }
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BenchError::UnknownScenario { name } => {
+                let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                write!(
+                    f,
+                    "unknown scenario {name:?}; expected one of: {}",
+                    known.join(", ")
+                )
+            }
+            BenchError::BadN { n } => write!(f, "N must be between 1 and {N_MAX}, got {n}"),
+            BenchError::Engine(error) => write!(f, "the engine refused to run: {error}"),
+            BenchError::Mismatch {
+                scenario,
+                n,
+                expected,
+                converged,
+                stop_reason,
+                cycles,
+                facts,
+            } => write!(
+                f,
+                "{scenario} {n}: expected a converged run with {} cycles and {} facts, got \
+                 converged={converged}, cycles={cycles}, facts={facts}, stop={stop_reason}",
+                expected.cycles, expected.facts
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BenchError {}
+
+impl From<EngineError> for BenchError {
+    fn from(error: EngineError) -> Self {
+        BenchError::Engine(error)
+    }
+}
+
+/// One verified, timed run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Its size.
+    pub n: usize,
+    /// Cycles executed.
+    pub cycles: usize,
+    /// Facts in the final context.
+    pub facts: usize,
+    /// Wall time of `engine.run(Context::new())`, in milliseconds.
+    pub ms: f64,
+}
+
+impl Measurement {
+    /// The JSON line the binary prints (no trailing newline), `ms` with 3 decimals.
+    pub fn json_line(&self) -> String {
+        let scenario = serde_json::Value::from(self.scenario.name());
+        format!(
+            "{{\"scenario\":{scenario},\"n\":{},\"cycles\":{},\"facts\":{},\"ms\":{:.3}}}",
+            self.n, self.cycles, self.facts, self.ms
+        )
+    }
+}
+
+/// Builds and runs a scenario without timing or checking it; tests assert on the result.
+pub fn execute(scenario: Scenario, n: usize) -> Result<ConvergeResult, BenchError> {
+    let mut engine = scenario.build(n)?;
+    Ok(engine.run(Context::new())?)
+}
+
+/// Builds a scenario, times `engine.run(Context::new())` alone, and verifies the outcome.
+pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> {
+    let mut engine = scenario.build(n)?;
+    let start = Instant::now();
+    let result = engine.run(Context::new());
+    let elapsed = start.elapsed();
+    let result = result?;
+    let (cycles, facts) = (result.cycles as usize, result.context.len());
+    let expected = scenario.expected(n);
+    if !result.converged || cycles != expected.cycles || facts != expected.facts {
+        return Err(BenchError::Mismatch {
+            scenario,
+            n,
+            expected,
+            converged: result.converged,
+            stop_reason: format!("{:?}", result.stop_reason),
+            cycles,
+            facts,
+        });
+    }
+    Ok(Measurement {
+        scenario,
+        n,
+        cycles,
+        facts,
+        ms: elapsed.as_secs_f64() * 1000.0,
+    })
+}
+
+fn check_n(n: usize) -> Result<(), BenchError> {
+    if (1..=N_MAX).contains(&n) {
+        Ok(())
+    } else {
+        Err(BenchError::BadN { n })
+    }
+}
+
+const HYPOTHESES: &[ContextKey] = &[ContextKey::Hypotheses];
+
+/// The dependencies of chain agent `index`: none for the head, `Hypotheses` for the rest.
+fn chain_dependencies(index: usize) -> &'static [ContextKey] {
+    if index == 0 { &[] } else { HYPOTHESES }
+}
+
+/// Agent `i` of `chain-id`.
+struct ChainIdAgent {
+    name: String,
+    index: usize,
+    dependencies: &'static [ContextKey],
+    /// `c{i-1}`; `None` for agent 0.
+    previous: Option<String>,
+    /// `c{i}`.
+    id: String,
+}
+
+impl ChainIdAgent {
+    fn new(index: usize) -> ChainIdAgent {
+        ChainIdAgent {
+            name: format!("chain-{index}"),
+            index,
+            dependencies: chain_dependencies(index),
+            previous: index.checked_sub(1).map(|previous| format!("c{previous}")),
+            id: format!("c{index}"),
+        }
+    }
+}
+
+impl Agent for ChainIdAgent {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        self.dependencies
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Hypotheses])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        let ready = self
+            .previous
+            .as_deref()
+            .is_none_or(|previous| ctx.contains(ContextKey::Hypotheses, previous));
+        ready && !ctx.contains(ContextKey::Hypotheses, &self.id)
+    }
+
+    fn execute(&self, _ctx: &Context) -> AgentEffect {
+        AgentEffect::empty().with_proposal(Proposal::new(
+            ContextKey::Hypotheses,
+            self.id.clone(),
+            self.index,
+        ))
+    }
+}
+
+/// Agent `i` of `chain-count`.
+struct ChainCountAgent {
+    name: String,
+    index: usize,
+    dependencies: &'static [ContextKey],
+    /// `c{i}`.
+    id: String,
+}
+
+impl ChainCountAgent {
+    fn new(index: usize) -> ChainCountAgent {
+        ChainCountAgent {
+            name: format!("chain-{index}"),
+            index,
+            dependencies: chain_dependencies(index),
+            id: format!("c{index}"),
+        }
+    }
+}
+
+impl Agent for ChainCountAgent {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        self.dependencies
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Hypotheses])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        ctx.count(ContextKey::Hypotheses) == self.index
+    }
+
+    fn execute(&self, _ctx: &Context) -> AgentEffect {
+        AgentEffect::empty().with_proposal(Proposal::new(
+            ContextKey::Hypotheses,
+            self.id.clone(),
+            self.index,
+        ))
+    }
+}
+
+/// Agent `i` of `fanout`.
+struct FanoutAgent {
+    name: String,
+    index: usize,
+    /// `f{i}`.
+    id: String,
+}
+
+impl FanoutAgent {
+    fn new(index: usize) -> FanoutAgent {
+        FanoutAgent {
+            name: format!("fanout-{index}"),
+            index,
+            id: format!("f{index}"),
+        }
+    }
+}
+
+impl Agent for FanoutAgent {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        &[]
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Seeds])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        !ctx.contains(ContextKey::Seeds, &self.id)
+    }
+
+    fn execute(&self, _ctx: &Context) -> AgentEffect {
+        AgentEffect::empty().with_proposal(Proposal::new(
+            ContextKey::Seeds,
+            self.id.clone(),
+            self.index,
+        ))
+    }
+}

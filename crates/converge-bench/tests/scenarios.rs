@@ -1,0 +1,101 @@
+//! Integration tests: each scenario, run small through the library, ends with exact counts.
+
+use converge_bench::{BenchError, DEFAULT_SET, Scenario, execute, measure};
+use converge_core::{ContextKey, StopReason};
+
+const N: usize = 50;
+
+#[test]
+fn chain_id_converges_in_n_cycles_with_n_facts() {
+    let result = execute(Scenario::ChainId, N).expect("runs");
+    assert_eq!(result.stop_reason, StopReason::Converged);
+    assert!(result.converged);
+    assert_eq!(result.cycles, 50);
+    assert_eq!(result.context.len(), 50);
+    assert_eq!(result.context.count(ContextKey::Hypotheses), 50);
+    assert!(result.context.contains(ContextKey::Hypotheses, "c0"));
+    assert!(result.context.contains(ContextKey::Hypotheses, "c49"));
+    assert!(result.rejections.is_empty());
+    assert!(result.failures.is_empty());
+}
+
+#[test]
+fn chain_count_converges_in_n_cycles_with_n_facts() {
+    let result = execute(Scenario::ChainCount, N).expect("runs");
+    assert_eq!(result.stop_reason, StopReason::Converged);
+    assert_eq!(result.cycles, 50);
+    assert_eq!(result.context.len(), 50);
+    assert_eq!(result.context.count(ContextKey::Hypotheses), 50);
+    assert!(result.context.contains(ContextKey::Hypotheses, "c49"));
+    assert!(result.rejections.is_empty());
+}
+
+#[test]
+fn fanout_converges_in_one_cycle_with_n_facts() {
+    let result = execute(Scenario::Fanout, N).expect("runs");
+    assert_eq!(result.stop_reason, StopReason::Converged);
+    assert_eq!(result.cycles, 1);
+    assert_eq!(result.context.len(), 50);
+    assert_eq!(result.context.count(ContextKey::Seeds), 50);
+    assert!(result.context.contains(ContextKey::Seeds, "f0"));
+    assert!(result.context.contains(ContextKey::Seeds, "f49"));
+    assert!(result.rejections.is_empty());
+}
+
+#[test]
+fn every_scenario_works_with_a_single_agent() {
+    for scenario in Scenario::ALL {
+        let result = execute(scenario, 1).expect("runs");
+        assert!(result.converged, "{scenario}");
+        assert_eq!(result.cycles, 1, "{scenario}");
+        assert_eq!(result.context.len(), 1, "{scenario}");
+    }
+}
+
+#[test]
+fn measure_verifies_and_reports_the_counts() {
+    for scenario in Scenario::ALL {
+        let measurement = measure(scenario, N).expect("verifies");
+        let expected = scenario.expected(N);
+        assert_eq!(measurement.cycles, expected.cycles);
+        assert_eq!(measurement.facts, expected.facts);
+        let line: serde_json::Value =
+            serde_json::from_str(&measurement.json_line()).expect("valid JSON");
+        assert_eq!(line["scenario"], scenario.name());
+        assert_eq!(line["n"], 50);
+        assert_eq!(line["cycles"], expected.cycles);
+        assert_eq!(line["facts"], 50);
+        assert!(line["ms"].is_f64());
+    }
+}
+
+#[test]
+fn json_line_has_the_documented_shape() {
+    let measurement = converge_bench::Measurement {
+        scenario: Scenario::ChainId,
+        n: 1000,
+        cycles: 1000,
+        facts: 1000,
+        ms: 12.0,
+    };
+    assert_eq!(
+        measurement.json_line(),
+        r#"{"scenario":"chain-id","n":1000,"cycles":1000,"facts":1000,"ms":12.000}"#
+    );
+}
+
+#[test]
+fn names_round_trip_and_bad_sizes_are_refused() {
+    for scenario in Scenario::ALL {
+        assert_eq!(scenario.name().parse::<Scenario>().ok(), Some(scenario));
+    }
+    assert!(matches!(
+        "nope".parse::<Scenario>(),
+        Err(BenchError::UnknownScenario { .. })
+    ));
+    assert!(matches!(
+        execute(Scenario::Fanout, 0),
+        Err(BenchError::BadN { n: 0 })
+    ));
+    assert_eq!(DEFAULT_SET.len(), 5);
+}
