@@ -231,7 +231,7 @@ impl Engine {
 
     /// Starts a run over `ctx`, to be driven by the caller.
     pub fn start(&self, ctx: Context) -> Result<Run<'_>, EngineError> {
-        self.check_agents()?;
+        self.setup.check_agents()?;
         Ok(Run::start(&self.setup, ctx))
     }
 
@@ -241,19 +241,12 @@ impl Engine {
         previous: ConvergeResult,
         decisions: Vec<Decision>,
     ) -> Result<Run<'_>, EngineError> {
-        self.check_agents()?;
-        let (ctx, state) = Run::suspended(&self.setup, previous).map_err(|(result, problem)| {
-            EngineError::NotResumable {
-                problem,
-                result: Box::new(result),
-            }
-        })?;
-        Ok(Run::resume(&self.setup, ctx, state, decisions))
+        resumed(&self.setup, previous, decisions)
     }
 
     /// Runs to a stop, executing agents one after another in this thread.
     pub fn run(&mut self, ctx: Context) -> Result<ConvergeResult, EngineError> {
-        self.check_agents()?;
+        self.setup.check_agents()?;
         let run = Run::start(&self.setup, ctx);
         Ok(drive(run, &mut self.observers))
     }
@@ -265,20 +258,16 @@ impl Engine {
         previous: ConvergeResult,
         decisions: Vec<Decision>,
     ) -> Result<ConvergeResult, EngineError> {
-        self.check_agents()?;
-        let (ctx, state) = Run::suspended(&self.setup, previous).map_err(|(result, problem)| {
-            EngineError::NotResumable {
-                problem,
-                result: Box::new(result),
-            }
-        })?;
-        let run = Run::resume(&self.setup, ctx, state, decisions);
+        let run = resumed(&self.setup, previous, decisions)?;
         Ok(drive(run, &mut self.observers))
     }
+}
 
+impl Setup {
+    /// Agent names must be non-blank and unique: journals and approvals refer to them.
     fn check_agents(&self) -> Result<(), EngineError> {
         let mut names = BTreeSet::new();
-        for (index, registered) in self.setup.agents.iter().enumerate() {
+        for (index, registered) in self.agents.iter().enumerate() {
             if registered.name.trim().is_empty() {
                 return Err(EngineError::BlankAgentName {
                     agent: AgentId(index as u32),
@@ -292,6 +281,20 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+fn resumed<'e>(
+    setup: &'e Setup,
+    previous: ConvergeResult,
+    decisions: Vec<Decision>,
+) -> Result<Run<'e>, EngineError> {
+    setup.check_agents()?;
+    let (ctx, state) =
+        Run::suspended(setup, previous).map_err(|(result, problem)| EngineError::NotResumable {
+            problem,
+            result: Box::new(result),
+        })?;
+    Ok(Run::resume(setup, ctx, state, decisions))
 }
 
 impl Default for Engine {
