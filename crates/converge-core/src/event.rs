@@ -200,11 +200,23 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
-    /// The hash a record with this predecessor, position and event must have. Journals use it
-    /// to verify a stored chain.
+    /// The hash a record with this predecessor, position and event must have.
     pub fn chain_hash(previous: Digest, seq: u64, event: &Event) -> Digest {
         let mut json = Vec::with_capacity(256);
         chain_hash_into(previous, seq, event, &mut json)
+    }
+
+    /// The exact bytes of `event` that the chain hashes: compact JSON. A journal that stores
+    /// these bytes can verify its chain with [`EventRecord::link_hash`] alone.
+    pub fn encode(event: &Event) -> Vec<u8> {
+        let mut json = Vec::with_capacity(256);
+        encode_into(event, &mut json);
+        json
+    }
+
+    /// The hash of one link from its predecessor, position and encoded event.
+    pub fn link_hash(previous: Digest, seq: u64, encoded: &[u8]) -> Digest {
+        Digest::of_parts(&[previous.as_bytes(), &seq.to_le_bytes(), encoded])
     }
 }
 
@@ -221,14 +233,18 @@ impl Observer for Vec<EventRecord> {
     }
 }
 
-/// Hashes one link, encoding the event into `buffer` (cleared first).
-fn chain_hash_into(previous: Digest, seq: u64, event: &Event, buffer: &mut Vec<u8>) -> Digest {
+fn encode_into(event: &Event, buffer: &mut Vec<u8>) {
     buffer.clear();
     // Serializing a typed event into memory cannot fail: every map key is a string.
     if serde_json::to_writer(&mut *buffer, event).is_err() {
         buffer.clear();
     }
-    Digest::of_parts(&[previous.as_bytes(), &seq.to_le_bytes(), buffer])
+}
+
+/// Hashes one link, encoding the event into `buffer`.
+fn chain_hash_into(previous: Digest, seq: u64, event: &Event, buffer: &mut Vec<u8>) -> Digest {
+    encode_into(event, buffer);
+    EventRecord::link_hash(previous, seq, buffer)
 }
 
 /// The running head of a hash chain, with a reusable encoding buffer.

@@ -110,6 +110,13 @@ impl Observation {
         &self.payload
     }
 
+    /// The external system and its reference, for a remote observation.
+    pub fn remote_ref(&self) -> Option<(&str, &str)> {
+        self.remote
+            .as_ref()
+            .map(|(system, reference)| (system.as_str(), reference.as_str()))
+    }
+
     pub(crate) fn trace(&self, id: ObservationId) -> TraceLink {
         match &self.remote {
             Some((system, reference)) => TraceLink::RemoteRef {

@@ -227,6 +227,19 @@ impl Proposal<Draft> {
     pub fn correction(&self) -> Option<&str> {
         self.state.correction.as_deref()
     }
+
+    /// The facts the agent says it derived this from, as written (checked at the gate).
+    pub fn derivations(&self) -> impl ExactSizeIterator<Item = (ContextKey, &str)> {
+        self.state
+            .derived_from
+            .iter()
+            .map(|(key, id)| (*key, id.as_str()))
+    }
+
+    /// The observation indices this draft cites, as written (checked at the gate).
+    pub fn citations(&self) -> &[u32] {
+        &self.state.evidence
+    }
 }
 
 impl Proposal<Validated> {

@@ -439,6 +439,16 @@ impl<'e> Run<'e> {
         }
     }
 
+    /// Ends the run now. A run that has not stopped stops with `reason`; an outstanding batch
+    /// is abandoned (its outcomes are never merged) and the stop event records the reason.
+    pub fn abandon(mut self, reason: StopReason) -> ConvergeResult {
+        if !matches!(self.phase, Phase::Stopped(_)) {
+            self.phase = Phase::Ready;
+            self.stop(reason);
+        }
+        self.into_result()
+    }
+
     pub(crate) fn into_result(self) -> ConvergeResult {
         let reason = match self.phase {
             Phase::Stopped(reason) => reason,

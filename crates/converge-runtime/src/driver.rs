@@ -1,0 +1,279 @@
+//! The async driver: runs a cycle's agents concurrently and merges deterministically.
+//!
+//! Within a batch, async agents run concurrently on the current task (no spawning, so they
+//! may borrow the context) under [`DriverConfig::concurrency_max`] and an optional per-agent
+//! timeout; synchronous agents run inline. Whatever order they finish in, the core merges
+//! their outcomes in `AgentId` order, so the events and root hash equal the sequential
+//! driver's. A panic or timeout becomes the agent's recorded failure; nothing unwinds. The
+//! wall-clock budget is read from the injected [`Clock`] between cycles.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use converge_core::{
+    AgentId, AgentOutcome, AuthorityScope, Batch, Context, ConvergeResult, Decision, Engine,
+    EngineError, EventRecord, Exhausted, Observer, Run, Step, StopReason, execute_isolated,
+};
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::agent::{AsyncAgent, AsyncStandIn};
+use crate::clock::{Clock, SystemClock};
+
+/// How the async driver executes batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// Most async agents in flight at once within a cycle (at least 1).
+    pub concurrency_max: usize,
+    /// An async agent still running after this long is failed (and quarantined by default).
+    pub agent_timeout_ms: Option<u64>,
+    /// The run stops with a time budget exhausted once this much time has passed between
+    /// cycles, by the driver's clock.
+    pub time_budget_ms: Option<u64>,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            concurrency_max: 16,
+            agent_timeout_ms: None,
+            time_budget_ms: None,
+        }
+    }
+}
+
+/// An engine with async agents, driven concurrently.
+///
+/// ```
+/// use converge_core::agents::{ReactOnceAgent, SeedAgent};
+/// use converge_core::{Context, ContextKey, Engine};
+/// use converge_runtime::Runtime;
+///
+/// let mut engine = Engine::new();
+/// engine.register(SeedAgent::new("seed-1", "initial data"));
+/// engine.register(ReactOnceAgent::new("hyp-1", "derived insight"));
+/// let mut runtime = Runtime::new(engine);
+/// let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+/// let result = tokio.block_on(runtime.run(Context::new())).unwrap();
+/// assert!(result.converged && result.context.has(ContextKey::Hypotheses));
+/// ```
+pub struct Runtime {
+    engine: Engine,
+    async_agents: BTreeMap<AgentId, Arc<dyn AsyncAgent>>,
+    observers: Vec<Box<dyn Observer + Send>>,
+    config: DriverConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl Runtime {
+    /// Drives `engine` (with its synchronous agents, policies, invariants and budgets) with the
+    /// default configuration and the system clock.
+    pub fn new(engine: Engine) -> Runtime {
+        Runtime {
+            engine,
+            async_agents: BTreeMap::new(),
+            observers: Vec::new(),
+            config: DriverConfig::default(),
+            clock: Arc::new(SystemClock::new()),
+        }
+    }
+
+    /// With another driver configuration.
+    pub fn with_config(mut self, config: DriverConfig) -> Runtime {
+        self.config = config;
+        self
+    }
+
+    /// With another clock (tests inject a [`crate::ManualClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Runtime {
+        self.clock = clock;
+        self
+    }
+
+    /// The engine, to register synchronous agents or set policies, invariants and budgets.
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Registers an async agent, granting the scope it requests.
+    pub fn register_async(&mut self, agent: impl AsyncAgent + 'static) -> AgentId {
+        let scope = agent.requested_scope();
+        self.register_async_with_scope(agent, scope)
+    }
+
+    /// Registers an async agent, granting `scope`.
+    pub fn register_async_with_scope(
+        &mut self,
+        agent: impl AsyncAgent + 'static,
+        scope: AuthorityScope,
+    ) -> AgentId {
+        let agent: Arc<dyn AsyncAgent> = Arc::new(agent);
+        let id = self
+            .engine
+            .register_with_scope(AsyncStandIn::new(agent.clone()), scope);
+        self.async_agents.insert(id, agent);
+        id
+    }
+
+    /// Adds an observer of every event.
+    pub fn observe(&mut self, observer: impl Observer + Send + 'static) {
+        self.observers.push(Box::new(observer));
+    }
+
+    /// Runs to a stop.
+    pub async fn run(&mut self, ctx: Context) -> Result<ConvergeResult, EngineError> {
+        let run = self.engine.start(ctx)?;
+        let executor = Executor {
+            async_agents: &self.async_agents,
+            config: self.config,
+            clock: &*self.clock,
+        };
+        Ok(executor.drive(run, &mut Deliver(&mut self.observers)).await)
+    }
+
+    /// Resumes a run that stopped awaiting approval and runs it to its next stop.
+    pub async fn resume(
+        &mut self,
+        previous: ConvergeResult,
+        decisions: Vec<Decision>,
+    ) -> Result<ConvergeResult, EngineError> {
+        let run = self.engine.resume_run(previous, decisions)?;
+        let executor = Executor {
+            async_agents: &self.async_agents,
+            config: self.config,
+            clock: &*self.clock,
+        };
+        Ok(executor.drive(run, &mut Deliver(&mut self.observers)).await)
+    }
+}
+
+/// Delivers each event to every observer.
+struct Deliver<'a>(&'a mut Vec<Box<dyn Observer + Send>>);
+
+impl Observer for Deliver<'_> {
+    fn on_event(&mut self, record: &EventRecord) {
+        for observer in self.0.iter_mut() {
+            observer.on_event(record);
+        }
+    }
+}
+
+/// What executing a batch needs: the async agents, limits and the clock.
+pub(crate) struct Executor<'a> {
+    pub(crate) async_agents: &'a BTreeMap<AgentId, Arc<dyn AsyncAgent>>,
+    pub(crate) config: DriverConfig,
+    pub(crate) clock: &'a dyn Clock,
+}
+
+impl Executor<'_> {
+    /// Drives a run to its stop, delivering every event to `observer`.
+    pub(crate) async fn drive(
+        &self,
+        mut run: Run<'_>,
+        observer: &mut dyn Observer,
+    ) -> ConvergeResult {
+        let started_ms = self.clock.now_ms();
+        loop {
+            if let Some(exhausted) = self.time_exhausted(started_ms) {
+                let _ = run.halt(StopReason::BudgetExhausted { exhausted });
+            }
+            let step = run.next_step();
+            drain(&mut run, observer);
+            let Step::Execute(batch) = step else { break };
+            let outcomes = self.execute(&run, &batch).await;
+            if let Err(error) = run.submit(outcomes) {
+                // Cannot happen for a complete batch; stop honestly rather than loop.
+                let _ = run.halt(StopReason::Halted {
+                    reason: error.to_string(),
+                });
+            }
+            drain(&mut run, observer);
+        }
+        drain(&mut run, observer);
+        run.finish().unwrap_or_else(|run| {
+            run.abandon(StopReason::Halted {
+                reason: "the driver ended before the run stopped".to_owned(),
+            })
+        })
+    }
+
+    fn time_exhausted(&self, started_ms: u64) -> Option<Exhausted> {
+        let limit_ms = self.config.time_budget_ms?;
+        let elapsed_ms = self.clock.now_ms().saturating_sub(started_ms);
+        (elapsed_ms >= limit_ms).then_some(Exhausted::Time {
+            limit_ms,
+            elapsed_ms,
+        })
+    }
+
+    /// Executes one batch: async agents concurrently (bounded), synchronous ones inline.
+    pub(crate) async fn execute(
+        &self,
+        run: &Run<'_>,
+        batch: &Batch,
+    ) -> Vec<(AgentId, AgentOutcome)> {
+        let ctx = run.context();
+        let mut outcomes = Vec::with_capacity(batch.agents().len());
+        let mut in_flight = FuturesUnordered::new();
+        let mut queue = batch.agents().iter().copied();
+        let limit = self.config.concurrency_max.max(1);
+        loop {
+            while in_flight.len() < limit {
+                let Some(id) = queue.next() else { break };
+                match self.async_agents.get(&id) {
+                    Some(agent) => in_flight.push(self.execute_async(id, &**agent, ctx)),
+                    None => outcomes.push((id, execute_isolated(run.agent(id), ctx))),
+                }
+            }
+            match in_flight.next().await {
+                Some(outcome) => outcomes.push(outcome),
+                None => break,
+            }
+        }
+        outcomes
+    }
+
+    async fn execute_async(
+        &self,
+        id: AgentId,
+        agent: &dyn AsyncAgent,
+        ctx: &Context,
+    ) -> (AgentId, AgentOutcome) {
+        let guarded = AssertUnwindSafe(agent.execute(ctx)).catch_unwind();
+        let finished = match self.config.agent_timeout_ms {
+            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), guarded)
+                .await
+                .map_err(|_| format!("timed out after {ms} ms")),
+            None => Ok(guarded.await),
+        };
+        let outcome = match finished {
+            Ok(Ok(effect)) => AgentOutcome::Completed(effect),
+            Ok(Err(panic)) => {
+                AgentOutcome::Failed(format!("panicked in execute: {}", panic_text(&*panic)))
+            }
+            Err(timeout) => AgentOutcome::Failed(timeout),
+        };
+        (id, outcome)
+    }
+}
+
+fn drain(run: &mut Run<'_>, observer: &mut dyn Observer) {
+    while let Some(record) = run.poll_event() {
+        observer.on_event(&record);
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "non-text panic payload".to_owned(),
+    }
+}

@@ -1,0 +1,15 @@
+//! Converge runtime: executes and remembers what the core decides.
+//!
+//! The core (`converge-core`) is a sans-I/O state machine. This crate drives it: an async
+//! driver runs I/O-bound agents concurrently within a cycle under a concurrency limit, a
+//! per-agent timeout and a wall-clock budget read from an injected [`Clock`]; a journal stores
+//! every input of a run and its event hash chain in SQLite so a run can be resumed after a
+//! crash, replayed without calling any agent, and verified.
+
+mod agent;
+mod clock;
+mod driver;
+
+pub use agent::{AgentFuture, AsyncAgent};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use driver::{DriverConfig, Runtime};
