@@ -1,7 +1,7 @@
 //! Benchmark scenarios for the Converge engine: builders, expected outcomes and measurement.
 //!
-//! Each [`Scenario`] registers `n` agents on a fresh [`Engine`] with a budget of `n + 10`
-//! cycles and facts. [`measure`] times only `engine.run(Context::new())`, then checks that the
+//! Each [`Scenario`] registers its agents on a fresh [`Engine`] with cycle and fact budgets 10
+//! above what a correct run needs. [`measure`] times only the run (not the setup), then checks that the
 //! run converged with exactly the expected cycles and facts, so a broken engine can never
 //! report a fast time. The binary (`src/main.rs`) parses arguments and prints
 //! [`Measurement::json_line`].
@@ -16,11 +16,17 @@
 //! - `fanout N`: N seed agents without dependencies, each proposing its own `f{i}` into
 //!   [`ContextKey::Seeds`] while it is absent. N facts, 1 cycle.
 //!
+//! - `latency N`: 8 layers of N async agents driven by the concurrent runtime driver; each
+//!   agent waits 50 ms of simulated I/O (a timer), then proposes one signal; layer `l` waits for
+//!   `l × N` signals. 8N facts, 8 cycles; the ideal wall time is 400 ms.
+//!
 //! Every proposal's content is the agent's index as a JSON number.
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+mod latency;
 
 use converge_core::{
     Agent, AgentEffect, AuthorityScope, Budget, Context, ContextKey, ConvergeResult, CycleBudget,
@@ -32,12 +38,13 @@ use converge_core::{
 pub const N_MAX: usize = 10_000_000;
 
 /// The runs of `all`, in order.
-pub const DEFAULT_SET: [(Scenario, usize); 5] = [
+pub const DEFAULT_SET: [(Scenario, usize); 6] = [
     (Scenario::ChainId, 1000),
     (Scenario::ChainId, 2000),
     (Scenario::ChainCount, 4000),
     (Scenario::Fanout, 10_000),
     (Scenario::Fanout, 100_000),
+    (Scenario::Latency, 16),
 ];
 
 /// A benchmark scenario.
@@ -49,11 +56,18 @@ pub enum Scenario {
     ChainCount,
     /// Independent seed agents that all fire in the first cycle.
     Fanout,
+    /// Layers of I/O-bound async agents under the concurrent driver.
+    Latency,
 }
 
 impl Scenario {
     /// Every scenario, in the order usage lists them.
-    pub const ALL: [Scenario; 3] = [Scenario::ChainId, Scenario::ChainCount, Scenario::Fanout];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::ChainId,
+        Scenario::ChainCount,
+        Scenario::Fanout,
+        Scenario::Latency,
+    ];
 
     /// The scenario's name on the command line and in the JSON output.
     pub fn name(self) -> &'static str {
@@ -61,23 +75,34 @@ impl Scenario {
             Scenario::ChainId => "chain-id",
             Scenario::ChainCount => "chain-count",
             Scenario::Fanout => "fanout",
+            Scenario::Latency => "latency",
         }
     }
 
     /// The cycles and facts a correct engine ends with for `n` agents.
     pub fn expected(self, n: usize) -> Expected {
-        let cycles = match self {
-            Scenario::ChainId | Scenario::ChainCount => n,
-            Scenario::Fanout => usize::from(n > 0),
-        };
-        Expected { cycles, facts: n }
+        match self {
+            Scenario::ChainId | Scenario::ChainCount => Expected {
+                cycles: n,
+                facts: n,
+            },
+            Scenario::Fanout => Expected {
+                cycles: usize::from(n > 0),
+                facts: n,
+            },
+            Scenario::Latency => Expected {
+                cycles: latency::LAYERS,
+                facts: latency::LAYERS * n,
+            },
+        }
     }
 
     /// An engine with this scenario's `n` agents registered and its budget set.
     pub fn build(self, n: usize) -> Result<Engine, BenchError> {
         check_n(n)?;
         let mut engine = Engine::new();
-        let limit = n + 10;
+        let expected = self.expected(n);
+        let limit = expected.cycles.max(expected.facts) + 10;
         let cycles = u32::try_from(limit)
             .ok()
             .and_then(|limit| CycleBudget::new(limit).ok());
@@ -96,6 +121,8 @@ impl Scenario {
             Scenario::Fanout => (0..n).for_each(|i| {
                 engine.register(FanoutAgent::new(i));
             }),
+            // Async agents live in the runtime, not in the engine; see `run_scenario`.
+            Scenario::Latency => {}
         }
         Ok(engine)
     }
@@ -144,6 +171,8 @@ pub enum BenchError {
     },
     /// The engine refused to start.
     Engine(EngineError),
+    /// The async runtime could not be built.
+    Runtime(std::io::Error),
     /// The run ended differently from what a correct engine produces.
     Mismatch {
         /// The scenario.
@@ -186,6 +215,7 @@ impl fmt::Display for BenchError {
             }
             BenchError::BadN { n } => write!(f, "N must be between 1 and {N_MAX}, got {n}"),
             BenchError::Engine(error) => write!(f, "the engine refused to run: {error}"),
+            BenchError::Runtime(error) => write!(f, "the async runtime could not start: {error}"),
             BenchError::Mismatch {
                 scenario,
                 n,
@@ -240,17 +270,25 @@ impl Measurement {
 
 /// Builds and runs a scenario without timing or checking it; tests assert on the result.
 pub fn execute(scenario: Scenario, n: usize) -> Result<ConvergeResult, BenchError> {
-    let mut engine = scenario.build(n)?;
-    Ok(engine.run(Context::new())?)
+    run_scenario(scenario, n).map(|(result, _)| result)
 }
 
-/// Builds a scenario, times `engine.run(Context::new())` alone, and verifies the outcome.
-pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> {
-    let mut engine = scenario.build(n)?;
+/// Builds a scenario and runs it, timing the run alone (not the setup).
+fn run_scenario(scenario: Scenario, n: usize) -> Result<(ConvergeResult, Duration), BenchError> {
+    let engine = scenario.build(n)?;
+    if scenario == Scenario::Latency {
+        return latency::run(engine, n);
+    }
+    let mut engine = engine;
     let start = Instant::now();
     let result = engine.run(Context::new());
     let elapsed = start.elapsed();
-    let result = result?;
+    Ok((result?, elapsed))
+}
+
+/// Builds a scenario, times the run alone, and verifies the outcome.
+pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> {
+    let (result, elapsed) = run_scenario(scenario, n)?;
     let (cycles, facts) = (result.cycles as usize, result.context.len());
     let expected = scenario.expected(n);
     if !result.converged || cycles != expected.cycles || facts != expected.facts {

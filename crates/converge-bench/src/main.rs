@@ -15,10 +15,12 @@ scenarios:
   chain-id N     a chain of N agents, each waiting for its predecessor's fact by id
   chain-count N  a chain of N agents, agent i waiting for exactly i facts
   fanout N       N independent seed agents, all firing in the first cycle
-  all            chain-id 1000, chain-id 2000, chain-count 4000, fanout 10000, fanout 100000
+  latency N      8 cycles of N async agents, each waiting 50 ms of simulated I/O (ideal: 400 ms)
+  all            chain-id 1000, chain-id 2000, chain-count 4000, fanout 10000, fanout 100000,
+                 latency 16
 
 Prints one JSON line per run: {\"scenario\",\"n\",\"cycles\",\"facts\",\"ms\"}, where ms is the
-wall time of engine.run alone.";
+wall time of the run alone.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -46,9 +46,10 @@ fn fanout_converges_in_one_cycle_with_n_facts() {
 fn every_scenario_works_with_a_single_agent() {
     for scenario in Scenario::ALL {
         let result = execute(scenario, 1).expect("runs");
+        let expected = scenario.expected(1);
         assert!(result.converged, "{scenario}");
-        assert_eq!(result.cycles, 1, "{scenario}");
-        assert_eq!(result.context.len(), 1, "{scenario}");
+        assert_eq!(result.cycles as usize, expected.cycles, "{scenario}");
+        assert_eq!(result.context.len(), expected.facts, "{scenario}");
     }
 }
 
@@ -64,7 +65,7 @@ fn measure_verifies_and_reports_the_counts() {
         assert_eq!(line["scenario"], scenario.name());
         assert_eq!(line["n"], 50);
         assert_eq!(line["cycles"], expected.cycles);
-        assert_eq!(line["facts"], 50);
+        assert_eq!(line["facts"], expected.facts);
         assert!(line["ms"].is_f64());
     }
 }
@@ -97,5 +98,12 @@ fn names_round_trip_and_bad_sizes_are_refused() {
         execute(Scenario::Fanout, 0),
         Err(BenchError::BadN { n: 0 })
     ));
-    assert_eq!(DEFAULT_SET.len(), 5);
+    assert_eq!(DEFAULT_SET.len(), 6);
+}
+
+#[test]
+fn latency_runs_eight_layers_concurrently() {
+    let result = converge_bench::execute(converge_bench::Scenario::Latency, 3).unwrap();
+    assert!(result.converged, "{:?}", result.stop_reason);
+    assert_eq!((result.cycles, result.context.len()), (8, 24));
 }

@@ -1,0 +1,92 @@
+//! The `latency` scenario: I/O-bound async agents under the concurrent driver.
+//!
+//! Each agent sleeps 50 ms on a real timer (standing in for a model or tool call) and proposes
+//! one signal. Layer `l` accepts once `Signals` holds `l × N` facts, so the run takes exactly
+//! [`LAYERS`] cycles; with every agent of a layer in flight at once, the ideal wall time is
+//! `LAYERS × 50 ms`.
+
+use std::time::{Duration, Instant};
+
+use converge_core::{
+    AgentEffect, AuthorityScope, Context, ContextKey, ConvergeResult, Engine, Proposal,
+};
+use converge_runtime::{AgentFuture, AsyncAgent, DriverConfig, Runtime};
+
+use crate::BenchError;
+
+/// Layers, and so cycles, of the scenario.
+pub(crate) const LAYERS: usize = 8;
+
+/// Simulated I/O time of every agent.
+const IO_MS: u64 = 50;
+
+struct IoAgent {
+    name: String,
+    id: String,
+    index: usize,
+    threshold: usize,
+    dependencies: &'static [ContextKey],
+}
+
+impl AsyncAgent for IoAgent {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        self.dependencies
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Signals])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        ctx.count(ContextKey::Signals) >= self.threshold
+            && !ctx.contains(ContextKey::Signals, &self.id)
+    }
+
+    fn execute<'a>(&'a self, _ctx: &'a Context) -> AgentFuture<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(IO_MS)).await;
+            AgentEffect::empty().with_proposal(Proposal::new(
+                ContextKey::Signals,
+                self.id.clone(),
+                self.index,
+            ))
+        })
+    }
+}
+
+/// Registers `LAYERS × n` agents on `engine`'s runtime and times the concurrent run.
+pub(crate) fn run(engine: Engine, n: usize) -> Result<(ConvergeResult, Duration), BenchError> {
+    let config = DriverConfig {
+        concurrency_max: n,
+        ..DriverConfig::default()
+    };
+    let mut runtime = Runtime::new(engine).with_config(config);
+    for layer in 0..LAYERS {
+        for j in 0..n {
+            let index = layer * n + j;
+            runtime.register_async(IoAgent {
+                name: format!("io-{index}"),
+                id: format!("s{index}"),
+                index,
+                threshold: layer * n,
+                dependencies: if layer == 0 {
+                    &[]
+                } else {
+                    &[ContextKey::Signals]
+                },
+            });
+        }
+    }
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(BenchError::Runtime)?;
+    let start = Instant::now();
+    let result = tokio.block_on(runtime.run(Context::new()));
+    let elapsed = start.elapsed();
+    Ok((result?, elapsed))
+}
