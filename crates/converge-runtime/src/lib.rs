@@ -9,7 +9,18 @@
 mod agent;
 mod clock;
 mod driver;
+mod journal;
+mod record;
 
 pub use agent::{AgentFuture, AsyncAgent};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use driver::{DriverConfig, Runtime};
+pub use journal::{
+    BreakReason, FailingJournal, Journal, JournalError, RUN_ID_LEN_MAX, RecordedRun, RecordedStep,
+    RunId, RunIdError, RunStatus, RunSummary, SqliteJournal, StoredEvent, Verification,
+};
+pub use record::{
+    DecisionRecord, DerivationRecord, EffectRecord, KeyRecord, ObservationRecord, OutcomeRecord,
+    ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader, StepInput,
+    VerdictRecord,
+};

@@ -1,0 +1,219 @@
+//! Integrity checks of a stored run, shared by every journal store.
+//!
+//! Given a run's recorded head (step count, event count, root hash), its step rows in step
+//! order and its event rows in seq order, these checks find the first entry that is missing,
+//! altered or out of place, recomputing the chain with [`EventRecord::link_hash`] over the
+//! stored bytes. They are pure — the store feeds them rows — and they deliberately do not
+//! re-derive anything through the core: checking that the inputs reproduce the chain is
+//! replay's job.
+
+use converge_core::{Digest, EventRecord};
+
+use super::BreakReason;
+use crate::record::{RunHeader, StepInput};
+
+/// The head of a run as its run row records it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Head {
+    pub(super) steps: u64,
+    pub(super) events: u64,
+    pub(super) root: Digest,
+}
+
+/// The first bad entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Break {
+    pub(super) seq: u64,
+    pub(super) step: Option<u64>,
+    pub(super) reason: BreakReason,
+}
+
+/// One stored step row.
+pub(super) struct StepRow {
+    pub(super) step: u64,
+    pub(super) kind: String,
+    pub(super) input: String,
+    pub(super) first_seq: u64,
+    pub(super) events: u64,
+}
+
+/// What the step rows say: the readable prefix and the first step-level break.
+pub(super) struct Steps {
+    /// The inputs of the valid prefix (only when asked to keep them).
+    pub(super) inputs: Vec<StepInput>,
+    /// `(first_seq, events)` of each step of the valid prefix.
+    ranges: Vec<(u64, u64)>,
+    pub(super) broken: Option<Break>,
+}
+
+impl Steps {
+    /// The step whose range holds `seq`, among the valid prefix.
+    pub(super) fn step_of(&self, seq: u64) -> Option<u64> {
+        let index = self
+            .ranges
+            .partition_point(|&(first, count)| first.saturating_add(count) <= seq);
+        let (first, _) = self.ranges.get(index)?;
+        (*first <= seq).then_some(index as u64)
+    }
+}
+
+/// Checks step rows given in step order.
+pub(super) fn check_steps(
+    rows: impl IntoIterator<Item = StepRow>,
+    head: &Head,
+    header: &RunHeader,
+    keep_inputs: bool,
+) -> Steps {
+    let mut steps = Steps {
+        inputs: Vec::new(),
+        ranges: Vec::new(),
+        broken: None,
+    };
+    let mut next_seq = 0u64;
+    let mut count = 0u64;
+    for row in rows {
+        let at = |reason| Break {
+            seq: next_seq,
+            step: Some(count),
+            reason,
+        };
+        if count >= head.steps || row.step != count {
+            steps.broken = Some(at(BreakReason::StepMissing));
+            return steps;
+        }
+        if row.first_seq != next_seq {
+            steps.broken = Some(at(BreakReason::StepRange));
+            return steps;
+        }
+        let input = match read_input(&row, header) {
+            Ok(input) => input,
+            Err(detail) => {
+                steps.broken = Some(at(BreakReason::StepUnreadable { detail }));
+                return steps;
+            }
+        };
+        if keep_inputs {
+            steps.inputs.push(input);
+        }
+        steps.ranges.push((row.first_seq, row.events));
+        next_seq = next_seq.saturating_add(row.events);
+        count += 1;
+    }
+    if count < head.steps {
+        steps.broken = Some(Break {
+            seq: next_seq,
+            step: Some(count),
+            reason: BreakReason::StepMissing,
+        });
+    } else if next_seq != head.events {
+        steps.broken = Some(Break {
+            seq: next_seq.min(head.events),
+            step: count.checked_sub(1),
+            reason: BreakReason::StepRange,
+        });
+    }
+    steps
+}
+
+fn read_input(row: &StepRow, header: &RunHeader) -> Result<StepInput, String> {
+    let input: StepInput = serde_json::from_str(&row.input).map_err(|error| error.to_string())?;
+    if input.kind() != row.kind {
+        return Err(format!(
+            "it is filed as {:?} but holds a {:?} input",
+            row.kind,
+            input.kind()
+        ));
+    }
+    match (&input, row.step) {
+        (StepInput::Start { header: stored }, 0) if stored != header => {
+            Err("its header differs from the run's".to_owned())
+        }
+        (StepInput::Start { .. }, 0) => Ok(input),
+        (_, 0) => Err("step 0 is not the run's start".to_owned()),
+        (StepInput::Start { .. }, _) => Err("only step 0 may be a start".to_owned()),
+        _ => Ok(input),
+    }
+}
+
+/// Walks event rows in seq order, recomputing the chain.
+pub(super) struct ChainWalk<'s> {
+    steps: &'s Steps,
+    head: Head,
+    /// Events at or after this seq are not checked: the steps are broken there.
+    limit: u64,
+    next: u64,
+    previous: Digest,
+}
+
+impl<'s> ChainWalk<'s> {
+    pub(super) fn new(steps: &'s Steps, head: Head) -> ChainWalk<'s> {
+        let limit = steps.broken.as_ref().map_or(u64::MAX, |broken| broken.seq);
+        ChainWalk {
+            steps,
+            head,
+            limit,
+            next: 0,
+            previous: Digest::zero(),
+        }
+    }
+
+    /// Checks the next stored row. `Ok(Some((step, hash)))` is an intact event's step and
+    /// hash; `Ok(None)` means the row lies past a step-level break and was not checked.
+    pub(super) fn feed(
+        &mut self,
+        seq: u64,
+        filed_under: u64,
+        hash: &str,
+        body: &[u8],
+    ) -> Result<Option<(u64, Digest)>, Break> {
+        let expected = self.next;
+        if expected >= self.limit {
+            return Ok(None);
+        }
+        let at = |seq, reason| Break {
+            seq,
+            step: self.steps.step_of(seq),
+            reason,
+        };
+        if seq > expected {
+            return Err(at(expected, BreakReason::Missing));
+        }
+        if seq < expected || seq >= self.head.events {
+            return Err(at(seq, BreakReason::Unexpected));
+        }
+        if self.steps.step_of(seq) != Some(filed_under) {
+            return Err(at(seq, BreakReason::WrongStep { filed_under }));
+        }
+        let computed = EventRecord::link_hash(self.previous, seq, body);
+        if hash.parse::<Digest>().ok() != Some(computed) {
+            return Err(at(seq, BreakReason::HashMismatch));
+        }
+        self.previous = computed;
+        self.next += 1;
+        Ok(Some((filed_under, computed)))
+    }
+
+    /// After the last row: the chain must reach the head and end at the root hash.
+    pub(super) fn finish(self) -> Result<(), Break> {
+        let end = self.limit.min(self.head.events);
+        if self.next < end {
+            return Err(Break {
+                seq: self.next,
+                step: self.steps.step_of(self.next),
+                reason: BreakReason::Missing,
+            });
+        }
+        if let Some(broken) = &self.steps.broken {
+            return Err(broken.clone());
+        }
+        if self.previous != self.head.root {
+            let last = self.head.events.saturating_sub(1);
+            return Err(Break {
+                seq: last,
+                step: self.steps.step_of(last),
+                reason: BreakReason::RootMismatch,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,560 @@
+//! The journal: durable storage of a run's inputs and its event hash chain.
+//!
+//! A journal stores, for each run, an ordered list of *steps*. A step is one input to the
+//! core ([`StepInput`]: the start, one cycle's agent outcomes, human decisions, a halt) together
+//! with the events the core emitted while taking it, each as the exact bytes the chain hashes
+//! ([`EventRecord::encode`]). A step is written in one transaction: it is entirely present or
+//! entirely absent. The chain's head is the run's root hash.
+//!
+//! Facts are never stored and nothing here deserializes one: a run is re-derived by replaying
+//! its recorded inputs through the core, and the replayed events must reproduce the stored
+//! hashes. [`Journal`] is the storage contract (so a PostgreSQL store can satisfy it later);
+//! [`SqliteJournal`] is the embedded implementation. This module does not drive runs, replay
+//! them or decide when to write: that is the driver's job.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use converge_core::{Digest, EventRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::record::{RunHeader, StepInput};
+
+mod check;
+mod failing;
+mod schema;
+mod sqlite;
+
+pub use failing::FailingJournal;
+pub use sqlite::SqliteJournal;
+
+/// Longest accepted run id, in bytes.
+pub const RUN_ID_LEN_MAX: usize = 64;
+
+/// The id of a run in a journal: 1 to 64 ASCII letters, digits, `_` or `-`.
+///
+/// ```
+/// use converge_runtime::RunId;
+///
+/// let id = RunId::new("triage-2025_07").unwrap();
+/// assert_eq!(id.as_str(), "triage-2025_07");
+/// assert!(RunId::new("no spaces").is_err());
+/// assert!(RunId::new("").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(String);
+
+impl RunId {
+    /// Validates a run id.
+    pub fn new(id: &str) -> Result<RunId, RunIdError> {
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if id.is_empty() || id.len() > RUN_ID_LEN_MAX || !id.chars().all(valid) {
+            return Err(RunIdError {
+                id: id.chars().take(RUN_ID_LEN_MAX + 1).collect(),
+            });
+        }
+        Ok(RunId(id.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = RunIdError;
+
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        RunId::new(id)
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = RunIdError;
+
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        RunId::new(&id)
+    }
+}
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> String {
+        id.0
+    }
+}
+
+/// A run id that is empty, too long or has a character outside `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run id {id:?} must be 1 to {RUN_ID_LEN_MAX} ASCII letters, digits, '_' or '-'")]
+pub struct RunIdError {
+    id: String,
+}
+
+/// Where a run stands, as last recorded by [`Journal::set_status`].
+///
+/// The status is a summary for listing and resuming; the steps and events are the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Created or still being driven (or interrupted by a crash).
+    Running,
+    /// Stopped waiting for human decisions; can be resumed.
+    AwaitingApproval,
+    /// Stopped for good.
+    Stopped {
+        /// The stop reason, as the core serialized it.
+        reason: Value,
+    },
+}
+
+impl RunStatus {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::AwaitingApproval => "awaiting_approval",
+            RunStatus::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+/// One run as [`Journal::runs`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RunSummary {
+    /// The run.
+    pub id: RunId,
+    /// Its status.
+    pub status: RunStatus,
+    /// Committed steps (the next step's number).
+    pub steps: u64,
+    /// Committed events (the next event's seq).
+    pub events: u64,
+    /// The head of its chain: the hash of its last event ([`Digest::zero`] when it has none).
+    pub root_hash: Digest,
+}
+
+/// One stored event: its position, hash and the exact bytes the hash covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredEvent {
+    /// Position in the run, from 0.
+    pub seq: u64,
+    /// The hash chaining it to its predecessor.
+    pub hash: Digest,
+    /// [`EventRecord::encode`] of the event: compact JSON.
+    pub body: Vec<u8>,
+}
+
+impl StoredEvent {
+    /// Whether `record` is exactly this stored event (position, hash and bytes). A replay
+    /// compares each re-derived record with the stored one this way.
+    pub fn matches(&self, record: &EventRecord) -> bool {
+        self.seq == record.seq
+            && self.hash == record.hash
+            && self.body == EventRecord::encode(&record.event)
+    }
+}
+
+/// One committed step: its input and the events it produced.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RecordedStep {
+    /// The step number, from 0.
+    pub step: u64,
+    /// What was fed to the core.
+    pub input: StepInput,
+    /// The events the core emitted for it, in seq order.
+    pub events: Vec<StoredEvent>,
+}
+
+/// A whole run as stored, checked for completeness and chain integrity.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RecordedRun {
+    /// The run.
+    pub id: RunId,
+    /// What it was created with.
+    pub header: RunHeader,
+    /// Its last recorded status.
+    pub status: RunStatus,
+    /// The head of its chain.
+    pub root_hash: Digest,
+    /// Every committed step, in order.
+    pub steps: Vec<RecordedStep>,
+}
+
+impl RecordedRun {
+    /// Every stored event, in seq order.
+    pub fn events(&self) -> impl Iterator<Item = &StoredEvent> + '_ {
+        self.steps.iter().flat_map(|step| step.events.iter())
+    }
+}
+
+/// What [`Journal::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Every step and event is present, every hash chains, and the chain ends at the run's
+    /// recorded root hash.
+    Intact {
+        /// Committed steps.
+        steps: u64,
+        /// Events in the chain.
+        events: u64,
+        /// The head of the chain.
+        root_hash: Digest,
+    },
+    /// The first entry that is missing, altered or out of place.
+    Broken {
+        /// Its position in the chain.
+        first_bad_seq: u64,
+        /// The step that holds (or should hold) it, when the steps say.
+        step: Option<u64>,
+        /// What is wrong.
+        reason: BreakReason,
+    },
+}
+
+/// What is wrong with the first bad entry of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakReason {
+    /// The stored hash is not the hash of the stored body chained to its predecessor: the
+    /// body or the hash was altered.
+    HashMismatch,
+    /// No event is stored at this position.
+    Missing,
+    /// An event is stored beyond the run's recorded head.
+    Unexpected,
+    /// The event is filed under another step than the one whose range holds it.
+    WrongStep {
+        /// The step it is filed under.
+        filed_under: u64,
+    },
+    /// The stored chain is consistent but does not end at the run's recorded root hash.
+    RootMismatch,
+    /// A step is missing, or a step is stored beyond the run's recorded head.
+    StepMissing,
+    /// A step's range of events disagrees with the steps before it or with the run's head.
+    StepRange,
+    /// A step's input cannot be read back.
+    StepUnreadable {
+        /// Why.
+        detail: String,
+    },
+}
+
+impl fmt::Display for BreakReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BreakReason::HashMismatch => {
+                f.write_str("the stored hash does not chain over the stored body (altered entry)")
+            }
+            BreakReason::Missing => f.write_str("no event is stored at this position"),
+            BreakReason::Unexpected => f.write_str("an event is stored beyond the run's head"),
+            BreakReason::WrongStep { filed_under } => {
+                write!(f, "the event is filed under step {filed_under}")
+            }
+            BreakReason::RootMismatch => {
+                f.write_str("the chain does not end at the run's recorded root hash")
+            }
+            BreakReason::StepMissing => f.write_str("the step is missing or beyond the run's head"),
+            BreakReason::StepRange => {
+                f.write_str("the step's event range disagrees with the steps before it")
+            }
+            BreakReason::StepUnreadable { detail } => {
+                write!(f, "the step's input cannot be read: {detail}")
+            }
+        }
+    }
+}
+
+/// Why a journal operation failed. A failed write wrote nothing and is never retried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The file exists but is not a Converge journal; it was not modified.
+    #[error("{path} is not a Converge journal: {detail}")]
+    NotAJournal {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        detail: String,
+    },
+    /// The journal was written by a newer Converge; it was not modified.
+    #[error(
+        "{path} has journal schema version {found}, but this build supports up to {supported}; \
+         use a newer Converge"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The file's schema version.
+        found: i64,
+        /// The newest version this build reads.
+        supported: i64,
+    },
+    /// No run has this id.
+    #[error("no run {run:?} in the journal")]
+    UnknownRun {
+        /// The run.
+        run: RunId,
+    },
+    /// A run with this id already exists.
+    #[error("run {run:?} already exists in the journal")]
+    RunExists {
+        /// The run.
+        run: RunId,
+    },
+    /// The step is not the run's next step.
+    #[error("run {run:?}: expected step {expected}, got step {got}")]
+    OutOfOrder {
+        /// The run.
+        run: RunId,
+        /// The next step number.
+        expected: u64,
+        /// The step number given.
+        got: u64,
+    },
+    /// The step's input does not fit its position (a start that is not step 0, or step 0
+    /// that is not the run's start).
+    #[error("run {run:?}, step {step}: {detail}")]
+    InvalidStep {
+        /// The run.
+        run: RunId,
+        /// The step number given.
+        step: u64,
+        /// What is wrong.
+        detail: &'static str,
+    },
+    /// An event does not continue the stored chain (wrong seq, or a hash that does not chain
+    /// from the stored head).
+    #[error("run {run:?}: event {seq} does not continue the chain: {detail}")]
+    ChainMismatch {
+        /// The run.
+        run: RunId,
+        /// The offending event's seq.
+        seq: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A status was set with a root hash that is not the run's stored chain head.
+    #[error("run {run:?}: its chain head is {stored}, not {given}")]
+    HeadMismatch {
+        /// The run.
+        run: RunId,
+        /// The stored head.
+        stored: Digest,
+        /// The root hash given.
+        given: Digest,
+    },
+    /// The run stopped for good; nothing more can be appended or changed.
+    #[error("run {run:?} has stopped; its journal is closed")]
+    RunStopped {
+        /// The run.
+        run: RunId,
+    },
+    /// A step's input would not read back identically from its JSON (for example a number
+    /// that JSON text cannot carry exactly). Nothing was written.
+    #[error("run {run:?}, step {step}: the input does not read back identically from JSON")]
+    NotRoundTrip {
+        /// The run.
+        run: RunId,
+        /// The step.
+        step: u64,
+    },
+    /// The stored run is incomplete or altered; [`Journal::verify`] names the first bad entry.
+    #[error("run {run:?} is broken at event {first_bad_seq} (step {step:?}): {reason}")]
+    Broken {
+        /// The run.
+        run: RunId,
+        /// The first bad position.
+        first_bad_seq: u64,
+        /// Its step, when known.
+        step: Option<u64>,
+        /// What is wrong.
+        reason: BreakReason,
+    },
+    /// Stored data that cannot be read back (a damaged header, status or hash).
+    #[error("corrupt journal: {detail}")]
+    Corrupt {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The storage cannot provide what a journal needs (for example WAL mode).
+    #[error("unsupported storage: {detail}")]
+    Unsupported {
+        /// What is missing.
+        detail: String,
+    },
+    /// The storage failed. If this was a write, nothing is known to be written and this
+    /// handle refuses further writes ([`JournalError::Poisoned`]).
+    #[error("journal storage failed while {context}: {source}")]
+    Storage {
+        /// What the journal was doing.
+        context: String,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The file could not be inspected.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// An earlier write failed in storage; this handle refuses writes. Reopen the journal: it
+    /// holds every step that committed.
+    #[error("an earlier journal write failed ({detail}); reopen the journal to continue")]
+    Poisoned {
+        /// The earlier failure.
+        detail: String,
+    },
+    /// A failure injected by [`FailingJournal`].
+    #[error("injected failure of append call {call}")]
+    Injected {
+        /// The 0-based append call that failed.
+        call: u64,
+    },
+}
+
+/// Durable storage of runs: their headers, steps and event chains.
+///
+/// Writes are all-or-nothing. [`Journal::append`] is the unit of durability: when it returns
+/// `Ok`, the step and its events are committed; when it returns `Err`, nothing of it is known
+/// to be written and it must not be retried blindly (resume from what [`Journal::load`]
+/// returns instead).
+pub trait Journal {
+    /// Creates a run. Refuses an existing id.
+    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError>;
+
+    /// Commits one step atomically: its input and its events.
+    ///
+    /// Steps are numbered from 0 without gaps, step 0 is the run's [`StepInput::Start`] (with
+    /// the header the run was created with) and no other step is a start. The events must
+    /// continue the stored chain: the first seq is the run's next seq and every hash chains
+    /// from its predecessor over [`EventRecord::encode`] of the event. Anything else is
+    /// refused with nothing written.
+    fn append(
+        &mut self,
+        run: &RunId,
+        step: u64,
+        input: &StepInput,
+        events: &[EventRecord],
+    ) -> Result<(), JournalError>;
+
+    /// Records the run's status, atomically. `root_hash` must be the run's stored chain head.
+    /// A stopped run is final: only the identical status can be set again.
+    fn set_status(
+        &mut self,
+        run: &RunId,
+        status: RunStatus,
+        root_hash: Digest,
+    ) -> Result<(), JournalError>;
+
+    /// Every run, in creation order.
+    fn runs(&self) -> Result<Vec<RunSummary>, JournalError>;
+
+    /// One run's summary.
+    fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError>;
+
+    /// One run, every step in order. Refuses a run whose stored chain is incomplete or
+    /// altered ([`JournalError::Broken`]); [`Journal::verify`] says where.
+    fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError>;
+
+    /// Recomputes the run's chain from the stored bodies and checks every stored hash, the
+    /// contiguity of steps and seqs, and that the chain ends at the run's root hash.
+    fn verify(&self, run: &RunId) -> Result<Verification, JournalError>;
+}
+
+impl<J: Journal + ?Sized> Journal for &mut J {
+    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError> {
+        (**self).create_run(run, header)
+    }
+
+    fn append(
+        &mut self,
+        run: &RunId,
+        step: u64,
+        input: &StepInput,
+        events: &[EventRecord],
+    ) -> Result<(), JournalError> {
+        (**self).append(run, step, input, events)
+    }
+
+    fn set_status(
+        &mut self,
+        run: &RunId,
+        status: RunStatus,
+        root_hash: Digest,
+    ) -> Result<(), JournalError> {
+        (**self).set_status(run, status, root_hash)
+    }
+
+    fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
+        (**self).runs()
+    }
+
+    fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
+        (**self).summary(run)
+    }
+
+    fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
+        (**self).load(run)
+    }
+
+    fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
+        (**self).verify(run)
+    }
+}
+
+impl<J: Journal + ?Sized> Journal for Box<J> {
+    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError> {
+        (**self).create_run(run, header)
+    }
+
+    fn append(
+        &mut self,
+        run: &RunId,
+        step: u64,
+        input: &StepInput,
+        events: &[EventRecord],
+    ) -> Result<(), JournalError> {
+        (**self).append(run, step, input, events)
+    }
+
+    fn set_status(
+        &mut self,
+        run: &RunId,
+        status: RunStatus,
+        root_hash: Digest,
+    ) -> Result<(), JournalError> {
+        (**self).set_status(run, status, root_hash)
+    }
+
+    fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
+        (**self).runs()
+    }
+
+    fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
+        (**self).summary(run)
+    }
+
+    fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
+        (**self).load(run)
+    }
+
+    fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
+        (**self).verify(run)
+    }
+}

@@ -1,0 +1,316 @@
+//! Opening a journal file: telling a journal from anything else, the pragmas a journal relies
+//! on, and the schema of a new journal.
+//!
+//! Nothing here writes to a file before it is known to be a Converge journal of a supported
+//! version or an empty database; nothing here migrates a schema (there is one version).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::JournalError;
+
+/// `PRAGMA application_id` of a Converge journal: `"Cnvg"` in ASCII.
+const APPLICATION_ID: i32 = 0x436E_7667;
+
+/// The schema version this build writes and the newest it reads.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a write waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = r"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE runs (
+    id          TEXT PRIMARY KEY NOT NULL,
+    header      TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('running', 'awaiting_approval', 'stopped')),
+    stop_reason TEXT CHECK ((status = 'stopped') = (stop_reason IS NOT NULL)),
+    steps       INTEGER NOT NULL CHECK (steps >= 0),
+    events      INTEGER NOT NULL CHECK (events >= 0),
+    root_hash   TEXT NOT NULL CHECK (length(root_hash) = 64)
+) STRICT;
+
+CREATE TABLE steps (
+    run       TEXT NOT NULL REFERENCES runs (id),
+    step      INTEGER NOT NULL CHECK (step >= 0),
+    kind      TEXT NOT NULL CHECK (kind IN ('start', 'cycle', 'decisions', 'halt', 'stop')),
+    input     TEXT NOT NULL,
+    first_seq INTEGER NOT NULL CHECK (first_seq >= 0),
+    events    INTEGER NOT NULL CHECK (events >= 0),
+    PRIMARY KEY (run, step)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE events (
+    run  TEXT NOT NULL,
+    seq  INTEGER NOT NULL CHECK (seq >= 0),
+    step INTEGER NOT NULL,
+    hash TEXT NOT NULL CHECK (length(hash) = 64),
+    body BLOB NOT NULL,
+    PRIMARY KEY (run, seq),
+    FOREIGN KEY (run, step) REFERENCES steps (run, step)
+) STRICT, WITHOUT ROWID;
+
+CREATE TRIGGER runs_keep BEFORE DELETE ON runs
+BEGIN SELECT RAISE(ABORT, 'converge journal: runs are never deleted'); END;
+CREATE TRIGGER steps_append_only_update BEFORE UPDATE ON steps
+BEGIN SELECT RAISE(ABORT, 'converge journal: steps are append-only'); END;
+CREATE TRIGGER steps_append_only_delete BEFORE DELETE ON steps
+BEGIN SELECT RAISE(ABORT, 'converge journal: steps are append-only'); END;
+CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'converge journal: events are append-only'); END;
+CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'converge journal: events are append-only'); END;
+";
+
+/// What an existing file holds.
+enum Identity {
+    /// An SQLite database with no application id and no schema: nothing to lose.
+    Empty,
+    /// A Converge journal of a supported schema version.
+    Journal,
+}
+
+/// Opens (or creates) the journal at `path` and returns a configured read-write connection.
+///
+/// An existing file is first checked from its header bytes, then through a read-only
+/// connection, then once more on the read-write connection before anything is written.
+pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
+    let exists = match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_dir() => {
+            return Err(JournalError::NotAJournal {
+                path: path.to_path_buf(),
+                detail: "it is a directory".to_owned(),
+            });
+        }
+        Ok(_) => true,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+        Err(source) => {
+            return Err(JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if exists {
+        precheck(path)?;
+        let probe = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| open_error(path, source))?;
+        identify(&probe, path)?;
+        drop(probe);
+    }
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if !exists {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let mut conn =
+        Connection::open_with_flags(path, flags).map_err(|source| open_error(path, source))?;
+    // Checked again on the connection that will write, before anything is written.
+    let identity = identify(&conn, path)?;
+    configure(&conn)?;
+    if let Identity::Empty = identity {
+        initialize(&mut conn, path)?;
+    }
+    Ok(conn)
+}
+
+/// Refuses, from the file's first 100 bytes alone, what is certainly not a journal this build
+/// can open, so that SQLite never touches such a file (not even to create the `-wal` and
+/// `-shm` files a read-only connection to a WAL database creates). Whatever passes is then
+/// identified through a read-only SQLite connection, which also reads the write-ahead log.
+fn precheck(path: &Path) -> Result<(), JournalError> {
+    let io = |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut header = Vec::with_capacity(100);
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    file.take(100).read_to_end(&mut header).map_err(io)?;
+    if len == 0 {
+        // SQLite reads an empty file as an empty database.
+        return Ok(());
+    }
+    let not_a_journal = |detail: String| JournalError::NotAJournal {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if header.len() < 100 || !header.starts_with(b"SQLite format 3\0") {
+        return Err(not_a_journal("it is not an SQLite database".to_owned()));
+    }
+    let field = |at: usize| {
+        i32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let (user_version, application_id) = (field(60), field(68));
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        size => u64::from(size),
+    };
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    match application_id {
+        APPLICATION_ID if i64::from(user_version) > SCHEMA_VERSION => {
+            Err(JournalError::NewerSchema {
+                path: path.to_path_buf(),
+                found: i64::from(user_version),
+                supported: SCHEMA_VERSION,
+            })
+        }
+        APPLICATION_ID => Ok(()),
+        // More than one page means tables; with a write-ahead log present, the log may hold
+        // a newer first page, so SQLite decides.
+        0 if len > page_size && !wal.exists() => Err(not_a_journal(FOREIGN.to_owned())),
+        0 => Ok(()),
+        other => Err(not_a_journal(foreign_id(other))),
+    }
+}
+
+const FOREIGN: &str =
+    "it is an SQLite database of another application (no Converge application id)";
+
+fn foreign_id(application_id: i32) -> String {
+    format!(
+        "its SQLite application id is {application_id:#010x}, not Converge's {APPLICATION_ID:#010x}"
+    )
+}
+
+/// Says what an SQLite file holds, reading only.
+fn identify(conn: &Connection, path: &Path) -> Result<Identity, JournalError> {
+    let not_a_journal = |detail: String| JournalError::NotAJournal {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(|source| open_error(path, source))?;
+    if application_id == 0 {
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+            .map_err(|source| open_error(path, source))?;
+        if objects == 0 {
+            return Ok(Identity::Empty);
+        }
+        return Err(not_a_journal(FOREIGN.to_owned()));
+    }
+    if application_id != APPLICATION_ID {
+        return Err(not_a_journal(foreign_id(application_id)));
+    }
+    let version: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|source| JournalError::Corrupt {
+            detail: format!("{} has no readable meta table: {source}", path.display()),
+        })?;
+    let version = version
+        .as_deref()
+        .and_then(|version| version.parse::<i64>().ok())
+        .ok_or_else(|| JournalError::Corrupt {
+            detail: format!("{} has no readable schema version", path.display()),
+        })?;
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < SCHEMA_VERSION {
+        return Err(JournalError::Corrupt {
+            detail: format!(
+                "{} claims schema version {version}, which never existed",
+                path.display()
+            ),
+        });
+    }
+    Ok(Identity::Journal)
+}
+
+/// Sets the per-connection pragmas a journal relies on and checks they took effect.
+fn configure(conn: &Connection) -> Result<(), JournalError> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(storage("setting the busy timeout"))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(storage("switching to WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(JournalError::Unsupported {
+            detail: format!("the file stays in journal mode {mode:?}; WAL is required"),
+        });
+    }
+    for (pragma, value, expected) in [
+        ("synchronous", "FULL", 2),
+        ("foreign_keys", "ON", 1),
+        ("fullfsync", "ON", 1),
+    ] {
+        conn.pragma_update(None, pragma, value)
+            .map_err(storage("setting a pragma"))?;
+        let actual: i64 = conn
+            .pragma_query_value(None, pragma, |row| row.get(0))
+            .map_err(storage("reading a pragma"))?;
+        if actual != expected {
+            return Err(JournalError::Unsupported {
+                detail: format!("PRAGMA {pragma} = {value} did not take effect"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates the schema in an empty database, in one transaction.
+fn initialize(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(storage("beginning the schema creation"))?;
+    // Another process may have created the journal since the check.
+    if let Identity::Journal = identify(&tx, path)? {
+        return Ok(());
+    }
+    tx.execute_batch(SCHEMA)
+        .map_err(storage("creating the schema"))?;
+    tx.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(storage("setting the application id"))?;
+    // Mirrors the schema version in the file header, where `precheck` reads it.
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(storage("setting the user version"))?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), ('created_by', ?2)",
+        params![
+            SCHEMA_VERSION.to_string(),
+            concat!("converge-runtime ", env!("CARGO_PKG_VERSION"))
+        ],
+    )
+    .map_err(storage("writing the schema version"))?;
+    tx.commit().map_err(storage("committing the schema"))
+}
+
+fn open_error(path: &Path, source: rusqlite::Error) -> JournalError {
+    match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => JournalError::NotAJournal {
+            path: path.to_path_buf(),
+            detail: "it is not an SQLite database".to_owned(),
+        },
+        _ => JournalError::Storage {
+            context: format!("opening {}", path.display()),
+            source,
+        },
+    }
+}
+
+pub(super) fn storage(context: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
+    move |source| JournalError::Storage {
+        context: context.to_owned(),
+        source,
+    }
+}

@@ -1,0 +1,571 @@
+//! The embedded journal: one SQLite file, WAL mode, `synchronous=FULL`, one transaction per
+//! step.
+//!
+//! `docs/journal.md` describes the on-disk schema, what is written when, and why a crash at
+//! any instant leaves a journal that loads and verifies. This module deliberately never
+//! updates or deletes a step or an event (triggers refuse it), never retries a failed write,
+//! never creates anything in a file that is not already a Converge journal or an empty
+//! database, and never migrates a schema it does not know.
+
+use std::path::{Path, PathBuf};
+
+use converge_core::{Digest, EventRecord};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+
+use super::check::{Break, ChainWalk, Head, StepRow, check_steps};
+use super::schema::{self, storage};
+use super::{
+    Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus, RunSummary, StoredEvent,
+    Verification,
+};
+use crate::record::{RunHeader, StepInput};
+
+/// A journal in one SQLite file.
+///
+/// [`SqliteJournal::open`] creates the file if it does not exist, or opens an existing
+/// journal after checking, without writing, that it is one and that its schema is not newer
+/// than this build's. Every [`Journal::append`] is one `IMMEDIATE` transaction committed with
+/// a full fsync of the write-ahead log.
+///
+/// ```
+/// use converge_core::agents::SeedAgent;
+/// use converge_core::{Context, Engine, Step, execute_isolated};
+/// use converge_runtime::{Journal, RunHeader, RunId, SqliteJournal, StepInput, Verification};
+///
+/// let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+/// let path = std::env::temp_dir().join(format!("converge-doc-{}-{nanos}.journal", std::process::id()));
+/// let mut journal = SqliteJournal::open(&path)?;
+///
+/// let mut engine = Engine::new();
+/// engine.register(SeedAgent::new("seed-1", "hello"));
+/// let header = RunHeader { agents: vec!["seed-1".into()], created_by: "doc".into(), intent: None };
+/// let id = RunId::new("doc-run")?;
+/// journal.create_run(&id, &header)?;
+///
+/// let mut run = engine.start(Context::new())?;
+/// let events: Vec<_> = std::iter::from_fn(|| run.poll_event()).collect();
+/// journal.append(&id, 0, &StepInput::Start { header }, &events)?;
+/// let mut step = 1;
+/// while let Step::Execute(batch) = run.next_step() {
+///     let outcomes: Vec<_> = batch.agents().iter()
+///         .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+///         .collect();
+///     let input = StepInput::cycle(&batch, &outcomes);
+///     run.submit(outcomes)?;
+///     let events: Vec<_> = std::iter::from_fn(|| run.poll_event()).collect();
+///     journal.append(&id, step, &input, &events)?;
+///     step += 1;
+/// }
+/// let events: Vec<_> = std::iter::from_fn(|| run.poll_event()).collect();
+/// journal.append(&id, step, &StepInput::Stop, &events)?;
+/// let result = run.finish().ok().expect("stopped");
+///
+/// assert!(matches!(journal.verify(&id)?,
+///     Verification::Intact { root_hash, .. } if root_hash == result.root_hash));
+///
+/// drop(journal);
+/// for suffix in ["", "-wal", "-shm"] {
+///     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct SqliteJournal {
+    conn: Connection,
+    path: PathBuf,
+    /// Set when a write failed in storage: the handle then refuses writes.
+    poisoned: Option<String>,
+}
+
+impl SqliteJournal {
+    /// Opens the journal at `path`, creating it if the file does not exist (or is an empty
+    /// database, as a crash during creation leaves it).
+    ///
+    /// A file that is not an SQLite database, an SQLite database of another application, or a
+    /// journal with a newer schema version is refused with a clear error, and left untouched:
+    /// it is first inspected through a read-only connection.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteJournal, JournalError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = schema::open(&path)?;
+        Ok(SqliteJournal {
+            conn,
+            path,
+            poisoned: None,
+        })
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `write` in one `IMMEDIATE` transaction and commits it. Any storage failure
+    /// poisons the handle; a refusal (out of order, unknown run…) does not.
+    fn write<T>(
+        &mut self,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        if let Some(detail) = &self.poisoned {
+            return Err(JournalError::Poisoned {
+                detail: detail.clone(),
+            });
+        }
+        let outcome = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(storage("beginning a write transaction"))?;
+            let value = write(&tx)?;
+            tx.commit().map_err(storage("committing"))?;
+            Ok(value)
+        })();
+        if let Err(error @ JournalError::Storage { .. }) = &outcome {
+            self.poisoned = Some(error.to_string());
+        }
+        outcome
+    }
+
+    /// Checks the whole run; `keep` receives each intact event with its step, in seq order.
+    fn scan(
+        &self,
+        run: &RunId,
+        keep_inputs: bool,
+        mut keep: impl FnMut(u64, StoredEvent),
+    ) -> Result<Scanned, JournalError> {
+        // One read transaction: steps and events come from the same snapshot even while
+        // another connection appends.
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(storage("beginning a read"))?;
+        let row = read_run(&tx, run)?;
+        let head = row.head()?;
+        let header = row.header()?;
+        let mut statement = tx
+            .prepare_cached(
+                "SELECT step, kind, input, first_seq, events FROM steps \
+                 WHERE run = ?1 ORDER BY step",
+            )
+            .map_err(storage("reading steps"))?;
+        let rows = statement
+            .query_map([run.as_str()], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(storage("reading steps"))?;
+        let mut step_rows = Vec::new();
+        for row in rows {
+            let (step, kind, input, first_seq, events) = row.map_err(storage("reading steps"))?;
+            step_rows.push(StepRow {
+                step: unsigned(step, "step number")?,
+                kind,
+                input,
+                first_seq: unsigned(first_seq, "first seq")?,
+                events: unsigned(events, "event count")?,
+            });
+        }
+        let mut steps = check_steps(step_rows, &head, &header, keep_inputs);
+        let inputs = std::mem::take(&mut steps.inputs);
+        let mut walk = ChainWalk::new(&steps, head);
+        let mut statement = tx
+            .prepare_cached("SELECT seq, step, hash, body FROM events WHERE run = ?1 ORDER BY seq")
+            .map_err(storage("reading events"))?;
+        let mut rows = statement
+            .query([run.as_str()])
+            .map_err(storage("reading events"))?;
+        while let Some(event) = rows.next().map_err(storage("reading events"))? {
+            let seq = unsigned(event.get(0).map_err(storage("reading events"))?, "seq")?;
+            let filed = unsigned(event.get(1).map_err(storage("reading events"))?, "step")?;
+            let hash: String = event.get(2).map_err(storage("reading events"))?;
+            let body: Vec<u8> = event.get(3).map_err(storage("reading events"))?;
+            match walk.feed(seq, filed, &hash, &body) {
+                Ok(Some((step, hash))) => keep(step, StoredEvent { seq, hash, body }),
+                Ok(None) => break,
+                Err(broken) => {
+                    return Ok(Scanned {
+                        row,
+                        inputs,
+                        checked: Err(broken),
+                    });
+                }
+            }
+        }
+        let checked = walk.finish();
+        Ok(Scanned {
+            row,
+            inputs,
+            checked,
+        })
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError> {
+        let header = to_json(header)?;
+        self.write(|tx| {
+            let exists = tx
+                .query_row("SELECT 1 FROM runs WHERE id = ?1", [run.as_str()], |_| {
+                    Ok(())
+                })
+                .optional()
+                .map_err(storage("looking up the run"))?;
+            if exists.is_some() {
+                return Err(JournalError::RunExists { run: run.clone() });
+            }
+            tx.execute(
+                "INSERT INTO runs (id, header, status, stop_reason, steps, events, root_hash) \
+                 VALUES (?1, ?2, 'running', NULL, 0, 0, ?3)",
+                params![run.as_str(), header, Digest::zero().to_string()],
+            )
+            .map_err(storage("creating the run"))?;
+            Ok(())
+        })
+    }
+
+    fn append(
+        &mut self,
+        run: &RunId,
+        step: u64,
+        input: &StepInput,
+        events: &[EventRecord],
+    ) -> Result<(), JournalError> {
+        // Everything that needs no storage is prepared before the transaction begins.
+        let input_json = to_json(input)?;
+        let reread: Result<StepInput, _> = serde_json::from_str(&input_json);
+        if reread.ok().as_ref() != Some(input) {
+            return Err(JournalError::NotRoundTrip {
+                run: run.clone(),
+                step,
+            });
+        }
+        let bodies: Vec<Vec<u8>> = events
+            .iter()
+            .map(|record| EventRecord::encode(&record.event))
+            .collect();
+        self.write(|tx| {
+            let row = read_run(tx, run)?;
+            let head = row.head()?;
+            if row.status == "stopped" {
+                return Err(JournalError::RunStopped { run: run.clone() });
+            }
+            if step != head.steps {
+                return Err(JournalError::OutOfOrder {
+                    run: run.clone(),
+                    expected: head.steps,
+                    got: step,
+                });
+            }
+            let invalid = |detail| JournalError::InvalidStep {
+                run: run.clone(),
+                step,
+                detail,
+            };
+            match (step, input) {
+                (0, StepInput::Start { header }) if *header != row.header()? => {
+                    return Err(invalid("the start's header differs from the run's"));
+                }
+                (0, StepInput::Start { .. }) => {}
+                (0, _) => return Err(invalid("step 0 must be the run's start")),
+                (_, StepInput::Start { .. }) => return Err(invalid("only step 0 may be a start")),
+                _ => {}
+            }
+            let mut previous = head.root;
+            let mut seq = head.events;
+            for (record, body) in events.iter().zip(&bodies) {
+                if record.seq != seq {
+                    return Err(JournalError::ChainMismatch {
+                        run: run.clone(),
+                        seq: record.seq,
+                        detail: format!("the next seq is {seq}"),
+                    });
+                }
+                let link = EventRecord::link_hash(previous, seq, body);
+                if link != record.hash {
+                    return Err(JournalError::ChainMismatch {
+                        run: run.clone(),
+                        seq,
+                        detail: format!("its hash does not chain from {previous}"),
+                    });
+                }
+                previous = link;
+                seq += 1;
+            }
+            tx.execute(
+                "INSERT INTO steps (run, step, kind, input, first_seq, events) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    run.as_str(),
+                    signed(step)?,
+                    input.kind(),
+                    input_json,
+                    signed(head.events)?,
+                    signed(seq - head.events)?,
+                ],
+            )
+            .map_err(storage("writing the step"))?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (run, seq, step, hash, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(storage("writing events"))?;
+            for (record, body) in events.iter().zip(&bodies) {
+                insert
+                    .execute(params![
+                        run.as_str(),
+                        signed(record.seq)?,
+                        signed(step)?,
+                        record.hash.to_string(),
+                        body,
+                    ])
+                    .map_err(storage("writing events"))?;
+            }
+            tx.execute(
+                "UPDATE runs SET steps = ?2, events = ?3, root_hash = ?4 WHERE id = ?1",
+                params![
+                    run.as_str(),
+                    signed(step + 1)?,
+                    signed(seq)?,
+                    previous.to_string()
+                ],
+            )
+            .map_err(storage("advancing the run's head"))?;
+            Ok(())
+        })
+    }
+
+    fn set_status(
+        &mut self,
+        run: &RunId,
+        status: RunStatus,
+        root_hash: Digest,
+    ) -> Result<(), JournalError> {
+        let reason = match &status {
+            RunStatus::Stopped { reason } => Some(to_json(reason)?),
+            _ => None,
+        };
+        self.write(|tx| {
+            let row = read_run(tx, run)?;
+            let head = row.head()?;
+            if head.root != root_hash {
+                return Err(JournalError::HeadMismatch {
+                    run: run.clone(),
+                    stored: head.root,
+                    given: root_hash,
+                });
+            }
+            let current = row.status()?;
+            if current == status {
+                return Ok(());
+            }
+            if let RunStatus::Stopped { .. } = current {
+                return Err(JournalError::RunStopped { run: run.clone() });
+            }
+            tx.execute(
+                "UPDATE runs SET status = ?2, stop_reason = ?3 WHERE id = ?1",
+                params![run.as_str(), status.name(), reason],
+            )
+            .map_err(storage("setting the run's status"))?;
+            Ok(())
+        })
+    }
+
+    fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY rowid"))
+            .map_err(storage("listing runs"))?;
+        let rows = statement
+            .query_map([], RunRow::from_row)
+            .map_err(storage("listing runs"))?;
+        let mut runs = Vec::new();
+        for row in rows {
+            runs.push(row.map_err(storage("listing runs"))?.summary()?);
+        }
+        Ok(runs)
+    }
+
+    fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
+        read_run(&self.conn, run)?.summary()
+    }
+
+    fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
+        let mut events: Vec<Vec<StoredEvent>> = Vec::new();
+        let Scanned {
+            row,
+            inputs,
+            checked,
+        } = self.scan(run, true, |step, event| {
+            let index = usize::try_from(step).unwrap_or(usize::MAX);
+            if events.len() <= index {
+                events.resize_with(index.saturating_add(1), Vec::new);
+            }
+            if let Some(slot) = events.get_mut(index) {
+                slot.push(event);
+            }
+        })?;
+        if let Err(broken) = checked {
+            return Err(JournalError::Broken {
+                run: run.clone(),
+                first_bad_seq: broken.seq,
+                step: broken.step,
+                reason: broken.reason,
+            });
+        }
+        events.resize_with(inputs.len(), Vec::new);
+        let steps = inputs
+            .into_iter()
+            .zip(events)
+            .enumerate()
+            .map(|(step, (input, events))| RecordedStep {
+                step: step as u64,
+                input,
+                events,
+            })
+            .collect();
+        let summary = row.summary()?;
+        Ok(RecordedRun {
+            id: summary.id,
+            header: row.header()?,
+            status: summary.status,
+            root_hash: summary.root_hash,
+            steps,
+        })
+    }
+
+    fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
+        let Scanned { row, checked, .. } = self.scan(run, false, |_, _| {})?;
+        Ok(match checked {
+            Ok(()) => {
+                let head = row.head()?;
+                Verification::Intact {
+                    steps: head.steps,
+                    events: head.events,
+                    root_hash: head.root,
+                }
+            }
+            Err(broken) => Verification::Broken {
+                first_bad_seq: broken.seq,
+                step: broken.step,
+                reason: broken.reason,
+            },
+        })
+    }
+}
+
+/// What [`SqliteJournal::scan`] found.
+struct Scanned {
+    row: RunRow,
+    /// The inputs of the intact steps, when asked for.
+    inputs: Vec<StepInput>,
+    /// The first break, if any.
+    checked: Result<(), Break>,
+}
+
+const RUN_COLUMNS: &str = "id, header, status, stop_reason, steps, events, root_hash";
+
+/// A `runs` row as stored.
+struct RunRow {
+    id: String,
+    header: String,
+    status: String,
+    stop_reason: Option<String>,
+    steps: i64,
+    events: i64,
+    root_hash: String,
+}
+
+impl RunRow {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+        Ok(RunRow {
+            id: row.get(0)?,
+            header: row.get(1)?,
+            status: row.get(2)?,
+            stop_reason: row.get(3)?,
+            steps: row.get(4)?,
+            events: row.get(5)?,
+            root_hash: row.get(6)?,
+        })
+    }
+
+    fn head(&self) -> Result<Head, JournalError> {
+        Ok(Head {
+            steps: unsigned(self.steps, "step count")?,
+            events: unsigned(self.events, "event count")?,
+            root: self.root_hash.parse().map_err(|_| JournalError::Corrupt {
+                detail: format!("run {:?} has root hash {:?}", self.id, self.root_hash),
+            })?,
+        })
+    }
+
+    fn header(&self) -> Result<RunHeader, JournalError> {
+        serde_json::from_str(&self.header).map_err(|error| JournalError::Corrupt {
+            detail: format!("run {:?} has an unreadable header: {error}", self.id),
+        })
+    }
+
+    fn status(&self) -> Result<RunStatus, JournalError> {
+        let corrupt = || JournalError::Corrupt {
+            detail: format!(
+                "run {:?} has status {:?} with stop reason {:?}",
+                self.id, self.status, self.stop_reason
+            ),
+        };
+        match (self.status.as_str(), &self.stop_reason) {
+            ("running", None) => Ok(RunStatus::Running),
+            ("awaiting_approval", None) => Ok(RunStatus::AwaitingApproval),
+            ("stopped", Some(reason)) => {
+                let reason: Value = serde_json::from_str(reason).map_err(|_| corrupt())?;
+                Ok(RunStatus::Stopped { reason })
+            }
+            _ => Err(corrupt()),
+        }
+    }
+
+    fn summary(&self) -> Result<RunSummary, JournalError> {
+        let head = self.head()?;
+        Ok(RunSummary {
+            id: RunId::new(&self.id).map_err(|error| JournalError::Corrupt {
+                detail: error.to_string(),
+            })?,
+            status: self.status()?,
+            steps: head.steps,
+            events: head.events,
+            root_hash: head.root,
+        })
+    }
+}
+
+fn read_run(conn: &Connection, run: &RunId) -> Result<RunRow, JournalError> {
+    conn.query_row(
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+        [run.as_str()],
+        RunRow::from_row,
+    )
+    .optional()
+    .map_err(storage("reading the run"))?
+    .ok_or_else(|| JournalError::UnknownRun { run: run.clone() })
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, JournalError> {
+    serde_json::to_string(value).map_err(|error| JournalError::Corrupt {
+        detail: format!("cannot encode a record as JSON: {error}"),
+    })
+}
+
+fn signed(value: u64) -> Result<i64, JournalError> {
+    i64::try_from(value).map_err(|_| JournalError::Corrupt {
+        detail: format!("{value} is beyond what the journal stores"),
+    })
+}
+
+fn unsigned(value: i64, what: &str) -> Result<u64, JournalError> {
+    u64::try_from(value).map_err(|_| JournalError::Corrupt {
+        detail: format!("stored {what} {value} is negative"),
+    })
+}

@@ -1,0 +1,1448 @@
+//! The journal against real SQLite files: round trips, durability, replay from recorded
+//! inputs, tamper detection, refusals that write nothing, foreign files left untouched, and
+//! injected append failures that still leave a verifiable journal.
+//!
+//! Every event stream here comes from a real `converge_core::Engine` driven through its
+//! sans-I/O API; nothing is mocked. This file deliberately does not test the async driver.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use converge_core::agents::{ReactOnceAgent, SeedAgent};
+use converge_core::{
+    Actor, ActorKind, Agent, AgentEffect, AgentOutcome, AuthorityScope, Context, ContextKey,
+    ConvergeResult, Decision, Digest, Engine, EventRecord, KeyRef, Observation, Proposal, Run,
+    Step, StopReason, TokenUsage, ValidationPolicy, execute_isolated,
+};
+use converge_runtime::{
+    BreakReason, DecisionRecord, EffectRecord, FailingJournal, Journal, JournalError,
+    ObservationRecord, OutcomeRecord, RecordError, ReplayabilityRecord, RunHeader, RunId,
+    RunStatus, SqliteJournal, StepInput, Verification,
+};
+use proptest::prelude::*;
+use rusqlite::Connection;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------------------------
+// A real scenario: seeds, a reacting agent, an agent with observations and a rejected draft,
+// an agent whose execution fails, and a key that needs a human's approval.
+// ---------------------------------------------------------------------------------------------
+
+/// Observes an external model and proposes an evaluation citing it, plus a draft the gate
+/// refuses (a raw invalid key and a NaN confidence).
+struct Scorer {
+    executions: Arc<AtomicUsize>,
+}
+
+impl Agent for Scorer {
+    fn name(&self) -> &str {
+        "scorer"
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        &[ContextKey::Hypotheses]
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Evaluations])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        ctx.has(ContextKey::Hypotheses) && !ctx.contains(ContextKey::Evaluations, "score-1")
+    }
+
+    fn execute(&self, _ctx: &Context) -> AgentEffect {
+        self.executions.fetch_add(1, Ordering::SeqCst);
+        let mut effect = AgentEffect::empty().with_usage(TokenUsage {
+            input: 120,
+            output: 30,
+        });
+        let answer = effect.observe(Observation::remote(
+            "llm.chat",
+            "test:model",
+            "req-42",
+            json!({"text": "seasonal", "logprob": -0.125, "tokens": [1, 2, 3]}),
+        ));
+        effect.observe(Observation::local("score", json!({"score": 0.25})));
+        effect.observe(
+            Observation::remote("tool.call", "test:search", "q-7", json!(null)).audit_only(),
+        );
+        effect.propose(
+            Proposal::new(
+                ContextKey::Evaluations,
+                "score-1",
+                json!({"score": 0.25, "why": ["a", {"deep": [1.5, null, true]}]}),
+            )
+            .with_confidence(0.75)
+            .derived_from(ContextKey::Hypotheses, "hyp-1")
+            .citing(answer),
+        );
+        effect.propose(
+            Proposal::new(KeyRef::Name("Not A Key".into()), "odd id!", json!("x"))
+                .with_confidence(f64::NAN),
+        );
+        effect
+    }
+}
+
+/// Proposes a strategy (which needs approval) once an evaluation exists.
+struct Planner {
+    executions: Arc<AtomicUsize>,
+}
+
+impl Agent for Planner {
+    fn name(&self) -> &str {
+        "planner"
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        &[ContextKey::Evaluations]
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Strategies])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        ctx.has(ContextKey::Evaluations) && !ctx.has(ContextKey::Strategies)
+    }
+
+    fn execute(&self, _ctx: &Context) -> AgentEffect {
+        self.executions.fetch_add(1, Ordering::SeqCst);
+        AgentEffect::empty().with_proposal(
+            Proposal::new(ContextKey::Strategies, "plan-1", json!({"do": "stock up"}))
+                .with_confidence(0.5)
+                .derived_from(ContextKey::Evaluations, "score-1"),
+        )
+    }
+}
+
+/// Woken by seeds; the driver reports it as timed out (its execution never counts).
+struct Flaky;
+
+impl Agent for Flaky {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        &[ContextKey::Seeds]
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::none()
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        ctx.has(ContextKey::Seeds)
+    }
+
+    fn execute(&self, _ctx: &Context) -> AgentEffect {
+        AgentEffect::empty()
+    }
+}
+
+const AGENTS: [&str; 6] = ["seed-1", "seed-2", "hyp-1", "scorer", "planner", "flaky"];
+
+struct Scenario {
+    engine: Engine,
+    executions: Arc<AtomicUsize>,
+}
+
+fn scenario() -> Scenario {
+    let executions = Arc::new(AtomicUsize::new(0));
+    let mut engine = Engine::new();
+    engine.register(SeedAgent::new("seed-1", json!({"sales": [3, 5, 8]})));
+    engine.register(SeedAgent::new("seed-2", "second seed"));
+    engine.register(ReactOnceAgent::new("hyp-1", "demand is seasonal"));
+    engine.register(Scorer {
+        executions: executions.clone(),
+    });
+    engine.register(Planner {
+        executions: executions.clone(),
+    });
+    engine.register(Flaky);
+    engine.set_policy(
+        ContextKey::Strategies,
+        ValidationPolicy::new().requiring_approval(),
+    );
+    Scenario { engine, executions }
+}
+
+fn header() -> RunHeader {
+    RunHeader {
+        agents: AGENTS.iter().map(|name| (*name).to_owned()).collect(),
+        created_by: "tests/journal.rs".to_owned(),
+        intent: Some(json!({"objective": "plan inventory"})),
+    }
+}
+
+fn drain(run: &mut Run<'_>) -> Vec<EventRecord> {
+    std::iter::from_fn(|| run.poll_event()).collect()
+}
+
+/// What a recording produced: the steps as appended, and how the run ended.
+struct Recording {
+    steps: Vec<(StepInput, Vec<EventRecord>)>,
+    result: Option<ConvergeResult>,
+}
+
+impl Recording {
+    /// The chain head after the first `count` steps.
+    fn head_after(&self, count: usize) -> Digest {
+        self.steps[..count]
+            .iter()
+            .flat_map(|(_, events)| events)
+            .last()
+            .map_or(Digest::zero(), |record| record.hash)
+    }
+
+    fn events_in(&self, count: usize) -> u64 {
+        self.steps[..count]
+            .iter()
+            .map(|(_, events)| events.len() as u64)
+            .sum()
+    }
+}
+
+/// A sequential driver that journals every step; it stops at the first journal error.
+struct Recorder<'j, J: Journal> {
+    journal: &'j mut J,
+    id: RunId,
+    next: u64,
+    recording: Recording,
+}
+
+impl<J: Journal> Recorder<'_, J> {
+    fn commit(&mut self, input: StepInput, events: Vec<EventRecord>) -> Result<(), JournalError> {
+        self.journal.append(&self.id, self.next, &input, &events)?;
+        self.next += 1;
+        self.recording.steps.push((input, events));
+        Ok(())
+    }
+
+    fn drive(&mut self, run: &mut Run<'_>) -> Result<(), JournalError> {
+        loop {
+            match run.next_step() {
+                Step::Execute(batch) => {
+                    let outcomes: Vec<_> = batch
+                        .agents()
+                        .iter()
+                        .map(|&agent| {
+                            let outcome = if run.agent_name(agent) == Some("flaky") {
+                                AgentOutcome::Failed("timed out after 5000 ms".to_owned())
+                            } else {
+                                execute_isolated(run.agent(agent), run.context())
+                            };
+                            (agent, outcome)
+                        })
+                        .collect();
+                    let input = StepInput::cycle(&batch, &outcomes);
+                    run.submit(outcomes).expect("a complete batch");
+                    let events = drain(run);
+                    self.commit(input, events)?;
+                }
+                Step::Stopped => {
+                    let events = drain(run);
+                    if !events.is_empty() {
+                        self.commit(StepInput::Stop, events)?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Records the whole scenario: start, cycles until awaiting approval, a human approves,
+/// cycles until converged. On a journal error, returns it with what was recorded so far.
+fn record<J: Journal>(journal: &mut J, id: &RunId) -> (Recording, Result<(), JournalError>) {
+    let Scenario { engine, .. } = scenario();
+    let mut recorder = Recorder {
+        journal,
+        id: id.clone(),
+        next: 0,
+        recording: Recording {
+            steps: Vec::new(),
+            result: None,
+        },
+    };
+    let outcome = (|| {
+        recorder.journal.create_run(id, &header())?;
+        let mut run = engine.start(Context::new()).expect("valid agents");
+        let events = drain(&mut run);
+        recorder.commit(StepInput::Start { header: header() }, events)?;
+        recorder.drive(&mut run)?;
+        let paused = run.finish().ok().expect("stopped");
+        let StopReason::AwaitingApproval { pending } = &paused.stop_reason else {
+            panic!("expected to await approval, got {:?}", paused.stop_reason);
+        };
+        recorder
+            .journal
+            .set_status(id, RunStatus::AwaitingApproval, paused.root_hash)?;
+        let alice = Actor::human("alice").expect("valid actor");
+        let decisions: Vec<Decision> = pending
+            .iter()
+            .map(|pending| Decision::approve(pending.proposal, pending.hash, alice.clone()))
+            .collect();
+        let mut run = engine
+            .resume_run(paused, decisions.clone())
+            .expect("resumable");
+        let events = drain(&mut run);
+        recorder.commit(StepInput::decisions(&decisions), events)?;
+        let head = recorder
+            .recording
+            .head_after(recorder.recording.steps.len());
+        recorder.journal.set_status(id, RunStatus::Running, head)?;
+        recorder.drive(&mut run)?;
+        let result = run.finish().ok().expect("stopped");
+        let reason = serde_json::to_value(&result.stop_reason).expect("serializable");
+        recorder
+            .journal
+            .set_status(id, RunStatus::Stopped { reason }, result.root_hash)?;
+        recorder.recording.result = Some(result);
+        Ok(())
+    })();
+    (recorder.recording, outcome)
+}
+
+fn run_id(id: &str) -> RunId {
+    RunId::new(id).expect("valid run id")
+}
+
+fn journal_in(dir: &TempDir) -> (PathBuf, SqliteJournal) {
+    let path = dir.path().join("runs.journal");
+    let journal = SqliteJournal::open(&path).expect("journal opens");
+    (path, journal)
+}
+
+/// A journal holding one complete run.
+fn recorded(dir: &TempDir) -> (PathBuf, SqliteJournal, RunId, Recording) {
+    let (path, mut journal) = journal_in(dir);
+    let id = run_id("run-1");
+    let (recording, outcome) = record(&mut journal, &id);
+    outcome.expect("recorded");
+    (path, journal, id, recording)
+}
+
+/// The step whose events include `seq`, per the recording.
+fn step_of(recording: &Recording, seq: u64) -> u64 {
+    let mut first = 0;
+    for (step, (_, events)) in recording.steps.iter().enumerate() {
+        if seq < first + events.len() as u64 {
+            return step as u64;
+        }
+        first += events.len() as u64;
+    }
+    panic!("seq {seq} is beyond the recording");
+}
+
+/// A raw connection with the append-only triggers and foreign keys off: what a tamperer does.
+fn tamperer(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("raw open");
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         DROP TRIGGER events_append_only_update; DROP TRIGGER events_append_only_delete;
+         DROP TRIGGER steps_append_only_update; DROP TRIGGER steps_append_only_delete;",
+    )
+    .expect("drop triggers");
+    conn
+}
+
+fn row_counts(path: &Path) -> (i64, i64) {
+    let conn = Connection::open(path).expect("raw open");
+    let count = |table: &str| {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+            row.get(0)
+        })
+        .expect("count")
+    };
+    (count("steps"), count("events"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trips and durability
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn load_gives_back_the_exact_inputs_and_event_bytes() {
+    let dir = TempDir::new().unwrap();
+    let (_, journal, id, recording) = recorded(&dir);
+    let result = recording.result.as_ref().unwrap();
+    assert!(result.converged, "{:?}", result.stop_reason);
+
+    let loaded = journal.load(&id).unwrap();
+    assert_eq!(loaded.id, id);
+    assert_eq!(loaded.header, header());
+    assert_eq!(loaded.root_hash, result.root_hash);
+    assert!(
+        matches!(&loaded.status, RunStatus::Stopped { reason } if reason["stop"] == "converged")
+    );
+    assert_eq!(loaded.steps.len(), recording.steps.len());
+    for (number, (stored, (input, events))) in loaded.steps.iter().zip(&recording.steps).enumerate()
+    {
+        assert_eq!(stored.step, number as u64);
+        assert_eq!(&stored.input, input, "step {number}");
+        assert_eq!(stored.events.len(), events.len(), "step {number}");
+        for (stored, event) in stored.events.iter().zip(events) {
+            assert!(stored.matches(event), "step {number}, seq {}", event.seq);
+            assert_eq!(stored.body, EventRecord::encode(&event.event));
+        }
+    }
+    let kinds: Vec<_> = loaded.steps.iter().map(|step| step.input.kind()).collect();
+    assert_eq!(kinds.first(), Some(&"start"));
+    assert!(kinds.contains(&"cycle") && kinds.contains(&"decisions") && kinds.contains(&"stop"));
+
+    let events = recording.events_in(recording.steps.len());
+    assert_eq!(
+        journal.verify(&id).unwrap(),
+        Verification::Intact {
+            steps: recording.steps.len() as u64,
+            events,
+            root_hash: result.root_hash,
+        }
+    );
+}
+
+#[test]
+fn a_reopened_journal_holds_every_committed_step() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, recording) = recorded(&dir);
+    let before = journal.load(&id).unwrap();
+    drop(journal);
+
+    let reopened = SqliteJournal::open(&path).unwrap();
+    assert_eq!(reopened.load(&id).unwrap(), before);
+    let runs = reopened.runs().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, id);
+    assert_eq!(runs[0].steps, recording.steps.len() as u64);
+    assert_eq!(
+        runs[0].root_hash,
+        recording.result.as_ref().unwrap().root_hash
+    );
+    assert!(matches!(
+        reopened.verify(&id).unwrap(),
+        Verification::Intact { .. }
+    ));
+}
+
+#[test]
+fn replaying_the_recorded_inputs_reproduces_every_event_without_executing_agents() {
+    let dir = TempDir::new().unwrap();
+    let (_, journal, id, _) = recorded(&dir);
+    let loaded = journal.load(&id).unwrap();
+    let Scenario { engine, executions } = scenario();
+
+    let mut steps = loaded.steps.iter();
+    let start = steps.next().unwrap();
+    assert!(matches!(&start.input, StepInput::Start { header: h } if *h == loaded.header));
+    let mut run = engine.start(Context::new()).unwrap();
+    let compare = |run: &mut Run<'_>, stored: &[converge_runtime::StoredEvent]| {
+        let replayed = drain(run);
+        assert_eq!(replayed.len(), stored.len());
+        for (event, stored) in replayed.iter().zip(stored) {
+            assert!(
+                stored.matches(event),
+                "replay diverged at seq {}",
+                event.seq
+            );
+        }
+    };
+    compare(&mut run, &start.events);
+    for step in steps {
+        match &step.input {
+            StepInput::Cycle { .. } => {
+                let Step::Execute(batch) = run.next_step() else {
+                    panic!("replay stopped early at step {}", step.step);
+                };
+                run.submit(step.input.outcomes_for(&batch).unwrap())
+                    .unwrap();
+            }
+            StepInput::Decisions { .. } => {
+                let paused = run.finish().ok().expect("stopped before decisions");
+                run = engine
+                    .resume_run(paused, step.input.decisions_into_core())
+                    .unwrap();
+            }
+            StepInput::Stop => assert_eq!(run.next_step(), Step::Stopped),
+            other => panic!("unexpected step {other:?}"),
+        }
+        compare(&mut run, &step.events);
+    }
+    let result = run.finish().ok().expect("stopped");
+    assert_eq!(result.root_hash, loaded.root_hash);
+    assert_eq!(
+        executions.load(Ordering::SeqCst),
+        0,
+        "replay executed an agent"
+    );
+}
+
+#[test]
+fn several_runs_are_listed_in_creation_order() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal) = journal_in(&dir);
+    for id in ["b-run", "a-run", "c-run"] {
+        record(&mut journal, &run_id(id)).1.unwrap();
+    }
+    let ids: Vec<_> = journal
+        .runs()
+        .unwrap()
+        .into_iter()
+        .map(|run| run.id.to_string())
+        .collect();
+    assert_eq!(ids, ["b-run", "a-run", "c-run"]);
+    // Same agents, same inputs: the same root hash for every run.
+    let roots: Vec<_> = journal
+        .runs()
+        .unwrap()
+        .iter()
+        .map(|run| run.root_hash)
+        .collect();
+    assert!(roots.windows(2).all(|pair| pair[0] == pair[1]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tampering
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_flipped_byte_in_an_event_body_is_named_by_seq_and_step() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, recording) = recorded(&dir);
+    drop(journal);
+    let last = recording.events_in(recording.steps.len()) - 1;
+    for seq in [0, 1, last / 2, last] {
+        let copy = dir.path().join(format!("flip-{seq}.journal"));
+        std::fs::copy(&path, &copy).unwrap();
+        let conn = tamperer(&copy);
+        let mut body: Vec<u8> = conn
+            .query_row(
+                "SELECT body FROM events WHERE run = ?1 AND seq = ?2",
+                rusqlite::params![id.as_str(), seq as i64],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let middle = body.len() / 2;
+        body[middle] ^= 0x01;
+        conn.execute(
+            "UPDATE events SET body = ?3 WHERE run = ?1 AND seq = ?2",
+            rusqlite::params![id.as_str(), seq as i64, body],
+        )
+        .unwrap();
+        drop(conn);
+
+        let journal = SqliteJournal::open(&copy).unwrap();
+        assert_eq!(
+            journal.verify(&id).unwrap(),
+            Verification::Broken {
+                first_bad_seq: seq,
+                step: Some(step_of(&recording, seq)),
+                reason: BreakReason::HashMismatch,
+            }
+        );
+        assert!(matches!(
+            journal.load(&id),
+            Err(JournalError::Broken { first_bad_seq, .. }) if first_bad_seq == seq
+        ));
+    }
+}
+
+#[test]
+fn a_deleted_event_row_is_named_by_seq_and_step() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, recording) = recorded(&dir);
+    drop(journal);
+    let last = recording.events_in(recording.steps.len()) - 1;
+    for seq in [0, last / 2, last] {
+        let copy = dir.path().join(format!("delete-{seq}.journal"));
+        std::fs::copy(&path, &copy).unwrap();
+        let conn = tamperer(&copy);
+        let deleted = conn
+            .execute(
+                "DELETE FROM events WHERE run = ?1 AND seq = ?2",
+                rusqlite::params![id.as_str(), seq as i64],
+            )
+            .unwrap();
+        assert_eq!(deleted, 1);
+        drop(conn);
+
+        let journal = SqliteJournal::open(&copy).unwrap();
+        assert_eq!(
+            journal.verify(&id).unwrap(),
+            Verification::Broken {
+                first_bad_seq: seq,
+                step: Some(step_of(&recording, seq)),
+                reason: BreakReason::Missing,
+            }
+        );
+    }
+}
+
+#[test]
+fn an_altered_root_hash_or_a_dropped_last_step_is_detected() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, recording) = recorded(&dir);
+    drop(journal);
+    let events = recording.events_in(recording.steps.len());
+
+    let copy = dir.path().join("root.journal");
+    std::fs::copy(&path, &copy).unwrap();
+    Connection::open(&copy)
+        .unwrap()
+        .execute(
+            "UPDATE runs SET root_hash = ?2 WHERE id = ?1",
+            rusqlite::params![id.as_str(), Digest::of_bytes(b"forged").to_string()],
+        )
+        .unwrap();
+    let journal = SqliteJournal::open(&copy).unwrap();
+    assert!(matches!(
+        journal.verify(&id).unwrap(),
+        Verification::Broken { first_bad_seq, reason: BreakReason::RootMismatch, .. }
+            if first_bad_seq == events - 1
+    ));
+
+    // Remove the whole last step and rewind the run's head consistently: only the root hash
+    // recorded in the run row is left to tell.
+    let copy = dir.path().join("truncated.journal");
+    std::fs::copy(&path, &copy).unwrap();
+    let conn = tamperer(&copy);
+    let last_step = recording.steps.len() as i64 - 1;
+    let last_events = recording.steps.last().unwrap().1.len() as i64;
+    conn.execute_batch(&format!(
+        "DELETE FROM events WHERE step = {last_step}; DELETE FROM steps WHERE step = {last_step};"
+    ))
+    .unwrap();
+    conn.execute(
+        "UPDATE runs SET steps = steps - 1, events = events - ?2 WHERE id = ?1",
+        rusqlite::params![id.as_str(), last_events],
+    )
+    .unwrap();
+    drop(conn);
+    let journal = SqliteJournal::open(&copy).unwrap();
+    assert!(matches!(
+        journal.verify(&id).unwrap(),
+        Verification::Broken {
+            reason: BreakReason::RootMismatch,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn misfiled_extra_unreadable_and_missing_entries_are_named() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, recording) = recorded(&dir);
+    drop(journal);
+    let events = recording.events_in(recording.steps.len());
+    let last_step = recording.steps.len() as u64 - 1;
+    let first_of = |step: usize| recording.events_in(step);
+    let cases: Vec<(&str, String, Verification)> = vec![
+        (
+            "misfiled",
+            "UPDATE events SET step = 0 WHERE seq = 3".to_owned(),
+            Verification::Broken {
+                first_bad_seq: 3,
+                step: Some(step_of(&recording, 3)),
+                reason: BreakReason::WrongStep { filed_under: 0 },
+            },
+        ),
+        (
+            "extra",
+            format!(
+                "INSERT INTO events (run, seq, step, hash, body) \
+                 SELECT run, {events}, step, hash, body FROM events WHERE seq = {}",
+                events - 1
+            ),
+            Verification::Broken {
+                first_bad_seq: events,
+                step: None,
+                reason: BreakReason::Unexpected,
+            },
+        ),
+        (
+            "unreadable",
+            "UPDATE steps SET input = '{\"cycle\":{}}' WHERE step = 2".to_owned(),
+            Verification::Broken {
+                first_bad_seq: first_of(2),
+                step: Some(2),
+                reason: BreakReason::StepUnreadable {
+                    detail: "missing field `cycle` at line 1 column 11".to_owned(),
+                },
+            },
+        ),
+        (
+            "step-missing",
+            format!("DELETE FROM steps WHERE step = {last_step}"),
+            Verification::Broken {
+                first_bad_seq: first_of(last_step as usize),
+                step: Some(last_step),
+                reason: BreakReason::StepMissing,
+            },
+        ),
+    ];
+    for (name, sql, expected) in cases {
+        let copy = dir.path().join(format!("{name}.journal"));
+        std::fs::copy(&path, &copy).unwrap();
+        let conn = tamperer(&copy);
+        conn.execute_batch(&sql).unwrap();
+        drop(conn);
+        let journal = SqliteJournal::open(&copy).unwrap();
+        assert_eq!(journal.verify(&id).unwrap(), expected, "{name}");
+        assert!(
+            matches!(journal.load(&id), Err(JournalError::Broken { .. })),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_schema_refuses_updates_and_deletes_of_steps_and_events() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, _) = recorded(&dir);
+    drop(journal);
+    let conn = Connection::open(&path).unwrap();
+    for sql in [
+        "UPDATE events SET body = x'00' WHERE seq = 0",
+        "DELETE FROM events WHERE seq = 0",
+        "UPDATE steps SET input = '{}' WHERE step = 0",
+        "DELETE FROM steps WHERE step = 0",
+        "DELETE FROM runs",
+    ] {
+        let error = conn.execute(sql, []).unwrap_err();
+        assert!(
+            error.to_string().contains("converge journal"),
+            "{sql}: {error}"
+        );
+    }
+    drop(conn);
+    let journal = SqliteJournal::open(&path).unwrap();
+    assert!(matches!(
+        journal.verify(&id).unwrap(),
+        Verification::Intact { .. }
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals write nothing
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn out_of_order_steps_and_broken_chains_are_refused_with_nothing_written() {
+    let dir = TempDir::new().unwrap();
+    let (path, mut journal) = journal_in(&dir);
+    let id = run_id("partial");
+    journal.create_run(&id, &header()).unwrap();
+    let Scenario { engine, .. } = scenario();
+    let mut run = engine.start(Context::new()).unwrap();
+    let start_events = drain(&mut run);
+    let start = StepInput::Start { header: header() };
+    journal.append(&id, 0, &start, &start_events).unwrap();
+    let Step::Execute(batch) = run.next_step() else {
+        panic!("expected a batch")
+    };
+    let outcomes: Vec<_> = batch
+        .agents()
+        .iter()
+        .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+        .collect();
+    let cycle = StepInput::cycle(&batch, &outcomes);
+    run.submit(outcomes).unwrap();
+    let events = drain(&mut run);
+    assert!(events.len() > 2);
+
+    let before = (journal.summary(&id).unwrap(), row_counts(&path));
+    let check_unchanged = |journal: &SqliteJournal| {
+        assert_eq!((journal.summary(&id).unwrap(), row_counts(&path)), before);
+        assert!(matches!(
+            journal.verify(&id).unwrap(),
+            Verification::Intact { steps: 1, .. }
+        ));
+    };
+
+    let error = journal.append(&id, 2, &cycle, &events).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            JournalError::OutOfOrder {
+                expected: 1,
+                got: 2,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    check_unchanged(&journal);
+    let error = journal.append(&id, 0, &start, &start_events).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            JournalError::OutOfOrder {
+                expected: 1,
+                got: 0,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    check_unchanged(&journal);
+
+    // A gap in seqs.
+    let error = journal.append(&id, 1, &cycle, &events[1..]).unwrap_err();
+    assert!(
+        matches!(error, JournalError::ChainMismatch { .. }),
+        "{error}"
+    );
+    check_unchanged(&journal);
+    // Events reordered.
+    let mut swapped = events.clone();
+    swapped.swap(1, 2);
+    let error = journal.append(&id, 1, &cycle, &swapped).unwrap_err();
+    assert!(
+        matches!(error, JournalError::ChainMismatch { seq, .. } if seq == events[2].seq),
+        "{error}"
+    );
+    check_unchanged(&journal);
+    // A forged hash in the middle: nothing of the step is written, not even its good prefix.
+    let mut forged = events.clone();
+    forged[2].hash = Digest::of_bytes(b"forged");
+    let error = journal.append(&id, 1, &cycle, &forged).unwrap_err();
+    assert!(
+        matches!(error, JournalError::ChainMismatch { seq, .. } if seq == events[2].seq),
+        "{error}"
+    );
+    check_unchanged(&journal);
+    // An event whose content changed after it was sealed.
+    let mut altered = events.clone();
+    let replacement = start_events[0].event.clone();
+    altered[1].event = replacement;
+    let error = journal.append(&id, 1, &cycle, &altered).unwrap_err();
+    assert!(
+        matches!(error, JournalError::ChainMismatch { .. }),
+        "{error}"
+    );
+    check_unchanged(&journal);
+    // A second start.
+    let error = journal.append(&id, 1, &start, &events).unwrap_err();
+    assert!(
+        matches!(error, JournalError::InvalidStep { step: 1, .. }),
+        "{error}"
+    );
+    check_unchanged(&journal);
+
+    // Refusals do not poison the handle: the right step still goes in.
+    journal.append(&id, 1, &cycle, &events).unwrap();
+    assert!(matches!(
+        journal.verify(&id).unwrap(),
+        Verification::Intact { steps: 2, root_hash, .. } if root_hash == events.last().unwrap().hash
+    ));
+}
+
+#[test]
+fn step_zero_must_be_the_runs_start() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal) = journal_in(&dir);
+    let id = run_id("start");
+    journal.create_run(&id, &header()).unwrap();
+    let error = journal.append(&id, 0, &StepInput::Stop, &[]).unwrap_err();
+    assert!(
+        matches!(error, JournalError::InvalidStep { step: 0, .. }),
+        "{error}"
+    );
+    let mut other = header();
+    other.created_by = "someone else".into();
+    let error = journal
+        .append(&id, 0, &StepInput::Start { header: other }, &[])
+        .unwrap_err();
+    assert!(
+        matches!(error, JournalError::InvalidStep { step: 0, .. }),
+        "{error}"
+    );
+    assert_eq!(journal.summary(&id).unwrap().steps, 0);
+}
+
+#[test]
+fn unknown_runs_and_existing_ids_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal, id, _) = recorded(&dir);
+    let ghost = run_id("ghost");
+    let unknown =
+        |error: JournalError| matches!(error, JournalError::UnknownRun { run } if run == ghost);
+    assert!(unknown(journal.load(&ghost).unwrap_err()));
+    assert!(unknown(journal.verify(&ghost).unwrap_err()));
+    assert!(unknown(journal.summary(&ghost).unwrap_err()));
+    assert!(unknown(
+        journal
+            .append(&ghost, 0, &StepInput::Stop, &[])
+            .unwrap_err()
+    ));
+    assert!(unknown(
+        journal
+            .set_status(&ghost, RunStatus::Running, Digest::zero())
+            .unwrap_err()
+    ));
+    let error = journal.create_run(&id, &header()).unwrap_err();
+    assert!(matches!(error, JournalError::RunExists { .. }), "{error}");
+    assert_eq!(journal.runs().unwrap().len(), 1);
+}
+
+#[test]
+fn status_needs_the_stored_head_and_a_stopped_run_is_closed() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal, id, recording) = recorded(&dir);
+    let root = recording.result.as_ref().unwrap().root_hash;
+    let stopped = journal.summary(&id).unwrap().status;
+    assert!(matches!(stopped, RunStatus::Stopped { .. }));
+    // Setting the same status again is harmless; anything else is refused.
+    journal.set_status(&id, stopped, root).unwrap();
+    let error = journal
+        .set_status(&id, RunStatus::Running, root)
+        .unwrap_err();
+    assert!(matches!(error, JournalError::RunStopped { .. }), "{error}");
+    let error = journal
+        .set_status(&id, RunStatus::Running, Digest::zero())
+        .unwrap_err();
+    assert!(
+        matches!(error, JournalError::HeadMismatch { stored, .. } if stored == root),
+        "{error}"
+    );
+    let next = recording.steps.len() as u64;
+    let error = journal
+        .append(&id, next, &StepInput::Stop, &[])
+        .unwrap_err();
+    assert!(matches!(error, JournalError::RunStopped { .. }), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening files that are not (current) journals
+// ---------------------------------------------------------------------------------------------
+
+fn sidecars(path: &Path) -> Vec<bool> {
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())).exists())
+        .collect()
+}
+
+/// Opens `path`, expects a refusal, and checks the file's bytes did not change (nor, if
+/// asked, that any file appeared next to it).
+fn refused(path: &Path, no_new_files: bool) -> JournalError {
+    let before = std::fs::read(path).unwrap();
+    let sidecars_before = sidecars(path);
+    let error = SqliteJournal::open(path).unwrap_err();
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        before,
+        "the file was modified"
+    );
+    if no_new_files {
+        assert_eq!(sidecars(path), sidecars_before, "files appeared next to it");
+    }
+    error
+}
+
+#[test]
+fn a_text_file_is_not_a_journal_and_is_left_untouched() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "these are my notes, not a database\n".repeat(200)).unwrap();
+    let error = refused(&path, true);
+    assert!(matches!(error, JournalError::NotAJournal { .. }), "{error}");
+    assert!(
+        error.to_string().contains("not an SQLite database"),
+        "{error}"
+    );
+}
+
+#[test]
+fn another_applications_database_is_not_a_journal_and_is_left_untouched() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("other.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE contacts (name TEXT); INSERT INTO contacts VALUES ('ada'), ('grace');",
+    )
+    .unwrap();
+    drop(conn);
+    let error = refused(&path, true);
+    assert!(matches!(error, JournalError::NotAJournal { .. }), "{error}");
+
+    let path = dir.path().join("tagged.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA application_id = 42; CREATE TABLE t (x);")
+        .unwrap();
+    drop(conn);
+    let error = refused(&path, true);
+    assert!(error.to_string().contains("0x0000002a"), "{error}");
+}
+
+#[test]
+fn a_journal_with_a_newer_schema_is_refused_and_left_untouched() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, _, _) = recorded(&dir);
+    drop(journal);
+    // What a newer Converge writes: the version in the meta table and, mirrored, in the
+    // file header. Refused from the header alone: SQLite never opens the file.
+    let newer = dir.path().join("newer.journal");
+    std::fs::copy(&path, &newer).unwrap();
+    Connection::open(&newer)
+        .unwrap()
+        .execute_batch(
+            "UPDATE meta SET value = '2' WHERE key = 'schema_version'; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    let error = refused(&newer, true);
+    assert!(
+        matches!(
+            error,
+            JournalError::NewerSchema {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("newer Converge"), "{error}");
+
+    // Only the meta table says so: the read-only SQLite check refuses it.
+    let meta_only = dir.path().join("meta-only.journal");
+    std::fs::copy(&path, &meta_only).unwrap();
+    Connection::open(&meta_only)
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+    let error = refused(&meta_only, false);
+    assert!(
+        matches!(error, JournalError::NewerSchema { found: 3, .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_or_empty_file_becomes_a_journal() {
+    let dir = TempDir::new().unwrap();
+    let empty = dir.path().join("empty.journal");
+    std::fs::write(&empty, b"").unwrap();
+    for path in [dir.path().join("fresh.journal"), empty] {
+        let mut journal = SqliteJournal::open(&path).unwrap();
+        assert!(journal.runs().unwrap().is_empty());
+        record(&mut journal, &run_id("r")).1.unwrap();
+        drop(journal);
+        assert_eq!(SqliteJournal::open(&path).unwrap().runs().unwrap().len(), 1);
+        let mode: String = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
+
+#[test]
+fn a_directory_is_not_a_journal() {
+    let dir = TempDir::new().unwrap();
+    let error = SqliteJournal::open(dir.path()).unwrap_err();
+    assert!(matches!(error, JournalError::NotAJournal { .. }), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Injected failures
+// ---------------------------------------------------------------------------------------------
+
+/// Drivers hold a journal across `.await` points on multi-threaded runtimes.
+#[test]
+fn journals_can_move_between_threads() {
+    fn send<T: Send>() {}
+    send::<SqliteJournal>();
+    send::<FailingJournal<SqliteJournal>>();
+    send::<Box<dyn Journal + Send>>();
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    error::<JournalError>();
+    error::<RecordError>();
+}
+
+#[test]
+fn a_failed_append_at_any_step_leaves_a_journal_that_verifies() {
+    let dir = TempDir::new().unwrap();
+    let (_, _, _, complete) = recorded(&dir);
+    let appends = complete.steps.len();
+    for k in 0..appends {
+        for write_first in [false, true] {
+            let path = dir.path().join(format!("fail-{k}-{write_first}.journal"));
+            let inner = SqliteJournal::open(&path).unwrap();
+            let mut journal = match write_first {
+                false => FailingJournal::new(inner, k as u64),
+                true => FailingJournal::after_write(inner, k as u64),
+            };
+            let id = run_id("interrupted");
+            let (recording, outcome) = record(&mut journal, &id);
+            assert!(
+                matches!(outcome, Err(JournalError::Injected { call }) if call == k as u64),
+                "k={k}: {outcome:?}"
+            );
+            assert_eq!(recording.steps.len(), k, "the driver stops at the failure");
+            let committed = if write_first { k + 1 } else { k };
+            let verification = journal.verify(&id).unwrap();
+            assert_eq!(
+                verification,
+                Verification::Intact {
+                    steps: committed as u64,
+                    events: complete.events_in(committed),
+                    root_hash: complete.head_after(committed),
+                },
+                "k={k}, write_first={write_first}"
+            );
+            drop(journal);
+            // Durable as it stands: a fresh handle loads exactly the committed prefix.
+            let reopened = SqliteJournal::open(&path).unwrap();
+            let loaded = reopened.load(&id).unwrap();
+            let inputs: Vec<_> = loaded.steps.iter().map(|step| step.input.clone()).collect();
+            let expected: Vec<_> = complete.steps[..committed]
+                .iter()
+                .map(|(input, _)| input.clone())
+                .collect();
+            assert_eq!(inputs, expected);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn run_ids_are_validated() {
+    assert!(RunId::new("a").is_ok());
+    assert!(RunId::new(&"x".repeat(64)).is_ok());
+    for bad in ["", "has space", "slash/", "dot.", "é", &"x".repeat(65)] {
+        assert!(RunId::new(bad).is_err(), "{bad:?}");
+    }
+    assert!(serde_json::from_str::<RunId>("\"no good\"").is_err());
+    assert_eq!(
+        serde_json::from_str::<RunId>("\"ok-1\"").unwrap(),
+        run_id("ok-1")
+    );
+}
+
+#[test]
+fn decisions_and_failures_round_trip() {
+    let id = "c3.a1.p0".parse().unwrap();
+    let hash = Digest::of_bytes(b"proposal");
+    for decision in [
+        Decision::approve(id, hash, Actor::human("alice").unwrap()),
+        Decision::reject(id, hash, Actor::new("bot", ActorKind::Agent).unwrap(), "no"),
+    ] {
+        let text = serde_json::to_string(&DecisionRecord::from_core(&decision)).unwrap();
+        let back: DecisionRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.into_core(), decision);
+    }
+    let failed = AgentOutcome::Failed("timed out".into());
+    let text = serde_json::to_string(&OutcomeRecord::from_core(&failed)).unwrap();
+    let back: OutcomeRecord = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.into_core().unwrap(), failed);
+    // Actors are validated when read.
+    let forged = r#"{"proposal":"c1.a0.p0","hash":"HASH","actor":{"name":" ","kind":"human"},"verdict":"approve"}"#
+        .replace("HASH", &hash.to_string());
+    assert!(serde_json::from_str::<DecisionRecord>(&forged).is_err());
+}
+
+#[test]
+fn records_that_no_core_value_matches_are_refused() {
+    let observation = |remote: bool, replayability, payload| ObservationRecord {
+        kind: "k".into(),
+        remote: remote.then(|| converge_runtime::RemoteRecord {
+            system: "s".into(),
+            reference: "r".into(),
+        }),
+        replayability,
+        payload,
+    };
+    for (record, detail) in [
+        (
+            observation(false, ReplayabilityRecord::Recorded, json!(1)),
+            "local",
+        ),
+        (
+            observation(true, ReplayabilityRecord::Deterministic, json!(1)),
+            "remote",
+        ),
+        (
+            observation(true, ReplayabilityRecord::AuditOnly, json!(1)),
+            "audit-only",
+        ),
+    ] {
+        let effect = EffectRecord {
+            proposals: vec![],
+            observations: vec![record],
+            usage: TokenUsage::default(),
+        };
+        let error = effect.into_core().unwrap_err();
+        assert!(
+            matches!(error, RecordError::Observation { observation: 0, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains(detail), "{error}");
+    }
+    let draft = AgentEffect::empty().with_proposal(Proposal::new(ContextKey::Seeds, "s", 1));
+    let mut record = EffectRecord::from_core(&draft);
+    record.proposals[0].confidence = "very".into();
+    assert!(matches!(
+        record.clone().into_core(),
+        Err(RecordError::Confidence { proposal: 0, .. })
+    ));
+    record.proposals[0].confidence = "1".into();
+    record.proposals[0].key = converge_runtime::KeyRecord::Typed("Not Valid".into());
+    assert!(matches!(
+        record.into_core(),
+        Err(RecordError::Key { proposal: 0, .. })
+    ));
+    // Unknown fields are errors, not silently dropped.
+    let text = serde_json::to_string(&EffectRecord::from_core(&draft)).unwrap();
+    let extra = text.replacen('{', r#"{"facts":[],"#, 1);
+    assert!(serde_json::from_str::<EffectRecord>(&extra).is_err());
+}
+
+#[test]
+fn recorded_outcomes_must_match_the_replayed_batch() {
+    let Scenario { engine, .. } = scenario();
+    let mut run = engine.start(Context::new()).unwrap();
+    let Step::Execute(batch) = run.next_step() else {
+        panic!("expected a batch")
+    };
+    let outcomes: Vec<_> = batch
+        .agents()
+        .iter()
+        .map(|&agent| (agent, AgentOutcome::Completed(AgentEffect::empty())))
+        .collect();
+    let input = StepInput::cycle(&batch, &outcomes);
+    assert_eq!(input.outcomes_for(&batch).unwrap(), outcomes);
+    let StepInput::Cycle {
+        cycle,
+        batch: agents,
+        outcomes: recorded,
+    } = input.clone()
+    else {
+        unreachable!()
+    };
+    let with = |cycle, agents: Vec<u32>, recorded| StepInput::Cycle {
+        cycle,
+        batch: agents,
+        outcomes: recorded,
+    };
+    assert!(matches!(
+        with(cycle + 1, agents.clone(), recorded.clone()).outcomes_for(&batch),
+        Err(RecordError::CycleMismatch { .. })
+    ));
+    assert!(matches!(
+        with(cycle, agents[1..].to_vec(), recorded.clone()).outcomes_for(&batch),
+        Err(RecordError::BatchMismatch { .. })
+    ));
+    assert!(matches!(
+        with(cycle, agents.clone(), recorded[1..].to_vec()).outcomes_for(&batch),
+        Err(RecordError::Outcome { .. })
+    ));
+    assert!(matches!(
+        StepInput::Stop.outcomes_for(&batch),
+        Err(RecordError::NotACycle { kind: "stop" })
+    ));
+}
+
+/// Content numbers that JSON text carries only with exact float parsing.
+#[test]
+fn content_floats_survive_the_journal_exactly() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal) = journal_in(&dir);
+    let id = run_id("floats");
+    journal.create_run(&id, &header()).unwrap();
+    let Scenario { engine, .. } = scenario();
+    let mut run = engine.start(Context::new()).unwrap();
+    let events = drain(&mut run);
+    journal
+        .append(&id, 0, &StepInput::Start { header: header() }, &events)
+        .unwrap();
+    let Step::Execute(batch) = run.next_step() else {
+        panic!("expected a batch")
+    };
+    let tricky = json!([
+        1.0715660391465826e-75,
+        -1.81996730402717e-179,
+        0.1,
+        1e300,
+        -0.0
+    ]);
+    let outcomes: Vec<_> = batch
+        .agents()
+        .iter()
+        .map(|&agent| {
+            let effect = AgentEffect::empty().with_proposal(Proposal::new(
+                ContextKey::Seeds,
+                "f",
+                tricky.clone(),
+            ));
+            (agent, AgentOutcome::Completed(effect))
+        })
+        .collect();
+    let input = StepInput::cycle(&batch, &outcomes);
+    run.submit(outcomes).unwrap();
+    journal.append(&id, 1, &input, &drain(&mut run)).unwrap();
+    assert_eq!(journal.load(&id).unwrap().steps[1].input, input);
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_filter_map("finite", |f| f.is_finite().then(|| Value::from(f))),
+        any::<String>().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 32, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(any::<String>(), inner, 0..4)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+fn context_key() -> impl Strategy<Value = ContextKey> {
+    prop_oneof![
+        prop::sample::select(ContextKey::well_known().collect::<Vec<_>>()),
+        "[a-z][a-z0-9_-]{0,31}"
+            .prop_filter_map("not reserved", |name| ContextKey::custom(&name).ok()),
+    ]
+}
+
+fn key_ref() -> impl Strategy<Value = KeyRef> {
+    prop_oneof![
+        context_key().prop_map(KeyRef::Key),
+        context_key().prop_map(|key| KeyRef::Name(key.name().to_owned())),
+        any::<String>().prop_map(KeyRef::Name),
+    ]
+}
+
+fn confidence() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        0.0..=1.0f64,
+        any::<f64>(),
+        prop::sample::select(vec![
+            f64::NAN,
+            -f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            1.5,
+            -1.0,
+            f64::MIN_POSITIVE / 2.0
+        ]),
+    ]
+}
+
+fn draft() -> impl Strategy<Value = Proposal<converge_core::Draft>> {
+    (
+        key_ref(),
+        any::<String>(),
+        json_value(),
+        confidence(),
+        prop::collection::vec((context_key(), any::<String>()), 0..3),
+        prop::collection::vec(any::<u32>(), 0..3),
+        prop::option::of(any::<String>()),
+    )
+        .prop_map(
+            |(key, id, content, confidence, derivations, citations, correction)| {
+                let mut draft = Proposal::new(key, id, content).with_confidence(confidence);
+                for (key, id) in derivations {
+                    draft = draft.derived_from(key, id);
+                }
+                for citation in citations {
+                    draft = draft.citing(citation);
+                }
+                if let Some(reason) = correction {
+                    draft = draft.correcting(reason);
+                }
+                draft
+            },
+        )
+}
+
+fn observation() -> impl Strategy<Value = Observation> {
+    (
+        any::<String>(),
+        prop::option::of((any::<String>(), any::<String>())),
+        any::<bool>(),
+        json_value(),
+    )
+        .prop_map(|(kind, remote, audit_only, payload)| {
+            let observation = match remote {
+                None => Observation::local(kind, payload),
+                Some((system, reference)) => Observation::remote(kind, system, reference, payload),
+            };
+            if audit_only {
+                observation.audit_only()
+            } else {
+                observation
+            }
+        })
+}
+
+fn effect() -> impl Strategy<Value = AgentEffect> {
+    (
+        prop::collection::vec(draft(), 0..4),
+        prop::collection::vec(observation(), 0..3),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(drafts, observations, input, output)| {
+            let mut effect = AgentEffect::empty().with_usage(TokenUsage { input, output });
+            for observation in observations {
+                effect.observe(observation);
+            }
+            for draft in drafts {
+                effect.propose(draft);
+            }
+            effect
+        })
+}
+
+/// Equality that also holds for NaN confidences (NaN is never `==` itself). Other floats must
+/// be bit-identical.
+fn same_effect(a: &AgentEffect, b: &AgentEffect) -> bool {
+    let same_f64 = |x: f64, y: f64| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
+    a.usage() == b.usage()
+        && a.observations() == b.observations()
+        && a.proposals().len() == b.proposals().len()
+        && a.proposals().iter().zip(b.proposals()).all(|(x, y)| {
+            x.key() == y.key()
+                && x.id() == y.id()
+                && x.content() == y.content()
+                && same_f64(x.confidence(), y.confidence())
+                && x.derivations().eq(y.derivations())
+                && x.citations() == y.citations()
+                && x.correction() == y.correction()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// core → record → JSON text → record → core gives back the very same effect.
+    #[test]
+    fn effects_round_trip_exactly_through_json(effect in effect()) {
+        let text = serde_json::to_string(&OutcomeRecord::from_core(&AgentOutcome::Completed(effect.clone()))).unwrap();
+        let record: OutcomeRecord = serde_json::from_str(&text).unwrap();
+        let AgentOutcome::Completed(back) = record.into_core().unwrap() else {
+            panic!("completed became failed");
+        };
+        prop_assert!(same_effect(&back, &effect), "{effect:?}\n!=\n{back:?}");
+        if effect.proposals().iter().all(|draft| !draft.confidence().is_nan()) {
+            prop_assert_eq!(back, effect);
+        }
+    }
+}
