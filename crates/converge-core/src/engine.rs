@@ -197,6 +197,11 @@ impl Engine {
             .map(|registered| &registered.grant)
     }
 
+    /// The registered agents' names, in `AgentId` order.
+    pub fn agent_names(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.setup.agents.iter().map(|agent| &*agent.name)
+    }
+
     /// Sets the validation policy of a key (replacing any earlier one).
     pub fn set_policy(&mut self, key: ContextKey, policy: ValidationPolicy) {
         self.setup.policies.insert(key, policy);

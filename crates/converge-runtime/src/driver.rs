@@ -21,6 +21,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::agent::{AsyncAgent, AsyncStandIn};
 use crate::clock::{Clock, SystemClock};
+use crate::durable::{
+    DurableError, Live, Position, ReplayReport, awaiting, header_of, redrive, replay, status_of,
+};
+use crate::journal::{Journal, RunId};
+use crate::record::StepInput;
 
 /// How the async driver executes batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +159,124 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Starts durable run `run_id` from an empty context: every step is committed to
+    /// `journal` (input and events, one transaction) before the run goes on.
+    pub async fn run_durable<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        run_id: &RunId,
+    ) -> Result<ConvergeResult, DurableError> {
+        let header = header_of(&self.engine);
+        let mut run = self.engine.start(Context::new())?;
+        journal.create_run(run_id, &header)?;
+        let executor = Executor {
+            async_agents: &self.async_agents,
+            config: self.config,
+            clock: &*self.clock,
+        };
+        let mut observers = Deliver(&mut self.observers);
+        let mut live = Live {
+            journal,
+            run_id,
+            next_step: 0,
+            observer: &mut observers,
+        };
+        live.commit(&StepInput::Start { header }, &mut run)?;
+        live.drive(&executor, run).await
+    }
+
+    /// Continues a durable run after its process died: re-drives every committed step without
+    /// executing any agent, checks the events are the recorded ones, then executes the rest.
+    /// A run awaiting approval is returned as it stands; a run that stopped for good is an
+    /// error, and nothing is written.
+    pub async fn resume_durable<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        run_id: &RunId,
+    ) -> Result<ConvergeResult, DurableError> {
+        let recorded = journal.load(run_id)?;
+        let next_step = recorded.steps.len() as u64;
+        let executor = Executor {
+            async_agents: &self.async_agents,
+            config: self.config,
+            clock: &*self.clock,
+        };
+        let mut observers = Deliver(&mut self.observers);
+        let mut live = Live {
+            journal,
+            run_id,
+            next_step,
+            observer: &mut observers,
+        };
+        match redrive(&self.engine, &recorded)? {
+            Position::Unstarted(mut run) => {
+                // The process died before the start step committed: begin afresh.
+                let header = recorded.header;
+                live.commit(&StepInput::Start { header }, &mut run)?;
+                live.drive(&executor, run).await
+            }
+            Position::Running(run) => live.drive(&executor, run).await,
+            Position::Stopped(result) => {
+                let status = status_of(&result.stop_reason);
+                if recorded.status != status {
+                    // The process died between the last step and its status; the steps are the truth.
+                    live.journal.set_status(run_id, status, result.root_hash)?;
+                }
+                awaiting(run_id, result)
+            }
+        }
+    }
+
+    /// Applies human decisions to a durable run awaiting approval, possibly in another process
+    /// than the one that ran it, and runs it to its next stop. Agents that already ran are not
+    /// executed again.
+    pub async fn decide_durable<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        run_id: &RunId,
+        decisions: Vec<Decision>,
+    ) -> Result<ConvergeResult, DurableError> {
+        let recorded = journal.load(run_id)?;
+        let next_step = recorded.steps.len() as u64;
+        let result = match redrive(&self.engine, &recorded)? {
+            Position::Stopped(result) => awaiting(run_id, result)?,
+            Position::Running(_) | Position::Unstarted(_) => {
+                return Err(DurableError::NotAwaitingApproval {
+                    run: run_id.clone(),
+                });
+            }
+        };
+        let input = StepInput::decisions(&decisions);
+        let mut run = self.engine.resume_run(result, decisions)?;
+        let executor = Executor {
+            async_agents: &self.async_agents,
+            config: self.config,
+            clock: &*self.clock,
+        };
+        let mut observers = Deliver(&mut self.observers);
+        let mut live = Live {
+            journal,
+            run_id,
+            next_step,
+            observer: &mut observers,
+        };
+        live.commit(&input, &mut run)?;
+        live.drive(&executor, run).await
+    }
+
+    /// Re-derives a recorded run from its journal without executing any agent and reports
+    /// whether every event is identical, or the first that is not.
+    pub fn replay<J: Journal>(
+        &self,
+        journal: &J,
+        run_id: &RunId,
+    ) -> Result<ReplayReport, DurableError> {
+        let recorded = journal.load(run_id)?;
+        replay(&self.engine, &recorded)
+    }
+}
+
 /// Delivers each event to every observer.
 struct Deliver<'a>(&'a mut Vec<Box<dyn Observer + Send>>);
 
@@ -204,7 +327,7 @@ impl Executor<'_> {
         })
     }
 
-    fn time_exhausted(&self, started_ms: u64) -> Option<Exhausted> {
+    pub(crate) fn time_exhausted(&self, started_ms: u64) -> Option<Exhausted> {
         let limit_ms = self.config.time_budget_ms?;
         let elapsed_ms = self.clock.now_ms().saturating_sub(started_ms);
         (elapsed_ms >= limit_ms).then_some(Exhausted::Time {
@@ -264,7 +387,7 @@ impl Executor<'_> {
     }
 }
 
-fn drain(run: &mut Run<'_>, observer: &mut dyn Observer) {
+pub(crate) fn drain(run: &mut Run<'_>, observer: &mut dyn Observer) {
     while let Some(record) = run.poll_event() {
         observer.on_event(&record);
     }

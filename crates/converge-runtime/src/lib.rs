@@ -9,12 +9,14 @@
 mod agent;
 mod clock;
 mod driver;
+mod durable;
 mod journal;
 mod record;
 
 pub use agent::{AgentFuture, AsyncAgent};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use driver::{DriverConfig, Runtime};
+pub use durable::{Divergence, DurableError, ReplayReport};
 pub use journal::{
     BreakReason, FailingJournal, Journal, JournalError, RUN_ID_LEN_MAX, RecordedRun, RecordedStep,
     RunId, RunIdError, RunStatus, RunSummary, SqliteJournal, StoredEvent, Verification,

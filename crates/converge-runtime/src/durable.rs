@@ -1,0 +1,457 @@
+//! Durable runs: every step is committed to a journal before it counts.
+//!
+//! A durable run records each step's input (a cycle's outcomes, decisions, a halt) together
+//! with the events the core emitted for it, in one journal transaction. Nothing else is
+//! stored: resuming, deciding and replaying all re-drive the recorded inputs through a fresh
+//! core run and check that it emits exactly the recorded events. Recorded cycles are never
+//! executed again; a step that was not committed when a process died is executed afresh.
+
+use converge_core::{
+    AgentId, AgentOutcome, Context, ConvergeResult, Digest, Engine, EngineError, EventRecord,
+    Exhausted, Observer, Run, Step, StopReason,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::driver::{Executor, drain};
+use crate::journal::{Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus};
+use crate::record::{RecordError, RunHeader, StepInput};
+
+/// Who creates durable runs, as recorded in their header.
+const CREATED_BY: &str = concat!("converge-runtime ", env!("CARGO_PKG_VERSION"));
+
+/// Why a durable operation failed. Whatever was committed before stays committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurableError {
+    /// The engine refused to start or resume.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The journal refused a read or a write; the run stopped at its last committed step.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// A stored input could not be turned back into core values.
+    #[error("run {run}: step {step}: {source}")]
+    Record {
+        /// The run.
+        run: RunId,
+        /// The step.
+        step: u64,
+        /// What was wrong with it.
+        source: RecordError,
+    },
+    /// Re-driving the recorded inputs did not reproduce the recorded events.
+    #[error("run {run}: {divergence}")]
+    Diverged {
+        /// The run.
+        run: RunId,
+        /// Where and how.
+        divergence: Divergence,
+    },
+    /// The engine's agents are not the ones the run was recorded with.
+    #[error("run {run} was recorded with agents {recorded:?}; this engine has {actual:?}")]
+    AgentsChanged {
+        /// The run.
+        run: RunId,
+        /// Agent names in the journal.
+        recorded: Vec<String>,
+        /// Agent names of this engine.
+        actual: Vec<String>,
+    },
+    /// The run has stopped for good; there is nothing to resume.
+    #[error("run {run} has already stopped: {reason}")]
+    Finished {
+        /// The run.
+        run: RunId,
+        /// Its stop reason, as recorded.
+        reason: String,
+    },
+    /// Decisions were given for a run that is not waiting for any.
+    #[error("run {run} is not awaiting approval")]
+    NotAwaitingApproval {
+        /// The run.
+        run: RunId,
+    },
+}
+
+/// The first point where a re-driven run differs from its journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    /// The journal step being re-driven.
+    pub step: u64,
+    /// The event position, when the difference is in an event.
+    pub seq: Option<u64>,
+    /// The recorded event's hash, if there is one at that position.
+    pub expected: Option<Digest>,
+    /// The re-derived event's hash, if there is one at that position.
+    pub actual: Option<Digest>,
+    /// What differs, in words.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "diverged at step {}", self.step)?;
+        if let Some(seq) = self.seq {
+            write!(f, ", event {seq}")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// What [`crate::Runtime::replay`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "replay", rename_all = "snake_case")]
+pub enum ReplayReport {
+    /// Every recorded step re-derived exactly the recorded events.
+    Identical {
+        /// Steps re-driven.
+        steps: u64,
+        /// Events re-derived.
+        events: u64,
+        /// The root hash, recorded and re-derived.
+        root_hash: Digest,
+    },
+    /// The first difference.
+    Diverged(Divergence),
+}
+
+/// Why a driver halted a run, as journaled (so replay halts the same way).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "halt", rename_all = "snake_case", deny_unknown_fields)]
+enum HaltRecord {
+    /// The wall-clock budget ran out.
+    Time { limit_ms: u64, elapsed_ms: u64 },
+}
+
+impl HaltRecord {
+    fn stop_reason(&self) -> StopReason {
+        match *self {
+            HaltRecord::Time {
+                limit_ms,
+                elapsed_ms,
+            } => StopReason::BudgetExhausted {
+                exhausted: Exhausted::Time {
+                    limit_ms,
+                    elapsed_ms,
+                },
+            },
+        }
+    }
+}
+
+/// Where re-driving the journal left a run.
+pub(crate) enum Position<'e> {
+    /// Created but its start step was never committed: the run begins afresh.
+    Unstarted(Run<'e>),
+    /// Still going: more steps can be driven live.
+    Running(Run<'e>),
+    /// Stopped after the last recorded step.
+    Stopped(ConvergeResult),
+}
+
+/// Re-drives a recorded run through `engine`, checking every step's events.
+pub(crate) fn redrive<'e>(
+    engine: &'e Engine,
+    recorded: &RecordedRun,
+) -> Result<Position<'e>, DurableError> {
+    let run_id = &recorded.id;
+    check_agents(engine, run_id, &recorded.header)?;
+    let mut steps = recorded.steps.iter();
+    let mut run = engine.start(Context::new())?;
+    let Some(first) = steps.next() else {
+        return Ok(Position::Unstarted(run));
+    };
+    compare(run_id, first, &mut run)?;
+    let mut position = Position::Running(run);
+    for step in steps {
+        position = redrive_step(engine, run_id, step, position)?;
+    }
+    Ok(position)
+}
+
+fn redrive_step<'e>(
+    engine: &'e Engine,
+    run_id: &RunId,
+    step: &RecordedStep,
+    position: Position<'e>,
+) -> Result<Position<'e>, DurableError> {
+    let record_error = |source| DurableError::Record {
+        run: run_id.clone(),
+        step: step.step,
+        source,
+    };
+    match (position, &step.input) {
+        (Position::Running(mut run), StepInput::Cycle { .. }) => {
+            let Step::Execute(batch) = run.next_step() else {
+                return Err(diverged(
+                    run_id,
+                    step.step,
+                    "a cycle was recorded but the run stops here",
+                ));
+            };
+            let outcomes = step.input.outcomes_for(&batch).map_err(record_error)?;
+            if let Err(error) = run.submit(outcomes) {
+                return Err(diverged(run_id, step.step, &error.to_string()));
+            }
+            compare(run_id, step, &mut run)?;
+            Ok(Position::Running(run))
+        }
+        (Position::Running(mut run), StepInput::Halt { reason }) => {
+            let halt: HaltRecord = serde_json::from_value(reason.clone()).map_err(|error| {
+                diverged(run_id, step.step, &format!("unreadable halt: {error}"))
+            })?;
+            if run.halt(halt.stop_reason()).is_err() {
+                return Err(diverged(
+                    run_id,
+                    step.step,
+                    "a halt was recorded while a batch was outstanding",
+                ));
+            }
+            stopped(run_id, step, run)
+        }
+        (Position::Running(mut run), StepInput::Stop) => {
+            if run.next_step() != Step::Stopped {
+                return Err(diverged(
+                    run_id,
+                    step.step,
+                    "a stop was recorded but the run goes on",
+                ));
+            }
+            stopped(run_id, step, run)
+        }
+        (Position::Stopped(result), StepInput::Decisions { .. }) => {
+            let mut run = engine.resume_run(result, step.input.decisions_into_core())?;
+            compare(run_id, step, &mut run)?;
+            Ok(Position::Running(run))
+        }
+        (_, input) => Err(diverged(
+            run_id,
+            step.step,
+            &format!("a {} step is not possible here", input.kind()),
+        )),
+    }
+}
+
+fn stopped<'e>(
+    run_id: &RunId,
+    step: &RecordedStep,
+    mut run: Run<'e>,
+) -> Result<Position<'e>, DurableError> {
+    compare(run_id, step, &mut run)?;
+    match run.finish() {
+        Ok(result) => Ok(Position::Stopped(result)),
+        Err(_) => Err(diverged(run_id, step.step, "the run did not stop")),
+    }
+}
+
+/// Drains the run's new events and checks them against the step's recorded ones.
+fn compare(run_id: &RunId, step: &RecordedStep, run: &mut Run<'_>) -> Result<(), DurableError> {
+    let mut derived = Vec::new();
+    while let Some(record) = run.poll_event() {
+        derived.push(record);
+    }
+    match first_difference(step, &derived) {
+        None => Ok(()),
+        Some(divergence) => Err(DurableError::Diverged {
+            run: run_id.clone(),
+            divergence,
+        }),
+    }
+}
+
+fn first_difference(step: &RecordedStep, derived: &[EventRecord]) -> Option<Divergence> {
+    let longest = step.events.len().max(derived.len());
+    (0..longest).find_map(|index| {
+        let (stored, actual) = (step.events.get(index), derived.get(index));
+        let same =
+            matches!((stored, actual), (Some(stored), Some(actual)) if stored.matches(actual));
+        (!same).then(|| Divergence {
+            step: step.step,
+            seq: stored
+                .map(|event| event.seq)
+                .or(actual.map(|record| record.seq)),
+            expected: stored.map(|event| event.hash),
+            actual: actual.map(|record| record.hash),
+            detail: match (stored, actual) {
+                (Some(_), Some(record)) => format!(
+                    "re-derived {} differs from the recorded event",
+                    kind_of(record)
+                ),
+                (Some(_), None) => "a recorded event was not re-derived".to_owned(),
+                (None, Some(record)) => {
+                    format!("re-derived {} was never recorded", kind_of(record))
+                }
+                (None, None) => String::new(),
+            },
+        })
+    })
+}
+
+fn kind_of(record: &EventRecord) -> String {
+    serde_json::to_value(&record.event)
+        .ok()
+        .and_then(|value| {
+            value
+                .get("event")
+                .and_then(|kind| kind.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "event".to_owned())
+}
+
+fn diverged(run_id: &RunId, step: u64, detail: &str) -> DurableError {
+    let divergence = Divergence {
+        step,
+        seq: None,
+        expected: None,
+        actual: None,
+        detail: detail.to_owned(),
+    };
+    DurableError::Diverged {
+        run: run_id.clone(),
+        divergence,
+    }
+}
+
+fn check_agents(engine: &Engine, run_id: &RunId, header: &RunHeader) -> Result<(), DurableError> {
+    let actual: Vec<String> = engine.agent_names().map(str::to_owned).collect();
+    if actual == header.agents {
+        return Ok(());
+    }
+    Err(DurableError::AgentsChanged {
+        run: run_id.clone(),
+        recorded: header.agents.clone(),
+        actual,
+    })
+}
+
+/// The header a new durable run of `engine` is created with.
+pub(crate) fn header_of(engine: &Engine) -> RunHeader {
+    RunHeader {
+        agents: engine.agent_names().map(str::to_owned).collect(),
+        created_by: CREATED_BY.to_owned(),
+        intent: None,
+    }
+}
+
+/// Drives a run live from journal step `next_step`, committing each step before going on.
+pub(crate) struct Live<'a, J: Journal> {
+    pub(crate) journal: &'a mut J,
+    pub(crate) run_id: &'a RunId,
+    pub(crate) next_step: u64,
+    pub(crate) observer: &'a mut dyn Observer,
+}
+
+impl<J: Journal> Live<'_, J> {
+    /// Commits one step with the run's pending events; the events reach observers only once
+    /// committed.
+    pub(crate) fn commit(
+        &mut self,
+        input: &StepInput,
+        run: &mut Run<'_>,
+    ) -> Result<(), DurableError> {
+        let mut events = Vec::new();
+        while let Some(record) = run.poll_event() {
+            events.push(record);
+        }
+        self.journal
+            .append(self.run_id, self.next_step, input, &events)?;
+        self.next_step += 1;
+        for record in &events {
+            self.observer.on_event(record);
+        }
+        Ok(())
+    }
+
+    /// Executes and commits steps until the run stops, then records its status.
+    pub(crate) async fn drive(
+        &mut self,
+        executor: &Executor<'_>,
+        mut run: Run<'_>,
+    ) -> Result<ConvergeResult, DurableError> {
+        let started_ms = executor.clock.now_ms();
+        loop {
+            if let Some(Exhausted::Time {
+                limit_ms,
+                elapsed_ms,
+            }) = executor.time_exhausted(started_ms)
+            {
+                let halt = HaltRecord::Time {
+                    limit_ms,
+                    elapsed_ms,
+                };
+                let _ = run.halt(halt.stop_reason());
+                let reason = serde_json::to_value(&halt).unwrap_or_default();
+                self.commit(&StepInput::Halt { reason }, &mut run)?;
+                break;
+            }
+            let Step::Execute(batch) = run.next_step() else {
+                self.commit(&StepInput::Stop, &mut run)?;
+                break;
+            };
+            let outcomes: Vec<(AgentId, AgentOutcome)> = executor.execute(&run, &batch).await;
+            let input = StepInput::cycle(&batch, &outcomes);
+            if let Err(error) = run.submit(outcomes) {
+                let _ = run.halt(StopReason::Halted {
+                    reason: error.to_string(),
+                });
+                drain(&mut run, self.observer);
+                break;
+            }
+            self.commit(&input, &mut run)?;
+        }
+        let result = run.finish().unwrap_or_else(|run| {
+            run.abandon(StopReason::Halted {
+                reason: "the driver ended before the run stopped".to_owned(),
+            })
+        });
+        self.journal.set_status(
+            self.run_id,
+            status_of(&result.stop_reason),
+            result.root_hash,
+        )?;
+        Ok(result)
+    }
+}
+
+/// The journal status a stop reason maps to.
+pub(crate) fn status_of(reason: &StopReason) -> RunStatus {
+    match reason {
+        StopReason::AwaitingApproval { .. } => RunStatus::AwaitingApproval,
+        reason => RunStatus::Stopped {
+            reason: serde_json::to_value(reason).unwrap_or_default(),
+        },
+    }
+}
+
+/// Re-derives the recorded run and reports whether it is identical to its journal. No agent
+/// executes: every cycle is fed its recorded outcomes.
+pub(crate) fn replay(
+    engine: &Engine,
+    recorded: &RecordedRun,
+) -> Result<ReplayReport, DurableError> {
+    match redrive(engine, recorded) {
+        Ok(_) => Ok(ReplayReport::Identical {
+            steps: recorded.steps.len() as u64,
+            events: recorded.events().count() as u64,
+            root_hash: recorded.root_hash,
+        }),
+        Err(DurableError::Diverged { divergence, .. }) => Ok(ReplayReport::Diverged(divergence)),
+        Err(other) => Err(other),
+    }
+}
+
+/// A stopped run's result, for callers that want to resume it: an error unless it awaits
+/// approval.
+pub(crate) fn awaiting(
+    run_id: &RunId,
+    result: ConvergeResult,
+) -> Result<ConvergeResult, DurableError> {
+    match result.stop_reason {
+        StopReason::AwaitingApproval { .. } => Ok(result),
+        ref reason => Err(DurableError::Finished {
+            run: run_id.clone(),
+            reason: serde_json::to_string(reason).unwrap_or_default(),
+        }),
+    }
+}

@@ -1,0 +1,307 @@
+//! Durable runs against real SQLite files: the journaled run equals the in-memory one, a run
+//! interrupted at any journal write resumes to the same root hash, approvals are decided in a
+//! fresh runtime without re-executing agents, replay calls nothing and names divergences, and
+//! bad resumes are clear errors that modify nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use converge_core::agents::{ReactOnceAgent, SeedAgent};
+use converge_core::{
+    Actor, Agent, AgentEffect, AuthorityScope, Context, ContextKey, ConvergeResult, Decision,
+    Engine, Proposal, StopReason, ValidationPolicy,
+};
+use converge_runtime::{
+    DurableError, FailingJournal, Journal, JournalError, ReplayReport, RunId, Runtime,
+    SqliteJournal, Verification,
+};
+use tempfile::TempDir;
+
+/// Proposes `count` signals, one per cycle, counting its executions.
+struct Counter {
+    name: String,
+    count: usize,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Agent for Counter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        &[ContextKey::Signals]
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Signals])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        ctx.count(ContextKey::Signals) < self.count
+    }
+
+    fn execute(&self, ctx: &Context) -> AgentEffect {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let n = ctx.count(ContextKey::Signals);
+        AgentEffect::empty().with_proposal(Proposal::new(ContextKey::Signals, format!("s{n}"), n))
+    }
+}
+
+/// A multi-cycle job: seeds, a reacting agent, a counter running several cycles, and a
+/// planner whose strategies need approval when `approval` is set.
+fn job(approval: bool) -> (Runtime, Arc<AtomicUsize>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut engine = Engine::new();
+    engine.register(SeedAgent::new("seed-1", "initial data"));
+    engine.register(ReactOnceAgent::new("hyp-1", "derived insight"));
+    engine.register(Counter {
+        name: "counter".into(),
+        count: 6,
+        runs: runs.clone(),
+    });
+    if approval {
+        engine.set_policy(
+            ContextKey::Strategies,
+            ValidationPolicy::new().requiring_approval(),
+        );
+        engine.register(Planner);
+    }
+    (Runtime::new(engine), runs)
+}
+
+/// Once six signals exist, proposes a strategy.
+struct Planner;
+
+impl Agent for Planner {
+    fn name(&self) -> &str {
+        "planner"
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        &[ContextKey::Signals]
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Strategies])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        ctx.count(ContextKey::Signals) == 6 && !ctx.has(ContextKey::Strategies)
+    }
+
+    fn execute(&self, _ctx: &Context) -> AgentEffect {
+        AgentEffect::empty().with_proposal(Proposal::new(ContextKey::Strategies, "go", "expand"))
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn reference() -> ConvergeResult {
+    let (mut runtime, _) = job(false);
+    block_on(runtime.run(Context::new())).unwrap()
+}
+
+fn run_id() -> RunId {
+    RunId::new("job-1").unwrap()
+}
+
+fn journal_at(dir: &TempDir) -> SqliteJournal {
+    SqliteJournal::open(dir.path().join("journal.db")).unwrap()
+}
+
+#[test]
+fn a_durable_run_equals_the_in_memory_run_and_verifies() {
+    let dir = TempDir::new().unwrap();
+    let mut journal = journal_at(&dir);
+    let (mut runtime, _) = job(false);
+    let result = block_on(runtime.run_durable(&mut journal, &run_id())).unwrap();
+    let expected = reference();
+    assert!(result.converged);
+    assert_eq!(result.root_hash, expected.root_hash);
+    assert_eq!(result.context.digest(), expected.context.digest());
+    let Verification::Intact { root_hash, .. } = journal.verify(&run_id()).unwrap() else {
+        panic!("broken journal")
+    };
+    assert_eq!(root_hash, expected.root_hash);
+    let summary = journal.summary(&run_id()).unwrap();
+    assert!(matches!(
+        summary.status,
+        converge_runtime::RunStatus::Stopped { .. }
+    ));
+}
+
+#[test]
+fn a_run_interrupted_at_any_journal_write_resumes_to_the_same_root_hash() {
+    let expected = reference();
+    let steps = {
+        let dir = TempDir::new().unwrap();
+        let mut journal = journal_at(&dir);
+        block_on(job(false).0.run_durable(&mut journal, &run_id())).unwrap();
+        journal.summary(&run_id()).unwrap().steps
+    };
+    assert!(steps > 5, "a multi-cycle job ({steps} steps)");
+    for k in 0..steps {
+        for committed in [false, true] {
+            let dir = TempDir::new().unwrap();
+            let inner = journal_at(&dir);
+            let mut failing = if committed {
+                FailingJournal::after_write(inner, k)
+            } else {
+                FailingJournal::new(inner, k)
+            };
+            let error = block_on(job(false).0.run_durable(&mut failing, &run_id())).unwrap_err();
+            assert!(
+                matches!(error, DurableError::Journal(JournalError::Injected { .. })),
+                "{error}"
+            );
+            drop(failing);
+            let mut journal = journal_at(&dir);
+            let acknowledged = journal.summary(&run_id()).unwrap().steps;
+            assert_eq!(acknowledged, if committed { k + 1 } else { k });
+            assert!(matches!(
+                journal.verify(&run_id()).unwrap(),
+                Verification::Intact { .. }
+            ));
+            let (mut runtime, runs) = job(false);
+            match block_on(runtime.resume_durable(&mut journal, &run_id())) {
+                Ok(result) => {
+                    assert_eq!(
+                        result.root_hash, expected.root_hash,
+                        "k={k} committed={committed}"
+                    );
+                    assert_eq!(result.context.digest(), expected.context.digest());
+                }
+                Err(DurableError::Finished { .. }) => {
+                    assert_eq!(
+                        acknowledged, steps,
+                        "only a fully committed run is finished"
+                    );
+                    let summary = journal.summary(&run_id()).unwrap();
+                    assert!(
+                        matches!(summary.status, converge_runtime::RunStatus::Stopped { .. }),
+                        "status repaired"
+                    );
+                }
+                Err(error) => panic!("k={k} committed={committed}: {error}"),
+            }
+            let replayed_cycles = acknowledged.saturating_sub(1) as usize;
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                6 - replayed_cycles.min(6),
+                "committed cycles are not executed again (k={k} committed={committed})"
+            );
+            let Verification::Intact { root_hash, .. } = journal.verify(&run_id()).unwrap() else {
+                panic!()
+            };
+            assert_eq!(root_hash, expected.root_hash);
+        }
+    }
+}
+
+#[test]
+fn approvals_are_decided_in_a_fresh_runtime_without_re_executing_agents() {
+    let dir = TempDir::new().unwrap();
+    let mut journal = journal_at(&dir);
+    let (mut first, _) = job(true);
+    let parked = block_on(first.run_durable(&mut journal, &run_id())).unwrap();
+    let StopReason::AwaitingApproval { pending } = &parked.stop_reason else {
+        panic!("{:?}", parked.stop_reason)
+    };
+    let pending = pending[0].clone();
+    drop(first);
+    drop(journal);
+
+    let mut journal = journal_at(&dir);
+    let (mut second, runs) = job(true);
+    let alice = Actor::human("alice").unwrap();
+    let decision = Decision::approve(pending.proposal, pending.hash, alice.clone());
+    let result = block_on(second.decide_durable(&mut journal, &run_id(), vec![decision])).unwrap();
+    assert!(result.converged, "{:?}", result.stop_reason);
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "no agent ran again");
+    let fact = result.context.fact(ContextKey::Strategies, "go").unwrap();
+    assert_eq!(fact.record().approver(), Some(&alice));
+    let ReplayReport::Identical { root_hash, .. } = second.replay(&journal, &run_id()).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(root_hash, result.root_hash);
+    let again = Decision::approve(pending.proposal, pending.hash, alice);
+    let error = block_on(second.decide_durable(&mut journal, &run_id(), vec![again])).unwrap_err();
+    assert!(matches!(error, DurableError::Finished { .. }), "{error}");
+}
+
+fn file_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn bad_resumes_are_clear_errors_and_modify_nothing() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("journal.db");
+    let mut journal = SqliteJournal::open(&path).unwrap();
+    block_on(job(false).0.run_durable(&mut journal, &run_id())).unwrap();
+    drop(journal);
+    let before = file_bytes(&path);
+
+    let mut journal = SqliteJournal::open(&path).unwrap();
+    let error = block_on(job(false).0.resume_durable(&mut journal, &run_id())).unwrap_err();
+    assert!(matches!(error, DurableError::Finished { .. }), "{error}");
+    let unknown = RunId::new("nope").unwrap();
+    let error = block_on(job(false).0.resume_durable(&mut journal, &unknown)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            DurableError::Journal(JournalError::UnknownRun { .. })
+        ),
+        "{error}"
+    );
+    let mut other = Runtime::new(Engine::new());
+    other
+        .engine_mut()
+        .register(SeedAgent::new("someone-else", "x"));
+    let error = block_on(other.resume_durable(&mut journal, &run_id())).unwrap_err();
+    assert!(
+        matches!(error, DurableError::AgentsChanged { .. }),
+        "{error}"
+    );
+    drop(journal);
+    assert_eq!(file_bytes(&path), before, "nothing was written");
+}
+
+#[test]
+fn replay_names_the_first_divergence_when_the_rules_changed() {
+    let dir = TempDir::new().unwrap();
+    let mut journal = journal_at(&dir);
+    block_on(job(false).0.run_durable(&mut journal, &run_id())).unwrap();
+    let (same, _) = job(false);
+    assert!(matches!(
+        same.replay(&journal, &run_id()).unwrap(),
+        ReplayReport::Identical { .. }
+    ));
+
+    let (mut stricter, runs) = job(false);
+    stricter.engine_mut().set_policy(
+        ContextKey::Signals,
+        ValidationPolicy::new().with_check("small", |c| match c.content.as_u64() {
+            Some(n) if n < 3 => Ok(()),
+            _ => Err("too large".into()),
+        }),
+    );
+    let ReplayReport::Diverged(divergence) = stricter.replay(&journal, &run_id()).unwrap() else {
+        panic!("a stricter policy must diverge")
+    };
+    assert!(
+        divergence.seq.is_some() && divergence.expected.is_some(),
+        "{divergence}"
+    );
+    assert!(divergence.detail.contains("differs"), "{divergence}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "replay executes no agent");
+}
