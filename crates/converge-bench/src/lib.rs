@@ -20,12 +20,16 @@
 //!   agent waits 50 ms of simulated I/O (a timer), then proposes one signal; layer `l` waits for
 //!   `l × N` signals. 8N facts, 8 cycles; the ideal wall time is 400 ms.
 //!
+//! - `journal N`: `fanout N` with every step committed to a SQLite journal (WAL,
+//!   `synchronous=FULL`), then resumed from the journal; reports `facts_per_s` and `resume_ms`.
+//!
 //! Every proposal's content is the agent's index as a JSON number.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+mod journal;
 mod latency;
 
 use converge_core::{
@@ -38,13 +42,14 @@ use converge_core::{
 pub const N_MAX: usize = 10_000_000;
 
 /// The runs of `all`, in order.
-pub const DEFAULT_SET: [(Scenario, usize); 6] = [
+pub const DEFAULT_SET: [(Scenario, usize); 7] = [
     (Scenario::ChainId, 1000),
     (Scenario::ChainId, 2000),
     (Scenario::ChainCount, 4000),
     (Scenario::Fanout, 10_000),
     (Scenario::Fanout, 100_000),
     (Scenario::Latency, 16),
+    (Scenario::Journal, 100_000),
 ];
 
 /// A benchmark scenario.
@@ -58,15 +63,18 @@ pub enum Scenario {
     Fanout,
     /// Layers of I/O-bound async agents under the concurrent driver.
     Latency,
+    /// `fanout` with every step committed to a SQLite journal, then resumed from it.
+    Journal,
 }
 
 impl Scenario {
     /// Every scenario, in the order usage lists them.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::ChainId,
         Scenario::ChainCount,
         Scenario::Fanout,
         Scenario::Latency,
+        Scenario::Journal,
     ];
 
     /// The scenario's name on the command line and in the JSON output.
@@ -76,6 +84,7 @@ impl Scenario {
             Scenario::ChainCount => "chain-count",
             Scenario::Fanout => "fanout",
             Scenario::Latency => "latency",
+            Scenario::Journal => "journal",
         }
     }
 
@@ -86,7 +95,7 @@ impl Scenario {
                 cycles: n,
                 facts: n,
             },
-            Scenario::Fanout => Expected {
+            Scenario::Fanout | Scenario::Journal => Expected {
                 cycles: usize::from(n > 0),
                 facts: n,
             },
@@ -118,7 +127,7 @@ impl Scenario {
             Scenario::ChainCount => (0..n).for_each(|i| {
                 engine.register(ChainCountAgent::new(i));
             }),
-            Scenario::Fanout => (0..n).for_each(|i| {
+            Scenario::Fanout | Scenario::Journal => (0..n).for_each(|i| {
                 engine.register(FanoutAgent::new(i));
             }),
             // Async agents live in the runtime, not in the engine; see `run_scenario`.
@@ -173,6 +182,8 @@ pub enum BenchError {
     Engine(EngineError),
     /// The async runtime could not be built.
     Runtime(std::io::Error),
+    /// The durable run or its journal failed.
+    Durable(String),
     /// The run ended differently from what a correct engine produces.
     Mismatch {
         /// The scenario.
@@ -216,6 +227,7 @@ impl fmt::Display for BenchError {
             BenchError::BadN { n } => write!(f, "N must be between 1 and {N_MAX}, got {n}"),
             BenchError::Engine(error) => write!(f, "the engine refused to run: {error}"),
             BenchError::Runtime(error) => write!(f, "the async runtime could not start: {error}"),
+            BenchError::Durable(error) => write!(f, "the durable run failed: {error}"),
             BenchError::Mismatch {
                 scenario,
                 n,
@@ -253,42 +265,60 @@ pub struct Measurement {
     pub cycles: usize,
     /// Facts in the final context.
     pub facts: usize,
-    /// Wall time of `engine.run(Context::new())`, in milliseconds.
+    /// Wall time of the run, in milliseconds.
     pub ms: f64,
+    /// For `journal`: wall time of resuming the finished run from its journal (load and
+    /// re-drive every step), in milliseconds.
+    pub resume_ms: Option<f64>,
 }
 
 impl Measurement {
-    /// The JSON line the binary prints (no trailing newline), `ms` with 3 decimals.
+    /// The JSON line the binary prints (no trailing newline), times with 3 decimals. The
+    /// `journal` scenario adds `facts_per_s` and `resume_ms`.
     pub fn json_line(&self) -> String {
         let scenario = serde_json::Value::from(self.scenario.name());
-        format!(
-            "{{\"scenario\":{scenario},\"n\":{},\"cycles\":{},\"facts\":{},\"ms\":{:.3}}}",
+        let mut line = format!(
+            "{{\"scenario\":{scenario},\"n\":{},\"cycles\":{},\"facts\":{},\"ms\":{:.3}",
             self.n, self.cycles, self.facts, self.ms
-        )
+        );
+        if let Some(resume_ms) = self.resume_ms {
+            let facts_per_s = self.facts as f64 / (self.ms / 1000.0).max(f64::MIN_POSITIVE);
+            line.push_str(&format!(
+                ",\"facts_per_s\":{facts_per_s:.0},\"resume_ms\":{resume_ms:.3}"
+            ));
+        }
+        line.push('}');
+        line
     }
 }
 
 /// Builds and runs a scenario without timing or checking it; tests assert on the result.
 pub fn execute(scenario: Scenario, n: usize) -> Result<ConvergeResult, BenchError> {
-    run_scenario(scenario, n).map(|(result, _)| result)
+    run_scenario(scenario, n).map(|(result, _, _)| result)
 }
 
 /// Builds a scenario and runs it, timing the run alone (not the setup).
-fn run_scenario(scenario: Scenario, n: usize) -> Result<(ConvergeResult, Duration), BenchError> {
+fn run_scenario(
+    scenario: Scenario,
+    n: usize,
+) -> Result<(ConvergeResult, Duration, Option<Duration>), BenchError> {
     let engine = scenario.build(n)?;
     if scenario == Scenario::Latency {
-        return latency::run(engine, n);
+        return latency::run(engine, n).map(|(result, elapsed)| (result, elapsed, None));
+    }
+    if scenario == Scenario::Journal {
+        return journal::run(engine);
     }
     let mut engine = engine;
     let start = Instant::now();
     let result = engine.run(Context::new());
     let elapsed = start.elapsed();
-    Ok((result?, elapsed))
+    Ok((result?, elapsed, None))
 }
 
 /// Builds a scenario, times the run alone, and verifies the outcome.
 pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> {
-    let (result, elapsed) = run_scenario(scenario, n)?;
+    let (result, elapsed, resume) = run_scenario(scenario, n)?;
     let (cycles, facts) = (result.cycles as usize, result.context.len());
     let expected = scenario.expected(n);
     if !result.converged || cycles != expected.cycles || facts != expected.facts {
@@ -308,6 +338,7 @@ pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> 
         cycles,
         facts,
         ms: elapsed.as_secs_f64() * 1000.0,
+        resume_ms: resume.map(|resume| resume.as_secs_f64() * 1000.0),
     })
 }
 

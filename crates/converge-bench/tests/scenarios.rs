@@ -78,6 +78,7 @@ fn json_line_has_the_documented_shape() {
         cycles: 1000,
         facts: 1000,
         ms: 12.0,
+        resume_ms: None,
     };
     assert_eq!(
         measurement.json_line(),
@@ -98,7 +99,7 @@ fn names_round_trip_and_bad_sizes_are_refused() {
         execute(Scenario::Fanout, 0),
         Err(BenchError::BadN { n: 0 })
     ));
-    assert_eq!(DEFAULT_SET.len(), 6);
+    assert_eq!(DEFAULT_SET.len(), 7);
 }
 
 #[test]
@@ -106,4 +107,20 @@ fn latency_runs_eight_layers_concurrently() {
     let result = converge_bench::execute(converge_bench::Scenario::Latency, 3).unwrap();
     assert!(result.converged, "{:?}", result.stop_reason);
     assert_eq!((result.cycles, result.context.len()), (8, 24));
+}
+
+#[test]
+fn journal_lines_carry_throughput_and_resume_time() {
+    let measurement = converge_bench::Measurement {
+        scenario: Scenario::Journal,
+        n: 100,
+        cycles: 1,
+        facts: 100,
+        ms: 50.0,
+        resume_ms: Some(20.0),
+    };
+    assert_eq!(
+        measurement.json_line(),
+        r#"{"scenario":"journal","n":100,"cycles":1,"facts":100,"ms":50.000,"facts_per_s":2000,"resume_ms":20.000}"#
+    );
 }

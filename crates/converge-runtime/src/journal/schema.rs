@@ -45,7 +45,7 @@ CREATE TABLE steps (
     first_seq INTEGER NOT NULL CHECK (first_seq >= 0),
     events    INTEGER NOT NULL CHECK (events >= 0),
     PRIMARY KEY (run, step)
-) STRICT, WITHOUT ROWID;
+) STRICT;
 
 CREATE TABLE events (
     run  TEXT NOT NULL,
