@@ -135,11 +135,7 @@ impl Runtime {
     /// Runs to a stop.
     pub async fn run(&mut self, ctx: Context) -> Result<ConvergeResult, EngineError> {
         let run = self.engine.start(ctx)?;
-        let executor = Executor {
-            async_agents: &self.async_agents,
-            config: self.config,
-            clock: &*self.clock,
-        };
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
         Ok(executor.drive(run, &mut Deliver(&mut self.observers)).await)
     }
 
@@ -150,11 +146,7 @@ impl Runtime {
         decisions: Vec<Decision>,
     ) -> Result<ConvergeResult, EngineError> {
         let run = self.engine.resume_run(previous, decisions)?;
-        let executor = Executor {
-            async_agents: &self.async_agents,
-            config: self.config,
-            clock: &*self.clock,
-        };
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
         Ok(executor.drive(run, &mut Deliver(&mut self.observers)).await)
     }
 }
@@ -170,11 +162,7 @@ impl Runtime {
         let header = header_of(&self.engine);
         let mut run = self.engine.start(Context::new())?;
         journal.create_run(run_id, &header)?;
-        let executor = Executor {
-            async_agents: &self.async_agents,
-            config: self.config,
-            clock: &*self.clock,
-        };
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
         let mut observers = Deliver(&mut self.observers);
         let mut live = Live {
             journal,
@@ -197,11 +185,7 @@ impl Runtime {
     ) -> Result<ConvergeResult, DurableError> {
         let recorded = journal.load(run_id)?;
         let next_step = recorded.steps.len() as u64;
-        let executor = Executor {
-            async_agents: &self.async_agents,
-            config: self.config,
-            clock: &*self.clock,
-        };
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
         let mut observers = Deliver(&mut self.observers);
         let mut live = Live {
             journal,
@@ -249,11 +233,7 @@ impl Runtime {
         };
         let input = StepInput::decisions(&decisions);
         let mut run = self.engine.resume_run(result, decisions)?;
-        let executor = Executor {
-            async_agents: &self.async_agents,
-            config: self.config,
-            clock: &*self.clock,
-        };
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
         let mut observers = Deliver(&mut self.observers);
         let mut live = Live {
             journal,
@@ -295,7 +275,19 @@ pub(crate) struct Executor<'a> {
     pub(crate) clock: &'a dyn Clock,
 }
 
-impl Executor<'_> {
+impl<'a> Executor<'a> {
+    fn new(
+        async_agents: &'a BTreeMap<AgentId, Arc<dyn AsyncAgent>>,
+        config: DriverConfig,
+        clock: &'a dyn Clock,
+    ) -> Executor<'a> {
+        Executor {
+            async_agents,
+            config,
+            clock,
+        }
+    }
+
     /// Drives a run to its stop, delivering every event to `observer`.
     pub(crate) async fn drive(
         &self,
