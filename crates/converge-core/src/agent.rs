@@ -57,9 +57,7 @@ pub trait Agent: Send + Sync {
 pub fn execute_isolated(agent: &dyn Agent, ctx: &Context) -> AgentOutcome {
     match catch_unwind(AssertUnwindSafe(|| agent.execute(ctx))) {
         Ok(effect) => AgentOutcome::Completed(effect),
-        Err(panic) => {
-            AgentOutcome::Failed(format!("panicked in execute: {}", panic_message(&*panic)))
-        }
+        Err(panic) => AgentOutcome::panicked(&*panic),
     }
 }
 

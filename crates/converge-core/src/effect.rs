@@ -98,3 +98,14 @@ pub enum AgentOutcome {
     /// The agent panicked, timed out or otherwise failed; the message says how.
     Failed(String),
 }
+
+impl AgentOutcome {
+    /// The outcome of an `execute` that panicked with `payload` (as caught by
+    /// `catch_unwind`), so every driver records panics the same way.
+    pub fn panicked(payload: &(dyn std::any::Any + Send)) -> AgentOutcome {
+        AgentOutcome::Failed(format!(
+            "panicked in execute: {}",
+            crate::agent::panic_message(payload)
+        ))
+    }
+}

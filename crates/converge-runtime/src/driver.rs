@@ -370,9 +370,7 @@ impl<'a> Executor<'a> {
         };
         let outcome = match finished {
             Ok(Ok(effect)) => AgentOutcome::Completed(effect),
-            Ok(Err(panic)) => {
-                AgentOutcome::Failed(format!("panicked in execute: {}", panic_text(&*panic)))
-            }
+            Ok(Err(panic)) => AgentOutcome::panicked(&*panic),
             Err(timeout) => AgentOutcome::Failed(timeout),
         };
         (id, outcome)
@@ -382,13 +380,5 @@ impl<'a> Executor<'a> {
 pub(crate) fn drain(run: &mut Run<'_>, observer: &mut dyn Observer) {
     while let Some(record) = run.poll_event() {
         observer.on_event(&record);
-    }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-        (Some(text), _) => (*text).to_owned(),
-        (_, Some(text)) => text.clone(),
-        _ => "non-text panic payload".to_owned(),
     }
 }
