@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 mod journal;
 mod latency;
 
+use converge_core::agents::SeedAgent;
 use converge_core::{
     Agent, AgentEffect, AuthorityScope, Budget, Context, ContextKey, ConvergeResult, CycleBudget,
     Engine, EngineError, FactBudget, Proposal,
@@ -128,7 +129,8 @@ impl Scenario {
                 engine.register(ChainCountAgent::new(i));
             }),
             Scenario::Fanout | Scenario::Journal => (0..n).for_each(|i| {
-                engine.register(FanoutAgent::new(i));
+                // The core's seed agent is exactly a fanout agent: no dependencies, one fact, once.
+                engine.register(SeedAgent::new(format!("f{i}"), i));
             }),
             // Async agents live in the runtime, not in the engine; see `run_scenario`.
             Scenario::Latency => {}
@@ -450,50 +452,6 @@ impl Agent for ChainCountAgent {
     fn execute(&self, _ctx: &Context) -> AgentEffect {
         AgentEffect::empty().with_proposal(Proposal::new(
             ContextKey::Hypotheses,
-            self.id.clone(),
-            self.index,
-        ))
-    }
-}
-
-/// Agent `i` of `fanout`.
-struct FanoutAgent {
-    name: String,
-    index: usize,
-    /// `f{i}`.
-    id: String,
-}
-
-impl FanoutAgent {
-    fn new(index: usize) -> FanoutAgent {
-        FanoutAgent {
-            name: format!("fanout-{index}"),
-            index,
-            id: format!("f{index}"),
-        }
-    }
-}
-
-impl Agent for FanoutAgent {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn dependencies(&self) -> &[ContextKey] {
-        &[]
-    }
-
-    fn requested_scope(&self) -> AuthorityScope {
-        AuthorityScope::keys([ContextKey::Seeds])
-    }
-
-    fn accepts(&self, ctx: &Context) -> bool {
-        !ctx.contains(ContextKey::Seeds, &self.id)
-    }
-
-    fn execute(&self, _ctx: &Context) -> AgentEffect {
-        AgentEffect::empty().with_proposal(Proposal::new(
-            ContextKey::Seeds,
             self.id.clone(),
             self.index,
         ))
