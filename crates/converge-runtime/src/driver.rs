@@ -160,18 +160,20 @@ impl Runtime {
         run_id: &RunId,
     ) -> Result<ConvergeResult, DurableError> {
         let header = header_of(&self.engine);
-        let mut run = self.engine.start(Context::new())?;
+        let run = self.engine.start(Context::new())?;
         journal.create_run(run_id, &header)?;
         let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
-        let mut observers = Deliver(&mut self.observers);
-        let mut live = Live {
+        let first = Some(StepInput::Start { header });
+        drive_durable(
+            executor,
+            &mut self.observers,
             journal,
             run_id,
-            next_step: 0,
-            observer: &mut observers,
-        };
-        live.commit(&StepInput::Start { header }, &mut run)?;
-        live.drive(&executor, run).await
+            0,
+            first,
+            run,
+        )
+        .await
     }
 
     /// Continues a durable run after its process died: re-drives every committed step without
@@ -185,31 +187,35 @@ impl Runtime {
     ) -> Result<ConvergeResult, DurableError> {
         let recorded = journal.load(run_id)?;
         let next_step = recorded.steps.len() as u64;
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
-        let mut observers = Deliver(&mut self.observers);
-        let mut live = Live {
-            journal,
-            run_id,
-            next_step,
-            observer: &mut observers,
-        };
-        match redrive(&self.engine, &recorded)? {
-            Position::Unstarted(mut run) => {
-                // The process died before the start step committed: begin afresh.
-                let header = recorded.header;
-                live.commit(&StepInput::Start { header }, &mut run)?;
-                live.drive(&executor, run).await
-            }
-            Position::Running(run) => live.drive(&executor, run).await,
+        let (run, first) = match redrive(&self.engine, &recorded)? {
+            // The process died before the start step committed: begin afresh.
+            Position::Unstarted(run) => (
+                run,
+                Some(StepInput::Start {
+                    header: recorded.header,
+                }),
+            ),
+            Position::Running(run) => (run, None),
             Position::Stopped(result) => {
                 let status = status_of(&result.stop_reason);
                 if recorded.status != status {
                     // The process died between the last step and its status; the steps are the truth.
-                    live.journal.set_status(run_id, status, result.root_hash)?;
+                    journal.set_status(run_id, status, result.root_hash)?;
                 }
-                awaiting(run_id, result)
+                return awaiting(run_id, result);
             }
-        }
+        };
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
+        drive_durable(
+            executor,
+            &mut self.observers,
+            journal,
+            run_id,
+            next_step,
+            first,
+            run,
+        )
+        .await
     }
 
     /// Applies human decisions to a durable run awaiting approval, possibly in another process
@@ -232,17 +238,18 @@ impl Runtime {
             }
         };
         let input = StepInput::decisions(&decisions);
-        let mut run = self.engine.resume_run(result, decisions)?;
+        let run = self.engine.resume_run(result, decisions)?;
         let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
-        let mut observers = Deliver(&mut self.observers);
-        let mut live = Live {
+        drive_durable(
+            executor,
+            &mut self.observers,
             journal,
             run_id,
             next_step,
-            observer: &mut observers,
-        };
-        live.commit(&input, &mut run)?;
-        live.drive(&executor, run).await
+            Some(input),
+            run,
+        )
+        .await
     }
 
     /// Re-derives a recorded run from its journal without executing any agent and reports
@@ -255,6 +262,30 @@ impl Runtime {
         let recorded = journal.load(run_id)?;
         replay(&self.engine, &recorded)
     }
+}
+
+/// Drives `run` from journal step `next_step`, committing `first` (a start or decisions step
+/// whose events the run already emitted) before anything executes.
+async fn drive_durable<J: Journal>(
+    executor: Executor<'_>,
+    observers: &mut Vec<Box<dyn Observer + Send>>,
+    journal: &mut J,
+    run_id: &RunId,
+    next_step: u64,
+    first: Option<StepInput>,
+    mut run: Run<'_>,
+) -> Result<ConvergeResult, DurableError> {
+    let mut observer = Deliver(observers);
+    let mut live = Live {
+        journal,
+        run_id,
+        next_step,
+        observer: &mut observer,
+    };
+    if let Some(input) = first {
+        live.commit(&input, &mut run)?;
+    }
+    live.drive(&executor, run).await
 }
 
 /// Delivers each event to every observer.
