@@ -55,6 +55,19 @@ impl Digest {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// A digest from its raw bytes, as stored by [`Digest::as_bytes`]. Like parsing its hex
+    /// text, this asserts nothing about what was hashed.
+    ///
+    /// ```
+    /// use converge_core::Digest;
+    ///
+    /// let digest = Digest::of_bytes(b"converge");
+    /// assert_eq!(Digest::from_bytes(*digest.as_bytes()), digest);
+    /// ```
+    pub const fn from_bytes(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
 }
 
 impl fmt::Display for Digest {

@@ -220,6 +220,105 @@ impl EventRecord {
     }
 }
 
+/// Events taken together from a run ([`crate::Run::take_events`]), each with the exact bytes
+/// the chain hashed, and the hash the first one chains from.
+///
+/// Only the core makes one, so whoever holds one knows, without hashing anything again, that
+/// every record's hash is [`EventRecord::link_hash`] of its predecessor's hash, its seq and its
+/// bytes, and that the records follow each other without a gap. A journal checks only that
+/// the batch continues its stored chain ([`EventBatch::first_seq`], [`EventBatch::previous`])
+/// and stores the bytes as they are.
+///
+/// ```
+/// use converge_core::agents::SeedAgent;
+/// use converge_core::{Context, Digest, Engine, EventRecord};
+///
+/// let mut engine = Engine::new();
+/// engine.register(SeedAgent::new("seed-1", "hello"));
+/// let mut run = engine.start(Context::new())?;
+/// let batch = run.take_events();
+/// assert_eq!((batch.first_seq(), batch.previous()), (0, Digest::zero()));
+/// let (record, bytes) = batch.iter().next().unwrap();
+/// assert_eq!(record.hash, EventRecord::link_hash(Digest::zero(), 0, bytes));
+/// assert_eq!(batch.head(), record.hash);
+/// # Ok::<(), converge_core::EngineError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventBatch {
+    previous: Digest,
+    first_seq: u64,
+    records: Vec<EventRecord>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl EventBatch {
+    /// Seals taken records; `bodies[i]` is `records[i]`'s encoding when it was kept.
+    pub(crate) fn new(
+        previous: Digest,
+        first_seq: u64,
+        sealed: impl IntoIterator<Item = (EventRecord, Option<Vec<u8>>)>,
+    ) -> EventBatch {
+        let (records, bodies) = sealed
+            .into_iter()
+            .map(|(record, body)| {
+                let body = body.unwrap_or_else(|| EventRecord::encode(&record.event));
+                (record, body)
+            })
+            .unzip();
+        EventBatch {
+            previous,
+            first_seq,
+            records,
+            bodies,
+        }
+    }
+
+    /// The hash the first record chains from: the hash of the event before it, or
+    /// [`Digest::zero`] at the start of a run.
+    pub fn previous(&self) -> Digest {
+        self.previous
+    }
+
+    /// The seq of the first record (of the next event, when the batch is empty).
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// The hash of the last record: the chain's head after this batch.
+    pub fn head(&self) -> Digest {
+        self.records
+            .last()
+            .map_or(self.previous, |record| record.hash)
+    }
+
+    /// How many records the batch holds.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records, in seq order.
+    pub fn records(&self) -> &[EventRecord] {
+        &self.records
+    }
+
+    /// Each record with its encoding ([`EventRecord::encode`]), in seq order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&EventRecord, &[u8])> + '_ {
+        self.records
+            .iter()
+            .zip(self.bodies.iter().map(Vec::as_slice))
+    }
+
+    /// The records, without their encodings.
+    pub fn into_records(self) -> Vec<EventRecord> {
+        self.records
+    }
+}
+
 /// Receives every event of a run, in order.
 pub trait Observer {
     /// Called once per event.
@@ -264,11 +363,13 @@ impl Chain {
         }
     }
 
-    pub(crate) fn seal(&mut self, event: Event) -> EventRecord {
+    /// Seals the next event; with `keep`, also returns the bytes it hashed.
+    pub(crate) fn seal(&mut self, event: Event, keep: bool) -> (EventRecord, Option<Vec<u8>>) {
         let seq = self.next_seq;
         let hash = chain_hash_into(self.head, seq, &event, &mut self.buffer);
         self.next_seq += 1;
         self.head = hash;
-        EventRecord { seq, hash, event }
+        let body = keep.then(|| self.buffer.clone());
+        (EventRecord { seq, hash, event }, body)
     }
 }

@@ -22,7 +22,7 @@ use crate::context::Context;
 use crate::digest::Digest;
 use crate::effect::{AgentOutcome, TokenUsage};
 use crate::engine::{FailurePolicy, Setup};
-use crate::event::{AgentInfo, Chain, Event, EventRecord};
+use crate::event::{AgentInfo, Chain, Event, EventBatch, EventRecord};
 use crate::gate::{Proposer, Rejection};
 use crate::id::{AgentId, ObservationId, ProposalId};
 use crate::invariant::InvariantClass;
@@ -155,7 +155,12 @@ pub struct Run<'e> {
     ctx: Context,
     state: RunState,
     phase: Phase,
-    events: VecDeque<EventRecord>,
+    /// Emitted events not yet taken, with their encodings when kept.
+    events: VecDeque<(EventRecord, Option<Vec<u8>>)>,
+    /// The hash of the last event taken (the chain's head when none is pending).
+    taken_head: Digest,
+    /// Whether sealing keeps each event's encoding for [`Run::take_events`].
+    keep_encoded: bool,
 }
 
 impl<'e> Run<'e> {
@@ -185,6 +190,8 @@ impl<'e> Run<'e> {
             state,
             phase: Phase::Ready,
             events: VecDeque::new(),
+            taken_head: Digest::zero(),
+            keep_encoded: false,
         };
         run.begin();
         run
@@ -256,12 +263,15 @@ impl<'e> Run<'e> {
         state: Box<RunState>,
         decisions: Vec<Decision>,
     ) -> Run<'e> {
+        let taken_head = state.chain.head;
         let mut run = Run {
             setup,
             ctx,
             state: *state,
             phase: Phase::Ready,
             events: VecDeque::new(),
+            taken_head,
+            keep_encoded: false,
         };
         let cycle = run.state.cycle;
         run.emit(Event::RunResumed {
@@ -387,7 +397,28 @@ impl<'e> Run<'e> {
 
     /// The next event not yet taken, in order.
     pub fn poll_event(&mut self) -> Option<EventRecord> {
-        self.events.pop_front()
+        let (record, _) = self.events.pop_front()?;
+        self.taken_head = record.hash;
+        Some(record)
+    }
+
+    /// Takes every event not yet taken, with the exact bytes the chain hashed: what a journal
+    /// stores. Events emitted before [`Run::keep_encoded_events`] are encoded here.
+    pub fn take_events(&mut self) -> EventBatch {
+        let first_seq = self
+            .events
+            .front()
+            .map_or(self.state.chain.next_seq, |(record, _)| record.seq);
+        let batch = EventBatch::new(self.taken_head, first_seq, self.events.drain(..));
+        self.taken_head = batch.head();
+        batch
+    }
+
+    /// From now on, keeps each event's encoding until it is taken, so that
+    /// [`Run::take_events`] need not encode it again. Drivers that journal every event call
+    /// this once after starting a run; it changes no event and no hash.
+    pub fn keep_encoded_events(&mut self) {
+        self.keep_encoded = true;
     }
 
     /// Hands back the outcomes of the outstanding batch, in any order. They are merged in
@@ -873,8 +904,8 @@ impl<'e> Run<'e> {
     }
 
     fn emit(&mut self, event: Event) {
-        let record = self.state.chain.seal(event);
-        self.events.push_back(record);
+        let sealed = self.state.chain.seal(event, self.keep_encoded);
+        self.events.push_back(sealed);
     }
 }
 

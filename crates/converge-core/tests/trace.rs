@@ -65,3 +65,75 @@ fn quickstart_event_trace() {
 fn the_trace_is_identical_across_runs() {
     assert_eq!(quickstart_trace(), quickstart_trace());
 }
+
+/// Drives the Quick Start by hand, taking events in batches (kept encodings or not, mixed
+/// with single polls), and returns every record with the bytes it was taken with.
+fn taken(keep: bool) -> (Vec<(EventRecord, Vec<u8>)>, converge_core::Digest) {
+    use converge_core::{Digest, Step, execute_isolated};
+    let mut engine = Engine::new();
+    engine.register(SeedAgent::new("seed-1", "initial data"));
+    engine.register(ReactOnceAgent::new("hyp-1", "derived insight"));
+    let mut run = engine.start(Context::new()).unwrap();
+    if keep {
+        run.keep_encoded_events();
+    }
+    let mut taken = Vec::new();
+    let take = |run: &mut converge_core::Run<'_>, taken: &mut Vec<(EventRecord, Vec<u8>)>| {
+        let head = taken
+            .last()
+            .map_or(Digest::zero(), |(record, _)| record.hash);
+        let batch = run.take_events();
+        assert_eq!(
+            batch.previous(),
+            head,
+            "a batch chains from the last taken event"
+        );
+        assert_eq!(batch.first_seq(), taken.len() as u64);
+        let mut previous = batch.previous();
+        for (record, bytes) in batch.iter() {
+            assert_eq!(bytes, EventRecord::encode(&record.event).as_slice());
+            assert_eq!(
+                record.hash,
+                EventRecord::link_hash(previous, record.seq, bytes)
+            );
+            previous = record.hash;
+            taken.push((record.clone(), bytes.to_vec()));
+        }
+        assert_eq!(batch.head(), previous);
+    };
+    take(&mut run, &mut taken);
+    while let Step::Execute(batch) = run.next_step() {
+        let outcomes: Vec<_> = batch
+            .agents()
+            .iter()
+            .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+            .collect();
+        run.submit(outcomes).unwrap();
+        // One event taken on its own, the rest as a batch.
+        let single = run.poll_event().unwrap();
+        let bytes = EventRecord::encode(&single.event);
+        taken.push((single, bytes));
+        take(&mut run, &mut taken);
+    }
+    take(&mut run, &mut taken);
+    assert!(run.take_events().is_empty());
+    let result = run.finish().ok().unwrap();
+    (taken, result.root_hash)
+}
+
+#[test]
+fn taken_batches_carry_the_bytes_the_chain_hashed_whether_kept_or_not() {
+    let (kept, kept_root) = taken(true);
+    let (encoded, encoded_root) = taken(false);
+    assert_eq!(kept, encoded);
+    assert_eq!(kept_root, encoded_root);
+    let mut engine = Engine::new();
+    engine.register(SeedAgent::new("seed-1", "initial data"));
+    engine.register(ReactOnceAgent::new("hyp-1", "derived insight"));
+    let result = engine.run(Context::new()).unwrap();
+    assert_eq!(
+        kept_root, result.root_hash,
+        "taking batches changes no hash"
+    );
+    assert_eq!(kept.last().unwrap().0.hash, result.root_hash);
+}

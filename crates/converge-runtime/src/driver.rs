@@ -275,6 +275,8 @@ async fn drive_durable<J: Journal>(
     first: Option<StepInput>,
     mut run: Run<'_>,
 ) -> Result<ConvergeResult, DurableError> {
+    // The journal stores the bytes the core hashed; keeping them spares encoding twice.
+    run.keep_encoded_events();
     let mut observer = Deliver(observers);
     let mut live = Live {
         journal,

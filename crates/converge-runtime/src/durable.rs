@@ -260,17 +260,14 @@ fn compare(run_id: &RunId, step: &RecordedStep, run: &mut Run<'_>) -> Result<(),
 }
 
 fn first_difference(step: &RecordedStep, derived: &[EventRecord]) -> Option<Divergence> {
-    let longest = step.events.len().max(derived.len());
+    let longest = step.hashes.len().max(derived.len());
     (0..longest).find_map(|index| {
-        let (stored, actual) = (step.events.get(index), derived.get(index));
-        let same =
-            matches!((stored, actual), (Some(stored), Some(actual)) if stored.matches(actual));
+        let (stored, actual) = (step.hashes.get(index), derived.get(index));
+        let same = matches!(actual, Some(record) if step.recorded(record));
         (!same).then(|| Divergence {
             step: step.step,
-            seq: stored
-                .map(|event| event.seq)
-                .or(actual.map(|record| record.seq)),
-            expected: stored.map(|event| event.hash),
+            seq: Some(step.first_seq + index as u64),
+            expected: stored.copied(),
             actual: actual.map(|record| record.hash),
             detail: match (stored, actual) {
                 (Some(_), Some(record)) => format!(
@@ -350,14 +347,11 @@ impl<J: Journal> Live<'_, J> {
         input: &StepInput,
         run: &mut Run<'_>,
     ) -> Result<(), DurableError> {
-        let mut events = Vec::new();
-        while let Some(record) = run.poll_event() {
-            events.push(record);
-        }
+        let events = run.take_events();
         self.journal
             .append(self.run_id, self.next_step, input, &events)?;
         self.next_step += 1;
-        for record in &events {
+        for record in events.records() {
             self.observer.on_event(record);
         }
         Ok(())
@@ -433,7 +427,7 @@ pub(crate) fn replay(
     match redrive(engine, recorded) {
         Ok(_) => Ok(ReplayReport::Identical {
             steps: recorded.steps.len() as u64,
-            events: recorded.events().count() as u64,
+            events: recorded.event_count(),
             root_hash: recorded.root_hash,
         }),
         Err(DurableError::Diverged { divergence, .. }) => Ok(ReplayReport::Diverged(divergence)),

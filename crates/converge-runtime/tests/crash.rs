@@ -146,11 +146,11 @@ fn kill_child_after(path: &Path, delay: Duration) -> BTreeSet<String> {
 
 /// Facts promoted according to the journal's stored events.
 fn journaled_facts(journal: &SqliteJournal) -> BTreeSet<String> {
-    let Ok(recorded) = journal.load(&run_id()) else {
+    let Ok(events) = journal.events(&run_id(), 0) else {
         return BTreeSet::new();
     };
-    recorded
-        .events()
+    events
+        .iter()
         .filter_map(|stored| serde_json::from_slice::<serde_json::Value>(&stored.body).ok())
         .filter(|event| event["event"] == "fact_promoted")
         .map(|event| {

@@ -305,3 +305,57 @@ fn replay_names_the_first_divergence_when_the_rules_changed() {
     assert!(divergence.detail.contains("differs"), "{divergence}");
     assert_eq!(runs.load(Ordering::SeqCst), 0, "replay executes no agent");
 }
+
+/// Opens `path` as a tamperer would: the append-only triggers dropped.
+fn tamper(path: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER events_append_only_update; DROP TRIGGER events_append_only_delete;",
+    )
+    .unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+#[test]
+fn an_altered_stored_hash_is_named_by_replay_and_refused_by_resume() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("journal.db");
+    let mut journal = SqliteJournal::open(&path).unwrap();
+    block_on(job(true).0.run_durable(&mut journal, &run_id())).unwrap();
+    let events = journal.events(&run_id(), 0).unwrap();
+    let target = &events[events.len() / 2];
+    drop(journal);
+    // Flip the first byte of the target event's stored hash (not the last event's, so the
+    // stored hashes still end at the run's root hash and `load` accepts them).
+    tamper(
+        &path,
+        &format!(
+            "UPDATE events SET hashes = CAST(substr(hashes, 1, 32 * ({seq} - first_seq)) \
+             || x'{flipped:02x}' || substr(hashes, 32 * ({seq} - first_seq) + 2) AS BLOB) \
+             WHERE first_seq = (SELECT max(first_seq) FROM events WHERE first_seq <= {seq})",
+            seq = target.seq,
+            flipped = target.hash.as_bytes()[0] ^ 0x01,
+        ),
+    );
+
+    let journal = SqliteJournal::open(&path).unwrap();
+    let (runtime, runs) = job(true);
+    let ReplayReport::Diverged(divergence) = runtime.replay(&journal, &run_id()).unwrap() else {
+        panic!("an altered hash must not replay as identical")
+    };
+    assert_eq!(divergence.seq, Some(target.seq), "{divergence}");
+    assert_eq!(divergence.actual, Some(target.hash), "{divergence}");
+    assert_ne!(divergence.expected, Some(target.hash), "{divergence}");
+    assert!(matches!(
+        journal.verify(&run_id()).unwrap(),
+        Verification::Broken { first_bad_seq, .. } if first_bad_seq == target.seq
+    ));
+    let mut journal = journal;
+    let (mut resumer, _) = job(true);
+    let error = block_on(resumer.resume_durable(&mut journal, &run_id())).unwrap_err();
+    assert!(
+        matches!(&error, DurableError::Diverged { divergence, .. } if divergence.seq == Some(target.seq)),
+        "{error}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing executed");
+}

@@ -1,9 +1,9 @@
 //! Integrity checks of a stored run, shared by every journal store.
 //!
 //! Given a run's recorded head (step count, event count, root hash), its step rows in step
-//! order and its event rows in seq order, these checks find the first entry that is missing,
-//! altered or out of place, recomputing the chain with [`EventRecord::link_hash`] over the
-//! stored bytes. They are pure — the store feeds them rows — and they deliberately do not
+//! order and its event chunks in seq order, these checks find the first entry that is
+//! missing, altered or out of place, recomputing the chain with [`EventRecord::link_hash`]
+//! over the stored bytes when they are read. They are pure — the store feeds them rows — and they deliberately do not
 //! re-derive anything through the core: checking that the inputs reproduce the chain is
 //! replay's job.
 
@@ -135,7 +135,78 @@ fn read_input(row: &StepRow, header: &RunHeader) -> Result<StepInput, String> {
     }
 }
 
-/// Walks event rows in seq order, recomputing the chain.
+/// One stored event as a chunk row holds it: its position, its stored hash and, when the
+/// bodies were read, the bytes the hash covers.
+pub(super) struct Entry<'r> {
+    pub(super) seq: u64,
+    pub(super) hash: Digest,
+    pub(super) body: Option<&'r [u8]>,
+}
+
+/// Splits one stored chunk of `count` events starting at `first_seq` into its entries.
+/// `hashes` holds 32 bytes per event; `ends`, 4 bytes per event (the little-endian end offset
+/// of each body in `bodies`). Without `bodies` (a load that does not re-hash), `ends` is not
+/// consulted. A chunk whose parts do not fit together breaks at its first event.
+pub(super) fn split_chunk<'r>(
+    first_seq: u64,
+    count: u64,
+    hashes: &'r [u8],
+    bodies: Option<(&'r [u8], &'r [u8])>,
+) -> Result<Vec<Entry<'r>>, String> {
+    let count = usize::try_from(count).map_err(|_| format!("it claims {count} events"))?;
+    if count == 0 || hashes.len() != count.saturating_mul(32) {
+        return Err(format!(
+            "it claims {count} events but stores {} bytes of hashes",
+            hashes.len()
+        ));
+    }
+    let hashes = hashes.chunks_exact(32).map(|bytes| {
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(bytes);
+        Digest::from_bytes(hash)
+    });
+    let Some((ends, bodies)) = bodies else {
+        return Ok(hashes
+            .zip(first_seq..)
+            .map(|(hash, seq)| Entry {
+                seq,
+                hash,
+                body: None,
+            })
+            .collect());
+    };
+    if ends.len() != count.saturating_mul(4) {
+        return Err(format!(
+            "it claims {count} events but stores {} bytes of offsets",
+            ends.len()
+        ));
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut start = 0usize;
+    for ((hash, seq), end) in hashes.zip(first_seq..).zip(ends.chunks_exact(4)) {
+        let end = u32::from_le_bytes([end[0], end[1], end[2], end[3]]) as usize;
+        let body = bodies
+            .get(start..end)
+            .ok_or_else(|| format!("event {seq}'s body offsets {start}..{end} are out of place"))?;
+        entries.push(Entry {
+            seq,
+            hash,
+            body: Some(body),
+        });
+        start = end;
+    }
+    if start != bodies.len() {
+        return Err(format!(
+            "its bodies hold {} bytes after the last event",
+            bodies.len() - start
+        ));
+    }
+    Ok(entries)
+}
+
+/// Walks stored events in seq order. With bodies, it recomputes the chain; without, it checks
+/// that the stored hashes are complete, in place and end at the root hash (re-deriving the
+/// run then checks every one of them).
 pub(super) struct ChainWalk<'s> {
     steps: &'s Steps,
     head: Head,
@@ -157,24 +228,43 @@ impl<'s> ChainWalk<'s> {
         }
     }
 
-    /// Checks the next stored row. `Ok(Some((step, hash)))` is an intact event's step and
-    /// hash; `Ok(None)` means the row lies past a step-level break and was not checked.
-    pub(super) fn feed(
-        &mut self,
-        seq: u64,
-        filed_under: u64,
-        hash: &str,
-        body: &[u8],
-    ) -> Result<Option<(u64, Digest)>, Break> {
+    /// Whether a chunk starting at `first_seq` lies past a step-level break, where nothing is
+    /// checked any more.
+    pub(super) fn past_limit(&self) -> bool {
+        self.next >= self.limit
+    }
+
+    /// A chunk that cannot be split into events: the chain breaks at its first event.
+    pub(super) fn malformed(&self, first_seq: u64, detail: String) -> Break {
+        let seq = first_seq.max(self.next).min(self.head.events);
+        Break {
+            seq: if first_seq > self.next {
+                self.next
+            } else {
+                seq
+            },
+            step: self.steps.step_of(seq),
+            reason: if first_seq > self.next {
+                BreakReason::Missing
+            } else {
+                BreakReason::Malformed { detail }
+            },
+        }
+    }
+
+    /// Checks the next stored event, filed under step `filed_under`. `Ok(true)` means it is
+    /// intact; `Ok(false)` that it lies past a step-level break and was not checked.
+    pub(super) fn feed(&mut self, filed_under: u64, entry: &Entry<'_>) -> Result<bool, Break> {
         let expected = self.next;
         if expected >= self.limit {
-            return Ok(None);
+            return Ok(false);
         }
         let at = |seq, reason| Break {
             seq,
             step: self.steps.step_of(seq),
             reason,
         };
+        let seq = entry.seq;
         if seq > expected {
             return Err(at(expected, BreakReason::Missing));
         }
@@ -184,13 +274,14 @@ impl<'s> ChainWalk<'s> {
         if self.steps.step_of(seq) != Some(filed_under) {
             return Err(at(seq, BreakReason::WrongStep { filed_under }));
         }
-        let computed = EventRecord::link_hash(self.previous, seq, body);
-        if hash.parse::<Digest>().ok() != Some(computed) {
+        if let Some(body) = entry.body
+            && EventRecord::link_hash(self.previous, seq, body) != entry.hash
+        {
             return Err(at(seq, BreakReason::HashMismatch));
         }
-        self.previous = computed;
+        self.previous = entry.hash;
         self.next += 1;
-        Ok(Some((filed_under, computed)))
+        Ok(true)
     }
 
     /// After the last row: the chain must reach the head and end at the root hash.

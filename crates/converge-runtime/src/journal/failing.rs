@@ -4,9 +4,11 @@
 //! with an error and leaves a journal that still verifies, whichever step fails. It injects
 //! nothing but append failures and is not meant for production use.
 
-use converge_core::{Digest, EventRecord};
+use converge_core::{Digest, EventBatch};
 
-use super::{Journal, JournalError, RecordedRun, RunId, RunStatus, RunSummary, Verification};
+use super::{
+    Journal, JournalError, RecordedRun, RunId, RunStatus, RunSummary, StoredEvent, Verification,
+};
 use crate::record::{RunHeader, StepInput};
 
 /// Fault injection for tests: a journal whose `k`-th [`Journal::append`] call (0-based,
@@ -69,7 +71,7 @@ impl<J: Journal> Journal for FailingJournal<J> {
         run: &RunId,
         step: u64,
         input: &StepInput,
-        events: &[EventRecord],
+        events: &EventBatch,
     ) -> Result<(), JournalError> {
         let call = self.calls;
         self.calls += 1;
@@ -101,6 +103,10 @@ impl<J: Journal> Journal for FailingJournal<J> {
 
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
         self.inner.load(run)
+    }
+
+    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
+        self.inner.events(run, from)
     }
 
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {

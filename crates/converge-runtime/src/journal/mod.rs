@@ -2,9 +2,9 @@
 //!
 //! A journal stores, for each run, an ordered list of *steps*. A step is one input to the
 //! core ([`StepInput`]: the start, one cycle's agent outcomes, human decisions, a halt) together
-//! with the events the core emitted while taking it, each as the exact bytes the chain hashes
-//! ([`EventRecord::encode`]). A step is written in one transaction: it is entirely present or
-//! entirely absent. The chain's head is the run's root hash.
+//! with the events the core emitted while taking it, each with its chain hash and the exact
+//! bytes the hash covers ([`EventRecord::encode`]). A step is written in one transaction: it
+//! is entirely present or entirely absent. The chain's head is the run's root hash.
 //!
 //! Facts are never stored and nothing here deserializes one: a run is re-derived by replaying
 //! its recorded inputs through the core, and the replayed events must reproduce the stored
@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use converge_core::{Digest, EventRecord};
+use converge_core::{Digest, EventBatch, EventRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -143,29 +143,21 @@ pub struct RunSummary {
     pub root_hash: Digest,
 }
 
-/// One stored event: its position, hash and the exact bytes the hash covers.
+/// One stored event: its position, step, hash and the exact bytes the hash covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoredEvent {
     /// Position in the run, from 0.
     pub seq: u64,
+    /// The step that emitted it.
+    pub step: u64,
     /// The hash chaining it to its predecessor.
     pub hash: Digest,
     /// [`EventRecord::encode`] of the event: compact JSON.
     pub body: Vec<u8>,
 }
 
-impl StoredEvent {
-    /// Whether `record` is exactly this stored event (position, hash and bytes). A replay
-    /// compares each re-derived record with the stored one this way.
-    pub fn matches(&self, record: &EventRecord) -> bool {
-        self.seq == record.seq
-            && self.hash == record.hash
-            && self.body == EventRecord::encode(&record.event)
-    }
-}
-
-/// One committed step: its input and the events it produced.
+/// One committed step: its input and the hashes of the events it produced.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RecordedStep {
@@ -173,11 +165,27 @@ pub struct RecordedStep {
     pub step: u64,
     /// What was fed to the core.
     pub input: StepInput,
-    /// The events the core emitted for it, in seq order.
-    pub events: Vec<StoredEvent>,
+    /// The seq of its first event (of the next event, when it emitted none).
+    pub first_seq: u64,
+    /// The chain hashes of the events the core emitted for it, in seq order.
+    pub hashes: Vec<Digest>,
 }
 
-/// A whole run as stored, checked for completeness and chain integrity.
+impl RecordedStep {
+    /// Whether `record` is the stored event at its position: same seq, same chain hash.
+    /// The hash covers the predecessor's hash and the event's exact bytes, so an equal hash
+    /// at an equal position is an identical event in an identical chain.
+    pub fn recorded(&self, record: &EventRecord) -> bool {
+        record
+            .seq
+            .checked_sub(self.first_seq)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| self.hashes.get(index))
+            == Some(&record.hash)
+    }
+}
+
+/// A whole run's inputs and event hashes as stored, checked for completeness.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RecordedRun {
@@ -194,9 +202,9 @@ pub struct RecordedRun {
 }
 
 impl RecordedRun {
-    /// Every stored event, in seq order.
-    pub fn events(&self) -> impl Iterator<Item = &StoredEvent> + '_ {
-        self.steps.iter().flat_map(|step| step.events.iter())
+    /// How many events the run's steps emitted.
+    pub fn event_count(&self) -> u64 {
+        self.steps.iter().map(|step| step.hashes.len() as u64).sum()
     }
 }
 
@@ -251,6 +259,12 @@ pub enum BreakReason {
         /// Why.
         detail: String,
     },
+    /// A stored group of events cannot be split into events (its hashes, offsets and bodies
+    /// do not fit together).
+    Malformed {
+        /// Why.
+        detail: String,
+    },
 }
 
 impl fmt::Display for BreakReason {
@@ -273,6 +287,9 @@ impl fmt::Display for BreakReason {
             }
             BreakReason::StepUnreadable { detail } => {
                 write!(f, "the step's input cannot be read: {detail}")
+            }
+            BreakReason::Malformed { detail } => {
+                write!(f, "the stored events cannot be read: {detail}")
             }
         }
     }
@@ -363,15 +380,6 @@ pub enum JournalError {
         /// The run.
         run: RunId,
     },
-    /// A step's input would not read back identically from its JSON (for example a number
-    /// that JSON text cannot carry exactly). Nothing was written.
-    #[error("run {run:?}, step {step}: the input does not read back identically from JSON")]
-    NotRoundTrip {
-        /// The run.
-        run: RunId,
-        /// The step.
-        step: u64,
-    },
     /// The stored run is incomplete or altered; [`Journal::verify`] names the first bad entry.
     #[error("run {run:?} is broken at event {first_bad_seq} (step {step:?}): {reason}")]
     Broken {
@@ -442,15 +450,16 @@ pub trait Journal {
     ///
     /// Steps are numbered from 0 without gaps, step 0 is the run's [`StepInput::Start`] (with
     /// the header the run was created with) and no other step is a start. The events must
-    /// continue the stored chain: the first seq is the run's next seq and every hash chains
-    /// from its predecessor over [`EventRecord::encode`] of the event. Anything else is
-    /// refused with nothing written.
+    /// continue the stored chain: the batch's first seq is the run's next seq and its first
+    /// event chains from the run's root hash. (Within a batch, the core has chained every
+    /// event over the bytes it carries; a store keeps those bytes as they are.) Anything else
+    /// is refused with nothing written.
     fn append(
         &mut self,
         run: &RunId,
         step: u64,
         input: &StepInput,
-        events: &[EventRecord],
+        events: &EventBatch,
     ) -> Result<(), JournalError>;
 
     /// Records the run's status, atomically. `root_hash` must be the run's stored chain head.
@@ -468,9 +477,16 @@ pub trait Journal {
     /// One run's summary.
     fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError>;
 
-    /// One run, every step in order. Refuses a run whose stored chain is incomplete or
-    /// altered ([`JournalError::Broken`]); [`Journal::verify`] says where.
+    /// One run's inputs and event hashes, every step in order: what re-deriving the run
+    /// needs. Refuses a run whose stored steps or hashes are incomplete, out of place or do
+    /// not end at the run's root hash ([`JournalError::Broken`]). It reads no event body and
+    /// recomputes no hash: re-deriving the run checks every stored hash against the event the
+    /// core emits, and [`Journal::verify`] checks the stored bodies.
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError>;
+
+    /// The stored events of a run from seq `from` on, each checked to chain from the stored
+    /// hash before it. Refuses an altered or missing event ([`JournalError::Broken`]).
+    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError>;
 
     /// Recomputes the run's chain from the stored bodies and checks every stored hash, the
     /// contiguity of steps and seqs, and that the chain ends at the run's root hash.
@@ -487,7 +503,7 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         run: &RunId,
         step: u64,
         input: &StepInput,
-        events: &[EventRecord],
+        events: &EventBatch,
     ) -> Result<(), JournalError> {
         (**self).append(run, step, input, events)
     }
@@ -511,6 +527,10 @@ impl<J: Journal + ?Sized> Journal for &mut J {
 
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
         (**self).load(run)
+    }
+
+    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
+        (**self).events(run, from)
     }
 
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
@@ -528,7 +548,7 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
         run: &RunId,
         step: u64,
         input: &StepInput,
-        events: &[EventRecord],
+        events: &EventBatch,
     ) -> Result<(), JournalError> {
         (**self).append(run, step, input, events)
     }
@@ -552,6 +572,10 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
 
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
         (**self).load(run)
+    }
+
+    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
+        (**self).events(run, from)
     }
 
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {

@@ -48,14 +48,16 @@ CREATE TABLE steps (
 ) STRICT;
 
 CREATE TABLE events (
-    run  TEXT NOT NULL,
-    seq  INTEGER NOT NULL CHECK (seq >= 0),
-    step INTEGER NOT NULL,
-    hash TEXT NOT NULL CHECK (length(hash) = 64),
-    body BLOB NOT NULL,
-    PRIMARY KEY (run, seq),
+    run       TEXT NOT NULL,
+    first_seq INTEGER NOT NULL CHECK (first_seq >= 0),
+    step      INTEGER NOT NULL,
+    count     INTEGER NOT NULL CHECK (count > 0),
+    hashes    BLOB NOT NULL,
+    ends      BLOB NOT NULL,
+    bodies    BLOB NOT NULL,
+    PRIMARY KEY (run, first_seq),
     FOREIGN KEY (run, step) REFERENCES steps (run, step)
-) STRICT, WITHOUT ROWID;
+) STRICT;
 
 CREATE TRIGGER runs_keep BEFORE DELETE ON runs
 BEGIN SELECT RAISE(ABORT, 'converge journal: runs are never deleted'); END;

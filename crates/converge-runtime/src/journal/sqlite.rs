@@ -9,11 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
-use converge_core::{Digest, EventRecord};
+use converge_core::{Digest, EventBatch};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
-use super::check::{Break, ChainWalk, Head, StepRow, check_steps};
+use super::check::{Break, ChainWalk, Entry, Head, StepRow, check_steps, split_chunk};
 use super::schema::{self, storage};
 use super::{
     Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus, RunSummary, StoredEvent,
@@ -44,8 +44,7 @@ use crate::record::{RunHeader, StepInput};
 /// journal.create_run(&id, &header)?;
 ///
 /// let mut run = engine.start(Context::new())?;
-/// let events: Vec<_> = std::iter::from_fn(|| run.poll_event()).collect();
-/// journal.append(&id, 0, &StepInput::Start { header }, &events)?;
+/// journal.append(&id, 0, &StepInput::Start { header }, &run.take_events())?;
 /// let mut step = 1;
 /// while let Step::Execute(batch) = run.next_step() {
 ///     let outcomes: Vec<_> = batch.agents().iter()
@@ -53,12 +52,10 @@ use crate::record::{RunHeader, StepInput};
 ///         .collect();
 ///     let input = StepInput::cycle(&batch, &outcomes);
 ///     run.submit(outcomes)?;
-///     let events: Vec<_> = std::iter::from_fn(|| run.poll_event()).collect();
-///     journal.append(&id, step, &input, &events)?;
+///     journal.append(&id, step, &input, &run.take_events())?;
 ///     step += 1;
 /// }
-/// let events: Vec<_> = std::iter::from_fn(|| run.poll_event()).collect();
-/// journal.append(&id, step, &StepInput::Stop, &events)?;
+/// journal.append(&id, step, &StepInput::Stop, &run.take_events())?;
 /// let result = run.finish().ok().expect("stopped");
 ///
 /// assert!(matches!(journal.verify(&id)?,
@@ -126,12 +123,15 @@ impl SqliteJournal {
         outcome
     }
 
-    /// Checks the whole run; `keep` receives each intact event with its step, in seq order.
+    /// Checks the whole run. With `bodies`, every event's hash is recomputed from its stored
+    /// bytes; without, bodies are not read. `keep` receives each intact event with its step,
+    /// in seq order.
     fn scan(
         &self,
         run: &RunId,
         keep_inputs: bool,
-        mut keep: impl FnMut(u64, StoredEvent),
+        bodies: bool,
+        mut keep: impl FnMut(u64, &Entry<'_>),
     ) -> Result<Scanned, JournalError> {
         // One read transaction: steps and events come from the same snapshot even while
         // another connection appends.
@@ -173,35 +173,135 @@ impl SqliteJournal {
         let mut steps = check_steps(step_rows, &head, &header, keep_inputs);
         let inputs = std::mem::take(&mut steps.inputs);
         let mut walk = ChainWalk::new(&steps, head);
+        // Bodies come last in a row, so a read without them leaves their pages untouched.
+        let query = if bodies {
+            "SELECT first_seq, step, count, hashes, ends, bodies FROM events \
+             WHERE run = ?1 ORDER BY first_seq"
+        } else {
+            "SELECT first_seq, step, count, hashes FROM events WHERE run = ?1 ORDER BY first_seq"
+        };
         let mut statement = tx
-            .prepare_cached("SELECT seq, step, hash, body FROM events WHERE run = ?1 ORDER BY seq")
+            .prepare_cached(query)
             .map_err(storage("reading events"))?;
         let mut rows = statement
             .query([run.as_str()])
             .map_err(storage("reading events"))?;
-        while let Some(event) = rows.next().map_err(storage("reading events"))? {
-            let seq = unsigned(event.get(0).map_err(storage("reading events"))?, "seq")?;
-            let filed = unsigned(event.get(1).map_err(storage("reading events"))?, "step")?;
-            let hash: String = event.get(2).map_err(storage("reading events"))?;
-            let body: Vec<u8> = event.get(3).map_err(storage("reading events"))?;
-            match walk.feed(seq, filed, &hash, &body) {
-                Ok(Some((step, hash))) => keep(step, StoredEvent { seq, hash, body }),
-                Ok(None) => break,
-                Err(broken) => {
-                    return Ok(Scanned {
-                        row,
-                        inputs,
-                        checked: Err(broken),
-                    });
+        let read = storage("reading events");
+        let mut checked = Ok(());
+        'rows: while let Some(chunk) = rows.next().map_err(&read)? {
+            if walk.past_limit() {
+                break;
+            }
+            let first_seq = unsigned(chunk.get(0).map_err(&read)?, "seq")?;
+            let filed = unsigned(chunk.get(1).map_err(&read)?, "step")?;
+            let count = unsigned(chunk.get(2).map_err(&read)?, "event count")?;
+            let hashes = chunk
+                .get_ref(3)
+                .map_err(&read)?
+                .as_blob()
+                .map_err(&read_blob)?;
+            let parts = if bodies {
+                let ends = chunk
+                    .get_ref(4)
+                    .map_err(&read)?
+                    .as_blob()
+                    .map_err(&read_blob)?;
+                let bodies = chunk
+                    .get_ref(5)
+                    .map_err(&read)?
+                    .as_blob()
+                    .map_err(&read_blob)?;
+                Some((ends, bodies))
+            } else {
+                None
+            };
+            let entries = match split_chunk(first_seq, count, hashes, parts) {
+                Ok(entries) => entries,
+                Err(detail) => {
+                    checked = Err(walk.malformed(first_seq, detail));
+                    break;
+                }
+            };
+            for entry in &entries {
+                match walk.feed(filed, entry) {
+                    Ok(true) => keep(filed, entry),
+                    Ok(false) => break 'rows,
+                    Err(broken) => {
+                        checked = Err(broken);
+                        break 'rows;
+                    }
                 }
             }
         }
-        let checked = walk.finish();
+        let checked = checked.and_then(|()| walk.finish());
         Ok(Scanned {
             row,
             inputs,
             checked,
         })
+    }
+
+    fn broken(run: &RunId, broken: Break) -> JournalError {
+        JournalError::Broken {
+            run: run.clone(),
+            first_bad_seq: broken.seq,
+            step: broken.step,
+            reason: broken.reason,
+        }
+    }
+}
+
+/// Most events a stored chunk holds.
+const CHUNK_EVENTS: usize = 4096;
+
+/// Most body bytes a stored chunk holds (a larger event is a chunk of its own).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Splits a batch into the chunks it is stored as: runs of consecutive events bounded by
+/// [`CHUNK_EVENTS`] and [`CHUNK_BYTES`], each with at least one event.
+fn chunks(events: &EventBatch) -> Vec<Chunk> {
+    let mut chunks: Vec<Chunk> = Vec::new();
+    for (record, body) in events.iter() {
+        let fits = chunks.last().is_some_and(|chunk| {
+            chunk.count < CHUNK_EVENTS && chunk.bodies.len() + body.len() <= CHUNK_BYTES
+        });
+        if !fits {
+            chunks.push(Chunk {
+                first_seq: record.seq,
+                count: 0,
+                hashes: Vec::new(),
+                ends: Vec::new(),
+                bodies: Vec::new(),
+            });
+        }
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.count += 1;
+            chunk.hashes.extend_from_slice(record.hash.as_bytes());
+            chunk.bodies.extend_from_slice(body);
+            // A body over 4 GiB cannot be stored; its offset would wrap and verify would
+            // refuse the chunk, so it is refused here first.
+            chunk.ends.extend_from_slice(
+                &u32::try_from(chunk.bodies.len())
+                    .unwrap_or(u32::MAX)
+                    .to_le_bytes(),
+            );
+        }
+    }
+    chunks
+}
+
+/// Consecutive events as one `events` row.
+struct Chunk {
+    first_seq: u64,
+    count: usize,
+    hashes: Vec<u8>,
+    ends: Vec<u8>,
+    bodies: Vec<u8>,
+}
+
+fn read_blob(error: rusqlite::types::FromSqlError) -> JournalError {
+    JournalError::Corrupt {
+        detail: format!("a stored event chunk is not a blob: {error}"),
     }
 }
 
@@ -233,21 +333,21 @@ impl Journal for SqliteJournal {
         run: &RunId,
         step: u64,
         input: &StepInput,
-        events: &[EventRecord],
+        events: &EventBatch,
     ) -> Result<(), JournalError> {
         // Everything that needs no storage is prepared before the transaction begins.
         let input_json = to_json(input)?;
-        let reread: Result<StepInput, _> = serde_json::from_str(&input_json);
-        if reread.ok().as_ref() != Some(input) {
-            return Err(JournalError::NotRoundTrip {
+        let chunks = chunks(events);
+        if chunks
+            .iter()
+            .any(|chunk| u32::try_from(chunk.bodies.len()).is_err())
+        {
+            return Err(JournalError::ChainMismatch {
                 run: run.clone(),
-                step,
+                seq: events.first_seq(),
+                detail: "an event is larger than the 4 GiB a journal stores".to_owned(),
             });
         }
-        let bodies: Vec<Vec<u8>> = events
-            .iter()
-            .map(|record| EventRecord::encode(&record.event))
-            .collect();
         self.write(|tx| {
             let row = read_run(tx, run)?;
             let head = row.head()?;
@@ -275,27 +375,25 @@ impl Journal for SqliteJournal {
                 (_, StepInput::Start { .. }) => return Err(invalid("only step 0 may be a start")),
                 _ => {}
             }
-            let mut previous = head.root;
-            let mut seq = head.events;
-            for (record, body) in events.iter().zip(&bodies) {
-                if record.seq != seq {
-                    return Err(JournalError::ChainMismatch {
-                        run: run.clone(),
-                        seq: record.seq,
-                        detail: format!("the next seq is {seq}"),
-                    });
-                }
-                let link = EventRecord::link_hash(previous, seq, body);
-                if link != record.hash {
-                    return Err(JournalError::ChainMismatch {
-                        run: run.clone(),
-                        seq,
-                        detail: format!("its hash does not chain from {previous}"),
-                    });
-                }
-                previous = link;
-                seq += 1;
+            if events.first_seq() != head.events {
+                return Err(JournalError::ChainMismatch {
+                    run: run.clone(),
+                    seq: events.first_seq(),
+                    detail: format!("the next seq is {}", head.events),
+                });
             }
+            if events.previous() != head.root {
+                return Err(JournalError::ChainMismatch {
+                    run: run.clone(),
+                    seq: events.first_seq(),
+                    detail: format!(
+                        "it chains from {}, not from the stored head {}",
+                        events.previous(),
+                        head.root
+                    ),
+                });
+            }
+            let next_seq = head.events + events.len() as u64;
             tx.execute(
                 "INSERT INTO steps (run, step, kind, input, first_seq, events) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -305,23 +403,26 @@ impl Journal for SqliteJournal {
                     input.kind(),
                     input_json,
                     signed(head.events)?,
-                    signed(seq - head.events)?,
+                    signed(events.len() as u64)?,
                 ],
             )
             .map_err(storage("writing the step"))?;
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO events (run, seq, step, hash, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO events (run, first_seq, step, count, hashes, ends, bodies) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(storage("writing events"))?;
-            for (record, body) in events.iter().zip(&bodies) {
+            for chunk in &chunks {
                 insert
                     .execute(params![
                         run.as_str(),
-                        signed(record.seq)?,
+                        signed(chunk.first_seq)?,
                         signed(step)?,
-                        record.hash.to_string(),
-                        body,
+                        signed(chunk.count as u64)?,
+                        chunk.hashes,
+                        chunk.ends,
+                        chunk.bodies,
                     ])
                     .map_err(storage("writing events"))?;
             }
@@ -330,8 +431,8 @@ impl Journal for SqliteJournal {
                 params![
                     run.as_str(),
                     signed(step + 1)?,
-                    signed(seq)?,
-                    previous.to_string()
+                    signed(next_seq)?,
+                    events.head().to_string()
                 ],
             )
             .map_err(storage("advancing the run's head"))?;
@@ -395,37 +496,36 @@ impl Journal for SqliteJournal {
     }
 
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
-        let mut events: Vec<Vec<StoredEvent>> = Vec::new();
+        let mut hashes: Vec<Vec<Digest>> = Vec::new();
         let Scanned {
             row,
             inputs,
             checked,
-        } = self.scan(run, true, |step, event| {
+        } = self.scan(run, true, false, |step, entry| {
             let index = usize::try_from(step).unwrap_or(usize::MAX);
-            if events.len() <= index {
-                events.resize_with(index.saturating_add(1), Vec::new);
+            if hashes.len() <= index {
+                hashes.resize_with(index.saturating_add(1), Vec::new);
             }
-            if let Some(slot) = events.get_mut(index) {
-                slot.push(event);
+            if let Some(slot) = hashes.get_mut(index) {
+                slot.push(entry.hash);
             }
         })?;
-        if let Err(broken) = checked {
-            return Err(JournalError::Broken {
-                run: run.clone(),
-                first_bad_seq: broken.seq,
-                step: broken.step,
-                reason: broken.reason,
-            });
-        }
-        events.resize_with(inputs.len(), Vec::new);
+        checked.map_err(|broken| SqliteJournal::broken(run, broken))?;
+        hashes.resize_with(inputs.len(), Vec::new);
+        let mut first_seq = 0;
         let steps = inputs
             .into_iter()
-            .zip(events)
+            .zip(hashes)
             .enumerate()
-            .map(|(step, (input, events))| RecordedStep {
-                step: step as u64,
-                input,
-                events,
+            .map(|(step, (input, hashes))| {
+                let recorded = RecordedStep {
+                    step: step as u64,
+                    input,
+                    first_seq,
+                    hashes,
+                };
+                first_seq += recorded.hashes.len() as u64;
+                recorded
             })
             .collect();
         let summary = row.summary()?;
@@ -438,8 +538,24 @@ impl Journal for SqliteJournal {
         })
     }
 
+    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
+        let mut events = Vec::new();
+        let Scanned { checked, .. } = self.scan(run, false, true, |step, entry| {
+            if let (true, Some(body)) = (entry.seq >= from, entry.body) {
+                events.push(StoredEvent {
+                    seq: entry.seq,
+                    step,
+                    hash: entry.hash,
+                    body: body.to_vec(),
+                });
+            }
+        })?;
+        checked.map_err(|broken| SqliteJournal::broken(run, broken))?;
+        Ok(events)
+    }
+
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
-        let Scanned { row, checked, .. } = self.scan(run, false, |_, _| {})?;
+        let Scanned { row, checked, .. } = self.scan(run, false, true, |_, _| {})?;
         Ok(match checked {
             Ok(()) => {
                 let head = row.head()?;
