@@ -22,10 +22,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use crate::agent::{AsyncAgent, AsyncStandIn};
 use crate::clock::{Clock, SystemClock};
 use crate::durable::{
-    DurableError, Live, Position, ReplayReport, awaiting, header_of, redrive, replay, status_of,
+    DurableError, Inspection, Live, Position, ReplayReport, awaiting, header_of, inspect, redrive,
+    replay, status_of,
 };
 use crate::journal::{Journal, RunId};
-use crate::record::StepInput;
+use crate::record::{JobRecord, StepInput};
 
 /// How the async driver executes batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,7 @@ pub struct Runtime {
     observers: Vec<Box<dyn Observer + Send>>,
     config: DriverConfig,
     clock: Arc<dyn Clock>,
+    job: Option<JobRecord>,
 }
 
 impl Runtime {
@@ -82,7 +84,20 @@ impl Runtime {
             observers: Vec::new(),
             config: DriverConfig::default(),
             clock: Arc::new(SystemClock::new()),
+            job: None,
         }
+    }
+
+    /// Records that this runtime was built from `job`: durable runs it creates keep the spec
+    /// in their header ([`crate::RunHeader::job`]) so another process can rebuild it.
+    pub fn with_job(mut self, job: JobRecord) -> Runtime {
+        self.job = Some(job);
+        self
+    }
+
+    /// The job spec this runtime was built from, if any.
+    pub fn job(&self) -> Option<&JobRecord> {
+        self.job.as_ref()
     }
 
     /// With another driver configuration.
@@ -159,7 +174,7 @@ impl Runtime {
         journal: &mut J,
         run_id: &RunId,
     ) -> Result<ConvergeResult, DurableError> {
-        let header = header_of(&self.engine);
+        let header = header_of(&self.engine, self.job.as_ref());
         let run = self.engine.start(Context::new())?;
         journal.create_run(run_id, &header)?;
         let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
@@ -250,6 +265,16 @@ impl Runtime {
             run,
         )
         .await
+    }
+
+    /// Re-derives a recorded run up to its last committed step without executing any agent:
+    /// its facts with their provenance, rejections, failures and pending approvals.
+    pub fn inspect<J: Journal>(
+        &self,
+        journal: &J,
+        run_id: &RunId,
+    ) -> Result<Inspection, DurableError> {
+        inspect(&self.engine, journal.load(run_id)?)
     }
 
     /// Re-derives a recorded run from its journal without executing any agent and reports

@@ -13,8 +13,10 @@ use converge_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::driver::{Executor, drain};
-use crate::journal::{Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus};
-use crate::record::{RecordError, RunHeader, StepInput};
+use crate::journal::{
+    Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus, RunSummary,
+};
+use crate::record::{JobRecord, RecordError, RunHeader, StepInput};
 
 /// Who creates durable runs, as recorded in their header.
 const CREATED_BY: &str = concat!("converge-runtime ", env!("CARGO_PKG_VERSION"));
@@ -322,12 +324,13 @@ fn check_agents(engine: &Engine, run_id: &RunId, header: &RunHeader) -> Result<(
     })
 }
 
-/// The header a new durable run of `engine` is created with.
-pub(crate) fn header_of(engine: &Engine) -> RunHeader {
+/// The header a new durable run of `engine`, built from `job` if given, is created with.
+pub(crate) fn header_of(engine: &Engine, job: Option<&JobRecord>) -> RunHeader {
     RunHeader {
         agents: engine.agent_names().map(str::to_owned).collect(),
         created_by: CREATED_BY.to_owned(),
         intent: None,
+        job: job.cloned(),
     }
 }
 
@@ -433,6 +436,51 @@ pub(crate) fn replay(
         Err(DurableError::Diverged { divergence, .. }) => Ok(ReplayReport::Diverged(divergence)),
         Err(other) => Err(other),
     }
+}
+
+/// A durable run as its journal re-derives it, without executing any agent: what a command
+/// line or a server shows of a run.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// The journal's summary: status, committed steps and events, root hash.
+    pub summary: RunSummary,
+    /// What the run was created with.
+    pub header: RunHeader,
+    /// The re-derived state: context (every fact with its provenance), rejections, failures,
+    /// statistics, and the pending approvals of a run awaiting them. For a run whose last
+    /// committed step left it going (its process died, or another is driving it), `stopped`
+    /// is false and this is the state after that step, ended with a `Halted` stop reason that
+    /// is not in the journal (so its root hash is not the journal's).
+    pub result: ConvergeResult,
+    /// Whether the committed steps end with the run stopped (for good or awaiting approval).
+    pub stopped: bool,
+}
+
+/// Re-derives the recorded run up to its last committed step.
+pub(crate) fn inspect(engine: &Engine, recorded: RecordedRun) -> Result<Inspection, DurableError> {
+    let summary = RunSummary {
+        id: recorded.id.clone(),
+        status: recorded.status.clone(),
+        steps: recorded.steps.len() as u64,
+        events: recorded.event_count(),
+        root_hash: recorded.root_hash,
+    };
+    let (result, stopped) = match redrive(engine, &recorded)? {
+        Position::Stopped(result) => (result, true),
+        Position::Running(run) | Position::Unstarted(run) => (
+            run.abandon(StopReason::Halted {
+                reason: "the run has not stopped: resume it to go on".to_owned(),
+            }),
+            false,
+        ),
+    };
+    Ok(Inspection {
+        summary,
+        header: recorded.header,
+        result,
+        stopped,
+    })
 }
 
 /// A stopped run's result, for callers that want to resume it: an error unless it awaits

@@ -16,13 +16,13 @@ mod record;
 pub use agent::{AgentFuture, AsyncAgent};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use driver::{DriverConfig, Runtime};
-pub use durable::{Divergence, DurableError, ReplayReport};
+pub use durable::{Divergence, DurableError, Inspection, ReplayReport};
 pub use journal::{
     BreakReason, FailingJournal, Journal, JournalError, RUN_ID_LEN_MAX, RecordedRun, RecordedStep,
     RunId, RunIdError, RunStatus, RunSummary, SqliteJournal, StoredEvent, Verification,
 };
 pub use record::{
-    DecisionRecord, DerivationRecord, EffectRecord, KeyRecord, ObservationRecord, OutcomeRecord,
-    ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader, StepInput,
-    VerdictRecord,
+    DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
+    OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader,
+    StepInput, VerdictRecord,
 };

@@ -407,6 +407,23 @@ pub struct RunHeader {
     pub created_by: String,
     /// The root intent, if the run has one.
     pub intent: Option<Value>,
+    /// The job spec the run's runtime was built from, if it was built from one: what lets
+    /// another process (resuming, approving, replaying) build the identical runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRecord>,
+}
+
+/// A job spec as a run's header keeps it: its exact text and where it was read from.
+///
+/// Relative paths inside the spec (the programs of `command` agents) are resolved against
+/// the directory of `path`, so a run is rebuilt from the same text and the same directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRecord {
+    /// The spec file, as an absolute path when it was read from a file.
+    pub path: String,
+    /// The spec's exact text.
+    pub source: String,
 }
 
 /// The input of one journal step: everything replay must feed the core to reproduce the step.

@@ -359,3 +359,67 @@ fn an_altered_stored_hash_is_named_by_replay_and_refused_by_resume() {
     );
     assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing executed");
 }
+
+#[test]
+fn inspect_re_derives_pending_approvals_and_unfinished_runs_without_executing() {
+    let dir = TempDir::new().unwrap();
+    let mut journal = journal_at(&dir);
+    let (mut first, _) = job(true);
+    let parked = block_on(first.run_durable(&mut journal, &run_id())).unwrap();
+    let (viewer, runs) = job(true);
+    let seen = viewer.inspect(&journal, &run_id()).unwrap();
+    assert!(seen.stopped);
+    assert_eq!(
+        seen.summary.status,
+        converge_runtime::RunStatus::AwaitingApproval
+    );
+    assert_eq!(seen.summary.root_hash, parked.root_hash);
+    assert_eq!(seen.result.root_hash, parked.root_hash);
+    assert_eq!(seen.result.stop_reason, parked.stop_reason);
+    assert_eq!(seen.result.context.digest(), parked.context.digest());
+    assert_eq!(
+        seen.header.agents,
+        ["seed-1", "hyp-1", "counter", "planner"]
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "inspect executes no agent");
+
+    // A run whose process died after its second step: not stopped, state as committed.
+    let dir = TempDir::new().unwrap();
+    let mut broken = FailingJournal::new(journal_at(&dir), 2);
+    let (mut interrupted, _) = job(false);
+    block_on(interrupted.run_durable(&mut broken, &run_id())).unwrap_err();
+    let journal = broken.into_inner();
+    let seen = job(false).0.inspect(&journal, &run_id()).unwrap();
+    assert!(!seen.stopped);
+    assert_eq!(seen.summary.steps, 2);
+    assert_eq!(seen.summary.status, converge_runtime::RunStatus::Running);
+    assert!(matches!(seen.result.stop_reason, StopReason::Halted { .. }));
+    assert!(seen.result.context.len() < reference().context.len());
+    assert!(matches!(
+        job(false)
+            .0
+            .inspect(&journal, &RunId::new("ghost").unwrap()),
+        Err(DurableError::Journal(JournalError::UnknownRun { .. }))
+    ));
+}
+
+#[test]
+fn the_job_a_runtime_was_built_from_is_kept_in_the_run_header() {
+    let dir = TempDir::new().unwrap();
+    let mut journal = journal_at(&dir);
+    let job_record = converge_runtime::JobRecord {
+        path: "/jobs/triage.yaml".to_owned(),
+        source: "version: 1\n".to_owned(),
+    };
+    let mut runtime = job(false).0.with_job(job_record.clone());
+    assert_eq!(runtime.job(), Some(&job_record));
+    block_on(runtime.run_durable(&mut journal, &run_id())).unwrap();
+    drop(journal);
+    let journal = journal_at(&dir);
+    let seen = job(false).0.inspect(&journal, &run_id()).unwrap();
+    assert_eq!(seen.header.job, Some(job_record));
+    assert!(matches!(
+        journal.verify(&run_id()).unwrap(),
+        Verification::Intact { .. }
+    ));
+}

@@ -176,6 +176,7 @@ fn header() -> RunHeader {
         agents: AGENTS.iter().map(|name| (*name).to_owned()).collect(),
         created_by: "tests/journal.rs".to_owned(),
         intent: Some(json!({"objective": "plan inventory"})),
+        job: None,
     }
 }
 

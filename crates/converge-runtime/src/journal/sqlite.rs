@@ -39,7 +39,9 @@ use crate::record::{RunHeader, StepInput};
 ///
 /// let mut engine = Engine::new();
 /// engine.register(SeedAgent::new("seed-1", "hello"));
-/// let header = RunHeader { agents: vec!["seed-1".into()], created_by: "doc".into(), intent: None };
+/// let header = RunHeader {
+///     agents: vec!["seed-1".into()], created_by: "doc".into(), intent: None, job: None,
+/// };
 /// let id = RunId::new("doc-run")?;
 /// journal.create_run(&id, &header)?;
 ///
