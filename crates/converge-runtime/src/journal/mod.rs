@@ -321,19 +321,19 @@ pub enum JournalError {
         supported: i64,
     },
     /// No run has this id.
-    #[error("no run {run:?} in the journal")]
+    #[error("no run \"{run}\" in the journal")]
     UnknownRun {
         /// The run.
         run: RunId,
     },
     /// A run with this id already exists.
-    #[error("run {run:?} already exists in the journal")]
+    #[error("run \"{run}\" already exists in the journal")]
     RunExists {
         /// The run.
         run: RunId,
     },
     /// The step is not the run's next step.
-    #[error("run {run:?}: expected step {expected}, got step {got}")]
+    #[error("run \"{run}\": expected step {expected}, got step {got}")]
     OutOfOrder {
         /// The run.
         run: RunId,
@@ -344,7 +344,7 @@ pub enum JournalError {
     },
     /// The step's input does not fit its position (a start that is not step 0, or step 0
     /// that is not the run's start).
-    #[error("run {run:?}, step {step}: {detail}")]
+    #[error("run \"{run}\", step {step}: {detail}")]
     InvalidStep {
         /// The run.
         run: RunId,
@@ -355,7 +355,7 @@ pub enum JournalError {
     },
     /// An event does not continue the stored chain (wrong seq, or a hash that does not chain
     /// from the stored head).
-    #[error("run {run:?}: event {seq} does not continue the chain: {detail}")]
+    #[error("run \"{run}\": event {seq} does not continue the chain: {detail}")]
     ChainMismatch {
         /// The run.
         run: RunId,
@@ -365,7 +365,7 @@ pub enum JournalError {
         detail: String,
     },
     /// A status was set with a root hash that is not the run's stored chain head.
-    #[error("run {run:?}: its chain head is {stored}, not {given}")]
+    #[error("run \"{run}\": its chain head is {stored}, not {given}")]
     HeadMismatch {
         /// The run.
         run: RunId,
@@ -375,13 +375,13 @@ pub enum JournalError {
         given: Digest,
     },
     /// The run stopped for good; nothing more can be appended or changed.
-    #[error("run {run:?} has stopped; its journal is closed")]
+    #[error("run \"{run}\" has stopped; its journal is closed")]
     RunStopped {
         /// The run.
         run: RunId,
     },
     /// The stored run is incomplete or altered; [`Journal::verify`] names the first bad entry.
-    #[error("run {run:?} is broken at event {first_bad_seq} (step {step:?}): {reason}")]
+    #[error("run \"{run}\" is broken at event {first_bad_seq} (step {step:?}): {reason}")]
     Broken {
         /// The run.
         run: RunId,
