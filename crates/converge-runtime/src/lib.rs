@@ -12,6 +12,7 @@ mod driver;
 mod durable;
 mod journal;
 mod record;
+pub mod spec;
 
 pub use agent::{AgentFuture, AsyncAgent};
 pub use clock::{Clock, ManualClock, SystemClock};

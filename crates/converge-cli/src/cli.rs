@@ -1,0 +1,149 @@
+//! The command line's grammar: every command, its arguments, and the help text with examples.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run, watch, approve, resume and audit Converge jobs.
+///
+/// Every run is journaled in an embedded SQLite file (by default in your user data directory;
+/// `--db` or `CONVERGE_DB` chooses another), so any later command, in any process, can
+/// inspect, approve, resume, replay or verify it.
+#[derive(Debug, Parser)]
+#[command(name = "converge", version, about, long_about = None)]
+#[command(after_long_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// The journal file (created if missing).
+    #[arg(long, global = true, env = "CONVERGE_DB", value_name = "FILE")]
+    pub(crate) db: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the run converged (or the command succeeded)
+  1  error: bad spec, unknown run, journal failure…
+  2  usage error
+  3  the run stopped awaiting approval
+  4  a budget ran out
+  5  an invariant was violated
+  6  the run stopped otherwise (agent failure, halt, or divergence on replay / broken journal on verify)";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a job spec to its next stop, showing live progress.
+    #[command(after_help = "Examples:
+  converge run examples/release-approval/job.yaml
+  converge run job.yaml --id nightly-1 --json")]
+    Run(RunArgs),
+
+    /// List the runs in the journal.
+    #[command(after_help = "Examples:
+  converge runs
+  converge runs --json")]
+    Runs,
+
+    /// Show a run's facts by key, its rejections and its pending approvals.
+    #[command(after_help = "Examples:
+  converge inspect release-approval-1
+  converge inspect release-approval-1 --json")]
+    Inspect(RunArg),
+
+    /// Explain why a fact is true: its agent, the facts it read, its validations, who approved.
+    #[command(after_help = "Examples:
+  converge why release-approval-1 decision
+  converge why release-approval-1 strategies/decision")]
+    Why(WhyArgs),
+
+    /// Approve a pending proposal, then run the job on to its next stop.
+    #[command(after_help = "Examples:
+  converge approve release-approval-1 c2.a3.p0 --as alice
+  converge approve release-approval-1 c2.a3.p0 --as alice --reason \"checked the rollout plan\"")]
+    Approve(DecideArgs),
+
+    /// Reject a pending proposal, then run the job on to its next stop.
+    #[command(after_help = "Examples:
+  converge reject release-approval-1 c2.a3.p0 --as bob --reason \"no rollback plan\"")]
+    Reject(DecideArgs),
+
+    /// Continue a run whose process stopped before it did (crash, kill, power loss).
+    #[command(after_help = "Examples:
+  converge resume release-approval-1")]
+    Resume(RunArg),
+
+    /// Re-derive a run from its journal, calling nothing, and report whether it is identical.
+    #[command(after_help = "Examples:
+  converge replay release-approval-1")]
+    Replay(RunArg),
+
+    /// Check a run's stored hash chain and name the first altered or missing entry.
+    #[command(after_help = "Examples:
+  converge verify release-approval-1")]
+    Verify(RunArg),
+
+    /// Export a run's facts and provenance as JSON, or its provenance graph as Graphviz dot.
+    #[command(after_help = "Examples:
+  converge export release-approval-1 --format json > run.json
+  converge export release-approval-1 --format dot | dot -Tsvg > provenance.svg")]
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The job spec (YAML).
+    pub(crate) spec: PathBuf,
+    /// The new run's id (default: the spec's file stem and the next free number).
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArg {
+    /// The run's id (see `converge runs`).
+    pub(crate) run: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WhyArgs {
+    /// The run's id.
+    pub(crate) run: String,
+    /// The fact: `KEY/ID`, or just `ID` when only one key has a fact with that id.
+    pub(crate) fact: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DecideArgs {
+    /// The run's id.
+    pub(crate) run: String,
+    /// The pending proposal's id, as `converge inspect` lists it (e.g. `c2.a3.p0`).
+    pub(crate) proposal: String,
+    /// Who decides: the name recorded in the journal with the decision.
+    #[arg(long = "as", value_name = "NAME")]
+    pub(crate) actor: String,
+    /// Why (required to reject).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The run's id.
+    pub(crate) run: String,
+    /// The output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub(crate) format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// Facts, provenance, rejections and pending approvals as one JSON document.
+    Json,
+    /// The fact provenance graph in Graphviz dot.
+    Dot,
+}

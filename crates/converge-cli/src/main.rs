@@ -1,0 +1,305 @@
+//! `converge`: run, watch, approve, resume and audit Converge jobs from a terminal.
+//!
+//! Every command opens the journal (an embedded SQLite file), does one thing and exits with a
+//! code that says how the run stands (see `converge --help`). Commands other than `run`,
+//! `runs` and `verify` rebuild the run's runtime from the job spec its journal header keeps,
+//! so they work in any process, on any machine that has the journal and the agents' programs.
+
+mod cli;
+mod job;
+mod progress;
+mod show;
+mod store;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use converge_core::{Actor, Decision, ProposalId, StopReason};
+use converge_runtime::{
+    DurableError, Journal, JournalError, ReplayReport, RunId, SqliteJournal, Verification,
+};
+use serde_json::json;
+
+use crate::cli::{Cli, Command, DecideArgs, Format};
+use crate::progress::Progress;
+
+/// How a command failed; printed on stderr as `converge: …`.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// A job spec was refused (its problems are already `file:line:column: …` lines).
+    #[error("{0}")]
+    Spec(String),
+    /// The journal refused a read or a write.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A durable operation failed.
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    /// Anything else, in words.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Exit codes (documented in `converge --help`).
+mod exit {
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const ERROR: u8 = 1;
+    pub(crate) const AWAITING_APPROVAL: u8 = 3;
+    pub(crate) const BUDGET: u8 = 4;
+    pub(crate) const INVARIANT: u8 = 5;
+    pub(crate) const OTHER_STOP: u8 = 6;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            if cli.json {
+                println!("{}", json!({"error": error.to_string()}));
+            }
+            let _ = writeln!(std::io::stderr(), "converge: {error}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn execute(cli: &Cli) -> Result<u8, CliError> {
+    let path = store::journal_path(cli.db.as_deref())?;
+    let mut journal = SqliteJournal::open(&path)?;
+    match &cli.command {
+        Command::Run(args) => {
+            let loaded = job::load(&args.spec)?;
+            for warning in &loaded.warnings {
+                let _ = writeln!(std::io::stderr(), "warning: {warning}");
+            }
+            let run_id = match &args.id {
+                Some(id) => RunId::new(id).map_err(|error| CliError::Other(error.to_string()))?,
+                None => store::next_run_id(&journal, &args.spec)?,
+            };
+            let mut runtime = loaded.runtime;
+            runtime.observe(Progress::new(cli.json));
+            if !cli.json {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "run {run_id} of {} (journal {})",
+                    args.spec.display(),
+                    path.display()
+                );
+            }
+            let result = block_on(runtime.run_durable(&mut journal, &run_id))??;
+            println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
+            Ok(stop_code(&result.stop_reason))
+        }
+        Command::Runs => {
+            print!("{}", show::runs(&journal.runs()?, cli.json));
+            if cli.json {
+                println!();
+            }
+            Ok(exit::OK)
+        }
+        Command::Inspect(args) => {
+            let run_id = run_id(&args.run)?;
+            let runtime = job::runtime_of(&journal, &run_id)?;
+            let seen = runtime.inspect(&journal, &run_id)?;
+            println!("{}", show::inspect(&seen, cli.json).trim_end());
+            Ok(exit::OK)
+        }
+        Command::Why(args) => {
+            let run_id = run_id(&args.run)?;
+            let runtime = job::runtime_of(&journal, &run_id)?;
+            let seen = runtime.inspect(&journal, &run_id)?;
+            let fact = show::find_fact(&seen.result, &args.fact).map_err(CliError::Other)?;
+            println!("{}", show::why(&seen.result, fact, cli.json).trim_end());
+            Ok(exit::OK)
+        }
+        Command::Approve(args) => decide(cli, &mut journal, args, true),
+        Command::Reject(args) => decide(cli, &mut journal, args, false),
+        Command::Resume(args) => {
+            let run_id = run_id(&args.run)?;
+            let mut runtime = job::runtime_of(&journal, &run_id)?;
+            runtime.observe(Progress::new(cli.json));
+            let result = block_on(runtime.resume_durable(&mut journal, &run_id))??;
+            println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
+            Ok(stop_code(&result.stop_reason))
+        }
+        Command::Replay(args) => {
+            let run_id = run_id(&args.run)?;
+            let runtime = job::runtime_of(&journal, &run_id)?;
+            let report = runtime.replay(&journal, &run_id)?;
+            let code = match &report {
+                ReplayReport::Identical { .. } => exit::OK,
+                ReplayReport::Diverged(_) => exit::OTHER_STOP,
+            };
+            if cli.json {
+                println!("{}", serde_json::to_value(&report).unwrap_or_default());
+            } else {
+                match &report {
+                    ReplayReport::Identical {
+                        steps,
+                        events,
+                        root_hash,
+                    } => println!(
+                        "run {run_id}: identical — {steps} steps and {events} events re-derived \
+                         without calling any agent; root hash {root_hash}"
+                    ),
+                    ReplayReport::Diverged(divergence) => {
+                        println!("run {run_id}: {divergence}");
+                        if let (Some(expected), actual) = (divergence.expected, divergence.actual) {
+                            println!("  recorded   {expected}");
+                            match actual {
+                                Some(actual) => println!("  re-derived {actual}"),
+                                None => println!("  re-derived nothing"),
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Command::Verify(args) => {
+            let run_id = run_id(&args.run)?;
+            let verification = journal.verify(&run_id)?;
+            let code = match &verification {
+                Verification::Intact { .. } => exit::OK,
+                Verification::Broken { .. } => exit::OTHER_STOP,
+            };
+            match (&verification, cli.json) {
+                (
+                    Verification::Intact {
+                        steps,
+                        events,
+                        root_hash,
+                    },
+                    true,
+                ) => println!(
+                    "{}",
+                    json!({"run": run_id.as_str(), "intact": true, "steps": steps, "events": events, "root_hash": root_hash})
+                ),
+                (
+                    Verification::Broken {
+                        first_bad_seq,
+                        step,
+                        reason,
+                    },
+                    true,
+                ) => println!(
+                    "{}",
+                    json!({"run": run_id.as_str(), "intact": false, "first_bad_seq": first_bad_seq, "step": step, "reason": reason.to_string()})
+                ),
+                (
+                    Verification::Intact {
+                        steps,
+                        events,
+                        root_hash,
+                    },
+                    false,
+                ) => println!(
+                    "run {run_id}: intact — {steps} steps, {events} events, root hash {root_hash}"
+                ),
+                (
+                    Verification::Broken {
+                        first_bad_seq,
+                        step,
+                        reason,
+                    },
+                    false,
+                ) => {
+                    let step = step
+                        .map(|step| format!(" (step {step})"))
+                        .unwrap_or_default();
+                    println!("run {run_id}: BROKEN at event {first_bad_seq}{step}: {reason}");
+                }
+            }
+            Ok(code)
+        }
+        Command::Export(args) => {
+            let run_id = run_id(&args.run)?;
+            let runtime = job::runtime_of(&journal, &run_id)?;
+            let seen = runtime.inspect(&journal, &run_id)?;
+            match args.format {
+                Format::Json => println!("{}", show::export_json(&seen)),
+                Format::Dot => print!("{}", show::export_dot(&seen)),
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// `approve` and `reject`: one decision on one pending proposal, then on to the next stop.
+fn decide(
+    cli: &Cli,
+    journal: &mut SqliteJournal,
+    args: &DecideArgs,
+    approve: bool,
+) -> Result<u8, CliError> {
+    let run_id = run_id(&args.run)?;
+    let proposal: ProposalId = args.proposal.parse().map_err(|error| {
+        CliError::Other(format!(
+            "{:?} is not a proposal id (like c2.a3.p0): {error}",
+            args.proposal
+        ))
+    })?;
+    let actor = Actor::human(&args.actor).map_err(|error| CliError::Other(error.to_string()))?;
+    let mut runtime = job::runtime_of(journal, &run_id)?;
+    let seen = runtime.inspect(journal, &run_id)?;
+    let StopReason::AwaitingApproval { pending } = &seen.result.stop_reason else {
+        return Err(CliError::Other(format!(
+            "run {run_id} is not awaiting approval ({})",
+            show::reason_text(&seen.result.stop_reason)
+        )));
+    };
+    let Some(pending) = pending.iter().find(|pending| pending.proposal == proposal) else {
+        let known: Vec<String> = pending.iter().map(|p| p.proposal.to_string()).collect();
+        return Err(CliError::Other(format!(
+            "proposal {proposal} is not pending in run {run_id}; pending: {}",
+            known.join(", ")
+        )));
+    };
+    let decision = if approve {
+        if args.reason.is_some() {
+            return Err(CliError::Other(
+                "an approval records who approved which proposal, not a reason; drop --reason"
+                    .to_owned(),
+            ));
+        }
+        Decision::approve(proposal, pending.hash, actor)
+    } else {
+        let Some(reason) = args.reason.clone() else {
+            return Err(CliError::Other(
+                "a rejection needs --reason: it is recorded in the journal".to_owned(),
+            ));
+        };
+        Decision::reject(proposal, pending.hash, actor, reason)
+    };
+    runtime.observe(Progress::new(cli.json));
+    let result = block_on(runtime.decide_durable(journal, &run_id, vec![decision]))??;
+    println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
+    Ok(stop_code(&result.stop_reason))
+}
+
+fn run_id(text: &str) -> Result<RunId, CliError> {
+    RunId::new(text).map_err(|error| CliError::Other(error.to_string()))
+}
+
+/// The exit code a run's stop reason maps to.
+fn stop_code(reason: &StopReason) -> u8 {
+    match reason {
+        StopReason::Converged => exit::OK,
+        StopReason::AwaitingApproval { .. } => exit::AWAITING_APPROVAL,
+        StopReason::BudgetExhausted { .. } => exit::BUDGET,
+        StopReason::InvariantViolated { .. } => exit::INVARIANT,
+        StopReason::AgentFailed { .. } | StopReason::Halted { .. } => exit::OTHER_STOP,
+    }
+}
+
+/// Runs a future to completion on a runtime for this command alone.
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| CliError::Other(format!("cannot start the async runtime: {error}")))?;
+    Ok(runtime.block_on(future))
+}

@@ -1,0 +1,113 @@
+//! Live progress of a run on stderr: a spinner line on a terminal, one plain line per cycle
+//! otherwise (logs, pipes, CI).
+//!
+//! Progress only reads the core's events as they are committed; it never changes a run.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use converge_core::{Event, EventRecord, Observer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Counts what a run does and shows it.
+pub(crate) struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    cycle: u32,
+    running: usize,
+    facts: u64,
+    rejected: u64,
+    failed: u64,
+    awaiting: u64,
+}
+
+impl Progress {
+    /// Shows progress on stderr: a spinner when stderr is a terminal, plain lines otherwise,
+    /// nothing with `quiet`.
+    pub(crate) fn new(quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            bar,
+            quiet,
+            cycle: 0,
+            running: 0,
+            facts: 0,
+            rejected: 0,
+            failed: 0,
+            awaiting: 0,
+        }
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "cycle {} · {} agents running · {} facts · {} rejected · {} failed · {} awaiting approval",
+            self.cycle, self.running, self.facts, self.rejected, self.failed, self.awaiting
+        )
+    }
+
+    fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn on_event(&mut self, record: &EventRecord) {
+        match &record.event {
+            Event::CycleStarted { cycle, agents } => {
+                self.cycle = *cycle;
+                self.running = agents.len();
+            }
+            Event::FactPromoted { .. } => self.facts += 1,
+            Event::ProposalRejected { .. } => self.rejected += 1,
+            Event::AgentFailed { .. } => self.failed += 1,
+            Event::ApprovalRequested { .. } => self.awaiting += 1,
+            Event::ApprovalDecided { .. } => self.awaiting = self.awaiting.saturating_sub(1),
+            Event::CycleFinished {
+                cycle,
+                promoted,
+                rejected,
+                parked,
+            } => {
+                self.running = 0;
+                self.line(&format!(
+                    "cycle {cycle}: {promoted} promoted, {rejected} rejected, {parked} awaiting approval ({} facts in all)",
+                    self.facts
+                ));
+            }
+            Event::RunStopped { .. } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                return;
+            }
+            _ => {}
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.status());
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! What the commands print: run summaries, fact listings, provenance trees, exports.
+//!
+//! Every view has a text form for people and a JSON form (`--json`) for scripts; both are
+//! built from the same re-derived state, so they never disagree.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use converge_core::{ContextKey, ConvergeResult, Fact, FactRef, PendingApproval, StopReason};
+use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
+use serde_json::{Value, json};
+
+/// A stop reason in a few words.
+pub(crate) fn reason_text(reason: &StopReason) -> String {
+    match reason {
+        StopReason::Converged => "converged".to_owned(),
+        StopReason::AwaitingApproval { pending } => {
+            format!("awaiting approval of {} proposal(s)", pending.len())
+        }
+        StopReason::BudgetExhausted { exhausted } => format!("budget exhausted: {exhausted:?}"),
+        StopReason::InvariantViolated {
+            invariant, detail, ..
+        } => format!("invariant `{invariant}` violated: {detail}"),
+        StopReason::AgentFailed { agent, message } => {
+            format!("agent {agent} failed: {message}")
+        }
+        StopReason::Halted { reason } => format!("halted: {reason}"),
+    }
+}
+
+/// The status column of `converge runs`.
+pub(crate) fn status_text(status: &RunStatus) -> String {
+    match status {
+        RunStatus::Running => "running".to_owned(),
+        RunStatus::AwaitingApproval => "awaiting approval".to_owned(),
+        RunStatus::Stopped { reason } => match reason.get("stop").and_then(Value::as_str) {
+            Some(stop) => stop.replace('_', " "),
+            None => "stopped".to_owned(),
+        },
+    }
+}
+
+fn status_json(status: &RunStatus) -> Value {
+    serde_json::to_value(status).unwrap_or(Value::Null)
+}
+
+/// The summary printed after `run`, `resume`, `approve` and `reject`.
+pub(crate) fn summary(run: &RunId, result: &ConvergeResult, json: bool) -> String {
+    if json {
+        return json!({
+            "run": run.as_str(),
+            "converged": result.converged,
+            "stop_reason": result.stop_reason,
+            "cycles": result.cycles,
+            "facts": result.context.len(),
+            "stats": result.stats,
+            "rejections": result.rejections.len(),
+            "failures": result.failures,
+            "pending": pending_json(result),
+            "root_hash": result.root_hash,
+        })
+        .to_string();
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "run {run}: {}", reason_text(&result.stop_reason));
+    let _ = writeln!(
+        out,
+        "  {} cycles · {} facts · {} rejected · {} agent failures",
+        result.cycles,
+        result.context.len(),
+        result.rejections.len(),
+        result.failures.len()
+    );
+    let _ = writeln!(out, "  root hash {}", result.root_hash);
+    if let StopReason::AwaitingApproval { pending } = &result.stop_reason {
+        out.push_str(&pending_text(result, pending));
+        let _ = writeln!(
+            out,
+            "  approve with: converge approve {run} <PROPOSAL> --as <NAME>"
+        );
+    }
+    out
+}
+
+/// `converge runs`.
+pub(crate) fn runs(runs: &[RunSummary], json: bool) -> String {
+    if json {
+        let rows: Vec<Value> = runs
+            .iter()
+            .map(|run| {
+                json!({
+                    "run": run.id.as_str(),
+                    "status": status_json(&run.status),
+                    "steps": run.steps,
+                    "events": run.events,
+                    "root_hash": run.root_hash,
+                })
+            })
+            .collect();
+        return Value::Array(rows).to_string();
+    }
+    if runs.is_empty() {
+        return "no runs yet: start one with `converge run SPEC`\n".to_owned();
+    }
+    let width = runs
+        .iter()
+        .map(|run| run.id.as_str().len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let mut out = format!(
+        "{:width$}  {:18}  {:>5}  {:>7}  root hash\n",
+        "run", "status", "steps", "events"
+    );
+    for run in runs {
+        let hash = run.root_hash.to_string();
+        let _ = writeln!(
+            out,
+            "{:width$}  {:18}  {:>5}  {:>7}  {}…",
+            run.id.as_str(),
+            status_text(&run.status),
+            run.steps,
+            run.events,
+            &hash[..16]
+        );
+    }
+    out
+}
+
+fn fact_ref(key: ContextKey, id: &str) -> String {
+    format!("{key}/{id}")
+}
+
+fn content_text(content: &Value) -> String {
+    let text = content.to_string();
+    if text.chars().count() > 120 {
+        let cut: String = text.chars().take(117).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+fn pending_json(result: &ConvergeResult) -> Value {
+    let StopReason::AwaitingApproval { pending } = &result.stop_reason else {
+        return json!([]);
+    };
+    Value::Array(
+        pending
+            .iter()
+            .map(|pending| {
+                json!({
+                    "proposal": pending.proposal,
+                    "hash": pending.hash,
+                    "key": pending.fact.key,
+                    "id": pending.fact.id,
+                    "content": result
+                        .pending_proposal(pending.proposal)
+                        .map(|proposal| proposal.content().clone()),
+                    "confidence": pending.confidence.value(),
+                    "agent": pending.agent,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn pending_text(result: &ConvergeResult, pending: &[PendingApproval]) -> String {
+    let mut out = String::from("  pending approvals:\n");
+    for pending in pending {
+        let content = result
+            .pending_proposal(pending.proposal)
+            .map(|proposal| content_text(proposal.content()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {}  {} = {}  (hash {}…)",
+            pending.proposal,
+            fact_ref(pending.fact.key, pending.fact.id.as_str()),
+            content,
+            &pending.hash.to_string()[..16]
+        );
+    }
+    out
+}
+
+/// One fact with its provenance, as JSON.
+fn fact_json(fact: &Fact) -> Value {
+    let record = fact.record();
+    json!({
+        "key": fact.key(),
+        "id": fact.id(),
+        "version": fact.version(),
+        "content": fact.content(),
+        "confidence": fact.confidence().value(),
+        "content_hash": fact.content_hash(),
+        "agent": record.agent_name(),
+        "cycle": record.cycle(),
+        "proposal": record.proposal(),
+        "proposal_hash": fact.proposal_hash(),
+        "derived_from": record.derived_from(),
+        "evidence": record.evidence(),
+        "structural_checks": record.validation().structural(),
+        "validators": record.validation().validators().collect::<Vec<_>>(),
+        "policy_version": record.policy_version(),
+        "approver": record.approver(),
+        "correction": record.correction(),
+        "trace": record.trace(),
+    })
+}
+
+/// `converge inspect`.
+pub(crate) fn inspect(seen: &Inspection, json: bool) -> String {
+    let result = &seen.result;
+    if json {
+        return export_json(seen).to_string();
+    }
+    let mut out = String::new();
+    let summary = &seen.summary;
+    let _ = writeln!(
+        out,
+        "run {} · {} · {} steps · {} events",
+        summary.id,
+        status_text(&summary.status),
+        summary.steps,
+        summary.events
+    );
+    if seen.stopped {
+        let _ = writeln!(out, "stopped: {}", reason_text(&result.stop_reason));
+    } else {
+        let _ = writeln!(
+            out,
+            "not stopped: its last committed step left it running (`converge resume {}`)",
+            summary.id
+        );
+    }
+    let _ = writeln!(out, "root hash {}", summary.root_hash);
+    let keys: BTreeSet<ContextKey> = result.context.keys().collect();
+    let _ = writeln!(out, "\nfacts ({}):", result.context.len());
+    for key in keys {
+        let _ = writeln!(out, "  {key}:");
+        for fact in result.context.get(key) {
+            let approver = fact
+                .record()
+                .approver()
+                .map(|actor| format!(", approved by {}", actor.name()))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {} = {}  (by {}, cycle {}{approver})",
+                fact.id(),
+                content_text(fact.content()),
+                fact.record().agent_name(),
+                fact.record().cycle()
+            );
+        }
+    }
+    if !result.rejections.is_empty() {
+        let _ = writeln!(out, "\nrejections ({}):", result.rejections.len());
+        for rejected in &result.rejections {
+            let _ = writeln!(
+                out,
+                "  {}  {}/{} = {}: {}",
+                rejected.proposal,
+                rejected.key,
+                rejected.id,
+                content_text(&rejected.content),
+                rejected.rejection
+            );
+        }
+    }
+    if !result.failures.is_empty() {
+        let _ = writeln!(out, "\nagent failures ({}):", result.failures.len());
+        for failure in &result.failures {
+            let _ = writeln!(
+                out,
+                "  cycle {} agent {}: {}",
+                failure.cycle, failure.agent, failure.message
+            );
+        }
+    }
+    if let StopReason::AwaitingApproval { pending } = &result.stop_reason {
+        out.push('\n');
+        out.push_str(&pending_text(result, pending));
+    }
+    out
+}
+
+/// Finds a fact by `KEY/ID`, or by `ID` alone when exactly one key holds it.
+pub(crate) fn find_fact<'r>(result: &'r ConvergeResult, name: &str) -> Result<&'r Fact, String> {
+    if let Some((key, id)) = name.split_once('/') {
+        let key: ContextKey = key
+            .parse()
+            .map_err(|error| format!("{key:?} is not a context key: {error}"))?;
+        return result
+            .context
+            .fact(key, id)
+            .ok_or_else(|| format!("the run has no fact {key}/{id}"));
+    }
+    let matches: Vec<&Fact> = result
+        .context
+        .keys()
+        .filter_map(|key| result.context.fact(key, name))
+        .collect();
+    match matches.as_slice() {
+        [fact] => Ok(fact),
+        [] => Err(format!("the run has no fact with id {name:?}")),
+        many => Err(format!(
+            "{} keys hold a fact {name:?}; name one of: {}",
+            many.len(),
+            many.iter()
+                .map(|fact| fact_ref(fact.key(), fact.id().as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// `converge why`: the provenance tree of one fact.
+pub(crate) fn why(result: &ConvergeResult, fact: &Fact, json: bool) -> String {
+    if json {
+        return why_json(result, fact, &mut BTreeSet::new()).to_string();
+    }
+    let mut out = String::new();
+    why_text(result, fact, "", &mut BTreeSet::new(), &mut out);
+    out
+}
+
+fn why_json(
+    result: &ConvergeResult,
+    fact: &Fact,
+    seen: &mut BTreeSet<(ContextKey, String)>,
+) -> Value {
+    let mut value = fact_json(fact);
+    seen.insert((fact.key(), fact.id().as_str().to_owned()));
+    let sources: Vec<Value> = fact
+        .record()
+        .derived_from()
+        .iter()
+        .map(|source| match lookup(result, source) {
+            Some(parent) if !seen.contains(&(parent.key(), parent.id().as_str().to_owned())) => {
+                why_json(result, parent, seen)
+            }
+            Some(_) => json!({"key": source.key, "id": source.id, "shown_above": true}),
+            None => json!({"key": source.key, "id": source.id, "missing": true}),
+        })
+        .collect();
+    value["sources"] = Value::Array(sources);
+    value
+}
+
+fn lookup<'r>(result: &'r ConvergeResult, source: &FactRef) -> Option<&'r Fact> {
+    result.context.fact(source.key, source.id.as_str())
+}
+
+fn why_text(
+    result: &ConvergeResult,
+    fact: &Fact,
+    indent: &str,
+    seen: &mut BTreeSet<(ContextKey, String)>,
+    out: &mut String,
+) {
+    seen.insert((fact.key(), fact.id().as_str().to_owned()));
+    let record = fact.record();
+    let _ = writeln!(
+        out,
+        "{} = {}  (version {}, confidence {})",
+        fact_ref(fact.key(), fact.id().as_str()),
+        content_text(fact.content()),
+        fact.version(),
+        fact.confidence().value()
+    );
+    let mut lines = vec![
+        format!(
+            "proposed by agent `{}` in cycle {} (proposal {}, hash {}…)",
+            record.agent_name(),
+            record.cycle(),
+            record.proposal(),
+            &fact.proposal_hash().to_string()[..16]
+        ),
+        format!(
+            "validated: structural checks [{}]; validators [{}]; policy version {}",
+            record.validation().structural().join(", "),
+            record
+                .validation()
+                .validators()
+                .collect::<Vec<_>>()
+                .join(", "),
+            record.policy_version()
+        ),
+        match record.approver() {
+            Some(actor) => format!("approved by {} ({:?})", actor.name(), actor.kind()),
+            None => "no approval required".to_owned(),
+        },
+    ];
+    if let Some(correction) = record.correction() {
+        lines.push(format!("corrects an earlier version: {correction:?}"));
+    }
+    if !record.evidence().is_empty() {
+        let evidence: Vec<String> = record.evidence().iter().map(ToString::to_string).collect();
+        lines.push(format!("evidence: {}", evidence.join(", ")));
+    }
+    let sources = record.derived_from();
+    if sources.is_empty() {
+        lines.push("derived from no other fact".to_owned());
+    }
+    let last_line = sources.is_empty();
+    for (index, line) in lines.iter().enumerate() {
+        let branch = if last_line && index + 1 == lines.len() {
+            "└─"
+        } else {
+            "├─"
+        };
+        let _ = writeln!(out, "{indent}{branch} {line}");
+    }
+    if sources.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{indent}└─ derived from:");
+    for (index, source) in sources.iter().enumerate() {
+        let last = index + 1 == sources.len();
+        let (branch, child) = if last {
+            ("└─", "   ")
+        } else {
+            ("├─", "│  ")
+        };
+        let child_indent = format!("{indent}   {child}");
+        let _ = write!(out, "{indent}   {branch} ");
+        match lookup(result, source) {
+            Some(parent) if !seen.contains(&(parent.key(), parent.id().as_str().to_owned())) => {
+                why_text(result, parent, &child_indent, seen, out);
+            }
+            Some(parent) => {
+                let _ = writeln!(
+                    out,
+                    "{} (shown above)",
+                    fact_ref(parent.key(), parent.id().as_str())
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{} (not in the context)",
+                    fact_ref(source.key, source.id.as_str())
+                );
+            }
+        }
+    }
+}
+
+/// `converge export --format json` (and `converge inspect --json`).
+pub(crate) fn export_json(seen: &Inspection) -> Value {
+    let result = &seen.result;
+    json!({
+        "run": seen.summary.id.as_str(),
+        "status": status_json(&seen.summary.status),
+        "stopped": seen.stopped,
+        "stop_reason": seen.stopped.then_some(&result.stop_reason),
+        "steps": seen.summary.steps,
+        "events": seen.summary.events,
+        "root_hash": seen.summary.root_hash,
+        "agents": seen.header.agents,
+        "stats": result.stats,
+        "facts": result.context.history().iter().map(fact_json).collect::<Vec<_>>(),
+        "rejections": result.rejections,
+        "failures": result.failures,
+        "pending": pending_json(result),
+    })
+}
+
+/// `converge export --format dot`: facts as nodes, derivations as edges, clustered by key.
+pub(crate) fn export_dot(seen: &Inspection) -> String {
+    let result = &seen.result;
+    let node = |key: ContextKey, id: &str| format!("\"{}\"", escape(&fact_ref(key, id)));
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n",
+        escape(seen.summary.id.as_str())
+    );
+    let keys: BTreeSet<ContextKey> = result.context.keys().collect();
+    for (index, key) in keys.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  subgraph cluster_{index} {{\n    label=\"{}\";",
+            escape(&key.to_string())
+        );
+        for fact in result.context.get(*key) {
+            let record = fact.record();
+            let approver = record
+                .approver()
+                .map(|actor| format!("\\napproved by {}", escape(actor.name())))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {} [label=\"{}\\n{}\\nby {} · cycle {}{approver}\"];",
+                node(*key, fact.id().as_str()),
+                escape(fact.id().as_str()),
+                escape(&content_text(fact.content())),
+                escape(record.agent_name()),
+                record.cycle()
+            );
+        }
+        out.push_str("  }\n");
+    }
+    for fact in keys.iter().flat_map(|key| result.context.get(*key)) {
+        for source in fact.record().derived_from() {
+            let _ = writeln!(
+                out,
+                "  {} -> {};",
+                node(source.key, source.id.as_str()),
+                node(fact.key(), fact.id().as_str())
+            );
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Escapes text for a double-quoted dot string.
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,391 @@
+//! The `converge` binary end to end: the README's path for a new user (run an example,
+//! approve its pending proposal, see why a fact is true, replay, verify, export), resuming a
+//! run whose process was killed, refusals, and the help text — each through the real binary,
+//! a real journal file and real child processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The workspace's `examples/` directory.
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// `converge --db <db> <args>`.
+fn converge(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_converge"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("CONVERGE_DB")
+        .output()
+        .expect("the converge binary runs")
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("exited, not killed")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("not JSON ({error}): {}", stdout(output)))
+}
+
+fn example(name: &str) -> String {
+    examples().join(name).to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_new_user_runs_an_example_approves_it_and_sees_why_a_fact_is_true() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+
+    // Run: the release waits for a human.
+    let run = converge(&db, &["run", &example("release-approval.yaml")]);
+    assert_eq!(code(&run), 3, "{}{}", stdout(&run), stderr(&run));
+    assert!(stdout(&run).contains("run release-approval-1: awaiting approval"));
+    assert!(
+        stderr(&run).contains("cycle 1:"),
+        "plain progress lines off a terminal"
+    );
+
+    // Inspect (JSON): the pending proposal, and no release fact yet.
+    let seen = json(&converge(&db, &["inspect", "release-approval-1", "--json"]));
+    assert_eq!(seen["status"]["status"], "awaiting_approval");
+    let pending = &seen["pending"][0];
+    assert_eq!(pending["key"], "releases");
+    assert_eq!(pending["id"], "release-2-4-0");
+    assert_eq!(pending["content"]["ship"], true);
+    let proposal = pending["proposal"].as_str().unwrap().to_owned();
+    assert!(
+        seen["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|fact| fact["key"] != "releases")
+    );
+
+    // Approve: the run goes on and converges, in this new process.
+    let approve = converge(
+        &db,
+        &["approve", "release-approval-1", &proposal, "--as", "alice"],
+    );
+    assert_eq!(
+        code(&approve),
+        0,
+        "{}{}",
+        stdout(&approve),
+        stderr(&approve)
+    );
+    assert!(stdout(&approve).contains("converged"));
+    // An approval is single use.
+    let again = converge(
+        &db,
+        &["approve", "release-approval-1", &proposal, "--as", "alice"],
+    );
+    assert_eq!(code(&again), 1);
+    assert!(
+        stderr(&again).contains("not awaiting approval"),
+        "{}",
+        stderr(&again)
+    );
+
+    // Why: the agent, the validations, the approver.
+    let why = converge(&db, &["why", "release-approval-1", "release-2-4-0"]);
+    assert_eq!(code(&why), 0, "{}", stderr(&why));
+    let text = stdout(&why);
+    assert!(text.starts_with("releases/release-2-4-0 = "), "{text}");
+    assert!(
+        text.contains("proposed by agent `propose-release`"),
+        "{text}"
+    );
+    assert!(text.contains("json-schema"), "{text}");
+    assert!(text.contains("approved by alice"), "{text}");
+    let why = json(&converge(
+        &db,
+        &[
+            "why",
+            "release-approval-1",
+            "releases/release-2-4-0",
+            "--json",
+        ],
+    ));
+    assert_eq!(why["approver"]["name"], "alice");
+    assert_eq!(why["agent"], "propose-release");
+    assert_eq!(why["proposal"], proposal.as_str());
+
+    // The rest of the audit: list, replay, verify, export.
+    let runs = json(&converge(&db, &["runs", "--json"]));
+    assert_eq!(runs[0]["run"], "release-approval-1");
+    assert_eq!(runs[0]["status"]["status"], "stopped");
+    let root = runs[0]["root_hash"].as_str().unwrap().to_owned();
+    let replay = converge(&db, &["replay", "release-approval-1", "--json"]);
+    assert_eq!(code(&replay), 0, "{}", stdout(&replay));
+    assert_eq!(json(&replay)["replay"], "identical");
+    assert_eq!(json(&replay)["root_hash"], root.as_str());
+    let verify = converge(&db, &["verify", "release-approval-1"]);
+    assert_eq!(code(&verify), 0);
+    assert!(stdout(&verify).contains("intact"));
+    let export = json(&converge(
+        &db,
+        &["export", "release-approval-1", "--format", "json"],
+    ));
+    assert_eq!(export["root_hash"], root.as_str());
+    assert!(
+        export["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|fact| fact["key"] == "releases" && fact["approver"]["name"] == "alice")
+    );
+    let dot = stdout(&converge(
+        &db,
+        &["export", "release-approval-1", "--format", "dot"],
+    ));
+    assert!(dot.starts_with("digraph \"release-approval-1\" {"), "{dot}");
+    assert!(dot.contains("\"releases/release-2-4-0\""), "{dot}");
+    assert!(dot.contains("approved by alice"), "{dot}");
+    assert!(dot.trim_end().ends_with('}'));
+}
+
+#[test]
+fn a_rejection_needs_a_reason_and_is_recorded() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let run = converge(&db, &["run", &example("release-approval.yaml"), "--json"]);
+    assert_eq!(code(&run), 3);
+    let proposal = json(&run)["pending"][0]["proposal"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run_id = json(&run)["run"].as_str().unwrap().to_owned();
+
+    let bare = converge(&db, &["reject", &run_id, &proposal, "--as", "bob"]);
+    assert_eq!(code(&bare), 1);
+    assert!(stderr(&bare).contains("--reason"), "{}", stderr(&bare));
+    let unknown = converge(&db, &["approve", &run_id, "c9.a9.p9", "--as", "bob"]);
+    assert_eq!(code(&unknown), 1);
+    assert!(
+        stderr(&unknown).contains("not pending"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let reject = converge(
+        &db,
+        &[
+            "reject",
+            &run_id,
+            &proposal,
+            "--as",
+            "bob",
+            "--reason",
+            "no rollback drill yet",
+        ],
+    );
+    assert_ne!(code(&reject), 3, "{}{}", stdout(&reject), stderr(&reject));
+    let seen = json(&converge(&db, &["inspect", &run_id, "--json"]));
+    let rejection = seen["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rejection| rejection["proposal"] == proposal.as_str())
+        .expect("the rejection is listed");
+    assert!(
+        rejection.to_string().contains("no rollback drill yet"),
+        "{rejection}"
+    );
+    assert!(
+        seen["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|fact| fact["key"] != "releases")
+    );
+}
+
+/// A job whose second agent takes a while, so a run can be killed between its cycles.
+const SLOW_JOB: &str = r#"version: 1
+intent:
+  objective: Count to three slowly
+  budgets: {cycles: 10}
+agents:
+  - name: first
+    kind: rule
+    writes: [signals]
+    when: "true"
+    propose: {key: signals, id: one, content: 1}
+  - name: slow
+    kind: command
+    reads: [signals]
+    writes: [hypotheses]
+    command: [sh, -c, "sleep 2; cat > /dev/null; echo '{\"proposals\":[{\"key\":\"hypotheses\",\"id\":\"two\",\"content\":2}]}'"]
+    timeout_ms: 20000
+"#;
+
+fn wait_for_steps(db: &Path, run: &str, steps: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = converge(db, &["runs", "--json"]);
+        let committed = serde_json::from_slice::<Value>(&runs.stdout)
+            .ok()
+            .and_then(|runs| {
+                runs.as_array()?
+                    .iter()
+                    .find(|row| row["run"] == run)?
+                    .get("steps")?
+                    .as_u64()
+            })
+            .unwrap_or(0);
+        if committed >= steps {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached step {steps}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_root_hash_as_an_uninterrupted_one() {
+    let dir = TempDir::new().unwrap();
+    let spec = dir.path().join("slow.yaml");
+    std::fs::write(&spec, SLOW_JOB).unwrap();
+    let spec = spec.to_string_lossy().into_owned();
+
+    let reference_db = dir.path().join("reference.db");
+    let reference = converge(&reference_db, &["run", &spec, "--json"]);
+    assert_eq!(
+        code(&reference),
+        0,
+        "{}{}",
+        stdout(&reference),
+        stderr(&reference)
+    );
+    let expected = json(&reference)["root_hash"].clone();
+
+    let db = dir.path().join("journal.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .arg("--db")
+        .arg(&db)
+        .args(["run", &spec, "--id", "slow-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Start and the first cycle are committed; the slow agent is sleeping in cycle 2.
+    wait_for_steps(&db, "slow-1", 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let seen = json(&converge(&db, &["inspect", "slow-1", "--json"]));
+    assert_eq!(seen["stopped"], false, "{seen}");
+
+    let resume = converge(&db, &["resume", "slow-1", "--json"]);
+    assert_eq!(code(&resume), 0, "{}{}", stdout(&resume), stderr(&resume));
+    assert_eq!(json(&resume)["root_hash"], expected);
+    assert_eq!(json(&resume)["converged"], true);
+    let verify = converge(&db, &["verify", "slow-1", "--json"]);
+    assert_eq!(json(&verify)["intact"], true);
+    assert_eq!(json(&verify)["root_hash"], expected);
+    // A finished run does not resume.
+    let again = converge(&db, &["resume", "slow-1"]);
+    assert_eq!(code(&again), 1);
+    assert!(
+        stderr(&again).contains("already stopped"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn a_bad_spec_is_refused_with_its_location_and_nothing_runs() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let spec = dir.path().join("bad.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\nintent: {objective: x}\nagents:\n  - name: a\n    kind: oracle\n    writes: [seeds]\n",
+    )
+    .unwrap();
+    let run = converge(&db, &["run", &spec.to_string_lossy()]);
+    assert_eq!(code(&run), 1);
+    let message = stderr(&run);
+    assert!(
+        message.contains("bad.yaml:5:11: unknown variant `oracle`"),
+        "{message}"
+    );
+    let runs = json(&converge(&db, &["runs", "--json"]));
+    assert_eq!(runs, Value::Array(Vec::new()), "no run was created");
+
+    let missing = converge(&db, &["inspect", "ghost"]);
+    assert_eq!(code(&missing), 1);
+    assert!(
+        stderr(&missing).contains("no run \"ghost\""),
+        "{}",
+        stderr(&missing)
+    );
+    let not_a_journal = dir.path().join("notes.txt");
+    std::fs::write(&not_a_journal, "hello").unwrap();
+    let refused = converge(&not_a_journal, &["runs"]);
+    assert_eq!(code(&refused), 1);
+    assert!(stderr(&refused).contains("not a Converge journal"));
+    assert_eq!(std::fs::read(&not_a_journal).unwrap(), b"hello");
+}
+
+#[test]
+fn every_example_runs_offline_to_its_documented_stop() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    for (spec, exit) in [
+        ("release-approval.yaml", 3),
+        ("incident-triage.yaml", 0),
+        ("budget-review.yaml", 0),
+    ] {
+        let run = converge(&db, &["run", &example(spec), "--json"]);
+        assert_eq!(code(&run), exit, "{spec}: {}{}", stdout(&run), stderr(&run));
+        let summary = json(&run);
+        let run_id = summary["run"].as_str().unwrap();
+        assert_eq!(
+            code(&converge(&db, &["replay", run_id])),
+            0,
+            "{spec} replays identically"
+        );
+    }
+    let runs = json(&converge(&db, &["runs", "--json"]));
+    assert_eq!(runs.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    for command in [
+        "run", "runs", "inspect", "why", "approve", "reject", "resume", "replay", "verify",
+        "export",
+    ] {
+        let help = converge(&db, &[command, "--help"]);
+        assert_eq!(code(&help), 0, "{command}");
+        let text = stdout(&help);
+        assert!(text.contains("Examples:"), "{command}: {text}");
+        assert!(
+            text.contains(&format!("converge {command}")),
+            "{command}: {text}"
+        );
+    }
+    let top = stdout(&converge(&db, &["--help"]));
+    assert!(top.contains("Exit codes:"), "{top}");
+}

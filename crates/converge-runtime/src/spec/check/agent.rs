@@ -1,0 +1,349 @@
+//! The checks of `agents:` entries: names, grants, the fields of each kind, and compiling
+//! their conditions, templates and commands.
+//!
+//! Each entry becomes an [`AgentEntry`] ready to register, or problems at its lines. Who
+//! writes and who reads is recorded on the [`Checker`] for its cross-checks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use converge_core::ContextKey;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::{AGENT_NAME_LEN_MAX, Checker, RESERVED_AGENT_NAMES, at, is_empty};
+use crate::spec::command::{
+    COMMAND_OUTPUT_BYTES_MAX_DEFAULT, COMMAND_TIMEOUT_MS_DEFAULT, CommandAgent,
+};
+use crate::spec::error::At;
+use crate::spec::expr::Expression;
+use crate::spec::raw::{RawAgent, RawKind, RawPropose, kind_fields};
+use crate::spec::rule::{Propose, RuleAgent};
+use crate::spec::seed::SeedFactsAgent;
+use crate::spec::template::{ContentTemplate, Templates};
+use crate::spec::{AgentEntry, LlmAgentSpec};
+
+impl Checker<'_> {
+    pub(super) fn agent(&mut self, spanned: &Spanned<RawAgent>) -> Option<AgentEntry> {
+        let raw = &spanned.value;
+        let (Some(name), Some(kind)) = (&raw.name, &raw.kind) else {
+            if raw.name.is_none() {
+                self.error(at(spanned), "an agent needs a `name`");
+            }
+            if raw.kind.is_none() {
+                let message = "an agent needs a `kind`: seed, rule, command or llm";
+                self.error(at(spanned), message);
+            }
+            return None;
+        };
+        let name_ok = self.agent_name(name);
+        self.kind_fields(raw, kind.value);
+        let reads = self.key_list(&raw.reads);
+        let writes = match &raw.writes {
+            Some(writes) if writes.value.is_empty() => {
+                let message = format!(
+                    "agent `{}` may write no key; list the keys it proposes into in `writes`",
+                    name.value
+                );
+                self.error(at(writes), message);
+                Vec::new()
+            }
+            Some(writes) => self.key_list(&writes.value),
+            None => {
+                let message = format!(
+                    "agent `{}` needs `writes`: the keys it may propose into",
+                    name.value
+                );
+                self.error(at(name), message);
+                Vec::new()
+            }
+        };
+        for (key, read) in reads.iter().zip(&raw.reads) {
+            self.reads.push((name.value.clone(), *key, at(read)));
+        }
+        self.writers.extend(writes.iter().copied());
+        let common = Common {
+            name: Arc::from(name.value.as_str()),
+            kind: kind.value,
+            kind_at: at(kind),
+            reads,
+            writes,
+            grant_known: raw.writes.is_some(),
+        };
+        let entry = match kind.value {
+            RawKind::Seed => self.seed_agent(raw, common),
+            RawKind::Rule => self.rule_agent(raw, common),
+            RawKind::Command => self.command_agent(raw, common),
+            RawKind::Llm => self.llm_agent(raw, common),
+        };
+        entry.filter(|_| name_ok)
+    }
+
+    fn agent_name(&mut self, name: &Spanned<String>) -> bool {
+        let text = name.value.as_str();
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if text.is_empty() || text.len() > AGENT_NAME_LEN_MAX || !text.chars().all(valid_char) {
+            let message = format!(
+                "invalid agent name {text:?}: expected 1 to {AGENT_NAME_LEN_MAX} ASCII letters, digits, '-', '_' or '.'"
+            );
+            self.error(at(name), message);
+            return false;
+        }
+        if RESERVED_AGENT_NAMES.contains(&text) {
+            let message = format!("agent name `{text}` is reserved for the runtime's own agent");
+            self.error(at(name), message);
+            return false;
+        }
+        if let Some(first) = self.agent_names.get(text) {
+            let message = format!("agent `{text}` is already defined at line {}", first.line);
+            self.error(at(name), message);
+            return false;
+        }
+        self.agent_names.insert(text.to_owned(), at(name));
+        true
+    }
+
+    /// Refuses fields that belong to another kind.
+    fn kind_fields(&mut self, raw: &RawAgent, kind: RawKind) {
+        let allowed = kind_fields(kind);
+        for (field, place) in present_fields(raw) {
+            if !allowed.contains(&field) {
+                let message = format!(
+                    "field `{field}` does not apply to a `{}` agent; its own fields are: {}",
+                    kind.name(),
+                    allowed.join(", ")
+                );
+                self.error(place, message);
+            }
+        }
+    }
+
+    fn require<'r, T>(
+        &mut self,
+        common: &Common,
+        field: &str,
+        value: Option<&'r T>,
+    ) -> Option<&'r T> {
+        if value.is_none() {
+            let message = format!("a `{}` agent needs `{field}`", common.kind.name());
+            self.error(common.kind_at, message);
+        }
+        value
+    }
+
+    fn seed_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
+        if let Some(read) = raw.reads.first() {
+            let message = "a `seed` agent reads nothing: its facts are written in the spec";
+            self.error(at(read), message);
+        }
+        let facts = self.require(&common, "facts", raw.facts.as_ref())?;
+        if facts.value.is_empty() {
+            self.error(at(facts), "a seed agent needs at least one fact");
+        }
+        let mut seeds = Vec::new();
+        for raw_fact in &facts.value {
+            let Some(fact) = self.seed_fact(raw_fact) else {
+                continue;
+            };
+            if common.grant_known && !common.writes.contains(&fact.key) {
+                let message = ungranted(&common.name, fact.key);
+                self.error(at(&raw_fact.key), message);
+                continue;
+            }
+            seeds.push(fact);
+        }
+        Some(AgentEntry::Seed(SeedFactsAgent {
+            name: common.name,
+            writes: common.writes,
+            facts: seeds.into(),
+        }))
+    }
+
+    fn condition(&mut self, when: Option<&Spanned<String>>) -> Result<Option<Expression>, ()> {
+        let Some(when) = when else { return Ok(None) };
+        Expression::compile(&self.cel, &when.value)
+            .map(Some)
+            .map_err(|error| self.error(at(when), format!("when: {error}")))
+    }
+
+    fn rule_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
+        let when = self.condition(raw.when.as_ref());
+        let for_each = raw.for_each.as_ref().and_then(|name| {
+            let key = self.key(name)?;
+            if !common.reads.contains(&key) {
+                let message = format!("`for_each: {key}` must also be listed in `reads`");
+                self.error(at(name), message);
+            }
+            Some(key)
+        });
+        let propose = self.require(&common, "propose", raw.propose.as_ref())?;
+        let mut templates = Templates::new();
+        let propose = self.propose(&propose.value, &common, &mut templates);
+        Some(AgentEntry::Rule(RuleAgent {
+            name: common.name,
+            reads: common.reads,
+            writes: common.writes,
+            for_each,
+            when: when.ok()?,
+            propose: propose?,
+            templates: Arc::new(templates),
+            cel: self.cel.clone(),
+        }))
+    }
+
+    fn propose(
+        &mut self,
+        raw: &RawPropose,
+        common: &Common,
+        templates: &mut Templates,
+    ) -> Option<Propose> {
+        let key = self.key(&raw.key);
+        if let Some(key) = key.filter(|key| common.grant_known && !common.writes.contains(key)) {
+            self.error(at(&raw.key), ungranted(&common.name, key));
+        }
+        let confidence = self.confidence(raw.confidence.as_ref());
+        let id_text = Value::String(raw.id.value.clone());
+        let id = ContentTemplate::compile(&id_text, "propose.id", templates)
+            .map_err(|error| self.error(at(&raw.id), error));
+        if let Ok(ContentTemplate::Literal(_)) = &id {
+            self.fact_id(&raw.id);
+        }
+        if is_empty(&raw.content.value) {
+            self.error(
+                at(&raw.content),
+                "the content is empty (null, \"\", [] or {})",
+            );
+        }
+        let content = ContentTemplate::compile(&raw.content.value, "propose.content", templates)
+            .map_err(|error| self.error(at(&raw.content), error));
+        Some(Propose {
+            key: key?,
+            id: id.ok()?,
+            content: content.ok()?,
+            confidence,
+        })
+    }
+
+    fn command_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
+        let when = self.condition(raw.when.as_ref());
+        let command = self.require(&common, "command", raw.command.as_ref())?;
+        let argv: Vec<String> = command.value.iter().map(|arg| arg.value.clone()).collect();
+        let Some(program) = argv.first().filter(|program| !program.trim().is_empty()) else {
+            self.error(
+                at(command),
+                "`command` needs a program: [program, arguments…]",
+            );
+            return None;
+        };
+        let program = resolve_program(self.base_dir, program);
+        if program.components().count() > 1 && !program.exists() {
+            let message = format!("program {} does not exist (yet)", program.display());
+            self.warn(at(&command.value[0]), message);
+        }
+        let timeout_ms = self.positive(raw.timeout_ms.as_ref(), "timeout_ms");
+        let output_bytes_max = self.positive(raw.output_bytes_max.as_ref(), "output_bytes_max");
+        Some(AgentEntry::Command(CommandAgent {
+            name: common.name,
+            reads: common.reads,
+            writes: common.writes,
+            when: when.ok()?,
+            cel: self.cel.clone(),
+            argv: argv.into(),
+            program,
+            dir: self.base_dir.to_path_buf(),
+            env: Arc::new(
+                raw.env
+                    .as_ref()
+                    .map(|env| env.value.clone())
+                    .unwrap_or_default(),
+            ),
+            timeout_ms: timeout_ms.unwrap_or(COMMAND_TIMEOUT_MS_DEFAULT),
+            output_bytes_max: output_bytes_max.unwrap_or(COMMAND_OUTPUT_BYTES_MAX_DEFAULT),
+        }))
+    }
+
+    fn llm_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
+        let model = self.require(&common, "model", raw.model.as_ref());
+        let prompt = self.require(&common, "prompt", raw.prompt.as_ref());
+        if let Some(prompt) = prompt
+            && let Err(error) = Templates::new().add("prompt", &prompt.value)
+        {
+            self.error(at(prompt), format!("prompt: {error}"));
+        }
+        if let Some(tokens) = raw.max_tokens.as_ref().filter(|tokens| tokens.value == 0) {
+            self.error(at(tokens), "`max_tokens` must be at least 1");
+        }
+        let temperature = raw.temperature.as_ref();
+        if let Some(t) =
+            temperature.filter(|t| !(t.value.is_finite() && (0.0..=2.0).contains(&t.value)))
+        {
+            self.error(at(t), "`temperature` must be a number from 0 to 2");
+        }
+        Some(AgentEntry::Llm(LlmAgentSpec {
+            name: common.name.to_string(),
+            description: raw.description.clone(),
+            reads: common.reads,
+            writes: common.writes,
+            provider: raw.provider.as_ref().map(|p| p.value.clone()),
+            model: model?.value.clone(),
+            system: raw.system.as_ref().map(|s| s.value.clone()),
+            prompt: prompt?.value.clone(),
+            max_tokens: raw.max_tokens.as_ref().map(|t| t.value),
+            temperature: temperature.map(|t| t.value),
+            origin: self.origin.clone(),
+            at: common.kind_at,
+        }))
+    }
+}
+
+/// What every kind of agent has.
+struct Common {
+    name: Arc<str>,
+    kind: RawKind,
+    kind_at: At,
+    /// Whether `writes` was given; without it, proposals are not checked against the grant.
+    grant_known: bool,
+    reads: Vec<ContextKey>,
+    writes: Vec<ContextKey>,
+}
+
+fn ungranted(agent: &str, key: ContextKey) -> String {
+    format!(
+        "agent `{agent}` proposes into `{key}`, which its `writes` does not grant; add `{key}` to `writes`"
+    )
+}
+
+/// A program named by a path is found relative to the spec's directory; a bare name is
+/// looked up in `PATH`.
+fn resolve_program(base_dir: &Path, program: &str) -> PathBuf {
+    if program.contains('/') || program.contains(std::path::MAIN_SEPARATOR) {
+        base_dir.join(program)
+    } else {
+        PathBuf::from(program)
+    }
+}
+
+/// The optional fields an agent sets, with where.
+fn present_fields(raw: &RawAgent) -> Vec<(&'static str, At)> {
+    let mut fields = Vec::new();
+    let mut note = |name: &'static str, place: Option<At>| {
+        if let Some(place) = place {
+            fields.push((name, place));
+        }
+    };
+    note("facts", raw.facts.as_ref().map(at));
+    note("when", raw.when.as_ref().map(at));
+    note("for_each", raw.for_each.as_ref().map(at));
+    note("propose", raw.propose.as_ref().map(at));
+    note("command", raw.command.as_ref().map(at));
+    note("env", raw.env.as_ref().map(at));
+    note("timeout_ms", raw.timeout_ms.as_ref().map(at));
+    note("output_bytes_max", raw.output_bytes_max.as_ref().map(at));
+    note("provider", raw.provider.as_ref().map(at));
+    note("model", raw.model.as_ref().map(at));
+    note("system", raw.system.as_ref().map(at));
+    note("prompt", raw.prompt.as_ref().map(at));
+    note("max_tokens", raw.max_tokens.as_ref().map(at));
+    note("temperature", raw.temperature.as_ref().map(at));
+    fields
+}

@@ -1,0 +1,294 @@
+//! CEL expressions: rule conditions (`when`) and invariants (`check`).
+//!
+//! Expressions are compiled once, when the spec is parsed, and evaluated against the context
+//! as JSON (see [`super::facts_view`]). Every expression is bounded: its text by
+//! [`EXPRESSION_BYTES_MAX`], its syntax tree by [`EXPRESSION_DEPTH_MAX`]. The CEL crate's
+//! parser and evaluator recurse deeply (tens of kilobytes of stack per level in debug
+//! builds), so both run on a stack segment of their own rather than the caller's, and a panic
+//! inside them becomes an error. This module does not decide what a result means.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::objects::Key;
+use serde_json::Value;
+
+/// Longest accepted expression, in bytes.
+pub const EXPRESSION_BYTES_MAX: usize = 4096;
+
+/// Deepest accepted syntax tree of an expression (macros such as `exists` count their
+/// expansion).
+pub const EXPRESSION_DEPTH_MAX: usize = 64;
+
+/// Deepest nesting the CEL parser is allowed (parentheses, lists, calls).
+const PARSE_NESTING_MAX: u16 = 32;
+
+/// Stack given to the CEL parser.
+const PARSE_STACK_BYTES: usize = 64 << 20;
+
+/// Stack given to one evaluation; an expression of [`EXPRESSION_DEPTH_MAX`] needs far less.
+const EVAL_STACK_BYTES: usize = 16 << 20;
+
+/// The CEL environment shared by every expression of a spec: the standard library only.
+pub(crate) fn environment() -> Arc<cel::Env> {
+    Arc::new(cel::Env::stdlib())
+}
+
+/// A compiled CEL expression.
+#[derive(Debug, Clone)]
+pub(crate) struct Expression {
+    ast: Arc<IdedExpr>,
+}
+
+impl Expression {
+    /// Compiles `source`; `Err` says what is wrong with it.
+    pub(crate) fn compile(env: &Arc<cel::Env>, source: &str) -> Result<Expression, String> {
+        if source.trim().is_empty() {
+            return Err("the expression is empty".to_owned());
+        }
+        if source.len() > EXPRESSION_BYTES_MAX {
+            return Err(format!(
+                "the expression is {} bytes long; the limit is {EXPRESSION_BYTES_MAX}",
+                source.len()
+            ));
+        }
+        let parsed = guarded(PARSE_STACK_BYTES, || {
+            env.parser()
+                .max_recursion_depth(PARSE_NESTING_MAX)
+                .parse(source)
+        })?;
+        let ast = parsed.map_err(|errors| describe_parse_errors(&errors))?;
+        let depth = depth(&ast);
+        if depth > EXPRESSION_DEPTH_MAX {
+            return Err(format!(
+                "the expression nests {depth} levels deep; the limit is {EXPRESSION_DEPTH_MAX}"
+            ));
+        }
+        Ok(Expression { ast: Arc::new(ast) })
+    }
+
+    /// Evaluates with `bindings` and `extra` bound, requiring a boolean.
+    pub(crate) fn holds(
+        &self,
+        bindings: &Bindings,
+        extra: &[(&str, &Value)],
+    ) -> Result<bool, String> {
+        match self.evaluate(bindings, extra)? {
+            cel::Value::Bool(holds) => Ok(holds),
+            other => Err(format!(
+                "the expression must be true or false, but gave {}",
+                type_name(&other)
+            )),
+        }
+    }
+
+    fn evaluate(
+        &self,
+        bindings: &Bindings,
+        extra: &[(&str, &Value)],
+    ) -> Result<cel::Value, String> {
+        let mut scope = bindings.context.new_inner_scope();
+        bind(&mut scope, extra)?;
+        guarded(EVAL_STACK_BYTES, || cel::Value::resolve(&self.ast, &scope))?
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// Variables converted once for many evaluations (a rule over each fact of a key binds the
+/// whole view once and only `fact` per evaluation).
+pub(crate) struct Bindings {
+    context: cel::Context<'static, 'static>,
+}
+
+impl Bindings {
+    /// Binds `variables` in `env`.
+    pub(crate) fn new(
+        env: &Arc<cel::Env>,
+        variables: &[(&str, &Value)],
+    ) -> Result<Bindings, String> {
+        let mut context = cel::Context::with_env(env.clone());
+        bind(&mut context, variables)?;
+        Ok(Bindings { context })
+    }
+}
+
+fn bind(context: &mut cel::Context<'_, '_>, variables: &[(&str, &Value)]) -> Result<(), String> {
+    for (name, value) in variables {
+        context
+            .add_variable(*name, cel_value(value))
+            .map_err(|error| format!("cannot bind `{name}`: {error}"))?;
+    }
+    Ok(())
+}
+
+/// A JSON value as CEL sees it. Integers become CEL `int` whenever they fit (serde would make
+/// every non-negative one a `uint`, and `uint - int` is not defined in CEL).
+fn cel_value(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(flag) => cel::Value::Bool(*flag),
+        Value::Number(number) => match (number.as_i64(), number.as_u64()) {
+            (Some(int), _) => cel::Value::Int(int),
+            (None, Some(uint)) => cel::Value::UInt(uint),
+            (None, None) => cel::Value::Float(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(text) => cel::Value::String(Arc::new(text.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(cel_value).collect())),
+        Value::Object(map) => {
+            let entries: HashMap<Key, cel::Value> = map
+                .iter()
+                .map(|(key, item)| (Key::String(Arc::new(key.clone())), cel_value(item)))
+                .collect();
+            cel::Value::Map(entries.into())
+        }
+    }
+}
+
+/// Runs `work` on a fresh stack segment, turning a panic into an error.
+fn guarded<T>(stack_bytes: usize, work: impl FnOnce() -> T) -> Result<T, String> {
+    stacker::grow(stack_bytes, || catch_unwind(AssertUnwindSafe(work)))
+        .map_err(|_| "the expression engine failed unexpectedly".to_owned())
+}
+
+fn describe_parse_errors(errors: &cel::ParseErrors) -> String {
+    match errors.errors.first() {
+        Some(first) => {
+            let (line, column) = first.pos;
+            let message = first.msg.trim_start_matches("Syntax error: ");
+            if line > 1 {
+                format!(
+                    "invalid expression: {message} (line {line}, column {column} of the expression)"
+                )
+            } else {
+                format!("invalid expression: {message} (column {column} of the expression)")
+            }
+        }
+        None => "invalid expression".to_owned(),
+    }
+}
+
+fn type_name(value: &cel::Value) -> &'static str {
+    match value {
+        cel::Value::List(_) => "a list",
+        cel::Value::Map(_) => "a map",
+        cel::Value::Int(_) | cel::Value::UInt(_) => "an integer",
+        cel::Value::Float(_) => "a number",
+        cel::Value::String(_) => "a string",
+        cel::Value::Null => "null",
+        _ => "a value of another type",
+    }
+}
+
+/// The depth of a syntax tree, walked with an explicit stack (the tree may be deep).
+fn depth(root: &IdedExpr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(root, 1_usize)];
+    while let Some((node, level)) = stack.pop() {
+        deepest = deepest.max(level);
+        for child in children(node) {
+            stack.push((child, level + 1));
+        }
+    }
+    deepest
+}
+
+fn children(node: &IdedExpr) -> Vec<&IdedExpr> {
+    match &node.expr {
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => Vec::new(),
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(call.args.iter())
+            .collect(),
+        Expr::Comprehension(comprehension) => vec![
+            &comprehension.iter_range,
+            &comprehension.accu_init,
+            &comprehension.loop_cond,
+            &comprehension.loop_step,
+            &comprehension.result,
+        ],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => map.entries.iter().flat_map(|e| entry(&e.expr)).collect(),
+        Expr::Select(select) => vec![&*select.operand],
+        Expr::Struct(structure) => structure
+            .entries
+            .iter()
+            .flat_map(|e| entry(&e.expr))
+            .collect(),
+    }
+}
+
+fn entry(entry: &EntryExpr) -> Vec<&IdedExpr> {
+    match entry {
+        EntryExpr::MapEntry(pair) => vec![&pair.key, &pair.value],
+        EntryExpr::StructField(field) => vec![&field.value],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compile(source: &str) -> Result<Expression, String> {
+        Expression::compile(&environment(), source)
+    }
+
+    fn holds(expression: &Expression, variables: &[(&str, &Value)]) -> Result<bool, String> {
+        let bindings = Bindings::new(&environment(), variables)?;
+        expression.holds(&bindings, &[])
+    }
+
+    #[test]
+    fn conditions_see_their_variables() {
+        let facts = json!({"risks": [{"id": "r1", "content": {"severity": 4}, "confidence": 1.0}]});
+        let rule = compile("facts.risks.exists(r, r.content.severity >= 4)").unwrap();
+        assert_eq!(holds(&rule, &[("facts", &facts)]), Ok(true));
+        let rule = compile("size(facts.risks) > 1").unwrap();
+        assert_eq!(holds(&rule, &[("facts", &facts)]), Ok(false));
+        let arithmetic =
+            compile("facts.risks[0].content.severity - 5 < 0 && double(2) * 0.5 == 1.0");
+        assert_eq!(holds(&arithmetic.unwrap(), &[("facts", &facts)]), Ok(true));
+    }
+
+    #[test]
+    fn non_boolean_results_and_missing_fields_are_errors() {
+        let facts = json!({"risks": []});
+        let error = holds(&compile("size(facts.risks)").unwrap(), &[("facts", &facts)]);
+        assert!(error.unwrap_err().contains("true or false"));
+        let error = holds(&compile("facts.nope > 1").unwrap(), &[("facts", &facts)]);
+        assert!(error.unwrap_err().contains("nope"));
+    }
+
+    #[test]
+    fn malformed_oversized_and_deep_expressions_are_refused() {
+        assert!(
+            compile("1 +")
+                .unwrap_err()
+                .starts_with("invalid expression")
+        );
+        assert!(compile("").unwrap_err().contains("empty"));
+        let long = "1 + ".repeat(EXPRESSION_BYTES_MAX / 4) + "1";
+        assert!(compile(&long).unwrap_err().contains("limit is 4096"));
+        let parens = "(".repeat(200) + "1" + &")".repeat(200);
+        assert!(compile(&parens).is_err());
+        let chain = vec!["1"; 100].join(" + ") + " > 0";
+        assert!(compile(&chain).unwrap_err().contains("levels deep"));
+    }
+
+    #[test]
+    fn the_deepest_accepted_expression_evaluates_on_a_small_stack() {
+        let chain = vec!["1"; EXPRESSION_DEPTH_MAX - 1].join(" + ") + " > 0";
+        let rule = compile(&chain).unwrap();
+        let holds = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || holds(&rule, &[]))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(holds, Ok(true));
+    }
+}

@@ -1,0 +1,44 @@
+//! Invariants written in CEL: `check` must be true of the context.
+//!
+//! The expression sees every key the spec knows (the well-known keys and its own) as
+//! `facts` (see [`super::facts_view`]). Building that view reads the whole context, so an
+//! invariant costs time proportional to the number of facts each time it is checked — for a
+//! structural invariant, before every promotion. An expression that cannot be evaluated is
+//! a violation whose detail says why; it never panics.
+
+use std::sync::Arc;
+
+use converge_core::{Context, ContextKey, Invariant, InvariantClass};
+
+use super::expr::{Bindings, Expression};
+use super::view::facts_view;
+
+/// A CEL invariant, ready to add.
+#[derive(Clone)]
+pub(crate) struct CelInvariant {
+    pub(crate) name: Arc<str>,
+    pub(crate) class: InvariantClass,
+    pub(crate) check: Expression,
+    pub(crate) keys: Arc<[ContextKey]>,
+    pub(crate) cel: Arc<cel::Env>,
+}
+
+impl Invariant for CelInvariant {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn class(&self) -> InvariantClass {
+        self.class
+    }
+
+    fn check(&self, ctx: &Context) -> Result<(), String> {
+        let facts = facts_view(ctx, self.keys.iter().copied());
+        let bindings = Bindings::new(&self.cel, &[("facts", &facts)])?;
+        match self.check.holds(&bindings, &[]) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the check is false".to_owned()),
+            Err(error) => Err(format!("the check could not be evaluated: {error}")),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Job specs: a whole job — intent, keys, agents, grants, validation, approvals, seeds,
+//! invariants, budgets — declared in one YAML file and built into a [`Runtime`].
+//!
+//! [`JobSpec::parse`] refuses a bad spec before anything runs, naming the file, line and
+//! column of every problem and what was expected: unknown fields and agent kinds, keys no
+//! agent may write, malformed CEL expressions and templates, invalid JSON Schemas, bad
+//! budgets. It warns (without refusing) about agents that read keys nobody produces.
+//! [`JobSpec::build`] then makes the runtime; building is a pure function of the spec's
+//! source text and its base directory, so a process that stored the text (in a journal
+//! header, say) can rebuild the identical runtime.
+//!
+//! Agent kinds: `seed` (facts from the spec), `rule` (a CEL condition and MiniJinja
+//! templates), `command` (an external program speaking JSON; see `docs/command-agents.md`)
+//! and `llm` (parsed here, made by an [`LlmFactory`] from the LLM crate). The format is
+//! described in `docs/job-specs.md`.
+//!
+//! ```
+//! use converge_core::{Context, ContextKey};
+//! use converge_runtime::spec::JobSpec;
+//!
+//! let source = r#"
+//! version: 1
+//! intent:
+//!   objective: "Flag severe risks"
+//!   success: [{key_not_empty: evaluations}]
+//! keys:
+//!   - name: risks
+//!     schema: {type: object, required: [severity]}
+//! seeds:
+//!   - {key: risks, id: outage, content: {severity: 5}}
+//!   - {key: risks, id: typo, content: {severity: 1}}
+//! agents:
+//!   - name: flag-severe
+//!     kind: rule
+//!     reads: [risks]
+//!     writes: [evaluations]
+//!     for_each: risks
+//!     when: "fact.content.severity >= 4"
+//!     propose:
+//!       key: evaluations
+//!       id: "flag-{{ fact.id }}"
+//!       content: {risk: "{{ fact.id }}", action: escalate}
+//! "#;
+//! let loaded = JobSpec::parse(source, "risks.yaml").unwrap();
+//! assert!(loaded.warnings.is_empty());
+//! let mut runtime = loaded.spec.build().unwrap();
+//! let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! let result = tokio.block_on(runtime.run(Context::new())).unwrap();
+//! assert!(result.converged);
+//! assert!(result.context.contains(ContextKey::Evaluations, "flag-outage"));
+//! assert!(!result.context.contains(ContextKey::Evaluations, "flag-typo"));
+//! ```
+//!
+//! Command agents start processes through tokio, so the tokio runtime that drives a spec
+//! with command agents needs its I/O and time drivers (`enable_all`).
+
+mod build;
+mod check;
+mod command;
+mod error;
+mod expr;
+mod invariant;
+mod raw;
+mod rule;
+mod schema;
+mod seed;
+mod template;
+mod view;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use converge_core::{ContextKey, FailurePolicy, RootIntent};
+
+pub use build::{Builder, LlmAgentSpec, LlmFactory};
+pub use check::{AGENT_NAME_LEN_MAX, SPEC_VERSION};
+pub use command::{
+    COMMAND_OUTPUT_BYTES_MAX_DEFAULT, COMMAND_PROTOCOL, COMMAND_STDERR_BYTES_MAX,
+    COMMAND_TIMEOUT_MS_DEFAULT,
+};
+pub use error::{Problem, SpecError};
+pub use expr::{EXPRESSION_BYTES_MAX, EXPRESSION_DEPTH_MAX};
+pub use template::TEMPLATE_BYTES_MAX;
+pub use view::facts_view;
+
+use crate::driver::{DriverConfig, Runtime};
+use command::CommandAgent;
+use error::At;
+use invariant::CelInvariant;
+use rule::RuleAgent;
+use schema::Schema;
+use seed::SeedFactsAgent;
+
+/// Largest accepted spec, in bytes.
+pub const SPEC_BYTES_MAX: usize = 1024 * 1024;
+
+/// A checked job spec, with its exact source text.
+///
+/// Built only by [`JobSpec::parse`] or [`JobSpec::load`], so every spec in hand has passed
+/// every check.
+pub struct JobSpec {
+    source: Arc<str>,
+    origin: Arc<Path>,
+    base_dir: PathBuf,
+    parts: Parts,
+}
+
+/// A spec that passed every check, and what it was warned about.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The spec.
+    pub spec: JobSpec,
+    /// Problems that do not refuse the spec (an agent reading a key nobody produces, a
+    /// command program that does not exist yet), in source order.
+    pub warnings: Vec<Problem>,
+}
+
+/// Everything a runtime is built from.
+pub(crate) struct Parts {
+    pub(crate) intent: RootIntent,
+    pub(crate) policies: Vec<KeyPolicy>,
+    pub(crate) seeds: Option<SeedFactsAgent>,
+    pub(crate) agents: Vec<AgentEntry>,
+    pub(crate) invariants: Vec<CelInvariant>,
+    pub(crate) driver: DriverConfig,
+    pub(crate) failure_policy: FailurePolicy,
+}
+
+/// How proposals into one configured key are validated.
+pub(crate) struct KeyPolicy {
+    pub(crate) key: ContextKey,
+    pub(crate) schema: Option<Schema>,
+    pub(crate) approval: bool,
+}
+
+/// One agent of the spec, ready to register.
+pub(crate) enum AgentEntry {
+    Seed(SeedFactsAgent),
+    Rule(RuleAgent),
+    Command(CommandAgent),
+    Llm(LlmAgentSpec),
+}
+
+impl AgentEntry {
+    fn name(&self) -> &str {
+        match self {
+            AgentEntry::Seed(agent) => &agent.name,
+            AgentEntry::Rule(agent) => &agent.name,
+            AgentEntry::Command(agent) => &agent.name,
+            AgentEntry::Llm(spec) => &spec.name,
+        }
+    }
+}
+
+impl JobSpec {
+    /// Parses and checks `source`. `origin` names the file in messages, and its directory is
+    /// the base for the relative program paths of command agents (made absolute against the
+    /// current directory if `origin` is relative).
+    ///
+    /// ```
+    /// use converge_runtime::spec::JobSpec;
+    ///
+    /// let source = "version: 1\nintent: {objective: x}\nagents:\n  - name: a\n    kind: oracle\n    writes: [seeds]\n";
+    /// let error = JobSpec::parse(source, "job.yaml").unwrap_err();
+    /// assert_eq!(
+    ///     error.to_string(),
+    ///     "job.yaml:5:11: unknown variant `oracle`, expected one of seed, rule, command, llm"
+    /// );
+    /// ```
+    pub fn parse(source: &str, origin: impl AsRef<Path>) -> Result<Loaded, SpecError> {
+        let origin: Arc<Path> = Arc::from(origin.as_ref());
+        let base_dir = base_dir_of(&origin);
+        if source.len() > SPEC_BYTES_MAX {
+            let message = format!(
+                "the spec is {} bytes long; the limit is {SPEC_BYTES_MAX}",
+                source.len()
+            );
+            return Err(SpecError::invalid(vec![Problem::new(
+                &origin,
+                At::default(),
+                message,
+            )]));
+        }
+        let raw = serde_saphyr::from_str_with_options(source, yaml_options())
+            .map_err(|error| SpecError::invalid(vec![yaml_problem(&origin, &error)]))?;
+        let (parts, warnings) = check::Checker::new(&origin, &base_dir)
+            .check(raw)
+            .map_err(SpecError::invalid)?;
+        let mut warnings = warnings;
+        warnings.sort_by_key(|warning| (warning.line(), warning.column()));
+        let spec = JobSpec {
+            source: Arc::from(source),
+            origin,
+            base_dir,
+            parts,
+        };
+        Ok(Loaded { spec, warnings })
+    }
+
+    /// Reads the file at `path` and parses it (see [`JobSpec::parse`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Loaded, SpecError> {
+        let path = path.as_ref();
+        let read_error = |source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = std::fs::metadata(path).map_err(read_error)?.len();
+        if bytes > SPEC_BYTES_MAX as u64 {
+            let message = format!("the spec is {bytes} bytes long; the limit is {SPEC_BYTES_MAX}");
+            let origin: Arc<Path> = Arc::from(path);
+            return Err(SpecError::invalid(vec![Problem::new(
+                &origin,
+                At::default(),
+                message,
+            )]));
+        }
+        let source = std::fs::read_to_string(path).map_err(read_error)?;
+        JobSpec::parse(&source, path)
+    }
+
+    /// The exact text the spec was parsed from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The file the spec came from, as given.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The absolute directory command agents run in and resolve relative programs from.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    /// The intent: objective, frame, success criteria and budgets.
+    pub fn intent(&self) -> &RootIntent {
+        &self.parts.intent
+    }
+
+    /// The wall-clock budget, enforced by the driver, if the spec sets one.
+    pub fn time_budget_ms(&self) -> Option<u64> {
+        self.parts.driver.time_budget_ms
+    }
+
+    /// Builds the runtime (see [`Builder::build`]). A spec with `llm` agents needs
+    /// [`JobSpec::builder`] and an [`LlmFactory`].
+    pub fn build(&self) -> Result<Runtime, SpecError> {
+        self.builder().build()
+    }
+
+    /// A builder, to plug in extensions before building.
+    pub fn builder(&self) -> Builder<'_> {
+        Builder::new(self)
+    }
+}
+
+impl fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let agents: Vec<&str> = self.parts.agents.iter().map(AgentEntry::name).collect();
+        f.debug_struct("JobSpec")
+            .field("origin", &self.origin)
+            .field("base_dir", &self.base_dir)
+            .field("objective", &self.parts.intent.objective)
+            .field("agents", &agents)
+            .finish_non_exhaustive()
+    }
+}
+
+fn base_dir_of(origin: &Path) -> PathBuf {
+    let parent = match origin.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
+/// YAML as a spec language: `true`/`false` only (so `no` stays a string), no duplicate keys,
+/// the parser's default limits on depth, size and aliases, and plain messages.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        with_snippet: false,
+    }
+}
+
+fn yaml_problem(origin: &Arc<Path>, error: &serde_saphyr::Error) -> Problem {
+    use serde_saphyr::MessageFormatter;
+    let at = error
+        .location()
+        .map(|location| At::of(&location))
+        .unwrap_or_default();
+    let message = serde_saphyr::UserMessageFormatter.format_message(error.without_snippet());
+    let message: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    Problem::new(origin, at, message)
+}
+
+/// Ends an agent's execution as a recorded failure.
+///
+/// The agent traits return an effect and have no failure value; the drivers catch an
+/// unwinding `execute` and record it as the agent's failure (quarantining it by default). This
+/// unwinds with `message` as the payload through `resume_unwind`, which skips the panic hook:
+/// no backtrace, no noise on stderr, and the driver's record carries the message.
+pub(crate) fn fail(message: String) -> ! {
+    std::panic::resume_unwind(Box::new(message))
+}
