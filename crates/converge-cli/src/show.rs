@@ -389,7 +389,14 @@ fn why_text(
             record.policy_version()
         ),
         match record.approver() {
-            Some(actor) => format!("approved by {} ({:?})", actor.name(), actor.kind()),
+            Some(actor) => format!(
+                "approved by {} ({})",
+                actor.name(),
+                serde_json::to_value(actor.kind())
+                    .ok()
+                    .and_then(|kind| kind.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
             None => "no approval required".to_owned(),
         },
     ];

@@ -112,7 +112,20 @@ fn a_new_user_runs_an_example_approves_it_and_sees_why_a_fact_is_true() {
         "{text}"
     );
     assert!(text.contains("json-schema"), "{text}");
-    assert!(text.contains("approved by alice"), "{text}");
+    assert!(text.contains("approved by alice (human)"), "{text}");
+    // The facts the rule read are its derivations, each with its own provenance.
+    assert!(text.contains("└─ derived from:"), "{text}");
+    for source in [
+        "changes/pr-1412",
+        "ci/unit",
+        "evaluations/assessment-pr-1412",
+    ] {
+        assert!(text.contains(source), "{source} in {text}");
+    }
+    assert!(
+        text.contains("proposed by agent `assess-high-risk`"),
+        "{text}"
+    );
     let why = json(&converge(
         &db,
         &[

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::expr::{Bindings, Expression};
-use super::view::facts_view;
+use super::view::{facts_read, facts_view};
 use crate::agent::{AgentFuture, AsyncAgent};
 
 /// The version of the stdin/stdout protocol, sent as `"protocol"` on stdin.
@@ -155,8 +155,16 @@ impl CommandAgent {
         let mut effect = AgentEffect::empty();
         let observation = self.observation(&input, &exchange, stdout);
         let cited = effect.observe(observation);
+        // A proposal that names no derivation is derived from everything the program read.
+        let read = facts_read(ctx, self.reads.iter().copied());
         for proposal in output.proposals {
-            effect.propose(draft(proposal)?.citing(cited));
+            let mut draft = draft(proposal)?;
+            if draft.derivations().next().is_none() {
+                for (key, id) in &read {
+                    draft = draft.derived_from(*key, id.clone());
+                }
+            }
+            effect.propose(draft.citing(cited));
         }
         Ok(effect)
     }

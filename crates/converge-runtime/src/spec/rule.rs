@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::expr::{Bindings, Expression};
 use super::template::{ContentTemplate, Templates, template_value, variables};
-use super::view::{fact_json, facts_view};
+use super::view::{fact_json, facts_read, facts_view};
 
 /// What a rule proposes.
 #[derive(Clone)]
@@ -46,8 +46,15 @@ impl RuleAgent {
         let bindings = Bindings::new(&self.cel, &[("facts", &facts)])?;
         let facts_value = template_value(&facts);
         let Some(key) = self.for_each else {
+            // A rule over whole keys read every fact in them: each is a derivation.
+            let read = facts_read(ctx, self.reads.iter().copied());
             return Ok(self
                 .candidate(&bindings, &facts_value, None)?
+                .map(|proposal| {
+                    read.iter().fold(proposal, |proposal, (key, id)| {
+                        proposal.derived_from(*key, id.clone())
+                    })
+                })
                 .into_iter()
                 .collect());
         };

@@ -43,3 +43,22 @@ pub(crate) fn fact_json(fact: &Fact) -> Value {
         "confidence": fact.confidence().value(),
     })
 }
+
+/// Every current fact of `keys`, in the view's order (keys by name, facts in order of first
+/// promotion): what an agent that read those keys saw, for its proposals' derivations.
+pub(crate) fn facts_read(
+    ctx: &Context,
+    keys: impl IntoIterator<Item = ContextKey>,
+) -> Vec<(ContextKey, String)> {
+    let sorted: BTreeMap<String, ContextKey> = keys
+        .into_iter()
+        .map(|key| (key.name().to_owned(), key))
+        .collect();
+    sorted
+        .into_values()
+        .flat_map(|key| {
+            ctx.get(key)
+                .map(move |fact| (key, fact.id().as_str().to_owned()))
+        })
+        .collect()
+}
