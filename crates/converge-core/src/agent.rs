@@ -52,11 +52,11 @@ pub trait Agent: Send + Sync {
     fn execute(&self, ctx: &Context) -> AgentEffect;
 }
 
-/// Executes an agent, turning a panic into [`AgentOutcome::Failed`] so it never unwinds
-/// through a driver.
+/// Executes an agent, turning a panic or a [failed effect](AgentEffect::failed) into
+/// [`AgentOutcome::Failed`] so it never unwinds through a driver.
 pub fn execute_isolated(agent: &dyn Agent, ctx: &Context) -> AgentOutcome {
     match catch_unwind(AssertUnwindSafe(|| agent.execute(ctx))) {
-        Ok(effect) => AgentOutcome::Completed(effect),
+        Ok(effect) => AgentOutcome::from(effect),
         Err(panic) => AgentOutcome::panicked(&*panic),
     }
 }

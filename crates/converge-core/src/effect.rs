@@ -38,6 +38,7 @@ pub struct AgentEffect {
     proposals: Vec<Proposal<Draft>>,
     observations: Vec<Observation>,
     usage: TokenUsage,
+    failure: Option<String>,
 }
 
 impl AgentEffect {
@@ -85,6 +86,34 @@ impl AgentEffect {
         self.usage
     }
 
+    /// An effect saying the agent failed, with why: the value an agent returns when its work
+    /// cannot be done (a template that does not render, a program that crashes). It is
+    /// recorded exactly like a panicking agent — an `agent_failed` event, quarantine or a stop
+    /// per the engine's failure policy — without a panic. Anything proposed or observed on a
+    /// failed effect is not merged; the failure message says how much was discarded.
+    ///
+    /// ```
+    /// use converge_core::{AgentEffect, AgentOutcome};
+    ///
+    /// let effect = AgentEffect::failed("the scorer exited with status 2");
+    /// assert_eq!(effect.failure(), Some("the scorer exited with status 2"));
+    /// assert_eq!(
+    ///     AgentOutcome::from(effect),
+    ///     AgentOutcome::Failed("the scorer exited with status 2".to_owned())
+    /// );
+    /// ```
+    pub fn failed(message: impl Into<String>) -> AgentEffect {
+        AgentEffect {
+            failure: Some(message.into()),
+            ..AgentEffect::default()
+        }
+    }
+
+    /// Why the agent failed, if this effect says it did ([`AgentEffect::failed`]).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
     pub(crate) fn into_parts(self) -> (Vec<Proposal<Draft>>, Vec<Observation>, TokenUsage) {
         (self.proposals, self.observations, self.usage)
     }
@@ -97,6 +126,23 @@ pub enum AgentOutcome {
     Completed(AgentEffect),
     /// The agent panicked, timed out or otherwise failed; the message says how.
     Failed(String),
+}
+
+/// An effect is a completed outcome, unless it says the agent failed.
+impl From<AgentEffect> for AgentOutcome {
+    fn from(effect: AgentEffect) -> AgentOutcome {
+        let Some(message) = effect.failure else {
+            return AgentOutcome::Completed(effect);
+        };
+        let (proposals, observations) = (effect.proposals.len(), effect.observations.len());
+        if proposals + observations == 0 {
+            return AgentOutcome::Failed(message);
+        }
+        AgentOutcome::Failed(format!(
+            "{message} ({proposals} proposals and {observations} observations of the failed \
+             effect were discarded)"
+        ))
+    }
 }
 
 impl AgentOutcome {

@@ -510,6 +510,11 @@ impl<'e> Run<'e> {
     }
 
     fn merge(&mut self, cycle: u32, agent: AgentId, outcome: AgentOutcome, tally: &mut Tally) {
+        // A driver may hand back a failed effect as completed; it is a failure all the same.
+        let outcome = match outcome {
+            AgentOutcome::Completed(effect) => AgentOutcome::from(effect),
+            failed => failed,
+        };
         let effect = match outcome {
             AgentOutcome::Completed(effect) => effect,
             AgentOutcome::Failed(message) => {

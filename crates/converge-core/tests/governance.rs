@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use converge_core::agents::SeedAgent;
 use converge_core::{
-    Actor, ActorKind, Agent, AgentEffect, AuthorityScope, Budget, Context, ContextKey,
-    ConvergeResult, CycleBudget, Decision, DecisionRefusal, Engine, EngineConfig, EngineError,
-    Event, EventRecord, Exhausted, FactBudget, FactRef, FailurePolicy, FnInvariant, InvariantClass,
-    Observation, Proposal, Rejection, RootIntent, StopReason, TokenBudget, TokenUsage, TraceLink,
-    ValidationPolicy, Verdict,
+    Actor, ActorKind, Agent, AgentEffect, AgentOutcome, AuthorityScope, Budget, Context,
+    ContextKey, ConvergeResult, CycleBudget, Decision, DecisionRefusal, Engine, EngineConfig,
+    EngineError, Event, EventRecord, Exhausted, FactBudget, FactRef, FailurePolicy, FnInvariant,
+    InvariantClass, Observation, Proposal, Rejection, RootIntent, Step, StopReason, TokenBudget,
+    TokenUsage, TraceLink, ValidationPolicy, Verdict,
 };
 use serde_json::{Value, json};
 
@@ -585,6 +585,68 @@ fn a_panicking_agent_is_isolated_quarantined_and_the_run_goes_on() {
         })
         .count();
     assert_eq!(quarantined, 2);
+}
+
+#[test]
+fn a_failed_effect_is_a_recorded_failure_without_a_panic_and_nothing_of_it_is_merged() {
+    let mut engine = Engine::new();
+    let failing = Scripted::new("scorer", &[ContextKey::Signals]).executing(|_| {
+        let mut effect = AgentEffect::failed("the scorer exited with status 2");
+        // Proposed on a failed effect: discarded, and the message says so.
+        effect.propose(Proposal::new(ContextKey::Signals, "half-done", 1));
+        effect
+    });
+    let runs = failing.counter();
+    engine.register(failing);
+    engine.register(SeedAgent::new("s1", "fine"));
+    let mut events: Vec<EventRecord> = Vec::new();
+    let result = engine
+        .start(Context::new())
+        .map(|run| drive_collecting(run, &mut events))
+        .unwrap();
+    assert!(result.converged, "{:?}", result.stop_reason);
+    assert!(!result.context.has(ContextKey::Signals));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "quarantined after failing");
+    let failures: Vec<&str> = result.failures.iter().map(|f| f.message.as_str()).collect();
+    assert_eq!(
+        failures,
+        vec![
+            "the scorer exited with status 2 (1 proposals and 0 observations of the failed \
+             effect were discarded)"
+        ]
+    );
+    assert!(events.iter().any(|r| matches!(
+        &r.event,
+        Event::AgentFailed { quarantined: true, message, .. } if message.starts_with("the scorer")
+    )));
+
+    // A driver that hands the failed effect back as completed gets the same run.
+    let mut engine = Engine::new();
+    engine.register(
+        Scripted::new("scorer", &[ContextKey::Signals])
+            .executing(|_| AgentEffect::failed("the scorer exited with status 2")),
+    );
+    let mut run = engine.start(Context::new()).unwrap();
+    let Step::Execute(batch) = run.next_step() else {
+        panic!("expected a batch")
+    };
+    let outcomes = batch
+        .agents()
+        .iter()
+        .map(|&agent| {
+            (
+                agent,
+                AgentOutcome::Completed(run.agent(agent).execute(run.context())),
+            )
+        })
+        .collect();
+    run.submit(outcomes).unwrap();
+    // The failed agent is quarantined; nothing else runs.
+    assert_eq!(run.next_step(), Step::Stopped);
+    let stray = run.finish().ok().unwrap();
+    let direct = engine.run(Context::new()).unwrap();
+    assert_eq!(stray.root_hash, direct.root_hash);
+    assert_eq!(stray.failures, direct.failures);
 }
 
 #[test]

@@ -427,7 +427,7 @@ impl<'a> Executor<'a> {
             None => Ok(guarded.await),
         };
         let outcome = match finished {
-            Ok(Ok(effect)) => AgentOutcome::Completed(effect),
+            Ok(Ok(effect)) => AgentOutcome::from(effect),
             Ok(Err(panic)) => AgentOutcome::panicked(&*panic),
             Err(timeout) => AgentOutcome::Failed(timeout),
         };

@@ -325,6 +325,10 @@ impl OutcomeRecord {
     /// Copies an outcome.
     pub fn from_core(outcome: &AgentOutcome) -> OutcomeRecord {
         match outcome {
+            // Recorded as what the core makes of it, so replay feeds the same failure.
+            AgentOutcome::Completed(effect) if effect.failure().is_some() => {
+                OutcomeRecord::from_core(&AgentOutcome::from(effect.clone()))
+            }
             AgentOutcome::Completed(effect) => {
                 OutcomeRecord::Completed(EffectRecord::from_core(effect))
             }

@@ -256,7 +256,7 @@ impl AsyncAgent for CommandAgent {
         Box::pin(async move {
             match self.run(ctx).await {
                 Ok(effect) => effect,
-                Err(error) => super::fail(format!(
+                Err(error) => AgentEffect::failed(format!(
                     "command agent {:?} ({}): {error}",
                     &*self.name,
                     self.argv.join(" ")

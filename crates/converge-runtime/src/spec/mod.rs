@@ -298,13 +298,3 @@ fn yaml_problem(origin: &Arc<Path>, error: &serde_saphyr::Error) -> Problem {
         .collect();
     Problem::new(origin, at, message)
 }
-
-/// Ends an agent's execution as a recorded failure.
-///
-/// The agent traits return an effect and have no failure value; the drivers catch an
-/// unwinding `execute` and record it as the agent's failure (quarantining it by default). This
-/// unwinds with `message` as the payload through `resume_unwind`, which skips the panic hook:
-/// no backtrace, no noise on stderr, and the driver's record carries the message.
-pub(crate) fn fail(message: String) -> ! {
-    std::panic::resume_unwind(Box::new(message))
-}

@@ -145,7 +145,7 @@ impl Agent for RuleAgent {
                 }
                 effect
             }
-            Err(error) => super::fail(format!("rule {:?}: {error}", &*self.name)),
+            Err(error) => AgentEffect::failed(format!("rule {:?}: {error}", &*self.name)),
         }
     }
 }
