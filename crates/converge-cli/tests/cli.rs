@@ -248,7 +248,9 @@ agents:
     timeout_ms: 20000
 "#;
 
-fn wait_for_steps(db: &Path, run: &str, steps: u64) {
+/// Polls `converge runs` until `run` has committed `steps` steps; `log` is the running
+/// process's stderr, shown if it never gets there.
+fn wait_for_steps(db: &Path, run: &str, steps: u64, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let runs = converge(db, &["runs", "--json"]);
@@ -267,7 +269,10 @@ fn wait_for_steps(db: &Path, run: &str, steps: u64) {
         }
         assert!(
             Instant::now() < deadline,
-            "the run never reached step {steps}"
+            "the run never reached step {steps}; `converge runs`: {}{}; the run's stderr: {}",
+            stdout(&runs),
+            stderr(&runs),
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -297,11 +302,11 @@ fn a_killed_run_resumes_to_the_same_root_hash_as_an_uninterrupted_one() {
         .arg(&db)
         .args(["run", &spec, "--id", "slow-1"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("run.log")).unwrap())
         .spawn()
         .unwrap();
     // Start and the first cycle are committed; the slow agent is sleeping in cycle 2.
-    wait_for_steps(&db, "slow-1", 2);
+    wait_for_steps(&db, "slow-1", 2, &dir.path().join("run.log"));
     child.kill().unwrap();
     child.wait().unwrap();
     let seen = json(&converge(&db, &["inspect", "slow-1", "--json"]));
@@ -401,4 +406,30 @@ fn every_command_has_help_with_examples() {
     }
     let top = stdout(&converge(&db, &["--help"]));
     assert!(top.contains("Exit codes:"), "{top}");
+}
+
+#[test]
+fn processes_opening_a_new_journal_at_once_all_get_it() {
+    for round in 0..5 {
+        let dir = TempDir::new().unwrap();
+        let db = dir.path().join("shared.db");
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_converge"))
+                    .arg("--db")
+                    .arg(&db)
+                    .args(["runs", "--json"])
+                    .env_remove("CONVERGE_DB")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert_eq!(code(&output), 0, "round {round}: {}", stderr(&output));
+            assert_eq!(json(&output), Value::Array(Vec::new()));
+        }
+    }
 }

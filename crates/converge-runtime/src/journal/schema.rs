@@ -6,7 +6,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -190,13 +190,17 @@ fn identify(conn: &Connection, path: &Path) -> Result<Identity, JournalError> {
         path: path.to_path_buf(),
         detail,
     };
-    let application_id: i32 = conn
-        .pragma_query_value(None, "application_id", |row| row.get(0))
+    // One statement reads one snapshot: another process creating the journal commits its
+    // tables and its application id together, and both are seen or neither.
+    let (application_id, objects): (i32, i64) = conn
+        .query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id()), \
+                    (SELECT count(*) FROM sqlite_schema)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
         .map_err(|source| open_error(path, source))?;
     if application_id == 0 {
-        let objects: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
-            .map_err(|source| open_error(path, source))?;
         if objects == 0 {
             return Ok(Identity::Empty);
         }
@@ -243,9 +247,7 @@ fn identify(conn: &Connection, path: &Path) -> Result<Identity, JournalError> {
 fn configure(conn: &Connection) -> Result<(), JournalError> {
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(storage("setting the busy timeout"))?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(storage("switching to WAL mode"))?;
+    let mode = switch_to_wal(conn)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(JournalError::Unsupported {
             detail: format!("the file stays in journal mode {mode:?}; WAL is required"),
@@ -268,6 +270,35 @@ fn configure(conn: &Connection) -> Result<(), JournalError> {
         }
     }
     Ok(())
+}
+
+/// Puts the file in WAL mode (it stays there) and returns the mode SQLite reports.
+///
+/// A file already in WAL mode is left alone. Switching needs an exclusive lock that SQLite's
+/// busy handler does not wait for, so while another process is creating the same journal
+/// the switch is attempted again until [`BUSY_TIMEOUT`], as the busy handler would; it
+/// changes nothing but the mode, so trying again is safe.
+fn switch_to_wal(conn: &Connection) -> Result<String, JournalError> {
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |row| row.get(0))
+        .map_err(storage("reading the journal mode"))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(mode);
+    }
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Err(error)
+                if matches!(
+                    error.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            outcome => return outcome.map_err(storage("switching to WAL mode")),
+        }
+    }
 }
 
 /// Creates the schema in an empty database, in one transaction.
