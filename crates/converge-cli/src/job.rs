@@ -43,7 +43,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, CliError> {
 
 /// The runtime of an existing run, rebuilt from the spec in its header.
 pub(crate) fn runtime_of(journal: &impl Journal, run: &RunId) -> Result<Runtime, CliError> {
-    let header = journal.load(run)?.header;
+    let header = journal.header(run)?;
     let Some(record) = header.job else {
         return Err(CliError::Other(format!(
             "run {run} was not started from a job spec (it was created by {}); \

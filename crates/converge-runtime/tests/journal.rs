@@ -383,6 +383,7 @@ fn load_gives_back_the_exact_inputs_and_hashes_and_events_the_exact_bytes() {
     let loaded = journal.load(&id).unwrap();
     assert_eq!(loaded.id, id);
     assert_eq!(loaded.header, header());
+    assert_eq!(journal.header(&id).unwrap(), header());
     assert_eq!(loaded.root_hash, result.root_hash);
     assert!(
         matches!(&loaded.status, RunStatus::Stopped { reason } if reason["stop"] == "converged")
@@ -982,6 +983,7 @@ fn unknown_runs_and_existing_ids_are_refused() {
     assert!(unknown(journal.load(&ghost).unwrap_err()));
     assert!(unknown(journal.verify(&ghost).unwrap_err()));
     assert!(unknown(journal.summary(&ghost).unwrap_err()));
+    assert!(unknown(journal.header(&ghost).unwrap_err()));
     assert!(unknown(
         journal
             .append(&ghost, 0, &StepInput::Stop, &empty_batch())

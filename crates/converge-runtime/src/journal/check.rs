@@ -228,27 +228,23 @@ impl<'s> ChainWalk<'s> {
         }
     }
 
-    /// Whether a chunk starting at `first_seq` lies past a step-level break, where nothing is
-    /// checked any more.
+    /// Whether the walk has reached a step-level break, past which nothing is checked.
     pub(super) fn past_limit(&self) -> bool {
         self.next >= self.limit
     }
 
-    /// A chunk that cannot be split into events: the chain breaks at its first event.
+    /// A chunk starting at `first_seq` that cannot be split into events: the chain breaks at
+    /// its first event (or earlier, at a gap before it).
     pub(super) fn malformed(&self, first_seq: u64, detail: String) -> Break {
-        let seq = first_seq.max(self.next).min(self.head.events);
+        let (seq, reason) = if first_seq > self.next {
+            (self.next, BreakReason::Missing)
+        } else {
+            (first_seq, BreakReason::Malformed { detail })
+        };
         Break {
-            seq: if first_seq > self.next {
-                self.next
-            } else {
-                seq
-            },
+            seq,
             step: self.steps.step_of(seq),
-            reason: if first_seq > self.next {
-                BreakReason::Missing
-            } else {
-                BreakReason::Malformed { detail }
-            },
+            reason,
         }
     }
 

@@ -101,6 +101,10 @@ impl<J: Journal> Journal for FailingJournal<J> {
         self.inner.summary(run)
     }
 
+    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
+        self.inner.header(run)
+    }
+
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
         self.inner.load(run)
     }

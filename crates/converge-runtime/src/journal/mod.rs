@@ -477,6 +477,9 @@ pub trait Journal {
     /// One run's summary.
     fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError>;
 
+    /// What one run was created with, without reading its steps.
+    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError>;
+
     /// One run's inputs and event hashes, every step in order: what re-deriving the run
     /// needs. Refuses a run whose stored steps or hashes are incomplete, out of place or do
     /// not end at the run's root hash ([`JournalError::Broken`]). It reads no event body and
@@ -525,6 +528,10 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         (**self).summary(run)
     }
 
+    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
+        (**self).header(run)
+    }
+
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
         (**self).load(run)
     }
@@ -568,6 +575,10 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
 
     fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
         (**self).summary(run)
+    }
+
+    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
+        (**self).header(run)
     }
 
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {

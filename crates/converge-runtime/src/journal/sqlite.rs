@@ -260,8 +260,9 @@ const CHUNK_EVENTS: usize = 4096;
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// Splits a batch into the chunks it is stored as: runs of consecutive events bounded by
-/// [`CHUNK_EVENTS`] and [`CHUNK_BYTES`], each with at least one event.
-fn chunks(events: &EventBatch) -> Vec<Chunk> {
+/// [`CHUNK_EVENTS`] and [`CHUNK_BYTES`], each with at least one event. `Err(seq)` names an
+/// event too large for a chunk's 32-bit offsets (over 4 GiB).
+fn chunks(events: &EventBatch) -> Result<Vec<Chunk>, u64> {
     let mut chunks: Vec<Chunk> = Vec::new();
     for (record, body) in events.iter() {
         let fits = chunks.last().is_some_and(|chunk| {
@@ -280,16 +281,11 @@ fn chunks(events: &EventBatch) -> Vec<Chunk> {
             chunk.count += 1;
             chunk.hashes.extend_from_slice(record.hash.as_bytes());
             chunk.bodies.extend_from_slice(body);
-            // A body over 4 GiB cannot be stored; its offset would wrap and verify would
-            // refuse the chunk, so it is refused here first.
-            chunk.ends.extend_from_slice(
-                &u32::try_from(chunk.bodies.len())
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes(),
-            );
+            let end = u32::try_from(chunk.bodies.len()).map_err(|_| record.seq)?;
+            chunk.ends.extend_from_slice(&end.to_le_bytes());
         }
     }
-    chunks
+    Ok(chunks)
 }
 
 /// Consecutive events as one `events` row.
@@ -339,17 +335,11 @@ impl Journal for SqliteJournal {
     ) -> Result<(), JournalError> {
         // Everything that needs no storage is prepared before the transaction begins.
         let input_json = to_json(input)?;
-        let chunks = chunks(events);
-        if chunks
-            .iter()
-            .any(|chunk| u32::try_from(chunk.bodies.len()).is_err())
-        {
-            return Err(JournalError::ChainMismatch {
-                run: run.clone(),
-                seq: events.first_seq(),
-                detail: "an event is larger than the 4 GiB a journal stores".to_owned(),
-            });
-        }
+        let chunks = chunks(events).map_err(|seq| JournalError::ChainMismatch {
+            run: run.clone(),
+            seq,
+            detail: "the event is larger than the 4 GiB a journal stores".to_owned(),
+        })?;
         self.write(|tx| {
             let row = read_run(tx, run)?;
             let head = row.head()?;
@@ -495,6 +485,10 @@ impl Journal for SqliteJournal {
 
     fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
         read_run(&self.conn, run)?.summary()
+    }
+
+    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
+        read_run(&self.conn, run)?.header()
     }
 
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {

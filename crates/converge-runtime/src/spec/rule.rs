@@ -46,15 +46,8 @@ impl RuleAgent {
         let bindings = Bindings::new(&self.cel, &[("facts", &facts)])?;
         let facts_value = template_value(&facts);
         let Some(key) = self.for_each else {
-            // A rule over whole keys read every fact in them: each is a derivation.
-            let read = facts_read(ctx, self.reads.iter().copied());
             return Ok(self
                 .candidate(&bindings, &facts_value, None)?
-                .map(|proposal| {
-                    read.iter().fold(proposal, |proposal, (key, id)| {
-                        proposal.derived_from(*key, id.clone())
-                    })
-                })
                 .into_iter()
                 .collect());
         };
@@ -139,9 +132,17 @@ impl Agent for RuleAgent {
     fn execute(&self, ctx: &Context) -> AgentEffect {
         match self.candidates(ctx) {
             Ok(proposals) => {
+                // A rule over whole keys read every fact in them: each is a derivation. (A
+                // `for_each` proposal is derived from its own fact.)
+                let read = match self.for_each {
+                    None => facts_read(ctx, self.reads.iter().copied()),
+                    Some(_) => Vec::new(),
+                };
                 let mut effect = AgentEffect::empty();
                 for proposal in proposals.into_iter().filter(|p| self.is_new(ctx, p)) {
-                    effect.propose(proposal);
+                    effect.propose(read.iter().fold(proposal, |proposal, (key, id)| {
+                        proposal.derived_from(*key, id.clone())
+                    }));
                 }
                 effect
             }

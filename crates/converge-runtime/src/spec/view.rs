@@ -23,16 +23,19 @@ use serde_json::{Map, Value, json};
 /// assert_eq!(view.to_string(), r#"{"seeds":[],"signals":[]}"#);
 /// ```
 pub fn facts_view(ctx: &Context, keys: impl IntoIterator<Item = ContextKey>) -> Value {
-    let sorted: BTreeMap<String, ContextKey> = keys
-        .into_iter()
-        .map(|key| (key.name().to_owned(), key))
-        .collect();
     let mut view = Map::new();
-    for (name, key) in sorted {
+    for (name, key) in by_name(keys) {
         let facts = ctx.get(key).map(fact_json).collect();
         view.insert(name, Value::Array(facts));
     }
     Value::Object(view)
+}
+
+/// The keys in the view's order: sorted by name.
+fn by_name(keys: impl IntoIterator<Item = ContextKey>) -> BTreeMap<String, ContextKey> {
+    keys.into_iter()
+        .map(|key| (key.name().to_owned(), key))
+        .collect()
 }
 
 /// One fact as the view shows it.
@@ -50,11 +53,7 @@ pub(crate) fn facts_read(
     ctx: &Context,
     keys: impl IntoIterator<Item = ContextKey>,
 ) -> Vec<(ContextKey, String)> {
-    let sorted: BTreeMap<String, ContextKey> = keys
-        .into_iter()
-        .map(|key| (key.name().to_owned(), key))
-        .collect();
-    sorted
+    by_name(keys)
         .into_values()
         .flat_map(|key| {
             ctx.get(key)
