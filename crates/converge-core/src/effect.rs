@@ -87,31 +87,49 @@ impl AgentEffect {
     }
 
     /// An effect saying the agent failed, with why: the value an agent returns when its work
-    /// cannot be done (a template that does not render, a program that crashes). It is
-    /// recorded exactly like a panicking agent — an `agent_failed` event, quarantine or a stop
-    /// per the engine's failure policy — without a panic. Anything proposed or observed on a
-    /// failed effect is not merged; the failure message says how much was discarded.
+    /// cannot be done (a template that does not render, a program that crashes, a model that
+    /// keeps answering nonsense). It is recorded like a panicking agent — an `agent_failed`
+    /// event, quarantine or a stop per the engine's failure policy — without a panic.
+    ///
+    /// What the agent observed and the tokens it spent before failing happened all the same:
+    /// its observations are recorded and its usage counts against the token budget. Its
+    /// proposals are discarded, and the failure message says how many.
     ///
     /// ```
-    /// use converge_core::{AgentEffect, AgentOutcome};
+    /// use converge_core::{AgentEffect, Observation, TokenUsage};
     ///
-    /// let effect = AgentEffect::failed("the scorer exited with status 2");
-    /// assert_eq!(effect.failure(), Some("the scorer exited with status 2"));
-    /// assert_eq!(
-    ///     AgentOutcome::from(effect),
-    ///     AgentOutcome::Failed("the scorer exited with status 2".to_owned())
-    /// );
+    /// let mut effect = AgentEffect::failed("the model answered 500 three times")
+    ///     .with_usage(TokenUsage { input: 120, output: 0 });
+    /// effect.observe(Observation::remote("llm.exchange", "openai:gpt-4o", "attempt-1", serde_json::json!({"status": 500})));
+    /// assert_eq!(effect.failure(), Some("the model answered 500 three times"));
+    /// assert_eq!(effect.observations().len(), 1);
     /// ```
     pub fn failed(message: impl Into<String>) -> AgentEffect {
-        AgentEffect {
-            failure: Some(message.into()),
-            ..AgentEffect::default()
-        }
+        AgentEffect::empty().into_failed(message)
+    }
+
+    /// This effect, turned into a failure: keeps its observations and usage (recorded), and
+    /// its proposals (discarded when merged; the message counts them).
+    pub fn into_failed(mut self, message: impl Into<String>) -> AgentEffect {
+        self.failure = Some(message.into());
+        self
     }
 
     /// Why the agent failed, if this effect says it did ([`AgentEffect::failed`]).
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
+    }
+
+    /// The failure message as the engine records it: the effect's own message, plus how many
+    /// of its proposals were discarded.
+    pub(crate) fn failure_message(&self) -> Option<String> {
+        let message = self.failure.as_deref()?;
+        Some(match self.proposals.len() {
+            0 => message.to_owned(),
+            discarded => {
+                format!("{message} ({discarded} proposals of the failed effect were discarded)")
+            }
+        })
     }
 
     pub(crate) fn into_parts(self) -> (Vec<Proposal<Draft>>, Vec<Observation>, TokenUsage) {
@@ -122,26 +140,17 @@ impl AgentEffect {
 /// How one execution of an agent ended, as a driver reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentOutcome {
-    /// The agent returned an effect.
+    /// The agent returned an effect (which may say it failed: [`AgentEffect::failed`]).
     Completed(AgentEffect),
     /// The agent panicked, timed out or otherwise failed; the message says how.
     Failed(String),
 }
 
-/// An effect is a completed outcome, unless it says the agent failed.
+/// An effect is a completed outcome, even one that says the agent failed: the engine records
+/// a failed effect's observations and usage before the failure ([`AgentEffect::failed`]).
 impl From<AgentEffect> for AgentOutcome {
     fn from(effect: AgentEffect) -> AgentOutcome {
-        let Some(message) = effect.failure else {
-            return AgentOutcome::Completed(effect);
-        };
-        let (proposals, observations) = (effect.proposals.len(), effect.observations.len());
-        if proposals + observations == 0 {
-            return AgentOutcome::Failed(message);
-        }
-        AgentOutcome::Failed(format!(
-            "{message} ({proposals} proposals and {observations} observations of the failed \
-             effect were discarded)"
-        ))
+        AgentOutcome::Completed(effect)
     }
 }
 

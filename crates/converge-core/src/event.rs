@@ -82,6 +82,8 @@ pub enum Event {
         agent: AgentId,
         /// What happened.
         message: String,
+        /// Tokens it spent before failing (counted against the budget like any other).
+        usage: TokenUsage,
         /// Whether the agent is quarantined for the rest of the run.
         quarantined: bool,
     },

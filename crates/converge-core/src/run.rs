@@ -344,7 +344,7 @@ impl<'e> Run<'e> {
             let Err(panic) = scan else { return batch };
             let agent = AgentId(next.saturating_sub(1) as u32);
             let message = format!("panicked in accepts: {}", panic_message(&*panic));
-            if let Some(reason) = self.fail(cycle, agent, message) {
+            if let Some(reason) = self.fail(cycle, agent, message, TokenUsage::default()) {
                 self.stop(reason);
                 return Vec::new();
             }
@@ -510,22 +510,26 @@ impl<'e> Run<'e> {
     }
 
     fn merge(&mut self, cycle: u32, agent: AgentId, outcome: AgentOutcome, tally: &mut Tally) {
-        // A driver may hand back a failed effect as completed; it is a failure all the same.
-        let outcome = match outcome {
-            AgentOutcome::Completed(effect) => AgentOutcome::from(effect),
-            failed => failed,
-        };
         let effect = match outcome {
             AgentOutcome::Completed(effect) => effect,
             AgentOutcome::Failed(message) => {
-                if let Some(reason) = self.fail(cycle, agent, message) {
+                if let Some(reason) = self.fail(cycle, agent, message, TokenUsage::default()) {
                     tally.stop.get_or_insert(reason);
                 }
                 return;
             }
         };
+        let failure = effect.failure_message();
         let (proposals, observations, usage) = effect.into_parts();
         self.record_usage(usage);
+        if let Some(message) = failure {
+            // What a failed agent observed and spent happened; what it proposed is discarded.
+            self.record_observations(cycle, agent, &observations);
+            if let Some(reason) = self.fail(cycle, agent, message, usage) {
+                tally.stop.get_or_insert(reason);
+            }
+            return;
+        }
         self.state.stats.agents_executed += 1;
         self.emit(Event::AgentExecuted {
             cycle,
@@ -782,7 +786,13 @@ impl<'e> Run<'e> {
     }
 
     /// Records a failure; returns a stop reason when the policy stops the run.
-    fn fail(&mut self, cycle: u32, agent: AgentId, message: String) -> Option<StopReason> {
+    fn fail(
+        &mut self,
+        cycle: u32,
+        agent: AgentId,
+        message: String,
+        usage: TokenUsage,
+    ) -> Option<StopReason> {
         let quarantine = self.setup.config.failure_policy == FailurePolicy::Quarantine;
         if quarantine {
             self.state.quarantined.insert(agent);
@@ -797,6 +807,7 @@ impl<'e> Run<'e> {
             cycle,
             agent,
             message: message.clone(),
+            usage,
             quarantined: quarantine,
         });
         (!quarantine).then_some(StopReason::AgentFailed { agent, message })

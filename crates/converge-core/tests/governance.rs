@@ -588,10 +588,22 @@ fn a_panicking_agent_is_isolated_quarantined_and_the_run_goes_on() {
 }
 
 #[test]
-fn a_failed_effect_is_a_recorded_failure_without_a_panic_and_nothing_of_it_is_merged() {
+fn a_failed_effect_is_a_recorded_failure_that_keeps_what_was_observed_and_spent() {
+    let budget = Budget::default().with_tokens(TokenBudget::new(1_000).unwrap());
     let mut engine = Engine::new();
+    engine.set_budget(budget);
     let failing = Scripted::new("scorer", &[ContextKey::Signals]).executing(|_| {
-        let mut effect = AgentEffect::failed("the scorer exited with status 2");
+        let mut effect =
+            AgentEffect::failed("the scorer exited with status 2").with_usage(TokenUsage {
+                input: 300,
+                output: 20,
+            });
+        effect.observe(Observation::remote(
+            "llm.exchange",
+            "test:model",
+            "attempt-1",
+            serde_json::json!({"status": 500}),
+        ));
         // Proposed on a failed effect: discarded, and the message says so.
         effect.propose(Proposal::new(ContextKey::Signals, "half-done", 1));
         effect
@@ -610,15 +622,30 @@ fn a_failed_effect_is_a_recorded_failure_without_a_panic_and_nothing_of_it_is_me
     let failures: Vec<&str> = result.failures.iter().map(|f| f.message.as_str()).collect();
     assert_eq!(
         failures,
-        vec![
-            "the scorer exited with status 2 (1 proposals and 0 observations of the failed \
-             effect were discarded)"
-        ]
+        vec!["the scorer exited with status 2 (1 proposals of the failed effect were discarded)"]
     );
-    assert!(events.iter().any(|r| matches!(
-        &r.event,
-        Event::AgentFailed { quarantined: true, message, .. } if message.starts_with("the scorer")
-    )));
+    // The tokens count, and the observation is recorded before the failure.
+    assert_eq!(result.stats.tokens.total(), 320);
+    let observed = events
+        .iter()
+        .position(|r| matches!(&r.event, Event::ObservationRecorded { kind, .. } if kind == "llm.exchange"))
+        .expect("the failed effect's observation is recorded");
+    let failed = events
+        .iter()
+        .position(|r| {
+            matches!(
+                &r.event,
+                Event::AgentFailed { quarantined: true, message, usage, .. }
+                    if message.starts_with("the scorer") && usage.total() == 320
+            )
+        })
+        .expect("an agent_failed event with the usage");
+    assert!(observed < failed);
+    assert!(
+        !events
+            .iter()
+            .any(|r| matches!(&r.event, Event::AgentExecuted { agent, .. } if agent.index() == 0))
+    );
 
     // A driver that hands the failed effect back as completed gets the same run.
     let mut engine = Engine::new();

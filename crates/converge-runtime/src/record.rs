@@ -167,6 +167,9 @@ pub struct EffectRecord {
     pub observations: Vec<ObservationRecord>,
     /// Tokens spent.
     pub usage: TokenUsage,
+    /// Why the agent failed, for an effect that says so ([`AgentEffect::failed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl EffectRecord {
@@ -217,6 +220,7 @@ impl EffectRecord {
             proposals,
             observations,
             usage: effect.usage(),
+            failure: effect.failure().map(str::to_owned),
         }
     }
 
@@ -229,7 +233,10 @@ impl EffectRecord {
         for (index, record) in self.proposals.into_iter().enumerate() {
             effect.propose(proposal_into_core(index, record)?);
         }
-        Ok(effect)
+        Ok(match self.failure {
+            Some(message) => effect.into_failed(message),
+            None => effect,
+        })
     }
 }
 
@@ -325,10 +332,6 @@ impl OutcomeRecord {
     /// Copies an outcome.
     pub fn from_core(outcome: &AgentOutcome) -> OutcomeRecord {
         match outcome {
-            // Recorded as what the core makes of it, so replay feeds the same failure.
-            AgentOutcome::Completed(effect) if effect.failure().is_some() => {
-                OutcomeRecord::from_core(&AgentOutcome::from(effect.clone()))
-            }
             AgentOutcome::Completed(effect) => {
                 OutcomeRecord::Completed(EffectRecord::from_core(effect))
             }

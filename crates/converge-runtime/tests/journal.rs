@@ -1291,6 +1291,7 @@ fn records_that_no_core_value_matches_are_refused() {
             proposals: vec![],
             observations: vec![record],
             usage: TokenUsage::default(),
+            failure: None,
         };
         let error = effect.into_core().unwrap_err();
         assert!(
