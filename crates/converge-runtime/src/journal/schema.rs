@@ -107,7 +107,15 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|source| open_error(path, source))?;
-        identify(&probe, path)?;
+        match identify(&probe, path) {
+            // A process killed while creating the journal left a hot rollback journal, which
+            // only a writer can roll back: the read-write connection below does, and
+            // identifies the file again before writing anything.
+            Err(JournalError::Storage { source, .. }) if is_hot_journal(&source) => {}
+            identified => {
+                identified?;
+            }
+        }
         drop(probe);
     }
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -326,6 +334,15 @@ fn initialize(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
     )
     .map_err(storage("writing the schema version"))?;
     tx.commit().map_err(storage("committing the schema"))
+}
+
+/// Whether a read failed only because a hot rollback journal needs a writer to roll it back.
+fn is_hot_journal(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK
+    )
 }
 
 fn open_error(path: &Path, source: rusqlite::Error) -> JournalError {
