@@ -7,12 +7,10 @@
 //! extension point: this crate parses it, and an [`LlmFactory`] (the LLM crate's) makes the
 //! agent.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use converge_core::{AuthorityScope, Context, ContextKey, Engine, EngineConfig, ValidationPolicy};
 
-use super::error::{At, Problem, SpecError};
+use super::error::{Problem, SpecError};
+use super::llm::LlmAgentSpec;
 use super::schema::SchemaValidator;
 use super::{AgentEntry, JobSpec};
 use crate::agent::{AgentFuture, AsyncAgent};
@@ -73,76 +71,6 @@ pub trait LlmFactory {
     /// The runtime registers the agent under the spec's name, dependencies (`reads`) and
     /// grant (`writes`), whatever the agent itself declares.
     fn create(&self, spec: &LlmAgentSpec) -> Result<Box<dyn AsyncAgent>, String>;
-}
-
-/// An `llm` agent as the spec declares it; the LLM crate turns it into an agent.
-#[derive(Debug, Clone)]
-pub struct LlmAgentSpec {
-    pub(crate) name: String,
-    pub(crate) description: Option<String>,
-    pub(crate) reads: Vec<ContextKey>,
-    pub(crate) writes: Vec<ContextKey>,
-    pub(crate) provider: Option<String>,
-    pub(crate) model: String,
-    pub(crate) system: Option<String>,
-    pub(crate) prompt: String,
-    pub(crate) max_tokens: Option<u32>,
-    pub(crate) temperature: Option<f64>,
-    pub(crate) origin: Arc<Path>,
-    pub(crate) at: At,
-}
-
-impl LlmAgentSpec {
-    /// The agent's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// What the agent is for, in words, if the spec says.
-    pub fn description(&self) -> Option<&str> {
-        self.description.as_deref()
-    }
-
-    /// The keys it reads: its dependencies, and what its prompt may see.
-    pub fn reads(&self) -> &[ContextKey] {
-        &self.reads
-    }
-
-    /// The keys it may write: its grant.
-    pub fn writes(&self) -> &[ContextKey] {
-        &self.writes
-    }
-
-    /// The provider, if named (for example `openai` or `anthropic`).
-    pub fn provider(&self) -> Option<&str> {
-        self.provider.as_deref()
-    }
-
-    /// The model.
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
-    /// The system prompt, as written.
-    pub fn system(&self) -> Option<&str> {
-        self.system.as_deref()
-    }
-
-    /// The prompt: a MiniJinja template (already checked to compile) over `facts`, the
-    /// [`super::facts_view`] of [`LlmAgentSpec::reads`].
-    pub fn prompt(&self) -> &str {
-        &self.prompt
-    }
-
-    /// The most tokens one answer may use, if set.
-    pub fn max_tokens(&self) -> Option<u32> {
-        self.max_tokens
-    }
-
-    /// The sampling temperature (0 to 2), if set.
-    pub fn temperature(&self) -> Option<f64> {
-        self.temperature
-    }
 }
 
 /// Builds a [`Runtime`] from a spec, with optional extensions.
@@ -207,14 +135,17 @@ impl<'s> Builder<'s> {
                 None => Err(format!(
                     "agent `{}` is of kind `llm`, but no LLM factory was given to the builder \
                      (the llm kind is provided by the LLM crate)",
-                    spec.name
+                    spec.name()
                 )),
                 Some(factory) => factory
                     .create(spec)
-                    .map_err(|reason| format!("agent `{}`: {reason}", spec.name)),
+                    .map_err(|reason| format!("agent `{}`: {reason}", spec.name())),
             };
             match made {
-                Ok(inner) => agents.push(SpecBound::new(spec, inner)),
+                Ok(inner) => agents.push(SpecBound {
+                    spec: spec.clone(),
+                    inner,
+                }),
                 Err(message) => problems.push(Problem::new(&spec.origin, spec.at, message)),
             }
         }
@@ -245,13 +176,13 @@ fn register(
                 .register_with_scope(agent.clone(), scope);
         }
         AgentEntry::Command(agent) => {
-            let scope = scope(&agent.writes);
+            let scope = scope(&agent.wake.writes);
             runtime.register_async_with_scope(agent.clone(), scope);
         }
         AgentEntry::Llm(_) => {
             // Made in spec order by `llm_agents`, so the next one is this entry's.
             if let Some(agent) = llm_agents.next() {
-                let scope = scope(&agent.writes);
+                let scope = scope(&agent.spec.wake.writes);
                 runtime.register_async_with_scope(agent, scope);
             }
         }
@@ -275,40 +206,28 @@ impl super::KeyPolicy {
     }
 }
 
-/// A factory-made agent, held to the spec's name, dependencies and grant.
+/// A factory-made agent, held to the spec's name, dependencies, grant and wake rule.
 struct SpecBound {
-    name: String,
-    reads: Vec<ContextKey>,
-    writes: Vec<ContextKey>,
+    spec: LlmAgentSpec,
     inner: Box<dyn AsyncAgent>,
-}
-
-impl SpecBound {
-    fn new(spec: &LlmAgentSpec, inner: Box<dyn AsyncAgent>) -> SpecBound {
-        SpecBound {
-            name: spec.name.clone(),
-            reads: spec.reads.clone(),
-            writes: spec.writes.clone(),
-            inner,
-        }
-    }
 }
 
 impl AsyncAgent for SpecBound {
     fn name(&self) -> &str {
-        &self.name
+        &self.spec.wake.name
     }
 
     fn dependencies(&self) -> &[ContextKey] {
-        &self.reads
+        &self.spec.wake.reads
     }
 
     fn requested_scope(&self) -> AuthorityScope {
-        scope(&self.writes)
+        scope(&self.spec.wake.writes)
     }
 
+    /// The spec's wake rule (see [`LlmAgentSpec::accepts`]), then the agent's own.
     fn accepts(&self, ctx: &Context) -> bool {
-        self.inner.accepts(ctx)
+        self.spec.accepts(ctx) && self.inner.accepts(ctx)
     }
 
     fn execute<'a>(&'a self, ctx: &'a Context) -> AgentFuture<'a> {

@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::expr::{Bindings, Expression};
 use super::view::{facts_read, facts_view};
+use super::wake::Wake;
 use crate::agent::{AgentFuture, AsyncAgent};
 
 /// The version of the stdin/stdout protocol, sent as `"protocol"` on stdin.
@@ -46,11 +46,8 @@ const STDOUT_QUOTED_CHARS_MAX: usize = 200;
 /// A command agent, ready to register.
 #[derive(Clone)]
 pub(crate) struct CommandAgent {
-    pub(crate) name: Arc<str>,
-    pub(crate) reads: Vec<ContextKey>,
-    pub(crate) writes: Vec<ContextKey>,
-    pub(crate) when: Option<Expression>,
-    pub(crate) cel: Arc<cel::Env>,
+    /// Name, reads, writes and `when`.
+    pub(crate) wake: Wake,
     /// The command as written; `argv[0]` names the program.
     pub(crate) argv: Arc<[String]>,
     /// The program to start: `argv[0]` resolved against the spec's directory when it is a path.
@@ -97,29 +94,13 @@ struct Exchange {
 }
 
 impl CommandAgent {
-    fn has_produced(&self, ctx: &Context) -> bool {
-        self.writes.iter().any(|key| {
-            ctx.get(*key)
-                .any(|fact| fact.record().agent_name() == &*self.name)
-        })
-    }
-
-    fn condition(&self, ctx: &Context) -> Result<bool, String> {
-        let Some(when) = &self.when else {
-            return Ok(true);
-        };
-        let facts = facts_view(ctx, self.reads.iter().copied());
-        let bindings = Bindings::new(&self.cel, &[("facts", &facts)])?;
-        when.holds(&bindings, &[]).map_err(|e| format!("when: {e}"))
-    }
-
     fn input(&self, ctx: &Context) -> Vec<u8> {
-        let writes: Vec<&str> = self.writes.iter().map(|key| key.name()).collect();
+        let writes: Vec<&str> = self.wake.writes.iter().map(|key| key.name()).collect();
         let input = json!({
             "protocol": COMMAND_PROTOCOL,
-            "agent": &*self.name,
+            "agent": &*self.wake.name,
             "writes": writes,
-            "facts": facts_view(ctx, self.reads.iter().copied()),
+            "facts": facts_view(ctx, self.wake.reads.iter().copied()),
         });
         let mut bytes = serde_json::to_vec(&input).unwrap_or_default();
         bytes.push(b'\n');
@@ -127,7 +108,7 @@ impl CommandAgent {
     }
 
     async fn run(&self, ctx: &Context) -> Result<AgentEffect, String> {
-        if !self.condition(ctx)? {
+        if !self.wake.condition(ctx)? {
             return Ok(AgentEffect::empty());
         }
         let input = self.input(ctx);
@@ -156,7 +137,7 @@ impl CommandAgent {
         let observation = self.observation(&input, &exchange, stdout);
         let cited = effect.observe(observation);
         // A proposal that names no derivation is derived from everything the program read.
-        let read = facts_read(ctx, self.reads.iter().copied());
+        let read = facts_read(ctx, self.wake.reads.iter().copied());
         for proposal in output.proposals {
             let mut draft = draft(proposal)?;
             if draft.derivations().next().is_none() {
@@ -229,27 +210,20 @@ impl CommandAgent {
 
 impl AsyncAgent for CommandAgent {
     fn name(&self) -> &str {
-        &self.name
+        &self.wake.name
     }
 
     fn dependencies(&self) -> &[ContextKey] {
-        &self.reads
+        &self.wake.reads
     }
 
     fn requested_scope(&self) -> AuthorityScope {
-        AuthorityScope::keys(self.writes.iter().copied())
+        AuthorityScope::keys(self.wake.writes.iter().copied())
     }
 
-    /// A command with inputs runs when a key it reads has facts (it is woken whenever one
-    /// gains a fact); one without inputs runs until it has produced a fact. Either way only
-    /// while its `when` holds (or cannot be evaluated, so that `execute` records why).
+    /// See [`Wake::accepts`].
     fn accepts(&self, ctx: &Context) -> bool {
-        let ready = if self.reads.is_empty() {
-            !self.has_produced(ctx)
-        } else {
-            self.reads.iter().any(|key| ctx.has(*key))
-        };
-        ready && self.condition(ctx).unwrap_or(true)
+        self.wake.accepts(ctx)
     }
 
     fn execute<'a>(&'a self, ctx: &'a Context) -> AgentFuture<'a> {
@@ -258,7 +232,7 @@ impl AsyncAgent for CommandAgent {
                 Ok(effect) => effect,
                 Err(error) => AgentEffect::failed(format!(
                     "command agent {:?} ({}): {error}",
-                    &*self.name,
+                    &*self.wake.name,
                     self.argv.join(" ")
                 )),
             }

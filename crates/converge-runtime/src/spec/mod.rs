@@ -60,12 +60,14 @@ mod command;
 mod error;
 mod expr;
 mod invariant;
+mod llm;
 mod raw;
 mod rule;
 mod schema;
 mod seed;
 mod template;
 mod view;
+mod wake;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -73,7 +75,7 @@ use std::sync::Arc;
 
 use converge_core::{ContextKey, FailurePolicy, RootIntent};
 
-pub use build::{Builder, LlmAgentSpec, LlmFactory};
+pub use build::{Builder, LlmFactory};
 pub use check::{AGENT_NAME_LEN_MAX, SPEC_VERSION};
 pub use command::{
     COMMAND_OUTPUT_BYTES_MAX_DEFAULT, COMMAND_PROTOCOL, COMMAND_STDERR_BYTES_MAX,
@@ -81,6 +83,7 @@ pub use command::{
 };
 pub use error::{Problem, SpecError};
 pub use expr::{EXPRESSION_BYTES_MAX, EXPRESSION_DEPTH_MAX};
+pub use llm::{LLM_ERROR_KINDS, LlmAgentSpec, LlmPrompt, LlmRetry, StructuredOutput};
 pub use template::TEMPLATE_BYTES_MAX;
 pub use view::facts_view;
 
@@ -125,7 +128,11 @@ pub(crate) struct Parts {
     pub(crate) invariants: Vec<CelInvariant>,
     pub(crate) driver: DriverConfig,
     pub(crate) failure_policy: FailurePolicy,
+    pub(crate) llm_concurrency_max: usize,
 }
+
+/// How many model calls a run has in flight at once when its spec does not say.
+pub const LLM_CONCURRENCY_MAX_DEFAULT: usize = 4;
 
 /// How proposals into one configured key are validated.
 pub(crate) struct KeyPolicy {
@@ -147,8 +154,8 @@ impl AgentEntry {
         match self {
             AgentEntry::Seed(agent) => &agent.name,
             AgentEntry::Rule(agent) => &agent.name,
-            AgentEntry::Command(agent) => &agent.name,
-            AgentEntry::Llm(spec) => &spec.name,
+            AgentEntry::Command(agent) => &agent.wake.name,
+            AgentEntry::Llm(spec) => spec.name(),
         }
     }
 }
@@ -242,6 +249,20 @@ impl JobSpec {
     /// The wall-clock budget, enforced by the driver, if the spec sets one.
     pub fn time_budget_ms(&self) -> Option<u64> {
         self.parts.driver.time_budget_ms
+    }
+
+    /// The spec's `llm` agents, in spec order.
+    pub fn llm_agents(&self) -> impl Iterator<Item = &LlmAgentSpec> {
+        self.parts.agents.iter().filter_map(|entry| match entry {
+            AgentEntry::Llm(spec) => Some(spec),
+            _ => None,
+        })
+    }
+
+    /// The most model calls the run may have in flight at once, over all its `llm` agents
+    /// (`runtime.llm_concurrency_max`, [`LLM_CONCURRENCY_MAX_DEFAULT`] unless set).
+    pub fn llm_concurrency_max(&self) -> usize {
+        self.parts.llm_concurrency_max
     }
 
     /// Builds the runtime (see [`Builder::build`]). A spec with `llm` agents needs

@@ -121,12 +121,12 @@ pub(crate) struct RawAgent {
     pub(crate) writes: Option<Spanned<Vec<Spanned<String>>>>,
     // seed
     pub(crate) facts: Option<Spanned<Vec<RawFact>>>,
-    // rule and command
+    // rule, command and llm
     pub(crate) when: Option<Spanned<String>>,
     // rule
     pub(crate) for_each: Option<Spanned<String>>,
     pub(crate) propose: Option<Spanned<RawPropose>>,
-    // command
+    // command (and `timeout_ms` for llm)
     pub(crate) command: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) env: Option<Spanned<BTreeMap<String, String>>>,
     pub(crate) timeout_ms: Option<Spanned<u64>>,
@@ -138,6 +138,27 @@ pub(crate) struct RawAgent {
     pub(crate) prompt: Option<Spanned<String>>,
     pub(crate) max_tokens: Option<Spanned<u32>>,
     pub(crate) temperature: Option<Spanned<f64>>,
+    pub(crate) base_url: Option<Spanned<String>>,
+    pub(crate) structured_output: Option<Spanned<RawStructured>>,
+    pub(crate) retry: Option<Spanned<RawRetry>>,
+}
+
+/// How an `llm` agent asks for JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawStructured {
+    Schema,
+    JsonObject,
+    Prompt,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub(crate) attempts: Spanned<u32>,
+    pub(crate) backoff_ms: Option<Spanned<u64>>,
+    pub(crate) backoff_max_ms: Option<Spanned<u64>>,
+    pub(crate) on: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +202,7 @@ pub(crate) struct RawRuntime {
     pub(crate) concurrency_max: Option<Spanned<usize>>,
     pub(crate) agent_timeout_ms: Option<Spanned<u64>>,
     pub(crate) on_agent_failure: Option<RawFailurePolicy>,
+    pub(crate) llm_concurrency_max: Option<Spanned<usize>>,
 }
 
 /// Which fields each kind accepts, besides `name`, `kind`, `description`, `reads`, `writes`.
@@ -190,12 +212,17 @@ pub(crate) fn kind_fields(kind: RawKind) -> &'static [&'static str] {
         RawKind::Rule => &["when", "for_each", "propose"],
         RawKind::Command => &["when", "command", "env", "timeout_ms", "output_bytes_max"],
         RawKind::Llm => &[
+            "when",
             "provider",
+            "base_url",
             "model",
             "system",
             "prompt",
             "max_tokens",
             "temperature",
+            "timeout_ms",
+            "structured_output",
+            "retry",
         ],
     }
 }

@@ -17,10 +17,15 @@ use crate::spec::command::{
 };
 use crate::spec::error::At;
 use crate::spec::expr::Expression;
-use crate::spec::raw::{RawAgent, RawKind, RawPropose, kind_fields};
+use crate::spec::llm::{
+    LLM_ATTEMPTS_MAX, LLM_ERROR_KINDS, LLM_TIMEOUT_MS_DEFAULT, LLM_TIMEOUT_MS_MAX, LlmRetry,
+    StructuredOutput,
+};
+use crate::spec::raw::{RawAgent, RawKind, RawPropose, RawRetry, RawStructured, kind_fields};
 use crate::spec::rule::{Propose, RuleAgent};
 use crate::spec::seed::SeedFactsAgent;
 use crate::spec::template::{ContentTemplate, Templates};
+use crate::spec::wake::Wake;
 use crate::spec::{AgentEntry, LlmAgentSpec};
 
 impl Checker<'_> {
@@ -243,11 +248,13 @@ impl Checker<'_> {
         let timeout_ms = self.positive(raw.timeout_ms.as_ref(), "timeout_ms");
         let output_bytes_max = self.positive(raw.output_bytes_max.as_ref(), "output_bytes_max");
         Some(AgentEntry::Command(CommandAgent {
-            name: common.name,
-            reads: common.reads,
-            writes: common.writes,
-            when: when.ok()?,
-            cel: self.cel.clone(),
+            wake: Wake {
+                name: common.name,
+                reads: common.reads,
+                writes: common.writes,
+                when: when.ok()?,
+                cel: self.cel.clone(),
+            },
             argv: argv.into(),
             program,
             dir: self.base_dir.to_path_buf(),
@@ -263,12 +270,22 @@ impl Checker<'_> {
     }
 
     fn llm_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
+        let when = self.condition(raw.when.as_ref());
         let model = self.require(&common, "model", raw.model.as_ref());
+        if let Some(model) = model.filter(|model| model.value.trim().is_empty()) {
+            self.error(at(model), "`model` is empty");
+        }
         let prompt = self.require(&common, "prompt", raw.prompt.as_ref());
+        let mut templates = Templates::new();
         if let Some(prompt) = prompt
-            && let Err(error) = Templates::new().add("prompt", &prompt.value)
+            && let Err(error) = templates.add("prompt", &prompt.value)
         {
             self.error(at(prompt), format!("prompt: {error}"));
+        }
+        if let Some(system) = &raw.system
+            && let Err(error) = templates.add("system", &system.value)
+        {
+            self.error(at(system), format!("system: {error}"));
         }
         if let Some(tokens) = raw.max_tokens.as_ref().filter(|tokens| tokens.value == 0) {
             self.error(at(tokens), "`max_tokens` must be at least 1");
@@ -279,20 +296,109 @@ impl Checker<'_> {
         {
             self.error(at(t), "`temperature` must be a number from 0 to 2");
         }
+        if let Some(url) = &raw.base_url {
+            self.base_url(url);
+        }
+        let timeout_ms = self.positive(raw.timeout_ms.as_ref(), "timeout_ms");
+        if let Some(timeout) = raw.timeout_ms.as_ref()
+            && timeout.value > LLM_TIMEOUT_MS_MAX
+        {
+            let message =
+                format!("`timeout_ms` must be at most {LLM_TIMEOUT_MS_MAX} (ten minutes)");
+            self.error(at(timeout), message);
+        }
+        let retry = (raw.retry.as_ref())
+            .map_or(Some(LlmRetry::default()), |retry| self.retry(&retry.value));
         Some(AgentEntry::Llm(LlmAgentSpec {
-            name: common.name.to_string(),
+            wake: Wake {
+                name: common.name,
+                reads: common.reads,
+                writes: common.writes,
+                when: when.ok()?,
+                cel: self.cel.clone(),
+            },
             description: raw.description.clone(),
-            reads: common.reads,
-            writes: common.writes,
             provider: raw.provider.as_ref().map(|p| p.value.clone()),
+            base_url: raw.base_url.as_ref().map(|url| url.value.clone()),
             model: model?.value.clone(),
-            system: raw.system.as_ref().map(|s| s.value.clone()),
-            prompt: prompt?.value.clone(),
             max_tokens: raw.max_tokens.as_ref().map(|t| t.value),
             temperature: temperature.map(|t| t.value),
+            timeout_ms: timeout_ms.unwrap_or(LLM_TIMEOUT_MS_DEFAULT),
+            structured_output: match raw.structured_output.as_ref().map(|s| s.value) {
+                Some(RawStructured::Schema) | None => StructuredOutput::Schema,
+                Some(RawStructured::JsonObject) => StructuredOutput::JsonObject,
+                Some(RawStructured::Prompt) => StructuredOutput::Prompt,
+            },
+            retry: retry?,
+            has_system: raw.system.is_some(),
+            templates: Arc::new(templates),
             origin: self.origin.clone(),
             at: common.kind_at,
         }))
+    }
+
+    /// An http or https URL without credentials in it (they would end up in records).
+    fn base_url(&mut self, url: &Spanned<String>) {
+        let text = url.value.trim();
+        let Some(rest) = text
+            .strip_prefix("http://")
+            .or_else(|| text.strip_prefix("https://"))
+        else {
+            self.error(at(url), "`base_url` must start with http:// or https://");
+            return;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() {
+            self.error(at(url), "`base_url` has no host");
+        } else if authority.contains('@') {
+            let message = "`base_url` must not hold credentials; keys come from the environment \
+                           or the provider configuration";
+            self.error(at(url), message);
+        }
+    }
+
+    fn retry(&mut self, raw: &RawRetry) -> Option<LlmRetry> {
+        let mut retry = LlmRetry::default();
+        let mut ok = true;
+        if !(1..=LLM_ATTEMPTS_MAX).contains(&raw.attempts.value) {
+            let message = format!("`attempts` must be from 1 to {LLM_ATTEMPTS_MAX}");
+            self.error(at(&raw.attempts), message);
+            ok = false;
+        }
+        retry.attempts = raw.attempts.value;
+        if let Some(backoff) = &raw.backoff_ms {
+            retry.backoff_ms = backoff.value;
+        }
+        if let Some(max) = &raw.backoff_max_ms {
+            retry.backoff_max_ms = max.value;
+        }
+        if retry.backoff_max_ms > LLM_TIMEOUT_MS_MAX || retry.backoff_ms > retry.backoff_max_ms {
+            let place = raw.backoff_max_ms.as_ref().or(raw.backoff_ms.as_ref());
+            let message = format!(
+                "`backoff_ms` must be at most `backoff_max_ms` ({} unless set), itself at most \
+                 {LLM_TIMEOUT_MS_MAX}",
+                LlmRetry::default().backoff_max_ms
+            );
+            self.error(place.map(at).unwrap_or_default(), message);
+            ok = false;
+        }
+        if let Some(on) = &raw.on {
+            retry.on = Vec::new();
+            for name in on {
+                if LLM_ERROR_KINDS.contains(&name.value.as_str()) {
+                    retry.on.push(name.value.clone());
+                } else {
+                    let message = format!(
+                        "unknown failure `{}` in `retry.on`; expected one of {}",
+                        name.value,
+                        LLM_ERROR_KINDS.join(", ")
+                    );
+                    self.error(at(name), message);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(retry)
     }
 }
 
@@ -345,5 +451,8 @@ fn present_fields(raw: &RawAgent) -> Vec<(&'static str, At)> {
     note("prompt", raw.prompt.as_ref().map(at));
     note("max_tokens", raw.max_tokens.as_ref().map(at));
     note("temperature", raw.temperature.as_ref().map(at));
+    note("base_url", raw.base_url.as_ref().map(at));
+    note("structured_output", raw.structured_output.as_ref().map(at));
+    note("retry", raw.retry.as_ref().map(at));
     fields
 }

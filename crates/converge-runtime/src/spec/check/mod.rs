@@ -29,7 +29,7 @@ use super::raw::{
 };
 use super::schema::Schema;
 use super::seed::{SeedFact, SeedFactsAgent};
-use super::{AgentEntry, KeyPolicy, Parts};
+use super::{AgentEntry, KeyPolicy, LLM_CONCURRENCY_MAX_DEFAULT, Parts};
 use crate::DriverConfig;
 
 /// The only spec version this runtime reads.
@@ -100,6 +100,7 @@ impl<'a> Checker<'a> {
         let agents: Vec<AgentEntry> = raw.agents.iter().filter_map(|a| self.agent(a)).collect();
         let invariants = self.invariants(&raw.invariants);
         let (driver, failure_policy) = self.runtime(raw.runtime.as_ref(), time_budget_ms);
+        let llm_concurrency_max = self.llm_concurrency_max(raw.runtime.as_ref());
         self.cross_check(&raw.intent);
         if !self.errors.is_empty() {
             return Err(self.errors);
@@ -112,6 +113,7 @@ impl<'a> Checker<'a> {
             invariants,
             driver,
             failure_policy,
+            llm_concurrency_max,
         };
         Ok((parts, self.warnings))
     }
@@ -437,6 +439,18 @@ impl Checker<'_> {
             Some(RawFailurePolicy::Quarantine) | None => FailurePolicy::Quarantine,
         };
         (driver, policy)
+    }
+
+    fn llm_concurrency_max(&mut self, raw: Option<&RawRuntime>) -> usize {
+        let Some(limit) = raw.and_then(|raw| raw.llm_concurrency_max.as_ref()) else {
+            return LLM_CONCURRENCY_MAX_DEFAULT;
+        };
+        if limit.value == 0 || limit.value > CONCURRENCY_MAX_LIMIT {
+            let message =
+                format!("`llm_concurrency_max` must be from 1 to {CONCURRENCY_MAX_LIMIT}");
+            self.error(at(limit), message);
+        }
+        limit.value.clamp(1, CONCURRENCY_MAX_LIMIT)
     }
 
     // ---- who writes, who reads --------------------------------------------------------
