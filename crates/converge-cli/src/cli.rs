@@ -21,6 +21,11 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
+    /// The provider file for `llm` agents (default: providers.toml in the per-user config
+    /// directory, if it exists). API keys come from it or from the environment.
+    #[arg(long, global = true, env = "CONVERGE_PROVIDERS", value_name = "FILE")]
+    pub(crate) providers: Option<PathBuf>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -22,6 +22,7 @@ use converge_runtime::{
 use serde_json::json;
 
 use crate::cli::{Cli, Command, DecideArgs, Format};
+use crate::job::Calls;
 use crate::progress::Progress;
 
 /// How a command failed; printed on stderr as `converge: …`.
@@ -68,9 +69,12 @@ fn main() -> ExitCode {
 fn execute(cli: &Cli) -> Result<u8, CliError> {
     let path = store::journal_path(cli.db.as_deref())?;
     let mut journal = SqliteJournal::open(&path)?;
+    let live = Calls::Live {
+        providers: cli.providers.as_deref(),
+    };
     match &cli.command {
         Command::Run(args) => {
-            let loaded = job::load(&args.spec)?;
+            let loaded = job::load(&args.spec, live)?;
             for warning in &loaded.warnings {
                 let _ = writeln!(std::io::stderr(), "warning: {warning}");
             }
@@ -101,14 +105,14 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Inspect(args) => {
             let run_id = run_id(&args.run)?;
-            let runtime = job::runtime_of(&journal, &run_id)?;
+            let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let seen = runtime.inspect(&journal, &run_id)?;
             println!("{}", show::inspect(&seen, cli.json).trim_end());
             Ok(exit::OK)
         }
         Command::Why(args) => {
             let run_id = run_id(&args.run)?;
-            let runtime = job::runtime_of(&journal, &run_id)?;
+            let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let seen = runtime.inspect(&journal, &run_id)?;
             let fact = show::find_fact(&seen.result, &args.fact).map_err(CliError::Other)?;
             println!("{}", show::why(&seen.result, fact, cli.json).trim_end());
@@ -118,7 +122,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Reject(args) => decide(cli, &mut journal, args, false),
         Command::Resume(args) => {
             let run_id = run_id(&args.run)?;
-            let mut runtime = job::runtime_of(&journal, &run_id)?;
+            let mut runtime = job::runtime_of(&journal, &run_id, live)?;
             runtime.observe(Progress::new(cli.json));
             let result = block_on(runtime.resume_durable(&mut journal, &run_id))??;
             println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
@@ -126,7 +130,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Replay(args) => {
             let run_id = run_id(&args.run)?;
-            let runtime = job::runtime_of(&journal, &run_id)?;
+            let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let report = runtime.replay(&journal, &run_id)?;
             let code = match &report {
                 ReplayReport::Identical { .. } => exit::OK,
@@ -216,7 +220,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Export(args) => {
             let run_id = run_id(&args.run)?;
-            let runtime = job::runtime_of(&journal, &run_id)?;
+            let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let seen = runtime.inspect(&journal, &run_id)?;
             match args.format {
                 Format::Json => println!("{}", show::export_json(&seen)),
@@ -242,7 +246,10 @@ fn decide(
         ))
     })?;
     let actor = Actor::human(&args.actor).map_err(|error| CliError::Other(error.to_string()))?;
-    let mut runtime = job::runtime_of(journal, &run_id)?;
+    let live = Calls::Live {
+        providers: cli.providers.as_deref(),
+    };
+    let mut runtime = job::runtime_of(journal, &run_id, live)?;
     let seen = runtime.inspect(journal, &run_id)?;
     let StopReason::AwaitingApproval { pending } = &seen.result.stop_reason else {
         return Err(CliError::Other(format!(

@@ -191,7 +191,23 @@ fn redrive_step<'e>(
                     "a cycle was recorded but the run stops here",
                 ));
             };
-            let outcomes = step.input.outcomes_for(&batch).map_err(record_error)?;
+            let outcomes = match step.input.outcomes_for(&batch) {
+                Ok(outcomes) => outcomes,
+                // The run would execute agents whose outcomes the journal does not hold:
+                // re-deriving never executes an agent (no program runs, no model is called).
+                Err(
+                    error @ (RecordError::CycleMismatch { .. }
+                    | RecordError::BatchMismatch { .. }
+                    | RecordError::Outcome { .. }),
+                ) => {
+                    let detail = format!(
+                        "{error}; re-deriving uses recorded outcomes only and never executes an \
+                         agent"
+                    );
+                    return Err(diverged(run_id, step.step, &detail));
+                }
+                Err(error) => return Err(record_error(error)),
+            };
             if let Err(error) = run.submit(outcomes) {
                 return Err(diverged(run_id, step.step, &error.to_string()));
             }
@@ -211,16 +227,22 @@ fn redrive_step<'e>(
             }
             stopped(run_id, step, run)
         }
-        (Position::Running(mut run), StepInput::Stop) => {
-            if run.next_step() != Step::Stopped {
-                return Err(diverged(
-                    run_id,
-                    step.step,
-                    "a stop was recorded but the run goes on",
-                ));
+        (Position::Running(mut run), StepInput::Stop) => match run.next_step() {
+            Step::Stopped => stopped(run_id, step, run),
+            Step::Execute(batch) => {
+                let names: Vec<&str> = batch
+                    .agents()
+                    .iter()
+                    .filter_map(|&agent| run.agent_name(agent))
+                    .collect();
+                let detail = format!(
+                    "a stop was recorded but the run would execute {names:?} here, whose \
+                     outcomes the journal does not hold; re-deriving uses recorded outcomes \
+                     only and never executes an agent"
+                );
+                Err(diverged(run_id, step.step, &detail))
             }
-            stopped(run_id, step, run)
-        }
+        },
         (Position::Stopped(result), StepInput::Decisions { .. }) => {
             let mut run = engine.resume_run(result, step.input.decisions_into_core())?;
             compare(run_id, step, &mut run)?;

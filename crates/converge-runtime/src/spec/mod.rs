@@ -251,6 +251,16 @@ impl JobSpec {
         self.parts.driver.time_budget_ms
     }
 
+    /// The JSON Schema the spec gives for the content of `key`'s facts, if any.
+    pub fn key_schema(&self, key: ContextKey) -> Option<&serde_json::Value> {
+        let policy = self
+            .parts
+            .policies
+            .iter()
+            .find(|policy| policy.key == key)?;
+        policy.schema.as_ref().map(Schema::source)
+    }
+
     /// The spec's `llm` agents, in spec order.
     pub fn llm_agents(&self) -> impl Iterator<Item = &LlmAgentSpec> {
         self.parts.agents.iter().filter_map(|entry| match entry {

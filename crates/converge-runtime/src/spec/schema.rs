@@ -16,6 +16,7 @@ const SCHEMA_ERRORS_SHOWN_MAX: usize = 3;
 /// A compiled JSON Schema.
 #[derive(Clone)]
 pub(crate) struct Schema {
+    source: Arc<Value>,
     validator: Arc<jsonschema::Validator>,
 }
 
@@ -24,6 +25,7 @@ impl Schema {
     pub(crate) fn compile(schema: &Value) -> Result<Schema, String> {
         match jsonschema::validator_for(schema) {
             Ok(validator) => Ok(Schema {
+                source: Arc::new(schema.clone()),
                 validator: Arc::new(validator),
             }),
             Err(error) => {
@@ -36,6 +38,11 @@ impl Schema {
                 Err(format!("not a valid JSON Schema{place}: {error}"))
             }
         }
+    }
+
+    /// The schema as written.
+    pub(crate) fn source(&self) -> &Value {
+        &self.source
     }
 
     /// `Err` lists (some of) the ways `content` does not match.

@@ -1,0 +1,458 @@
+//! The OpenAI-compatible provider: one `POST {base_url}/chat/completions` per call.
+//!
+//! It speaks the chat completions format that OpenAI, Ollama, vLLM, llama.cpp and LM Studio
+//! share. The request and answer bodies are async-openai's types, so the wire format follows
+//! that crate; the exchange itself goes through [`http`], the same small reqwest transport
+//! the Anthropic provider uses, and not through `async_openai::Client`. That client retries
+//! 429, 5xx and connection errors three times on its own (its default executor always holds a
+//! retry layer), reads no `Retry-After` for the caller, logs error bodies through `tracing`
+//! before any key could be scrubbed from them, and turns a non-JSON error body into a parse
+//! error that loses the HTTP status. Here a call is exactly one request, and the retry policy
+//! stays the agent's.
+//!
+//! The answer is the first choice's message content; a refusal, a missing choice or an empty
+//! message is a [`crate::ErrorKind::MalformedResponse`].
+
+use async_openai::types::chat::{
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequest, CreateChatCompletionResponse,
+    ResponseFormat, ResponseFormatJsonSchema,
+};
+use converge_core::TokenUsage;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::provider::{ApiKey, CallError, ChatAnswer, ChatRequest, Provider, Structured};
+
+/// Which request field carries the answer's token limit.
+///
+/// OpenAI's newer models only accept `max_completion_tokens`; many OpenAI-compatible servers
+/// only know `max_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// `max_tokens`, the original field, which most compatible servers read.
+    MaxTokens,
+    /// `max_completion_tokens`, which OpenAI's reasoning models require.
+    MaxCompletionTokens,
+}
+
+/// A provider for an OpenAI-compatible chat completions endpoint.
+///
+/// Its `Debug` output never shows the key.
+#[derive(Debug)]
+pub struct OpenAiProvider {
+    base_url: String,
+    endpoint: String,
+    api_key: Option<ApiKey>,
+    max_tokens_field: MaxTokensField,
+    client: Result<reqwest::Client, String>,
+}
+
+impl OpenAiProvider {
+    /// A provider for the endpoint at `base_url`, like `https://api.openai.com/v1` or
+    /// `http://127.0.0.1:11434/v1` (a trailing slash is tolerated); requests go to
+    /// `{base_url}/chat/completions`. Without a key no `Authorization` header is sent.
+    pub fn new(
+        base_url: &str,
+        api_key: Option<ApiKey>,
+        max_tokens_field: MaxTokensField,
+    ) -> OpenAiProvider {
+        let base = base_url.trim().trim_end_matches('/');
+        OpenAiProvider {
+            base_url: http::record_url(base),
+            endpoint: format!("{base}/chat/completions"),
+            api_key,
+            max_tokens_field,
+            client: http::client(),
+        }
+    }
+
+    async fn exchange(&self, request: &ChatRequest) -> Result<ChatAnswer, CallError> {
+        let client = http::usable(&self.client)?;
+        let mut builder = client.post(&self.endpoint).json(&self.body(request));
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        let response = http::send(builder, &self.base_url).await?;
+        if !http::is_success(response.status) {
+            return Err(http::status_error(&response, error_message(&response.body)));
+        }
+        answer_of(&response)
+    }
+
+    // `max_tokens` is deprecated in async-openai, but it is the field most
+    // OpenAI-compatible servers read, so it stays selectable.
+    #[expect(
+        deprecated,
+        reason = "max_tokens is still what compatible servers read"
+    )]
+    fn body(&self, request: &ChatRequest) -> CreateChatCompletionRequest {
+        let limit = Some(request.max_tokens);
+        let (max_tokens, max_completion_tokens) = match self.max_tokens_field {
+            MaxTokensField::MaxTokens => (limit, None),
+            MaxTokensField::MaxCompletionTokens => (None, limit),
+        };
+        CreateChatCompletionRequest {
+            model: request.model.clone(),
+            messages: messages(request),
+            // The wire field is a single-precision float.
+            temperature: request.temperature.map(|t| t as f32),
+            max_tokens,
+            max_completion_tokens,
+            response_format: response_format(request),
+            ..CreateChatCompletionRequest::default()
+        }
+    }
+}
+
+impl Provider for OpenAiProvider {
+    fn wire(&self) -> &'static str {
+        "openai"
+    }
+
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn call<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatAnswer, CallError>> {
+        Box::pin(async move {
+            let answer = self.exchange(request).await;
+            answer.map_err(|error| http::scrubbed(self.api_key.as_ref(), error))
+        })
+    }
+}
+
+fn messages(request: &ChatRequest) -> Vec<ChatCompletionRequestMessage> {
+    vec![
+        ChatCompletionRequestSystemMessage::from(request.system.as_str()).into(),
+        ChatCompletionRequestUserMessage::from(request.prompt.as_str()).into(),
+    ]
+}
+
+fn response_format(request: &ChatRequest) -> Option<ResponseFormat> {
+    match request.structured {
+        Structured::Schema => Some(ResponseFormat::JsonSchema {
+            json_schema: ResponseFormatJsonSchema {
+                name: "answer".to_owned(),
+                description: None,
+                schema: request.schema.clone(),
+                // Strict mode accepts only a subset of JSON Schema; the answer is validated
+                // against the full schema afterwards anyway.
+                strict: Some(false),
+            },
+        }),
+        Structured::JsonObject => Some(ResponseFormat::JsonObject),
+        Structured::Prompt => None,
+    }
+}
+
+/// The answer of a 2xx response, or why it is not one.
+fn answer_of(response: &http::Response) -> Result<ChatAnswer, CallError> {
+    let json = response.json()?;
+    let usage = usage_of(&json);
+    let completion: CreateChatCompletionResponse = serde_json::from_value(json)
+        .map_err(|error| {
+            let quote = http::quote(&response.body);
+            format!("the response is not a chat completion ({error}): {quote}")
+        })
+        .map_err(|message| response.malformed(message, usage))?;
+    let finish = completion
+        .choices
+        .first()
+        .and_then(|c| finish_name(c.finish_reason));
+    let text = answer_text(completion.choices.into_iter().next(), finish.as_deref())
+        .map_err(|message| response.malformed(message, usage))?;
+    Ok(ChatAnswer {
+        id: Some(completion.id),
+        model: Some(completion.model),
+        text,
+        finish,
+        usage,
+    })
+}
+
+fn answer_text(
+    choice: Option<async_openai::types::chat::ChatChoice>,
+    finish: Option<&str>,
+) -> Result<String, String> {
+    let message = choice.ok_or("the response has no choices")?.message;
+    if let Some(refusal) = message.refusal {
+        return Err(format!(
+            "the model refused to answer: {}",
+            http::quote(refusal.as_bytes())
+        ));
+    }
+    message.content.ok_or_else(|| {
+        let finish = finish.unwrap_or("none");
+        format!("the answer has no content (finish_reason: {finish})")
+    })
+}
+
+/// `finish_reason` as its wire string (`stop`, `length`, `content_filter`, …).
+fn finish_name(reason: Option<async_openai::types::chat::FinishReason>) -> Option<String> {
+    let value = serde_json::to_value(reason?).ok()?;
+    value.as_str().map(str::to_owned)
+}
+
+/// The usage a response reports, read leniently so a malformed answer still reports it.
+fn usage_of(json: &Value) -> TokenUsage {
+    let usage = &json["usage"];
+    TokenUsage {
+        input: usage["prompt_tokens"].as_u64().unwrap_or(0),
+        output: usage["completion_tokens"].as_u64().unwrap_or(0),
+    }
+}
+
+/// The server's own text from an error body: `{"error": {"message": …}}` as OpenAI sends it,
+/// `{"error": "…"}` as some compatible servers do, else a quote of the body.
+fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: Detail,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Detail {
+        Object { message: String },
+        Text(String),
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(Envelope {
+            error: Detail::Object { message } | Detail::Text(message),
+        }) => message,
+        Err(_) => http::quote(body),
+    }
+}
+
+/// The HTTP exchange both providers share: one POST, the whole body read under a limit, the
+/// status and `Retry-After` kept, transport errors classified. No retry, no overall timeout
+/// (the caller bounds each call with its own), and no logging of anything a server sends.
+pub(crate) mod http {
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use converge_core::TokenUsage;
+    use serde_json::Value;
+
+    use crate::provider::{ApiKey, CallError, ErrorKind};
+
+    /// How long establishing a connection may take.
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The largest response body read; a model answer is far smaller.
+    const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
+    /// The most characters of a body quoted in an error message.
+    const QUOTE_CHARS_MAX: usize = 200;
+
+    /// A response, read whole.
+    pub(crate) struct Response {
+        pub(crate) status: u16,
+        pub(crate) retry_after: Option<Duration>,
+        pub(crate) body: Vec<u8>,
+    }
+
+    impl Response {
+        /// The body as JSON, or a [`ErrorKind::MalformedResponse`] quoting it.
+        pub(crate) fn json(&self) -> Result<Value, CallError> {
+            serde_json::from_slice(&self.body).map_err(|_| {
+                let quote = quote(&self.body);
+                self.malformed(
+                    format!("the response is not JSON: {quote}"),
+                    TokenUsage::default(),
+                )
+            })
+        }
+
+        /// A [`ErrorKind::MalformedResponse`] for this response, keeping its status and the
+        /// tokens it reported.
+        pub(crate) fn malformed(&self, message: String, usage: TokenUsage) -> CallError {
+            CallError {
+                status: Some(self.status),
+                usage,
+                ..CallError::new(ErrorKind::MalformedResponse, message)
+            }
+        }
+    }
+
+    /// The HTTP client of one provider: a connect timeout and nothing else. Building it can
+    /// only fail if TLS cannot be set up; that error is returned by every call instead.
+    pub(crate) fn client() -> Result<reqwest::Client, String> {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|error| describe(&error))
+    }
+
+    /// The client, or the error that kept it from being built.
+    pub(crate) fn usable(
+        client: &Result<reqwest::Client, String>,
+    ) -> Result<&reqwest::Client, CallError> {
+        client.as_ref().map_err(|error| {
+            let message = format!("the HTTP client could not be built: {error}");
+            CallError::new(ErrorKind::Connection, message)
+        })
+    }
+
+    /// `base_url` without credentials, for records.
+    pub(crate) fn record_url(base_url: &str) -> String {
+        match reqwest::Url::parse(base_url) {
+            Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+                // Both setters only fail for URLs that cannot hold credentials at all.
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.as_str().trim_end_matches('/').to_owned()
+            }
+            _ => base_url.to_owned(),
+        }
+    }
+
+    /// Sends `request` and reads the whole response.
+    pub(crate) async fn send(
+        request: reqwest::RequestBuilder,
+        endpoint: &str,
+    ) -> Result<Response, CallError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, endpoint))?;
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let reason = match read_body(response).await {
+            Ok(body) => {
+                return Ok(Response {
+                    status,
+                    retry_after,
+                    body,
+                });
+            }
+            Err(reason) => reason,
+        };
+        // A cut-off error response still says what kind of error it was.
+        let error = if is_success(status) {
+            CallError {
+                status: Some(status),
+                ..CallError::new(ErrorKind::MalformedResponse, reason)
+            }
+        } else {
+            CallError::status(status, reason)
+        };
+        Err(CallError {
+            retry_after,
+            ..error
+        })
+    }
+
+    pub(crate) fn is_success(status: u16) -> bool {
+        (200..300).contains(&status)
+    }
+
+    /// The error for a non-2xx response, with the server's `message`.
+    pub(crate) fn status_error(response: &Response, message: String) -> CallError {
+        CallError {
+            retry_after: response.retry_after,
+            ..CallError::status(response.status, message)
+        }
+    }
+
+    /// `error` with every trace of `key` removed from its message.
+    pub(crate) fn scrubbed(key: Option<&ApiKey>, mut error: CallError) -> CallError {
+        if let Some(key) = key {
+            error.message = key.scrub(&error.message);
+        }
+        error
+    }
+
+    /// At most [`QUOTE_CHARS_MAX`] characters of `body`, on one line.
+    pub(crate) fn quote(body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            return "(empty body)".to_owned();
+        }
+        let one_line = |c: char| if c.is_control() { ' ' } else { c };
+        if text.chars().count() <= QUOTE_CHARS_MAX {
+            return text.chars().map(one_line).collect();
+        }
+        let mut quote: String = text
+            .chars()
+            .take(QUOTE_CHARS_MAX - 1)
+            .map(one_line)
+            .collect();
+        quote.push('…');
+        quote
+    }
+
+    async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        // Each chunk is non-empty, so the limit bounds the loop.
+        while let Some(chunk) = response.chunk().await.map_err(|error| {
+            format!(
+                "the response body was cut off or unreadable: {}",
+                describe(&error)
+            )
+        })? {
+            if body.len() + chunk.len() > RESPONSE_BYTES_MAX {
+                let limit_mib = RESPONSE_BYTES_MAX / (1024 * 1024);
+                return Err(format!("the response body exceeds {limit_mib} MiB"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// `Retry-After` in seconds, integer or decimal; an HTTP date is ignored.
+    fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+        let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+        let seconds: f64 = value.trim().parse().ok()?;
+        Duration::try_from_secs_f64(seconds).ok()
+    }
+
+    fn transport_error(error: &reqwest::Error, endpoint: &str) -> CallError {
+        let detail = describe(error);
+        let (kind, message) = if error.is_timeout() {
+            (
+                ErrorKind::Timeout,
+                format!("the request to {endpoint} timed out: {detail}"),
+            )
+        } else if error.is_connect() {
+            (
+                ErrorKind::Connection,
+                format!("could not connect to {endpoint}: {detail}"),
+            )
+        } else if error.is_body() || error.is_decode() {
+            let message = format!("the response body was cut off or unreadable: {detail}");
+            (ErrorKind::MalformedResponse, message)
+        } else if error.is_builder() {
+            // A base URL or key that cannot make a request: retrying will not help.
+            let message = format!("the request to {endpoint} could not be built: {detail}");
+            (ErrorKind::ClientError, message)
+        } else {
+            (
+                ErrorKind::Connection,
+                format!("the exchange with {endpoint} failed: {detail}"),
+            )
+        };
+        CallError::new(kind, message)
+    }
+
+    /// The error and its causes, without the URL (which the caller names itself).
+    fn describe(error: &reqwest::Error) -> String {
+        let mut text = error.to_string();
+        if let Some(url) = error.url() {
+            text = text.replace(&format!(" for url ({url})"), "");
+        }
+        let mut source = error.source();
+        // Error chains are short; the bound only guards against a cycle.
+        for _ in 0..16 {
+            let Some(cause) = source else { break };
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}
