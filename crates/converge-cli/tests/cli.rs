@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use converge_llm::scripted::{Reply, ScriptedServer, Wire};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -373,6 +374,7 @@ fn every_example_runs_offline_to_its_documented_stop() {
         ("incident-triage.yaml", 0),
         ("budget-review.yaml", 0),
     ] {
+        // (churn-explainer.yaml needs a model: see the scripted-model test below.)
         let run = converge(&db, &["run", &example(spec), "--json"]);
         assert_eq!(code(&run), exit, "{spec}: {}{}", stdout(&run), stderr(&run));
         let summary = json(&run);
@@ -432,4 +434,101 @@ fn processes_opening_a_new_journal_at_once_all_get_it() {
             assert_eq!(json(&output), Value::Array(Vec::new()));
         }
     }
+}
+
+#[test]
+fn the_llm_example_runs_against_a_scripted_model_and_replays_without_it() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let server = tokio.block_on(ScriptedServer::start(Wire::OpenAi)).unwrap();
+    let answer = serde_json::json!({"proposals": [
+        {"key": "hypotheses", "id": "competitor-pull", "confidence": 0.8,
+         "content": {"claim": "The competitor's new stores draw customers away",
+                     "signals": ["churn-north", "competitor-launch"]}},
+        {"key": "hypotheses", "id": "support-friction", "confidence": 0.4,
+         "content": {"claim": "Long support waits push customers out",
+                     "signals": ["support-wait"]}}
+    ]});
+    server.push(Reply::answer(answer.to_string(), 412, 96));
+    // Configuration alone points the example's `ollama` provider at the scripted model.
+    let providers = dir.path().join("providers.toml");
+    let file = format!("[providers.ollama]\nbase_url = \"{}\"\n", server.base_url());
+    std::fs::write(&providers, file).unwrap();
+    let providers = providers.to_string_lossy().into_owned();
+
+    let run = converge(
+        &db,
+        &[
+            "--providers",
+            &providers,
+            "run",
+            &example("churn-explainer.yaml"),
+            "--json",
+        ],
+    );
+    assert_eq!(code(&run), 0, "{}{}", stdout(&run), stderr(&run));
+    assert!(server.violations().is_empty(), "{:?}", server.violations());
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    let body = requests[0].json().unwrap();
+    assert_eq!(body["model"], "llama3.2");
+    let prompt = body["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        prompt.contains("- competitor-launch: A competitor opened two stores"),
+        "{prompt}"
+    );
+
+    let seen = json(&converge(&db, &["inspect", "churn-explainer-1", "--json"]));
+    let ids: Vec<&str> = seen["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|fact| fact["key"] == "hypotheses" || fact["key"] == "strategies")
+        .map(|fact| fact["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "competitor-pull",
+            "support-friction",
+            "address-competitor-pull"
+        ]
+    );
+    let why = converge(
+        &db,
+        &["why", "churn-explainer-1", "hypotheses/competitor-pull"],
+    );
+    assert_eq!(code(&why), 0, "{}", stderr(&why));
+    assert!(
+        stdout(&why).contains("proposed by agent `explainer`"),
+        "{}",
+        stdout(&why)
+    );
+    assert!(
+        stdout(&why).contains("evidence: c2.a2.o0"),
+        "{}",
+        stdout(&why)
+    );
+
+    // Replay and verify need neither the model nor any provider configuration.
+    for command in ["replay", "verify"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_converge"))
+            .args(["--db", &db.to_string_lossy(), command, "churn-explainer-1"])
+            .env("CONVERGE_PROVIDERS", dir.path().join("missing.toml"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            code(&output),
+            0,
+            "{command}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+    }
+    assert_eq!(
+        server.request_count(),
+        1,
+        "nothing reached the model after the run"
+    );
 }
