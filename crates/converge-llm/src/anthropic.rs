@@ -7,14 +7,14 @@
 //! text the model wrote.
 //!
 //! The exchange itself (limits, `Retry-After`, transport errors) is the shared
-//! [`crate::openai::http`] transport.
+//! [`crate::http`] transport.
 
 use converge_core::TokenUsage;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::openai::http;
+use crate::http;
 use crate::provider::{ApiKey, CallError, ChatAnswer, ChatRequest, Provider, Structured};
 
 /// The Messages API version this provider speaks.

@@ -27,6 +27,7 @@ mod answer;
 mod anthropic;
 mod config;
 mod factory;
+mod http;
 mod openai;
 mod provider;
 pub mod scripted;

@@ -534,3 +534,43 @@ async fn a_missing_key_refuses_the_build_and_names_where_to_put_it() {
         .to_string();
     assert!(error.contains("unknown provider `nowhere`"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_keeps_its_model_calls_under_the_concurrency_limit() {
+    let server = ScriptedServer::start(Wire::OpenAi).await.unwrap();
+    let delay = Duration::from_millis(300);
+    for id in ["h1", "h2"] {
+        let text = answer(
+            json!([{"key": "hypotheses", "id": id, "content": {"claim": id}, "confidence": 0.5}]),
+        );
+        server.push(Reply::answer(text, 1, 1).delayed(delay));
+    }
+    // Two agents woken in the same cycle; the driver would run both at once.
+    let second = format!(
+        r#"  - name: second-opinion
+    kind: llm
+    provider: ollama
+    base_url: "{}"
+    model: llama3.2
+    reads: [signals]
+    writes: [hypotheses]
+    prompt: "Again: {{{{ facts.signals | tojson }}}}"
+runtime: {{llm_concurrency_max: 1}}"#,
+        server.base_url()
+    );
+    let started = std::time::Instant::now();
+    let ran = run(job("ollama", &server.base_url(), &second, "")).await;
+    let elapsed = started.elapsed();
+    assert!(ran.result.context.contains(ContextKey::Hypotheses, "h1"));
+    assert!(ran.result.context.contains(ContextKey::Hypotheses, "h2"));
+    assert_eq!(
+        ran.events_of("cycle_started")[1]["agents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // One call at a time: the second waited for the first answer.
+    assert!(elapsed >= delay * 2, "calls overlapped: {elapsed:?}");
+    assert_replays_offline(&ran, &server);
+}
