@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use converge_runtime::spec::check_base_url;
 use serde::Deserialize;
 
 use crate::openai::MaxTokensField;
@@ -255,7 +256,8 @@ impl Providers {
                 None => new_profile(&name, raw),
             }
             .map_err(invalid)?;
-            check_url(&name, &profile.base_url).map_err(invalid)?;
+            check_base_url(&profile.base_url)
+                .map_err(|error| invalid(format!("provider `{name}`: `base_url` {error}")))?;
             providers.profiles.insert(name, profile);
         }
         Ok(providers)
@@ -323,25 +325,6 @@ fn new_profile(name: &str, raw: RawProfile) -> Result<Profile, String> {
         api_key,
         max_tokens_field: raw.max_tokens_field.unwrap_or(MaxTokensField::MaxTokens),
     })
-}
-
-fn check_url(name: &str, url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| {
-            format!("provider `{name}`: `base_url` must start with http:// or https://")
-        })?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err(format!("provider `{name}`: `base_url` has no host"));
-    }
-    if authority.contains('@') {
-        return Err(format!(
-            "provider `{name}`: `base_url` must not hold credentials; use `api_key_env`"
-        ));
-    }
-    Ok(())
 }
 
 impl Profile {

@@ -285,6 +285,12 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_a_spec_may_name_in_retry_on_is_a_kind_and_back() {
+        let names: Vec<&str> = ErrorKind::ALL.iter().map(|kind| kind.name()).collect();
+        assert_eq!(names, converge_runtime::spec::LLM_ERROR_KINDS);
+    }
+
+    #[test]
     fn statuses_are_classified() {
         assert_eq!(ErrorKind::of_status(401), ErrorKind::Unauthorized);
         assert_eq!(ErrorKind::of_status(429), ErrorKind::RateLimited);

@@ -41,6 +41,35 @@ pub(crate) const LLM_TIMEOUT_MS_MAX: u64 = 600_000;
 /// How long one call may take when the spec does not say.
 pub(crate) const LLM_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 
+/// Checks a provider base URL: http or https, with a host and without credentials (which
+/// would end up in records). `Err` completes "`base_url` …".
+///
+/// ```
+/// use converge_runtime::spec::check_base_url;
+///
+/// assert!(check_base_url("http://127.0.0.1:11434/v1").is_ok());
+/// assert_eq!(check_base_url("ftp://x").unwrap_err(), "must start with http:// or https://");
+/// assert!(check_base_url("https://user:pw@host/v1").unwrap_err().starts_with("must not hold credentials"));
+/// ```
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| "must start with http:// or https://".to_owned())?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("has no host".to_owned());
+    }
+    if authority.contains('@') {
+        return Err(
+            "must not hold credentials; keys come from the environment or the \
+                    provider configuration"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// How an `llm` agent asks its provider for JSON (`structured_output:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StructuredOutput {

@@ -83,7 +83,9 @@ pub use command::{
 };
 pub use error::{Problem, SpecError};
 pub use expr::{EXPRESSION_BYTES_MAX, EXPRESSION_DEPTH_MAX};
-pub use llm::{LLM_ERROR_KINDS, LlmAgentSpec, LlmPrompt, LlmRetry, StructuredOutput};
+pub use llm::{
+    LLM_ERROR_KINDS, LlmAgentSpec, LlmPrompt, LlmRetry, StructuredOutput, check_base_url,
+};
 pub use template::TEMPLATE_BYTES_MAX;
 pub use view::facts_view;
 

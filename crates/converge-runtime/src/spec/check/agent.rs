@@ -19,7 +19,7 @@ use crate::spec::error::At;
 use crate::spec::expr::Expression;
 use crate::spec::llm::{
     LLM_ATTEMPTS_MAX, LLM_ERROR_KINDS, LLM_TIMEOUT_MS_DEFAULT, LLM_TIMEOUT_MS_MAX, LlmRetry,
-    StructuredOutput,
+    StructuredOutput, check_base_url,
 };
 use crate::spec::raw::{RawAgent, RawKind, RawPropose, RawRetry, RawStructured, kind_fields};
 use crate::spec::rule::{Propose, RuleAgent};
@@ -296,8 +296,10 @@ impl Checker<'_> {
         {
             self.error(at(t), "`temperature` must be a number from 0 to 2");
         }
-        if let Some(url) = &raw.base_url {
-            self.base_url(url);
+        if let Some(url) = &raw.base_url
+            && let Err(error) = check_base_url(url.value.trim())
+        {
+            self.error(at(url), format!("`base_url` {error}"));
         }
         let timeout_ms = self.positive(raw.timeout_ms.as_ref(), "timeout_ms");
         if let Some(timeout) = raw.timeout_ms.as_ref()
@@ -335,26 +337,6 @@ impl Checker<'_> {
             origin: self.origin.clone(),
             at: common.kind_at,
         }))
-    }
-
-    /// An http or https URL without credentials in it (they would end up in records).
-    fn base_url(&mut self, url: &Spanned<String>) {
-        let text = url.value.trim();
-        let Some(rest) = text
-            .strip_prefix("http://")
-            .or_else(|| text.strip_prefix("https://"))
-        else {
-            self.error(at(url), "`base_url` must start with http:// or https://");
-            return;
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.is_empty() {
-            self.error(at(url), "`base_url` has no host");
-        } else if authority.contains('@') {
-            let message = "`base_url` must not hold credentials; keys come from the environment \
-                           or the provider configuration";
-            self.error(at(url), message);
-        }
     }
 
     fn retry(&mut self, raw: &RawRetry) -> Option<LlmRetry> {
