@@ -69,7 +69,7 @@ pub(crate) enum Command {
     /// Approve a pending proposal, then run the job on to its next stop.
     #[command(after_help = "Examples:
   converge approve release-approval-1 c2.a3.p0 --as alice
-  converge approve release-approval-1 c2.a3.p0 --as alice --reason \"checked the rollout plan\"")]
+  converge approve release-approval-1 c2.a3.p0 --as alice --json")]
     Approve(DecideArgs),
 
     /// Reject a pending proposal, then run the job on to its next stop.
@@ -91,6 +91,17 @@ pub(crate) enum Command {
     #[command(after_help = "Examples:
   converge verify release-approval-1")]
     Verify(RunArg),
+
+    /// Serve the HTTP API and the web run viewer over this journal.
+    #[command(after_help = "Examples:
+  converge serve
+  converge serve --listen 0.0.0.0:7700 --allow-commands
+  converge token create --tenant acme --name alice --role approver")]
+    Serve(ServeArgs),
+
+    /// Make, list or revoke the API tokens `converge serve` accepts.
+    #[command(subcommand)]
+    Token(TokenCommand),
 
     /// Export a run's facts and provenance as JSON, or its provenance graph as Graphviz dot.
     #[command(after_help = "Examples:
@@ -143,6 +154,76 @@ pub(crate) struct ExportArgs {
     /// The output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub(crate) format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The address to listen on (loopback unless told otherwise).
+    #[arg(long, env = "CONVERGE_LISTEN", default_value = "127.0.0.1:7700")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub(crate) max_body: usize,
+    /// Seconds a client may take to send its request headers (also the idle keep-alive limit).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub(crate) header_timeout: u64,
+    /// Seconds a client may take to send its request body.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub(crate) body_timeout: u64,
+    /// Accept job specs with `command` agents (they run programs on this machine).
+    #[arg(long)]
+    pub(crate) allow_commands: bool,
+    /// Let whoever submitted a run also decide on its proposals.
+    #[arg(long)]
+    pub(crate) allow_self_approval: bool,
+    /// Where submitted specs are placed: relative command programs resolve from here
+    /// (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) jobs_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a token; its secret is printed once and only its hash is kept.
+    #[command(after_help = "Examples:
+  converge token create --tenant acme --name alice --role approver
+  converge token create --tenant acme --name ci --role submitter --json")]
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by its id (see `converge token list`).
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenCreateArgs {
+    /// The tenant: the token sees only this tenant's runs.
+    #[arg(long)]
+    pub(crate) tenant: String,
+    /// Who the token is: recorded as the actor of its decisions.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// What it may do.
+    #[arg(long, value_enum)]
+    pub(crate) role: RoleArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenRevokeArgs {
+    /// The token's id.
+    pub(crate) id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RoleArg {
+    /// Reads runs, events, facts and audits.
+    Viewer,
+    /// Also submits, cancels and resumes runs.
+    Submitter,
+    /// Also approves and rejects proposals.
+    Approver,
+    /// Everything.
+    Admin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

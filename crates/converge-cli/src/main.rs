@@ -21,7 +21,9 @@ use converge_runtime::{
 };
 use serde_json::json;
 
-use crate::cli::{Cli, Command, DecideArgs, Format};
+use converge_server::{Role, Server, ServerConfig, Tokens};
+
+use crate::cli::{Cli, Command, DecideArgs, Format, RoleArg, ServeArgs, TokenCommand};
 use crate::job::Calls;
 use crate::progress::Progress;
 
@@ -218,6 +220,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             }
             Ok(code)
         }
+        Command::Serve(args) => serve(&path, cli, args),
+        Command::Token(command) => token(&path, cli, command),
         Command::Export(args) => {
             let run_id = run_id(&args.run)?;
             let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
@@ -284,6 +288,130 @@ fn decide(
     let result = block_on(runtime.decide_durable(journal, &run_id, vec![decision]))??;
     println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
     Ok(stop_code(&result.stop_reason))
+}
+
+/// `converge serve`: the HTTP API and web viewer until Ctrl-C or SIGTERM.
+fn serve(db: &std::path::Path, cli: &Cli, args: &ServeArgs) -> Result<u8, CliError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONVERGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = ServerConfig::new(db.to_path_buf());
+    config.listen = args.listen;
+    config.max_body = args.max_body;
+    config.header_timeout = std::time::Duration::from_secs(args.header_timeout);
+    config.body_timeout = std::time::Duration::from_secs(args.body_timeout);
+    config.allow_commands = args.allow_commands;
+    config.allow_self_approval = args.allow_self_approval;
+    config.providers = cli.providers.clone();
+    if let Some(dir) = &args.jobs_dir {
+        config.jobs_dir = std::path::absolute(dir)
+            .map_err(|error| CliError::Other(format!("{}: {error}", dir.display())))?;
+    }
+    block_on(async move {
+        let server = Server::bind(config)
+            .await
+            .map_err(|error| CliError::Other(format!("cannot start the server: {error}")))?;
+        let _ = writeln!(
+            std::io::stderr(),
+            "converge: serving http://{} (journal {})",
+            server.local_addr(),
+            db.display()
+        );
+        server
+            .serve(shutdown_signal())
+            .await
+            .map_err(|error| CliError::Other(error.to_string()))
+    })??;
+    Ok(exit::OK)
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `converge token create | list | revoke`.
+fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, CliError> {
+    let tokens = Tokens::open(db).map_err(|error| CliError::Other(error.to_string()))?;
+    let failed = |error: converge_server::StoreError| CliError::Other(error.to_string());
+    match command {
+        TokenCommand::Create(args) => {
+            let role = match args.role {
+                RoleArg::Viewer => Role::Viewer,
+                RoleArg::Submitter => Role::Submitter,
+                RoleArg::Approver => Role::Approver,
+                RoleArg::Admin => Role::Admin,
+            };
+            let issued = tokens
+                .create(&args.tenant, &args.name, role)
+                .map_err(failed)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"token": issued.secret, "id": issued.info.id, "tenant": issued.info.tenant, "name": issued.info.name, "role": issued.info.role})
+                );
+            } else {
+                println!("{}", issued.secret);
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "token {} for {} ({}) in tenant {}: shown once, store it now",
+                    issued.info.id,
+                    issued.info.name,
+                    issued.info.role,
+                    issued.info.tenant
+                );
+            }
+        }
+        TokenCommand::List => {
+            let listed = tokens.list().map_err(failed)?;
+            if cli.json {
+                println!("{}", serde_json::to_value(&listed).unwrap_or_default());
+            } else if listed.is_empty() {
+                println!("no tokens (make one with `converge token create`)");
+            } else {
+                for token in listed {
+                    let state = if token.revoked_ms.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}  {:<10} {:<16} {:<24} {state}",
+                        token.id, token.role, token.tenant, token.name
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke(args) => {
+            tokens.revoke(&args.id).map_err(failed)?;
+            if cli.json {
+                println!("{}", json!({"revoked": args.id}));
+            } else {
+                println!("token {} revoked", args.id);
+            }
+        }
+    }
+    Ok(exit::OK)
 }
 
 fn run_id(text: &str) -> Result<RunId, CliError> {

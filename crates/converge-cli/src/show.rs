@@ -6,8 +6,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use converge_core::{ContextKey, ConvergeResult, Fact, FactRef, PendingApproval, StopReason};
+use converge_core::{ContextKey, ConvergeResult, Fact, PendingApproval, StopReason};
 use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
+use converge_server::view::{fact_json, lookup, pending_json, why_json};
 use serde_json::{Value, json};
 
 /// A stop reason in a few words.
@@ -141,30 +142,6 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-fn pending_json(result: &ConvergeResult) -> Value {
-    let StopReason::AwaitingApproval { pending } = &result.stop_reason else {
-        return json!([]);
-    };
-    Value::Array(
-        pending
-            .iter()
-            .map(|pending| {
-                json!({
-                    "proposal": pending.proposal,
-                    "hash": pending.hash,
-                    "key": pending.fact.key,
-                    "id": pending.fact.id,
-                    "content": result
-                        .pending_proposal(pending.proposal)
-                        .map(|proposal| proposal.content().clone()),
-                    "confidence": pending.confidence.value(),
-                    "agent": pending.agent,
-                })
-            })
-            .collect(),
-    )
-}
-
 fn pending_text(result: &ConvergeResult, pending: &[PendingApproval]) -> String {
     let mut out = String::from("  pending approvals:\n");
     for pending in pending {
@@ -182,31 +159,6 @@ fn pending_text(result: &ConvergeResult, pending: &[PendingApproval]) -> String 
         );
     }
     out
-}
-
-/// One fact with its provenance, as JSON.
-fn fact_json(fact: &Fact) -> Value {
-    let record = fact.record();
-    json!({
-        "key": fact.key(),
-        "id": fact.id(),
-        "version": fact.version(),
-        "content": fact.content(),
-        "confidence": fact.confidence().value(),
-        "content_hash": fact.content_hash(),
-        "agent": record.agent_name(),
-        "cycle": record.cycle(),
-        "proposal": record.proposal(),
-        "proposal_hash": fact.proposal_hash(),
-        "derived_from": record.derived_from(),
-        "evidence": record.evidence(),
-        "structural_checks": record.validation().structural(),
-        "validators": record.validation().validators().collect::<Vec<_>>(),
-        "policy_version": record.policy_version(),
-        "approver": record.approver(),
-        "correction": record.correction(),
-        "trace": record.trace(),
-    })
 }
 
 /// `converge inspect`.
@@ -319,38 +271,11 @@ pub(crate) fn find_fact<'r>(result: &'r ConvergeResult, name: &str) -> Result<&'
 /// `converge why`: the provenance tree of one fact.
 pub(crate) fn why(result: &ConvergeResult, fact: &Fact, json: bool) -> String {
     if json {
-        return why_json(result, fact, &mut BTreeSet::new()).to_string();
+        return why_json(result, fact).to_string();
     }
     let mut out = String::new();
     why_text(result, fact, "", &mut BTreeSet::new(), &mut out);
     out
-}
-
-fn why_json(
-    result: &ConvergeResult,
-    fact: &Fact,
-    seen: &mut BTreeSet<(ContextKey, String)>,
-) -> Value {
-    let mut value = fact_json(fact);
-    seen.insert((fact.key(), fact.id().as_str().to_owned()));
-    let sources: Vec<Value> = fact
-        .record()
-        .derived_from()
-        .iter()
-        .map(|source| match lookup(result, source) {
-            Some(parent) if !seen.contains(&(parent.key(), parent.id().as_str().to_owned())) => {
-                why_json(result, parent, seen)
-            }
-            Some(_) => json!({"key": source.key, "id": source.id, "shown_above": true}),
-            None => json!({"key": source.key, "id": source.id, "missing": true}),
-        })
-        .collect();
-    value["sources"] = Value::Array(sources);
-    value
-}
-
-fn lookup<'r>(result: &'r ConvergeResult, source: &FactRef) -> Option<&'r Fact> {
-    result.context.fact(source.key, source.id.as_str())
 }
 
 fn why_text(

@@ -532,3 +532,129 @@ fn the_llm_example_runs_against_a_scripted_model_and_replays_without_it() {
         "nothing reached the model after the run"
     );
 }
+
+/// One HTTP/1.1 request on a fresh loopback connection: (status, body).
+fn http(addr: &str, method: &str, path: &str, token: &str, body: &str, kind: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the server accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().expect("a status line");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let value = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, value)
+}
+
+#[test]
+fn converge_serve_runs_a_job_an_approver_approves_it_and_the_cli_audits_it() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let token = |name: &str, role: &str| {
+        let made = converge(
+            &db,
+            &[
+                "token", "create", "--tenant", "acme", "--name", name, "--role", role,
+            ],
+        );
+        assert_eq!(code(&made), 0, "{}", stderr(&made));
+        stdout(&made).trim().to_owned()
+    };
+    let (sam, alice) = (token("sam", "submitter"), token("alice", "approver"));
+    let listed = converge(&db, &["token", "list", "--json"]);
+    let listed = json(&listed);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    assert!(
+        !listed.to_string().contains(&sam[4..]),
+        "secrets are never listed"
+    );
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .arg("--db")
+        .arg(&db)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("CONVERGE_DB")
+        .env("CONVERGE_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+
+    let spec = std::fs::read_to_string(example("release-approval.yaml")).unwrap();
+    let (status, run) = http(
+        &addr,
+        "POST",
+        "/v1/runs?id=rel",
+        &sam,
+        &spec,
+        "application/yaml",
+    );
+    assert_eq!(status, 201, "{run}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pending = loop {
+        let (_, pending) = http(
+            &addr,
+            "GET",
+            "/v1/runs/rel/approvals",
+            &alice,
+            "",
+            "text/plain",
+        );
+        if pending["pending"]
+            .as_array()
+            .is_some_and(|list| !list.is_empty())
+        {
+            break pending["pending"][0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never parked its release"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let path = format!(
+        "/v1/runs/rel/approvals/{}/approve",
+        pending["proposal"].as_str().unwrap()
+    );
+    let body = serde_json::json!({"hash": pending["hash"]}).to_string();
+    let (status, decided) = http(&addr, "POST", &path, &alice, &body, "application/json");
+    assert_eq!(status, 200, "{decided}");
+    let run = loop {
+        let (_, run) = http(&addr, "GET", "/v1/runs/rel", &alice, "", "text/plain");
+        if run["status"] == "stopped" {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "the run never finished: {run}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(run["stop_reason"]["stop"], "converged", "{run}");
+
+    // The CLI sees the same run in the same journal (under its tenant-qualified id).
+    let why = converge(&db, &["why", "acme-rel", "release-2-4-0"]);
+    assert_eq!(code(&why), 0, "{}", stderr(&why));
+    assert!(stdout(&why).contains("alice"), "{}", stdout(&why));
+    let verify = converge(&db, &["verify", "acme-rel", "--json"]);
+    assert_eq!(json(&verify)["root_hash"], run["root_hash"]);
+
+    // SIGTERM stops it cleanly.
+    let pid = server.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = server.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "serve exits 0 on SIGTERM");
+}

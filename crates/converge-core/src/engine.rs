@@ -126,7 +126,7 @@ pub enum EngineError {
 /// ```
 pub struct Engine {
     setup: Setup,
-    observers: Vec<Box<dyn Observer>>,
+    observers: Vec<Box<dyn Observer + Send>>,
 }
 
 impl Engine {
@@ -230,7 +230,7 @@ impl Engine {
     }
 
     /// Adds an observer that receives every event of every run of this engine.
-    pub fn observe(&mut self, observer: impl Observer + 'static) {
+    pub fn observe(&mut self, observer: impl Observer + Send + 'static) {
         self.observers.push(Box::new(observer));
     }
 
@@ -322,7 +322,7 @@ impl fmt::Debug for Engine {
 }
 
 /// The sequential driver.
-fn drive(mut run: Run<'_>, observers: &mut [Box<dyn Observer>]) -> ConvergeResult {
+fn drive(mut run: Run<'_>, observers: &mut [Box<dyn Observer + Send>]) -> ConvergeResult {
     loop {
         let step = run.next_step();
         deliver(&mut run, observers);
@@ -344,7 +344,7 @@ fn drive(mut run: Run<'_>, observers: &mut [Box<dyn Observer>]) -> ConvergeResul
     run.into_result()
 }
 
-fn deliver(run: &mut Run<'_>, observers: &mut [Box<dyn Observer>]) {
+fn deliver(run: &mut Run<'_>, observers: &mut [Box<dyn Observer + Send>]) {
     while let Some(record) = run.poll_event() {
         for observer in observers.iter_mut() {
             observer.on_event(&record);

@@ -5,9 +5,12 @@
 //! timeout; synchronous agents run inline. Whatever order they finish in, the core merges
 //! their outcomes in `AgentId` order, so the events and root hash equal the sequential
 //! driver's. A panic or timeout becomes the agent's recorded failure; nothing unwinds. The
-//! wall-clock budget is read from the injected [`Clock`] between cycles.
+//! wall-clock budget is read from the injected [`Clock`] between cycles, and the runtime's
+//! [`Cancel`] handle is checked before every step and raced against every batch: a cancelled
+//! run halts with `cancelled by <by>: <reason>`, and agents cut short mid-batch are dropped and
+//! recorded as failed with that message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +23,11 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::agent::{AsyncAgent, AsyncStandIn};
+use crate::cancel::{Cancel, Cancellation};
 use crate::clock::{Clock, SystemClock};
 use crate::durable::{
-    DurableError, Inspection, Live, Position, ReplayReport, awaiting, header_of, inspect, redrive,
-    replay, status_of,
+    DurableError, HaltRecord, Inspection, Live, Position, ReplayReport, awaiting, header_of,
+    inspect, redrive, replay, status_of,
 };
 use crate::journal::{Journal, RunId};
 use crate::record::{JobRecord, StepInput};
@@ -72,6 +76,7 @@ pub struct Runtime {
     config: DriverConfig,
     clock: Arc<dyn Clock>,
     job: Option<JobRecord>,
+    cancel: Cancel,
 }
 
 impl Runtime {
@@ -85,6 +90,7 @@ impl Runtime {
             config: DriverConfig::default(),
             clock: Arc::new(SystemClock::new()),
             job: None,
+            cancel: Cancel::new(),
         }
     }
 
@@ -110,6 +116,20 @@ impl Runtime {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Runtime {
         self.clock = clock;
         self
+    }
+
+    /// With a cancellation handle: every later drive ([`Runtime::run`], [`Runtime::resume`],
+    /// [`Runtime::run_durable`], [`Runtime::resume_durable`], [`Runtime::decide_durable`])
+    /// halts once it is cancelled. A handle stays cancelled, so give each drive a fresh one
+    /// ([`Runtime::set_cancel`]) when the runtime is reused.
+    pub fn with_cancel(mut self, cancel: Cancel) -> Runtime {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Replaces the cancellation handle, for the drives that follow.
+    pub fn set_cancel(&mut self, cancel: Cancel) {
+        self.cancel = cancel;
     }
 
     /// The engine, to register synchronous agents or set policies, invariants and budgets.
@@ -150,7 +170,7 @@ impl Runtime {
     /// Runs to a stop.
     pub async fn run(&mut self, ctx: Context) -> Result<ConvergeResult, EngineError> {
         let run = self.engine.start(ctx)?;
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock, &self.cancel);
         Ok(executor.drive(run, &mut Deliver(&mut self.observers)).await)
     }
 
@@ -161,7 +181,7 @@ impl Runtime {
         decisions: Vec<Decision>,
     ) -> Result<ConvergeResult, EngineError> {
         let run = self.engine.resume_run(previous, decisions)?;
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock, &self.cancel);
         Ok(executor.drive(run, &mut Deliver(&mut self.observers)).await)
     }
 }
@@ -177,7 +197,7 @@ impl Runtime {
         let header = header_of(&self.engine, self.job.as_ref());
         let run = self.engine.start(Context::new())?;
         journal.create_run(run_id, &header)?;
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock, &self.cancel);
         let first = Some(StepInput::Start { header });
         drive_durable(
             executor,
@@ -220,7 +240,7 @@ impl Runtime {
                 return awaiting(run_id, result);
             }
         };
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock, &self.cancel);
         drive_durable(
             executor,
             &mut self.observers,
@@ -254,7 +274,7 @@ impl Runtime {
         };
         let input = StepInput::decisions(&decisions);
         let run = self.engine.resume_run(result, decisions)?;
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock);
+        let executor = Executor::new(&self.async_agents, self.config, &*self.clock, &self.cancel);
         drive_durable(
             executor,
             &mut self.observers,
@@ -265,6 +285,51 @@ impl Runtime {
             run,
         )
         .await
+    }
+
+    /// Cancels a durable run that is stopped awaiting approval — nobody is driving it — so it
+    /// stops for good, possibly in another process than the one that ran it. No agent
+    /// executes.
+    ///
+    /// Two steps are committed: the run resumes with no decisions (a `decisions` step holding
+    /// none, whose event is `run_resumed`), then halts with `cancelled by <by>: <reason>` (a
+    /// `halt` step: its parked proposals are recorded as undecided, then `run_stopped`); then
+    /// its status is set. Replay, resume and inspect re-derive exactly that.
+    ///
+    /// A run that stopped for good is [`DurableError::Finished`]; a run whose last committed
+    /// step left it going (being driven, or its driver died) is [`DurableError::NotStopped`]
+    /// — a drive is cancelled through its [`Cancel`] handle instead. Either way nothing is
+    /// written.
+    pub fn cancel_durable<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        run_id: &RunId,
+        by: &str,
+        reason: &str,
+    ) -> Result<ConvergeResult, DurableError> {
+        let recorded = journal.load(run_id)?;
+        let next_step = recorded.steps.len() as u64;
+        let result = match redrive(&self.engine, &recorded)? {
+            Position::Stopped(result) => awaiting(run_id, result)?,
+            Position::Running(_) | Position::Unstarted(_) => {
+                return Err(DurableError::NotStopped {
+                    run: run_id.clone(),
+                });
+            }
+        };
+        let mut run = self.engine.resume_run(result, Vec::new())?;
+        run.keep_encoded_events();
+        let mut observer = Deliver(&mut self.observers);
+        let mut live = Live {
+            journal,
+            run_id,
+            next_step,
+            observer: &mut observer,
+        };
+        live.commit(&StepInput::decisions(&[]), &mut run)?;
+        let halt = HaltRecord::cancelled(&Cancellation::new(by, reason));
+        live.halt(&halt, &mut run)?;
+        live.close(run)
     }
 
     /// Re-derives a recorded run up to its last committed step without executing any agent:
@@ -326,11 +391,13 @@ impl Observer for Deliver<'_> {
     }
 }
 
-/// What executing a batch needs: the async agents, limits and the clock.
+/// What executing a batch needs: the async agents, limits, the clock and the cancellation
+/// handle.
 pub(crate) struct Executor<'a> {
     pub(crate) async_agents: &'a BTreeMap<AgentId, Arc<dyn AsyncAgent>>,
     pub(crate) config: DriverConfig,
     pub(crate) clock: &'a dyn Clock,
+    pub(crate) cancel: &'a Cancel,
 }
 
 impl<'a> Executor<'a> {
@@ -338,23 +405,34 @@ impl<'a> Executor<'a> {
         async_agents: &'a BTreeMap<AgentId, Arc<dyn AsyncAgent>>,
         config: DriverConfig,
         clock: &'a dyn Clock,
+        cancel: &'a Cancel,
     ) -> Executor<'a> {
         Executor {
             async_agents,
             config,
             clock,
+            cancel,
         }
+    }
+
+    /// Who cancelled the drive and why, once cancelled.
+    pub(crate) fn cancellation(&self) -> Option<&Cancellation> {
+        self.cancel.cancellation()
     }
 
     /// Drives a run to its stop, delivering every event to `observer`.
     pub(crate) async fn drive(
         &self,
         mut run: Run<'_>,
-        observer: &mut dyn Observer,
+        observer: &mut (dyn Observer + Send),
     ) -> ConvergeResult {
         let started_ms = self.clock.now_ms();
         loop {
-            if let Some(exhausted) = self.time_exhausted(started_ms) {
+            if let Some(cancellation) = self.cancellation() {
+                let _ = run.halt(StopReason::Halted {
+                    reason: cancellation.to_string(),
+                });
+            } else if let Some(exhausted) = self.time_exhausted(started_ms) {
                 let _ = run.halt(StopReason::BudgetExhausted { exhausted });
             }
             let step = run.next_step();
@@ -387,6 +465,11 @@ impl<'a> Executor<'a> {
     }
 
     /// Executes one batch: async agents concurrently (bounded), synchronous ones inline.
+    ///
+    /// The batch races the cancellation handle. Once cancelled, no further agent starts, the
+    /// futures in flight are dropped, and every agent of the batch without an outcome gets
+    /// `AgentOutcome::Failed("cancelled by <by>: <reason>")`; the outcomes of agents that
+    /// finished are kept. The result always holds one outcome per agent of the batch.
     pub(crate) async fn execute(
         &self,
         run: &Run<'_>,
@@ -398,16 +481,35 @@ impl<'a> Executor<'a> {
         let mut queue = batch.agents().iter().copied();
         let limit = self.config.concurrency_max.max(1);
         loop {
-            while in_flight.len() < limit {
+            while in_flight.len() < limit && !self.cancel.is_cancelled() {
                 let Some(id) = queue.next() else { break };
                 match self.async_agents.get(&id) {
                     Some(agent) => in_flight.push(self.execute_async(id, &**agent, ctx)),
                     None => outcomes.push((id, execute_isolated(run.agent(id), ctx))),
                 }
             }
-            match in_flight.next().await {
+            let next = tokio::select! {
+                // An agent that finished is kept even when the cancellation arrived with it.
+                biased;
+                next = in_flight.next() => next,
+                () = self.cancel.cancelled() => None,
+            };
+            match next {
                 Some(outcome) => outcomes.push(outcome),
                 None => break,
+            }
+        }
+        // Agents cut short are never polled again: dropping their futures ends them (a
+        // command agent's process is killed on drop).
+        drop(in_flight);
+        if let Some(cancellation) = self.cancellation()
+            && outcomes.len() < batch.agents().len()
+        {
+            let finished: BTreeSet<AgentId> = outcomes.iter().map(|(id, _)| *id).collect();
+            for &id in batch.agents() {
+                if !finished.contains(&id) {
+                    outcomes.push((id, AgentOutcome::Failed(cancellation.to_string())));
+                }
             }
         }
         outcomes

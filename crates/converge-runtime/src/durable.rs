@@ -5,6 +5,12 @@
 //! stored: resuming, deciding and replaying all re-drive the recorded inputs through a fresh
 //! core run and check that it emits exactly the recorded events. Recorded cycles are never
 //! executed again; a step that was not committed when a process died is executed afresh.
+//!
+//! A driver's own reasons to stop — the wall-clock budget, a cancellation — are journaled as
+//! halt steps ([`HaltRecord`]), so re-deriving stops the same way without a clock or a
+//! cancellation handle. A cycle cut short by a cancellation is an ordinary cycle whose cut-short
+//! agents failed; a run awaiting approval is cancelled by resuming it with no decisions and
+//! halting it.
 
 use converge_core::{
     AgentId, AgentOutcome, Context, ConvergeResult, Digest, Engine, EngineError, EventRecord,
@@ -12,6 +18,7 @@ use converge_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::cancel::Cancellation;
 use crate::driver::{Executor, drain};
 use crate::journal::{
     Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus, RunSummary,
@@ -58,6 +65,16 @@ pub enum DurableError {
         recorded: Vec<String>,
         /// Agent names of this engine.
         actual: Vec<String>,
+    },
+    /// The run's last committed step left it going: a driver is driving it, or died while
+    /// driving it. Cancel a drive through its [`crate::Cancel`]; resume a dead one first.
+    #[error(
+        "run {run} has not stopped: it is being driven (cancel its drive), or its driver died \
+         (resume it first)"
+    )]
+    NotStopped {
+        /// The run.
+        run: RunId,
     },
     /// The run has stopped for good; there is nothing to resume.
     #[error("run {run} has already stopped: {reason}")]
@@ -118,17 +135,29 @@ pub enum ReplayReport {
 }
 
 /// Why a driver halted a run, as journaled (so replay halts the same way).
+///
+/// Stored as the `reason` of a [`StepInput::Halt`]: `{"halt":"time","limit_ms":…,
+/// "elapsed_ms":…}` or `{"halt":"cancelled","by":…,"reason":…}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "halt", rename_all = "snake_case", deny_unknown_fields)]
-enum HaltRecord {
+pub(crate) enum HaltRecord {
     /// The wall-clock budget ran out.
     Time { limit_ms: u64, elapsed_ms: u64 },
+    /// Someone cancelled the run ([`crate::Cancel`], [`crate::Runtime::cancel_durable`]).
+    Cancelled { by: String, reason: String },
 }
 
 impl HaltRecord {
+    pub(crate) fn cancelled(cancellation: &Cancellation) -> HaltRecord {
+        HaltRecord::Cancelled {
+            by: cancellation.by.clone(),
+            reason: cancellation.reason.clone(),
+        }
+    }
+
     fn stop_reason(&self) -> StopReason {
-        match *self {
-            HaltRecord::Time {
+        match self {
+            &HaltRecord::Time {
                 limit_ms,
                 elapsed_ms,
             } => StopReason::BudgetExhausted {
@@ -136,6 +165,9 @@ impl HaltRecord {
                     limit_ms,
                     elapsed_ms,
                 },
+            },
+            HaltRecord::Cancelled { by, reason } => StopReason::Halted {
+                reason: Cancellation::new(by, reason).to_string(),
             },
         }
     }
@@ -361,7 +393,7 @@ pub(crate) struct Live<'a, J: Journal> {
     pub(crate) journal: &'a mut J,
     pub(crate) run_id: &'a RunId,
     pub(crate) next_step: u64,
-    pub(crate) observer: &'a mut dyn Observer,
+    pub(crate) observer: &'a mut (dyn Observer + Send),
 }
 
 impl<J: Journal> Live<'_, J> {
@@ -382,7 +414,23 @@ impl<J: Journal> Live<'_, J> {
         Ok(())
     }
 
+    /// Halts the run for `halt` and commits the halt step (its `run_stopped` event).
+    pub(crate) fn halt(
+        &mut self,
+        halt: &HaltRecord,
+        run: &mut Run<'_>,
+    ) -> Result<(), DurableError> {
+        let _ = run.halt(halt.stop_reason());
+        let reason = serde_json::to_value(halt).unwrap_or_default();
+        self.commit(&StepInput::Halt { reason }, run)
+    }
+
     /// Executes and commits steps until the run stops, then records its status.
+    ///
+    /// Before each step the cancellation handle, then the wall-clock budget, may halt the
+    /// run (a journaled halt step). A batch cut short by a cancellation is committed like any
+    /// cycle, with the outcomes it has (agents cut short recorded as failed), so re-deriving
+    /// it never executes anything; the halt follows unless the cycle itself stopped the run.
     pub(crate) async fn drive(
         &mut self,
         executor: &Executor<'_>,
@@ -390,19 +438,25 @@ impl<J: Journal> Live<'_, J> {
     ) -> Result<ConvergeResult, DurableError> {
         let started_ms = executor.clock.now_ms();
         loop {
-            if let Some(Exhausted::Time {
-                limit_ms,
-                elapsed_ms,
-            }) = executor.time_exhausted(started_ms)
-            {
-                let halt = HaltRecord::Time {
-                    limit_ms,
-                    elapsed_ms,
+            // A run the last cycle stopped is not halted again: its stop step follows.
+            if run.stop_reason().is_none() {
+                let halt = match executor.cancellation() {
+                    Some(cancellation) => Some(HaltRecord::cancelled(cancellation)),
+                    None => match executor.time_exhausted(started_ms) {
+                        Some(Exhausted::Time {
+                            limit_ms,
+                            elapsed_ms,
+                        }) => Some(HaltRecord::Time {
+                            limit_ms,
+                            elapsed_ms,
+                        }),
+                        _ => None,
+                    },
                 };
-                let _ = run.halt(halt.stop_reason());
-                let reason = serde_json::to_value(&halt).unwrap_or_default();
-                self.commit(&StepInput::Halt { reason }, &mut run)?;
-                break;
+                if let Some(halt) = halt {
+                    self.halt(&halt, &mut run)?;
+                    break;
+                }
             }
             let Step::Execute(batch) = run.next_step() else {
                 self.commit(&StepInput::Stop, &mut run)?;
@@ -419,6 +473,11 @@ impl<J: Journal> Live<'_, J> {
             }
             self.commit(&input, &mut run)?;
         }
+        self.close(run)
+    }
+
+    /// Ends a run whose stop has been committed and records its status.
+    pub(crate) fn close(&mut self, run: Run<'_>) -> Result<ConvergeResult, DurableError> {
         let result = run.finish().unwrap_or_else(|run| {
             run.abandon(StopReason::Halted {
                 reason: "the driver ended before the run stopped".to_owned(),

@@ -2,11 +2,13 @@
 //!
 //! The core (`converge-core`) is a sans-I/O state machine. This crate drives it: an async
 //! driver runs I/O-bound agents concurrently within a cycle under a concurrency limit, a
-//! per-agent timeout and a wall-clock budget read from an injected [`Clock`]; a journal stores
+//! per-agent timeout and a wall-clock budget read from an injected [`Clock`], and halts a run
+//! when its [`Cancel`] handle is cancelled (journaled, so replay reproduces it); a journal stores
 //! every input of a run and its event hash chain in SQLite so a run can be resumed after a
 //! crash, replayed without calling any agent, and verified.
 
 mod agent;
+mod cancel;
 mod clock;
 mod driver;
 mod durable;
@@ -15,6 +17,7 @@ mod record;
 pub mod spec;
 
 pub use agent::{AgentFuture, AsyncAgent};
+pub use cancel::{Cancel, Cancellation};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use driver::{DriverConfig, Runtime};
 pub use durable::{Divergence, DurableError, Inspection, ReplayReport};

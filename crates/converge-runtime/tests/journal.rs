@@ -668,6 +668,266 @@ fn a_deleted_event_row_is_named_by_seq_and_step() {
     }
 }
 
+/// The first seq of each recorded step.
+fn step_starts(recording: &Recording) -> Vec<u64> {
+    (0..recording.steps.len())
+        .map(|step| recording.events_in(step))
+        .collect()
+}
+
+#[test]
+fn events_from_any_position_are_the_tail_of_the_run_and_pages_cut_it() {
+    let dir = TempDir::new().unwrap();
+    let (_, journal, id, recording) = recorded(&dir);
+    let total = recording.events_in(recording.steps.len());
+    let all = journal.events(&id, 0).unwrap();
+    assert_eq!(all.len() as u64, total);
+    // Every position: at a step's first event (its chunk starts there, so the hash before
+    // it comes from the previous chunk), inside a step, at and beyond the head.
+    for from in 0..=total + 2 {
+        let tail = journal.events(&id, from).unwrap();
+        let start = (from.min(total)) as usize;
+        assert_eq!(tail, all[start..], "from {from}");
+        for limit in [0, 1, 2, 5, 1000] {
+            let page = journal.events_page(&id, from, limit).unwrap();
+            let expected: Vec<_> = all[start..].iter().take(limit).cloned().collect();
+            assert_eq!(page, expected, "from {from}, limit {limit}");
+        }
+    }
+    assert!(
+        step_starts(&recording)
+            .iter()
+            .any(|&first| first > 0 && first < total)
+    );
+    let ghost = run_id("ghost");
+    for result in [journal.events(&ghost, 0), journal.events_page(&ghost, 3, 0)] {
+        assert!(matches!(result, Err(JournalError::UnknownRun { .. })));
+    }
+}
+
+#[test]
+fn an_altered_event_at_or_after_from_is_refused_by_events() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, recording) = recorded(&dir);
+    drop(journal);
+    let total = recording.events_in(recording.steps.len());
+    let starts = step_starts(&recording);
+    // A step's first event, one inside a step, and the last event.
+    let inside = (1..total - 1)
+        .find(|seq| !starts.contains(seq) && !starts.contains(&(seq + 1)))
+        .expect("a step with three events");
+    let first_of_step = starts[2];
+    for seq in [first_of_step, inside, total - 1] {
+        for hash in [false, true] {
+            let copy = dir.path().join(format!("after-{seq}-{hash}.journal"));
+            std::fs::copy(&path, &copy).unwrap();
+            let conn = tamperer(&copy);
+            flip(&conn, &id, seq, hash);
+            drop(conn);
+            let journal = SqliteJournal::open(&copy).unwrap();
+            let expected_step = Some(step_of(&recording, seq));
+            // From the altered event itself, from just before it, and from its step's start.
+            for from in [seq, seq - 1, starts[step_of(&recording, seq) as usize]] {
+                let refused = journal.events(&id, from);
+                assert!(
+                    matches!(
+                        &refused,
+                        Err(JournalError::Broken { first_bad_seq, step, reason: BreakReason::HashMismatch, .. })
+                            if *first_bad_seq == seq && *step == expected_step
+                    ),
+                    "seq {seq}, hash {hash}, from {from}: {refused:?}"
+                );
+                let page = journal.events_page(&id, from, (seq - from + 1) as usize);
+                assert!(
+                    matches!(page, Err(JournalError::Broken { first_bad_seq, .. }) if first_bad_seq == seq),
+                    "a page holding the altered event is refused (seq {seq}, from {from})"
+                );
+                if seq > from {
+                    // A page that ends before it never reads it.
+                    let before = journal
+                        .events_page(&id, from, (seq - from) as usize)
+                        .unwrap();
+                    assert_eq!(before.last().map(|event| event.seq), Some(seq - 1));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_altered_event_before_from_is_left_to_verify() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, recording) = recorded(&dir);
+    let original = journal.events(&id, 0).unwrap();
+    drop(journal);
+    let total = recording.events_in(recording.steps.len());
+    for seq in [0, total / 2] {
+        let copy = dir.path().join(format!("before-{seq}.journal"));
+        std::fs::copy(&path, &copy).unwrap();
+        let conn = tamperer(&copy);
+        flip(&conn, &id, seq, false);
+        drop(conn);
+        let journal = SqliteJournal::open(&copy).unwrap();
+        // The next event chains from the altered one's stored hash, which is intact; its
+        // body is not read.
+        let tail = journal.events(&id, seq + 1).unwrap();
+        assert_eq!(tail, original[seq as usize + 1..], "seq {seq}");
+        assert!(matches!(
+            journal.events(&id, seq),
+            Err(JournalError::Broken { first_bad_seq, .. }) if first_bad_seq == seq
+        ));
+        assert_eq!(
+            journal.verify(&id).unwrap(),
+            Verification::Broken {
+                first_bad_seq: seq,
+                step: Some(step_of(&recording, seq)),
+                reason: BreakReason::HashMismatch,
+            }
+        );
+    }
+
+    // An earlier step's input is not read either: verify names it, events from a later step
+    // do not see it.
+    let copy = dir.path().join("input.journal");
+    std::fs::copy(&path, &copy).unwrap();
+    let conn = tamperer(&copy);
+    conn.execute(
+        "UPDATE steps SET input = 'not json' WHERE run = ?1 AND step = 1",
+        rusqlite::params![id.as_str()],
+    )
+    .unwrap();
+    drop(conn);
+    let journal = SqliteJournal::open(&copy).unwrap();
+    let from = recording.events_in(3);
+    assert_eq!(
+        journal.events(&id, from).unwrap(),
+        original[from as usize..]
+    );
+    assert!(matches!(
+        journal.verify(&id).unwrap(),
+        Verification::Broken {
+            step: Some(1),
+            reason: BreakReason::StepUnreadable { .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn missing_and_misplaced_entries_after_from_are_refused_by_events() {
+    let dir = TempDir::new().unwrap();
+    let (path, journal, id, recording) = recorded(&dir);
+    drop(journal);
+    let total = recording.events_in(recording.steps.len());
+    let starts = step_starts(&recording);
+    let target_step = recording.steps.len() - 2;
+    let target = starts[target_step];
+    let from = starts[1] + 1;
+
+    // A deleted chunk after `from`.
+    let copy = dir.path().join("deleted.journal");
+    std::fs::copy(&path, &copy).unwrap();
+    let conn = tamperer(&copy);
+    conn.execute(
+        "DELETE FROM events WHERE run = ?1 AND first_seq = ?2",
+        rusqlite::params![id.as_str(), target as i64],
+    )
+    .unwrap();
+    drop(conn);
+    let journal = SqliteJournal::open(&copy).unwrap();
+    assert!(matches!(
+        journal.events(&id, from),
+        Err(JournalError::Broken { first_bad_seq, reason: BreakReason::Missing, .. })
+            if first_bad_seq == target
+    ));
+    // The event before `from` lost: there is no hash to chain from.
+    assert!(matches!(
+        journal.events(&id, target + 1),
+        Err(JournalError::Broken { first_bad_seq, reason: BreakReason::Missing, .. })
+            if first_bad_seq == target
+    ));
+
+    // A chunk filed under another step.
+    let copy = dir.path().join("misfiled.journal");
+    std::fs::copy(&path, &copy).unwrap();
+    let conn = tamperer(&copy);
+    conn.execute(
+        "UPDATE events SET step = step - 1 WHERE run = ?1 AND first_seq = ?2",
+        rusqlite::params![id.as_str(), target as i64],
+    )
+    .unwrap();
+    drop(conn);
+    let journal = SqliteJournal::open(&copy).unwrap();
+    for start in [from, target] {
+        let refused = journal.events(&id, start);
+        assert!(
+            matches!(
+                &refused,
+                Err(JournalError::Broken { first_bad_seq, reason: BreakReason::WrongStep { filed_under }, .. })
+                    if *first_bad_seq == target && *filed_under == target_step as u64 - 1
+            ),
+            "from {start}: {refused:?}"
+        );
+    }
+
+    // A step row after `from` deleted, or its range moved.
+    for (name, sql, reason) in [
+        (
+            "step-deleted",
+            "DELETE FROM steps WHERE run = ?1 AND step = ?2",
+            BreakReason::StepMissing,
+        ),
+        (
+            "step-moved",
+            "UPDATE steps SET first_seq = first_seq + 1 WHERE run = ?1 AND step = ?2",
+            BreakReason::StepRange,
+        ),
+    ] {
+        let copy = dir.path().join(format!("{name}.journal"));
+        std::fs::copy(&path, &copy).unwrap();
+        let conn = tamperer(&copy);
+        conn.execute(sql, rusqlite::params![id.as_str(), target_step as i64])
+            .unwrap();
+        drop(conn);
+        let journal = SqliteJournal::open(&copy).unwrap();
+        let refused = journal.events(&id, from);
+        assert!(
+            matches!(
+                &refused,
+                Err(JournalError::Broken { first_bad_seq, step, reason: found, .. })
+                    if *first_bad_seq == target && *step == Some(target_step as u64) && *found == reason
+            ),
+            "{name}: {refused:?}"
+        );
+        // A page that ends before the step does not read it.
+        let page = journal
+            .events_page(&id, from, (target - from) as usize)
+            .unwrap();
+        assert_eq!(page.len() as u64, target - from, "{name}");
+    }
+
+    // The run's root hash altered: only a read that reaches the head sees it.
+    let copy = dir.path().join("root.journal");
+    std::fs::copy(&path, &copy).unwrap();
+    Connection::open(&copy)
+        .unwrap()
+        .execute(
+            "UPDATE runs SET root_hash = ?2 WHERE id = ?1",
+            rusqlite::params![id.as_str(), Digest::of_bytes(b"forged").to_string()],
+        )
+        .unwrap();
+    let journal = SqliteJournal::open(&copy).unwrap();
+    assert!(matches!(
+        journal.events(&id, from),
+        Err(JournalError::Broken {
+            reason: BreakReason::RootMismatch,
+            ..
+        })
+    ));
+    assert_eq!(journal.events_page(&id, from, 2).unwrap().len(), 2);
+    assert!(total > from + 2);
+}
+
 #[test]
 fn an_altered_root_hash_or_a_dropped_last_step_is_detected() {
     let dir = TempDir::new().unwrap();

@@ -3,9 +3,14 @@
 //! Given a run's recorded head (step count, event count, root hash), its step rows in step
 //! order and its event chunks in seq order, these checks find the first entry that is
 //! missing, altered or out of place, recomputing the chain with [`EventRecord::link_hash`]
-//! over the stored bytes when they are read. They are pure — the store feeds them rows — and they deliberately do not
-//! re-derive anything through the core: checking that the inputs reproduce the chain is
-//! replay's job.
+//! over the stored bytes when they are read. They are pure — the store feeds them rows — and
+//! they deliberately do not re-derive anything through the core: checking that the inputs
+//! reproduce the chain is replay's job.
+//!
+//! A whole run is checked from step 0 and seq 0 ([`check_steps`], [`ChainWalk::new`]). A tail
+//! of it — what reading events from a seq on needs — is checked from the step holding that
+//! seq ([`check_tail_steps`]) and from the stored hash before it ([`ChainWalk::tail`]), so
+//! its cost follows the events read, not the run.
 
 use converge_core::{Digest, EventRecord};
 
@@ -37,23 +42,82 @@ pub(super) struct StepRow {
     pub(super) events: u64,
 }
 
+/// One stored step's place in the chain, without its input.
+pub(super) struct StepSpan {
+    pub(super) step: u64,
+    pub(super) first_seq: u64,
+    pub(super) events: u64,
+}
+
 /// What the step rows say: the readable prefix and the first step-level break.
 pub(super) struct Steps {
     /// The inputs of the valid prefix (only when asked to keep them).
     pub(super) inputs: Vec<StepInput>,
+    /// The number of the first step in `ranges`.
+    first_step: u64,
     /// `(first_seq, events)` of each step of the valid prefix.
     ranges: Vec<(u64, u64)>,
     pub(super) broken: Option<Break>,
 }
 
 impl Steps {
+    fn starting_at(first_step: u64) -> Steps {
+        Steps {
+            inputs: Vec::new(),
+            first_step,
+            ranges: Vec::new(),
+            broken: None,
+        }
+    }
+
     /// The step whose range holds `seq`, among the valid prefix.
     pub(super) fn step_of(&self, seq: u64) -> Option<u64> {
         let index = self
             .ranges
             .partition_point(|&(first, count)| first.saturating_add(count) <= seq);
         let (first, _) = self.ranges.get(index)?;
-        (*first <= seq).then_some(index as u64)
+        (*first <= seq).then_some(self.first_step + index as u64)
+    }
+
+    /// The step the next row must be.
+    fn next_step(&self) -> u64 {
+        self.first_step + self.ranges.len() as u64
+    }
+
+    /// Checks that `span` is the next step and starts where the last one ended (`next_seq`).
+    fn expect(&self, span: &StepSpan, next_seq: u64, head: &Head) -> Result<(), Break> {
+        let expected = self.next_step();
+        let at = |reason| Break {
+            seq: next_seq,
+            step: Some(expected),
+            reason,
+        };
+        if expected >= head.steps || span.step != expected {
+            return Err(at(BreakReason::StepMissing));
+        }
+        if span.first_seq != next_seq {
+            return Err(at(BreakReason::StepRange));
+        }
+        Ok(())
+    }
+
+    /// After the last row of a walk to the run's head: every step is there and the ranges end
+    /// at the head's event count.
+    fn check_end(&mut self, next_seq: u64, head: &Head) {
+        let next_step = self.next_step();
+        if next_step < head.steps {
+            self.broken = Some(Break {
+                seq: next_seq,
+                step: Some(next_step),
+                reason: BreakReason::StepMissing,
+            });
+        } else if next_seq != head.events {
+            self.broken = Some(Break {
+                seq: next_seq.min(head.events),
+                step: next_step.checked_sub(1),
+                reason: BreakReason::StepRange,
+            });
+        }
     }
 }
 
@@ -64,31 +128,26 @@ pub(super) fn check_steps(
     header: &RunHeader,
     keep_inputs: bool,
 ) -> Steps {
-    let mut steps = Steps {
-        inputs: Vec::new(),
-        ranges: Vec::new(),
-        broken: None,
-    };
+    let mut steps = Steps::starting_at(0);
     let mut next_seq = 0u64;
-    let mut count = 0u64;
     for row in rows {
-        let at = |reason| Break {
-            seq: next_seq,
-            step: Some(count),
-            reason,
+        let span = StepSpan {
+            step: row.step,
+            first_seq: row.first_seq,
+            events: row.events,
         };
-        if count >= head.steps || row.step != count {
-            steps.broken = Some(at(BreakReason::StepMissing));
-            return steps;
-        }
-        if row.first_seq != next_seq {
-            steps.broken = Some(at(BreakReason::StepRange));
+        if let Err(broken) = steps.expect(&span, next_seq, head) {
+            steps.broken = Some(broken);
             return steps;
         }
         let input = match read_input(&row, header) {
             Ok(input) => input,
             Err(detail) => {
-                steps.broken = Some(at(BreakReason::StepUnreadable { detail }));
+                steps.broken = Some(Break {
+                    seq: next_seq,
+                    step: Some(row.step),
+                    reason: BreakReason::StepUnreadable { detail },
+                });
                 return steps;
             }
         };
@@ -97,19 +156,48 @@ pub(super) fn check_steps(
         }
         steps.ranges.push((row.first_seq, row.events));
         next_seq = next_seq.saturating_add(row.events);
-        count += 1;
     }
-    if count < head.steps {
+    steps.check_end(next_seq, head);
+    steps
+}
+
+/// Checks the step spans that hold the events from `from` up to `end`, given in step order
+/// from a step that starts at or before `from`. Reaching the run's head (`end` equal to its
+/// event count), the spans must go on to its last step and end at its event count; short of
+/// it, they must cover `end`. Inputs are not read: [`check_steps`] reads them.
+pub(super) fn check_tail_steps(
+    spans: impl IntoIterator<Item = StepSpan>,
+    head: &Head,
+    from: u64,
+    end: u64,
+) -> Steps {
+    let mut spans = spans.into_iter().peekable();
+    let Some(first) = spans.peek() else {
+        let mut steps = Steps::starting_at(0);
         steps.broken = Some(Break {
-            seq: next_seq,
-            step: Some(count),
+            seq: from,
+            step: None,
             reason: BreakReason::StepMissing,
         });
-    } else if next_seq != head.events {
+        return steps;
+    };
+    let mut steps = Steps::starting_at(first.step);
+    let mut next_seq = first.first_seq;
+    for span in spans {
+        if let Err(broken) = steps.expect(&span, next_seq, head) {
+            steps.broken = Some(broken);
+            return steps;
+        }
+        steps.ranges.push((span.first_seq, span.events));
+        next_seq = next_seq.saturating_add(span.events);
+    }
+    if end >= head.events {
+        steps.check_end(next_seq, head);
+    } else if next_seq < end {
         steps.broken = Some(Break {
-            seq: next_seq.min(head.events),
-            step: count.checked_sub(1),
-            reason: BreakReason::StepRange,
+            seq: next_seq,
+            step: Some(steps.next_step()),
+            reason: BreakReason::StepMissing,
         });
     }
     steps
@@ -210,21 +298,48 @@ pub(super) fn split_chunk<'r>(
 pub(super) struct ChainWalk<'s> {
     steps: &'s Steps,
     head: Head,
-    /// Events at or after this seq are not checked: the steps are broken there.
+    /// Events at or after this seq are not checked: the steps are broken there, or the walk
+    /// was asked to stop there.
     limit: u64,
+    /// Whether the walk goes to the run's head (and so must end at its root hash).
+    to_head: bool,
     next: u64,
     previous: Digest,
 }
 
 impl<'s> ChainWalk<'s> {
+    /// A walk of the whole run, from seq 0.
     pub(super) fn new(steps: &'s Steps, head: Head) -> ChainWalk<'s> {
-        let limit = steps.broken.as_ref().map_or(u64::MAX, |broken| broken.seq);
+        ChainWalk::tail(steps, head, 0, Digest::zero(), u64::MAX)
+    }
+
+    /// A walk from seq `from`, whose predecessor's stored hash is `previous` (the zero digest
+    /// for seq 0), up to seq `end` (exclusive; the run's head when `end` reaches it). Events
+    /// before `from` are passed to [`ChainWalk::skip`], not fed.
+    pub(super) fn tail(
+        steps: &'s Steps,
+        head: Head,
+        from: u64,
+        previous: Digest,
+        end: u64,
+    ) -> ChainWalk<'s> {
+        let to_head = end >= head.events;
+        let broken = steps.broken.as_ref().map_or(u64::MAX, |broken| broken.seq);
         ChainWalk {
             steps,
             head,
-            limit,
-            next: 0,
-            previous: Digest::zero(),
+            limit: if to_head { broken } else { broken.min(end) },
+            to_head,
+            next: from,
+            previous,
+        }
+    }
+
+    /// Passes over a stored event before the walk's start; the one just before it gives the
+    /// hash the walk's first event chains from.
+    pub(super) fn skip(&mut self, entry: &Entry<'_>) {
+        if entry.seq.checked_add(1) == Some(self.next) {
+            self.previous = entry.hash;
         }
     }
 
@@ -280,7 +395,8 @@ impl<'s> ChainWalk<'s> {
         Ok(true)
     }
 
-    /// After the last row: the chain must reach the head and end at the root hash.
+    /// After the last row: the chain must reach the end of the walk and, for a walk to the
+    /// run's head, end at the root hash.
     pub(super) fn finish(self) -> Result<(), Break> {
         let end = self.limit.min(self.head.events);
         if self.next < end {
@@ -293,7 +409,7 @@ impl<'s> ChainWalk<'s> {
         if let Some(broken) = &self.steps.broken {
             return Err(broken.clone());
         }
-        if self.previous != self.head.root {
+        if self.to_head && self.previous != self.head.root {
             let last = self.head.events.saturating_sub(1);
             return Err(Break {
                 seq: last,

@@ -113,6 +113,15 @@ impl<J: Journal> Journal for FailingJournal<J> {
         self.inner.events(run, from)
     }
 
+    fn events_page(
+        &self,
+        run: &RunId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        self.inner.events_page(run, from, limit)
+    }
+
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
         self.inner.verify(run)
     }

@@ -9,8 +9,10 @@
 //! Facts are never stored and nothing here deserializes one: a run is re-derived by replaying
 //! its recorded inputs through the core, and the replayed events must reproduce the stored
 //! hashes. [`Journal`] is the storage contract (so a PostgreSQL store can satisfy it later);
-//! [`SqliteJournal`] is the embedded implementation. This module does not drive runs, replay
-//! them or decide when to write: that is the driver's job.
+//! [`SqliteJournal`] is the embedded implementation. Reading events from a position on
+//! ([`Journal::events`], [`Journal::events_page`]) costs what it returns, so a live reader can
+//! follow a run. This module does not drive runs, replay them or decide when to write: that is
+//! the driver's job.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -487,9 +489,32 @@ pub trait Journal {
     /// core emits, and [`Journal::verify`] checks the stored bodies.
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError>;
 
-    /// The stored events of a run from seq `from` on, each checked to chain from the stored
-    /// hash before it. Refuses an altered or missing event ([`JournalError::Broken`]).
+    /// The stored events of a run from seq `from` on (none when `from` is at or beyond its
+    /// head), each checked to chain from the stored hash before it and to be filed under the
+    /// step whose range holds it, and the last to end at the run's root hash. Refuses an
+    /// altered, missing or misplaced event among those returned ([`JournalError::Broken`]).
+    ///
+    /// Its cost follows the events returned, not the run: events before `from` are neither
+    /// read nor checked (the first returned chains from the stored hash of event `from - 1`,
+    /// taken as stored), so a reader that follows a run with a growing `from` pays for each
+    /// event once. [`Journal::verify`] checks the whole run.
     fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError>;
+
+    /// At most `limit` of the events [`Journal::events`] returns from `from`, checked the same
+    /// way (the root hash only when the page reaches the run's head): a page of the run.
+    ///
+    /// The provided implementation reads all of [`Journal::events`] and keeps the first
+    /// `limit`; a store overrides it to read only the page ([`SqliteJournal`] does).
+    fn events_page(
+        &self,
+        run: &RunId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        let mut events = self.events(run, from)?;
+        events.truncate(limit);
+        Ok(events)
+    }
 
     /// Recomputes the run's chain from the stored bodies and checks every stored hash, the
     /// contiguity of steps and seqs, and that the chain ends at the run's root hash.
@@ -540,6 +565,15 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         (**self).events(run, from)
     }
 
+    fn events_page(
+        &self,
+        run: &RunId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        (**self).events_page(run, from, limit)
+    }
+
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
         (**self).verify(run)
     }
@@ -587,6 +621,15 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
 
     fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
         (**self).events(run, from)
+    }
+
+    fn events_page(
+        &self,
+        run: &RunId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        (**self).events_page(run, from, limit)
     }
 
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {

@@ -13,11 +13,13 @@ use converge_core::{Digest, EventBatch};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
-use super::check::{Break, ChainWalk, Entry, Head, StepRow, check_steps, split_chunk};
+use super::check::{
+    Break, ChainWalk, Entry, Head, StepRow, StepSpan, check_steps, check_tail_steps, split_chunk,
+};
 use super::schema::{self, storage};
 use super::{
-    Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus, RunSummary, StoredEvent,
-    Verification,
+    BreakReason, Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus, RunSummary,
+    StoredEvent, Verification,
 };
 use crate::record::{RunHeader, StepInput};
 
@@ -133,7 +135,7 @@ impl SqliteJournal {
         run: &RunId,
         keep_inputs: bool,
         bodies: bool,
-        mut keep: impl FnMut(u64, &Entry<'_>),
+        keep: impl FnMut(u64, &Entry<'_>),
     ) -> Result<Scanned, JournalError> {
         // One read transaction: steps and events come from the same snapshot even while
         // another connection appends.
@@ -188,59 +190,151 @@ impl SqliteJournal {
         let mut rows = statement
             .query([run.as_str()])
             .map_err(storage("reading events"))?;
-        let read = storage("reading events");
-        let mut checked = Ok(());
-        'rows: while let Some(chunk) = rows.next().map_err(&read)? {
-            if walk.past_limit() {
-                break;
-            }
-            let first_seq = unsigned(chunk.get(0).map_err(&read)?, "seq")?;
-            let filed = unsigned(chunk.get(1).map_err(&read)?, "step")?;
-            let count = unsigned(chunk.get(2).map_err(&read)?, "event count")?;
-            let hashes = chunk
-                .get_ref(3)
-                .map_err(&read)?
-                .as_blob()
-                .map_err(&read_blob)?;
-            let parts = if bodies {
-                let ends = chunk
-                    .get_ref(4)
-                    .map_err(&read)?
-                    .as_blob()
-                    .map_err(&read_blob)?;
-                let bodies = chunk
-                    .get_ref(5)
-                    .map_err(&read)?
-                    .as_blob()
-                    .map_err(&read_blob)?;
-                Some((ends, bodies))
-            } else {
-                None
-            };
-            let entries = match split_chunk(first_seq, count, hashes, parts) {
-                Ok(entries) => entries,
-                Err(detail) => {
-                    checked = Err(walk.malformed(first_seq, detail));
-                    break;
-                }
-            };
-            for entry in &entries {
-                match walk.feed(filed, entry) {
-                    Ok(true) => keep(filed, entry),
-                    Ok(false) => break 'rows,
-                    Err(broken) => {
-                        checked = Err(broken);
-                        break 'rows;
-                    }
-                }
-            }
-        }
+        let checked = walk_chunks(&mut rows, &mut walk, bodies, 0, keep)?;
         let checked = checked.and_then(|()| walk.finish());
         Ok(Scanned {
             row,
             inputs,
             checked,
         })
+    }
+
+    /// The stored events from seq `from` on, at most `limit` of them, checked without
+    /// reading the run before them.
+    ///
+    /// Reads the run row, the chunk holding `from` (its `step` column names the step to start
+    /// from), the step rows from the one holding `from` to the one holding the last event
+    /// returned (their ranges only, or to the run's last step when the read reaches the
+    /// head), the stored hash of event `from - 1`, and the chunks from the one holding `from`
+    /// to the one holding the last event returned. Each event returned is checked as
+    /// [`Journal::verify`] checks it: no gap, nothing beyond the head, filed under the step
+    /// whose range holds it, its hash recomputed over its stored bytes chained from the stored
+    /// hash before it; a read that reaches the head also checks the last steps and the root
+    /// hash. Events before `from` are not checked.
+    fn tail(&self, run: &RunId, from: u64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
+        // One read transaction: every row comes from the same snapshot even while another
+        // connection appends.
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(storage("beginning a read"))?;
+        let row = read_run(&tx, run)?;
+        let head = row.head()?;
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let end = head.events.min(from.saturating_add(limit));
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let from_sql = signed(from)?;
+        // The chunk holding `from` (the last one starting at or before it) and the step it
+        // is filed under.
+        let hint: Option<(i64, i64, i64)> = tx
+            .prepare_cached(
+                "SELECT first_seq, step, count FROM events WHERE run = ?1 AND first_seq <= ?2 \
+                 ORDER BY first_seq DESC LIMIT 1",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![run.as_str(), from_sql], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .optional()
+            })
+            .map_err(storage("reading events"))?;
+        let (chunk_start, filed, count) = hint.unwrap_or((from_sql, i64::MAX, 0));
+        // Where the stored events before `from` end, when they end before it: not even
+        // event 0 is stored without a chunk at or before `from`.
+        let gap = match hint {
+            None => Some(0),
+            Some(_) => {
+                let chunk_end =
+                    unsigned(chunk_start, "seq")?.saturating_add(unsigned(count, "event count")?);
+                (chunk_end <= from).then_some(chunk_end)
+            }
+        };
+
+        // The step holding `from`: the last step at or before the one the chunk is filed
+        // under that starts at or before `from` (the filed step itself, unless misfiled).
+        let first_step: Option<i64> = tx
+            .prepare_cached(
+                "SELECT step FROM steps WHERE run = ?1 AND step <= ?2 AND first_seq <= ?3 \
+                 ORDER BY step DESC LIMIT 1",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![run.as_str(), filed, from_sql], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(storage("reading steps"))?;
+        let mut spans = Vec::new();
+        if let Some(first_step) = first_step {
+            let mut statement = tx
+                .prepare_cached(
+                    "SELECT step, first_seq, events FROM steps WHERE run = ?1 AND step >= ?2 \
+                     ORDER BY step",
+                )
+                .map_err(storage("reading steps"))?;
+            let mut rows = statement
+                .query(params![run.as_str(), first_step])
+                .map_err(storage("reading steps"))?;
+            let read = storage("reading steps");
+            while let Some(row) = rows.next().map_err(&read)? {
+                let span = StepSpan {
+                    step: unsigned(row.get(0).map_err(&read)?, "step number")?,
+                    first_seq: unsigned(row.get(1).map_err(&read)?, "first seq")?,
+                    events: unsigned(row.get(2).map_err(&read)?, "event count")?,
+                };
+                let covers_end = span.first_seq.saturating_add(span.events) >= end;
+                spans.push(span);
+                if covers_end && end < head.events {
+                    break;
+                }
+            }
+        }
+        let steps = check_tail_steps(spans, &head, from, end);
+        if let Some(seq) = gap {
+            return Err(SqliteJournal::broken(
+                run,
+                Break {
+                    seq,
+                    step: steps.step_of(seq),
+                    reason: BreakReason::Missing,
+                },
+            ));
+        }
+
+        // The stored hash the first event chains from: in the chunk holding `from` when it
+        // starts earlier (the walk picks it up), otherwise in the chunk before.
+        let previous = if from == 0 || chunk_start < from_sql {
+            Digest::zero()
+        } else {
+            stored_hash(&tx, run, from - 1)?.map_err(|broken| SqliteJournal::broken(run, broken))?
+        };
+        let mut walk = ChainWalk::tail(&steps, head, from, previous, end);
+        let mut statement = tx
+            .prepare_cached(
+                "SELECT first_seq, step, count, hashes, ends, bodies FROM events \
+                 WHERE run = ?1 AND first_seq >= ?2 ORDER BY first_seq",
+            )
+            .map_err(storage("reading events"))?;
+        let mut rows = statement
+            .query(params![run.as_str(), chunk_start])
+            .map_err(storage("reading events"))?;
+        let mut events = Vec::new();
+        let checked = walk_chunks(&mut rows, &mut walk, true, from, |step, entry| {
+            if let Some(body) = entry.body {
+                events.push(StoredEvent {
+                    seq: entry.seq,
+                    step,
+                    hash: entry.hash,
+                    body: body.to_vec(),
+                });
+            }
+        })?;
+        checked
+            .and_then(|()| walk.finish())
+            .map_err(|broken| SqliteJournal::broken(run, broken))?;
+        Ok(events)
     }
 
     fn broken(run: &RunId, broken: Break) -> JournalError {
@@ -251,6 +345,112 @@ impl SqliteJournal {
             reason: broken.reason,
         }
     }
+}
+
+/// Feeds stored chunks, in seq order, to `walk` until it is past its limit or breaks; `keep`
+/// receives each intact event with the step it is filed under. Events before `from` are
+/// skipped (the one just before gives the walk its starting hash). Returns the first break.
+fn walk_chunks(
+    rows: &mut rusqlite::Rows<'_>,
+    walk: &mut ChainWalk<'_>,
+    bodies: bool,
+    from: u64,
+    mut keep: impl FnMut(u64, &Entry<'_>),
+) -> Result<Result<(), Break>, JournalError> {
+    let read = storage("reading events");
+    while let Some(chunk) = rows.next().map_err(&read)? {
+        if walk.past_limit() {
+            break;
+        }
+        let first_seq = unsigned(chunk.get(0).map_err(&read)?, "seq")?;
+        let filed = unsigned(chunk.get(1).map_err(&read)?, "step")?;
+        let count = unsigned(chunk.get(2).map_err(&read)?, "event count")?;
+        let hashes = chunk
+            .get_ref(3)
+            .map_err(&read)?
+            .as_blob()
+            .map_err(&read_blob)?;
+        let parts = if bodies {
+            let ends = chunk
+                .get_ref(4)
+                .map_err(&read)?
+                .as_blob()
+                .map_err(&read_blob)?;
+            let bodies = chunk
+                .get_ref(5)
+                .map_err(&read)?
+                .as_blob()
+                .map_err(&read_blob)?;
+            Some((ends, bodies))
+        } else {
+            None
+        };
+        let entries = match split_chunk(first_seq, count, hashes, parts) {
+            Ok(entries) => entries,
+            Err(detail) => return Ok(Err(walk.malformed(first_seq, detail))),
+        };
+        for entry in &entries {
+            if entry.seq < from {
+                walk.skip(entry);
+                continue;
+            }
+            match walk.feed(filed, entry) {
+                Ok(true) => keep(filed, entry),
+                Ok(false) => return Ok(Ok(())),
+                Err(broken) => return Ok(Err(broken)),
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The stored hash of event `seq`, read from the chunk holding it without its bodies.
+fn stored_hash(
+    tx: &rusqlite::Transaction<'_>,
+    run: &RunId,
+    seq: u64,
+) -> Result<Result<Digest, Break>, JournalError> {
+    let read = storage("reading events");
+    let seq_sql = signed(seq)?;
+    let chunk: Option<(i64, i64, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT first_seq, count, hashes FROM events WHERE run = ?1 AND first_seq <= ?2 \
+             ORDER BY first_seq DESC LIMIT 1",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![run.as_str(), seq_sql], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+        })
+        .map_err(&read)?;
+    let missing = |at| Break {
+        seq: at,
+        step: None,
+        reason: BreakReason::Missing,
+    };
+    // Without a chunk starting at or before `seq`, not even event 0 is stored.
+    let Some((first_seq, count, hashes)) = chunk else {
+        return Ok(Err(missing(0)));
+    };
+    let first_seq = unsigned(first_seq, "seq")?;
+    let count = unsigned(count, "event count")?;
+    let entries = match split_chunk(first_seq, count, &hashes, None) {
+        Ok(entries) => entries,
+        Err(detail) => {
+            return Ok(Err(Break {
+                seq: first_seq,
+                step: None,
+                reason: BreakReason::Malformed { detail },
+            }));
+        }
+    };
+    Ok(entries
+        .iter()
+        .find(|entry| entry.seq == seq)
+        .map(|entry| entry.hash)
+        .ok_or_else(|| missing(first_seq.saturating_add(count))))
 }
 
 /// Most events a stored chunk holds.
@@ -535,19 +735,16 @@ impl Journal for SqliteJournal {
     }
 
     fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
-        let mut events = Vec::new();
-        let Scanned { checked, .. } = self.scan(run, false, true, |step, entry| {
-            if let (true, Some(body)) = (entry.seq >= from, entry.body) {
-                events.push(StoredEvent {
-                    seq: entry.seq,
-                    step,
-                    hash: entry.hash,
-                    body: body.to_vec(),
-                });
-            }
-        })?;
-        checked.map_err(|broken| SqliteJournal::broken(run, broken))?;
-        Ok(events)
+        self.tail(run, from, usize::MAX)
+    }
+
+    fn events_page(
+        &self,
+        run: &RunId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        self.tail(run, from, limit)
     }
 
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {

@@ -271,6 +271,15 @@ impl JobSpec {
         })
     }
 
+    /// The names of the spec's `command` agents (programs run on this machine), in spec order.
+    /// A service that accepts specs from others refuses these unless it trusts them.
+    pub fn command_agents(&self) -> impl Iterator<Item = &str> {
+        self.parts.agents.iter().filter_map(|entry| match entry {
+            AgentEntry::Command(agent) => Some(&*agent.wake.name),
+            _ => None,
+        })
+    }
+
     /// The most model calls the run may have in flight at once, over all its `llm` agents
     /// (`runtime.llm_concurrency_max`, [`LLM_CONCURRENCY_MAX_DEFAULT`] unless set).
     pub fn llm_concurrency_max(&self) -> usize {

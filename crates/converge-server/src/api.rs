@@ -1,0 +1,1020 @@
+//! The `/v1` routes: runs, facts, approvals, events, audits. Each handler checks the token's
+//! role, resolves the run within the token's tenant (another tenant's run is a 404), and
+//! answers JSON. The OpenAPI document is generated from the annotations here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use converge_core::{ContextKey, Digest, ProposalId, StopReason};
+use converge_runtime::{Cancel, RunId, RunStatus, RunSummary, Verification};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::{Action, Principal, Role};
+use crate::body::{JsonBody, RawBody, check_depth};
+use crate::error::{ApiError, ErrorBody};
+use crate::job::{self, Calls};
+use crate::service::{
+    self, EventEntry, Op, POLL, Service, build_error, durable_error, journal_error, owned,
+};
+use crate::store::{DecisionAttempt, Ownership, StoreError, now_ms};
+use crate::view;
+
+type Api = State<Arc<Service>>;
+
+/// A run as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RunView {
+    /// The run's id within its tenant.
+    id: String,
+    /// The tenant.
+    tenant: String,
+    /// Who submitted it (the token's name).
+    submitted_by: String,
+    /// When (milliseconds since the Unix epoch).
+    submitted_at_ms: u64,
+    /// `running`, `awaiting_approval` or `stopped`.
+    status: String,
+    /// The core's stop reason (`{"stop": "converged"}`, …) once stopped, else null.
+    #[schema(value_type = Option<Object>)]
+    stop_reason: Option<Value>,
+    /// Committed journal steps.
+    steps: u64,
+    /// Committed events.
+    events: u64,
+    /// The head of its hash chain.
+    root_hash: String,
+    /// Whether this server is driving it right now.
+    driving: bool,
+}
+
+/// The runs of a tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RunList {
+    runs: Vec<RunView>,
+}
+
+/// Who a token is.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WhoAmI {
+    name: String,
+    tenant: String,
+    role: Role,
+}
+
+/// `?id=` of a submission.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitQuery {
+    /// The new run's id (1 to 48 letters, digits, `_` or `-`); default `run-N`.
+    id: Option<String>,
+}
+
+/// `?limit=` of a listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// At most this many runs (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `?from=&limit=` of a page of events or audit entries.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    /// The first event's seq (default 0).
+    from: Option<u64>,
+    /// At most this many (default 500, at most 5000).
+    limit: Option<usize>,
+}
+
+/// An approval: the hash of the proposal as the approver was shown it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApproveRequest {
+    /// The pending proposal's hash (64 hex digits).
+    hash: String,
+}
+
+/// A rejection: the hash, and why.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RejectRequest {
+    /// The pending proposal's hash (64 hex digits).
+    hash: String,
+    /// Why it is rejected (recorded in the journal).
+    reason: String,
+}
+
+/// A cancellation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelRequest {
+    /// Why (recorded in the journal).
+    reason: Option<String>,
+}
+
+/// A decision that was accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DecisionAccepted {
+    /// The attempt as recorded.
+    decision: DecisionAttempt,
+    /// The run, now going on to its next stop.
+    run: RunView,
+}
+
+/// Every decision attempt on a run.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DecisionList {
+    decisions: Vec<DecisionAttempt>,
+}
+
+/// The principal, when the token's role allows `action`.
+pub(crate) async fn authorize(
+    service: &Arc<Service>,
+    headers: &HeaderMap,
+    action: Action,
+) -> Result<Principal, ApiError> {
+    let principal = crate::server::authenticate(service, headers).await?;
+    if !principal.role.allows(action) {
+        return Err(ApiError::forbidden(format!(
+            "a token with the {} role cannot do this; it needs {} token",
+            principal.role,
+            action.needs()
+        )));
+    }
+    Ok(principal)
+}
+
+/// The principal and the run it names, when both check out.
+async fn resolve(
+    service: &Arc<Service>,
+    headers: &HeaderMap,
+    action: Action,
+    id: &str,
+) -> Result<(Principal, Ownership), ApiError> {
+    let principal = authorize(service, headers, action).await?;
+    let owner = owned(service, &principal.tenant, id).await?;
+    Ok((principal, owner))
+}
+
+fn run_view(service: &Service, owner: &Ownership, summary: &RunSummary) -> RunView {
+    let stop_reason = match &summary.status {
+        RunStatus::Stopped { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    let driving = service.driving(&owner.run);
+    // A run being driven here is running, whatever status its last stop recorded.
+    let status = if driving {
+        "running"
+    } else {
+        status_name(&summary.status)
+    };
+    RunView {
+        id: owner.id.clone(),
+        tenant: owner.tenant.clone(),
+        submitted_by: owner.submitted_by.clone(),
+        submitted_at_ms: owner.submitted_ms,
+        status: status.to_owned(),
+        stop_reason,
+        steps: summary.steps,
+        events: summary.events,
+        root_hash: summary.root_hash.to_string(),
+        driving,
+    }
+}
+
+fn status_name(status: &RunStatus) -> &'static str {
+    match status {
+        RunStatus::Running => "running",
+        RunStatus::AwaitingApproval => "awaiting_approval",
+        RunStatus::Stopped { .. } => "stopped",
+    }
+}
+
+async fn view_of(service: &Arc<Service>, owner: &Ownership) -> Result<RunView, ApiError> {
+    let summary = service.summary(&owner.run).await?;
+    Ok(run_view(service, owner, &summary))
+}
+
+/// Who the token is.
+#[utoipa::path(get, path = "/v1/whoami", tag = "auth",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn whoami(
+    State(service): Api,
+    headers: HeaderMap,
+) -> Result<Json<WhoAmI>, ApiError> {
+    let principal = authorize(&service, &headers, Action::Read).await?;
+    Ok(Json(WhoAmI {
+        name: principal.name,
+        tenant: principal.tenant,
+        role: principal.role,
+    }))
+}
+
+/// Submit a job spec (YAML or JSON) and start its run.
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", params(SubmitQuery),
+    request_body(content = String, description = "The job spec", content_type = "application/yaml"),
+    responses(
+        (status = 201, body = RunView, description = "The run started; its first step is journaled"),
+        (status = 409, body = ErrorBody, description = "The id is taken"),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "The spec was refused")),
+    security(("bearer" = [])))]
+pub(crate) async fn submit(
+    State(service): Api,
+    headers: HeaderMap,
+    Query(query): Query<SubmitQuery>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let principal = authorize(&service, &headers, Action::Drive).await?;
+    let source = spec_text(&headers, &body)?;
+    if let Some(id) = &query.id {
+        check_run_id(id)?;
+    }
+    let origin = service
+        .config
+        .jobs_dir
+        .join(format!("{}.yaml", query.id.as_deref().unwrap_or("job")));
+    let record = converge_runtime::JobRecord {
+        path: origin.to_string_lossy().into_owned(),
+        source,
+    };
+    let providers = service.config.providers.clone();
+    let allow_commands = service.config.allow_commands;
+    let runtime = service::blocking(move || {
+        let built = job::build(
+            &record,
+            Calls::Live {
+                providers: providers.as_deref(),
+            },
+        )
+        .map_err(build_error)?;
+        let commands: Vec<&str> = built.spec.command_agents().collect();
+        if !allow_commands && !commands.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "command agents ({}) run programs on the server's machine and are disabled here; \
+                 start the server with --allow-commands to accept them",
+                commands.join(", ")
+            )));
+        }
+        Ok(built.runtime)
+    })
+    .await?;
+    let owner = claim(&service, &principal, query.id).await?;
+    let (run, id) = (owner.run.clone(), owner.id.clone());
+    let Some(guard) = service.try_drive(&run) else {
+        return Err(ApiError::conflict(
+            "run_exists",
+            format!("run {id:?} already exists"),
+        ));
+    };
+    let answered = service.drive(guard, runtime, Op::Start(run.clone()), Cancel::new());
+    match answered.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            let forget = run.clone();
+            let _ = service.store(move |store| store.unclaim(&forget)).await;
+            return Err(error);
+        }
+        Err(_) => return Err(ApiError::internal("the drive ended without an answer")),
+    }
+    let view = view_of(&service, &owner).await?;
+    let location = format!("/v1/runs/{id}");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
+}
+
+/// The spec text of a submission, by its content type.
+fn spec_text(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::invalid("the job spec is not UTF-8 text"))?;
+    match content_type.as_str() {
+        "application/json" => {
+            check_depth(body)?;
+            serde_json::from_str::<Value>(text)
+                .map_err(|error| ApiError::invalid(format!("the job spec is not JSON: {error}")))?;
+            Ok(text.to_owned())
+        }
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            Ok(text.to_owned())
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "a job spec is sent as application/yaml or application/json, not {:?}",
+                if other.is_empty() { "(none)" } else { other }
+            ),
+        )),
+    }
+}
+
+/// Claims the given id, or the tenant's next free `run-N`, for a new run.
+async fn claim(
+    service: &Arc<Service>,
+    principal: &Principal,
+    given: Option<String>,
+) -> Result<Ownership, ApiError> {
+    let (tenant, name) = (principal.tenant.clone(), principal.name.clone());
+    service
+        .store(move |store| {
+            let owner = |id: String| -> Result<Ownership, StoreError> {
+                let run = RunId::new(&format!("{tenant}-{id}"))
+                    .map_err(|error| StoreError::Invalid(error.to_string()))?;
+                Ok(Ownership {
+                    run,
+                    tenant: tenant.clone(),
+                    id,
+                    submitted_by: name.clone(),
+                    submitted_ms: now_ms(),
+                })
+            };
+            if let Some(id) = given {
+                let owner = owner(id)?;
+                store.claim(&owner)?;
+                return Ok(owner);
+            }
+            // Concurrent submissions may take the same number: the claim is the arbiter.
+            let mut next = store.count_of(&tenant)? + 1;
+            loop {
+                let candidate = owner(format!("run-{next}"))?;
+                match store.claim(&candidate) {
+                    Err(StoreError::RunExists(_)) => next += 1,
+                    claimed => return claimed.map(|()| candidate),
+                }
+            }
+        })
+        .await
+}
+
+fn check_run_id(id: &str) -> Result<(), ApiError> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if id.is_empty() || id.len() > 48 || !id.chars().all(valid) {
+        return Err(ApiError::invalid(format!(
+            "run id {:?} must be 1 to 48 letters, digits, `_` or `-`",
+            id.chars().take(49).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// The tenant's runs, newest first.
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
+    responses((status = 200, body = RunList)), security(("bearer" = [])))]
+pub(crate) async fn list(
+    State(service): Api,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<RunList>, ApiError> {
+    let principal = authorize(&service, &headers, Action::Read).await?;
+    let limit = query.limit.unwrap_or(100).min(1000);
+    let tenant = principal.tenant.clone();
+    let mut owners = service.store(move |store| store.runs_of(&tenant)).await?;
+    owners.truncate(limit);
+    let reader = service.clone();
+    let views = service
+        .journal(move |journal| {
+            let mut views = Vec::with_capacity(owners.len());
+            for owner in &owners {
+                match converge_runtime::Journal::summary(journal, &owner.run) {
+                    Ok(summary) => views.push(run_view(&reader, owner, &summary)),
+                    // Claimed but never created (its submission failed mid-way).
+                    Err(converge_runtime::JournalError::UnknownRun { .. }) => {}
+                    Err(error) => return Err(journal_error(error)),
+                }
+            }
+            Ok(views)
+        })
+        .await?;
+    Ok(Json(RunList { runs: views }))
+}
+
+/// One run.
+#[utoipa::path(get, path = "/v1/runs/{run}", tag = "runs",
+    params(("run" = String, Path, description = "The run's id")),
+    responses((status = 200, body = RunView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_run(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    Ok(Json(view_of(&service, &owner).await?))
+}
+
+/// Cancel a run: a run being driven halts at once (agents still running are stopped and
+/// recorded as failed), a run awaiting approval stops for good. Journaled as a halt.
+#[utoipa::path(post, path = "/v1/runs/{run}/cancel", tag = "runs",
+    params(("run" = String, Path, description = "The run's id")),
+    request_body(content = Option<CancelRequest>),
+    responses((status = 202, body = RunView), (status = 409, body = ErrorBody, description = "Already stopped")),
+    security(("bearer" = [])))]
+pub(crate) async fn cancel(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let (principal, owner) = resolve(&service, &headers, Action::Drive, &id).await?;
+    let request: CancelRequest = if body.is_empty() {
+        CancelRequest::default()
+    } else {
+        crate::body::parse(&body)?
+    };
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "cancelled over the API".to_owned());
+    if service.cancel_drive(&owner.run, &principal.name, &reason) {
+        let view = view_of(&service, &owner).await?;
+        return Ok((StatusCode::ACCEPTED, Json(view)).into_response());
+    }
+    let Some(guard) = service.try_drive(&owner.run) else {
+        return Err(ApiError::conflict(
+            "run_busy",
+            "the run is being driven by another request; try again",
+        ));
+    };
+    let summary = service.summary(&owner.run).await?;
+    let runtime = service.live_runtime(&owner.run).await?;
+    let cancel = Cancel::new();
+    let op = match summary.status {
+        RunStatus::Stopped { .. } => {
+            return Err(ApiError::conflict("stopped", "the run has already stopped"));
+        }
+        RunStatus::AwaitingApproval => Op::CancelParked {
+            run: owner.run.clone(),
+            by: principal.name.clone(),
+            reason,
+        },
+        // Left running by a process that stopped: resumed already cancelled, so it halts
+        // before executing anything.
+        RunStatus::Running => {
+            cancel.cancel(&principal.name, &reason);
+            Op::Resume(owner.run.clone())
+        }
+    };
+    service
+        .drive(guard, runtime, op, cancel)
+        .await
+        .map_err(|_| ApiError::internal("the drive ended without an answer"))??;
+    let view = view_of(&service, &owner).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Resume a run whose driver stopped before the run did (a crash or a restart).
+#[utoipa::path(post, path = "/v1/runs/{run}/resume", tag = "runs",
+    params(("run" = String, Path, description = "The run's id")),
+    responses((status = 202, body = RunView), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn resume(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Drive, &id).await?;
+    let Some(guard) = service.try_drive(&owner.run) else {
+        return Err(ApiError::conflict(
+            "run_busy",
+            "the run is being driven already",
+        ));
+    };
+    let summary = service.summary(&owner.run).await?;
+    match summary.status {
+        RunStatus::Running => {}
+        RunStatus::AwaitingApproval => {
+            return Err(ApiError::conflict(
+                "awaiting_approval",
+                "the run is waiting for decisions on its pending proposals",
+            ));
+        }
+        RunStatus::Stopped { .. } => {
+            return Err(ApiError::conflict("stopped", "the run has already stopped"));
+        }
+    }
+    let runtime = service.live_runtime(&owner.run).await?;
+    service
+        .drive(guard, runtime, Op::Resume(owner.run.clone()), Cancel::new())
+        .await
+        .map_err(|_| ApiError::internal("the drive ended without an answer"))??;
+    let view = view_of(&service, &owner).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// The run's current facts, each with its provenance.
+#[utoipa::path(get, path = "/v1/runs/{run}/facts", tag = "facts",
+    params(("run" = String, Path, description = "The run's id")),
+    responses((status = 200, description = "`{\"facts\": [fact…]}`", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn facts(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let seen = service.inspection(&owner.run).await?;
+    let context = &seen.result.context;
+    let facts: Vec<Value> = context
+        .keys()
+        .flat_map(|key| context.get(key))
+        .map(view::fact_json)
+        .collect();
+    Ok(Json(json!({ "facts": facts })))
+}
+
+/// One fact and why it is true: its provenance and, recursively, its sources'.
+#[utoipa::path(get, path = "/v1/runs/{run}/facts/{key}/{id}", tag = "facts",
+    params(("run" = String, Path, description = "The run's id"),
+        ("key" = String, Path, description = "The fact's key"),
+        ("id" = String, Path, description = "The fact's id")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn fact(
+    State(service): Api,
+    headers: HeaderMap,
+    Path((id, key, fact_id)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let seen = service.inspection(&owner.run).await?;
+    let missing = || ApiError::not_found(format!("no fact {key}/{fact_id} in run {id:?}"));
+    let parsed: ContextKey = key.parse().map_err(|_| missing())?;
+    let fact = seen
+        .result
+        .context
+        .fact(parsed, &fact_id)
+        .ok_or_else(missing)?;
+    Ok(Json(view::why_json(&seen.result, fact)))
+}
+
+/// The proposals that were rejected, with the gate's reasons.
+#[utoipa::path(get, path = "/v1/runs/{run}/rejections", tag = "facts",
+    params(("run" = String, Path, description = "The run's id")),
+    responses((status = 200, description = "`{\"rejections\": […], \"failures\": […]}`", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn rejections(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let seen = service.inspection(&owner.run).await?;
+    Ok(Json(json!({
+        "rejections": seen.result.rejections,
+        "failures": seen.result.failures,
+    })))
+}
+
+/// The proposals waiting for a human, with what each would become and the hash a decision
+/// must name.
+#[utoipa::path(get, path = "/v1/runs/{run}/approvals", tag = "approvals",
+    params(("run" = String, Path, description = "The run's id")),
+    responses((status = 200, description = "`{\"pending\": [{proposal, hash, key, id, content, confidence, agent}]}`", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn approvals(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let seen = service.inspection(&owner.run).await?;
+    let pending = if seen.stopped {
+        view::pending_json(&seen.result)
+    } else {
+        json!([])
+    };
+    Ok(Json(json!({ "pending": pending })))
+}
+
+/// Approve one pending proposal: bound to the run, the proposal and its hash; used once.
+#[utoipa::path(post, path = "/v1/runs/{run}/approvals/{proposal}/approve", tag = "approvals",
+    params(("run" = String, Path, description = "The run's id"),
+        ("proposal" = String, Path, description = "The pending proposal's id, like c2.a3.p0")),
+    request_body = ApproveRequest,
+    responses((status = 200, body = DecisionAccepted),
+        (status = 403, body = ErrorBody, description = "The approver submitted the run"),
+        (status = 409, body = ErrorBody, description = "Not pending, stale hash, or the run is busy")),
+    security(("bearer" = [])))]
+pub(crate) async fn approve(
+    State(service): Api,
+    headers: HeaderMap,
+    Path((id, proposal)): Path<(String, String)>,
+    JsonBody(request): JsonBody<ApproveRequest>,
+) -> Result<Json<DecisionAccepted>, ApiError> {
+    decide(service, headers, id, proposal, request.hash, None).await
+}
+
+/// Reject one pending proposal, with a reason: bound like an approval.
+#[utoipa::path(post, path = "/v1/runs/{run}/approvals/{proposal}/reject", tag = "approvals",
+    params(("run" = String, Path, description = "The run's id"),
+        ("proposal" = String, Path, description = "The pending proposal's id")),
+    request_body = RejectRequest,
+    responses((status = 200, body = DecisionAccepted), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn reject(
+    State(service): Api,
+    headers: HeaderMap,
+    Path((id, proposal)): Path<(String, String)>,
+    JsonBody(request): JsonBody<RejectRequest>,
+) -> Result<Json<DecisionAccepted>, ApiError> {
+    if request.reason.trim().is_empty() {
+        return Err(ApiError::invalid("a rejection needs a reason"));
+    }
+    decide(
+        service,
+        headers,
+        id,
+        proposal,
+        request.hash,
+        Some(request.reason),
+    )
+    .await
+}
+
+/// One decision: checked, recorded whatever the outcome, and applied when accepted.
+async fn decide(
+    service: Arc<Service>,
+    headers: HeaderMap,
+    id: String,
+    proposal_text: String,
+    hash_text: String,
+    reject: Option<String>,
+) -> Result<Json<DecisionAccepted>, ApiError> {
+    let (principal, owner) = resolve(&service, &headers, Action::Decide, &id).await?;
+    let mut attempt = DecisionAttempt {
+        seq: 0,
+        proposal: proposal_text.chars().take(64).collect(),
+        hash: hash_text.chars().take(64).collect(),
+        actor: principal.name.clone(),
+        verdict: if reject.is_some() {
+            "reject"
+        } else {
+            "approve"
+        }
+        .to_owned(),
+        reason: reject.clone(),
+        outcome: "refused".to_owned(),
+        refusal: None,
+        at_ms: now_ms(),
+    };
+    let outcome = check_decision(&service, &principal, &owner, &proposal_text, &hash_text).await;
+    let (guard, proposal, hash) = match outcome {
+        Ok(checked) => checked,
+        Err((refusal, error)) => {
+            attempt.refusal = Some(refusal.to_owned());
+            record(&service, &owner.run, attempt).await?;
+            return Err(error);
+        }
+    };
+    let decision = service::decision(proposal, hash, &principal.name, reject)?;
+    let runtime = service.live_runtime(&owner.run).await?;
+    let answered = service.drive(
+        guard,
+        runtime,
+        Op::Decide(owner.run.clone(), decision),
+        Cancel::new(),
+    );
+    match answered.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            attempt.refusal = Some(error.code.to_owned());
+            record(&service, &owner.run, attempt).await?;
+            return Err(error);
+        }
+        Err(_) => return Err(ApiError::internal("the drive ended without an answer")),
+    }
+    attempt.outcome = "accepted".to_owned();
+    let recorded = attempt.clone();
+    record(&service, &owner.run, recorded).await?;
+    let decisions = {
+        let run = owner.run.clone();
+        service.store(move |store| store.decisions(&run)).await?
+    };
+    let decision = decisions.into_iter().last().unwrap_or(attempt);
+    let run = view_of(&service, &owner).await?;
+    Ok(Json(DecisionAccepted { decision, run }))
+}
+
+type Checked = (tokio::sync::OwnedMutexGuard<()>, ProposalId, Digest);
+
+/// Whether a decision may be applied: by whom, on what, now. A refusal names its reason.
+async fn check_decision(
+    service: &Arc<Service>,
+    principal: &Principal,
+    owner: &Ownership,
+    proposal: &str,
+    hash: &str,
+) -> Result<Checked, (&'static str, ApiError)> {
+    if owner.submitted_by == principal.name && !service.config.allow_self_approval {
+        return Err((
+            "self_approval",
+            ApiError::forbidden(
+                "you submitted this run: someone else must decide on its proposals",
+            ),
+        ));
+    }
+    let not_pending = || {
+        (
+            "not_pending",
+            ApiError::conflict(
+                "not_pending",
+                format!(
+                    "proposal {proposal:?} is not pending in this run (already decided, or never parked)"
+                ),
+            ),
+        )
+    };
+    let proposal: ProposalId = proposal.parse().map_err(|_| not_pending())?;
+    let stale = || {
+        (
+            "hash_mismatch",
+            ApiError::conflict(
+                "hash_mismatch",
+                "the hash is not the pending proposal's: the request is stale or was altered",
+            ),
+        )
+    };
+    let hash: Digest = hash.parse().map_err(|_| stale())?;
+    let Some(guard) = service.try_drive(&owner.run) else {
+        return Err((
+            "run_busy",
+            ApiError::conflict(
+                "run_busy",
+                "the run is being driven (another decision or a resume is in progress)",
+            ),
+        ));
+    };
+    let seen = service
+        .inspection(&owner.run)
+        .await
+        .map_err(|error| ("internal", error))?;
+    let StopReason::AwaitingApproval { pending } = &seen.result.stop_reason else {
+        return Err((
+            "not_awaiting_approval",
+            ApiError::conflict("not_awaiting_approval", "the run is not awaiting approval"),
+        ));
+    };
+    if !seen.stopped {
+        return Err((
+            "not_awaiting_approval",
+            ApiError::conflict("not_awaiting_approval", "the run is not awaiting approval"),
+        ));
+    }
+    let Some(parked) = pending.iter().find(|parked| parked.proposal == proposal) else {
+        return Err(not_pending());
+    };
+    if parked.hash != hash {
+        return Err(stale());
+    }
+    Ok((guard, proposal, hash))
+}
+
+async fn record(
+    service: &Arc<Service>,
+    run: &RunId,
+    attempt: DecisionAttempt,
+) -> Result<(), ApiError> {
+    service.metrics.decision(attempt.outcome == "accepted");
+    let run = run.clone();
+    service
+        .store(move |store| store.record_decision(&run, &attempt))
+        .await
+}
+
+/// Every decision attempt on the run, accepted or refused, in order.
+#[utoipa::path(get, path = "/v1/runs/{run}/decisions", tag = "approvals",
+    params(("run" = String, Path, description = "The run's id")),
+    responses((status = 200, body = DecisionList)),
+    security(("bearer" = [])))]
+pub(crate) async fn decisions(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<DecisionList>, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let run = owner.run.clone();
+    let decisions = service.store(move |store| store.decisions(&run)).await?;
+    Ok(Json(DecisionList { decisions }))
+}
+
+/// The run's events: a server-sent event stream (`Accept: text/event-stream`, resumable
+/// with `Last-Event-ID`) or a JSON page.
+#[utoipa::path(get, path = "/v1/runs/{run}/events", tag = "events",
+    params(("run" = String, Path, description = "The run's id"), PageQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume the stream after this event")),
+    responses((status = 200, description = "`text/event-stream` messages `id: seq`, `event: kind`, `data: {seq, step, hash, event}`, ending with `event: end` once the run stops for good; or `{\"events\": […], \"next\", \"stopped\"}`", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn events(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if !streaming {
+        let from = page.from.unwrap_or(0);
+        let limit = page.limit.unwrap_or(500).clamp(1, 5000);
+        let (entries, summary) = service.events(&owner.run, from, limit).await?;
+        let next = entries.last().map_or(from, |entry| entry.seq + 1);
+        let body = format!(
+            r#"{{"events":[{}],"next":{next},"stopped":{}}}"#,
+            entries
+                .iter()
+                .map(|entry| entry.json.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            matches!(summary.status, RunStatus::Stopped { .. }) && next >= summary.events
+        );
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
+    let last = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .map(|text| {
+            text.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID is not an event seq"))
+        })
+        .transpose()?;
+    let from = match last {
+        Some(seq) => seq + 1,
+        None => page.from.unwrap_or(0),
+    };
+    let stream = stream_events(service, owner.run, from);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// Sends the run's committed events from `from`, then each new one as it commits, and an
+/// `end` message once the run has stopped for good.
+fn stream_events(
+    service: Arc<Service>,
+    run: RunId,
+    from: u64,
+) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
+    let (sender, receiver) = mpsc::channel::<SseEvent>(64);
+    tokio::spawn(async move {
+        let mut next = from;
+        let mut committed = service.slot(&run).committed.subscribe();
+        loop {
+            let (entries, summary) = match service.events(&run, next, 1000).await {
+                Ok(read) => read,
+                Err(error) => {
+                    let message = SseEvent::default()
+                        .event("error")
+                        .data(json!({"error": error.body().error}).to_string());
+                    let _ = sender.send(message).await;
+                    return;
+                }
+            };
+            for entry in &entries {
+                if sender.send(sse_of(entry)).await.is_err() {
+                    return;
+                }
+                next = entry.seq + 1;
+            }
+            if !entries.is_empty() {
+                continue;
+            }
+            if let RunStatus::Stopped { reason } = &summary.status
+                && next >= summary.events
+            {
+                let end = SseEvent::default()
+                    .event("end")
+                    .data(json!({"status": "stopped", "stop_reason": reason}).to_string());
+                let _ = sender.send(end).await;
+                return;
+            }
+            // Wake on this process's next commit, or look again shortly (another process
+            // may be driving the run); stop when the client has gone.
+            tokio::select! {
+                _ = committed.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = sender.closed() => return,
+            }
+        }
+    });
+    futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok)
+}
+
+fn sse_of(entry: &EventEntry) -> SseEvent {
+    SseEvent::default()
+        .id(entry.seq.to_string())
+        .event(entry.kind.as_str())
+        .data(entry.json.as_str())
+}
+
+/// Re-derive the run from its journal without executing any agent or calling any model.
+#[utoipa::path(get, path = "/v1/runs/{run}/replay", tag = "audit",
+    params(("run" = String, Path, description = "The run's id")),
+    responses((status = 200, description = "`{\"replay\": \"identical\", steps, events, root_hash}` or `{\"replay\": \"diverged\", step, seq, expected, actual, detail}`", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn replay(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let run = owner.run.clone();
+    let report = service
+        .journal(move |journal| {
+            let runtime = job::runtime_of(journal, &run, Calls::Offline).map_err(build_error)?;
+            runtime.replay(journal, &run).map_err(durable_error)
+        })
+        .await?;
+    Ok(Json(
+        serde_json::to_value(&report).map_err(ApiError::internal)?,
+    ))
+}
+
+/// Check the stored hash chain; name the first altered or missing entry.
+#[utoipa::path(get, path = "/v1/runs/{run}/verify", tag = "audit",
+    params(("run" = String, Path, description = "The run's id")),
+    responses((status = 200, description = "`{\"intact\": true, steps, events, root_hash}` or `{\"intact\": false, first_bad_seq, step, reason}`", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn verify(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let run = owner.run.clone();
+    let verification = service
+        .journal(move |journal| {
+            converge_runtime::Journal::verify(journal, &run).map_err(journal_error)
+        })
+        .await?;
+    Ok(Json(match verification {
+        Verification::Intact {
+            steps,
+            events,
+            root_hash,
+        } => json!({"intact": true, "steps": steps, "events": events, "root_hash": root_hash}),
+        Verification::Broken {
+            first_bad_seq,
+            step,
+            reason,
+        } => {
+            json!({"intact": false, "first_bad_seq": first_bad_seq, "step": step, "reason": reason.to_string()})
+        }
+    }))
+}
+
+/// The audit proof: the chain's head and its entries, each recomputable as
+/// `SHA-256(previous hash ‖ seq as 8 little-endian bytes ‖ event bytes)`.
+#[utoipa::path(get, path = "/v1/runs/{run}/audit", tag = "audit",
+    params(("run" = String, Path, description = "The run's id"), PageQuery),
+    responses((status = 200, description = "`{root_hash, steps, events, entries: [{seq, step, hash, event}], next}`", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn audit(
+    State(service): Api,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let from = page.from.unwrap_or(0);
+    let limit = page.limit.unwrap_or(500).clamp(1, 5000);
+    let (entries, summary) = service.events(&owner.run, from, limit).await?;
+    let next = entries.last().map_or(from, |entry| entry.seq + 1);
+    let body = format!(
+        r#"{{"root_hash":"{}","steps":{},"events":{},"next":{next},"entries":[{}]}}"#,
+        summary.root_hash,
+        summary.steps,
+        summary.events,
+        entries
+            .iter()
+            .map(|entry| entry.json.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

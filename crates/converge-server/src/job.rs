@@ -1,0 +1,125 @@
+//! From a job spec to a runtime, for a new run and for an existing one (from the spec its
+//! journal header keeps), with or without live model calls. The command line and the server
+//! build runtimes the same way, so a run started by one can be resumed or audited by the
+//! other.
+
+use std::path::Path;
+
+use converge_llm::{Models, Providers};
+use converge_runtime::spec::JobSpec;
+use converge_runtime::{JobRecord, Journal, JournalError, RunId, Runtime};
+
+/// Whether the runtime's `llm` agents may call their models.
+#[derive(Debug, Clone, Copy)]
+pub enum Calls<'a> {
+    /// Running, resuming or deciding: models are called, with the profiles of this provider
+    /// file (or the default one) and keys from it or the environment.
+    Live {
+        /// The provider file, if one was given.
+        providers: Option<&'a Path>,
+    },
+    /// Re-deriving a recorded run (inspect, why, replay, verify, export): no model is called,
+    /// and no provider configuration or key is needed.
+    Offline,
+}
+
+/// Why a runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The spec was refused; its problems are `origin:line:column: …` lines.
+    #[error("{0}")]
+    Spec(String),
+    /// The run was not started from a job spec.
+    #[error(
+        "run {run} was not started from a job spec (it was created by {created_by}); only the \
+         program that built its runtime can rebuild it"
+    )]
+    NoSpec {
+        /// The run.
+        run: RunId,
+        /// Who created it.
+        created_by: String,
+    },
+    /// The provider file could not be read.
+    #[error("{0}")]
+    Providers(String),
+    /// The journal could not be read.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// A built runtime that records the spec it was built from, and the spec's warnings
+/// (located `origin:line:column: …` lines; the spec is valid despite them).
+pub struct Built {
+    /// The runtime.
+    pub runtime: Runtime,
+    /// The parsed spec.
+    pub spec: JobSpec,
+    /// Warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Parses, checks and builds a spec; the runtime records it (see [`Runtime::with_job`]).
+///
+/// ```
+/// use converge_runtime::JobRecord;
+/// use converge_server::job::{Calls, build};
+///
+/// let source = "version: 1\nintent: {objective: greet}\nseeds:\n  - {key: seeds, id: greeting, content: hello}\n";
+/// let record = JobRecord { path: "/jobs/hello.yaml".into(), source: source.into() };
+/// let built = build(&record, Calls::Offline).unwrap();
+/// assert_eq!(built.runtime.job(), Some(&record));
+/// ```
+pub fn build(record: &JobRecord, calls: Calls<'_>) -> Result<Built, BuildError> {
+    let loaded = JobSpec::parse(&record.source, &record.path)
+        .map_err(|error| BuildError::Spec(error.to_string()))?;
+    let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
+    let spec = loaded.spec;
+    let models = match calls {
+        Calls::Offline => Models::offline(&spec),
+        Calls::Live { .. } if spec.llm_agents().next().is_none() => Models::offline(&spec),
+        Calls::Live { providers } => Models::live(&spec, providers_of(providers)?, |var| {
+            std::env::var(var).ok()
+        }),
+    };
+    let runtime = spec
+        .builder()
+        .llm(&models)
+        .build()
+        .map_err(|error| BuildError::Spec(error.to_string()))?;
+    Ok(Built {
+        runtime: runtime.with_job(record.clone()),
+        spec,
+        warnings,
+    })
+}
+
+/// The runtime of an existing run, rebuilt from the spec in its header.
+pub fn runtime_of(
+    journal: &impl Journal,
+    run: &RunId,
+    calls: Calls<'_>,
+) -> Result<Runtime, BuildError> {
+    let header = journal.header(run)?;
+    let Some(record) = header.job else {
+        return Err(BuildError::NoSpec {
+            run: run.clone(),
+            created_by: header.created_by,
+        });
+    };
+    Ok(build(&record, calls)?.runtime)
+}
+
+/// The provider profiles: the built-in ones with the provider file's on top (the given one,
+/// or `providers.toml` in the per-user config directory if it exists).
+fn providers_of(file: Option<&Path>) -> Result<Providers, BuildError> {
+    let loaded = match file {
+        Some(path) => Providers::load(path),
+        None => {
+            let dirs = directories::ProjectDirs::from("", "", "converge");
+            Providers::discover(dirs.as_ref().map(|dirs| dirs.config_dir()))
+        }
+    };
+    loaded.map_err(|error| BuildError::Providers(error.to_string()))
+}

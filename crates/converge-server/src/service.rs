@@ -1,0 +1,520 @@
+//! The service behind the routes: who owns which run, which runs this process is driving,
+//! and cached reads of each run.
+//!
+//! Each run has a [`Slot`]: a lock held by whoever drives it (submit, resume, decide,
+//! cancel), the active drive's cancel handle, a watch of how many of its events are
+//! committed, and caches. Driving happens on a blocking thread with its own single-threaded
+//! async runtime and its own journal connection, so journal writes (fsync) never stall the
+//! threads answering requests. Reads go through small pools of connections and are cached by
+//! the run's committed event count: a run's events never change once committed, so a cache
+//! keyed by that count is exact, whoever wrote them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use converge_core::{Actor, ConvergeResult, Decision, EventRecord, Observer, ProposalId};
+use converge_runtime::{
+    Cancel, DurableError, Inspection, Journal, JournalError, RunId, RunStatus, RunSummary, Runtime,
+    SqliteJournal, StoredEvent,
+};
+use serde::Deserialize;
+use tokio::sync::{OwnedMutexGuard, oneshot, watch};
+
+use crate::ServerConfig;
+use crate::error::ApiError;
+use crate::job::{self, BuildError, Calls};
+use crate::metrics::Metrics;
+use crate::store::{Ownership, Store, StoreError};
+
+/// The server's state, shared by every request.
+pub(crate) struct Service {
+    pub(crate) config: ServerConfig,
+    stores: Pool<Store>,
+    journals: Pool<SqliteJournal>,
+    slots: Mutex<HashMap<RunId, Arc<Slot>>>,
+    pub(crate) metrics: Metrics,
+}
+
+/// One run as this process knows it.
+pub(crate) struct Slot {
+    /// Held for as long as anyone drives the run.
+    drive: Arc<tokio::sync::Mutex<()>>,
+    /// The cancel handle of the drive in progress.
+    cancel: Mutex<Option<Cancel>>,
+    /// Committed events, as far as this process has seen (drives here update it at once;
+    /// readers update it from the journal).
+    pub(crate) committed: watch::Sender<u64>,
+    driving: AtomicBool,
+    events: Mutex<Vec<Arc<EventEntry>>>,
+    view: Mutex<Option<(u64, Arc<Inspection>)>>,
+}
+
+/// One committed event, ready to send.
+#[derive(Debug)]
+pub(crate) struct EventEntry {
+    pub(crate) seq: u64,
+    /// The event's kind (`fact_promoted`, …).
+    pub(crate) kind: String,
+    /// `{"seq","step","hash","event"}` with the event exactly as hashed.
+    pub(crate) json: String,
+}
+
+/// What a drive does.
+pub(crate) enum Op {
+    Start(RunId),
+    Resume(RunId),
+    Decide(RunId, Decision),
+    CancelParked {
+        run: RunId,
+        by: String,
+        reason: String,
+    },
+}
+
+impl Service {
+    pub(crate) fn open(config: ServerConfig) -> Result<Service, StoreError> {
+        // Creating the store creates the journal and the server's tables.
+        let first = Store::open(&config.db)?;
+        let journal = SqliteJournal::open(&config.db)?;
+        let stores = Pool::new(first);
+        let journals = Pool::new(journal);
+        Ok(Service {
+            config,
+            stores,
+            journals,
+            slots: Mutex::new(HashMap::new()),
+            metrics: Metrics::new(),
+        })
+    }
+
+    /// Runs `f` on a pooled store connection, on a blocking thread.
+    pub(crate) async fn store<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let service = self.clone();
+        blocking(move || {
+            let store = match service.stores.take() {
+                Some(store) => store,
+                None => Store::open(&service.config.db).map_err(ApiError::internal)?,
+            };
+            let result = f(&store);
+            service.stores.give(store);
+            result.map_err(store_error)
+        })
+        .await
+    }
+
+    /// Runs `f` on a pooled journal connection, on a blocking thread.
+    pub(crate) async fn journal<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&SqliteJournal) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let service = self.clone();
+        blocking(move || {
+            let journal = match service.journals.take() {
+                Some(journal) => journal,
+                None => SqliteJournal::open(&service.config.db).map_err(ApiError::internal)?,
+            };
+            let result = f(&journal);
+            service.journals.give(journal);
+            result
+        })
+        .await
+    }
+
+    /// The slot of `run`, made on first use.
+    pub(crate) fn slot(&self, run: &RunId) -> Arc<Slot> {
+        let mut slots = lock(&self.slots);
+        slots
+            .entry(run.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    drive: Arc::new(tokio::sync::Mutex::new(())),
+                    cancel: Mutex::new(None),
+                    committed: watch::Sender::new(0),
+                    driving: AtomicBool::new(false),
+                    events: Mutex::new(Vec::new()),
+                    view: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// The journal summary of a run.
+    pub(crate) async fn summary(self: &Arc<Self>, run: &RunId) -> Result<RunSummary, ApiError> {
+        let run = run.clone();
+        self.journal(move |journal| journal.summary(&run).map_err(journal_error))
+            .await
+    }
+
+    /// The run re-derived from its journal, cached until it commits another event.
+    pub(crate) async fn inspection(
+        self: &Arc<Self>,
+        run: &RunId,
+    ) -> Result<Arc<Inspection>, ApiError> {
+        let slot = self.slot(run);
+        let run = run.clone();
+        self.journal(move |journal| {
+            let summary = journal.summary(&run).map_err(journal_error)?;
+            if let Some((events, seen)) = &*lock(&slot.view)
+                && *events == summary.events
+                && seen.summary.status == summary.status
+            {
+                return Ok(seen.clone());
+            }
+            let runtime = job::runtime_of(journal, &run, Calls::Offline).map_err(build_error)?;
+            let seen = Arc::new(runtime.inspect(journal, &run).map_err(durable_error)?);
+            *lock(&slot.view) = Some((seen.summary.events, seen.clone()));
+            Ok(seen)
+        })
+        .await
+    }
+
+    /// The run's committed events from `from` on (at most `limit`), read from the journal
+    /// only when it has committed more than the cache holds.
+    pub(crate) async fn events(
+        self: &Arc<Self>,
+        run: &RunId,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Arc<EventEntry>>, RunSummary), ApiError> {
+        let slot = self.slot(run);
+        let run = run.clone();
+        self.journal(move |journal| {
+            let summary = journal.summary(&run).map_err(journal_error)?;
+            let cached = lock(&slot.events).len() as u64;
+            if summary.events > cached {
+                let fresh = journal.events(&run, cached).map_err(journal_error)?;
+                let mut events = lock(&slot.events);
+                for stored in fresh {
+                    if stored.seq == events.len() as u64 {
+                        events.push(Arc::new(EventEntry::of(&stored)?));
+                    }
+                }
+                slot.committed.send_if_modified(|seen| {
+                    let grew = (events.len() as u64) > *seen;
+                    if grew {
+                        *seen = events.len() as u64;
+                    }
+                    grew
+                });
+            }
+            let events = lock(&slot.events);
+            let start = usize::try_from(from)
+                .unwrap_or(usize::MAX)
+                .min(events.len());
+            let end = start.saturating_add(limit).min(events.len());
+            Ok((events[start..end].to_vec(), summary))
+        })
+        .await
+    }
+
+    /// Whether this process is driving the run.
+    pub(crate) fn driving(&self, run: &RunId) -> bool {
+        lock(&self.slots)
+            .get(run)
+            .is_some_and(|slot| slot.driving.load(Ordering::SeqCst))
+    }
+
+    /// Asks the drive in progress to cancel; false when nothing is driving the run here.
+    pub(crate) fn cancel_drive(&self, run: &RunId, by: &str, reason: &str) -> bool {
+        let slot = self.slot(run);
+        let cancel = lock(&slot.cancel).clone();
+        match cancel {
+            Some(cancel) => {
+                cancel.cancel(by, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The drive lock, if nobody holds it.
+    pub(crate) fn try_drive(&self, run: &RunId) -> Option<OwnedMutexGuard<()>> {
+        self.slot(run).drive.clone().try_lock_owned().ok()
+    }
+
+    /// Builds the runtime a drive of an existing run needs (models called live).
+    pub(crate) async fn live_runtime(self: &Arc<Self>, run: &RunId) -> Result<Runtime, ApiError> {
+        let run = run.clone();
+        let providers = self.config.providers.clone();
+        self.journal(move |journal| {
+            job::runtime_of(
+                journal,
+                &run,
+                Calls::Live {
+                    providers: providers.as_deref(),
+                },
+            )
+            .map_err(build_error)
+        })
+        .await
+    }
+
+    /// Starts driving a run on its own thread, holding `guard` until it stops. The answer
+    /// comes as soon as the drive's first step is committed (or it failed before): the run
+    /// goes on in the background. `cancel` may be pre-cancelled (to halt a run on resuming).
+    pub(crate) fn drive(
+        self: &Arc<Self>,
+        guard: OwnedMutexGuard<()>,
+        mut runtime: Runtime,
+        op: Op,
+        cancel: Cancel,
+    ) -> oneshot::Receiver<Result<(), ApiError>> {
+        let (answer, answered) = oneshot::channel();
+        let first = Arc::new(Mutex::new(Some(answer)));
+        let run = op.run().clone();
+        let slot = self.slot(&run);
+        slot.driving.store(true, Ordering::SeqCst);
+        *lock(&slot.cancel) = Some(cancel.clone());
+        runtime.set_cancel(cancel);
+        runtime.observe(Committed {
+            committed: slot.committed.clone(),
+            first: first.clone(),
+        });
+        let service = self.clone();
+        self.metrics.drives_started();
+        tokio::task::spawn_blocking(move || {
+            let outcome = drive_on_this_thread(&service.config.db, runtime, op);
+            *lock(&slot.cancel) = None;
+            slot.driving.store(false, Ordering::SeqCst);
+            service.metrics.drives_ended();
+            drop(guard);
+            let waiting = lock(&first).take();
+            match (outcome, waiting) {
+                (Ok(_), Some(answer)) => {
+                    let _ = answer.send(Ok(()));
+                }
+                (Err(error), Some(answer)) => {
+                    let _ = answer.send(Err(error));
+                }
+                (Ok(_), None) => {}
+                (Err(error), None) => {
+                    tracing::warn!(run = %run, "the drive stopped with an error: {}", error.message);
+                }
+            }
+        });
+        answered
+    }
+
+    /// Runs that were submitted here and left running by a process that stopped: driven on
+    /// to their next stop.
+    pub(crate) async fn resume_interrupted(self: &Arc<Self>) -> Result<usize, ApiError> {
+        let owned = self.store(|store| store.all_runs()).await?;
+        let mut resumed = 0;
+        for owner in owned {
+            let summary = match self.summary(&owner.run).await {
+                Ok(summary) => summary,
+                Err(_) => continue,
+            };
+            if summary.status != RunStatus::Running {
+                continue;
+            }
+            let Some(guard) = self.try_drive(&owner.run) else {
+                continue;
+            };
+            match self.live_runtime(&owner.run).await {
+                Ok(runtime) => {
+                    // Nobody waits for the answer: the run goes on in the background.
+                    drop(self.drive(guard, runtime, Op::Resume(owner.run.clone()), Cancel::new()));
+                    resumed += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(run = %owner.run, "cannot resume: {}", error.message);
+                }
+            }
+        }
+        Ok(resumed)
+    }
+}
+
+impl Op {
+    fn run(&self) -> &RunId {
+        match self {
+            Op::Start(run) | Op::Resume(run) | Op::Decide(run, _) => run,
+            Op::CancelParked { run, .. } => run,
+        }
+    }
+}
+
+/// Drives one operation to its end on the calling (blocking) thread.
+fn drive_on_this_thread(
+    db: &std::path::Path,
+    mut runtime: Runtime,
+    op: Op,
+) -> Result<ConvergeResult, ApiError> {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ApiError::internal)?;
+    let mut journal = SqliteJournal::open(db).map_err(ApiError::internal)?;
+    let journal = &mut journal;
+    let result = tokio.block_on(async {
+        match op {
+            Op::Start(run) => runtime.run_durable(journal, &run).await,
+            Op::Resume(run) => runtime.resume_durable(journal, &run).await,
+            Op::Decide(run, decision) => {
+                runtime.decide_durable(journal, &run, vec![decision]).await
+            }
+            Op::CancelParked { run, by, reason } => {
+                runtime.cancel_durable(journal, &run, &by, &reason)
+            }
+        }
+    });
+    result.map_err(durable_error)
+}
+
+/// Tells the slot about each committed event, and answers the request that started the drive
+/// at the first one.
+struct Committed {
+    committed: watch::Sender<u64>,
+    first: Arc<Mutex<Option<Answer>>>,
+}
+
+/// Where the request that started a drive waits for its answer.
+type Answer = oneshot::Sender<Result<(), ApiError>>;
+
+impl Observer for Committed {
+    fn on_event(&mut self, record: &EventRecord) {
+        self.committed.send_replace(record.seq + 1);
+        if let Some(answer) = lock(&self.first).take() {
+            let _ = answer.send(Ok(()));
+        }
+    }
+}
+
+impl EventEntry {
+    fn of(stored: &StoredEvent) -> Result<EventEntry, ApiError> {
+        #[derive(Deserialize)]
+        struct Kind {
+            event: String,
+        }
+        let body = std::str::from_utf8(&stored.body).map_err(ApiError::internal)?;
+        let kind: Kind = serde_json::from_str(body).map_err(ApiError::internal)?;
+        let json = format!(
+            r#"{{"seq":{},"step":{},"hash":"{}","event":{body}}}"#,
+            stored.seq, stored.step, stored.hash
+        );
+        Ok(EventEntry {
+            seq: stored.seq,
+            kind: kind.event,
+            json,
+        })
+    }
+}
+
+/// A decision on one pending proposal, as the approver's request names it.
+pub(crate) fn decision(
+    proposal: ProposalId,
+    hash: converge_core::Digest,
+    actor: &str,
+    reject: Option<String>,
+) -> Result<Decision, ApiError> {
+    let actor = Actor::human(actor).map_err(ApiError::internal)?;
+    Ok(match reject {
+        None => Decision::approve(proposal, hash, actor),
+        Some(reason) => Decision::reject(proposal, hash, actor, reason),
+    })
+}
+
+/// A tiny pool: connections are taken and given back; none is opened until needed.
+struct Pool<T> {
+    idle: Mutex<Vec<T>>,
+}
+
+impl<T> Pool<T> {
+    fn new(first: T) -> Pool<T> {
+        Pool {
+            idle: Mutex::new(vec![first]),
+        }
+    }
+
+    fn take(&self) -> Option<T> {
+        lock(&self.idle).pop()
+    }
+
+    fn give(&self, item: T) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < 16 {
+            idle.push(item);
+        }
+    }
+}
+
+/// Locks a mutex; a panic elsewhere while holding it leaves plain data, still usable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs blocking work off the async threads.
+pub(crate) async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError> {
+    // The blocking thread answers for the same request: errors logged there name its id.
+    let id = crate::error::request_id();
+    tokio::task::spawn_blocking(move || crate::error::REQUEST_ID.sync_scope(id, f))
+        .await
+        .unwrap_or_else(|error| Err(ApiError::internal(error)))
+}
+
+pub(crate) fn store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::RunExists(id) => {
+            ApiError::conflict("run_exists", format!("run {id:?} already exists"))
+        }
+        StoreError::Invalid(message) => ApiError::invalid(message),
+        other => ApiError::internal(other),
+    }
+}
+
+pub(crate) fn journal_error(error: JournalError) -> ApiError {
+    match error {
+        // Ownership was checked before any journal read: a run the tenant owns but the
+        // journal lacks was never created (its submission failed).
+        JournalError::UnknownRun { run } => ApiError::no_run(run.as_str()),
+        other => ApiError::internal(other),
+    }
+}
+
+pub(crate) fn build_error(error: BuildError) -> ApiError {
+    match error {
+        BuildError::Spec(message) | BuildError::Providers(message) => ApiError::invalid(message),
+        BuildError::Journal(error) => journal_error(error),
+        other => ApiError::internal(other),
+    }
+}
+
+pub(crate) fn durable_error(error: DurableError) -> ApiError {
+    match error {
+        DurableError::Journal(error) => journal_error(error),
+        DurableError::Finished { reason, .. } => {
+            ApiError::conflict("stopped", format!("the run has already stopped: {reason}"))
+        }
+        DurableError::NotAwaitingApproval { .. } => {
+            ApiError::conflict("not_awaiting_approval", "the run is not awaiting approval")
+        }
+        DurableError::Engine(error) => ApiError::invalid(error.to_string()),
+        other => ApiError::internal(other),
+    }
+}
+
+/// How long a reader waits between looks at a run driven by another process.
+pub(crate) const POLL: Duration = Duration::from_millis(500);
+
+/// The run a tenant knows as `id`, or the 404 every tenant gets for a run that is not theirs.
+pub(crate) async fn owned(
+    service: &Arc<Service>,
+    tenant: &str,
+    id: &str,
+) -> Result<Ownership, ApiError> {
+    let (tenant, key) = (tenant.to_owned(), id.to_owned());
+    service
+        .store(move |store| store.owned(&tenant, &key))
+        .await?
+        .ok_or_else(|| ApiError::no_run(id))
+}

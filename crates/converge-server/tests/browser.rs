@@ -1,0 +1,267 @@
+//! The run viewer in a real browser.
+//!
+//! Starts a server in-process, submits `examples/release-approval.yaml` as sam (it stops
+//! awaiting approval of the release), then runs `tests/browser/viewer.mjs`: Playwright driving
+//! headless Chromium signs in as alice, checks the run's timeline, facts, provenance and
+//! pending approval, approves the release from the page, and follows the live event stream
+//! until the run converges. Finally checks over HTTP that the run converged and that alice's
+//! decision was recorded.
+//!
+//! Needs `node`, `npm` and Chromium (`CONVERGE_CHROMIUM`, or `chromium` on `PATH`); without
+//! them the test fails, it never skips. `npm ci` installs the pinned `playwright-core` into
+//! `tests/browser/node_modules` the first time. Screenshots of each stage go to
+//! `<target dir>/browser-artifacts`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use converge_server::{Role, Server, ServerConfig, Tokens};
+use serde_json::Value;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
+    let chromium = chromium();
+    install_node_modules();
+
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("journal.db");
+    let tokens = Tokens::open(&db)?;
+    let submitter = tokens.create("acme", "sam", Role::Submitter)?.secret;
+    let approver = tokens.create("acme", "alice", Role::Approver)?.secret;
+    let server = Server::bind(ServerConfig::new(db.clone())).await?;
+    let base = format!("http://{}", server.local_addr());
+    let serving = tokio::spawn(server.serve(std::future::pending::<()>()));
+
+    let client = reqwest::Client::new();
+    let run_id = submit(&client, &base, &submitter).await?;
+    wait_for_status(&client, &base, &submitter, &run_id, "awaiting_approval").await?;
+
+    let artifacts = target_dir().join("browser-artifacts");
+    let mut script = Command::new("node");
+    script
+        .arg(Path::new(BROWSER_DIR).join("viewer.mjs"))
+        .current_dir(BROWSER_DIR)
+        .env("BASE_URL", &base)
+        .env("APPROVER_TOKEN", &approver)
+        .env("RUN_ID", &run_id)
+        .env("CHROMIUM", &chromium)
+        .env("ARTIFACTS", &artifacts);
+    let (status, output) =
+        tokio::task::spawn_blocking(move || run_with_timeout(script, SCRIPT_TIMEOUT)).await??;
+    println!("{output}");
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "the viewer's browser test {} (its output is above; screenshots in {})",
+        match status {
+            Some(status) => format!("failed ({status})"),
+            None => format!(
+                "timed out after {} s and was killed",
+                SCRIPT_TIMEOUT.as_secs()
+            ),
+        },
+        artifacts.display(),
+    );
+
+    let run = get(&client, &format!("{base}/v1/runs/{run_id}"), &submitter).await?;
+    assert_eq!(run["status"], "stopped", "the run after approval: {run}");
+    assert_eq!(
+        run["stop_reason"]["stop"], "converged",
+        "the run after approval: {run}"
+    );
+    let decisions = get(
+        &client,
+        &format!("{base}/v1/runs/{run_id}/decisions"),
+        &submitter,
+    )
+    .await?;
+    let accepted: Vec<&Value> = decisions["decisions"]
+        .as_array()
+        .ok_or_else(|| format!("no decisions list: {decisions}"))?
+        .iter()
+        .filter(|decision| decision["outcome"] == "accepted")
+        .collect();
+    assert_eq!(accepted.len(), 1, "accepted decisions: {decisions}");
+    assert_eq!(accepted[0]["actor"], "alice", "the decision: {decisions}");
+    assert_eq!(
+        accepted[0]["verdict"], "approve",
+        "the decision: {decisions}"
+    );
+
+    serving.abort();
+    Ok(())
+}
+
+/// Submits the release job as the submitter; answers the new run's id.
+async fn submit(client: &reqwest::Client, base: &str, token: &str) -> TestResult<String> {
+    let spec = workspace().join("examples/release-approval.yaml");
+    let response = client
+        .post(format!("{base}/v1/runs"))
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+        .body(std::fs::read_to_string(&spec)?)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::CREATED,
+        "submitting {}: {body}",
+        spec.display()
+    );
+    let id = body["id"]
+        .as_str()
+        .ok_or_else(|| format!("no run id in {body}"))?;
+    Ok(id.to_owned())
+}
+
+async fn get(client: &reqwest::Client, url: &str, token: &str) -> TestResult<Value> {
+    let response = client.get(url).bearer_auth(token).send().await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    assert!(status.is_success(), "GET {url}: {status} {body}");
+    Ok(body)
+}
+
+/// Polls the run until its status is `status`, so the browser starts from a known state.
+async fn wait_for_status(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    run_id: &str,
+    status: &str,
+) -> TestResult {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let run = get(client, &format!("{base}/v1/runs/{run_id}"), token).await?;
+        if run["status"] == status {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id} is not {status} after {RUN_TIMEOUT:?}: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Chromium's executable: `CONVERGE_CHROMIUM`, or `chromium` on `PATH`.
+fn chromium() -> PathBuf {
+    if let Some(path) = std::env::var_os("CONVERGE_CHROMIUM") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "CONVERGE_CHROMIUM={} is not a file",
+            path.display()
+        );
+        return path;
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("chromium"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "Chromium is needed to run the viewer's browser test: install it (Debian: \
+                 apt-get install chromium) or set CONVERGE_CHROMIUM to its executable"
+            )
+        })
+}
+
+/// Installs the pinned playwright-core with `npm ci` unless it is there already.
+fn install_node_modules() {
+    require_tool("node");
+    if Path::new(BROWSER_DIR)
+        .join("node_modules/playwright-core")
+        .is_dir()
+    {
+        return;
+    }
+    require_tool("npm");
+    let mut npm = Command::new("npm");
+    npm.args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(BROWSER_DIR);
+    let (status, output) = run_with_timeout(npm, SCRIPT_TIMEOUT).expect("running npm ci");
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "`npm ci` in {BROWSER_DIR} failed ({status:?}):\n{output}"
+    );
+}
+
+fn require_tool(tool: &str) {
+    let works = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert!(
+        works,
+        "`{tool}` is needed to run the viewer's browser test: install Node.js and npm \
+         (Debian: apt-get install nodejs npm)"
+    );
+}
+
+/// Runs `command` to completion or kills it after `timeout`. Answers its exit status (`None`
+/// when killed) and its standard output, then its standard error.
+fn run_with_timeout(
+    mut command: Command,
+    timeout: Duration,
+) -> TestResult<(Option<ExitStatus>, String)> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot start {command:?}: {error}"))?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            child.kill()?;
+            child.wait()?;
+            break None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let output = format!(
+        "--- stdout ---\n{}--- stderr ---\n{}",
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default()
+    );
+    Ok((status, output))
+}
+
+fn drain(stream: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stream) = stream {
+            let _ = stream.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+/// The workspace's target directory: `CARGO_TARGET_DIR`, or `target` in the workspace.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the crate is in crates/ of the workspace")
+}
