@@ -75,7 +75,8 @@ done
 measure() { # name rate connections [oha args…]
     local name=$1 rate=$2 connections=$3
     shift 3
-    "$oha" --no-tui --output-format json -z "$DURATION" -q "$rate" -c "$connections" "$@" \
+    "$oha" --no-tui --output-format json --latency-correction -z "$DURATION" -q "$rate" \
+        -c "$connections" "$@" \
         >"$work/$name.json"
 }
 

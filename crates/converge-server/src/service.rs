@@ -76,10 +76,13 @@ pub(crate) enum Op {
 impl Service {
     pub(crate) fn open(config: ServerConfig) -> Result<Service, StoreError> {
         // Creating the store creates the journal and the server's tables.
-        let first = Store::open(&config.db)?;
-        let journal = SqliteJournal::open(&config.db)?;
-        let stores = Pool::new(first);
-        let journals = Pool::new(journal);
+        let stores = Pool::new(Store::open(&config.db)?);
+        let journals = Pool::new(SqliteJournal::open(&config.db)?);
+        // Connections are opened up front and kept: a request never waits for one to open.
+        for _ in 1..POOL_WARM {
+            stores.give(Store::connect(&config.db)?);
+            journals.give(SqliteJournal::open(&config.db)?);
+        }
         Ok(Service {
             config,
             stores,
@@ -98,7 +101,7 @@ impl Service {
         blocking(move || {
             let store = match service.stores.take() {
                 Some(store) => store,
-                None => Store::open(&service.config.db).map_err(ApiError::internal)?,
+                None => Store::connect(&service.config.db).map_err(ApiError::internal)?,
             };
             let result = f(&store);
             service.stores.give(store);
@@ -420,7 +423,12 @@ pub(crate) fn decision(
     })
 }
 
-/// A tiny pool: connections are taken and given back; none is opened until needed.
+/// Connections opened when the service starts.
+const POOL_WARM: usize = 8;
+/// Idle connections kept at most (more are opened under load, and closed after).
+const POOL_MAX: usize = 64;
+
+/// A small pool: connections are taken and given back.
 struct Pool<T> {
     idle: Mutex<Vec<T>>,
 }
@@ -438,7 +446,7 @@ impl<T> Pool<T> {
 
     fn give(&self, item: T) {
         let mut idle = lock(&self.idle);
-        if idle.len() < 16 {
+        if idle.len() < POOL_MAX {
             idle.push(item);
         }
     }

@@ -269,17 +269,25 @@ impl Store {
     /// Opens the journal (creating it if missing), then the server's tables in it.
     pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
         drop(SqliteJournal::open(path)?);
+        let store = Store::connect(path)?;
+        store
+            .conn
+            .execute_batch(SCHEMA)
+            .map_err(|source| store.error(source))?;
+        Ok(store)
+    }
+
+    /// Another connection to a store [`Store::open`] has set up: no schema work, so opening
+    /// one never waits for a writer.
+    pub(crate) fn connect(path: &Path) -> Result<Store, StoreError> {
         let error = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
         };
         let conn = Connection::open(path).map_err(error)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(error)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(error)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(error)?;
-        conn.execute_batch(SCHEMA).map_err(error)?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),
