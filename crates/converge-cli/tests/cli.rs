@@ -577,23 +577,7 @@ fn converge_serve_runs_a_job_an_approver_approves_it_and_the_cli_audits_it() {
         "secrets are never listed"
     );
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_converge"))
-        .arg("--db")
-        .arg(&db)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("CONVERGE_DB")
-        .env("CONVERGE_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
+    let (addr, mut server) = serve(&db, &[]);
 
     let spec = std::fs::read_to_string(example("release-approval.yaml")).unwrap();
     let (status, run) = http(
@@ -657,4 +641,103 @@ fn converge_serve_runs_a_job_an_approver_approves_it_and_the_cli_audits_it() {
     assert!(killed.success());
     let status = server.wait().unwrap();
     assert_eq!(status.code(), Some(0), "serve exits 0 on SIGTERM");
+}
+
+/// Starts `converge serve` on a free loopback port; its address and the child.
+fn serve(db: &Path, extra: &[&str]) -> (String, std::process::Child) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .arg("--db")
+        .arg(db)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("CONVERGE_DB")
+        .env("CONVERGE_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (addr, server)
+}
+
+#[test]
+fn a_server_killed_mid_run_resumes_the_run_when_it_starts_again() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let made = converge(
+        &db,
+        &[
+            "token",
+            "create",
+            "--tenant",
+            "ops",
+            "--name",
+            "ci",
+            "--role",
+            "submitter",
+        ],
+    );
+    let token = stdout(&made).trim().to_owned();
+    // Three cycles of a slow program: the server is killed while the second one runs.
+    let spec = r#"version: 1
+intent: {objective: survive a crash, budgets: {cycles: 4}}
+keys:
+  - {name: ticks, description: one per cycle}
+seeds:
+  - {key: ticks, id: t0, content: {n: 0}}
+agents:
+  - name: tick
+    kind: command
+    reads: [ticks]
+    writes: [ticks]
+    command: [sh, -c, 'cat >/dev/null; sleep 1; n=$(date +%s%N); printf "{\"proposals\":[{\"key\":\"ticks\",\"id\":\"t$n\",\"content\":{\"n\":1}}]}"']
+    timeout_ms: 10000
+"#;
+    let (addr, mut first) = serve(&db, &["--allow-commands"]);
+    let (status, run) = http(
+        &addr,
+        "POST",
+        "/v1/runs?id=crash",
+        &token,
+        &spec,
+        "application/yaml",
+    );
+    assert_eq!(status, 201, "{run}");
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let before = json(&converge(&db, &["runs", "--json"]));
+    let crashed = before
+        .as_array()
+        .and_then(|runs| runs.iter().find(|run| run["run"] == "ops-crash"))
+        .cloned()
+        .unwrap_or_else(|| panic!("the run is in the journal: {before}"));
+    assert_eq!(crashed["status"]["status"], "running", "{crashed}");
+
+    let (addr, mut second) = serve(&db, &["--allow-commands"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let (_, run) = http(&addr, "GET", "/v1/runs/crash", &token, "", "text/plain");
+        if run["status"] == "stopped" || run["status"] == "awaiting_approval" {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "the run was not resumed: {run}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let replay = converge(&db, &["replay", "ops-crash"]);
+    assert_eq!(code(&replay), 0, "{}{}", stdout(&replay), stderr(&replay));
+    assert!(
+        run["steps"].as_u64().unwrap() > crashed["steps"].as_u64().unwrap(),
+        "{run}"
+    );
 }
