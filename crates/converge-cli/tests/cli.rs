@@ -707,7 +707,7 @@ agents:
         "POST",
         "/v1/runs?id=crash",
         &token,
-        &spec,
+        spec,
         "application/yaml",
     );
     assert_eq!(status, 201, "{run}");
