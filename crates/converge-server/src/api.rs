@@ -707,13 +707,8 @@ async fn decide(
         Err(_) => return Err(ApiError::internal("the drive ended without an answer")),
     }
     attempt.outcome = "accepted".to_owned();
-    let recorded = attempt.clone();
-    record(&service, &owner.run, recorded).await?;
-    let decisions = {
-        let run = owner.run.clone();
-        service.store(move |store| store.decisions(&run)).await?
-    };
-    let decision = decisions.into_iter().last().unwrap_or(attempt);
+    attempt.seq = record(&service, &owner.run, attempt.clone()).await?;
+    let decision = attempt;
     let run = view_of(&service, &owner).await?;
     Ok(Json(DecisionAccepted { decision, run }))
 }
@@ -792,11 +787,12 @@ async fn check_decision(
     Ok((guard, proposal, hash))
 }
 
+/// Records a decision attempt; its seq.
 async fn record(
     service: &Arc<Service>,
     run: &RunId,
     attempt: DecisionAttempt,
-) -> Result<(), ApiError> {
+) -> Result<u64, ApiError> {
     service.metrics.decision(attempt.outcome == "accepted");
     let run = run.clone();
     service

@@ -402,12 +402,12 @@ impl Store {
             .map_err(|source| self.error(source))
     }
 
-    /// Records one decision attempt.
+    /// Records one decision attempt; its seq.
     pub(crate) fn record_decision(
         &self,
         run: &RunId,
         attempt: &DecisionAttempt,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         self.conn
             .execute(
                 "INSERT INTO server_decisions \
@@ -426,7 +426,7 @@ impl Store {
                 ],
             )
             .map_err(|source| self.error(source))?;
-        Ok(())
+        Ok(self.conn.last_insert_rowid() as u64)
     }
 
     /// Every decision attempt on a run, in order.
