@@ -167,12 +167,14 @@ async fn resolve(
     Ok((principal, owner))
 }
 
-fn run_view(service: &Service, owner: &Ownership, summary: &RunSummary) -> RunView {
+/// A run as shown, from whether this process drives it (read before the summary: a drive
+/// records the run's status before it lets go, so a summary read after `driving` turned
+/// false is final) and its journal summary.
+fn run_view(driving: bool, owner: &Ownership, summary: &RunSummary) -> RunView {
     let stop_reason = match &summary.status {
         RunStatus::Stopped { reason } => Some(reason.clone()),
         _ => None,
     };
-    let driving = service.driving(&owner.run);
     // A run being driven here is running, whatever status its last stop recorded.
     let status = if driving {
         "running"
@@ -202,8 +204,9 @@ fn status_name(status: &RunStatus) -> &'static str {
 }
 
 async fn view_of(service: &Arc<Service>, owner: &Ownership) -> Result<RunView, ApiError> {
+    let driving = service.driving(&owner.run);
     let summary = service.summary(&owner.run).await?;
-    Ok(run_view(service, owner, &summary))
+    Ok(run_view(driving, owner, &summary))
 }
 
 /// Who the token is.
@@ -399,8 +402,9 @@ pub(crate) async fn list(
         .journal(move |journal| {
             let mut views = Vec::with_capacity(owners.len());
             for owner in &owners {
+                let driving = reader.driving(&owner.run);
                 match converge_runtime::Journal::summary(journal, &owner.run) {
-                    Ok(summary) => views.push(run_view(&reader, owner, &summary)),
+                    Ok(summary) => views.push(run_view(driving, owner, &summary)),
                     // Claimed but never created (its submission failed mid-way).
                     Err(converge_runtime::JournalError::UnknownRun { .. }) => {}
                     Err(error) => return Err(journal_error(error)),

@@ -273,7 +273,7 @@ impl Service {
         let slot = self.slot(&run);
         slot.driving.store(true, Ordering::SeqCst);
         *lock(&slot.cancel) = Some(cancel.clone());
-        runtime.set_cancel(cancel);
+        runtime.set_cancel(cancel.clone());
         runtime.observe(Committed {
             committed: slot.committed.clone(),
             first: first.clone(),
@@ -281,7 +281,7 @@ impl Service {
         let service = self.clone();
         self.metrics.drives_started();
         tokio::task::spawn_blocking(move || {
-            let outcome = drive_on_this_thread(&service.config.db, runtime, op);
+            let outcome = drive_on_this_thread(&service.config.db, runtime, op, &cancel);
             *lock(&slot.cancel) = None;
             slot.driving.store(false, Ordering::SeqCst);
             service.metrics.drives_ended();
@@ -348,6 +348,7 @@ fn drive_on_this_thread(
     db: &std::path::Path,
     mut runtime: Runtime,
     op: Op,
+    cancel: &Cancel,
 ) -> Result<ConvergeResult, ApiError> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -355,6 +356,8 @@ fn drive_on_this_thread(
         .map_err(ApiError::internal)?;
     let mut journal = SqliteJournal::open(db).map_err(ApiError::internal)?;
     let journal = &mut journal;
+    let run = op.run().clone();
+    let runtime = &mut runtime;
     let result = tokio.block_on(async {
         match op {
             Op::Start(run) => runtime.run_durable(journal, &run).await,
@@ -367,7 +370,15 @@ fn drive_on_this_thread(
             }
         }
     });
-    result.map_err(durable_error)
+    let result = result.map_err(durable_error)?;
+    // A cancellation that came after the drive's last check found the run parked: it still
+    // stops the run, as the 202 that accepted it promised.
+    match (&result.stop_reason, cancel.cancellation()) {
+        (converge_core::StopReason::AwaitingApproval { .. }, Some(cancelled)) => runtime
+            .cancel_durable(journal, &run, &cancelled.by, &cancelled.reason)
+            .map_err(durable_error),
+        _ => Ok(result),
+    }
 }
 
 /// Tells the slot about each committed event, and answers the request that started the drive
