@@ -299,13 +299,7 @@ pub(crate) async fn authenticate(
 }
 
 async fn health(State(service): State<Arc<Service>>) -> Response {
-    let checked = service
-        .journal(|journal| {
-            converge_runtime::Journal::runs(journal)
-                .map(drop)
-                .map_err(ApiError::internal)
-        })
-        .await;
+    let checked = service.store(|store| store.ping()).await;
     match checked {
         Ok(()) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
         Err(_) => (
