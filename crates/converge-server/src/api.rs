@@ -595,7 +595,7 @@ pub(crate) async fn rejections(
 /// must name.
 #[utoipa::path(get, path = "/v1/runs/{run}/approvals", tag = "approvals",
     params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, description = "`{\"pending\": [{proposal, hash, key, id, content, confidence, agent}]}`", body = Object)),
+    responses((status = 200, description = "`{\"pending\": [{proposal, hash, key, id, content, confidence, agent, agent_name}]}`", body = Object)),
     security(("bearer" = [])))]
 pub(crate) async fn approvals(
     State(service): Api,
@@ -604,11 +604,19 @@ pub(crate) async fn approvals(
 ) -> Result<Json<Value>, ApiError> {
     let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
-    let pending = if seen.stopped {
+    let mut pending = if seen.stopped {
         view::pending_json(&seen.result)
     } else {
         json!([])
     };
+    // Agents are recorded by name in the run's header, in id order.
+    for entry in pending.as_array_mut().into_iter().flatten() {
+        let name = entry["agent"]
+            .as_u64()
+            .and_then(|index| seen.header.agents.get(index as usize))
+            .cloned();
+        entry["agent_name"] = json!(name);
+    }
     Ok(Json(json!({ "pending": pending })))
 }
 

@@ -399,7 +399,7 @@ async fn an_approval_of_the_listed_hash_promotes_the_fact_with_its_approver() ->
     let pending = &approvals["pending"][0];
     assert_eq!(pending["key"], "releases");
     assert_eq!(pending["id"], "release-2-4-0");
-    // The agent that proposed it: by name, or by its id as registered in `run_started`.
+    // The agent that proposed it: its id as registered in `run_started`, and its name.
     let started = &server.events("release-1").await?[0]["event"];
     let agent_id = started["agents"]
         .as_array()
@@ -408,10 +408,8 @@ async fn an_approval_of_the_listed_hash_promotes_the_fact_with_its_approver() ->
         .find(|agent| agent["name"] == "propose-release")
         .map(|agent| agent["id"].clone())
         .ok_or("no propose-release agent")?;
-    assert!(
-        pending["agent"] == "propose-release" || pending["agent"] == agent_id,
-        "{pending}"
-    );
+    assert_eq!(pending["agent"], agent_id, "{pending}");
+    assert_eq!(pending["agent_name"], "propose-release", "{pending}");
     assert!(is_hex_digest(&hash), "{pending}");
     assert_eq!(
         pending["content"],
