@@ -5,7 +5,7 @@
 # same convention as `converge-bench`) and a short table.
 #
 #   crates/converge-bench/load/serve.sh                 # defaults below
-#   DURATION=60s READ_RATE=2000 crates/converge-bench/load/serve.sh
+#   DURATION=60s READ_RATE=2000 SUBMIT_RATE=100 crates/converge-bench/load/serve.sh
 #
 # Needs `oha` (a Rust HTTP load generator; installed with `cargo install` into target/ when
 # it is not on PATH), curl and python3.
@@ -14,7 +14,7 @@ set -euo pipefail
 DURATION=${DURATION:-20s}        # each read load, and the submissions beside them
 READ_RATE=${READ_RATE:-1000}     # requests per second on each read endpoint
 READ_CONNECTIONS=${READ_CONNECTIONS:-16}
-SUBMIT_RATE=${SUBMIT_RATE:-20}   # runs submitted per second, during every read load
+SUBMIT_RATE=${SUBMIT_RATE:-50}   # runs submitted per second, during every read load
 STREAMS=${STREAMS:-16}           # live SSE readers open throughout
 
 root=$(cd "$(dirname "$0")/../../.." && pwd)

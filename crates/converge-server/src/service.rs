@@ -35,6 +35,9 @@ pub(crate) struct Service {
     journals: Pool<SqliteJournal>,
     slots: Mutex<HashMap<RunId, Arc<Slot>>>,
     pub(crate) metrics: Metrics,
+    /// Runs driven at once: more would only contend for the cores and the journal's writer
+    /// lock, and slow every reader down with them.
+    drives: Arc<tokio::sync::Semaphore>,
 }
 
 /// One run as this process knows it.
@@ -89,6 +92,9 @@ impl Service {
             journals,
             slots: Mutex::new(HashMap::new()),
             metrics: Metrics::new(),
+            drives: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2)),
+            )),
         })
     }
 
@@ -281,7 +287,7 @@ impl Service {
         let service = self.clone();
         self.metrics.drives_started();
         tokio::task::spawn_blocking(move || {
-            let outcome = drive_on_this_thread(&service.config.db, runtime, op, &cancel);
+            let outcome = drive_on_this_thread(&service, runtime, op, &cancel);
             *lock(&slot.cancel) = None;
             slot.driving.store(false, Ordering::SeqCst);
             service.metrics.drives_ended();
@@ -345,7 +351,7 @@ impl Op {
 
 /// Drives one operation to its end on the calling (blocking) thread.
 fn drive_on_this_thread(
-    db: &std::path::Path,
+    service: &Service,
     mut runtime: Runtime,
     op: Op,
     cancel: &Cancel,
@@ -354,7 +360,11 @@ fn drive_on_this_thread(
         .enable_all()
         .build()
         .map_err(ApiError::internal)?;
-    let mut journal = SqliteJournal::open(db).map_err(ApiError::internal)?;
+    // Waiting for a turn holds this thread only; the request thread is not blocked.
+    let _turn = tokio
+        .block_on(service.drives.clone().acquire_owned())
+        .map_err(ApiError::internal)?;
+    let mut journal = SqliteJournal::open(&service.config.db).map_err(ApiError::internal)?;
     let journal = &mut journal;
     let run = op.run().clone();
     let runtime = &mut runtime;
