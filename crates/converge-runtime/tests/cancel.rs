@@ -4,6 +4,8 @@
 //! driving it. Each is journaled so that verify, replay and inspect reproduce it without
 //! executing anything, and refusals write nothing.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +25,8 @@ use serde_json::json;
 use tempfile::TempDir;
 use tokio::sync::Notify;
 
+use support::{Planner, block_on, journal_at, run_id};
+
 const BY: &str = "alice";
 const WHY: &str = "wrong input file";
 const MESSAGE: &str = "cancelled by alice: wrong input file";
@@ -31,22 +35,6 @@ fn halted() -> StopReason {
     StopReason::Halted {
         reason: MESSAGE.to_owned(),
     }
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
-
-fn run_id() -> RunId {
-    RunId::new("job-1").unwrap()
-}
-
-fn journal_at(dir: &TempDir) -> SqliteJournal {
-    SqliteJournal::open(dir.path().join("journal.db")).unwrap()
 }
 
 fn file_bytes(path: &Path) -> Vec<u8> {
@@ -126,31 +114,6 @@ impl Agent for Counter {
             cancel.cancel(BY, WHY);
         }
         AgentEffect::empty().with_proposal(Proposal::new(ContextKey::Signals, format!("s{n}"), n))
-    }
-}
-
-/// Once six signals exist, proposes a strategy.
-struct Planner;
-
-impl Agent for Planner {
-    fn name(&self) -> &str {
-        "planner"
-    }
-
-    fn dependencies(&self) -> &[ContextKey] {
-        &[ContextKey::Signals]
-    }
-
-    fn requested_scope(&self) -> AuthorityScope {
-        AuthorityScope::keys([ContextKey::Strategies])
-    }
-
-    fn accepts(&self, ctx: &Context) -> bool {
-        ctx.count(ContextKey::Signals) == 6 && !ctx.has(ContextKey::Strategies)
-    }
-
-    fn execute(&self, _ctx: &Context) -> AgentEffect {
-        AgentEffect::empty().with_proposal(Proposal::new(ContextKey::Strategies, "go", "expand"))
     }
 }
 

@@ -3,6 +3,8 @@
 //! fresh runtime without re-executing agents, replay calls nothing and names divergences, and
 //! bad resumes are clear errors that modify nothing.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +19,8 @@ use converge_runtime::{
     SqliteJournal, Verification,
 };
 use tempfile::TempDir;
+
+use support::{Planner, block_on, journal_at, run_id};
 
 /// Proposes `count` signals, one per cycle, counting its executions.
 struct Counter {
@@ -71,50 +75,9 @@ fn job(approval: bool) -> (Runtime, Arc<AtomicUsize>) {
     (Runtime::new(engine), runs)
 }
 
-/// Once six signals exist, proposes a strategy.
-struct Planner;
-
-impl Agent for Planner {
-    fn name(&self) -> &str {
-        "planner"
-    }
-
-    fn dependencies(&self) -> &[ContextKey] {
-        &[ContextKey::Signals]
-    }
-
-    fn requested_scope(&self) -> AuthorityScope {
-        AuthorityScope::keys([ContextKey::Strategies])
-    }
-
-    fn accepts(&self, ctx: &Context) -> bool {
-        ctx.count(ContextKey::Signals) == 6 && !ctx.has(ContextKey::Strategies)
-    }
-
-    fn execute(&self, _ctx: &Context) -> AgentEffect {
-        AgentEffect::empty().with_proposal(Proposal::new(ContextKey::Strategies, "go", "expand"))
-    }
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
-
 fn reference() -> ConvergeResult {
     let (mut runtime, _) = job(false);
     block_on(runtime.run(Context::new())).unwrap()
-}
-
-fn run_id() -> RunId {
-    RunId::new("job-1").unwrap()
-}
-
-fn journal_at(dir: &TempDir) -> SqliteJournal {
-    SqliteJournal::open(dir.path().join("journal.db")).unwrap()
 }
 
 #[test]
