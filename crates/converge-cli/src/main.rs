@@ -171,47 +171,25 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                 Verification::Intact { .. } => exit::OK,
                 Verification::Broken { .. } => exit::OTHER_STOP,
             };
-            match (&verification, cli.json) {
-                (
-                    Verification::Intact {
-                        steps,
-                        events,
-                        root_hash,
-                    },
-                    true,
-                ) => println!(
-                    "{}",
-                    json!({"run": run_id.as_str(), "intact": true, "steps": steps, "events": events, "root_hash": root_hash})
-                ),
-                (
-                    Verification::Broken {
-                        first_bad_seq,
-                        step,
-                        reason,
-                    },
-                    true,
-                ) => println!(
-                    "{}",
-                    json!({"run": run_id.as_str(), "intact": false, "first_bad_seq": first_bad_seq, "step": step, "reason": reason.to_string()})
-                ),
-                (
-                    Verification::Intact {
-                        steps,
-                        events,
-                        root_hash,
-                    },
-                    false,
-                ) => println!(
+            if cli.json {
+                let mut json = converge_server::view::verification_json(&verification);
+                json["run"] = json!(run_id.as_str());
+                println!("{json}");
+                return Ok(code);
+            }
+            match &verification {
+                Verification::Intact {
+                    steps,
+                    events,
+                    root_hash,
+                } => println!(
                     "run {run_id}: intact — {steps} steps, {events} events, root hash {root_hash}"
                 ),
-                (
-                    Verification::Broken {
-                        first_bad_seq,
-                        step,
-                        reason,
-                    },
-                    false,
-                ) => {
+                Verification::Broken {
+                    first_bad_seq,
+                    step,
+                    reason,
+                } => {
                     let step = step
                         .map(|step| format!(" (step {step})"))
                         .unwrap_or_default();

@@ -12,7 +12,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use converge_core::{ContextKey, Digest, ProposalId, StopReason};
-use converge_runtime::{Cancel, RunId, RunStatus, RunSummary, Verification};
+use converge_runtime::{Cancel, RunId, RunStatus, RunSummary};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -179,7 +179,7 @@ fn run_view(driving: bool, owner: &Ownership, summary: &RunSummary) -> RunView {
     let status = if driving {
         "running"
     } else {
-        status_name(&summary.status)
+        summary.status.name()
     };
     RunView {
         id: owner.id.clone(),
@@ -192,14 +192,6 @@ fn run_view(driving: bool, owner: &Ownership, summary: &RunSummary) -> RunView {
         events: summary.events,
         root_hash: summary.root_hash.to_string(),
         driving,
-    }
-}
-
-fn status_name(status: &RunStatus) -> &'static str {
-    match status {
-        RunStatus::Running => "running",
-        RunStatus::AwaitingApproval => "awaiting_approval",
-        RunStatus::Stopped { .. } => "stopped",
     }
 }
 
@@ -281,15 +273,11 @@ pub(crate) async fn submit(
             format!("run {id:?} already exists"),
         ));
     };
-    let answered = service.drive(guard, runtime, Op::Start(run.clone()), Cancel::new());
-    match answered.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            let forget = run.clone();
-            let _ = service.store(move |store| store.unclaim(&forget)).await;
-            return Err(error);
-        }
-        Err(_) => return Err(ApiError::internal("the drive ended without an answer")),
+    let started = service.drive(guard, runtime, Op::Start(run.clone()), Cancel::new());
+    if let Err(error) = started.await {
+        let forget = run.clone();
+        let _ = service.store(move |store| store.unclaim(&forget)).await;
+        return Err(error);
     }
     let view = view_of(&service, &owner).await?;
     let location = format!("/v1/runs/{id}");
@@ -395,8 +383,9 @@ pub(crate) async fn list(
     let principal = authorize(&service, &headers, Action::Read).await?;
     let limit = query.limit.unwrap_or(100).min(1000);
     let tenant = principal.tenant.clone();
-    let mut owners = service.store(move |store| store.runs_of(&tenant)).await?;
-    owners.truncate(limit);
+    let owners = service
+        .store(move |store| store.runs_of(&tenant, limit))
+        .await?;
     let reader = service.clone();
     let views = service
         .journal(move |journal| {
@@ -481,10 +470,7 @@ pub(crate) async fn cancel(
             Op::Resume(owner.run.clone())
         }
     };
-    service
-        .drive(guard, runtime, op, cancel)
-        .await
-        .map_err(|_| ApiError::internal("the drive ended without an answer"))??;
+    service.drive(guard, runtime, op, cancel).await?;
     let view = view_of(&service, &owner).await?;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
@@ -522,8 +508,7 @@ pub(crate) async fn resume(
     let runtime = service.live_runtime(&owner.run).await?;
     service
         .drive(guard, runtime, Op::Resume(owner.run.clone()), Cancel::new())
-        .await
-        .map_err(|_| ApiError::internal("the drive ended without an answer"))??;
+        .await?;
     let view = view_of(&service, &owner).await?;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
@@ -703,20 +688,16 @@ async fn decide(
     };
     let decision = service::decision(proposal, hash, &principal.name, reject)?;
     let runtime = service.live_runtime(&owner.run).await?;
-    let answered = service.drive(
+    let applied = service.drive(
         guard,
         runtime,
         Op::Decide(owner.run.clone(), decision),
         Cancel::new(),
     );
-    match answered.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            attempt.refusal = Some(error.code.to_owned());
-            record(&service, &owner.run, attempt).await?;
-            return Err(error);
-        }
-        Err(_) => return Err(ApiError::internal("the drive ended without an answer")),
+    if let Err(error) = applied.await {
+        attempt.refusal = Some(error.code.to_owned());
+        record(&service, &owner.run, attempt).await?;
+        return Err(error);
     }
     attempt.outcome = "accepted".to_owned();
     attempt.seq = record(&service, &owner.run, attempt.clone()).await?;
@@ -778,18 +759,16 @@ async fn check_decision(
         .inspection(&owner.run)
         .await
         .map_err(|error| ("internal", error))?;
-    let StopReason::AwaitingApproval { pending } = &seen.result.stop_reason else {
-        return Err((
-            "not_awaiting_approval",
-            ApiError::conflict("not_awaiting_approval", "the run is not awaiting approval"),
-        ));
+    // A run that has not stopped carries a stand-in stop reason: only a stopped one is parked.
+    let pending = match &seen.result.stop_reason {
+        StopReason::AwaitingApproval { pending } if seen.stopped => pending,
+        _ => {
+            return Err((
+                "not_awaiting_approval",
+                ApiError::conflict("not_awaiting_approval", "the run is not awaiting approval"),
+            ));
+        }
     };
-    if !seen.stopped {
-        return Err((
-            "not_awaiting_approval",
-            ApiError::conflict("not_awaiting_approval", "the run is not awaiting approval"),
-        ));
-    }
     let Some(parked) = pending.iter().find(|parked| parked.proposal == proposal) else {
         return Err(not_pending());
     };
@@ -853,11 +832,7 @@ pub(crate) async fn events(
         let next = entries.last().map_or(from, |entry| entry.seq + 1);
         let body = format!(
             r#"{{"events":[{}],"next":{next},"stopped":{}}}"#,
-            entries
-                .iter()
-                .map(|entry| entry.json.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
+            joined(&entries),
             matches!(summary.status, RunStatus::Stopped { .. }) && next >= summary.events
         );
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
@@ -933,6 +908,12 @@ fn stream_events(
     futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(receiver), Ok)
 }
 
+/// Encoded events as the inside of a JSON array.
+fn joined(entries: &[Arc<EventEntry>]) -> String {
+    let parts: Vec<&str> = entries.iter().map(|entry| entry.json.as_str()).collect();
+    parts.join(",")
+}
+
 fn sse_of(entry: &EventEntry) -> SseEvent {
     SseEvent::default()
         .id(entry.seq.to_string())
@@ -980,24 +961,12 @@ pub(crate) async fn verify(
             converge_runtime::Journal::verify(journal, &run).map_err(journal_error)
         })
         .await?;
-    Ok(Json(match verification {
-        Verification::Intact {
-            steps,
-            events,
-            root_hash,
-        } => json!({"intact": true, "steps": steps, "events": events, "root_hash": root_hash}),
-        Verification::Broken {
-            first_bad_seq,
-            step,
-            reason,
-        } => {
-            json!({"intact": false, "first_bad_seq": first_bad_seq, "step": step, "reason": reason.to_string()})
-        }
-    }))
+    Ok(Json(view::verification_json(&verification)))
 }
 
-/// The audit proof: the chain's head and its entries, each recomputable as
-/// `SHA-256(previous hash ‖ seq as 8 little-endian bytes ‖ event bytes)`.
+/// The audit proof: the chain's head and its entries. Each hash is SHA-256 over the previous
+/// hash (zeros before the first), the seq as 8 little-endian bytes and the event's exact
+/// bytes, each part preceded by its length as 8 little-endian bytes.
 #[utoipa::path(get, path = "/v1/runs/{run}/audit", tag = "audit",
     params(("run" = String, Path, description = "The run's id"), PageQuery),
     responses((status = 200, description = "`{root_hash, steps, events, entries: [{seq, step, hash, event}], next}`", body = Object)),
@@ -1018,11 +987,7 @@ pub(crate) async fn audit(
         summary.root_hash,
         summary.steps,
         summary.events,
-        entries
-            .iter()
-            .map(|entry| entry.json.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
+        joined(&entries)
     );
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

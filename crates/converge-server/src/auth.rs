@@ -83,7 +83,6 @@ impl Action {
 /// Who a request acts as: a live token's tenant, name and role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Principal {
-    pub(crate) token: String,
     pub(crate) tenant: String,
     pub(crate) name: String,
     pub(crate) role: Role,

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -101,7 +101,6 @@ impl Server {
         http.timer(TokioTimer::new())
             .header_read_timeout(service.config.header_timeout)
             .max_buf_size(64 * 1024);
-        let _ = TokioExecutor::new();
         tokio::pin!(shutdown);
         loop {
             let (stream, _) = tokio::select! {
@@ -291,7 +290,6 @@ pub(crate) async fn authenticate(
     let token = service.store(move |store| store.token(&hash)).await?;
     let token = token.ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
     Ok(Principal {
-        token: token.id,
         tenant: token.tenant,
         name: token.name,
         role: token.role,
@@ -316,12 +314,12 @@ async fn metrics(State(service): State<Arc<Service>>) -> Result<Response, ApiErr
             let runs = converge_runtime::Journal::runs(journal).map_err(ApiError::internal)?;
             let mut counts = [("running", 0), ("awaiting_approval", 0), ("stopped", 0)];
             for run in runs {
-                let name = match run.status {
-                    converge_runtime::RunStatus::Running => 0,
-                    converge_runtime::RunStatus::AwaitingApproval => 1,
-                    converge_runtime::RunStatus::Stopped { .. } => 2,
-                };
-                counts[name].1 += 1;
+                if let Some(count) = counts
+                    .iter_mut()
+                    .find(|(name, _)| *name == run.status.name())
+                {
+                    count.1 += 1;
+                }
             }
             Ok(counts)
         })

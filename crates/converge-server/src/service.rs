@@ -266,13 +266,14 @@ impl Service {
     /// Starts driving a run on its own thread, holding `guard` until it stops. The answer
     /// comes as soon as the drive's first step is committed (or it failed before): the run
     /// goes on in the background. `cancel` may be pre-cancelled (to halt a run on resuming).
+    /// The drive starts whether or not the answer is awaited.
     pub(crate) fn drive(
         self: &Arc<Self>,
         guard: OwnedMutexGuard<()>,
         mut runtime: Runtime,
         op: Op,
         cancel: Cancel,
-    ) -> oneshot::Receiver<Result<(), ApiError>> {
+    ) -> impl Future<Output = Result<(), ApiError>> + use<> {
         let (answer, answered) = oneshot::channel();
         let first = Arc::new(Mutex::new(Some(answer)));
         let run = op.run().clone();
@@ -306,7 +307,11 @@ impl Service {
                 }
             }
         });
-        answered
+        async move {
+            answered
+                .await
+                .unwrap_or_else(|_| Err(ApiError::internal("the drive ended without an answer")))
+        }
     }
 
     /// Runs that were submitted here and left running by a process that stopped: driven on

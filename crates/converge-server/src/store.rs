@@ -369,32 +369,34 @@ impl Store {
             .map(Option::flatten)
     }
 
-    /// The tenant's runs, newest first.
-    pub(crate) fn runs_of(&self, tenant: &str) -> Result<Vec<Ownership>, StoreError> {
-        self.conn
-            .prepare_cached(
-                "SELECT run, tenant, id, submitted_by, submitted_ms FROM server_runs \
-                 WHERE tenant = ?1 ORDER BY submitted_ms DESC, id DESC",
-            )
-            .and_then(|mut statement| {
-                statement
-                    .query_map([tenant], ownership_row)?
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map(|rows| rows.into_iter().flatten().collect())
-            .map_err(|source| self.error(source))
+    /// The tenant's runs, newest first, at most `limit`.
+    pub(crate) fn runs_of(&self, tenant: &str, limit: usize) -> Result<Vec<Ownership>, StoreError> {
+        self.ownerships(
+            "SELECT run, tenant, id, submitted_by, submitted_ms FROM server_runs \
+             WHERE tenant = ?1 ORDER BY submitted_ms DESC, id DESC LIMIT ?2",
+            params![tenant, i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
     }
 
     /// Every run submitted here, oldest first.
     pub(crate) fn all_runs(&self) -> Result<Vec<Ownership>, StoreError> {
+        self.ownerships(
+            "SELECT run, tenant, id, submitted_by, submitted_ms FROM server_runs \
+             ORDER BY submitted_ms, run",
+            params![],
+        )
+    }
+
+    fn ownerships(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Ownership>, StoreError> {
         self.conn
-            .prepare_cached(
-                "SELECT run, tenant, id, submitted_by, submitted_ms FROM server_runs \
-                 ORDER BY submitted_ms, run",
-            )
+            .prepare_cached(sql)
             .and_then(|mut statement| {
                 statement
-                    .query_map([], ownership_row)?
+                    .query_map(params, ownership_row)?
                     .collect::<Result<Vec<_>, _>>()
             })
             .map(|rows| rows.into_iter().flatten().collect())

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use converge_core::{ConvergeResult, Fact, FactRef, StopReason};
+use converge_runtime::Verification;
 use serde_json::{Value, json};
 
 /// One fact with its provenance: key, id, version, content, confidence and hashes, the agent
@@ -99,6 +100,28 @@ fn why(result: &ConvergeResult, fact: &Fact, seen: &mut BTreeSet<(String, String
         .collect();
     value["sources"] = Value::Array(sources);
     value
+}
+
+/// What a chain verification found: `{"intact": true, steps, events, root_hash}` or
+/// `{"intact": false, first_bad_seq, step, reason}`.
+pub fn verification_json(verification: &Verification) -> Value {
+    match verification {
+        Verification::Intact {
+            steps,
+            events,
+            root_hash,
+        } => json!({"intact": true, "steps": steps, "events": events, "root_hash": root_hash}),
+        Verification::Broken {
+            first_bad_seq,
+            step,
+            reason,
+        } => json!({
+            "intact": false,
+            "first_bad_seq": first_bad_seq,
+            "step": step,
+            "reason": reason.to_string(),
+        }),
+    }
 }
 
 /// The current fact a provenance link names, if it is still in the context.

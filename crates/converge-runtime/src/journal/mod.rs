@@ -120,7 +120,8 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub(crate) fn name(&self) -> &'static str {
+    /// Its name: `running`, `awaiting_approval` or `stopped`.
+    pub fn name(&self) -> &'static str {
         match self {
             RunStatus::Running => "running",
             RunStatus::AwaitingApproval => "awaiting_approval",
