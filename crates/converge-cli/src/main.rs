@@ -182,18 +182,13 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                     steps,
                     events,
                     root_hash,
+                    record_hash,
                 } => println!(
-                    "run {run_id}: intact — {steps} steps, {events} events, root hash {root_hash}"
+                    "run {run_id}: intact — {steps} steps, {events} events, root hash \
+                     {root_hash}, record hash {record_hash}"
                 ),
-                Verification::Broken {
-                    first_bad_seq,
-                    step,
-                    reason,
-                } => {
-                    let step = step
-                        .map(|step| format!(" (step {step})"))
-                        .unwrap_or_default();
-                    println!("run {run_id}: BROKEN at event {first_bad_seq}{step}: {reason}");
+                Verification::Broken { at, reason } => {
+                    println!("run {run_id}: BROKEN at {at}: {reason}");
                 }
             }
             Ok(code)

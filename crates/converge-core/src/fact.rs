@@ -15,7 +15,7 @@ use crate::gate::ValidationReport;
 use crate::id::{AgentId, FactId, ObservationId, ProposalId};
 use crate::key::ContextKey;
 use crate::observation::TraceLink;
-use crate::proposal::{Confidence, FactRef, Proposal, Validated, proposal_hash};
+use crate::proposal::{Confidence, FactRef, Proposal, ProposalParts, Validated, proposal_hash};
 
 /// A promoted fact.
 #[derive(Debug, PartialEq, Serialize)]
@@ -103,13 +103,15 @@ impl Fact {
             .correction
             .as_ref()
             .map(|correction| correction.reason.as_str());
-        proposal_hash(
-            self.key,
-            &self.id,
-            self.content_hash,
-            self.confidence,
+        proposal_hash(ProposalParts {
+            key: self.key,
+            id: &self.id,
+            content_hash: self.content_hash,
+            confidence: self.confidence,
+            derived_from: &self.record.derived_from,
+            evidence: &self.record.evidence,
             correction,
-        )
+        })
     }
 
     /// Why this fact is true: who proposed it, what was checked, who approved.

@@ -278,17 +278,20 @@ impl Proposal<Validated> {
         self.state.confidence
     }
 
-    /// The proposal hash an approval must name: it binds key, id, content, confidence and
-    /// correction reason.
+    /// The proposal hash an approval must name: it binds everything the fact will carry —
+    /// key, id, content, confidence, the facts it derives from, the observations it cites
+    /// and the correction reason.
     pub fn hash(&self) -> Digest {
         let state = &self.state;
-        proposal_hash(
-            state.key,
-            &state.id,
-            state.content_hash,
-            state.confidence,
-            state.correction.as_deref(),
-        )
+        proposal_hash(ProposalParts {
+            key: state.key,
+            id: &state.id,
+            content_hash: state.content_hash,
+            confidence: state.confidence,
+            derived_from: &state.derived_from,
+            evidence: &state.evidence,
+            correction: state.correction.as_deref(),
+        })
     }
 
     /// The facts this proposal says it was derived from.
@@ -312,25 +315,43 @@ impl Proposal<Validated> {
     }
 }
 
-/// The hash that binds an approval to one exact proposal.
-pub(crate) fn proposal_hash(
-    key: ContextKey,
-    id: &FactId,
-    content_hash: Digest,
-    confidence: Confidence,
-    correction: Option<&str>,
-) -> Digest {
-    let confidence = confidence.value().to_bits().to_le_bytes();
-    let (flag, reason): (&[u8], &[u8]) = match correction {
+/// Everything a proposal hash binds.
+pub(crate) struct ProposalParts<'a> {
+    pub(crate) key: ContextKey,
+    pub(crate) id: &'a FactId,
+    pub(crate) content_hash: Digest,
+    pub(crate) confidence: Confidence,
+    pub(crate) derived_from: &'a [FactRef],
+    pub(crate) evidence: &'a [ObservationId],
+    pub(crate) correction: Option<&'a str>,
+}
+
+/// The hash that binds an approval to one exact proposal: every field the fact will carry,
+/// each length-prefixed ([`Digest::of_parts`]); each derivation as its key name then its id,
+/// and the evidence as observation ids, in order, each list preceded by its length.
+pub(crate) fn proposal_hash(parts: ProposalParts<'_>) -> Digest {
+    let confidence = parts.confidence.value().to_bits().to_le_bytes();
+    let (flag, reason): (&[u8], &[u8]) = match parts.correction {
         None => (b"plain", b""),
         Some(reason) => (b"correction", reason.as_bytes()),
     };
-    Digest::of_parts(&[
-        key.name().as_bytes(),
-        id.as_str().as_bytes(),
-        content_hash.as_bytes(),
+    let evidence: Vec<String> = parts.evidence.iter().map(ToString::to_string).collect();
+    let derivation_count = (parts.derived_from.len() as u64).to_le_bytes();
+    let evidence_count = (evidence.len() as u64).to_le_bytes();
+    let mut all: Vec<&[u8]> = vec![
+        parts.key.name().as_bytes(),
+        parts.id.as_str().as_bytes(),
+        parts.content_hash.as_bytes(),
         &confidence,
         flag,
         reason,
-    ])
+        &derivation_count,
+    ];
+    for fact in parts.derived_from {
+        all.push(fact.key.name().as_bytes());
+        all.push(fact.id.as_str().as_bytes());
+    }
+    all.push(&evidence_count);
+    all.extend(evidence.iter().map(String::as_bytes));
+    Digest::of_parts(&all)
 }

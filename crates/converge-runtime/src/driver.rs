@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use converge_core::{
-    AgentId, AgentOutcome, AuthorityScope, Batch, Context, ConvergeResult, Decision, Engine,
+    AgentEffect, AgentId, AgentOutcome, AuthorityScope, Batch, Context, ConvergeResult, Decision, Engine,
     EngineError, EventRecord, Exhausted, Observer, Run, Step, StopReason, execute_isolated,
 };
 use futures_util::FutureExt;
@@ -27,9 +27,9 @@ use crate::cancel::{Cancel, Cancellation};
 use crate::clock::{Clock, SystemClock};
 use crate::durable::{
     DurableError, HaltRecord, Inspection, Live, Position, ReplayReport, awaiting, header_of,
-    inspect, redrive, replay, status_of,
+    inspect, redrive, replay,
 };
-use crate::journal::{Journal, RunId};
+use crate::journal::{Holder, Journal, Lease, OpenCycle, RunId};
 use crate::record::{JobRecord, StepInput};
 
 /// How the async driver executes batches.
@@ -77,6 +77,7 @@ pub struct Runtime {
     clock: Arc<dyn Clock>,
     job: Option<JobRecord>,
     cancel: Cancel,
+    holder: Holder,
 }
 
 impl Runtime {
@@ -91,7 +92,15 @@ impl Runtime {
             clock: Arc::new(SystemClock::new()),
             job: None,
             cancel: Cancel::new(),
+            holder: Holder::this_process("converge-runtime"),
         }
+    }
+
+    /// With another lease holder: who durable drives say is driving a run (a command line
+    /// names its command). See [`Journal::acquire`].
+    pub fn with_holder(mut self, holder: Holder) -> Runtime {
+        self.holder = holder;
+        self
     }
 
     /// Records that this runtime was built from `job`: durable runs it creates keep the spec
@@ -188,38 +197,57 @@ impl Runtime {
 
 impl Runtime {
     /// Starts durable run `run_id` from an empty context: every step is committed to
-    /// `journal` (input and events, one transaction) before the run goes on.
+    /// `journal` (input and events, one transaction) before the run goes on. The run is
+    /// created leased to this runtime's holder ([`Runtime::with_holder`]) and released when
+    /// the drive ends.
     pub async fn run_durable<J: Journal>(
         &mut self,
         journal: &mut J,
         run_id: &RunId,
     ) -> Result<ConvergeResult, DurableError> {
         let header = header_of(&self.engine, self.job.as_ref());
-        let run = self.engine.start(Context::new())?;
-        journal.create_run(run_id, &header)?;
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock, &self.cancel);
+        let lease = journal.create_run(run_id, &header, &self.holder, self.clock.now_ms())?;
         let first = Some(StepInput::Start { header });
-        drive_durable(
-            executor,
-            &mut self.observers,
-            journal,
-            run_id,
-            0,
-            first,
-            run,
-        )
-        .await
+        let outcome = match self.engine.start(Context::new()) {
+            Ok(run) => {
+                let parts = Runtime::parts(
+                    &self.async_agents,
+                    self.config,
+                    &*self.clock,
+                    &self.cancel,
+                    &mut self.observers,
+                );
+                drive_leased(parts, journal, &lease, 0, None, first, run).await
+            }
+            Err(error) => Err(error.into()),
+        };
+        release(journal, &lease, outcome)
     }
 
     /// Continues a durable run after its process died: re-drives every committed step without
-    /// executing any agent, checks the events are the recorded ones, then executes the rest.
-    /// A run awaiting approval is returned as it stands; a run that stopped for good is an
-    /// error, and nothing is written.
+    /// executing any agent, checks the events are the recorded ones, then executes the rest —
+    /// of a cycle cut short, only the agents whose outcomes were not committed. A run awaiting
+    /// approval is returned as it stands; a run that stopped for good is an error, and nothing
+    /// is written.
+    ///
+    /// The run's lease is taken first: a run another live process drives is refused at once
+    /// ([`JournalError::Leased`]) and nothing executes.
     pub async fn resume_durable<J: Journal>(
         &mut self,
         journal: &mut J,
         run_id: &RunId,
     ) -> Result<ConvergeResult, DurableError> {
+        let lease = journal.acquire(run_id, &self.holder, self.clock.now_ms())?;
+        let outcome = self.resume_leased(journal, &lease).await;
+        release(journal, &lease, outcome)
+    }
+
+    async fn resume_leased<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        lease: &Lease,
+    ) -> Result<ConvergeResult, DurableError> {
+        let run_id = lease.run();
         let recorded = journal.load(run_id)?;
         let next_step = recorded.steps.len() as u64;
         let (run, first) = match redrive(&self.engine, &recorded)? {
@@ -231,37 +259,39 @@ impl Runtime {
                 }),
             ),
             Position::Running(run) => (run, None),
-            Position::Stopped(result) => {
-                let status = status_of(&result.stop_reason);
-                if recorded.status != status {
-                    // The process died between the last step and its status; the steps are the truth.
-                    journal.set_status(run_id, status, result.root_hash)?;
-                }
-                return awaiting(run_id, result);
-            }
+            Position::Stopped(result) => return awaiting(run_id, result),
         };
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock, &self.cancel);
-        drive_durable(
-            executor,
+        let parts = Runtime::parts(
+            &self.async_agents,
+            self.config,
+            &*self.clock,
+            &self.cancel,
             &mut self.observers,
-            journal,
-            run_id,
-            next_step,
-            first,
-            run,
-        )
-        .await
+        );
+        drive_leased(parts, journal, lease, next_step, recorded.open, first, run).await
     }
 
     /// Applies human decisions to a durable run awaiting approval, possibly in another process
     /// than the one that ran it, and runs it to its next stop. Agents that already ran are not
-    /// executed again.
+    /// executed again. Takes the run's lease first, like [`Runtime::resume_durable`].
     pub async fn decide_durable<J: Journal>(
         &mut self,
         journal: &mut J,
         run_id: &RunId,
         decisions: Vec<Decision>,
     ) -> Result<ConvergeResult, DurableError> {
+        let lease = journal.acquire(run_id, &self.holder, self.clock.now_ms())?;
+        let outcome = self.decide_leased(journal, &lease, decisions).await;
+        release(journal, &lease, outcome)
+    }
+
+    async fn decide_leased<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        lease: &Lease,
+        decisions: Vec<Decision>,
+    ) -> Result<ConvergeResult, DurableError> {
+        let run_id = lease.run();
         let recorded = journal.load(run_id)?;
         let next_step = recorded.steps.len() as u64;
         let result = match redrive(&self.engine, &recorded)? {
@@ -274,17 +304,14 @@ impl Runtime {
         };
         let input = StepInput::decisions(&decisions);
         let run = self.engine.resume_run(result, decisions)?;
-        let executor = Executor::new(&self.async_agents, self.config, &*self.clock, &self.cancel);
-        drive_durable(
-            executor,
+        let parts = Runtime::parts(
+            &self.async_agents,
+            self.config,
+            &*self.clock,
+            &self.cancel,
             &mut self.observers,
-            journal,
-            run_id,
-            next_step,
-            Some(input),
-            run,
-        )
-        .await
+        );
+        drive_leased(parts, journal, lease, next_step, None, Some(input), run).await
     }
 
     /// Cancels a durable run that is stopped awaiting approval — nobody is driving it — so it
@@ -293,13 +320,13 @@ impl Runtime {
     ///
     /// Two steps are committed: the run resumes with no decisions (a `decisions` step holding
     /// none, whose event is `run_resumed`), then halts with `cancelled by <by>: <reason>` (a
-    /// `halt` step: its parked proposals are recorded as undecided, then `run_stopped`); then
-    /// its status is set. Replay, resume and inspect re-derive exactly that.
+    /// `halt` step: its parked proposals are recorded as undecided, then `run_stopped`, and
+    /// the status it commits is stopped). Replay, resume and inspect re-derive exactly that.
     ///
     /// A run that stopped for good is [`DurableError::Finished`]; a run whose last committed
-    /// step left it going (being driven, or its driver died) is [`DurableError::NotStopped`]
-    /// — a drive is cancelled through its [`Cancel`] handle instead. Either way nothing is
-    /// written.
+    /// step left it going (its driver died) is [`DurableError::NotStopped`]; a run another
+    /// live process holds is refused by its lease — a drive is cancelled through its
+    /// [`Cancel`] handle instead. Either way nothing is written.
     pub fn cancel_durable<J: Journal>(
         &mut self,
         journal: &mut J,
@@ -307,6 +334,19 @@ impl Runtime {
         by: &str,
         reason: &str,
     ) -> Result<ConvergeResult, DurableError> {
+        let lease = journal.acquire(run_id, &self.holder, self.clock.now_ms())?;
+        let outcome = self.cancel_leased(journal, &lease, by, reason);
+        release(journal, &lease, outcome)
+    }
+
+    fn cancel_leased<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        lease: &Lease,
+        by: &str,
+        reason: &str,
+    ) -> Result<ConvergeResult, DurableError> {
+        let run_id = lease.run();
         let recorded = journal.load(run_id)?;
         let next_step = recorded.steps.len() as u64;
         let result = match redrive(&self.engine, &recorded)? {
@@ -322,14 +362,17 @@ impl Runtime {
         let mut observer = Deliver(&mut self.observers);
         let mut live = Live {
             journal,
-            run_id,
+            lease: lease.clone(),
             next_step,
             observer: &mut observer,
+            open: None,
+            clock: &*self.clock,
+            renewed_ms: self.clock.now_ms(),
         };
         live.commit(&StepInput::decisions(&[]), &mut run)?;
         let halt = HaltRecord::cancelled(&Cancellation::new(by, reason));
         live.halt(&halt, &mut run)?;
-        live.close(run)
+        Ok(live.close(run))
     }
 
     /// Re-derives a recorded run up to its last committed step without executing any agent:
@@ -352,32 +395,64 @@ impl Runtime {
         let recorded = journal.load(run_id)?;
         replay(&self.engine, &recorded)
     }
+
+    /// What a durable drive borrows from the runtime, field by field, while its engine is
+    /// borrowed too.
+    fn parts<'r>(
+        async_agents: &'r BTreeMap<AgentId, Arc<dyn AsyncAgent>>,
+        config: DriverConfig,
+        clock: &'r dyn Clock,
+        cancel: &'r Cancel,
+        observers: &'r mut Vec<Box<dyn Observer + Send>>,
+    ) -> (Executor<'r>, Deliver<'r>, &'r dyn Clock) {
+        (
+            Executor::new(async_agents, config, clock, cancel),
+            Deliver(observers),
+            clock,
+        )
+    }
 }
 
-/// Drives `run` from journal step `next_step`, committing `first` (a start or decisions step
-/// whose events the run already emitted) before anything executes.
-async fn drive_durable<J: Journal>(
-    executor: Executor<'_>,
-    observers: &mut Vec<Box<dyn Observer + Send>>,
+/// Drives `run` from journal step `next_step` under `lease`, committing `first` (a start or
+/// decisions step whose events the run already emitted) before anything executes.
+#[allow(clippy::too_many_arguments)]
+async fn drive_leased<J: Journal>(
+    (executor, mut observer, clock): (Executor<'_>, Deliver<'_>, &dyn Clock),
     journal: &mut J,
-    run_id: &RunId,
+    lease: &Lease,
     next_step: u64,
+    open: Option<OpenCycle>,
     first: Option<StepInput>,
     mut run: Run<'_>,
 ) -> Result<ConvergeResult, DurableError> {
     // The journal stores the bytes the core hashed; keeping them spares encoding twice.
     run.keep_encoded_events();
-    let mut observer = Deliver(observers);
     let mut live = Live {
         journal,
-        run_id,
+        lease: lease.clone(),
         next_step,
         observer: &mut observer,
+        open,
+        clock,
+        renewed_ms: clock.now_ms(),
     };
     if let Some(input) = first {
         live.commit(&input, &mut run)?;
     }
     live.drive(&executor, run).await
+}
+
+/// Gives the lease up once a drive ends, whatever its outcome; the drive's own error wins
+/// over a failure to release (an unreleased lease expires, or dies with this process).
+fn release<J: Journal, T>(
+    journal: &mut J,
+    lease: &Lease,
+    outcome: Result<T, DurableError>,
+) -> Result<T, DurableError> {
+    let released = journal.release(lease);
+    let value = outcome?;
+    released?;
+    Ok(value)
 }
 
 /// Delivers each event to every observer.
@@ -475,28 +550,78 @@ impl<'a> Executor<'a> {
         run: &Run<'_>,
         batch: &Batch,
     ) -> Vec<(AgentId, AgentOutcome)> {
+        match self
+            .execute_with(run, batch, Vec::new(), &mut NoProgress)
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            // `NoProgress` never fails.
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// [`Executor::execute`], starting from outcomes already known (`known`, committed before
+    /// a crash: those agents are not executed again) and reporting progress: outcomes that
+    /// finish while other agents of the batch still run are handed to `progress` together
+    /// (whatever finished since the last hand-over), and `progress` is called at least every
+    /// [`Progress::waiting_every`] while agents run. An error from `progress` ends the batch:
+    /// the agents still running are dropped and the error is returned.
+    pub(crate) async fn execute_with<E>(
+        &self,
+        run: &Run<'_>,
+        batch: &Batch,
+        known: Vec<(AgentId, AgentOutcome)>,
+        progress: &mut dyn Progress<Error = E>,
+    ) -> Result<Vec<(AgentId, AgentOutcome)>, E> {
         let ctx = run.context();
-        let mut outcomes = Vec::with_capacity(batch.agents().len());
+        let done: BTreeSet<AgentId> = known.iter().map(|(id, _)| *id).collect();
+        let mut outcomes = known;
+        outcomes.reserve(batch.agents().len().saturating_sub(outcomes.len()));
+        // Outcomes not yet handed to `progress`: from `outcomes[handed..]`.
+        let mut handed = outcomes.len();
         let mut in_flight = FuturesUnordered::new();
-        let mut queue = batch.agents().iter().copied();
+        let mut queue = batch
+            .agents()
+            .iter()
+            .copied()
+            .filter(|id| !done.contains(id))
+            .peekable();
         let limit = self.config.concurrency_max.max(1);
+        let every = progress.waiting_every();
         loop {
             while in_flight.len() < limit && !self.cancel.is_cancelled() {
                 let Some(id) = queue.next() else { break };
                 match self.async_agents.get(&id) {
                     Some(agent) => in_flight.push(self.execute_async(id, &**agent, ctx)),
-                    None => outcomes.push((id, execute_isolated(run.agent(id), ctx))),
+                    None => {
+                        let outcome = execute_isolated(run.agent(id), ctx);
+                        outcomes.push((id, admit(run, id, outcome)));
+                    }
                 }
+            }
+            if in_flight.is_empty() {
+                break;
             }
             let next = tokio::select! {
                 // An agent that finished is kept even when the cancellation arrived with it.
                 biased;
                 next = in_flight.next() => next,
                 () = self.cancel.cancelled() => None,
+                () = wait(every) => {
+                    progress.waiting()?;
+                    continue;
+                }
             };
-            match next {
-                Some(outcome) => outcomes.push(outcome),
-                None => break,
+            let Some((id, outcome)) = next else { break };
+            outcomes.push((id, admit(run, id, outcome)));
+            // Whatever else has finished by now is committed with it.
+            while let Some(Some((id, outcome))) = in_flight.next().now_or_never() {
+                outcomes.push((id, admit(run, id, outcome)));
+            }
+            let more_to_come = !in_flight.is_empty() || queue.peek().is_some();
+            if more_to_come && !self.cancel.is_cancelled() {
+                progress.finished(batch.cycle(), &outcomes[handed..])?;
+                handed = outcomes.len();
             }
         }
         // Agents cut short are never polled again: dropping their futures ends them (a
@@ -512,7 +637,7 @@ impl<'a> Executor<'a> {
                 }
             }
         }
-        outcomes
+        Ok(outcomes)
     }
 
     async fn execute_async(
@@ -534,6 +659,72 @@ impl<'a> Executor<'a> {
             Err(timeout) => AgentOutcome::Failed(timeout),
         };
         (id, outcome)
+    }
+}
+
+/// What a batch reports while it runs: outcomes finished early (a durable drive commits
+/// them), and the passing of time (a durable drive renews its lease).
+pub(crate) trait Progress {
+    /// What stops the batch.
+    type Error;
+
+    /// Outcomes that finished while other agents of the batch still run.
+    fn finished(
+        &mut self,
+        cycle: u32,
+        outcomes: &[(AgentId, AgentOutcome)],
+    ) -> Result<(), Self::Error>;
+
+    /// At most this long passes between calls to [`Progress::waiting`] while agents run;
+    /// `None`: never call it.
+    fn waiting_every(&self) -> Option<Duration>;
+
+    /// Time passed while agents run.
+    fn waiting(&mut self) -> Result<(), Self::Error>;
+}
+
+/// Progress nobody follows: the in-memory driver's.
+struct NoProgress;
+
+impl Progress for NoProgress {
+    type Error = std::convert::Infallible;
+
+    fn finished(&mut self, _: u32, _: &[(AgentId, AgentOutcome)]) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn waiting_every(&self) -> Option<Duration> {
+        None
+    }
+
+    fn waiting(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Sleeps `every`, or forever when there is nothing to wait for.
+async fn wait(every: Option<Duration>) {
+    match every {
+        Some(every) => tokio::time::sleep(every).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An outcome as the journal may take it: an effect past the record limits
+/// ([`crate::limits`]) becomes the agent's failure, so nothing committed is unreadable.
+fn admit(run: &Run<'_>, id: AgentId, outcome: AgentOutcome) -> AgentOutcome {
+    let AgentOutcome::Completed(effect) = &outcome else {
+        return outcome;
+    };
+    match crate::limits::check_effect(effect) {
+        Ok(()) => outcome,
+        Err(exceeded) => {
+            let name = run.agent_name(id).unwrap_or("agent");
+            let message =
+                format!("agent {name}'s answer was refused: {exceeded}; nothing of it was recorded");
+            // The work happened: its token usage still counts.
+            AgentOutcome::Completed(AgentEffect::failed(message).with_usage(effect.usage()))
+        }
     }
 }
 

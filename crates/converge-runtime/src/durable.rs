@@ -13,17 +13,19 @@
 //! halting it.
 
 use converge_core::{
-    AgentId, AgentOutcome, Context, ConvergeResult, Digest, Engine, EngineError, EventRecord,
-    Exhausted, Observer, Run, Step, StopReason,
+    AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError,
+    EventRecord, Exhausted, Observer, Run, Step, StopReason,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::cancel::Cancellation;
-use crate::driver::{Executor, drain};
+use crate::clock::Clock;
+use crate::driver::{Executor, Progress, drain};
 use crate::journal::{
-    Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus, RunSummary,
+    Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, RecordedRun, RecordedStep, RunId,
+    RunSummary,
 };
-use crate::record::{JobRecord, RecordError, RunHeader, StepInput};
+use crate::record::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
 
 /// Who creates durable runs, as recorded in their header.
 const CREATED_BY: &str = concat!("converge-runtime ", env!("CARGO_PKG_VERSION"));
@@ -388,15 +390,26 @@ pub(crate) fn header_of(engine: &Engine, job: Option<&JobRecord>) -> RunHeader {
     }
 }
 
-/// Drives a run live from journal step `next_step`, committing each step before going on.
+/// Drives a run live from journal step `next_step`, committing each step before going on,
+/// under the run's lease.
 pub(crate) struct Live<'a, J: Journal> {
     pub(crate) journal: &'a mut J,
-    pub(crate) run_id: &'a RunId,
+    pub(crate) lease: Lease,
     pub(crate) next_step: u64,
     pub(crate) observer: &'a mut (dyn Observer + Send),
+    /// Outcomes committed ahead of step `next_step` before a crash.
+    pub(crate) open: Option<OpenCycle>,
+    pub(crate) clock: &'a dyn Clock,
+    /// When the lease was last renewed, by `clock`.
+    pub(crate) renewed_ms: u64,
 }
 
 impl<J: Journal> Live<'_, J> {
+    /// The run being driven.
+    fn run_id(&self) -> RunId {
+        self.lease.run().clone()
+    }
+
     /// Commits one step with the run's pending events; the events reach observers only once
     /// committed.
     pub(crate) fn commit(
@@ -406,7 +419,7 @@ impl<J: Journal> Live<'_, J> {
     ) -> Result<(), DurableError> {
         let events = run.take_events();
         self.journal
-            .append(self.run_id, self.next_step, input, &events)?;
+            .append(&self.lease, self.next_step, input, &events)?;
         self.next_step += 1;
         for record in events.records() {
             self.observer.on_event(record);
@@ -425,12 +438,73 @@ impl<J: Journal> Live<'_, J> {
         self.commit(&StepInput::Halt { reason }, run)
     }
 
-    /// Executes and commits steps until the run stops, then records its status.
+    /// Renews the lease once a third of its time to live has passed.
+    fn renew_if_due(&mut self) -> Result<(), DurableError> {
+        let now_ms = self.clock.now_ms();
+        if now_ms.saturating_sub(self.renewed_ms) >= LEASE_RENEW_MS {
+            self.journal.renew(&mut self.lease, now_ms)?;
+            self.renewed_ms = now_ms;
+        }
+        Ok(())
+    }
+
+    /// The outcomes committed ahead of this cycle before a crash, checked against the batch
+    /// the re-derived run asks for (they are used once).
+    fn known_outcomes(&mut self, batch: &Batch) -> Result<Vec<(AgentId, AgentOutcome)>, DurableError> {
+        let Some(open) = self.open.take() else {
+            return Ok(Vec::new());
+        };
+        let run_id = self.run_id();
+        let agents: Vec<u32> = batch
+            .agents()
+            .iter()
+            .map(|agent| u32::try_from(agent.index()).unwrap_or(u32::MAX))
+            .collect();
+        let fits = open.step == self.next_step
+            && open.cycle == batch.cycle()
+            && open
+                .outcomes
+                .iter()
+                .all(|(agent, _)| agents.binary_search(agent).is_ok());
+        if !fits {
+            let detail = format!(
+                "outcomes committed for cycle {} at step {} do not fit the cycle {} the run \
+                 re-derives at step {}",
+                open.cycle,
+                open.step,
+                batch.cycle(),
+                self.next_step
+            );
+            return Err(diverged(&run_id, self.next_step, &detail));
+        }
+        open.outcomes
+            .into_iter()
+            .map(|(agent, record)| {
+                let id = batch
+                    .agents()
+                    .iter()
+                    .copied()
+                    .find(|id| u32::try_from(id.index()).ok() == Some(agent))
+                    .ok_or_else(|| diverged(&run_id, self.next_step, "an outcome of no agent"))?;
+                let outcome = record.into_core().map_err(|source| DurableError::Record {
+                    run: run_id.clone(),
+                    step: self.next_step,
+                    source,
+                })?;
+                Ok((id, outcome))
+            })
+            .collect()
+    }
+
+    /// Executes and commits steps until the run stops.
     ///
     /// Before each step the cancellation handle, then the wall-clock budget, may halt the
-    /// run (a journaled halt step). A batch cut short by a cancellation is committed like any
-    /// cycle, with the outcomes it has (agents cut short recorded as failed), so re-deriving
-    /// it never executes anything; the halt follows unless the cycle itself stopped the run.
+    /// run (a journaled halt step). Within a cycle, outcomes that finish while other agents
+    /// still run are committed together as they come ([`Journal::commit_outcomes`]), and
+    /// the lease is renewed while agents run. A batch cut short by a cancellation is
+    /// committed like any cycle, with the outcomes it has (agents cut short recorded as
+    /// failed), so re-deriving it never executes anything; the halt follows unless the cycle
+    /// itself stopped the run.
     pub(crate) async fn drive(
         &mut self,
         executor: &Executor<'_>,
@@ -438,6 +512,7 @@ impl<J: Journal> Live<'_, J> {
     ) -> Result<ConvergeResult, DurableError> {
         let started_ms = executor.clock.now_ms();
         loop {
+            self.renew_if_due()?;
             // A run the last cycle stopped is not halted again: its stop step follows.
             if run.stop_reason().is_none() {
                 let halt = match executor.cancellation() {
@@ -462,7 +537,10 @@ impl<J: Journal> Live<'_, J> {
                 self.commit(&StepInput::Stop, &mut run)?;
                 break;
             };
-            let outcomes: Vec<(AgentId, AgentOutcome)> = executor.execute(&run, &batch).await;
+            let known = self.known_outcomes(&batch)?;
+            let outcomes = executor
+                .execute_with(&run, &batch, known, &mut Commits { live: self })
+                .await?;
             let input = StepInput::cycle(&batch, &outcomes);
             if let Err(error) = run.submit(outcomes) {
                 let _ = run.halt(StopReason::Halted {
@@ -473,32 +551,57 @@ impl<J: Journal> Live<'_, J> {
             }
             self.commit(&input, &mut run)?;
         }
-        self.close(run)
+        Ok(self.close(run))
     }
 
-    /// Ends a run whose stop has been committed and records its status.
-    pub(crate) fn close(&mut self, run: Run<'_>) -> Result<ConvergeResult, DurableError> {
-        let result = run.finish().unwrap_or_else(|run| {
+    /// Ends a run whose stop has been committed (its status was committed with it).
+    pub(crate) fn close(&mut self, run: Run<'_>) -> ConvergeResult {
+        run.finish().unwrap_or_else(|run| {
             run.abandon(StopReason::Halted {
                 reason: "the driver ended before the run stopped".to_owned(),
             })
-        });
-        self.journal.set_status(
-            self.run_id,
-            status_of(&result.stop_reason),
-            result.root_hash,
-        )?;
-        Ok(result)
+        })
     }
 }
 
-/// The journal status a stop reason maps to.
-pub(crate) fn status_of(reason: &StopReason) -> RunStatus {
-    match reason {
-        StopReason::AwaitingApproval { .. } => RunStatus::AwaitingApproval,
-        reason => RunStatus::Stopped {
-            reason: serde_json::to_value(reason).unwrap_or_default(),
-        },
+/// A durable drive's view of a running batch: commits outcomes that finish early, renews
+/// the lease while agents run.
+struct Commits<'l, 'a, J: Journal> {
+    live: &'l mut Live<'a, J>,
+}
+
+impl<J: Journal> Progress for Commits<'_, '_, J> {
+    type Error = DurableError;
+
+    fn finished(
+        &mut self,
+        cycle: u32,
+        outcomes: &[(AgentId, AgentOutcome)],
+    ) -> Result<(), DurableError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(u32, OutcomeRecord)> = outcomes
+            .iter()
+            .map(|(agent, outcome)| {
+                (
+                    u32::try_from(agent.index()).unwrap_or(u32::MAX),
+                    OutcomeRecord::from_core(outcome),
+                )
+            })
+            .collect();
+        let live = &mut *self.live;
+        live.journal
+            .commit_outcomes(&live.lease, live.next_step, cycle, &records)?;
+        Ok(())
+    }
+
+    fn waiting_every(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(LEASE_RENEW_MS))
+    }
+
+    fn waiting(&mut self) -> Result<(), DurableError> {
+        self.live.renew_if_due()
     }
 }
 
@@ -546,6 +649,8 @@ pub(crate) fn inspect(engine: &Engine, recorded: RecordedRun) -> Result<Inspecti
         steps: recorded.steps.len() as u64,
         events: recorded.event_count(),
         root_hash: recorded.root_hash,
+        record_hash: recorded.record_hash,
+        lease: recorded.lease.clone(),
     };
     let (result, stopped) = match redrive(engine, &recorded)? {
         Position::Stopped(result) => (result, true),

@@ -13,6 +13,7 @@ mod clock;
 mod driver;
 mod durable;
 mod journal;
+pub mod limits;
 mod record;
 pub mod spec;
 
@@ -22,8 +23,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use driver::{DriverConfig, Runtime};
 pub use durable::{Divergence, DurableError, Inspection, ReplayReport};
 pub use journal::{
-    BreakReason, FailingJournal, Journal, JournalError, RUN_ID_LEN_MAX, RecordedRun, RecordedStep,
-    RunId, RunIdError, RunStatus, RunSummary, SqliteJournal, StoredEvent, Verification,
+    BreakReason, FailingJournal, Holder, Journal, JournalError, LEASE_RENEW_MS, LEASE_TTL_MS,
+    Lease, OpenCycle, Place, RUN_ID_LEN_MAX, RecordedRun, RecordedStep, RunId, RunIdError,
+    RunStatus, RunSummary, SqliteJournal, StoredEvent, Verification,
 };
 pub use record::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,

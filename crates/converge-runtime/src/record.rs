@@ -448,7 +448,10 @@ pub enum StepInput {
         cycle: u32,
         /// The batch's agents, as `AgentId::index` values, in id order.
         batch: Vec<u32>,
-        /// Each agent's outcome, by agent index, in id order.
+        /// Each agent's outcome, by agent index, in id order. A journal stores them apart from
+        /// the step's input text (one record per agent, so each can be committed as soon as
+        /// its agent finishes), so the stored text of a cycle has none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         outcomes: Vec<(u32, OutcomeRecord)>,
     },
     /// Human decisions applied when a run awaiting approval resumed.

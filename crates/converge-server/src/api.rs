@@ -947,7 +947,7 @@ pub(crate) async fn replay(
 /// Check the stored hash chain; name the first altered or missing entry.
 #[utoipa::path(get, path = "/v1/runs/{run}/verify", tag = "audit",
     params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, description = "`{\"intact\": true, steps, events, root_hash}` or `{\"intact\": false, first_bad_seq, step, reason}`", body = Object)),
+    responses((status = 200, description = "`{\"intact\": true, steps, events, root_hash, record_hash}` or `{\"intact\": false, at, step, first_bad_seq, reason}`", body = Object)),
     security(("bearer" = [])))]
 pub(crate) async fn verify(
     State(service): Api,

@@ -102,23 +102,28 @@ fn why(result: &ConvergeResult, fact: &Fact, seen: &mut BTreeSet<(String, String
     value
 }
 
-/// What a chain verification found: `{"intact": true, steps, events, root_hash}` or
-/// `{"intact": false, first_bad_seq, step, reason}`.
+/// What a verification found: `{"intact": true, steps, events, root_hash, record_hash}` or
+/// `{"intact": false, at, step, first_bad_seq, reason}` (`at` names the first bad place in
+/// words; `first_bad_seq` is its event seq when it is an event, else null).
 pub fn verification_json(verification: &Verification) -> Value {
     match verification {
         Verification::Intact {
             steps,
             events,
             root_hash,
-        } => json!({"intact": true, "steps": steps, "events": events, "root_hash": root_hash}),
-        Verification::Broken {
-            first_bad_seq,
-            step,
-            reason,
+            record_hash,
         } => json!({
+            "intact": true,
+            "steps": steps,
+            "events": events,
+            "root_hash": root_hash,
+            "record_hash": record_hash,
+        }),
+        Verification::Broken { at, reason } => json!({
             "intact": false,
-            "first_bad_seq": first_bad_seq,
-            "step": step,
+            "at": at.to_string(),
+            "step": at.step(),
+            "first_bad_seq": at.seq(),
             "reason": reason.to_string(),
         }),
     }

@@ -12,9 +12,12 @@
 //! seq ([`check_tail_steps`]) and from the stored hash before it ([`ChainWalk::tail`]), so
 //! its cost follows the events read, not the run.
 
+use std::collections::BTreeMap;
+
 use converge_core::{Digest, EventRecord};
 
-use super::BreakReason;
+use super::link::{header_link, input_link, outcomes_digest, step_link};
+use super::{BreakReason, Place};
 use crate::record::{RunHeader, StepInput};
 
 /// The head of a run as its run row records it.
@@ -40,6 +43,8 @@ pub(super) struct StepRow {
     pub(super) input: String,
     pub(super) first_seq: u64,
     pub(super) events: u64,
+    pub(super) input_link: Digest,
+    pub(super) link: Digest,
 }
 
 /// One stored step's place in the chain, without its input.
@@ -122,8 +127,8 @@ impl Steps {
 }
 
 /// Checks step rows given in step order.
-pub(super) fn check_steps(
-    rows: impl IntoIterator<Item = StepRow>,
+pub(super) fn check_steps<'r>(
+    rows: impl IntoIterator<Item = &'r StepRow>,
     head: &Head,
     header: &RunHeader,
     keep_inputs: bool,
@@ -140,7 +145,7 @@ pub(super) fn check_steps(
             steps.broken = Some(broken);
             return steps;
         }
-        let input = match read_input(&row, header) {
+        let input = match read_input(row, header) {
             Ok(input) => input,
             Err(detail) => {
                 steps.broken = Some(Break {
@@ -419,4 +424,72 @@ impl<'s> ChainWalk<'s> {
         }
         Ok(())
     }
+}
+
+/// The outcomes stored for one step: each agent index with its stored bytes.
+pub(super) type StepOutcomes = Vec<(u32, Vec<u8>)>;
+
+/// What the record chain is checked against: the run's stored header and heads.
+pub(super) struct RecordHeads<'a> {
+    pub(super) run: &'a str,
+    pub(super) header: &'a str,
+    pub(super) header_link: Digest,
+    pub(super) record_hash: Digest,
+}
+
+/// Checks the record chain over the first `valid` step rows (those the step-level checks
+/// accepted): the header link, then each step's input link over its input and outcomes, and
+/// its closing link over its event range and the stored event head after it (`heads[s]`);
+/// with every step valid, that the last link is the run's record hash. The first bad place
+/// wins. `outcomes` holds the stored outcomes by step, in increasing agent order.
+pub(super) fn check_links(
+    heads_of_run: &RecordHeads<'_>,
+    rows: &[StepRow],
+    valid: usize,
+    outcomes: &BTreeMap<u64, StepOutcomes>,
+    heads: &[Digest],
+) -> Option<(Place, BreakReason)> {
+    if header_link(heads_of_run.run, heads_of_run.header) != heads_of_run.header_link {
+        return Some((Place::Header, BreakReason::LinkMismatch));
+    }
+    let mut previous = heads_of_run.header_link;
+    for row in rows.iter().take(valid) {
+        let stored = outcomes.get(&row.step).map(Vec::as_slice).unwrap_or(&[]);
+        let digest = outcomes_digest(stored.iter().map(|(agent, body)| (*agent, body.as_slice())));
+        if input_link(previous, row.step, &row.kind, &row.input, digest) != row.input_link {
+            return Some((Place::Input { step: row.step }, BreakReason::LinkMismatch));
+        }
+        let head = heads
+            .get(usize::try_from(row.step).unwrap_or(usize::MAX))
+            .copied()
+            .unwrap_or(Digest::zero());
+        if step_link(row.input_link, row.first_seq, row.events, head) != row.link {
+            return Some((Place::Step { step: row.step }, BreakReason::LinkMismatch));
+        }
+        previous = row.link;
+    }
+    (valid == rows.len() && previous != heads_of_run.record_hash)
+        .then_some((Place::Run, BreakReason::RecordMismatch))
+}
+
+/// Checks that a cycle's stored outcomes are exactly one per agent of its batch.
+pub(super) fn check_outcomes(batch: &[u32], outcomes: &[(u32, Vec<u8>)]) -> Result<(), String> {
+    let agents: Vec<u32> = outcomes.iter().map(|(agent, _)| *agent).collect();
+    if agents == batch {
+        return Ok(());
+    }
+    let missing: Vec<String> = batch
+        .iter()
+        .filter(|agent| !agents.contains(agent))
+        .take(8)
+        .map(ToString::to_string)
+        .collect();
+    Err(if missing.is_empty() {
+        "it holds outcomes of agents outside its batch, or one agent twice".to_owned()
+    } else {
+        format!(
+            "agents {} of its batch have no stored outcome",
+            missing.join(", ")
+        )
+    })
 }

@@ -1,18 +1,21 @@
-//! Fault injection: a journal wrapper that fails one chosen append.
+//! Fault injection: a journal wrapper that fails one chosen write of a run's record.
 //!
 //! It exists so tests (of this crate and of drivers built on it) can check that a run stops
-//! with an error and leaves a journal that still verifies, whichever step fails. It injects
-//! nothing but append failures and is not meant for production use.
+//! with an error and leaves a journal that still verifies, whichever write fails. It injects
+//! nothing but failures of [`Journal::append`] and [`Journal::commit_outcomes`] and is not
+//! meant for production use.
 
-use converge_core::{Digest, EventBatch};
+use converge_core::EventBatch;
 
 use super::{
-    Journal, JournalError, RecordedRun, RunId, RunStatus, RunSummary, StoredEvent, Verification,
+    Holder, Journal, JournalError, Lease, RecordedRun, RunId, RunSummary, StoredEvent,
+    Verification,
 };
-use crate::record::{RunHeader, StepInput};
+use crate::record::{OutcomeRecord, RunHeader, StepInput};
 
-/// Fault injection for tests: a journal whose `k`-th [`Journal::append`] call (0-based,
-/// counted across runs) fails with [`JournalError::Injected`]. Every other call goes through.
+/// Fault injection for tests: a journal whose `k`-th record write — [`Journal::append`] or
+/// [`Journal::commit_outcomes`] call, 0-based, counted across runs — fails with
+/// [`JournalError::Injected`]. Every other call goes through.
 ///
 /// [`FailingJournal::new`] fails *before* writing (the step is absent, as after a crash
 /// before commit); [`FailingJournal::after_write`] commits the step and *then* reports the
@@ -27,7 +30,7 @@ pub struct FailingJournal<J> {
 }
 
 impl<J: Journal> FailingJournal<J> {
-    /// Fails append call `fail_at` without writing anything.
+    /// Fails write call `fail_at` without writing anything.
     pub fn new(inner: J, fail_at: u64) -> FailingJournal<J> {
         FailingJournal {
             inner,
@@ -37,7 +40,7 @@ impl<J: Journal> FailingJournal<J> {
         }
     }
 
-    /// Commits append call `fail_at`, then reports it failed.
+    /// Commits write call `fail_at`, then reports it failed.
     pub fn after_write(inner: J, fail_at: u64) -> FailingJournal<J> {
         FailingJournal {
             write_first: true,
@@ -45,8 +48,8 @@ impl<J: Journal> FailingJournal<J> {
         }
     }
 
-    /// Append calls so far (failed ones included).
-    pub fn appends(&self) -> u64 {
+    /// Record writes so far (failed ones included).
+    pub fn writes(&self) -> u64 {
         self.calls
     }
 
@@ -61,36 +64,73 @@ impl<J: Journal> FailingJournal<J> {
     }
 }
 
-impl<J: Journal> Journal for FailingJournal<J> {
-    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError> {
-        self.inner.create_run(run, header)
-    }
-
-    fn append(
-        &mut self,
-        run: &RunId,
-        step: u64,
-        input: &StepInput,
-        events: &EventBatch,
-    ) -> Result<(), JournalError> {
+impl<J: Journal> FailingJournal<J> {
+    /// Counts a write and says whether it is the one to fail.
+    fn count(&mut self) -> Option<u64> {
         let call = self.calls;
         self.calls += 1;
-        if call != self.fail_at {
-            return self.inner.append(run, step, input, events);
-        }
+        (call == self.fail_at).then_some(call)
+    }
+}
+
+impl<J: Journal> Journal for FailingJournal<J> {
+    fn create_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        self.inner.create_run(run, header, holder, now_ms)
+    }
+
+    fn acquire(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        self.inner.acquire(run, holder, now_ms)
+    }
+
+    fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
+        self.inner.renew(lease, now_ms)
+    }
+
+    fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
+        self.inner.release(lease)
+    }
+
+    fn commit_outcomes(
+        &mut self,
+        lease: &Lease,
+        step: u64,
+        cycle: u32,
+        outcomes: &[(u32, OutcomeRecord)],
+    ) -> Result<(), JournalError> {
+        let Some(call) = self.count() else {
+            return self.inner.commit_outcomes(lease, step, cycle, outcomes);
+        };
         if self.write_first {
-            self.inner.append(run, step, input, events)?;
+            self.inner.commit_outcomes(lease, step, cycle, outcomes)?;
         }
         Err(JournalError::Injected { call })
     }
 
-    fn set_status(
+    fn append(
         &mut self,
-        run: &RunId,
-        status: RunStatus,
-        root_hash: Digest,
+        lease: &Lease,
+        step: u64,
+        input: &StepInput,
+        events: &EventBatch,
     ) -> Result<(), JournalError> {
-        self.inner.set_status(run, status, root_hash)
+        let Some(call) = self.count() else {
+            return self.inner.append(lease, step, input, events);
+        };
+        if self.write_first {
+            self.inner.append(lease, step, input, events)?;
+        }
+        Err(JournalError::Injected { call })
     }
 
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {

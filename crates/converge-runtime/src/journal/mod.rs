@@ -22,14 +22,18 @@ use converge_core::{Digest, EventBatch, EventRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::record::{RunHeader, StepInput};
+use crate::record::{OutcomeRecord, RunHeader, StepInput};
 
 mod check;
 mod failing;
+mod lease;
+mod link;
+mod pack;
 mod schema;
 mod sqlite;
 
 pub use failing::FailingJournal;
+pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease};
 pub use sqlite::SqliteJournal;
 
 /// Longest accepted run id, in bytes.
@@ -102,9 +106,11 @@ pub struct RunIdError {
     id: String,
 }
 
-/// Where a run stands, as last recorded by [`Journal::set_status`].
+/// Where a run stands after its last committed step.
 ///
-/// The status is a summary for listing and resuming; the steps and events are the record.
+/// The status is a summary for listing and resuming, committed with the step that causes it
+/// and derived from that step's events (a `run_stopped` event stops the run, awaiting
+/// approval or for good); `verify` checks it against them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RunStatus {
@@ -120,6 +126,16 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// The status of a run that stopped for `reason`: awaiting approval, or stopped for good.
+    pub fn after(reason: &converge_core::StopReason) -> RunStatus {
+        match reason {
+            converge_core::StopReason::AwaitingApproval { .. } => RunStatus::AwaitingApproval,
+            reason => RunStatus::Stopped {
+                reason: serde_json::to_value(reason).unwrap_or_default(),
+            },
+        }
+    }
+
     /// Its name: `running`, `awaiting_approval` or `stopped`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -142,8 +158,14 @@ pub struct RunSummary {
     pub steps: u64,
     /// Committed events (the next event's seq).
     pub events: u64,
-    /// The head of its chain: the hash of its last event ([`Digest::zero`] when it has none).
+    /// The head of its event chain: the hash of its last event ([`Digest::zero`] when it has
+    /// none), the core's root hash.
     pub root_hash: Digest,
+    /// The head of its record chain: binds its header, every input and outcome, and the
+    /// event chain after each step. Publish this to detect any later edit of the record.
+    pub record_hash: Digest,
+    /// Who holds its lease, and until when (milliseconds since the Unix epoch), if anyone.
+    pub lease: Option<(Holder, u64)>,
 }
 
 /// One stored event: its position, step, hash and the exact bytes the hash covers.
@@ -198,10 +220,29 @@ pub struct RecordedRun {
     pub header: RunHeader,
     /// Its last recorded status.
     pub status: RunStatus,
-    /// The head of its chain.
+    /// The head of its event chain.
     pub root_hash: Digest,
+    /// The head of its record chain.
+    pub record_hash: Digest,
     /// Every committed step, in order.
     pub steps: Vec<RecordedStep>,
+    /// Outcomes committed for the next step, a cycle whose step was not committed yet (its
+    /// process died mid-cycle): resuming uses them and executes only the other agents.
+    pub open: Option<OpenCycle>,
+    /// Who held its lease when it was read, and until when.
+    pub lease: Option<(Holder, u64)>,
+}
+
+/// Agent outcomes committed ahead of their cycle's step ([`Journal::commit_outcomes`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OpenCycle {
+    /// The step the cycle will be.
+    pub step: u64,
+    /// The cycle number.
+    pub cycle: u32,
+    /// Each agent's outcome, by agent index, in increasing index order.
+    pub outcomes: Vec<(u32, OutcomeRecord)>,
 }
 
 impl RecordedRun {
@@ -221,18 +262,92 @@ pub enum Verification {
         steps: u64,
         /// Events in the chain.
         events: u64,
-        /// The head of the chain.
+        /// The head of the event chain.
         root_hash: Digest,
+        /// The head of the record chain.
+        record_hash: Digest,
     },
     /// The first entry that is missing, altered or out of place.
     Broken {
-        /// Its position in the chain.
-        first_bad_seq: u64,
-        /// The step that holds (or should hold) it, when the steps say.
-        step: Option<u64>,
+        /// Where, in record order: the header, then each step's input, events and link.
+        at: Place,
         /// What is wrong.
         reason: BreakReason,
     },
+}
+
+/// A place in a run's record, in the order the record chain binds them: the header, then for
+/// each step its input (with its outcomes), its events and the link that closes it, then the
+/// run's heads and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Place {
+    /// The run's header (the job spec and agents it was created with).
+    Header,
+    /// A step's input, with its agents' outcomes.
+    Input {
+        /// The step.
+        step: u64,
+    },
+    /// An event.
+    Event {
+        /// The step that holds (or should hold) it, when the steps say.
+        step: Option<u64>,
+        /// Its seq.
+        seq: u64,
+    },
+    /// The link that closes a step.
+    Step {
+        /// The step.
+        step: u64,
+    },
+    /// The run's row: its heads and status.
+    Run,
+}
+
+impl Place {
+    /// The order of places in the record: a place with a smaller key comes first.
+    pub(crate) fn order(&self) -> (u64, u8, u64) {
+        match *self {
+            Place::Header => (0, 0, 0),
+            Place::Input { step } => (step.saturating_add(1), 0, 0),
+            Place::Event { step, seq } => (step.map_or(u64::MAX, |step| step.saturating_add(1)), 1, seq),
+            Place::Step { step } => (step.saturating_add(1), 2, 0),
+            Place::Run => (u64::MAX, 3, 0),
+        }
+    }
+
+    /// The event seq, for a place that is an event.
+    pub fn seq(&self) -> Option<u64> {
+        match *self {
+            Place::Event { seq, .. } => Some(seq),
+            _ => None,
+        }
+    }
+
+    /// The step the place belongs to, when known.
+    pub fn step(&self) -> Option<u64> {
+        match *self {
+            Place::Input { step } | Place::Step { step } => Some(step),
+            Place::Event { step, .. } => step,
+            Place::Header | Place::Run => None,
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Place::Header => f.write_str("the run header"),
+            Place::Input { step } => write!(f, "the input of step {step}"),
+            Place::Event {
+                step: Some(step),
+                seq,
+            } => write!(f, "event {seq} (step {step})"),
+            Place::Event { step: None, seq } => write!(f, "event {seq}"),
+            Place::Step { step } => write!(f, "the link closing step {step}"),
+            Place::Run => f.write_str("the run's heads and status"),
+        }
+    }
 }
 
 /// What is wrong with the first bad entry of a chain.
@@ -268,6 +383,21 @@ pub enum BreakReason {
         /// Why.
         detail: String,
     },
+    /// The stored bytes do not hash to the link the record chain stored for them: the header,
+    /// the input or one of its outcomes was altered (or the stored link was).
+    LinkMismatch,
+    /// A step's outcomes do not match its batch (missing, extra, repeated or unreadable).
+    Outcomes {
+        /// Why.
+        detail: String,
+    },
+    /// The run's stored record hash is not the link of its last step.
+    RecordMismatch,
+    /// The run's stored status disagrees with its last event.
+    StatusMismatch {
+        /// What the events say.
+        detail: String,
+    },
 }
 
 impl fmt::Display for BreakReason {
@@ -293,6 +423,16 @@ impl fmt::Display for BreakReason {
             }
             BreakReason::Malformed { detail } => {
                 write!(f, "the stored events cannot be read: {detail}")
+            }
+            BreakReason::LinkMismatch => f.write_str(
+                "the stored bytes do not hash to the link stored for them (altered entry)",
+            ),
+            BreakReason::Outcomes { detail } => write!(f, "the step's outcomes: {detail}"),
+            BreakReason::RecordMismatch => {
+                f.write_str("the record chain does not end at the run's recorded record hash")
+            }
+            BreakReason::StatusMismatch { detail } => {
+                write!(f, "the stored status disagrees with the events: {detail}")
             }
         }
     }
@@ -321,6 +461,20 @@ pub enum JournalError {
         /// The file's schema version.
         found: i64,
         /// The newest version this build reads.
+        supported: i64,
+    },
+    /// The journal is a first edition, whose chain did not cover inputs; it was not modified.
+    #[error(
+        "{path} is a first-edition Converge journal (schema version {found}); this build reads \
+         only version {supported}, whose chain covers every stored byte. Read it with the \
+         Converge release that wrote it, or start a new journal file"
+    )]
+    OlderSchema {
+        /// The file.
+        path: PathBuf,
+        /// The file's schema version.
+        found: i64,
+        /// The version this build reads.
         supported: i64,
     },
     /// No run has this id.
@@ -367,15 +521,29 @@ pub enum JournalError {
         /// What is wrong.
         detail: String,
     },
-    /// A status was set with a root hash that is not the run's stored chain head.
-    #[error("run \"{run}\": its chain head is {stored}, not {given}")]
-    HeadMismatch {
+    /// Another live process holds the run's lease: it is driving the run. Nothing was done.
+    #[error(
+        "run \"{run}\" is being driven by {holder}; its lease runs for {expires_in_ms} ms more \
+         unless renewed. Wait for it to stop, or stop that process (a killed holder's lease is \
+         freed at once on its host)"
+    )]
+    Leased {
         /// The run.
         run: RunId,
-        /// The stored head.
-        stored: Digest,
-        /// The root hash given.
-        given: Digest,
+        /// Who holds it.
+        holder: Holder,
+        /// How long until the lease expires unless renewed.
+        expires_in_ms: u64,
+    },
+    /// The lease named by a write is no longer the run's (it expired and another process took
+    /// the run over). Nothing was written; stop driving the run.
+    #[error(
+        "run \"{run}\": this process no longer holds its lease (another took the run over); \
+         nothing was written"
+    )]
+    LeaseLost {
+        /// The run.
+        run: RunId,
     },
     /// The run stopped for good; nothing more can be appended or changed.
     #[error("run \"{run}\" has stopped; its journal is closed")]
@@ -384,14 +552,12 @@ pub enum JournalError {
         run: RunId,
     },
     /// The stored run is incomplete or altered; [`Journal::verify`] names the first bad entry.
-    #[error("run \"{run}\" is broken at event {first_bad_seq} (step {step:?}): {reason}")]
+    #[error("run \"{run}\" is broken at {at}: {reason}")]
     Broken {
         /// The run.
         run: RunId,
-        /// The first bad position.
-        first_bad_seq: u64,
-        /// Its step, when known.
-        step: Option<u64>,
+        /// The first bad place.
+        at: Place,
         /// What is wrong.
         reason: BreakReason,
     },
@@ -432,24 +598,55 @@ pub enum JournalError {
         detail: String,
     },
     /// A failure injected by [`FailingJournal`].
-    #[error("injected failure of append call {call}")]
+    #[error("injected failure of write call {call}")]
     Injected {
-        /// The 0-based append call that failed.
+        /// The 0-based write call that failed.
         call: u64,
     },
 }
 
-/// Durable storage of runs: their headers, steps and event chains.
+/// Durable storage of runs: their headers, steps, outcomes and chains, and who drives them.
 ///
 /// Writes are all-or-nothing. [`Journal::append`] is the unit of durability: when it returns
-/// `Ok`, the step and its events are committed; when it returns `Err`, nothing of it is known
-/// to be written and it must not be retried blindly (resume from what [`Journal::load`]
-/// returns instead).
+/// `Ok`, the step, its outcomes and events and the run's new status are committed; when it
+/// returns `Err`, nothing of it is known to be written and it must not be retried blindly
+/// (resume from what [`Journal::load`] returns instead). Every write of a run names the lease
+/// its writer holds ([`Journal::acquire`]); a write under a lease that is no longer the run's
+/// is refused ([`JournalError::LeaseLost`]).
 pub trait Journal {
-    /// Creates a run. Refuses an existing id.
-    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError>;
+    /// Creates a run, leased to `holder` from `now_ms`. Refuses an existing id.
+    fn create_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError>;
 
-    /// Commits one step atomically: its input and its events.
+    /// Takes the run's lease for `holder`: refused ([`JournalError::Leased`]) while another
+    /// holder's lease is live — unexpired, and its holder not known to be gone.
+    fn acquire(&mut self, run: &RunId, holder: &Holder, now_ms: u64)
+    -> Result<Lease, JournalError>;
+
+    /// Extends a held lease to `now_ms` plus its time to live.
+    fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError>;
+
+    /// Gives a held lease up; a lease already lost is not an error.
+    fn release(&mut self, lease: &Lease) -> Result<(), JournalError>;
+
+    /// Commits outcomes of the cycle that will be step `step`, ahead of the step itself, so
+    /// that a crash before the step commits loses only the agents that had not finished.
+    /// `step` must be the run's next step; an agent's outcome is committed at most once.
+    fn commit_outcomes(
+        &mut self,
+        lease: &Lease,
+        step: u64,
+        cycle: u32,
+        outcomes: &[(u32, OutcomeRecord)],
+    ) -> Result<(), JournalError>;
+
+    /// Commits one step atomically: its input (and the outcomes of a cycle not committed
+    /// ahead), its events, and the run's status after them.
     ///
     /// Steps are numbered from 0 without gaps, step 0 is the run's [`StepInput::Start`] (with
     /// the header the run was created with) and no other step is a start. The events must
@@ -459,19 +656,10 @@ pub trait Journal {
     /// is refused with nothing written.
     fn append(
         &mut self,
-        run: &RunId,
+        lease: &Lease,
         step: u64,
         input: &StepInput,
         events: &EventBatch,
-    ) -> Result<(), JournalError>;
-
-    /// Records the run's status, atomically. `root_hash` must be the run's stored chain head.
-    /// A stopped run is final: only the identical status can be set again.
-    fn set_status(
-        &mut self,
-        run: &RunId,
-        status: RunStatus,
-        root_hash: Digest,
     ) -> Result<(), JournalError>;
 
     /// Every run, in creation order.
@@ -483,11 +671,13 @@ pub trait Journal {
     /// What one run was created with, without reading its steps.
     fn header(&self, run: &RunId) -> Result<RunHeader, JournalError>;
 
-    /// One run's inputs and event hashes, every step in order: what re-deriving the run
-    /// needs. Refuses a run whose stored steps or hashes are incomplete, out of place or do
-    /// not end at the run's root hash ([`JournalError::Broken`]). It reads no event body and
-    /// recomputes no hash: re-deriving the run checks every stored hash against the event the
-    /// core emits, and [`Journal::verify`] checks the stored bodies.
+    /// One run's inputs and event hashes, every step in order, and the outcomes committed
+    /// ahead of a step that was not: what re-deriving the run needs. Refuses a run whose
+    /// stored header, inputs or outcomes do not hash to their stored links, or whose steps or
+    /// hashes are incomplete, out of place or do not end at the run's heads
+    /// ([`JournalError::Broken`]). It reads no event body: re-deriving the run checks every
+    /// stored event hash against the event the core emits, and [`Journal::verify`] checks the
+    /// stored bodies.
     fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError>;
 
     /// The stored events of a run from seq `from` on (none when `from` is at or beyond its
@@ -517,33 +707,59 @@ pub trait Journal {
         Ok(events)
     }
 
-    /// Recomputes the run's chain from the stored bodies and checks every stored hash, the
-    /// contiguity of steps and seqs, and that the chain ends at the run's root hash.
+    /// Recomputes the run's whole record from the stored bytes — the header link, each
+    /// step's input link over its input and outcomes, every event hash over its body, each
+    /// step's closing link, the heads and the status — and names the first entry that does
+    /// not hold.
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError>;
 }
 
 impl<J: Journal + ?Sized> Journal for &mut J {
-    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError> {
-        (**self).create_run(run, header)
+    fn create_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        (**self).create_run(run, header, holder, now_ms)
+    }
+
+    fn acquire(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        (**self).acquire(run, holder, now_ms)
+    }
+
+    fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
+        (**self).renew(lease, now_ms)
+    }
+
+    fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
+        (**self).release(lease)
+    }
+
+    fn commit_outcomes(
+        &mut self,
+        lease: &Lease,
+        step: u64,
+        cycle: u32,
+        outcomes: &[(u32, OutcomeRecord)],
+    ) -> Result<(), JournalError> {
+        (**self).commit_outcomes(lease, step, cycle, outcomes)
     }
 
     fn append(
         &mut self,
-        run: &RunId,
+        lease: &Lease,
         step: u64,
         input: &StepInput,
         events: &EventBatch,
     ) -> Result<(), JournalError> {
-        (**self).append(run, step, input, events)
-    }
-
-    fn set_status(
-        &mut self,
-        run: &RunId,
-        status: RunStatus,
-        root_hash: Digest,
-    ) -> Result<(), JournalError> {
-        (**self).set_status(run, status, root_hash)
+        (**self).append(lease, step, input, events)
     }
 
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
@@ -581,27 +797,51 @@ impl<J: Journal + ?Sized> Journal for &mut J {
 }
 
 impl<J: Journal + ?Sized> Journal for Box<J> {
-    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError> {
-        (**self).create_run(run, header)
+    fn create_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        (**self).create_run(run, header, holder, now_ms)
+    }
+
+    fn acquire(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        (**self).acquire(run, holder, now_ms)
+    }
+
+    fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
+        (**self).renew(lease, now_ms)
+    }
+
+    fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
+        (**self).release(lease)
+    }
+
+    fn commit_outcomes(
+        &mut self,
+        lease: &Lease,
+        step: u64,
+        cycle: u32,
+        outcomes: &[(u32, OutcomeRecord)],
+    ) -> Result<(), JournalError> {
+        (**self).commit_outcomes(lease, step, cycle, outcomes)
     }
 
     fn append(
         &mut self,
-        run: &RunId,
+        lease: &Lease,
         step: u64,
         input: &StepInput,
         events: &EventBatch,
     ) -> Result<(), JournalError> {
-        (**self).append(run, step, input, events)
-    }
-
-    fn set_status(
-        &mut self,
-        run: &RunId,
-        status: RunStatus,
-        root_hash: Digest,
-    ) -> Result<(), JournalError> {
-        (**self).set_status(run, status, root_hash)
+        (**self).append(lease, step, input, events)
     }
 
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {

@@ -15,8 +15,9 @@ use super::JournalError;
 /// `PRAGMA application_id` of a Converge journal: `"Cnvg"` in ASCII.
 const APPLICATION_ID: i32 = 0x436E_7667;
 
-/// The schema version this build writes and the newest it reads.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes, and the only one it reads: the second edition, whose
+/// record chain covers the run header, every step input and every outcome (`docs/journal.md`).
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a write waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,23 +29,43 @@ CREATE TABLE meta (
 ) STRICT, WITHOUT ROWID;
 
 CREATE TABLE runs (
-    id          TEXT PRIMARY KEY NOT NULL,
-    header      TEXT NOT NULL,
-    status      TEXT NOT NULL CHECK (status IN ('running', 'awaiting_approval', 'stopped')),
-    stop_reason TEXT CHECK ((status = 'stopped') = (stop_reason IS NOT NULL)),
-    steps       INTEGER NOT NULL CHECK (steps >= 0),
-    events      INTEGER NOT NULL CHECK (events >= 0),
-    root_hash   TEXT NOT NULL CHECK (length(root_hash) = 64)
+    id               TEXT PRIMARY KEY NOT NULL,
+    header           TEXT NOT NULL,
+    header_link      TEXT NOT NULL CHECK (length(header_link) = 64),
+    status           TEXT NOT NULL CHECK (status IN ('running', 'awaiting_approval', 'stopped')),
+    stop_reason      TEXT CHECK ((status = 'stopped') = (stop_reason IS NOT NULL)),
+    steps            INTEGER NOT NULL CHECK (steps >= 0),
+    events           INTEGER NOT NULL CHECK (events >= 0),
+    root_hash        TEXT NOT NULL CHECK (length(root_hash) = 64),
+    record_hash      TEXT NOT NULL CHECK (length(record_hash) = 64),
+    lease_token      TEXT,
+    lease_holder     TEXT,
+    lease_host       TEXT,
+    lease_pid        INTEGER,
+    lease_expires_ms INTEGER
 ) STRICT;
 
 CREATE TABLE steps (
-    run       TEXT NOT NULL REFERENCES runs (id),
-    step      INTEGER NOT NULL CHECK (step >= 0),
-    kind      TEXT NOT NULL CHECK (kind IN ('start', 'cycle', 'decisions', 'halt', 'stop')),
-    input     TEXT NOT NULL,
-    first_seq INTEGER NOT NULL CHECK (first_seq >= 0),
-    events    INTEGER NOT NULL CHECK (events >= 0),
+    run        TEXT NOT NULL REFERENCES runs (id),
+    step       INTEGER NOT NULL CHECK (step >= 0),
+    kind       TEXT NOT NULL CHECK (kind IN ('start', 'cycle', 'decisions', 'halt', 'stop')),
+    input      TEXT NOT NULL,
+    first_seq  INTEGER NOT NULL CHECK (first_seq >= 0),
+    events     INTEGER NOT NULL CHECK (events >= 0),
+    input_link BLOB NOT NULL CHECK (length(input_link) = 32),
+    link       BLOB NOT NULL CHECK (length(link) = 32),
     PRIMARY KEY (run, step)
+) STRICT;
+
+CREATE TABLE outcomes (
+    run    TEXT NOT NULL REFERENCES runs (id),
+    step   INTEGER NOT NULL CHECK (step >= 0),
+    part   INTEGER NOT NULL CHECK (part >= 0),
+    cycle  INTEGER NOT NULL CHECK (cycle > 0),
+    agents BLOB NOT NULL,
+    ends   BLOB NOT NULL,
+    bodies BLOB NOT NULL,
+    PRIMARY KEY (run, step, part)
 ) STRICT;
 
 CREATE TABLE events (
@@ -69,6 +90,10 @@ CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'converge journal: events are append-only'); END;
 CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'converge journal: events are append-only'); END;
+CREATE TRIGGER outcomes_append_only_update BEFORE UPDATE ON outcomes
+BEGIN SELECT RAISE(ABORT, 'converge journal: outcomes are append-only'); END;
+CREATE TRIGGER outcomes_append_only_delete BEFORE DELETE ON outcomes
+BEGIN SELECT RAISE(ABORT, 'converge journal: outcomes are append-only'); END;
 ";
 
 /// What an existing file holds.
@@ -174,6 +199,11 @@ fn precheck(path: &Path) -> Result<(), JournalError> {
                 supported: SCHEMA_VERSION,
             })
         }
+        APPLICATION_ID if user_version == 1 => Err(JournalError::OlderSchema {
+            path: path.to_path_buf(),
+            found: 1,
+            supported: SCHEMA_VERSION,
+        }),
         APPLICATION_ID => Ok(()),
         // More than one page means tables; with a write-ahead log present, the log may hold
         // a newer first page, so SQLite decides.
@@ -235,6 +265,13 @@ fn identify(conn: &Connection, path: &Path) -> Result<Identity, JournalError> {
         })?;
     if version > SCHEMA_VERSION {
         return Err(JournalError::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version == 1 {
+        return Err(JournalError::OlderSchema {
             path: path.to_path_buf(),
             found: version,
             supported: SCHEMA_VERSION,

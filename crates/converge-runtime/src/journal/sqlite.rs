@@ -1,5 +1,5 @@
 //! The embedded journal: one SQLite file, WAL mode, `synchronous=FULL`, one transaction per
-//! step.
+//! step (and per group of outcomes committed ahead of their step).
 //!
 //! `docs/journal.md` describes the on-disk schema, what is written when, and why a crash at
 //! any instant leaves a journal that loads and verifies. This module deliberately never
@@ -7,21 +7,26 @@
 //! never creates anything in a file that is not already a Converge journal or an empty
 //! database, and never migrates a schema it does not know.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use converge_core::{Digest, EventBatch};
+use converge_core::{Digest, Event, EventBatch};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
 use super::check::{
-    Break, ChainWalk, Entry, Head, StepRow, StepSpan, check_steps, check_tail_steps, split_chunk,
+    Break, ChainWalk, Entry, Head, RecordHeads, StepOutcomes, StepRow, StepSpan, check_links,
+    check_outcomes, check_steps, check_tail_steps, split_chunk,
 };
+use super::lease::{Holder, LEASE_TTL_MS, Lease};
+use super::link::{header_link, input_link, outcomes_digest, step_link};
+use super::pack::{Group, Unpacked};
 use super::schema::{self, storage};
 use super::{
-    BreakReason, Journal, JournalError, RecordedRun, RecordedStep, RunId, RunStatus, RunSummary,
-    StoredEvent, Verification,
+    BreakReason, Journal, JournalError, OpenCycle, Place, RecordedRun, RecordedStep, RunId,
+    RunStatus, RunSummary, StoredEvent, Verification,
 };
-use crate::record::{RunHeader, StepInput};
+use crate::record::{OutcomeRecord, RunHeader, StepInput};
 
 /// A journal in one SQLite file.
 ///
@@ -33,7 +38,9 @@ use crate::record::{RunHeader, StepInput};
 /// ```
 /// use converge_core::agents::SeedAgent;
 /// use converge_core::{Context, Engine, Step, execute_isolated};
-/// use converge_runtime::{Journal, RunHeader, RunId, SqliteJournal, StepInput, Verification};
+/// use converge_runtime::{
+///     Holder, Journal, RunHeader, RunId, SqliteJournal, StepInput, Verification,
+/// };
 ///
 /// let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
 /// let path = std::env::temp_dir().join(format!("converge-doc-{}-{nanos}.journal", std::process::id()));
@@ -45,10 +52,11 @@ use crate::record::{RunHeader, StepInput};
 ///     agents: vec!["seed-1".into()], created_by: "doc".into(), intent: None, job: None,
 /// };
 /// let id = RunId::new("doc-run")?;
-/// journal.create_run(&id, &header)?;
+/// let holder = Holder::this_process("doc");
+/// let lease = journal.create_run(&id, &header, &holder, 0)?;
 ///
 /// let mut run = engine.start(Context::new())?;
-/// journal.append(&id, 0, &StepInput::Start { header }, &run.take_events())?;
+/// journal.append(&lease, 0, &StepInput::Start { header }, &run.take_events())?;
 /// let mut step = 1;
 /// while let Step::Execute(batch) = run.next_step() {
 ///     let outcomes: Vec<_> = batch.agents().iter()
@@ -56,10 +64,10 @@ use crate::record::{RunHeader, StepInput};
 ///         .collect();
 ///     let input = StepInput::cycle(&batch, &outcomes);
 ///     run.submit(outcomes)?;
-///     journal.append(&id, step, &input, &run.take_events())?;
+///     journal.append(&lease, step, &input, &run.take_events())?;
 ///     step += 1;
 /// }
-/// journal.append(&id, step, &StepInput::Stop, &run.take_events())?;
+/// journal.append(&lease, step, &StepInput::Stop, &run.take_events())?;
 /// let result = run.finish().ok().expect("stopped");
 ///
 /// assert!(matches!(journal.verify(&id)?,
@@ -127,18 +135,19 @@ impl SqliteJournal {
         outcome
     }
 
-    /// Checks the whole run. With `bodies`, every event's hash is recomputed from its stored
-    /// bytes; without, bodies are not read. `keep` receives each intact event with its step,
-    /// in seq order.
+    /// Checks the whole run: the header link, every step row, every stored event hash (with
+    /// `bodies`, recomputed from the stored bytes), the outcomes of each cycle against its
+    /// batch, and the record chain's links over all of them. `keep` receives each intact
+    /// event with its step, in seq order. The first bad place, in record order, is
+    /// `checked`'s error.
     fn scan(
         &self,
         run: &RunId,
-        keep_inputs: bool,
         bodies: bool,
-        keep: impl FnMut(u64, &Entry<'_>),
+        mut keep: impl FnMut(u64, &Entry<'_>),
     ) -> Result<Scanned, JournalError> {
-        // One read transaction: steps and events come from the same snapshot even while
-        // another connection appends.
+        // One read transaction: steps, outcomes and events come from the same snapshot even
+        // while another connection appends.
         let tx = self
             .conn
             .unchecked_transaction()
@@ -146,35 +155,8 @@ impl SqliteJournal {
         let row = read_run(&tx, run)?;
         let head = row.head()?;
         let header = row.header()?;
-        let mut statement = tx
-            .prepare_cached(
-                "SELECT step, kind, input, first_seq, events FROM steps \
-                 WHERE run = ?1 ORDER BY step",
-            )
-            .map_err(storage("reading steps"))?;
-        let rows = statement
-            .query_map([run.as_str()], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            })
-            .map_err(storage("reading steps"))?;
-        let mut step_rows = Vec::new();
-        for row in rows {
-            let (step, kind, input, first_seq, events) = row.map_err(storage("reading steps"))?;
-            step_rows.push(StepRow {
-                step: unsigned(step, "step number")?,
-                kind,
-                input,
-                first_seq: unsigned(first_seq, "first seq")?,
-                events: unsigned(events, "event count")?,
-            });
-        }
-        let mut steps = check_steps(step_rows, &head, &header, keep_inputs);
+        let step_rows = read_steps(&tx, run)?;
+        let mut steps = check_steps(&step_rows, &head, &header, true);
         let inputs = std::mem::take(&mut steps.inputs);
         let mut walk = ChainWalk::new(&steps, head);
         // Bodies come last in a row, so a read without them leaves their pages untouched.
@@ -190,11 +172,63 @@ impl SqliteJournal {
         let mut rows = statement
             .query([run.as_str()])
             .map_err(storage("reading events"))?;
-        let checked = walk_chunks(&mut rows, &mut walk, bodies, 0, keep)?;
-        let checked = checked.and_then(|()| walk.finish());
+        let mut last_hashes: BTreeMap<u64, Digest> = BTreeMap::new();
+        let events_checked = walk_chunks(&mut rows, &mut walk, bodies, 0, |step, entry| {
+            last_hashes.insert(step, entry.hash);
+            keep(step, entry);
+        })?;
+        let events_checked = events_checked.and_then(|()| walk.finish());
+        let mut breaks: Vec<(Place, BreakReason)> = Vec::new();
+        if let Err(broken) = events_checked {
+            breaks.push((
+                Place::Event {
+                    step: broken.step,
+                    seq: broken.seq,
+                },
+                broken.reason,
+            ));
+        }
+
+        let stored = read_outcomes(&tx, run)?;
+        let (outcomes, open) = match sort_outcomes(stored, &step_rows, &inputs, head.steps) {
+            Ok(sorted) => sorted,
+            Err(broken) => {
+                breaks.push(broken);
+                (BTreeMap::new(), None)
+            }
+        };
+        let mut heads = Vec::with_capacity(inputs.len());
+        let mut event_head = Digest::zero();
+        for step in 0..inputs.len() as u64 {
+            if let Some(hash) = last_hashes.get(&step) {
+                event_head = *hash;
+            }
+            heads.push(event_head);
+        }
+        let record_heads = RecordHeads {
+            run: run.as_str(),
+            header: &row.header,
+            header_link: row.digest(&row.header_link, "header link")?,
+            record_hash: row.digest(&row.record_hash, "record hash")?,
+        };
+        let all_valid = steps.broken.is_none() && inputs.len() == step_rows.len();
+        let valid = if all_valid {
+            step_rows.len()
+        } else {
+            inputs.len()
+        };
+        if let Some(broken) = check_links(&record_heads, &step_rows, valid, &outcomes, &heads) {
+            breaks.push(broken);
+        }
+        let inputs = attach_outcomes(inputs, &outcomes)?;
+        let checked = match breaks.into_iter().min_by_key(|(place, _)| place.order()) {
+            Some(broken) => Err(broken),
+            None => Ok(()),
+        };
         Ok(Scanned {
             row,
             inputs,
+            open,
             checked,
         })
     }
@@ -340,8 +374,10 @@ impl SqliteJournal {
     fn broken(run: &RunId, broken: Break) -> JournalError {
         JournalError::Broken {
             run: run.clone(),
-            first_bad_seq: broken.seq,
-            step: broken.step,
+            at: Place::Event {
+                step: broken.step,
+                seq: broken.seq,
+            },
             reason: broken.reason,
         }
     }
@@ -370,21 +406,28 @@ fn walk_chunks(
             .map_err(&read)?
             .as_blob()
             .map_err(&read_blob)?;
-        let parts = if bodies {
+        let inflated = if bodies {
             let ends = chunk
                 .get_ref(4)
                 .map_err(&read)?
                 .as_blob()
                 .map_err(&read_blob)?;
-            let bodies = chunk
+            let compressed = chunk
                 .get_ref(5)
                 .map_err(&read)?
                 .as_blob()
                 .map_err(&read_blob)?;
-            Some((ends, bodies))
+            let count = usize::try_from(count).unwrap_or(usize::MAX);
+            match Unpacked::new(count, ends, compressed) {
+                Ok(unpacked) => Some((ends, unpacked)),
+                Err(detail) => return Ok(Err(walk.malformed(first_seq, detail))),
+            }
         } else {
             None
         };
+        let parts = inflated
+            .as_ref()
+            .map(|(ends, unpacked)| (*ends, unpacked.bytes()));
         let entries = match split_chunk(first_seq, count, hashes, parts) {
             Ok(entries) => entries,
             Err(detail) => return Ok(Err(walk.malformed(first_seq, detail))),
@@ -453,36 +496,24 @@ fn stored_hash(
         .ok_or_else(|| missing(first_seq.saturating_add(count))))
 }
 
-/// Most events a stored chunk holds.
-const CHUNK_EVENTS: usize = 4096;
-
-/// Most body bytes a stored chunk holds (a larger event is a chunk of its own).
-const CHUNK_BYTES: usize = 1 << 20;
-
-/// Splits a batch into the chunks it is stored as: runs of consecutive events bounded by
-/// [`CHUNK_EVENTS`] and [`CHUNK_BYTES`], each with at least one event. `Err(seq)` names an
+/// Splits a batch into the chunks it is stored as: runs of consecutive events bounded like
+/// every stored group ([`Group::fits`]), each with at least one event. `Err(seq)` names an
 /// event too large for a chunk's 32-bit offsets (over 4 GiB).
 fn chunks(events: &EventBatch) -> Result<Vec<Chunk>, u64> {
     let mut chunks: Vec<Chunk> = Vec::new();
     for (record, body) in events.iter() {
-        let fits = chunks.last().is_some_and(|chunk| {
-            chunk.count < CHUNK_EVENTS && chunk.bodies.len() + body.len() <= CHUNK_BYTES
-        });
-        if !fits {
+        if !chunks.last().is_some_and(|chunk| chunk.group.fits(body.len())) {
             chunks.push(Chunk {
                 first_seq: record.seq,
                 count: 0,
                 hashes: Vec::new(),
-                ends: Vec::new(),
-                bodies: Vec::new(),
+                group: Group::default(),
             });
         }
         if let Some(chunk) = chunks.last_mut() {
             chunk.count += 1;
             chunk.hashes.extend_from_slice(record.hash.as_bytes());
-            chunk.bodies.extend_from_slice(body);
-            let end = u32::try_from(chunk.bodies.len()).map_err(|_| record.seq)?;
-            chunk.ends.extend_from_slice(&end.to_le_bytes());
+            chunk.group.push(body).map_err(|()| record.seq)?;
         }
     }
     Ok(chunks)
@@ -493,8 +524,7 @@ struct Chunk {
     first_seq: u64,
     count: usize,
     hashes: Vec<u8>,
-    ends: Vec<u8>,
-    bodies: Vec<u8>,
+    group: Group,
 }
 
 fn read_blob(error: rusqlite::types::FromSqlError) -> JournalError {
@@ -504,8 +534,16 @@ fn read_blob(error: rusqlite::types::FromSqlError) -> JournalError {
 }
 
 impl Journal for SqliteJournal {
-    fn create_run(&mut self, run: &RunId, header: &RunHeader) -> Result<(), JournalError> {
+    fn create_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
         let header = to_json(header)?;
+        let link = header_link(run.as_str(), &header).to_string();
+        let lease = Lease::new(run, holder, now_ms);
         self.write(|tx| {
             let exists = tx
                 .query_row("SELECT 1 FROM runs WHERE id = ?1", [run.as_str()], |_| {
@@ -517,34 +555,86 @@ impl Journal for SqliteJournal {
                 return Err(JournalError::RunExists { run: run.clone() });
             }
             tx.execute(
-                "INSERT INTO runs (id, header, status, stop_reason, steps, events, root_hash) \
-                 VALUES (?1, ?2, 'running', NULL, 0, 0, ?3)",
-                params![run.as_str(), header, Digest::zero().to_string()],
+                "INSERT INTO runs (id, header, header_link, status, stop_reason, steps, events, \
+                 root_hash, record_hash) VALUES (?1, ?2, ?3, 'running', NULL, 0, 0, ?4, ?3)",
+                params![run.as_str(), header, link, Digest::zero().to_string()],
             )
             .map_err(storage("creating the run"))?;
+            store_lease(tx, &lease)
+        })?;
+        Ok(lease)
+    }
+
+    fn acquire(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        let lease = Lease::new(run, holder, now_ms);
+        self.write(|tx| {
+            let row = read_run(tx, run)?;
+            if let Some((current, expires_ms)) = row.lease()?
+                && expires_ms > now_ms
+                && !current.yields_to(holder)
+            {
+                return Err(JournalError::Leased {
+                    run: run.clone(),
+                    holder: current,
+                    expires_in_ms: expires_ms - now_ms,
+                });
+            }
+            store_lease(tx, &lease)
+        })?;
+        Ok(lease)
+    }
+
+    fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
+        let expires_ms = now_ms.saturating_add(LEASE_TTL_MS);
+        self.write(|tx| {
+            check_lease(tx, lease)?;
+            tx.execute(
+                "UPDATE runs SET lease_expires_ms = ?2 WHERE id = ?1",
+                params![lease.run.as_str(), signed(expires_ms)?],
+            )
+            .map_err(storage("renewing the lease"))?;
+            Ok(())
+        })?;
+        lease.expires_ms = expires_ms;
+        Ok(())
+    }
+
+    fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE runs SET lease_token = NULL, lease_holder = NULL, lease_host = NULL, \
+                 lease_pid = NULL, lease_expires_ms = NULL WHERE id = ?1 AND lease_token = ?2",
+                params![lease.run.as_str(), lease.token],
+            )
+            .map_err(storage("releasing the lease"))?;
             Ok(())
         })
     }
 
-    fn append(
+    fn commit_outcomes(
         &mut self,
-        run: &RunId,
+        lease: &Lease,
         step: u64,
-        input: &StepInput,
-        events: &EventBatch,
+        cycle: u32,
+        outcomes: &[(u32, OutcomeRecord)],
     ) -> Result<(), JournalError> {
-        // Everything that needs no storage is prepared before the transaction begins.
-        let input_json = to_json(input)?;
-        let chunks = chunks(events).map_err(|seq| JournalError::ChainMismatch {
-            run: run.clone(),
-            seq,
-            detail: "the event is larger than the 4 GiB a journal stores".to_owned(),
-        })?;
+        let run = &lease.run;
+        let encoded = encode_outcomes(outcomes)?;
         self.write(|tx| {
             let row = read_run(tx, run)?;
+            check_lease(tx, lease)?;
             let head = row.head()?;
-            if row.status == "stopped" {
-                return Err(JournalError::RunStopped { run: run.clone() });
+            if row.status()? != RunStatus::Running {
+                return Err(JournalError::InvalidStep {
+                    run: run.clone(),
+                    step,
+                    detail: "outcomes are committed only while a run is running",
+                });
             }
             if step != head.steps {
                 return Err(JournalError::OutOfOrder {
@@ -553,49 +643,75 @@ impl Journal for SqliteJournal {
                     got: step,
                 });
             }
-            let invalid = |detail| JournalError::InvalidStep {
-                run: run.clone(),
-                step,
-                detail,
+            let committed = committed_agents(tx, run, step, Some(cycle))?;
+            let fresh = encoded
+                .iter()
+                .filter(|(agent, _)| !committed.agents.contains(agent));
+            insert_outcomes(tx, run, step, cycle, committed.next_part, fresh)
+        })
+    }
+
+    fn append(
+        &mut self,
+        lease: &Lease,
+        step: u64,
+        input: &StepInput,
+        events: &EventBatch,
+    ) -> Result<(), JournalError> {
+        let run = &lease.run;
+        // Everything that needs no storage is prepared before the transaction begins.
+        let (stored_input, outcomes, cycle) = split_outcomes(input)?;
+        let encoded = encode_outcomes(&outcomes)?;
+        let digest = outcomes_digest(encoded.iter().map(|(agent, body)| (*agent, body.as_slice())));
+        let chunks = chunks(events).map_err(|seq| JournalError::ChainMismatch {
+            run: run.clone(),
+            seq,
+            detail: "the event is larger than the 4 GiB a journal stores".to_owned(),
+        })?;
+        let status = status_after(events);
+        let stop_reason = match &status {
+            Some(RunStatus::Stopped { reason }) => Some(to_json(reason)?),
+            _ => None,
+        };
+        let status_name = status.as_ref().map_or("running", RunStatus::name);
+        self.write(|tx| {
+            let row = read_run(tx, run)?;
+            check_lease(tx, lease)?;
+            let head = row.head()?;
+            check_append(run, &row, &head, step, input, events)?;
+            let previous = if step == 0 {
+                row.digest(&row.header_link, "header link")?
+            } else {
+                row.digest(&row.record_hash, "record hash")?
             };
-            match (step, input) {
-                (0, StepInput::Start { header }) if *header != row.header()? => {
-                    return Err(invalid("the start's header differs from the run's"));
-                }
-                (0, StepInput::Start { .. }) => {}
-                (0, _) => return Err(invalid("step 0 must be the run's start")),
-                (_, StepInput::Start { .. }) => return Err(invalid("only step 0 may be a start")),
-                _ => {}
-            }
-            if events.first_seq() != head.events {
-                return Err(JournalError::ChainMismatch {
-                    run: run.clone(),
-                    seq: events.first_seq(),
-                    detail: format!("the next seq is {}", head.events),
-                });
-            }
-            if events.previous() != head.root {
-                return Err(JournalError::ChainMismatch {
-                    run: run.clone(),
-                    seq: events.first_seq(),
-                    detail: format!(
-                        "it chains from {}, not from the stored head {}",
-                        events.previous(),
-                        head.root
-                    ),
-                });
-            }
+            let input_link = input_link(previous, step, input.kind(), &stored_input, digest);
             let next_seq = head.events + events.len() as u64;
+            let link = step_link(input_link, head.events, events.len() as u64, events.head());
+            if let Some(cycle) = cycle {
+                let committed = committed_agents(tx, run, step, Some(cycle))?;
+                let fresh = encoded
+                    .iter()
+                    .filter(|(agent, _)| !committed.agents.contains(agent));
+                insert_outcomes(tx, run, step, cycle, committed.next_part, fresh)?;
+            } else if !committed_agents(tx, run, step, None)?.agents.is_empty() {
+                return Err(JournalError::InvalidStep {
+                    run: run.clone(),
+                    step,
+                    detail: "outcomes were committed for this step, but it is not a cycle",
+                });
+            }
             tx.execute(
-                "INSERT INTO steps (run, step, kind, input, first_seq, events) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO steps (run, step, kind, input, first_seq, events, input_link, link) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     run.as_str(),
                     signed(step)?,
                     input.kind(),
-                    input_json,
+                    stored_input,
                     signed(head.events)?,
                     signed(events.len() as u64)?,
+                    input_link.as_bytes().as_slice(),
+                    link.as_bytes().as_slice(),
                 ],
             )
             .map_err(storage("writing the step"))?;
@@ -605,7 +721,8 @@ impl Journal for SqliteJournal {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(storage("writing events"))?;
-            for chunk in &chunks {
+            for chunk in chunks {
+                let (ends, bodies) = chunk.group.seal();
                 insert
                     .execute(params![
                         run.as_str(),
@@ -613,57 +730,25 @@ impl Journal for SqliteJournal {
                         signed(step)?,
                         signed(chunk.count as u64)?,
                         chunk.hashes,
-                        chunk.ends,
-                        chunk.bodies,
+                        ends,
+                        bodies,
                     ])
                     .map_err(storage("writing events"))?;
             }
             tx.execute(
-                "UPDATE runs SET steps = ?2, events = ?3, root_hash = ?4 WHERE id = ?1",
+                "UPDATE runs SET steps = ?2, events = ?3, root_hash = ?4, record_hash = ?5, \
+                 status = ?6, stop_reason = ?7 WHERE id = ?1",
                 params![
                     run.as_str(),
                     signed(step + 1)?,
                     signed(next_seq)?,
-                    events.head().to_string()
+                    events.head().to_string(),
+                    link.to_string(),
+                    status_name,
+                    stop_reason,
                 ],
             )
             .map_err(storage("advancing the run's head"))?;
-            Ok(())
-        })
-    }
-
-    fn set_status(
-        &mut self,
-        run: &RunId,
-        status: RunStatus,
-        root_hash: Digest,
-    ) -> Result<(), JournalError> {
-        let reason = match &status {
-            RunStatus::Stopped { reason } => Some(to_json(reason)?),
-            _ => None,
-        };
-        self.write(|tx| {
-            let row = read_run(tx, run)?;
-            let head = row.head()?;
-            if head.root != root_hash {
-                return Err(JournalError::HeadMismatch {
-                    run: run.clone(),
-                    stored: head.root,
-                    given: root_hash,
-                });
-            }
-            let current = row.status()?;
-            if current == status {
-                return Ok(());
-            }
-            if let RunStatus::Stopped { .. } = current {
-                return Err(JournalError::RunStopped { run: run.clone() });
-            }
-            tx.execute(
-                "UPDATE runs SET status = ?2, stop_reason = ?3 WHERE id = ?1",
-                params![run.as_str(), status.name(), reason],
-            )
-            .map_err(storage("setting the run's status"))?;
             Ok(())
         })
     }
@@ -696,8 +781,9 @@ impl Journal for SqliteJournal {
         let Scanned {
             row,
             inputs,
+            open,
             checked,
-        } = self.scan(run, true, false, |step, entry| {
+        } = self.scan(run, false, |step, entry| {
             let index = usize::try_from(step).unwrap_or(usize::MAX);
             if hashes.len() <= index {
                 hashes.resize_with(index.saturating_add(1), Vec::new);
@@ -706,7 +792,11 @@ impl Journal for SqliteJournal {
                 slot.push(entry.hash);
             }
         })?;
-        checked.map_err(|broken| SqliteJournal::broken(run, broken))?;
+        checked.map_err(|(at, reason)| JournalError::Broken {
+            run: run.clone(),
+            at,
+            reason,
+        })?;
         hashes.resize_with(inputs.len(), Vec::new);
         let mut first_seq = 0;
         let steps = inputs
@@ -730,7 +820,10 @@ impl Journal for SqliteJournal {
             header: row.header()?,
             status: summary.status,
             root_hash: summary.root_hash,
+            record_hash: summary.record_hash,
             steps,
+            open,
+            lease: summary.lease,
         })
     }
 
@@ -748,45 +841,525 @@ impl Journal for SqliteJournal {
     }
 
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
-        let Scanned { row, checked, .. } = self.scan(run, false, true, |_, _| {})?;
-        Ok(match checked {
-            Ok(()) => {
-                let head = row.head()?;
-                Verification::Intact {
-                    steps: head.steps,
-                    events: head.events,
-                    root_hash: head.root,
-                }
+        let mut last_body: Option<Vec<u8>> = None;
+        let Scanned { row, checked, .. } = self.scan(run, true, |_, entry| {
+            if let Some(body) = entry.body {
+                last_body = Some(body.to_vec());
             }
-            Err(broken) => Verification::Broken {
-                first_bad_seq: broken.seq,
-                step: broken.step,
-                reason: broken.reason,
+        })?;
+        let head = row.head()?;
+        let checked = checked.and_then(|()| {
+            check_status(&row, last_body.as_deref(), head.events)
+                .map_err(|detail| (Place::Run, BreakReason::StatusMismatch { detail }))
+        });
+        Ok(match checked {
+            Ok(()) => Verification::Intact {
+                steps: head.steps,
+                events: head.events,
+                root_hash: head.root,
+                record_hash: row.digest(&row.record_hash, "record hash")?,
             },
+            Err((at, reason)) => Verification::Broken { at, reason },
         })
     }
+}
+
+/// Checks everything about a step that does not depend on storage beyond the run's row: the
+/// run is not stopped, the step is its next one, a start is step 0 with the run's header,
+/// and the events continue its chain.
+fn check_append(
+    run: &RunId,
+    row: &RunRow,
+    head: &Head,
+    step: u64,
+    input: &StepInput,
+    events: &EventBatch,
+) -> Result<(), JournalError> {
+    if row.status == "stopped" {
+        return Err(JournalError::RunStopped { run: run.clone() });
+    }
+    if step != head.steps {
+        return Err(JournalError::OutOfOrder {
+            run: run.clone(),
+            expected: head.steps,
+            got: step,
+        });
+    }
+    let invalid = |detail| JournalError::InvalidStep {
+        run: run.clone(),
+        step,
+        detail,
+    };
+    match (step, input) {
+        (0, StepInput::Start { header }) if *header != row.header()? => {
+            return Err(invalid("the start's header differs from the run's"));
+        }
+        (0, StepInput::Start { .. }) => {}
+        (0, _) => return Err(invalid("step 0 must be the run's start")),
+        (_, StepInput::Start { .. }) => return Err(invalid("only step 0 may be a start")),
+        _ => {}
+    }
+    if events.first_seq() != head.events {
+        return Err(JournalError::ChainMismatch {
+            run: run.clone(),
+            seq: events.first_seq(),
+            detail: format!("the next seq is {}", head.events),
+        });
+    }
+    if events.previous() != head.root {
+        return Err(JournalError::ChainMismatch {
+            run: run.clone(),
+            seq: events.first_seq(),
+            detail: format!(
+                "it chains from {}, not from the stored head {}",
+                events.previous(),
+                head.root
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The status a run has after a step that emitted `events`: set by a `run_stopped` event,
+/// `None` (running) otherwise.
+fn status_after(events: &EventBatch) -> Option<RunStatus> {
+    events.records().iter().rev().find_map(|record| match &record.event {
+        Event::RunStopped { reason, .. } => Some(RunStatus::after(reason)),
+        _ => None,
+    })
+}
+
+/// Checks the stored status against the run's last stored event: `stopped` with its reason
+/// after a `run_stopped` event for good, `awaiting_approval` after one awaiting approval,
+/// `running` otherwise.
+fn check_status(row: &RunRow, last: Option<&[u8]>, events: u64) -> Result<(), String> {
+    let stopped_by: Option<Value> = last
+        .filter(|_| events > 0)
+        .and_then(|body| serde_json::from_slice::<Value>(body).ok())
+        .filter(|event| event.get("event").and_then(Value::as_str) == Some("run_stopped"))
+        .and_then(|event| event.get("reason").cloned());
+    let expected = match &stopped_by {
+        None => RunStatus::Running,
+        Some(reason) if reason.get("stop").and_then(Value::as_str) == Some("awaiting_approval") => {
+            RunStatus::AwaitingApproval
+        }
+        Some(reason) => RunStatus::Stopped {
+            reason: reason.clone(),
+        },
+    };
+    let stored = row.status().map_err(|error| error.to_string())?;
+    if stored == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "it is stored as {}, but the last event says {}",
+            stored.name(),
+            expected.name()
+        ))
+    }
+}
+
+/// Splits a step's input into the text stored in its row (a cycle's without its outcomes),
+/// its outcomes, and its cycle number when it is a cycle.
+fn split_outcomes(
+    input: &StepInput,
+) -> Result<(String, Vec<(u32, OutcomeRecord)>, Option<u32>), JournalError> {
+    match input {
+        StepInput::Cycle {
+            cycle,
+            batch,
+            outcomes,
+        } => {
+            let stored = StepInput::Cycle {
+                cycle: *cycle,
+                batch: batch.clone(),
+                outcomes: Vec::new(),
+            };
+            Ok((to_json(&stored)?, outcomes.clone(), Some(*cycle)))
+        }
+        other => Ok((to_json(other)?, Vec::new(), None)),
+    }
+}
+
+/// Each outcome's stored bytes, by agent index, in increasing index order.
+fn encode_outcomes(outcomes: &[(u32, OutcomeRecord)]) -> Result<Vec<(u32, Vec<u8>)>, JournalError> {
+    let mut encoded = outcomes
+        .iter()
+        .map(|(agent, outcome)| {
+            serde_json::to_vec(outcome)
+                .map(|body| (*agent, body))
+                .map_err(|error| JournalError::Corrupt {
+                    detail: format!("cannot encode an outcome as JSON: {error}"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    encoded.sort_by_key(|(agent, _)| *agent);
+    Ok(encoded)
+}
+
+/// The agents whose outcomes are already committed for a step, and the next part number.
+struct Committed {
+    agents: BTreeSet<u32>,
+    next_part: i64,
+}
+
+/// Reads which agents have outcomes committed for `step`; with `cycle`, refuses parts
+/// recorded for another cycle.
+fn committed_agents(
+    tx: &rusqlite::Transaction<'_>,
+    run: &RunId,
+    step: u64,
+    cycle: Option<u32>,
+) -> Result<Committed, JournalError> {
+    let read = storage("reading outcomes");
+    let mut statement = tx
+        .prepare_cached("SELECT part, cycle, agents FROM outcomes WHERE run = ?1 AND step = ?2")
+        .map_err(&read)?;
+    let mut rows = statement
+        .query(params![run.as_str(), signed(step)?])
+        .map_err(&read)?;
+    let mut committed = Committed {
+        agents: BTreeSet::new(),
+        next_part: 0,
+    };
+    while let Some(row) = rows.next().map_err(&read)? {
+        let part: i64 = row.get(0).map_err(&read)?;
+        let stored_cycle: i64 = row.get(1).map_err(&read)?;
+        let agents: Vec<u8> = row.get(2).map_err(&read)?;
+        if cycle.is_some_and(|cycle| i64::from(cycle) != stored_cycle) {
+            return Err(JournalError::InvalidStep {
+                run: run.clone(),
+                step,
+                detail: "outcomes committed for this step belong to another cycle",
+            });
+        }
+        committed.next_part = committed.next_part.max(part.saturating_add(1));
+        committed
+            .agents
+            .extend(agents.chunks_exact(4).map(|agent| {
+                u32::from_le_bytes([agent[0], agent[1], agent[2], agent[3]])
+            }));
+    }
+    Ok(committed)
+}
+
+/// Inserts outcomes as parts of at most [`super::pack::GROUP_RECORDS_MAX`] records and
+/// [`super::pack::GROUP_BYTES_MAX`] bytes, numbered from `first_part`.
+fn insert_outcomes<'o>(
+    tx: &rusqlite::Transaction<'_>,
+    run: &RunId,
+    step: u64,
+    cycle: u32,
+    first_part: i64,
+    outcomes: impl Iterator<Item = &'o (u32, Vec<u8>)>,
+) -> Result<(), JournalError> {
+    let mut parts: Vec<(Vec<u8>, Group)> = Vec::new();
+    for (agent, body) in outcomes {
+        if !parts.last().is_some_and(|(_, group)| group.fits(body.len())) {
+            parts.push((Vec::new(), Group::default()));
+        }
+        if let Some((agents, group)) = parts.last_mut() {
+            agents.extend_from_slice(&agent.to_le_bytes());
+            group.push(body).map_err(|()| JournalError::Corrupt {
+                detail: format!("agent {agent}'s outcome is larger than the journal stores"),
+            })?;
+        }
+    }
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO outcomes (run, step, part, cycle, agents, ends, bodies) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(storage("writing outcomes"))?;
+    for (index, (agents, group)) in parts.into_iter().enumerate() {
+        let (ends, bodies) = group.seal();
+        insert
+            .execute(params![
+                run.as_str(),
+                signed(step)?,
+                first_part.saturating_add(index as i64),
+                i64::from(cycle),
+                agents,
+                ends,
+                bodies,
+            ])
+            .map_err(storage("writing outcomes"))?;
+    }
+    Ok(())
+}
+
+/// One stored part of outcomes, unpacked.
+struct StoredPart {
+    step: u64,
+    cycle: u32,
+    outcomes: StepOutcomes,
+}
+
+/// Every stored outcome part of a run, unpacked; a part that cannot be read is reported at
+/// the step it is filed under.
+fn read_outcomes(
+    tx: &rusqlite::Transaction<'_>,
+    run: &RunId,
+) -> Result<Result<Vec<StoredPart>, (Place, BreakReason)>, JournalError> {
+    let read = storage("reading outcomes");
+    let mut statement = tx
+        .prepare_cached(
+            "SELECT step, cycle, agents, ends, bodies FROM outcomes WHERE run = ?1 \
+             ORDER BY step, part",
+        )
+        .map_err(&read)?;
+    let mut rows = statement.query([run.as_str()]).map_err(&read)?;
+    let mut parts = Vec::new();
+    while let Some(row) = rows.next().map_err(&read)? {
+        let step = unsigned(row.get(0).map_err(&read)?, "step number")?;
+        let cycle: i64 = row.get(1).map_err(&read)?;
+        let agents: Vec<u8> = row.get(2).map_err(&read)?;
+        let ends: Vec<u8> = row.get(3).map_err(&read)?;
+        let bodies: Vec<u8> = row.get(4).map_err(&read)?;
+        let unreadable = |detail: String| {
+            Err((
+                Place::Input { step },
+                BreakReason::Outcomes {
+                    detail: format!("a stored part cannot be read: {detail}"),
+                },
+            ))
+        };
+        if agents.len() % 4 != 0 {
+            return Ok(unreadable("its agent list is cut short".to_owned()));
+        }
+        let count = agents.len() / 4;
+        let unpacked = match Unpacked::new(count, &ends, &bodies) {
+            Ok(unpacked) => unpacked,
+            Err(detail) => return Ok(unreadable(detail)),
+        };
+        let outcomes = agents
+            .chunks_exact(4)
+            .map(|agent| u32::from_le_bytes([agent[0], agent[1], agent[2], agent[3]]))
+            .zip(unpacked.iter().map(<[u8]>::to_vec))
+            .collect();
+        parts.push(StoredPart {
+            step,
+            cycle: u32::try_from(cycle).unwrap_or(0),
+            outcomes,
+        });
+    }
+    Ok(Ok(parts))
+}
+
+/// Files stored outcome parts: those of committed cycle steps by step (in agent order, checked
+/// against each cycle's batch), those of the next step as the open cycle. Parts of any other
+/// step break the record there.
+fn sort_outcomes(
+    parts: Result<Vec<StoredPart>, (Place, BreakReason)>,
+    rows: &[StepRow],
+    inputs: &[StepInput],
+    next_step: u64,
+) -> Result<(BTreeMap<u64, StepOutcomes>, Option<OpenCycle>), (Place, BreakReason)> {
+    let mut by_step: BTreeMap<u64, (u32, StepOutcomes)> = BTreeMap::new();
+    for part in parts? {
+        let entry = by_step.entry(part.step).or_insert((part.cycle, Vec::new()));
+        if entry.0 != part.cycle {
+            return Err((
+                Place::Input { step: part.step },
+                BreakReason::Outcomes {
+                    detail: "its parts name different cycles".to_owned(),
+                },
+            ));
+        }
+        entry.1.extend(part.outcomes);
+    }
+    let mut sorted = BTreeMap::new();
+    let mut open = None;
+    for (step, (cycle, mut outcomes)) in by_step {
+        outcomes.sort_by_key(|(agent, _)| *agent);
+        let at = Place::Input { step };
+        if step == next_step {
+            open = Some(open_cycle(step, cycle, outcomes).map_err(|detail| {
+                (at, BreakReason::Outcomes { detail })
+            })?);
+            continue;
+        }
+        let input = usize::try_from(step).ok().and_then(|index| inputs.get(index));
+        match input {
+            Some(StepInput::Cycle {
+                cycle: recorded,
+                batch,
+                ..
+            }) if *recorded == cycle => {
+                check_outcomes(batch, &outcomes)
+                    .map_err(|detail| (at, BreakReason::Outcomes { detail }))?;
+                sorted.insert(step, outcomes);
+            }
+            // A step beyond what the step checks accepted: that break comes first.
+            None if rows.get(usize::try_from(step).unwrap_or(usize::MAX)).is_some() => {}
+            _ => {
+                return Err((
+                    at,
+                    BreakReason::Outcomes {
+                        detail: format!("outcomes of cycle {cycle} are filed under this step"),
+                    },
+                ));
+            }
+        }
+    }
+    Ok((sorted, open))
+}
+
+/// Reads the outcomes committed ahead of the step that will hold them.
+fn open_cycle(step: u64, cycle: u32, outcomes: StepOutcomes) -> Result<OpenCycle, String> {
+    let mut records = Vec::with_capacity(outcomes.len());
+    let mut previous = None;
+    for (agent, body) in outcomes {
+        if previous == Some(agent) {
+            return Err(format!("agent {agent}'s outcome is stored twice"));
+        }
+        previous = Some(agent);
+        let record: OutcomeRecord = serde_json::from_slice(&body)
+            .map_err(|error| format!("agent {agent}'s outcome cannot be read: {error}"))?;
+        records.push((agent, record));
+    }
+    Ok(OpenCycle {
+        step,
+        cycle,
+        outcomes: records,
+    })
+}
+
+/// Puts each committed cycle's stored outcomes back into its input.
+fn attach_outcomes(
+    inputs: Vec<StepInput>,
+    outcomes: &BTreeMap<u64, StepOutcomes>,
+) -> Result<Vec<StepInput>, JournalError> {
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(step, input)| match input {
+            StepInput::Cycle { cycle, batch, .. } => {
+                let stored = outcomes.get(&(step as u64)).map(Vec::as_slice).unwrap_or(&[]);
+                let outcomes = stored
+                    .iter()
+                    .map(|(agent, body)| {
+                        serde_json::from_slice::<OutcomeRecord>(body)
+                            .map(|record| (*agent, record))
+                            .map_err(|error| JournalError::Corrupt {
+                                detail: format!(
+                                    "step {step}: agent {agent}'s outcome cannot be read: {error}"
+                                ),
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(StepInput::Cycle {
+                    cycle,
+                    batch,
+                    outcomes,
+                })
+            }
+            other => Ok(other),
+        })
+        .collect()
+}
+
+/// Records `lease` as the run's.
+fn store_lease(tx: &rusqlite::Transaction<'_>, lease: &Lease) -> Result<(), JournalError> {
+    tx.execute(
+        "UPDATE runs SET lease_token = ?2, lease_holder = ?3, lease_host = ?4, lease_pid = ?5, \
+         lease_expires_ms = ?6 WHERE id = ?1",
+        params![
+            lease.run.as_str(),
+            lease.token,
+            lease.holder.name,
+            lease.holder.host,
+            i64::from(lease.holder.pid),
+            signed(lease.expires_ms)?,
+        ],
+    )
+    .map_err(storage("recording the lease"))?;
+    Ok(())
+}
+
+/// Refuses a write under a lease that is no longer the run's.
+fn check_lease(tx: &rusqlite::Transaction<'_>, lease: &Lease) -> Result<(), JournalError> {
+    let token: Option<String> = tx
+        .query_row(
+            "SELECT lease_token FROM runs WHERE id = ?1",
+            [lease.run.as_str()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(storage("reading the lease"))?
+        .flatten();
+    if token.as_deref() == Some(lease.token.as_str()) {
+        Ok(())
+    } else {
+        Err(JournalError::LeaseLost {
+            run: lease.run.clone(),
+        })
+    }
+}
+
+/// The step rows of a run, in step order.
+fn read_steps(tx: &rusqlite::Transaction<'_>, run: &RunId) -> Result<Vec<StepRow>, JournalError> {
+    let read = storage("reading steps");
+    let mut statement = tx
+        .prepare_cached(
+            "SELECT step, kind, input, first_seq, events, input_link, link FROM steps \
+             WHERE run = ?1 ORDER BY step",
+        )
+        .map_err(&read)?;
+    let mut rows = statement.query([run.as_str()]).map_err(&read)?;
+    let mut steps = Vec::new();
+    while let Some(row) = rows.next().map_err(&read)? {
+        let link = |index| -> Result<Digest, JournalError> {
+            let bytes: Vec<u8> = row.get(index).map_err(&read)?;
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map(Digest::from_bytes)
+                .map_err(|_| JournalError::Corrupt {
+                    detail: format!("a stored link of run {run} is not 32 bytes"),
+                })
+        };
+        steps.push(StepRow {
+            step: unsigned(row.get(0).map_err(&read)?, "step number")?,
+            kind: row.get(1).map_err(&read)?,
+            input: row.get(2).map_err(&read)?,
+            first_seq: unsigned(row.get(3).map_err(&read)?, "first seq")?,
+            events: unsigned(row.get(4).map_err(&read)?, "event count")?,
+            input_link: link(5)?,
+            link: link(6)?,
+        });
+    }
+    Ok(steps)
 }
 
 /// What [`SqliteJournal::scan`] found.
 struct Scanned {
     row: RunRow,
-    /// The inputs of the intact steps, when asked for.
+    /// The inputs of the intact steps, cycles with their outcomes.
     inputs: Vec<StepInput>,
-    /// The first break, if any.
-    checked: Result<(), Break>,
+    /// Outcomes committed ahead of the next step.
+    open: Option<OpenCycle>,
+    /// The first bad place, if any.
+    checked: Result<(), (Place, BreakReason)>,
 }
 
-const RUN_COLUMNS: &str = "id, header, status, stop_reason, steps, events, root_hash";
+const RUN_COLUMNS: &str = "id, header, header_link, status, stop_reason, steps, events, \
+                           root_hash, record_hash, lease_holder, lease_host, lease_pid, \
+                           lease_expires_ms";
 
 /// A `runs` row as stored.
 struct RunRow {
     id: String,
     header: String,
+    header_link: String,
     status: String,
     stop_reason: Option<String>,
     steps: i64,
     events: i64,
     root_hash: String,
+    record_hash: String,
+    lease_holder: Option<String>,
+    lease_host: Option<String>,
+    lease_pid: Option<i64>,
+    lease_expires_ms: Option<i64>,
 }
 
 impl RunRow {
@@ -794,11 +1367,23 @@ impl RunRow {
         Ok(RunRow {
             id: row.get(0)?,
             header: row.get(1)?,
-            status: row.get(2)?,
-            stop_reason: row.get(3)?,
-            steps: row.get(4)?,
-            events: row.get(5)?,
-            root_hash: row.get(6)?,
+            header_link: row.get(2)?,
+            status: row.get(3)?,
+            stop_reason: row.get(4)?,
+            steps: row.get(5)?,
+            events: row.get(6)?,
+            root_hash: row.get(7)?,
+            record_hash: row.get(8)?,
+            lease_holder: row.get(9)?,
+            lease_host: row.get(10)?,
+            lease_pid: row.get(11)?,
+            lease_expires_ms: row.get(12)?,
+        })
+    }
+
+    fn digest(&self, text: &str, what: &str) -> Result<Digest, JournalError> {
+        text.parse().map_err(|_| JournalError::Corrupt {
+            detail: format!("run {} has a {what} that is not 64 hex digits", self.id),
         })
     }
 
@@ -806,23 +1391,21 @@ impl RunRow {
         Ok(Head {
             steps: unsigned(self.steps, "step count")?,
             events: unsigned(self.events, "event count")?,
-            root: self.root_hash.parse().map_err(|_| JournalError::Corrupt {
-                detail: format!("run {:?} has root hash {:?}", self.id, self.root_hash),
-            })?,
+            root: self.digest(&self.root_hash, "root hash")?,
         })
     }
 
     fn header(&self) -> Result<RunHeader, JournalError> {
         serde_json::from_str(&self.header).map_err(|error| JournalError::Corrupt {
-            detail: format!("run {:?} has an unreadable header: {error}", self.id),
+            detail: format!("run {} has an unreadable header: {error}", self.id),
         })
     }
 
     fn status(&self) -> Result<RunStatus, JournalError> {
         let corrupt = || JournalError::Corrupt {
             detail: format!(
-                "run {:?} has status {:?} with stop reason {:?}",
-                self.id, self.status, self.stop_reason
+                "run {} has status \"{}\" with an unreadable or misplaced stop reason",
+                self.id, self.status
             ),
         };
         match (self.status.as_str(), &self.stop_reason) {
@@ -836,6 +1419,26 @@ impl RunRow {
         }
     }
 
+    /// The lease's holder and expiry, when the run is leased.
+    fn lease(&self) -> Result<Option<(Holder, u64)>, JournalError> {
+        let (Some(name), Some(host), Some(pid), Some(expires_ms)) = (
+            &self.lease_holder,
+            &self.lease_host,
+            self.lease_pid,
+            self.lease_expires_ms,
+        ) else {
+            return Ok(None);
+        };
+        let holder = Holder {
+            name: name.clone(),
+            host: host.clone(),
+            pid: u32::try_from(pid).map_err(|_| JournalError::Corrupt {
+                detail: format!("run {} has lease pid {pid}", self.id),
+            })?,
+        };
+        Ok(Some((holder, unsigned(expires_ms, "lease expiry")?)))
+    }
+
     fn summary(&self) -> Result<RunSummary, JournalError> {
         let head = self.head()?;
         Ok(RunSummary {
@@ -846,6 +1449,8 @@ impl RunRow {
             steps: head.steps,
             events: head.events,
             root_hash: head.root,
+            record_hash: self.digest(&self.record_hash, "record hash")?,
+            lease: self.lease()?,
         })
     }
 }

@@ -1,0 +1,143 @@
+//! Stored groups of records: several events (or outcomes) in one row, their bytes compressed.
+//!
+//! A group is three blobs: a fixed-width index (each record's 32-bit little-endian end
+//! offset), and the records' bytes concatenated and compressed with zlib (RFC 1950, what
+//! Python's `zlib.decompress` reads). Compression happens after hashing — hashes always
+//! cover the uncompressed bytes — so the chain, and `verify`'s naming of the first altered
+//! record, do not depend on it. Reading a group never inflates past the size its index
+//! announces, so a damaged or hostile blob cannot allocate without bound.
+
+use std::io::{Read, Write};
+
+use flate2::Compression;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+
+/// Most uncompressed bytes one group holds; a single larger record is a group of its own.
+pub(crate) const GROUP_BYTES_MAX: usize = 1 << 20;
+
+/// Most records one group holds.
+pub(crate) const GROUP_RECORDS_MAX: usize = 4096;
+
+/// The compression level: the fastest, since most of what is stored is written once and
+/// read rarely, and the write is on the run's path.
+const LEVEL: u32 = 1;
+
+/// Records being packed into one group.
+#[derive(Default)]
+pub(crate) struct Group {
+    ends: Vec<u8>,
+    bodies: Vec<u8>,
+    count: usize,
+}
+
+impl Group {
+    /// Whether a record of `len` bytes may join this group.
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.count == 0
+            || (self.count < GROUP_RECORDS_MAX && self.bodies.len() + len <= GROUP_BYTES_MAX)
+    }
+
+    /// Adds a record; `Err` if the group would pass what its offsets can address.
+    pub(crate) fn push(&mut self, body: &[u8]) -> Result<(), ()> {
+        self.bodies.extend_from_slice(body);
+        let end = u32::try_from(self.bodies.len()).map_err(|_| ())?;
+        self.ends.extend_from_slice(&end.to_le_bytes());
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The stored blobs: the end offsets and the compressed bodies.
+    pub(crate) fn seal(self) -> (Vec<u8>, Vec<u8>) {
+        let mut encoder = ZlibEncoder::new(
+            Vec::with_capacity(self.bodies.len() / 4 + 64),
+            Compression::new(LEVEL),
+        );
+        // Writing into memory cannot fail.
+        let compressed = encoder
+            .write_all(&self.bodies)
+            .and_then(|()| encoder.finish())
+            .unwrap_or_default();
+        (self.ends, compressed)
+    }
+}
+
+/// The records of a stored group, split at their end offsets.
+pub(crate) struct Unpacked {
+    bodies: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Unpacked {
+    /// Inflates and splits a stored group of `count` records; `Err` says why it cannot be
+    /// read (offsets of the wrong length or out of order, bodies that do not inflate to the
+    /// announced size).
+    pub(crate) fn new(count: usize, ends: &[u8], compressed: &[u8]) -> Result<Unpacked, String> {
+        if ends.len() != count.saturating_mul(4) {
+            return Err(format!(
+                "{} bytes of offsets for {count} records",
+                ends.len()
+            ));
+        }
+        let ends: Vec<usize> = ends
+            .chunks_exact(4)
+            .map(|end| u32::from_le_bytes([end[0], end[1], end[2], end[3]]) as usize)
+            .collect();
+        if ends.windows(2).any(|pair| pair[0] > pair[1]) {
+            return Err("record offsets are out of order".to_owned());
+        }
+        let size = ends.last().copied().unwrap_or(0);
+        let mut bodies = Vec::with_capacity(size.min(GROUP_BYTES_MAX));
+        let limit = u64::try_from(size).unwrap_or(u64::MAX).saturating_add(1);
+        ZlibDecoder::new(compressed)
+            .take(limit)
+            .read_to_end(&mut bodies)
+            .map_err(|error| format!("the records do not inflate: {error}"))?;
+        if bodies.len() != size {
+            return Err(format!(
+                "the records inflate to {} bytes, not the {size} their offsets announce",
+                bodies.len()
+            ));
+        }
+        Ok(Unpacked { bodies, ends })
+    }
+
+    /// All the records' bytes, concatenated.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bodies
+    }
+
+    /// The records in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| &self.bodies[start..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_is_refused() {
+        let mut group = Group::default();
+        for record in [b"alpha".as_slice(), b"", b"gamma"] {
+            assert!(group.fits(record.len()));
+            group.push(record).unwrap();
+        }
+        let (ends, bodies) = group.seal();
+        let unpacked = Unpacked::new(3, &ends, &bodies).unwrap();
+        let records: Vec<&[u8]> = unpacked.iter().collect();
+        assert_eq!(records, [b"alpha".as_slice(), b"", b"gamma"]);
+
+        assert!(Unpacked::new(2, &ends, &bodies).is_err());
+        let mut truncated = bodies.clone();
+        truncated.truncate(bodies.len() - 3);
+        assert!(Unpacked::new(3, &ends, &truncated).is_err());
+        let mut longer = ends.clone();
+        longer[8] = 11;
+        assert!(Unpacked::new(3, &longer, &bodies).is_err());
+    }
+}
