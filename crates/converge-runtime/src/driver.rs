@@ -566,13 +566,13 @@ impl<'a> Executor<'a> {
     /// (whatever finished since the last hand-over), and `progress` is called at least every
     /// [`Progress::waiting_every`] while agents run. An error from `progress` ends the batch:
     /// the agents still running are dropped and the error is returned.
-    pub(crate) async fn execute_with<E>(
+    pub(crate) async fn execute_with<P: Progress>(
         &self,
         run: &Run<'_>,
         batch: &Batch,
         known: Vec<(AgentId, AgentOutcome)>,
-        progress: &mut dyn Progress<Error = E>,
-    ) -> Result<Vec<(AgentId, AgentOutcome)>, E> {
+        progress: &mut P,
+    ) -> Result<Vec<(AgentId, AgentOutcome)>, P::Error> {
         let ctx = run.context();
         let done: BTreeSet<AgentId> = known.iter().map(|(id, _)| *id).collect();
         let mut outcomes = known;

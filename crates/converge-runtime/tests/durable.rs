@@ -311,7 +311,7 @@ fn an_altered_stored_hash_is_named_by_replay_and_refused_by_resume() {
     assert_ne!(divergence.expected, Some(target.hash), "{divergence}");
     assert!(matches!(
         journal.verify(&run_id()).unwrap(),
-        Verification::Broken { first_bad_seq, .. } if first_bad_seq == target.seq
+        Verification::Broken { at, .. } if at.seq() == Some(target.seq)
     ));
     let mut journal = journal;
     let (mut resumer, _) = job(true);
