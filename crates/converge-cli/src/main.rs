@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use converge_core::{Actor, Decision, ProposalId, StopReason};
 use converge_runtime::{
-    DurableError, Journal, JournalError, ReplayReport, RunId, SqliteJournal, Verification,
+    DurableError, Holder, Journal, JournalError, ReplayReport, RunId, SqliteJournal, Verification,
 };
 use serde_json::json;
 
@@ -84,7 +84,9 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                 Some(id) => RunId::new(id).map_err(|error| CliError::Other(error.to_string()))?,
                 None => store::next_run_id(&journal, &args.spec)?,
             };
-            let mut runtime = loaded.runtime;
+            let mut runtime = loaded
+                .runtime
+                .with_holder(Holder::this_process("converge run"));
             runtime.observe(Progress::new(cli.json));
             if !cli.json {
                 let _ = writeln!(
@@ -124,7 +126,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         Command::Reject(args) => decide(cli, &mut journal, args, false),
         Command::Resume(args) => {
             let run_id = run_id(&args.run)?;
-            let mut runtime = job::runtime_of(&journal, &run_id, live)?;
+            let mut runtime = job::runtime_of(&journal, &run_id, live)?
+                .with_holder(Holder::this_process("converge resume"));
             runtime.observe(Progress::new(cli.json));
             let result = block_on(runtime.resume_durable(&mut journal, &run_id))??;
             println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
@@ -226,7 +229,13 @@ fn decide(
     let live = Calls::Live {
         providers: cli.providers.as_deref(),
     };
-    let mut runtime = job::runtime_of(journal, &run_id, live)?;
+    let command = if approve {
+        "converge approve"
+    } else {
+        "converge reject"
+    };
+    let mut runtime =
+        job::runtime_of(journal, &run_id, live)?.with_holder(Holder::this_process(command));
     let seen = runtime.inspect(journal, &run_id)?;
     let StopReason::AwaitingApproval { pending } = &seen.result.stop_reason else {
         return Err(CliError::Other(format!(

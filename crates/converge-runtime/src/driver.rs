@@ -103,6 +103,11 @@ impl Runtime {
         self
     }
 
+    /// Replaces the lease holder, for the drives that follow.
+    pub fn set_holder(&mut self, holder: Holder) {
+        self.holder = holder;
+    }
+
     /// Records that this runtime was built from `job`: durable runs it creates keep the spec
     /// in their header ([`crate::RunHeader::job`]) so another process can rebuild it.
     pub fn with_job(mut self, job: JobRecord) -> Runtime {
@@ -368,6 +373,7 @@ impl Runtime {
             open: None,
             clock: &*self.clock,
             renewed_ms: self.clock.now_ms(),
+            stop_committed: false,
         };
         live.commit(&StepInput::decisions(&[]), &mut run)?;
         let halt = HaltRecord::cancelled(&Cancellation::new(by, reason));
@@ -435,6 +441,7 @@ async fn drive_leased<J: Journal>(
         open,
         clock,
         renewed_ms: clock.now_ms(),
+        stop_committed: false,
     };
     if let Some(input) = first {
         live.commit(&input, &mut run)?;

@@ -13,7 +13,7 @@
 //! halting it.
 
 use converge_core::{
-    AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError,
+    AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError, Event,
     EventRecord, Exhausted, Observer, Run, Step, StopReason,
 };
 use serde::{Deserialize, Serialize};
@@ -197,8 +197,11 @@ pub(crate) fn redrive<'e>(
     let Some(first) = steps.next() else {
         return Ok(Position::Unstarted(run));
     };
-    compare(run_id, first, &mut run)?;
-    let mut position = Position::Running(run);
+    let mut position = if compare(run_id, first, &mut run)? {
+        finished(run_id, first, run)?
+    } else {
+        Position::Running(run)
+    };
     for step in steps {
         position = redrive_step(engine, run_id, step, position)?;
     }
@@ -245,7 +248,11 @@ fn redrive_step<'e>(
             if let Err(error) = run.submit(outcomes) {
                 return Err(diverged(run_id, step.step, &error.to_string()));
             }
-            compare(run_id, step, &mut run)?;
+            if compare(run_id, step, &mut run)? {
+                // The cycle itself stopped the run (a budget, a failure policy): its step
+                // committed the stop, and no stop step follows.
+                return finished(run_id, step, run);
+            }
             Ok(Position::Running(run))
         }
         (Position::Running(mut run), StepInput::Halt { reason }) => {
@@ -279,7 +286,9 @@ fn redrive_step<'e>(
         },
         (Position::Stopped(result), StepInput::Decisions { .. }) => {
             let mut run = engine.resume_run(result, step.input.decisions_into_core())?;
-            compare(run_id, step, &mut run)?;
+            if compare(run_id, step, &mut run)? {
+                return finished(run_id, step, run);
+            }
             Ok(Position::Running(run))
         }
         (_, input) => Err(diverged(
@@ -296,25 +305,44 @@ fn stopped<'e>(
     mut run: Run<'e>,
 ) -> Result<Position<'e>, DurableError> {
     compare(run_id, step, &mut run)?;
+    finished(run_id, step, run)
+}
+
+/// The result of a run whose stop was re-derived at `step`.
+fn finished<'e>(
+    run_id: &RunId,
+    step: &RecordedStep,
+    run: Run<'e>,
+) -> Result<Position<'e>, DurableError> {
     match run.finish() {
         Ok(result) => Ok(Position::Stopped(result)),
         Err(_) => Err(diverged(run_id, step.step, "the run did not stop")),
     }
 }
 
-/// Drains the run's new events and checks them against the step's recorded ones.
-fn compare(run_id: &RunId, step: &RecordedStep, run: &mut Run<'_>) -> Result<(), DurableError> {
+/// Drains the run's new events and checks them against the step's recorded ones; says
+/// whether they stopped the run (a `run_stopped` event).
+fn compare(
+    run_id: &RunId,
+    step: &RecordedStep,
+    run: &mut Run<'_>,
+) -> Result<bool, DurableError> {
     let mut derived = Vec::new();
     while let Some(record) = run.poll_event() {
         derived.push(record);
     }
     match first_difference(step, &derived) {
-        None => Ok(()),
+        None => Ok(derived.iter().any(stops)),
         Some(divergence) => Err(DurableError::Diverged {
             run: run_id.clone(),
             divergence,
         }),
     }
+}
+
+/// Whether an event stops the run.
+pub(crate) fn stops(record: &EventRecord) -> bool {
+    matches!(record.event, Event::RunStopped { .. })
 }
 
 fn first_difference(step: &RecordedStep, derived: &[EventRecord]) -> Option<Divergence> {
@@ -402,6 +430,8 @@ pub(crate) struct Live<'a, J: Journal> {
     pub(crate) clock: &'a dyn Clock,
     /// When the lease was last renewed, by `clock`.
     pub(crate) renewed_ms: u64,
+    /// Whether a committed step held the run's `run_stopped` event.
+    pub(crate) stop_committed: bool,
 }
 
 impl<J: Journal> Live<'_, J> {
@@ -422,6 +452,7 @@ impl<J: Journal> Live<'_, J> {
             .append(&self.lease, self.next_step, input, &events)?;
         self.next_step += 1;
         for record in events.records() {
+            self.stop_committed |= stops(record);
             self.observer.on_event(record);
         }
         Ok(())
@@ -534,7 +565,11 @@ impl<J: Journal> Live<'_, J> {
                 }
             }
             let Step::Execute(batch) = run.next_step() else {
-                self.commit(&StepInput::Stop, &mut run)?;
+                // A stop not yet committed (the fixed point) is a step of its own; a cycle
+                // that stopped the run committed its stop with it.
+                if !self.stop_committed {
+                    self.commit(&StepInput::Stop, &mut run)?;
+                }
                 break;
             };
             let known = self.known_outcomes(&batch)?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use converge_core::{Actor, ConvergeResult, Decision, EventRecord, Observer, ProposalId};
 use converge_runtime::{
-    Cancel, DurableError, Inspection, Journal, JournalError, RunId, RunStatus, RunSummary, Runtime,
+    Cancel, DurableError, Holder, Inspection, Journal, JournalError, RunId, RunStatus, RunSummary, Runtime,
     SqliteJournal, StoredEvent,
 };
 use serde::Deserialize;
@@ -373,6 +373,7 @@ fn drive_on_this_thread(
     let journal = &mut journal;
     let run = op.run().clone();
     let runtime = &mut runtime;
+    runtime.set_holder(Holder::this_process("converge serve"));
     let result = tokio.block_on(async {
         match op {
             Op::Start(run) => runtime.run_durable(journal, &run).await,
@@ -511,6 +512,11 @@ pub(crate) fn journal_error(error: JournalError) -> ApiError {
         // Ownership was checked before any journal read: a run the tenant owns but the
         // journal lacks was never created (its submission failed).
         JournalError::UnknownRun { run } => ApiError::no_run(run.as_str()),
+        // Which process holds the lease, and on which host, is the server's business.
+        JournalError::Leased { .. } => ApiError::conflict(
+            "run_busy",
+            "the run is being driven by another process; try again once it stops",
+        ),
         other => ApiError::internal(other),
     }
 }
