@@ -11,8 +11,9 @@
 //!   its range's length times the size of its body, plus the range's [deep
 //!   size](deep_size) (each item is copied into the loop variable);
 //! - an operand of an operator or function charges its deep size (`+`, `==`, `in`,
-//!   `contains`, `matches` and the like are at most linear in their operands), except for
-//!   `size`, which charges only a string's length;
+//!   `contains` and the like are at most linear in their operands), except for `size`, which
+//!   charges only a string's length, and `matches`, which also charges a fixed cost per call
+//!   for compiling its pattern;
 //! - an element of a list or map literal charges its deep size (it is copied in).
 //!
 //! The charges are deterministic — a pure function of the expression and the values bound —
@@ -34,7 +35,7 @@ use cel::common::value::{BuiltinRef, CowVal, Val};
 pub const EXPRESSION_COST_DEFAULT: u64 = 1_000_000;
 
 /// The most steps a spec may allow one evaluation.
-pub const EXPRESSION_COST_MAX: u64 = 10_000_000;
+pub const EXPRESSION_COST_MAX: u64 = 4_000_000;
 
 /// Bytes of a string or bytes value that count as one step of its deep size.
 const BYTES_PER_STEP: u64 = 64;
@@ -45,6 +46,12 @@ const RANGE: &str = "@cost_range";
 const DEEP: &str = "@cost_deep";
 /// The metering function around the operand of `size`: charges a string's length only.
 const SHALLOW: &str = "@cost_shallow";
+/// The metering function around the operands of `matches`: a regular expression is
+/// compiled at every call, which costs far more than reading it.
+const REGEX: &str = "@cost_regex";
+
+/// Steps charged for compiling one regular expression (`matches`), besides its size.
+const REGEX_STEPS: u64 = 1_000;
 
 /// Calls whose operands are not metered: they do constant work on what they are given, or
 /// evaluate their operands lazily and return one of them.
@@ -121,9 +128,15 @@ type Metering = Box<
 
 /// Binds the metering functions, charging `meter`, in a root context.
 pub(crate) fn bind_meter(context: &mut cel::Context<'_, '_>, meter: &Arc<Meter>) {
-    let functions: [(&str, Metering); 3] = [
+    let functions: [(&str, Metering); 4] = [
         (RANGE, metering(meter, range_cost)),
         (DEEP, metering(meter, deep_size)),
+        (
+            REGEX,
+            metering(meter, |call, remaining| {
+                REGEX_STEPS.saturating_add(deep_size(call, remaining))
+            }),
+        ),
         (SHALLOW, metering(meter, |value, _| shallow_size(value))),
     ];
     for (name, function) in functions {
@@ -226,6 +239,8 @@ fn instrument_node(node: &mut IdedExpr, next_id: &mut u64) {
                 None
             } else if call.func_name == "size" {
                 Some(SHALLOW)
+            } else if call.func_name == "matches" {
+                Some(REGEX)
             } else {
                 Some(DEEP)
             };
@@ -280,10 +295,10 @@ fn instrument_node(node: &mut IdedExpr, next_id: &mut u64) {
     }
 }
 
-/// Replaces `node` with `name(node)` (or `name(node, extra)`), unless it is a literal, which
-/// costs nothing to evaluate.
+/// Replaces `node` with `name(node)` (or `name(node, extra)`), unless it is a literal read
+/// as it is, which costs nothing to evaluate.
 fn wrap(node: &mut IdedExpr, name: &str, extra: Option<i64>, next_id: &mut u64) {
-    if matches!(node.expr, Expr::Literal(_)) && extra.is_none() {
+    if matches!(node.expr, Expr::Literal(_)) && extra.is_none() && name != REGEX {
         return;
     }
     let inner = std::mem::take(node);

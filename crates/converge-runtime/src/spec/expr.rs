@@ -362,6 +362,12 @@ mod tests {
         assert_eq!(error, ExpressionError::TooCostly { cost_max: 100_000 });
         assert!(error.to_string().contains("expression_cost_max"), "{error}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Even the largest limit a spec may set ends it in seconds.
+        let started = std::time::Instant::now();
+        let error = holds_with_cost(&nested_maps(7), EXPRESSION_COST_MAX, &[("l", &list)]);
+        assert!(matches!(error, Err(ExpressionError::TooCostly { .. })));
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
         // Two levels cost about 20 × 20 iterations: well within the default.
         assert_eq!(
             holds_with_cost(
