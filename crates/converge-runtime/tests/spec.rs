@@ -127,6 +127,38 @@ fn unknown_fields_are_refused_where_they_are_written() {
 }
 
 #[test]
+fn expression_cost_limits_outside_their_range_are_refused() {
+    check_refused(
+        &spec("runtime: {expression_cost_max: 0}\n"),
+        &[("0}", "`expression_cost_max` must be from 1 to 4000000")],
+    );
+    check_refused(
+        &spec("runtime: {expression_cost_max: 4000001}\n"),
+        &[("4000001", "`expression_cost_max` must be from 1 to 4000000")],
+    );
+    let yaml = spec(
+        r#"seeds: [{key: signals, id: s, content: {xs: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}]
+runtime: {expression_cost_max: 50}
+agents:
+  - name: pairs
+    kind: rule
+    reads: [signals]
+    writes: [evaluations]
+    when: "facts.signals[0].content.xs.all(a, facts.signals[0].content.xs.all(b, a + b > 0))"
+    propose: {key: evaluations, id: pairs, content: checked}
+"#,
+    );
+    let job = job(&yaml, &[]);
+    let result = run(&load(&job).spec);
+    let messages: Vec<&str> = result.failures.iter().map(|f| f.message.as_str()).collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(
+        messages[0].contains("when: the evaluation was stopped after 50 steps, its cost limit"),
+        "{messages:?}"
+    );
+}
+
+#[test]
 fn unknown_agent_kinds_and_fields_of_another_kind_are_refused() {
     check_refused(
         &spec("agents:\n  - name: a\n    kind: oracle\n    writes: [seeds]\n"),

@@ -2,7 +2,9 @@
 //!
 //! Expressions are compiled once, when the spec is parsed, and evaluated against the context
 //! as JSON (see [`super::facts_view`]). Every expression is bounded: its text by
-//! [`EXPRESSION_BYTES_MAX`], its syntax tree by [`EXPRESSION_DEPTH_MAX`]. The CEL crate's
+//! [`EXPRESSION_BYTES_MAX`], its syntax tree by [`EXPRESSION_DEPTH_MAX`], and each evaluation
+//! by its cost limit (see `cost.rs`), which ends it with [`ExpressionError::TooCostly`]
+//! instead of letting nested comprehensions run for hours. The CEL crate's
 //! parser and evaluator recurse deeply (tens of kilobytes of stack per level in debug
 //! builds), so both run on a stack segment of their own rather than the caller's, and a panic
 //! inside them becomes an error. This module does not decide what a result means.
@@ -14,6 +16,8 @@ use std::sync::Arc;
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use cel::objects::Key;
 use serde_json::Value;
+
+use super::cost::{self, EXPRESSION_COST_MAX, Meter};
 
 /// Longest accepted expression, in bytes.
 pub const EXPRESSION_BYTES_MAX: usize = 4096;
@@ -31,12 +35,50 @@ const PARSE_STACK_BYTES: usize = 64 << 20;
 /// Stack given to one evaluation; an expression of [`EXPRESSION_DEPTH_MAX`] needs far less.
 const EVAL_STACK_BYTES: usize = 16 << 20;
 
-/// The CEL environment shared by every expression of a spec: the standard library only.
-pub(crate) fn environment() -> Arc<cel::Env> {
-    Arc::new(cel::Env::stdlib())
+/// The CEL environment shared by every expression of a spec: the standard library only, and
+/// the cost limit of each evaluation.
+#[derive(Clone)]
+pub(crate) struct Cel {
+    env: Arc<cel::Env>,
+    cost_max: u64,
 }
 
-/// A compiled CEL expression.
+impl Cel {
+    /// `cost_max` steps per evaluation, at most [`EXPRESSION_COST_MAX`].
+    pub(crate) fn new(cost_max: u64) -> Cel {
+        Cel {
+            env: Arc::new(cel::Env::stdlib()),
+            cost_max: cost_max.min(EXPRESSION_COST_MAX),
+        }
+    }
+}
+
+/// Why an expression gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub(crate) enum ExpressionError {
+    /// The evaluation spent its whole cost limit, in steps, and was stopped.
+    TooCostly { cost_max: u64 },
+    /// The expression cannot be evaluated on these values (a missing field, a type error),
+    /// or gave something other than a boolean; the message says which.
+    Failed(String),
+}
+
+impl std::fmt::Display for ExpressionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpressionError::TooCostly { cost_max } => write!(
+                f,
+                "the evaluation was stopped after {cost_max} steps, its cost limit; simplify \
+                 the expression or raise `runtime.expression_cost_max` (at most \
+                 {EXPRESSION_COST_MAX})"
+            ),
+            ExpressionError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+/// A compiled CEL expression, instrumented for metering.
 #[derive(Debug, Clone)]
 pub(crate) struct Expression {
     ast: Arc<IdedExpr>,
@@ -44,7 +86,8 @@ pub(crate) struct Expression {
 
 impl Expression {
     /// Compiles `source`; `Err` says what is wrong with it.
-    pub(crate) fn compile(env: &Arc<cel::Env>, source: &str) -> Result<Expression, String> {
+    pub(crate) fn compile(cel: &Cel, source: &str) -> Result<Expression, String> {
+        let env = &cel.env;
         if source.trim().is_empty() {
             return Err("the expression is empty".to_owned());
         }
@@ -66,6 +109,8 @@ impl Expression {
                 "the expression nests {depth} levels deep; the limit is {EXPRESSION_DEPTH_MAX}"
             ));
         }
+        let mut ast = ast;
+        cost::instrument(&mut ast);
         Ok(Expression { ast: Arc::new(ast) })
     }
 
@@ -74,13 +119,13 @@ impl Expression {
         &self,
         bindings: &Bindings,
         extra: &[(&str, &Value)],
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ExpressionError> {
         match self.evaluate(bindings, extra)? {
             cel::Value::Bool(holds) => Ok(holds),
-            other => Err(format!(
+            other => Err(ExpressionError::Failed(format!(
                 "the expression must be true or false, but gave {}",
                 type_name(&other)
-            )),
+            ))),
         }
     }
 
@@ -88,29 +133,37 @@ impl Expression {
         &self,
         bindings: &Bindings,
         extra: &[(&str, &Value)],
-    ) -> Result<cel::Value, String> {
+    ) -> Result<cel::Value, ExpressionError> {
         let mut scope = bindings.context.new_inner_scope();
-        bind(&mut scope, extra)?;
-        guarded(EVAL_STACK_BYTES, || cel::Value::resolve(&self.ast, &scope))?
-            .map_err(|error| error.to_string())
+        bind(&mut scope, extra).map_err(ExpressionError::Failed)?;
+        bindings.meter.reset();
+        let result = guarded(EVAL_STACK_BYTES, || cel::Value::resolve(&self.ast, &scope))
+            .map_err(ExpressionError::Failed)?;
+        if bindings.meter.exceeded() {
+            return Err(ExpressionError::TooCostly {
+                cost_max: bindings.meter.limit(),
+            });
+        }
+        result.map_err(|error| ExpressionError::Failed(error.to_string()))
     }
 }
 
 /// Variables converted once for many evaluations (a rule over each fact of a key binds the
-/// whole view once and only `fact` per evaluation).
+/// whole view once and only `fact` per evaluation), and the meter each evaluation starts
+/// afresh.
 pub(crate) struct Bindings {
     context: cel::Context<'static, 'static>,
+    meter: Arc<Meter>,
 }
 
 impl Bindings {
-    /// Binds `variables` in `env`.
-    pub(crate) fn new(
-        env: &Arc<cel::Env>,
-        variables: &[(&str, &Value)],
-    ) -> Result<Bindings, String> {
-        let mut context = cel::Context::with_env(env.clone());
+    /// Binds `variables` in `cel`'s environment.
+    pub(crate) fn new(cel: &Cel, variables: &[(&str, &Value)]) -> Result<Bindings, String> {
+        let mut context = cel::Context::with_env(cel.env.clone());
+        let meter = Meter::new(cel.cost_max);
+        cost::bind_meter(&mut context, &meter);
         bind(&mut context, variables)?;
-        Ok(Bindings { context })
+        Ok(Bindings { context, meter })
     }
 }
 
@@ -194,7 +247,7 @@ fn depth(root: &IdedExpr) -> usize {
     deepest
 }
 
-fn children(node: &IdedExpr) -> Vec<&IdedExpr> {
+pub(super) fn children(node: &IdedExpr) -> Vec<&IdedExpr> {
     match &node.expr {
         Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => Vec::new(),
         Expr::Call(call) => call
@@ -234,12 +287,14 @@ mod tests {
     use serde_json::json;
 
     fn compile(source: &str) -> Result<Expression, String> {
-        Expression::compile(&environment(), source)
+        Expression::compile(&Cel::new(cost::EXPRESSION_COST_DEFAULT), source)
     }
 
     fn holds(expression: &Expression, variables: &[(&str, &Value)]) -> Result<bool, String> {
-        let bindings = Bindings::new(&environment(), variables)?;
-        expression.holds(&bindings, &[])
+        let bindings = Bindings::new(&Cel::new(cost::EXPRESSION_COST_DEFAULT), variables)?;
+        expression
+            .holds(&bindings, &[])
+            .map_err(|error| error.to_string())
     }
 
     #[test]
@@ -277,6 +332,99 @@ mod tests {
         assert!(compile(&parens).is_err());
         let chain = vec!["1"; 100].join(" + ") + " > 0";
         assert!(compile(&chain).unwrap_err().contains("levels deep"));
+    }
+
+    fn holds_with_cost(
+        source: &str,
+        cost_max: u64,
+        variables: &[(&str, &Value)],
+    ) -> Result<bool, ExpressionError> {
+        let cel = Cel::new(cost_max);
+        let expression = Expression::compile(&cel, source).unwrap();
+        let bindings = Bindings::new(&cel, variables).unwrap();
+        expression.holds(&bindings, &[])
+    }
+
+    fn nested_maps(levels: usize) -> String {
+        let names: Vec<String> = (0..levels).map(|level| format!("v{level}")).collect();
+        let mut body = names.last().cloned().unwrap_or_default();
+        for name in names.iter().rev() {
+            body = format!("l.map({name}, {body})");
+        }
+        format!("size({body}) > 0")
+    }
+
+    #[test]
+    fn nested_comprehensions_stop_at_the_cost_limit() {
+        let list = json!((0..20).collect::<Vec<_>>());
+        let started = std::time::Instant::now();
+        let error = holds_with_cost(&nested_maps(7), 100_000, &[("l", &list)]).unwrap_err();
+        assert_eq!(error, ExpressionError::TooCostly { cost_max: 100_000 });
+        assert!(error.to_string().contains("expression_cost_max"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Even the largest limit a spec may set ends it in seconds.
+        let started = std::time::Instant::now();
+        let error = holds_with_cost(&nested_maps(7), EXPRESSION_COST_MAX, &[("l", &list)]);
+        assert!(matches!(error, Err(ExpressionError::TooCostly { .. })));
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+        // Two levels cost about 20 × 20 iterations: well within the default.
+        assert_eq!(
+            holds_with_cost(
+                &nested_maps(2),
+                cost::EXPRESSION_COST_DEFAULT,
+                &[("l", &list)]
+            ),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn growing_values_are_charged_for_their_size() {
+        let text = json!("x".repeat(64 * 1024));
+        let list = json!((0..20).collect::<Vec<_>>());
+        // Each element copies the 64 KiB string: 20 × 20 × 1024 steps.
+        let copies = "l.map(a, l.map(b, s)).size() > 0";
+        let bound = [("s", &text), ("l", &list)];
+        let error = holds_with_cost(copies, 100_000, &bound).unwrap_err();
+        assert_eq!(error, ExpressionError::TooCostly { cost_max: 100_000 });
+        assert_eq!(holds_with_cost(copies, 1_000_000, &bound), Ok(true));
+        let doubling = "l.map(a, s + s + s + s + s + s + s + s).size() > 0";
+        let error = holds_with_cost(doubling, 100_000, &bound).unwrap_err();
+        assert!(
+            matches!(error, ExpressionError::TooCostly { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn instrumented_macros_keep_their_meaning() {
+        let facts = json!({"xs": [1, 2, 3, 4], "names": ["a", "b"], "m": {"k": "v"}});
+        let cases = [
+            ("facts.xs.map(x, x * 2) == [2, 4, 6, 8]", true),
+            ("facts.xs.filter(x, x % 2 == 0) == [2, 4]", true),
+            ("facts.xs.map(x, x > 1, x) == [2, 3, 4]", true),
+            ("facts.xs.exists_one(x, x == 3)", true),
+            ("facts.xs.all(x, x > 0) && !facts.xs.exists(x, x > 4)", true),
+            ("facts.names.exists(n, n + '!' == 'b!')", true),
+            (
+                "'k' in facts.m && facts.m.k.startsWith('v') && size(facts.m.k) == 1",
+                true,
+            ),
+            ("[1, 2] + [3] == [1, 2, 3] && {'a': [1]}.a[0] == 1", true),
+            (
+                "optional.of(1).hasValue() && facts.m.?k.orValue('') == 'v'",
+                true,
+            ),
+        ];
+        for (source, expected) in cases {
+            let variables = [("facts", &facts)];
+            assert_eq!(
+                holds_with_cost(source, cost::EXPRESSION_COST_DEFAULT, &variables),
+                Ok(expected),
+                "{source}"
+            );
+        }
     }
 
     #[test]

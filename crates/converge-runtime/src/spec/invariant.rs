@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use converge_core::{Context, ContextKey, Invariant, InvariantClass};
 
-use super::expr::{Bindings, Expression};
+use super::expr::{Bindings, Cel, Expression};
 use super::view::facts_view;
 
 /// A CEL invariant, ready to add.
@@ -20,7 +20,7 @@ pub(crate) struct CelInvariant {
     pub(crate) class: InvariantClass,
     pub(crate) check: Expression,
     pub(crate) keys: Arc<[ContextKey]>,
-    pub(crate) cel: Arc<cel::Env>,
+    pub(crate) cel: Cel,
 }
 
 impl Invariant for CelInvariant {

@@ -57,11 +57,13 @@
 mod build;
 mod check;
 mod command;
+mod cost;
 mod error;
 mod expr;
 mod invariant;
 mod llm;
 mod raw;
+mod render;
 mod rule;
 mod schema;
 mod seed;
@@ -81,12 +83,17 @@ pub use command::{
     COMMAND_OUTPUT_BYTES_MAX_DEFAULT, COMMAND_PROTOCOL, COMMAND_STDERR_BYTES_MAX,
     COMMAND_TIMEOUT_MS_DEFAULT,
 };
+pub use cost::{EXPRESSION_COST_DEFAULT, EXPRESSION_COST_MAX};
 pub use error::{Problem, SpecError};
 pub use expr::{EXPRESSION_BYTES_MAX, EXPRESSION_DEPTH_MAX};
 pub use llm::{
     LLM_ERROR_KINDS, LlmAgentSpec, LlmPrompt, LlmRetry, StructuredOutput, check_base_url,
 };
-pub use template::TEMPLATE_BYTES_MAX;
+pub use render::{
+    TEMPLATE_BUILT_BYTES_MAX, TEMPLATE_OUTPUT_BYTES_MAX, TEMPLATE_VALUE_BYTES_MAX,
+    TEMPLATE_VALUE_ITEMS_MAX,
+};
+pub use template::{TEMPLATE_BYTES_MAX, TEMPLATE_FUEL};
 pub use view::facts_view;
 
 use crate::driver::{DriverConfig, Runtime};

@@ -203,6 +203,7 @@ pub(crate) struct RawRuntime {
     pub(crate) agent_timeout_ms: Option<Spanned<u64>>,
     pub(crate) on_agent_failure: Option<RawFailurePolicy>,
     pub(crate) llm_concurrency_max: Option<Spanned<usize>>,
+    pub(crate) expression_cost_max: Option<Spanned<u64>>,
 }
 
 /// Which fields each kind accepts, besides `name`, `kind`, `description`, `reads`, `writes`.

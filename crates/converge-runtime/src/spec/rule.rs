@@ -13,7 +13,7 @@ use std::sync::Arc;
 use converge_core::{Agent, AgentEffect, AuthorityScope, Context, ContextKey, Draft, Proposal};
 use serde_json::Value;
 
-use super::expr::{Bindings, Expression};
+use super::expr::{Bindings, Cel, Expression};
 use super::template::{ContentTemplate, Templates, template_value, variables};
 use super::view::{fact_json, facts_read, facts_view};
 
@@ -36,7 +36,7 @@ pub(crate) struct RuleAgent {
     pub(crate) when: Option<Expression>,
     pub(crate) propose: Propose,
     pub(crate) templates: Arc<Templates>,
-    pub(crate) cel: Arc<cel::Env>,
+    pub(crate) cel: Cel,
 }
 
 impl RuleAgent {

@@ -2,7 +2,8 @@
 //!
 //! Each rule owns one template environment holding its templates, compiled when the spec is
 //! parsed. Rendering is strict (an undefined variable is an error, not an empty string), never
-//! escapes, and is bounded by fuel so a template cannot loop for long. A content template is a
+//! escapes, and is bounded by fuel so a template cannot loop for long, and by the output,
+//! value and work limits of `render.rs` so it cannot allocate much either. A content template is a
 //! JSON value whose strings may be templates; its other values are kept as written. A string
 //! that is exactly one `{{ expression }}` keeps the type of the expression's value (a number
 //! stays a number, a list a list); any other template renders to a string. This module knows
@@ -12,13 +13,15 @@ use std::sync::Arc;
 
 use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+
+use super::render;
 use serde_json::{Map, Value};
 
 /// Longest accepted template, in bytes.
 pub const TEMPLATE_BYTES_MAX: usize = 16 * 1024;
 
 /// Instructions one rendering may execute.
-const TEMPLATE_FUEL: u64 = 100_000;
+pub const TEMPLATE_FUEL: u64 = 100_000;
 
 /// Deepest nesting of template calls.
 const TEMPLATE_RECURSION_MAX: usize = 16;
@@ -35,6 +38,7 @@ impl Templates {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_recursion_limit(TEMPLATE_RECURSION_MAX);
+        render::bound(&mut env);
         Templates { env }
     }
 
@@ -61,11 +65,8 @@ impl Templates {
 
     /// Evaluates the lone expression `source` with `variables`, keeping the value's type.
     fn evaluate(&self, source: &str, variables: &minijinja::Value) -> Result<Value, String> {
-        let value = self
-            .env
-            .compile_expression(source)
-            .and_then(|expression| expression.eval(variables))
-            .map_err(|error| describe(&error))?;
+        let value =
+            render::evaluate(&self.env, source, variables).map_err(|error| describe(&error))?;
         if value.is_undefined() {
             return Err(format!("`{source}` is undefined"));
         }
@@ -80,7 +81,7 @@ impl Templates {
     ) -> Result<String, String> {
         self.env
             .get_template(name)
-            .and_then(|template| template.render(variables))
+            .and_then(|template| render::render(&self.env, &template, variables))
             .map_err(|error| describe(&error))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use converge_core::{Context, ContextKey};
 
-use super::expr::{Bindings, Expression};
+use super::expr::{Bindings, Cel, Expression};
 use super::view::facts_view;
 
 /// An agent's inputs, outputs and condition, as its spec declares them.
@@ -19,7 +19,7 @@ pub(crate) struct Wake {
     pub(crate) reads: Vec<ContextKey>,
     pub(crate) writes: Vec<ContextKey>,
     pub(crate) when: Option<Expression>,
-    pub(crate) cel: Arc<cel::Env>,
+    pub(crate) cel: Cel,
 }
 
 impl Wake {

@@ -20,8 +20,9 @@ use converge_core::{
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
+use super::cost::{EXPRESSION_COST_DEFAULT, EXPRESSION_COST_MAX};
 use super::error::{At, Problem};
-use super::expr::{self, Expression};
+use super::expr::{Cel, Expression};
 use super::invariant::CelInvariant;
 use super::raw::{
     RawBudgets, RawClass, RawFact, RawFailurePolicy, RawIntent, RawInvariant, RawKey, RawRuntime,
@@ -52,7 +53,7 @@ fn at<T>(spanned: &Spanned<T>) -> At {
 pub(crate) struct Checker<'a> {
     origin: &'a Arc<Path>,
     base_dir: &'a Path,
-    cel: Arc<cel::Env>,
+    cel: Cel,
     errors: Vec<Problem>,
     warnings: Vec<Problem>,
     /// Keys declared under `keys:`, with where.
@@ -71,7 +72,7 @@ impl<'a> Checker<'a> {
         Checker {
             origin,
             base_dir,
-            cel: expr::environment(),
+            cel: Cel::new(EXPRESSION_COST_DEFAULT),
             errors: Vec::new(),
             warnings: Vec::new(),
             declared: BTreeMap::new(),
@@ -94,6 +95,7 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
+        self.cel = Cel::new(self.expression_cost_max(raw.runtime.as_ref()));
         let policies = self.keys(&raw.keys);
         let (intent, time_budget_ms) = self.intent(&raw.intent);
         let seeds = self.top_level_seeds(&raw.seeds);
@@ -439,6 +441,18 @@ impl Checker<'_> {
             Some(RawFailurePolicy::Quarantine) | None => FailurePolicy::Quarantine,
         };
         (driver, policy)
+    }
+
+    /// The cost limit of every CEL evaluation (`runtime.expression_cost_max`).
+    fn expression_cost_max(&mut self, raw: Option<&RawRuntime>) -> u64 {
+        let Some(limit) = raw.and_then(|raw| raw.expression_cost_max.as_ref()) else {
+            return EXPRESSION_COST_DEFAULT;
+        };
+        if limit.value == 0 || limit.value > EXPRESSION_COST_MAX {
+            let message = format!("`expression_cost_max` must be from 1 to {EXPRESSION_COST_MAX}");
+            self.error(at(limit), message);
+        }
+        limit.value.clamp(1, EXPRESSION_COST_MAX)
     }
 
     fn llm_concurrency_max(&mut self, raw: Option<&RawRuntime>) -> usize {
