@@ -89,7 +89,7 @@ pub use llm::{
 };
 pub use process::{
     AGENT_ENV_INHERITED, AGENT_LAUNCHER_ARG, LAUNCH_EXIT_NOT_STARTED, LAUNCH_EXIT_ORPHANED,
-    LAUNCH_EXIT_USAGE, launch_agent, set_agent_launcher,
+    LAUNCH_EXIT_USAGE, LAUNCHER_PARENT_POLL_MS, launch_agent, set_agent_launcher,
 };
 pub use template::TEMPLATE_BYTES_MAX;
 pub use view::facts_view;

@@ -1,5 +1,5 @@
 //! Containing a command agent's processes: a process group of its own, a minimal environment,
-//! and a parent-death signal through the agent launcher.
+//! and the agent launcher, which kills the group if the process that started it dies.
 //!
 //! Every agent program starts as the leader of a new process group, so everything it starts
 //! (a shell's children, a background job) is in that group unless it leaves it on purpose.
@@ -7,19 +7,25 @@
 //! exchange, on its timeout, and when its future is dropped (a cancellation, the run's time
 //! budget, `converge` exiting on a signal).
 //!
-//! A process killed with `SIGKILL` cannot clean up after itself, so on Linux the agent also
-//! gets a parent-death signal: when the process that started it dies, the kernel kills the
-//! agent. Setting one needs code running between `fork` and `exec`, which safe Rust cannot
-//! add to a `Command`, so the program is started through a launcher — an executable that
-//! calls [`launch_agent`] (the `converge` binary does, when given [`AGENT_LAUNCHER_ARG`]):
-//! it sets the signal, checks its parent is still the process that started it, and `exec`s
-//! the agent, which keeps the signal. A process that installed no launcher
-//! ([`set_agent_launcher`]) starts agents directly, without a parent-death signal.
+//! A process killed with `SIGKILL` cannot clean up after itself, so agents may also be
+//! started through a launcher — an executable that calls [`launch_agent`] (the `converge`
+//! binary does, when given [`AGENT_LAUNCHER_ARG`]). The launcher leads the group: it starts
+//! the program as its child, checks every [`LAUNCHER_PARENT_POLL_MS`] that the process that
+//! started it is still its parent, and if that process died (even by `SIGKILL`), kills the
+//! whole group, itself included. Otherwise it ends as the program ended: the same exit
+//! status, or the same signal. A process that installed no launcher
+//! ([`set_agent_launcher`]) starts agents directly: their groups are killed whenever that
+//! process lets them be, but not if it is killed outright.
+//!
+//! Watching the parent by polling, rather than with Linux's parent-death signal, is
+//! deliberate: that signal fires when the *thread* that started a process exits, and agents
+//! are started on whatever thread polls the drive; a parent process id changes only when the
+//! process dies.
 //!
 //! What this does not do: follow processes that leave the group (`setsid`, `setpgid`), or
 //! limit what an agent may read, write or connect to.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -49,6 +55,9 @@ pub const AGENT_ENV_INHERITED: &[&str] = &[
 /// __converge-launch-agent PARENT_PID PROGRAM [ARGUMENT…]`. Not a command for people.
 pub const AGENT_LAUNCHER_ARG: &str = "__converge-launch-agent";
 
+/// How often the launcher checks that the process that started it is alive.
+pub const LAUNCHER_PARENT_POLL_MS: u64 = 100;
+
 /// The launcher's exit status when the process that started it had already died.
 pub const LAUNCH_EXIT_ORPHANED: u8 = 125;
 
@@ -71,21 +80,17 @@ struct Launcher {
 /// Starts every later command agent of this process through `program args… PARENT_PID
 /// PROGRAM [ARGUMENT…]`, where `program` runs [`launch_agent`] on the arguments after `args`.
 /// Returns `false` (and changes nothing) if a launcher was already installed.
-///
-/// The parent-death signal is the kernel's: it fires when the *thread* that started the
-/// agent exits, not only the process. Agents are started on the thread that polls the drive,
-/// so poll drives on threads that outlive them: the thread calling `block_on`, or a tokio
-/// worker thread (they live as long as their tokio runtime, whose end drops the drive and so
-/// kills its agents anyway).
 pub fn set_agent_launcher(program: PathBuf, args: Vec<OsString>) -> bool {
     LAUNCHER.set(Launcher { program, args }).is_ok()
 }
 
-/// The launcher's side: `args` are `PARENT_PID PROGRAM [ARGUMENT…]`. Sets the parent-death
-/// signal (Linux), checks the parent is still `PARENT_PID`, and replaces this process with the
-/// program, which keeps the working directory, environment and process group given to the
-/// launcher. Returns only on failure, with the exit status to end with (the message is on
-/// stderr).
+/// The launcher's side: `args` are `PARENT_PID PROGRAM [ARGUMENT…]`. Checks the parent is
+/// still `PARENT_PID`, starts the program (with this process's working directory,
+/// environment, standard streams and process group), and watches the parent until the
+/// program ends: if the parent dies first, kills this process group. Ends as the program
+/// ended: returns its exit status, or kills itself with the signal that killed it (an exit
+/// status of 128 plus the signal's number where that cannot be done). Returns an exit status
+/// of its own, with a message on stderr, if the program could not be started.
 pub fn launch_agent(mut args: impl Iterator<Item = OsString>) -> ExitCode {
     let parent = args
         .next()
@@ -96,16 +101,38 @@ pub fn launch_agent(mut args: impl Iterator<Item = OsString>) -> ExitCode {
         ));
         return ExitCode::from(LAUNCH_EXIT_USAGE);
     };
-    if let Err(error) = die_with_parent(parent) {
-        say(&error);
+    if !parent_is(parent) {
+        say(&format!(
+            "the process that started this agent (pid {parent}) has exited; not starting it"
+        ));
         return ExitCode::from(LAUNCH_EXIT_ORPHANED);
     }
-    let error = exec(&program, args);
-    say(&format!(
-        "could not start {}: {error}",
-        Path::new(&program).display()
-    ));
-    ExitCode::from(LAUNCH_EXIT_NOT_STARTED)
+    let mut child = match std::process::Command::new(&program).args(args).spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let program = Path::new(&program).display();
+            say(&format!("could not start {program}: {error}"));
+            return ExitCode::from(LAUNCH_EXIT_NOT_STARTED);
+        }
+    };
+    std::thread::spawn(move || watch_parent(parent));
+    match child.wait() {
+        Ok(status) => end_as(status),
+        Err(error) => {
+            say(&format!("could not wait for the agent: {error}"));
+            kill_own_group();
+            ExitCode::from(LAUNCH_EXIT_NOT_STARTED)
+        }
+    }
+}
+
+/// Kills this process group once `parent` is no longer this process's parent. Runs until
+/// then, or until the process exits (when the program it launched ends).
+fn watch_parent(parent: u32) {
+    while parent_is(parent) {
+        std::thread::sleep(std::time::Duration::from_millis(LAUNCHER_PARENT_POLL_MS));
+    }
+    kill_own_group();
 }
 
 /// One line on stderr, which may be closed: the exit status says the same.
@@ -115,45 +142,44 @@ fn say(message: &str) {
 }
 
 #[cfg(unix)]
-fn exec(program: &OsStr, args: impl Iterator<Item = OsString>) -> std::io::Error {
-    use std::os::unix::process::CommandExt;
-    std::process::Command::new(program).args(args).exec()
+fn parent_is(expected: u32) -> bool {
+    let parent = rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get());
+    parent.and_then(|pid| u32::try_from(pid).ok()) == Some(expected)
 }
 
 #[cfg(not(unix))]
-fn exec(_program: &OsStr, _args: impl Iterator<Item = OsString>) -> std::io::Error {
-    std::io::Error::other("the agent launcher needs a Unix system")
-}
-
-/// Asks the kernel to kill this process when its parent dies, then checks the parent has not
-/// died already (it may have, between the `fork` and now, and nothing would then fire).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn die_with_parent(parent: u32) -> Result<(), String> {
-    use rustix::process::{Signal, getppid, set_parent_process_death_signal};
-    set_parent_process_death_signal(Some(Signal::KILL))
-        .map_err(|error| format!("could not set the parent-death signal: {error}"))?;
-    check_parent(getppid().map(|pid| pid.as_raw_nonzero().get()), parent)
-}
-
-#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
-fn die_with_parent(parent: u32) -> Result<(), String> {
-    let current = rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get());
-    check_parent(current, parent)
-}
-
-#[cfg(not(unix))]
-fn die_with_parent(_parent: u32) -> Result<(), String> {
-    Ok(())
+fn parent_is(_expected: u32) -> bool {
+    true
 }
 
 #[cfg(unix)]
-fn check_parent(current: Option<i32>, expected: u32) -> Result<(), String> {
-    if current.and_then(|pid| u32::try_from(pid).ok()) == Some(expected) {
-        return Ok(());
+fn kill_own_group() {
+    use rustix::process::{Signal, getpgrp, kill_process_group};
+    let _ = kill_process_group(getpgrp(), Signal::KILL);
+}
+
+#[cfg(not(unix))]
+fn kill_own_group() {}
+
+/// Ends this process as the program ended.
+#[cfg(unix)]
+fn end_as(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX));
     }
-    Err(format!(
-        "the process that started this agent (pid {expected}) has exited; not starting it"
-    ))
+    let signal = status.signal().unwrap_or(0);
+    if let Some(raw) = rustix::process::Signal::from_named_raw(signal) {
+        // Comes back only for a signal this process ignores (SIGPIPE, which Rust ignores).
+        let _ = rustix::process::kill_process(rustix::process::getpid(), raw);
+    }
+    ExitCode::from(u8::try_from(128 + signal).unwrap_or(u8::MAX))
+}
+
+#[cfg(not(unix))]
+fn end_as(status: std::process::ExitStatus) -> ExitCode {
+    let code = status.code().unwrap_or(1);
+    ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }
 
 /// The command that starts `program` with `args`: through the launcher when one is
