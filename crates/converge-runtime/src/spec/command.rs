@@ -358,7 +358,7 @@ struct Stderr {
 /// program never blocks on a full pipe.
 async fn read_stderr(
     stderr: Option<tokio::process::ChildStderr>,
-    kept: &mut Stderr,
+    into: &mut Stderr,
 ) -> Result<(), String> {
     let Some(mut stderr) = stderr else {
         return Ok(());
@@ -370,9 +370,9 @@ async fn read_stderr(
         if read == 0 {
             return Ok(());
         }
-        let room = COMMAND_STDERR_BYTES_MAX.saturating_sub(kept.kept.len());
-        kept.kept.extend_from_slice(&chunk[..read.min(room)]);
-        kept.dropped |= read > room;
+        let room = COMMAND_STDERR_BYTES_MAX.saturating_sub(into.kept.len());
+        into.kept.extend_from_slice(&chunk[..read.min(room)]);
+        into.dropped |= read > room;
     }
 }
 
