@@ -38,7 +38,11 @@ Exit codes:
   3  the run stopped awaiting approval
   4  a budget ran out
   5  an invariant was violated
-  6  the run stopped otherwise (agent failure, halt, or divergence on replay / broken journal on verify)";
+  6  the run stopped otherwise (agent failure, halt, or divergence on replay / broken journal on verify)
+  129, 130, 143  SIGHUP, SIGINT (Ctrl-C) or SIGTERM stopped a run, its agents were killed and its
+     committed steps kept: `converge resume RUN` continues it
+
+A closed stdout (`converge inspect RUN | head -1`) ends a command quietly with 0.";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {

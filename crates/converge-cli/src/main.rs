@@ -7,8 +7,10 @@
 
 mod cli;
 mod job;
+mod output;
 mod progress;
 mod show;
+mod signals;
 mod store;
 
 use std::io::Write;
@@ -16,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use converge_core::{Actor, Decision, ProposalId, StopReason};
+use converge_runtime::spec::{self, AGENT_LAUNCHER_ARG};
 use converge_runtime::{
     DurableError, Holder, Journal, JournalError, ReplayReport, RunId, SqliteJournal, Verification,
 };
@@ -39,10 +42,59 @@ enum CliError {
     /// A durable operation failed.
     #[error(transparent)]
     Durable(#[from] DurableError),
+    /// `converge` was told to stop while driving a run; its agents were killed and the run
+    /// can be resumed.
+    #[error(
+        "interrupted by {signal}; the run's agents were stopped and its committed steps kept: \
+         continue it with `converge resume {run}`"
+    )]
+    Interrupted {
+        /// The signal's name (`SIGTERM`).
+        signal: &'static str,
+        /// The exit code that reports it.
+        code: u8,
+        /// The run that was being driven.
+        run: RunId,
+    },
+    /// Stdout was closed by its reader: the command ends quietly.
+    #[error("stdout was closed")]
+    OutputClosed,
     /// Anything else, in words.
     #[error("{0}")]
     Other(String),
 }
+
+impl CliError {
+    /// What to do about the error, when there is something to say.
+    fn hint(&self) -> Option<&'static str> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        for _ in 0..ERROR_CHAIN_DEPTH_MAX {
+            let error = source?;
+            let code = (error.downcast_ref::<rusqlite::Error>())
+                .and_then(rusqlite::Error::sqlite_error_code);
+            match code {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    return Some(
+                        "another process (a `converge run`, `resume`, `approve` or `serve`) is \
+                         writing to this journal; try again when it has finished, or use \
+                         another journal with --db",
+                    );
+                }
+                Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::DiskFull) => {
+                    return Some(
+                        "the journal could not be written: check the free space of its disk, \
+                         and the file size limit (`ulimit -f`)",
+                    );
+                }
+                _ => source = error.source(),
+            }
+        }
+        None
+    }
+}
+
+/// How many causes of an error are looked through for a hint.
+const ERROR_CHAIN_DEPTH_MAX: usize = 16;
 
 /// Exit codes (documented in `converge --help`).
 mod exit {
@@ -52,19 +104,49 @@ mod exit {
     pub(crate) const BUDGET: u8 = 4;
     pub(crate) const INVARIANT: u8 = 5;
     pub(crate) const OTHER_STOP: u8 = 6;
+    /// 128 plus the signal's number, as shells report a process a signal ended.
+    pub(crate) const SIGHUP: u8 = 129;
+    pub(crate) const SIGINT: u8 = 130;
+    pub(crate) const SIGTERM: u8 = 143;
 }
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(AGENT_LAUNCHER_ARG)) {
+        return spec::launch_agent(args);
+    }
+    install_agent_launcher();
+    signals::survive_file_size_limit();
     let cli = Cli::parse();
-    match execute(&cli) {
-        Ok(code) => ExitCode::from(code),
-        Err(error) => {
-            if cli.json {
-                println!("{}", json!({"error": error.to_string()}));
-            }
-            let _ = writeln!(std::io::stderr(), "converge: {error}");
-            ExitCode::from(exit::ERROR)
-        }
+    let error = match execute(&cli) {
+        Ok(code) => return ExitCode::from(code),
+        Err(CliError::OutputClosed) => return ExitCode::from(exit::OK),
+        Err(error) => error,
+    };
+    if cli.json {
+        let _ = output::line(json!({"error": error.to_string()}));
+    }
+    let _ = writeln!(std::io::stderr(), "converge: {error}");
+    if let Some(hint) = error.hint() {
+        let _ = writeln!(std::io::stderr(), "converge: {hint}");
+    }
+    match error {
+        CliError::Interrupted { code, .. } => ExitCode::from(code),
+        _ => ExitCode::from(exit::ERROR),
+    }
+}
+
+/// Command agents are started through this executable (see
+/// [`spec::set_agent_launcher`]), so they die with it even if it is killed outright.
+fn install_agent_launcher() {
+    // The running image itself, even if its file was replaced or deleted since it started.
+    let program = if cfg!(target_os = "linux") {
+        Some(std::path::PathBuf::from("/proc/self/exe"))
+    } else {
+        std::env::current_exe().ok()
+    };
+    if let Some(program) = program {
+        spec::set_agent_launcher(program, vec![AGENT_LAUNCHER_ARG.into()]);
     }
 }
 
@@ -96,14 +178,15 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                     path.display()
                 );
             }
-            let result = block_on(runtime.run_durable(&mut journal, &run_id))??;
-            println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
+            let drive = runtime.run_durable(&mut journal, &run_id);
+            let result = block_on(signals::unless_interrupted(&run_id, drive))???;
+            output::line(show::summary(&run_id, &result, cli.json).trim_end())?;
             Ok(stop_code(&result.stop_reason))
         }
         Command::Runs => {
-            print!("{}", show::runs(&journal.runs()?, cli.json));
+            output::text(show::runs(&journal.runs()?, cli.json))?;
             if cli.json {
-                println!();
+                output::line("")?;
             }
             Ok(exit::OK)
         }
@@ -111,7 +194,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let run_id = run_id(&args.run)?;
             let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let seen = runtime.inspect(&journal, &run_id)?;
-            println!("{}", show::inspect(&seen, cli.json).trim_end());
+            output::line(show::inspect(&seen, cli.json).trim_end())?;
             Ok(exit::OK)
         }
         Command::Why(args) => {
@@ -119,7 +202,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let seen = runtime.inspect(&journal, &run_id)?;
             let fact = show::find_fact(&seen.result, &args.fact).map_err(CliError::Other)?;
-            println!("{}", show::why(&seen.result, fact, cli.json).trim_end());
+            output::line(show::why(&seen.result, fact, cli.json).trim_end())?;
             Ok(exit::OK)
         }
         Command::Approve(args) => decide(cli, &mut journal, args, true),
@@ -129,8 +212,9 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let mut runtime = job::runtime_of(&journal, &run_id, live)?
                 .with_holder(Holder::this_process("converge resume"));
             runtime.observe(Progress::new(cli.json));
-            let result = block_on(runtime.resume_durable(&mut journal, &run_id))??;
-            println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
+            let drive = runtime.resume_durable(&mut journal, &run_id);
+            let result = block_on(signals::unless_interrupted(&run_id, drive))???;
+            output::line(show::summary(&run_id, &result, cli.json).trim_end())?;
             Ok(stop_code(&result.stop_reason))
         }
         Command::Replay(args) => {
@@ -142,24 +226,26 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                 ReplayReport::Diverged(_) => exit::OTHER_STOP,
             };
             if cli.json {
-                println!("{}", serde_json::to_value(&report).unwrap_or_default());
+                output::line(serde_json::to_value(&report).unwrap_or_default())?;
             } else {
                 match &report {
                     ReplayReport::Identical {
                         steps,
                         events,
                         root_hash,
-                    } => println!(
+                    } => output::line(format_args!(
                         "run {run_id}: identical — {steps} steps and {events} events re-derived \
                          without calling any agent; root hash {root_hash}"
-                    ),
+                    ))?,
                     ReplayReport::Diverged(divergence) => {
-                        println!("run {run_id}: {divergence}");
+                        output::line(format_args!("run {run_id}: {divergence}"))?;
                         if let (Some(expected), actual) = (divergence.expected, divergence.actual) {
-                            println!("  recorded   {expected}");
+                            output::line(format_args!("  recorded   {expected}"))?;
                             match actual {
-                                Some(actual) => println!("  re-derived {actual}"),
-                                None => println!("  re-derived nothing"),
+                                Some(actual) => {
+                                    output::line(format_args!("  re-derived {actual}"))?
+                                }
+                                None => output::line(format_args!("  re-derived nothing"))?,
                             }
                         }
                     }
@@ -177,7 +263,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             if cli.json {
                 let mut json = converge_server::view::verification_json(&verification);
                 json["run"] = json!(run_id.as_str());
-                println!("{json}");
+                output::line(format_args!("{json}"))?;
                 return Ok(code);
             }
             match &verification {
@@ -186,12 +272,12 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                     events,
                     root_hash,
                     record_hash,
-                } => println!(
+                } => output::line(format_args!(
                     "run {run_id}: intact — {steps} steps, {events} events, root hash \
                      {root_hash}, record hash {record_hash}"
-                ),
+                ))?,
                 Verification::Broken { at, reason } => {
-                    println!("run {run_id}: BROKEN at {at}: {reason}");
+                    output::line(format_args!("run {run_id}: BROKEN at {at}: {reason}"))?;
                 }
             }
             Ok(code)
@@ -203,8 +289,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let seen = runtime.inspect(&journal, &run_id)?;
             match args.format {
-                Format::Json => println!("{}", show::export_json(&seen)),
-                Format::Dot => print!("{}", show::export_dot(&seen)),
+                Format::Json => output::line(show::export_json(&seen))?,
+                Format::Dot => output::text(show::export_dot(&seen))?,
             }
             Ok(exit::OK)
         }
@@ -267,8 +353,9 @@ fn decide(
         Decision::reject(proposal, pending.hash, actor, reason)
     };
     runtime.observe(Progress::new(cli.json));
-    let result = block_on(runtime.decide_durable(journal, &run_id, vec![decision]))??;
-    println!("{}", show::summary(&run_id, &result, cli.json).trim_end());
+    let drive = runtime.decide_durable(journal, &run_id, vec![decision]);
+    let result = block_on(signals::unless_interrupted(&run_id, drive))???;
+    output::line(show::summary(&run_id, &result, cli.json).trim_end())?;
     Ok(stop_code(&result.stop_reason))
 }
 
@@ -348,12 +435,11 @@ fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, 
                 .create(&args.tenant, &args.name, role)
                 .map_err(failed)?;
             if cli.json {
-                println!(
-                    "{}",
-                    json!({"token": issued.secret, "id": issued.info.id, "tenant": issued.info.tenant, "name": issued.info.name, "role": issued.info.role})
-                );
+                output::line(
+                    json!({"token": issued.secret, "id": issued.info.id, "tenant": issued.info.tenant, "name": issued.info.name, "role": issued.info.role}),
+                )?;
             } else {
-                println!("{}", issued.secret);
+                output::line(issued.secret)?;
                 let _ = writeln!(
                     std::io::stderr(),
                     "token {} for {} ({}) in tenant {}: shown once, store it now",
@@ -367,9 +453,11 @@ fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, 
         TokenCommand::List => {
             let listed = tokens.list().map_err(failed)?;
             if cli.json {
-                println!("{}", serde_json::to_value(&listed).unwrap_or_default());
+                output::line(serde_json::to_value(&listed).unwrap_or_default())?;
             } else if listed.is_empty() {
-                println!("no tokens (make one with `converge token create`)");
+                output::line(format_args!(
+                    "no tokens (make one with `converge token create`)"
+                ))?;
             } else {
                 for token in listed {
                     let state = if token.revoked_ms.is_some() {
@@ -377,19 +465,19 @@ fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, 
                     } else {
                         "active"
                     };
-                    println!(
+                    output::line(format_args!(
                         "{}  {:<10} {:<16} {:<24} {state}",
                         token.id, token.role, token.tenant, token.name
-                    );
+                    ))?;
                 }
             }
         }
         TokenCommand::Revoke(args) => {
             tokens.revoke(&args.id).map_err(failed)?;
             if cli.json {
-                println!("{}", json!({"revoked": args.id}));
+                output::line(json!({"revoked": args.id}))?;
             } else {
-                println!("token {} revoked", args.id);
+                output::line(format_args!("token {} revoked", args.id))?;
             }
         }
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use converge_core::{ContextKey, ConvergeResult, Fact, PendingApproval, StopReason};
+use converge_core::{ContextKey, ConvergeResult, Exhausted, Fact, PendingApproval, StopReason};
 use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
 use converge_server::view::{fact_json, lookup, pending_json, why_json};
 use serde_json::{Value, json};
@@ -18,7 +18,9 @@ pub(crate) fn reason_text(reason: &StopReason) -> String {
         StopReason::AwaitingApproval { pending } => {
             format!("awaiting approval of {} proposal(s)", pending.len())
         }
-        StopReason::BudgetExhausted { exhausted } => format!("budget exhausted: {exhausted:?}"),
+        StopReason::BudgetExhausted { exhausted } => {
+            format!("budget exhausted: {}", exhausted_text(exhausted))
+        }
         StopReason::InvariantViolated {
             invariant, detail, ..
         } => format!("invariant `{invariant}` violated: {detail}"),
@@ -26,6 +28,19 @@ pub(crate) fn reason_text(reason: &StopReason) -> String {
             format!("agent {agent} failed: {message}")
         }
         StopReason::Halted { reason } => format!("halted: {reason}"),
+    }
+}
+
+/// Which budget ran out, in words.
+fn exhausted_text(exhausted: &Exhausted) -> String {
+    match exhausted {
+        Exhausted::Cycles { limit } => format!("cycle budget of {limit}"),
+        Exhausted::Facts { limit } => format!("fact budget of {limit}"),
+        Exhausted::Tokens { limit, used } => format!("token budget of {limit} ({used} used)"),
+        Exhausted::Time {
+            limit_ms,
+            elapsed_ms,
+        } => format!("time budget of {limit_ms} ms ({elapsed_ms} ms elapsed)"),
     }
 }
 
@@ -326,7 +341,14 @@ fn why_text(
         },
     ];
     if let Some(correction) = record.correction() {
-        lines.push(format!("corrects an earlier version: {correction:?}"));
+        lines.push(format!(
+            "corrects version {} of {}/{} (content hash {}): {}",
+            correction.supersedes_version,
+            correction.fact.key,
+            correction.fact.id,
+            correction.supersedes_hash,
+            correction.reason
+        ));
     }
     if !record.evidence().is_empty() {
         let evidence: Vec<String> = record.evidence().iter().map(ToString::to_string).collect();

@@ -16,15 +16,34 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
-/// `converge --db <db> <args>`.
+/// `converge --db <db> <args>`. Every message it prints on stderr must read as words: no
+/// Rust debug formatting (see [`assert_plain_words`]).
 fn converge(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_converge"))
+    let output = Command::new(env!("CARGO_BIN_EXE_converge"))
         .arg("--db")
         .arg(db)
         .args(args)
         .env_remove("CONVERGE_DB")
         .output()
-        .expect("the converge binary runs")
+        .expect("the converge binary runs");
+    assert_plain_words(&String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// Requires `text` (what `converge` printed for people) free of Rust debug formatting —
+/// `Some(…)`, `None`, `Ok(…)`, `Err(…)`, `Struct { field: … }` — and of panics.
+fn assert_plain_words(text: &str) {
+    for debug in [
+        "Some(",
+        "None",
+        "Ok(",
+        "Err(",
+        " { ",
+        "panicked",
+        "RUST_BACKTRACE",
+    ] {
+        assert!(!text.contains(debug), "{debug:?} in: {text}");
+    }
 }
 
 fn code(output: &Output) -> i32 {
@@ -35,8 +54,11 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// What `converge` printed on stderr, checked by [`assert_plain_words`].
 fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_plain_words(&text);
+    text
 }
 
 fn json(output: &Output) -> Value {

@@ -358,6 +358,42 @@ fn bad_values_are_refused_with_what_was_expected() {
 }
 
 #[test]
+fn command_limits_and_environment_names_are_checked() {
+    let command =
+        "agents:\n  - name: a\n    kind: command\n    writes: [signals]\n    command: [\"true\"]\n";
+    check_refused(
+        &spec(&format!("{command}    output_bytes_max: 16777217\n")),
+        &[(
+            "16777217",
+            "`output_bytes_max` must be at most 16777216 (16 MiB)",
+        )],
+    );
+    check_refused(
+        &spec(&format!(
+            "{command}    pass_env: [\"\", \"A=B\", KEPT]\n    env: {{KEPT: x}}\n"
+        )),
+        &[
+            ("\"\"", "`pass_env`: invalid variable name \"\""),
+            ("\"A=B\"", "`pass_env`: invalid variable name \"A=B\""),
+            ("KEPT]", "`pass_env`: `KEPT` is also set in `env`"),
+        ],
+    );
+    check_refused(
+        &spec(&format!("{command}    env: {{\"X=Y\": x}}\n")),
+        &[("{\"X=Y", "`env`: invalid variable name \"X=Y\"")],
+    );
+    check_refused(
+        &spec(
+            "agents:\n  - name: a\n    kind: rule\n    writes: [signals]\n    pass_env: [HOME]\n    propose: {key: signals, id: s, content: x}\n",
+        ),
+        &[(
+            "[HOME]",
+            "field `pass_env` does not apply to a `rule` agent",
+        )],
+    );
+}
+
+#[test]
 fn agent_names_must_be_valid_unique_and_not_reserved() {
     let seed = |name: &str| {
         format!(

@@ -2,8 +2,9 @@
 //!
 //! The program receives the facts of the keys it reads as JSON on stdin and prints its
 //! proposals as JSON on stdout; the protocol is specified in `docs/command-agents.md`. It runs
-//! in the spec's directory, without a shell, under a timeout and a stdout size limit, and is
-//! killed if the run stops waiting for it. Its stdin digest, stdout and stderr are recorded as
+//! in the spec's directory, without a shell, with a minimal environment, in a process group of
+//! its own (`process.rs`), under a timeout and a stdout size limit; the whole group is killed
+//! when the exchange ends, or if the run stops waiting for it. Its stdin digest, stdout and stderr are recorded as
 //! an observation that every proposal cites, so replay never runs it again and an audit can
 //! see exactly what it said. A non-zero exit, a timeout, oversized or malformed output is the
 //! agent's recorded failure.
@@ -19,8 +20,9 @@ use converge_core::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::process::{Group, agent_command};
 use super::view::{facts_read, facts_view};
 use super::wake::Wake;
 use crate::agent::{AgentFuture, AsyncAgent};
@@ -36,6 +38,16 @@ pub const COMMAND_OUTPUT_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
 
 /// How much of a command's stderr is kept; the rest is read and dropped.
 pub const COMMAND_STDERR_BYTES_MAX: usize = 64 * 1024;
+
+/// The largest `output_bytes_max` a spec may set: an answer is stored whole in the journal.
+pub const COMMAND_OUTPUT_BYTES_CAP: u64 = 16 * 1024 * 1024;
+
+/// How long a program's output may keep arriving after it exited, when a process it left
+/// behind holds its pipes open; then the group is killed and what arrived is the output.
+pub const COMMAND_EXIT_GRACE_MS: u64 = 200;
+
+/// How much one read from a pipe takes at most.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 
 /// How much of stderr (its end) a failure message quotes.
 const STDERR_QUOTED_CHARS_MAX: usize = 1000;
@@ -54,7 +66,10 @@ pub(crate) struct CommandAgent {
     pub(crate) program: PathBuf,
     /// The working directory: the spec's directory.
     pub(crate) dir: PathBuf,
+    /// Variables set for the program, beside the minimal environment.
     pub(crate) env: Arc<BTreeMap<String, String>>,
+    /// Variables passed through from the environment of the process running the job.
+    pub(crate) pass_env: Arc<[String]>,
     pub(crate) timeout_ms: u64,
     pub(crate) output_bytes_max: u64,
 }
@@ -167,45 +182,85 @@ impl CommandAgent {
     }
 
     /// Starts the program, feeds it `input`, and collects what it prints, within the limits.
-    /// Returning early drops the child, which kills it.
+    /// Whatever happens — an answer, a failure, a timeout, this future dropped — every
+    /// process left in the program's group is killed on the way out.
     async fn exchange(&self, input: &[u8]) -> Result<Exchange, String> {
-        let mut child = tokio::process::Command::new(&self.program)
-            .args(&self.argv[1..])
-            .current_dir(&self.dir)
-            .envs(self.env.iter())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|error| format!("could not start {:?}: {error}", self.argv[0]))?;
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let talk = async {
-            let (_, stdout, (stderr, stderr_truncated)) = tokio::try_join!(
-                write_input(stdin, input),
-                read_stdout(stdout, self.output_bytes_max),
-                read_stderr(stderr),
-            )?;
-            let status = child
-                .wait()
-                .await
-                .map_err(|error| format!("could not wait for the program: {error}"))?;
-            Ok(Exchange {
-                status,
-                stdout,
-                stderr,
-                stderr_truncated,
-            })
-        };
+        let mut child = agent_command(
+            &self.program,
+            &self.argv[1..],
+            &self.dir,
+            self.pass_env.iter().map(String::as_str),
+            self.env.iter(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("could not start {}: {error}", self.argv[0]))?;
+        let _group = Group::led_by(&child);
+        let mut stdout = Vec::new();
+        let mut stderr = Stderr::default();
+        let talk = talk(
+            &mut child,
+            input,
+            (&mut stdout, self.output_bytes_max),
+            &mut stderr,
+        );
         let limit = Duration::from_millis(self.timeout_ms);
-        tokio::time::timeout(limit, talk).await.unwrap_or_else(|_| {
-            Err(format!(
-                "timed out after {} ms and was killed",
-                self.timeout_ms
-            ))
+        let status = tokio::time::timeout(limit, talk)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "timed out after {} ms and was killed",
+                    self.timeout_ms
+                ))
+            })?;
+        Ok(Exchange {
+            status,
+            stdout,
+            stderr: stderr.kept,
+            stderr_truncated: stderr.dropped,
         })
     }
+}
+
+/// Feeds the input to the program and collects both outputs until it exits. An answer is
+/// final when the program exits: if its pipes stay open after that (a process it left behind
+/// holds them), what arrives within [`COMMAND_EXIT_GRACE_MS`] is its output.
+async fn talk(
+    child: &mut tokio::process::Child,
+    input: &[u8],
+    (stdout, stdout_max): (&mut Vec<u8>, u64),
+    stderr: &mut Stderr,
+) -> Result<ExitStatus, String> {
+    let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let io = async {
+        tokio::try_join!(
+            write_input(pipes.0, input),
+            read_stdout(pipes.1, stdout, stdout_max),
+            read_stderr(pipes.2, stderr),
+        )
+        .map(|_| ())
+    };
+    let mut io = std::pin::pin!(io);
+    let waited = tokio::select! {
+        done = &mut io => {
+            done?;
+            None
+        }
+        status = child.wait() => Some(status),
+    };
+    let status = match waited {
+        Some(status) => {
+            let grace = Duration::from_millis(COMMAND_EXIT_GRACE_MS);
+            if let Ok(done) = tokio::time::timeout(grace, &mut io).await {
+                done?;
+            }
+            status
+        }
+        None => child.wait().await,
+    };
+    status.map_err(|error| format!("could not wait for the program: {error}"))
 }
 
 impl AsyncAgent for CommandAgent {
@@ -265,49 +320,60 @@ async fn write_input(
     Ok(())
 }
 
+/// Reads stdout into `bytes` as it arrives (so what was read survives this future being
+/// dropped), failing as soon as it passes `limit`.
 async fn read_stdout(
     stdout: Option<tokio::process::ChildStdout>,
+    bytes: &mut Vec<u8>,
     limit: u64,
-) -> Result<Vec<u8>, String> {
-    let Some(stdout) = stdout else {
-        return Ok(Vec::new());
+) -> Result<(), String> {
+    let Some(mut stdout) = stdout else {
+        return Ok(());
     };
-    let mut bytes = Vec::new();
-    stdout
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|error| format!("could not read stdout: {error}"))?;
-    if bytes.len() as u64 > limit {
-        return Err(format!(
-            "printed more than {limit} bytes on stdout (the limit) and was killed"
-        ));
+    let mut chunk = [0; READ_CHUNK_BYTES];
+    loop {
+        let read = (stdout.read(&mut chunk).await)
+            .map_err(|error| format!("could not read stdout: {error}"))?;
+        if read == 0 {
+            return Ok(());
+        }
+        if (bytes.len() + read) as u64 > limit {
+            return Err(format!(
+                "printed more than {limit} bytes on stdout (the limit) and was killed"
+            ));
+        }
+        bytes.extend_from_slice(&chunk[..read]);
     }
-    Ok(bytes)
+}
+
+/// What a program printed on stderr: the first [`COMMAND_STDERR_BYTES_MAX`] bytes, and
+/// whether more was read and dropped.
+#[derive(Default)]
+struct Stderr {
+    kept: Vec<u8>,
+    dropped: bool,
 }
 
 /// Keeps the first [`COMMAND_STDERR_BYTES_MAX`] bytes and drains the rest, so a chatty
 /// program never blocks on a full pipe.
 async fn read_stderr(
     stderr: Option<tokio::process::ChildStderr>,
-) -> Result<(Vec<u8>, bool), String> {
+    into: &mut Stderr,
+) -> Result<(), String> {
     let Some(mut stderr) = stderr else {
-        return Ok((Vec::new(), false));
+        return Ok(());
     };
-    let mut kept = Vec::new();
-    (&mut stderr)
-        .take(COMMAND_STDERR_BYTES_MAX as u64)
-        .read_to_end(&mut kept)
-        .await
-        .map_err(|error| format!("could not read stderr: {error}"))?;
-    let dropped = drain(&mut stderr).await;
-    Ok((kept, dropped > 0))
-}
-
-async fn drain(reader: &mut (impl AsyncRead + Unpin)) -> u64 {
-    tokio::io::copy(reader, &mut tokio::io::sink())
-        .await
-        .unwrap_or(0)
+    let mut chunk = [0; READ_CHUNK_BYTES];
+    loop {
+        let read = (stderr.read(&mut chunk).await)
+            .map_err(|error| format!("could not read stderr: {error}"))?;
+        if read == 0 {
+            return Ok(());
+        }
+        let room = COMMAND_STDERR_BYTES_MAX.saturating_sub(into.kept.len());
+        into.kept.extend_from_slice(&chunk[..read.min(room)]);
+        into.dropped |= read > room;
+    }
 }
 
 fn describe_status(status: ExitStatus) -> String {

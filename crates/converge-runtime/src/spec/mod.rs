@@ -62,6 +62,7 @@ mod error;
 mod expr;
 mod invariant;
 mod llm;
+mod process;
 mod raw;
 mod render;
 mod rule;
@@ -80,14 +81,18 @@ use converge_core::{ContextKey, FailurePolicy, RootIntent};
 pub use build::{Builder, LlmFactory};
 pub use check::{AGENT_NAME_LEN_MAX, SPEC_VERSION};
 pub use command::{
-    COMMAND_OUTPUT_BYTES_MAX_DEFAULT, COMMAND_PROTOCOL, COMMAND_STDERR_BYTES_MAX,
-    COMMAND_TIMEOUT_MS_DEFAULT,
+    COMMAND_EXIT_GRACE_MS, COMMAND_OUTPUT_BYTES_CAP, COMMAND_OUTPUT_BYTES_MAX_DEFAULT,
+    COMMAND_PROTOCOL, COMMAND_STDERR_BYTES_MAX, COMMAND_TIMEOUT_MS_DEFAULT,
 };
 pub use cost::{EXPRESSION_COST_DEFAULT, EXPRESSION_COST_MAX};
 pub use error::{Problem, SpecError};
 pub use expr::{EXPRESSION_BYTES_MAX, EXPRESSION_DEPTH_MAX};
 pub use llm::{
     LLM_ERROR_KINDS, LlmAgentSpec, LlmPrompt, LlmRetry, StructuredOutput, check_base_url,
+};
+pub use process::{
+    AGENT_ENV_INHERITED, AGENT_LAUNCHER_ARG, LAUNCH_EXIT_NOT_STARTED, LAUNCH_EXIT_ORPHANED,
+    LAUNCH_EXIT_USAGE, LAUNCHER_PARENT_POLL_MS, launch_agent, set_agent_launcher,
 };
 pub use render::{
     TEMPLATE_BUILT_BYTES_MAX, TEMPLATE_OUTPUT_BYTES_MAX, TEMPLATE_VALUE_BYTES_MAX,

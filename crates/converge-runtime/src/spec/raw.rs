@@ -129,6 +129,7 @@ pub(crate) struct RawAgent {
     // command (and `timeout_ms` for llm)
     pub(crate) command: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) env: Option<Spanned<BTreeMap<String, String>>>,
+    pub(crate) pass_env: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) timeout_ms: Option<Spanned<u64>>,
     pub(crate) output_bytes_max: Option<Spanned<u64>>,
     // llm
@@ -211,7 +212,14 @@ pub(crate) fn kind_fields(kind: RawKind) -> &'static [&'static str] {
     match kind {
         RawKind::Seed => &["facts"],
         RawKind::Rule => &["when", "for_each", "propose"],
-        RawKind::Command => &["when", "command", "env", "timeout_ms", "output_bytes_max"],
+        RawKind::Command => &[
+            "when",
+            "command",
+            "env",
+            "pass_env",
+            "timeout_ms",
+            "output_bytes_max",
+        ],
         RawKind::Llm => &[
             "when",
             "provider",

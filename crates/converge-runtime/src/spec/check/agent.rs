@@ -4,6 +4,7 @@
 //! Each entry becomes an [`AgentEntry`] ready to register, or problems at its lines. Who
 //! writes and who reads is recorded on the [`Checker`] for its cross-checks.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +14,8 @@ use serde_saphyr::Spanned;
 
 use super::{AGENT_NAME_LEN_MAX, Checker, RESERVED_AGENT_NAMES, at, is_empty};
 use crate::spec::command::{
-    COMMAND_OUTPUT_BYTES_MAX_DEFAULT, COMMAND_TIMEOUT_MS_DEFAULT, CommandAgent,
+    COMMAND_OUTPUT_BYTES_CAP, COMMAND_OUTPUT_BYTES_MAX_DEFAULT, COMMAND_TIMEOUT_MS_DEFAULT,
+    CommandAgent,
 };
 use crate::spec::error::At;
 use crate::spec::expr::Expression;
@@ -27,6 +29,9 @@ use crate::spec::seed::SeedFactsAgent;
 use crate::spec::template::{ContentTemplate, Templates};
 use crate::spec::wake::Wake;
 use crate::spec::{AgentEntry, LlmAgentSpec};
+
+/// The longest environment variable name `env` and `pass_env` accept.
+const ENV_NAME_BYTES_MAX: usize = 256;
 
 impl Checker<'_> {
     pub(super) fn agent(&mut self, spanned: &Spanned<RawAgent>) -> Option<AgentEntry> {
@@ -247,6 +252,16 @@ impl Checker<'_> {
         }
         let timeout_ms = self.positive(raw.timeout_ms.as_ref(), "timeout_ms");
         let output_bytes_max = self.positive(raw.output_bytes_max.as_ref(), "output_bytes_max");
+        if let Some(output) = raw.output_bytes_max.as_ref()
+            && output.value > COMMAND_OUTPUT_BYTES_CAP
+        {
+            let message = format!(
+                "`output_bytes_max` must be at most {COMMAND_OUTPUT_BYTES_CAP} (16 MiB): an answer is stored whole in the journal"
+            );
+            self.error(at(output), message);
+        }
+        let env = self.command_env(raw);
+        let pass_env = self.pass_env(raw);
         Some(AgentEntry::Command(CommandAgent {
             wake: Wake {
                 name: common.name,
@@ -258,15 +273,51 @@ impl Checker<'_> {
             argv: argv.into(),
             program,
             dir: self.base_dir.to_path_buf(),
-            env: Arc::new(
-                raw.env
-                    .as_ref()
-                    .map(|env| env.value.clone())
-                    .unwrap_or_default(),
-            ),
+            env: Arc::new(env),
+            pass_env: pass_env.into(),
             timeout_ms: timeout_ms.unwrap_or(COMMAND_TIMEOUT_MS_DEFAULT),
             output_bytes_max: output_bytes_max.unwrap_or(COMMAND_OUTPUT_BYTES_MAX_DEFAULT),
         }))
+    }
+
+    /// The `env:` values, each name checked.
+    fn command_env(&mut self, raw: &RawAgent) -> BTreeMap<String, String> {
+        let Some(env) = &raw.env else {
+            return BTreeMap::new();
+        };
+        for (name, value) in &env.value {
+            if let Err(problem) = check_env_name(name) {
+                self.error(at(env), format!("`env`: {problem}"));
+            } else if value.contains('\0') {
+                let message = format!("`env`: the value of `{name}` contains a NUL character");
+                self.error(at(env), message);
+            }
+        }
+        env.value.clone()
+    }
+
+    /// The `pass_env:` names, each checked.
+    fn pass_env(&mut self, raw: &RawAgent) -> Vec<String> {
+        let Some(names) = &raw.pass_env else {
+            return Vec::new();
+        };
+        for name in &names.value {
+            if let Err(problem) = check_env_name(&name.value) {
+                self.error(at(name), format!("`pass_env`: {problem}"));
+            }
+            if raw
+                .env
+                .as_ref()
+                .is_some_and(|env| env.value.contains_key(&name.value))
+            {
+                let message = format!(
+                    "`pass_env`: `{}` is also set in `env`; name it in one of them",
+                    name.value
+                );
+                self.error(at(name), message);
+            }
+        }
+        names.value.iter().map(|name| name.value.clone()).collect()
     }
 
     fn llm_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
@@ -401,6 +452,17 @@ fn ungranted(agent: &str, key: ContextKey) -> String {
     )
 }
 
+/// An environment variable name: not empty, no `=` and no NUL (the operating system could
+/// not pass it), at most [`ENV_NAME_BYTES_MAX`] bytes.
+fn check_env_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > ENV_NAME_BYTES_MAX || name.contains(['=', '\0']) {
+        return Err(format!(
+            "invalid variable name {name:?}: expected 1 to {ENV_NAME_BYTES_MAX} bytes without `=` or NUL"
+        ));
+    }
+    Ok(())
+}
+
 /// A program named by a path is found relative to the spec's directory; a bare name is
 /// looked up in `PATH`.
 fn resolve_program(base_dir: &Path, program: &str) -> PathBuf {
@@ -425,6 +487,7 @@ fn present_fields(raw: &RawAgent) -> Vec<(&'static str, At)> {
     note("propose", raw.propose.as_ref().map(at));
     note("command", raw.command.as_ref().map(at));
     note("env", raw.env.as_ref().map(at));
+    note("pass_env", raw.pass_env.as_ref().map(at));
     note("timeout_ms", raw.timeout_ms.as_ref().map(at));
     note("output_bytes_max", raw.output_bytes_max.as_ref().map(at));
     note("provider", raw.provider.as_ref().map(at));
