@@ -1,10 +1,14 @@
-//! The journal against real SQLite files: round trips, durability, replay from recorded
-//! inputs, tamper detection, refusals that write nothing, foreign files left untouched, and
-//! injected append failures that still leave a verifiable journal.
+//! The journal against real SQLite files: round trips, durability, the record chain, the
+//! status committed with each step, leases, outcomes committed ahead of their cycle, replay
+//! from recorded inputs, tamper detection, refusals that write nothing, foreign and
+//! first-edition files left untouched, and injected write failures that still leave a
+//! verifiable journal. (`tests/tamper.rs` edits every stored column; this file keeps the
+//! structural cases and the reads from a position.)
 //!
 //! Every event stream here comes from a real `converge_core::Engine` driven through its
 //! sans-I/O API; nothing is mocked. This file deliberately does not test the async driver.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,9 +20,9 @@ use converge_core::{
     Proposal, Run, Step, StopReason, TokenUsage, ValidationPolicy, execute_isolated,
 };
 use converge_runtime::{
-    BreakReason, DecisionRecord, EffectRecord, FailingJournal, Journal, JournalError,
-    ObservationRecord, OutcomeRecord, RecordError, ReplayabilityRecord, RunHeader, RunId,
-    RunStatus, SqliteJournal, StepInput, Verification,
+    BreakReason, DecisionRecord, EffectRecord, FailingJournal, Holder, Journal, JournalError,
+    LEASE_TTL_MS, Lease, ObservationRecord, OutcomeRecord, Place, RecordError, ReplayabilityRecord,
+    RunHeader, RunId, RunStatus, SqliteJournal, StepInput, Verification,
 };
 use proptest::prelude::*;
 use rusqlite::Connection;
@@ -192,9 +196,11 @@ fn empty_batch() -> EventBatch {
     drain(&mut run)
 }
 
-/// What a recording produced: the steps as appended, and how the run ended.
+/// What a recording produced: the steps as appended, the run's stored status after each,
+/// and how the run ended.
 struct Recording {
     steps: Vec<(StepInput, EventBatch)>,
+    statuses: Vec<RunStatus>,
     result: Option<ConvergeResult>,
 }
 
@@ -212,21 +218,92 @@ impl Recording {
             .map(|(_, events)| events.len() as u64)
             .sum()
     }
+
+    /// The record chain's head after the first `count` steps of run `id`, computed here from
+    /// the construction `docs/journal.md` specifies, not by the journal: the header link, then
+    /// for each step its input link (over the stored input text, without a cycle's outcomes,
+    /// and the digest of its outcomes) and its closing link (over its event range and the
+    /// event chain's head after it).
+    fn record_hash_after(&self, id: &RunId, count: usize) -> Digest {
+        let header_text = serde_json::to_string(&header()).unwrap();
+        let mut link = Digest::of_parts(&[
+            b"converge-journal-2",
+            id.as_str().as_bytes(),
+            header_text.as_bytes(),
+        ]);
+        let (mut first_seq, mut head) = (0u64, Digest::zero());
+        for (step, (input, events)) in self.steps[..count].iter().enumerate() {
+            let (text, outcomes) = stored_input(input);
+            let encoded: Vec<Vec<u8>> = outcomes
+                .iter()
+                .flat_map(|(agent, outcome)| {
+                    [
+                        agent.to_le_bytes().to_vec(),
+                        serde_json::to_vec(outcome).unwrap(),
+                    ]
+                })
+                .collect();
+            let parts: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            let input_link = Digest::of_parts(&[
+                link.as_bytes(),
+                b"input",
+                &(step as u64).to_le_bytes(),
+                input.kind().as_bytes(),
+                text.as_bytes(),
+                Digest::of_parts(&parts).as_bytes(),
+            ]);
+            if !events.is_empty() {
+                head = events.head();
+            }
+            link = Digest::of_parts(&[
+                input_link.as_bytes(),
+                b"events",
+                &first_seq.to_le_bytes(),
+                &(events.len() as u64).to_le_bytes(),
+                head.as_bytes(),
+            ]);
+            first_seq += events.len() as u64;
+        }
+        link
+    }
+}
+
+/// A step's input as its row stores it (a cycle's without its outcomes) and its outcomes.
+fn stored_input(input: &StepInput) -> (String, Vec<(u32, OutcomeRecord)>) {
+    match input {
+        StepInput::Cycle {
+            cycle,
+            batch,
+            outcomes,
+        } => {
+            let text = serde_json::to_string(&StepInput::Cycle {
+                cycle: *cycle,
+                batch: batch.clone(),
+                outcomes: Vec::new(),
+            })
+            .unwrap();
+            (text, outcomes.clone())
+        }
+        other => (serde_json::to_string(other).unwrap(), Vec::new()),
+    }
 }
 
 /// A sequential driver that journals every step; it stops at the first journal error.
 struct Recorder<'j, J: Journal> {
     journal: &'j mut J,
-    id: RunId,
+    lease: Lease,
     next: u64,
     recording: Recording,
 }
 
 impl<J: Journal> Recorder<'_, J> {
     fn commit(&mut self, input: StepInput, events: EventBatch) -> Result<(), JournalError> {
-        self.journal.append(&self.id, self.next, &input, &events)?;
+        self.journal
+            .append(&self.lease, self.next, &input, &events)?;
         self.next += 1;
         self.recording.steps.push((input, events));
+        let status = self.journal.summary(self.lease.run())?.status;
+        self.recording.statuses.push(status);
         Ok(())
     }
 
@@ -263,21 +340,32 @@ impl<J: Journal> Recorder<'_, J> {
     }
 }
 
+/// The holder every recording's lease names.
+fn holder() -> Holder {
+    Holder::this_process("tests/journal.rs")
+}
+
 /// Records the whole scenario: start, cycles until awaiting approval, a human approves,
-/// cycles until converged. On a journal error, returns it with what was recorded so far.
+/// cycles until converged. The run is created leased to [`holder`], and every step is
+/// appended under that lease. On a journal error, returns it with what was recorded so far.
 fn record<J: Journal>(journal: &mut J, id: &RunId) -> (Recording, Result<(), JournalError>) {
     let Scenario { engine, .. } = scenario();
+    let recording = Recording {
+        steps: Vec::new(),
+        statuses: Vec::new(),
+        result: None,
+    };
+    let lease = match journal.create_run(id, &header(), &holder(), 0) {
+        Ok(lease) => lease,
+        Err(error) => return (recording, Err(error)),
+    };
     let mut recorder = Recorder {
         journal,
-        id: id.clone(),
+        lease,
         next: 0,
-        recording: Recording {
-            steps: Vec::new(),
-            result: None,
-        },
+        recording,
     };
     let outcome = (|| {
-        recorder.journal.create_run(id, &header())?;
         let mut run = engine.start(Context::new()).expect("valid agents");
         let events = drain(&mut run);
         recorder.commit(StepInput::Start { header: header() }, events)?;
@@ -286,9 +374,6 @@ fn record<J: Journal>(journal: &mut J, id: &RunId) -> (Recording, Result<(), Jou
         let StopReason::AwaitingApproval { pending } = &paused.stop_reason else {
             panic!("expected to await approval, got {:?}", paused.stop_reason);
         };
-        recorder
-            .journal
-            .set_status(id, RunStatus::AwaitingApproval, paused.root_hash)?;
         let alice = Actor::human("alice").expect("valid actor");
         let decisions: Vec<Decision> = pending
             .iter()
@@ -299,17 +384,8 @@ fn record<J: Journal>(journal: &mut J, id: &RunId) -> (Recording, Result<(), Jou
             .expect("resumable");
         let events = drain(&mut run);
         recorder.commit(StepInput::decisions(&decisions), events)?;
-        let head = recorder
-            .recording
-            .head_after(recorder.recording.steps.len());
-        recorder.journal.set_status(id, RunStatus::Running, head)?;
         recorder.drive(&mut run)?;
-        let result = run.finish().ok().expect("stopped");
-        let reason = serde_json::to_value(&result.stop_reason).expect("serializable");
-        recorder
-            .journal
-            .set_status(id, RunStatus::Stopped { reason }, result.root_hash)?;
-        recorder.recording.result = Some(result);
+        recorder.recording.result = Some(run.finish().ok().expect("stopped"));
         Ok(())
     })();
     (recorder.recording, outcome)
@@ -352,13 +428,30 @@ fn tamperer(path: &Path) -> Connection {
     conn.execute_batch(
         "PRAGMA foreign_keys = OFF;
          DROP TRIGGER events_append_only_update; DROP TRIGGER events_append_only_delete;
-         DROP TRIGGER steps_append_only_update; DROP TRIGGER steps_append_only_delete;",
+         DROP TRIGGER steps_append_only_update; DROP TRIGGER steps_append_only_delete;
+         DROP TRIGGER outcomes_append_only_update; DROP TRIGGER outcomes_append_only_delete;",
     )
     .expect("drop triggers");
     conn
 }
 
-fn row_counts(path: &Path) -> (i64, i64) {
+/// Inflates a stored group's bodies (zlib), exactly as many bytes as stored.
+fn inflate(compressed: &[u8]) -> Vec<u8> {
+    let mut bodies = Vec::new();
+    flate2::read::ZlibDecoder::new(compressed)
+        .read_to_end(&mut bodies)
+        .expect("stored bodies inflate");
+    bodies
+}
+
+/// Compresses edited bodies the way the journal stores them.
+fn deflate(bodies: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bodies).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn row_counts(path: &Path) -> (i64, i64, i64) {
     let conn = Connection::open(path).expect("raw open");
     let count = |table: &str| {
         conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
@@ -366,7 +459,7 @@ fn row_counts(path: &Path) -> (i64, i64) {
         })
         .expect("count")
     };
-    (count("steps"), count("events"))
+    (count("steps"), count("events"), count("outcomes"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,12 +516,18 @@ fn load_gives_back_the_exact_inputs_and_hashes_and_events_the_exact_bytes() {
     assert!(kinds.contains(&"cycle") && kinds.contains(&"decisions") && kinds.contains(&"stop"));
 
     let events = recording.events_in(recording.steps.len());
+    let record_hash = recording.record_hash_after(&id, recording.steps.len());
+    assert_eq!(loaded.record_hash, record_hash);
+    assert_eq!(loaded.open, None);
+    // The recorder took the lease at time 0 and never released it.
+    assert_eq!(loaded.lease, Some((holder(), LEASE_TTL_MS)));
     assert_eq!(
         journal.verify(&id).unwrap(),
         Verification::Intact {
             steps: recording.steps.len() as u64,
             events,
             root_hash: result.root_hash,
+            record_hash,
         }
     );
 }
@@ -522,14 +621,17 @@ fn several_runs_are_listed_in_creation_order() {
         .map(|run| run.id.to_string())
         .collect();
     assert_eq!(ids, ["b-run", "a-run", "c-run"]);
-    // Same agents, same inputs: the same root hash for every run.
-    let roots: Vec<_> = journal
-        .runs()
-        .unwrap()
-        .iter()
-        .map(|run| run.root_hash)
-        .collect();
-    assert!(roots.windows(2).all(|pair| pair[0] == pair[1]));
+    // Same agents, same inputs: the same root hash for every run; the record chain binds the
+    // run id, so each run's record hash is its own.
+    let runs = journal.runs().unwrap();
+    assert!(
+        runs.windows(2)
+            .all(|pair| pair[0].root_hash == pair[1].root_hash)
+    );
+    assert!(
+        runs.windows(2)
+            .all(|pair| pair[0].record_hash != pair[1].record_hash)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -564,7 +666,9 @@ fn flip(conn: &Connection, id: &RunId, seq: u64, hash: bool) {
         let end =
             |i: usize| u32::from_le_bytes(ends[i * 4..i * 4 + 4].try_into().unwrap()) as usize;
         let start = if index == 0 { 0 } else { end(index - 1) };
-        bodies[(start + end(index)) / 2] ^= 0x01;
+        let mut inflated = inflate(&bodies);
+        inflated[(start + end(index)) / 2] ^= 0x01;
+        bodies = deflate(&inflated);
     }
     conn.execute(
         "UPDATE events SET hashes = ?3, bodies = ?4 WHERE run = ?1 AND first_seq = ?2",
@@ -588,32 +692,51 @@ fn a_flipped_byte_in_an_event_body_or_hash_is_named_by_seq_and_step() {
             drop(conn);
 
             let journal = SqliteJournal::open(&copy).unwrap();
+            let step = step_of(&recording, seq);
+            let at = Place::Event {
+                step: Some(step),
+                seq,
+            };
             assert_eq!(
                 journal.verify(&id).unwrap(),
                 Verification::Broken {
-                    first_bad_seq: seq,
-                    step: Some(step_of(&recording, seq)),
+                    at,
                     reason: BreakReason::HashMismatch,
                 },
                 "seq {seq}, hash {hash}"
             );
             assert!(matches!(
                 journal.events(&id, 0),
-                Err(JournalError::Broken { first_bad_seq, .. }) if first_bad_seq == seq
+                Err(JournalError::Broken { at: found, .. }) if found == at
             ));
             // `load` reads no body: an altered body leaves the inputs and hashes it returns
             // intact, and an altered hash no longer matches what re-deriving the run emits
             // (the durable tests show resume and replay naming it). An altered last hash
-            // already fails to end at the root hash.
+            // already fails to end at the root hash, and the altered last hash of any other
+            // step is the event head its closing link binds.
             let loaded = journal.load(&id);
+            let last_of_step = step_starts(&recording).contains(&(seq + 1));
             if hash && seq == last {
                 assert!(matches!(
                     loaded,
                     Err(JournalError::Broken {
+                        at: found,
                         reason: BreakReason::RootMismatch,
                         ..
-                    })
+                    }) if found == at
                 ));
+            } else if hash && last_of_step {
+                assert!(
+                    matches!(
+                        loaded,
+                        Err(JournalError::Broken {
+                            at: Place::Step { step: found },
+                            reason: BreakReason::LinkMismatch,
+                            ..
+                        }) if found == step
+                    ),
+                    "seq {seq}: {loaded:?}"
+                );
             } else {
                 let loaded = loaded.unwrap();
                 let stored = loaded.steps[step_of(&recording, seq) as usize]
@@ -654,16 +777,19 @@ fn a_deleted_event_row_is_named_by_seq_and_step() {
         drop(conn);
 
         let journal = SqliteJournal::open(&copy).unwrap();
-        let expected = Verification::Broken {
-            first_bad_seq: first as u64,
+        let at = Place::Event {
             step: Some(step_of(&recording, first as u64)),
+            seq: first as u64,
+        };
+        let expected = Verification::Broken {
+            at,
             reason: BreakReason::Missing,
         };
         assert_eq!(journal.verify(&id).unwrap(), expected, "seq {seq}");
         assert!(matches!(
             journal.load(&id),
-            Err(JournalError::Broken { first_bad_seq, reason: BreakReason::Missing, .. })
-                if first_bad_seq == first as u64
+            Err(JournalError::Broken { at: found, reason: BreakReason::Missing, .. })
+                if found == at
         ));
     }
 }
@@ -725,21 +851,24 @@ fn an_altered_event_at_or_after_from_is_refused_by_events() {
             flip(&conn, &id, seq, hash);
             drop(conn);
             let journal = SqliteJournal::open(&copy).unwrap();
-            let expected_step = Some(step_of(&recording, seq));
+            let at = Place::Event {
+                step: Some(step_of(&recording, seq)),
+                seq,
+            };
             // From the altered event itself, from just before it, and from its step's start.
             for from in [seq, seq - 1, starts[step_of(&recording, seq) as usize]] {
                 let refused = journal.events(&id, from);
                 assert!(
                     matches!(
                         &refused,
-                        Err(JournalError::Broken { first_bad_seq, step, reason: BreakReason::HashMismatch, .. })
-                            if *first_bad_seq == seq && *step == expected_step
+                        Err(JournalError::Broken { at: found, reason: BreakReason::HashMismatch, .. })
+                            if *found == at
                     ),
                     "seq {seq}, hash {hash}, from {from}: {refused:?}"
                 );
                 let page = journal.events_page(&id, from, (seq - from + 1) as usize);
                 assert!(
-                    matches!(page, Err(JournalError::Broken { first_bad_seq, .. }) if first_bad_seq == seq),
+                    matches!(page, Err(JournalError::Broken { at: found, .. }) if found == at),
                     "a page holding the altered event is refused (seq {seq}, from {from})"
                 );
                 if seq > from {
@@ -772,15 +901,18 @@ fn an_altered_event_before_from_is_left_to_verify() {
         // body is not read.
         let tail = journal.events(&id, seq + 1).unwrap();
         assert_eq!(tail, original[seq as usize + 1..], "seq {seq}");
+        let at = Place::Event {
+            step: Some(step_of(&recording, seq)),
+            seq,
+        };
         assert!(matches!(
             journal.events(&id, seq),
-            Err(JournalError::Broken { first_bad_seq, .. }) if first_bad_seq == seq
+            Err(JournalError::Broken { at: found, .. }) if found == at
         ));
         assert_eq!(
             journal.verify(&id).unwrap(),
             Verification::Broken {
-                first_bad_seq: seq,
-                step: Some(step_of(&recording, seq)),
+                at,
                 reason: BreakReason::HashMismatch,
             }
         );
@@ -806,9 +938,8 @@ fn an_altered_event_before_from_is_left_to_verify() {
     assert!(matches!(
         journal.verify(&id).unwrap(),
         Verification::Broken {
-            step: Some(1),
+            at: Place::Input { step: 1 },
             reason: BreakReason::StepUnreadable { .. },
-            ..
         }
     ));
 }
@@ -837,14 +968,14 @@ fn missing_and_misplaced_entries_after_from_are_refused_by_events() {
     let journal = SqliteJournal::open(&copy).unwrap();
     assert!(matches!(
         journal.events(&id, from),
-        Err(JournalError::Broken { first_bad_seq, reason: BreakReason::Missing, .. })
-            if first_bad_seq == target
+        Err(JournalError::Broken { at, reason: BreakReason::Missing, .. })
+            if at.seq() == Some(target)
     ));
     // The event before `from` lost: there is no hash to chain from.
     assert!(matches!(
         journal.events(&id, target + 1),
-        Err(JournalError::Broken { first_bad_seq, reason: BreakReason::Missing, .. })
-            if first_bad_seq == target
+        Err(JournalError::Broken { at, reason: BreakReason::Missing, .. })
+            if at.seq() == Some(target)
     ));
 
     // A chunk filed under another step.
@@ -863,8 +994,8 @@ fn missing_and_misplaced_entries_after_from_are_refused_by_events() {
         assert!(
             matches!(
                 &refused,
-                Err(JournalError::Broken { first_bad_seq, reason: BreakReason::WrongStep { filed_under }, .. })
-                    if *first_bad_seq == target && *filed_under == target_step as u64 - 1
+                Err(JournalError::Broken { at, reason: BreakReason::WrongStep { filed_under }, .. })
+                    if at.seq() == Some(target) && *filed_under == target_step as u64 - 1
             ),
             "from {start}: {refused:?}"
         );
@@ -894,8 +1025,9 @@ fn missing_and_misplaced_entries_after_from_are_refused_by_events() {
         assert!(
             matches!(
                 &refused,
-                Err(JournalError::Broken { first_bad_seq, step, reason: found, .. })
-                    if *first_bad_seq == target && *step == Some(target_step as u64) && *found == reason
+                Err(JournalError::Broken { at, reason: found, .. })
+                    if *at == Place::Event { step: Some(target_step as u64), seq: target }
+                        && *found == reason
             ),
             "{name}: {refused:?}"
         );
@@ -945,14 +1077,18 @@ fn an_altered_root_hash_or_a_dropped_last_step_is_detected() {
         )
         .unwrap();
     let journal = SqliteJournal::open(&copy).unwrap();
+    // Where it is named (the run's heads) is `tests/tamper.rs`'s concern.
     assert!(matches!(
         journal.verify(&id).unwrap(),
-        Verification::Broken { first_bad_seq, reason: BreakReason::RootMismatch, .. }
-            if first_bad_seq == events - 1
+        Verification::Broken {
+            reason: BreakReason::RootMismatch,
+            ..
+        }
     ));
+    assert!(events > 0);
 
-    // Remove the whole last step and rewind the run's head consistently: only the root hash
-    // recorded in the run row is left to tell.
+    // Remove the whole last step and rewind the run's head consistently: only the heads
+    // recorded in the run row are left to tell.
     let copy = dir.path().join("truncated.journal");
     std::fs::copy(&path, &copy).unwrap();
     let conn = tamperer(&copy);
@@ -994,8 +1130,10 @@ fn misfiled_extra_unreadable_and_missing_entries_are_named() {
                 first_of(1)
             ),
             Verification::Broken {
-                first_bad_seq: first_of(1),
-                step: Some(1),
+                at: Place::Event {
+                    step: Some(1),
+                    seq: first_of(1),
+                },
                 reason: BreakReason::WrongStep { filed_under: 0 },
             },
         ),
@@ -1007,8 +1145,10 @@ fn misfiled_extra_unreadable_and_missing_entries_are_named() {
                  FROM events WHERE first_seq = 0",
             ),
             Verification::Broken {
-                first_bad_seq: events,
-                step: None,
+                at: Place::Event {
+                    step: None,
+                    seq: events,
+                },
                 reason: BreakReason::Unexpected,
             },
         ),
@@ -1019,8 +1159,10 @@ fn misfiled_extra_unreadable_and_missing_entries_are_named() {
                 first_of(2)
             ),
             Verification::Broken {
-                first_bad_seq: first_of(2),
-                step: Some(2),
+                at: Place::Event {
+                    step: Some(2),
+                    seq: first_of(2),
+                },
                 reason: BreakReason::Malformed {
                     detail: format!(
                         "it claims {} events but stores 31 bytes of hashes",
@@ -1033,8 +1175,7 @@ fn misfiled_extra_unreadable_and_missing_entries_are_named() {
             "unreadable",
             "UPDATE steps SET input = '{\"cycle\":{}}' WHERE step = 2".to_owned(),
             Verification::Broken {
-                first_bad_seq: first_of(2),
-                step: Some(2),
+                at: Place::Input { step: 2 },
                 reason: BreakReason::StepUnreadable {
                     detail: "missing field `cycle` at line 1 column 11".to_owned(),
                 },
@@ -1044,8 +1185,10 @@ fn misfiled_extra_unreadable_and_missing_entries_are_named() {
             "step-missing",
             format!("DELETE FROM steps WHERE step = {last_step}"),
             Verification::Broken {
-                first_bad_seq: first_of(last_step as usize),
-                step: Some(last_step),
+                at: Place::Event {
+                    step: Some(last_step),
+                    seq: first_of(last_step as usize),
+                },
                 reason: BreakReason::StepMissing,
             },
         ),
@@ -1066,7 +1209,7 @@ fn misfiled_extra_unreadable_and_missing_entries_are_named() {
 }
 
 #[test]
-fn the_schema_refuses_updates_and_deletes_of_steps_and_events() {
+fn the_schema_refuses_updates_and_deletes_of_steps_outcomes_and_events() {
     let dir = TempDir::new().unwrap();
     let (path, journal, id, _) = recorded(&dir);
     drop(journal);
@@ -1076,6 +1219,9 @@ fn the_schema_refuses_updates_and_deletes_of_steps_and_events() {
         "DELETE FROM events WHERE first_seq = 0",
         "UPDATE steps SET input = '{}' WHERE step = 0",
         "DELETE FROM steps WHERE step = 0",
+        "UPDATE outcomes SET bodies = x'00'",
+        "UPDATE outcomes SET agents = x'00000000'",
+        "DELETE FROM outcomes",
         "DELETE FROM runs",
     ] {
         let error = conn.execute(sql, []).unwrap_err();
@@ -1101,12 +1247,12 @@ fn out_of_order_steps_and_broken_chains_are_refused_with_nothing_written() {
     let dir = TempDir::new().unwrap();
     let (path, mut journal) = journal_in(&dir);
     let id = run_id("partial");
-    journal.create_run(&id, &header()).unwrap();
+    let lease = journal.create_run(&id, &header(), &holder(), 0).unwrap();
     let Scenario { engine, .. } = scenario();
     let mut run = engine.start(Context::new()).unwrap();
     let start_events = drain(&mut run);
     let start = StepInput::Start { header: header() };
-    journal.append(&id, 0, &start, &start_events).unwrap();
+    journal.append(&lease, 0, &start, &start_events).unwrap();
     let Step::Execute(batch) = run.next_step() else {
         panic!("expected a batch")
     };
@@ -1129,7 +1275,7 @@ fn out_of_order_steps_and_broken_chains_are_refused_with_nothing_written() {
         ));
     };
 
-    let error = journal.append(&id, 2, &cycle, &events).unwrap_err();
+    let error = journal.append(&lease, 2, &cycle, &events).unwrap_err();
     assert!(
         matches!(
             error,
@@ -1142,7 +1288,9 @@ fn out_of_order_steps_and_broken_chains_are_refused_with_nothing_written() {
         "{error}"
     );
     check_unchanged(&journal);
-    let error = journal.append(&id, 0, &start, &start_events).unwrap_err();
+    let error = journal
+        .append(&lease, 0, &start, &start_events)
+        .unwrap_err();
     assert!(
         matches!(
             error,
@@ -1159,7 +1307,7 @@ fn out_of_order_steps_and_broken_chains_are_refused_with_nothing_written() {
     // A batch that does not start at the next seq: the start of another run.
     let mut again = engine.start(Context::new()).unwrap();
     let restart = drain(&mut again);
-    let error = journal.append(&id, 1, &cycle, &restart).unwrap_err();
+    let error = journal.append(&lease, 1, &cycle, &restart).unwrap_err();
     assert!(
         matches!(error, JournalError::ChainMismatch { seq: 0, .. }),
         "{error}"
@@ -1186,14 +1334,16 @@ fn out_of_order_steps_and_broken_chains_are_refused_with_nothing_written() {
     foreign.submit(outcomes).unwrap();
     let foreign_events = drain(&mut foreign);
     assert_eq!(foreign_events.first_seq(), events.first_seq());
-    let error = journal.append(&id, 1, &cycle, &foreign_events).unwrap_err();
+    let error = journal
+        .append(&lease, 1, &cycle, &foreign_events)
+        .unwrap_err();
     assert!(
         matches!(error, JournalError::ChainMismatch { seq: 1, .. }),
         "{error}"
     );
     check_unchanged(&journal);
     // A second start.
-    let error = journal.append(&id, 1, &start, &events).unwrap_err();
+    let error = journal.append(&lease, 1, &start, &events).unwrap_err();
     assert!(
         matches!(error, JournalError::InvalidStep { step: 1, .. }),
         "{error}"
@@ -1201,7 +1351,7 @@ fn out_of_order_steps_and_broken_chains_are_refused_with_nothing_written() {
     check_unchanged(&journal);
 
     // Refusals do not poison the handle: the right step still goes in.
-    journal.append(&id, 1, &cycle, &events).unwrap();
+    journal.append(&lease, 1, &cycle, &events).unwrap();
     assert!(matches!(
         journal.verify(&id).unwrap(),
         Verification::Intact { steps: 2, root_hash, .. } if root_hash == events.head()
@@ -1213,9 +1363,9 @@ fn step_zero_must_be_the_runs_start() {
     let dir = TempDir::new().unwrap();
     let (_, mut journal) = journal_in(&dir);
     let id = run_id("start");
-    journal.create_run(&id, &header()).unwrap();
+    let lease = journal.create_run(&id, &header(), &holder(), 0).unwrap();
     let error = journal
-        .append(&id, 0, &StepInput::Stop, &empty_batch())
+        .append(&lease, 0, &StepInput::Stop, &empty_batch())
         .unwrap_err();
     assert!(
         matches!(error, JournalError::InvalidStep { step: 0, .. }),
@@ -1224,7 +1374,12 @@ fn step_zero_must_be_the_runs_start() {
     let mut other = header();
     other.created_by = "someone else".into();
     let error = journal
-        .append(&id, 0, &StepInput::Start { header: other }, &empty_batch())
+        .append(
+            &lease,
+            0,
+            &StepInput::Start { header: other },
+            &empty_batch(),
+        )
         .unwrap_err();
     assert!(
         matches!(error, JournalError::InvalidStep { step: 0, .. }),
@@ -1244,46 +1399,453 @@ fn unknown_runs_and_existing_ids_are_refused() {
     assert!(unknown(journal.verify(&ghost).unwrap_err()));
     assert!(unknown(journal.summary(&ghost).unwrap_err()));
     assert!(unknown(journal.header(&ghost).unwrap_err()));
-    assert!(unknown(
-        journal
-            .append(&ghost, 0, &StepInput::Stop, &empty_batch())
-            .unwrap_err()
-    ));
-    assert!(unknown(
-        journal
-            .set_status(&ghost, RunStatus::Running, Digest::zero())
-            .unwrap_err()
-    ));
-    let error = journal.create_run(&id, &header()).unwrap_err();
+    assert!(unknown(journal.acquire(&ghost, &holder(), 0).unwrap_err()));
+    let error = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .unwrap_err();
     assert!(matches!(error, JournalError::RunExists { .. }), "{error}");
     assert_eq!(journal.runs().unwrap().len(), 1);
 }
 
 #[test]
-fn status_needs_the_stored_head_and_a_stopped_run_is_closed() {
+fn the_status_committed_with_each_step_is_the_one_its_events_say() {
     let dir = TempDir::new().unwrap();
     let (_, mut journal, id, recording) = recorded(&dir);
-    let root = recording.result.as_ref().unwrap().root_hash;
-    let stopped = journal.summary(&id).unwrap().status;
-    assert!(matches!(stopped, RunStatus::Stopped { .. }));
-    // Setting the same status again is harmless; anything else is refused.
-    journal.set_status(&id, stopped, root).unwrap();
+    let kinds: Vec<&str> = recording
+        .steps
+        .iter()
+        .map(|(input, _)| input.kind())
+        .collect();
+    let decisions = kinds.iter().position(|kind| *kind == "decisions").unwrap();
+    let parked = decisions - 1;
+    assert_eq!(
+        kinds[parked], "stop",
+        "the step that parks carries run_stopped"
+    );
+    for (step, status) in recording.statuses.iter().enumerate() {
+        let expected = if step == parked {
+            "awaiting_approval"
+        } else if step == recording.steps.len() - 1 {
+            "stopped"
+        } else {
+            "running"
+        };
+        assert_eq!(
+            status.name(),
+            expected,
+            "after step {step} ({})",
+            kinds[step]
+        );
+    }
+    let RunStatus::Stopped { reason } = journal.summary(&id).unwrap().status else {
+        panic!("the run stopped for good");
+    };
+    let result = recording.result.as_ref().unwrap();
+    assert_eq!(reason, serde_json::to_value(&result.stop_reason).unwrap());
+    assert_eq!(reason["stop"], "converged");
+    assert!(matches!(
+        journal.verify(&id).unwrap(),
+        Verification::Intact { .. }
+    ));
+
+    // A stopped run's journal is closed, even to the holder of its lease.
+    let lease = journal.acquire(&id, &holder(), 1).unwrap();
+    let next = recording.steps.len() as u64;
+    let before = journal.load(&id).unwrap();
     let error = journal
-        .set_status(&id, RunStatus::Running, root)
+        .append(&lease, next, &StepInput::Stop, &empty_batch())
         .unwrap_err();
     assert!(matches!(error, JournalError::RunStopped { .. }), "{error}");
-    let error = journal
-        .set_status(&id, RunStatus::Running, Digest::zero())
-        .unwrap_err();
+    let error = journal.commit_outcomes(&lease, next, 9, &[]).unwrap_err();
+    assert!(matches!(error, JournalError::InvalidStep { .. }), "{error}");
+    assert_eq!(journal.load(&id).unwrap().steps, before.steps);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases
+// ---------------------------------------------------------------------------------------------
+
+/// A live process of this host other than this one, holding a lease: a child that sleeps.
+struct OtherProcess {
+    child: std::process::Child,
+}
+
+impl OtherProcess {
+    fn start() -> OtherProcess {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep runs");
+        OtherProcess { child }
+    }
+
+    fn holder(&self) -> Holder {
+        Holder {
+            pid: self.child.id(),
+            ..Holder::this_process("another converge")
+        }
+    }
+
+    /// Kills it and reaps it, as a SIGKILLed driver ends.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for OtherProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A holder on another host: never known to be gone, so its lease is free only once expired.
+fn elsewhere() -> Holder {
+    let here = holder();
+    Holder {
+        host: format!("{}-elsewhere", here.host),
+        ..here
+    }
+}
+
+/// A created run whose start step is committed, under the returned lease.
+fn started(journal: &mut SqliteJournal, id: &RunId, by: &Holder) -> Lease {
+    let lease = journal.create_run(id, &header(), by, 0).unwrap();
+    let Scenario { engine, .. } = scenario();
+    let mut run = engine.start(Context::new()).unwrap();
+    let events = drain(&mut run);
+    journal
+        .append(&lease, 0, &StepInput::Start { header: header() }, &events)
+        .unwrap();
+    lease
+}
+
+#[test]
+fn a_live_holder_keeps_its_run_and_the_refusal_names_it() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal) = journal_in(&dir);
+    let other = OtherProcess::start();
+    let id = run_id("leased");
+    let lease = started(&mut journal, &id, &other.holder());
+    assert_eq!(lease.holder(), &other.holder());
+    assert_eq!(lease.expires_ms(), LEASE_TTL_MS);
+    let error = journal.acquire(&id, &holder(), 1_000).unwrap_err();
+    let JournalError::Leased {
+        run,
+        holder: named,
+        expires_in_ms,
+    } = &error
+    else {
+        panic!("expected Leased, got {error}");
+    };
+    assert_eq!((run, named), (&id, &other.holder()));
+    assert_eq!(*expires_in_ms, LEASE_TTL_MS - 1_000);
+    assert!(error.to_string().contains("another converge"), "{error}");
+    assert_eq!(
+        journal.summary(&id).unwrap().lease,
+        Some((other.holder(), LEASE_TTL_MS)),
+        "the refusal changed nothing"
+    );
+}
+
+#[test]
+fn a_killed_holders_lease_is_taken_over_at_once() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal) = journal_in(&dir);
+    let other = OtherProcess::start();
+    let gone = other.holder();
+    let id = run_id("orphan");
+    let old = started(&mut journal, &id, &gone);
+    other.kill();
+    // Long before the lease would expire.
+    let lease = journal.acquire(&id, &holder(), 1).unwrap();
+    assert_eq!(lease.holder(), &holder());
+    assert_ne!(lease.token(), old.token());
+    assert_eq!(
+        journal.summary(&id).unwrap().lease,
+        Some((holder(), 1 + LEASE_TTL_MS))
+    );
+}
+
+#[test]
+fn an_expired_lease_is_taken_over_and_a_renewed_one_is_not() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal) = journal_in(&dir);
+    let id = run_id("expiring");
+    let mut away = started(&mut journal, &id, &elsewhere());
+    let refused = journal.acquire(&id, &holder(), LEASE_TTL_MS - 1);
     assert!(
-        matches!(error, JournalError::HeadMismatch { stored, .. } if stored == root),
+        matches!(
+            refused,
+            Err(JournalError::Leased {
+                expires_in_ms: 1,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    journal.renew(&mut away, LEASE_TTL_MS - 1).unwrap();
+    assert_eq!(away.expires_ms(), 2 * LEASE_TTL_MS - 1);
+    assert!(matches!(
+        journal.acquire(&id, &holder(), LEASE_TTL_MS + 1),
+        Err(JournalError::Leased { .. })
+    ));
+    let lease = journal.acquire(&id, &holder(), 2 * LEASE_TTL_MS).unwrap();
+    assert_eq!(lease.expires_ms(), 3 * LEASE_TTL_MS);
+}
+
+#[test]
+fn a_write_under_a_lost_lease_is_refused_and_writes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (path, mut journal) = journal_in(&dir);
+    let id = run_id("fenced");
+    let mut stale = started(&mut journal, &id, &elsewhere());
+    let current = journal.acquire(&id, &holder(), LEASE_TTL_MS).unwrap();
+
+    // The stale holder carries on with the next cycle as if it still drove the run.
+    let Scenario { engine, .. } = scenario();
+    let mut run = engine.start(Context::new()).unwrap();
+    drain(&mut run);
+    let Step::Execute(batch) = run.next_step() else {
+        panic!("expected a batch")
+    };
+    let outcomes: Vec<_> = batch
+        .agents()
+        .iter()
+        .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+        .collect();
+    let cycle = StepInput::cycle(&batch, &outcomes);
+    let StepInput::Cycle {
+        cycle: number,
+        outcomes: records,
+        ..
+    } = &cycle
+    else {
+        unreachable!()
+    };
+    run.submit(outcomes).unwrap();
+    let events = drain(&mut run);
+
+    let before = (journal.load(&id).unwrap(), row_counts(&path));
+    let lost = |result: Result<(), JournalError>| matches!(result, Err(JournalError::LeaseLost { run }) if run == id);
+    assert!(lost(journal.append(&stale, 1, &cycle, &events)));
+    assert!(lost(journal.commit_outcomes(&stale, 1, *number, records)));
+    assert!(lost(journal.renew(&mut stale, LEASE_TTL_MS)));
+    assert_eq!((journal.load(&id).unwrap(), row_counts(&path)), before);
+    // Releasing a lost lease is harmless and leaves the current holder's lease alone.
+    journal.release(&stale).unwrap();
+    assert_eq!(
+        journal.summary(&id).unwrap().lease,
+        Some((holder(), 2 * LEASE_TTL_MS))
+    );
+    // The current holder writes the very same step.
+    journal.append(&current, 1, &cycle, &events).unwrap();
+    assert!(matches!(
+        journal.verify(&id).unwrap(),
+        Verification::Intact { steps: 2, .. }
+    ));
+}
+
+#[test]
+fn a_released_lease_is_free_at_once() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut journal) = journal_in(&dir);
+    let id = run_id("released");
+    let first = started(&mut journal, &id, &elsewhere());
+    journal.release(&first).unwrap();
+    assert_eq!(journal.summary(&id).unwrap().lease, None);
+    assert!(matches!(
+        journal.acquire(&id, &holder(), 1),
+        Ok(lease) if lease.holder() == &holder()
+    ));
+    // The released lease no longer writes.
+    let result = journal.append(&first, 1, &StepInput::Stop, &empty_batch());
+    assert!(
+        matches!(result, Err(JournalError::LeaseLost { .. })),
+        "{result:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outcomes committed ahead of their cycle
+// ---------------------------------------------------------------------------------------------
+
+/// A started run and the input of its first cycle, executed but not committed.
+fn first_cycle(journal: &mut SqliteJournal, id: &RunId) -> (Lease, StepInput, EventBatch) {
+    let lease = journal.create_run(id, &header(), &holder(), 0).unwrap();
+    let Scenario { engine, .. } = scenario();
+    let mut run = engine.start(Context::new()).unwrap();
+    journal
+        .append(
+            &lease,
+            0,
+            &StepInput::Start { header: header() },
+            &drain(&mut run),
+        )
+        .unwrap();
+    let Step::Execute(batch) = run.next_step() else {
+        panic!("expected a batch")
+    };
+    let outcomes: Vec<_> = batch
+        .agents()
+        .iter()
+        .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+        .collect();
+    let input = StepInput::cycle(&batch, &outcomes);
+    run.submit(outcomes).unwrap();
+    (lease, input, drain(&mut run))
+}
+
+fn cycle_parts(input: &StepInput) -> (u32, Vec<(u32, OutcomeRecord)>) {
+    let StepInput::Cycle {
+        cycle, outcomes, ..
+    } = input
+    else {
+        panic!("not a cycle: {input:?}")
+    };
+    (*cycle, outcomes.clone())
+}
+
+/// How many agent outcomes are stored for `step`, over all its parts.
+fn stored_outcomes(path: &Path, step: u64) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT coalesce(sum(length(agents) / 4), 0) FROM outcomes WHERE step = ?1",
+            [step as i64],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn outcomes_committed_ahead_are_open_until_their_cycle_commits() {
+    let dir = TempDir::new().unwrap();
+    let (path, mut journal) = journal_in(&dir);
+    let id = run_id("ahead");
+    let (lease, input, events) = first_cycle(&mut journal, &id);
+    let (cycle, outcomes) = cycle_parts(&input);
+    assert!(outcomes.len() >= 2, "the first cycle runs both seeds");
+    let intact = journal.verify(&id).unwrap();
+
+    // The last agent finishes first, then the first one.
+    let last = outcomes.len() - 1;
+    journal
+        .commit_outcomes(&lease, 1, cycle, &outcomes[last..])
+        .unwrap();
+    journal
+        .commit_outcomes(&lease, 1, cycle, &outcomes[..1])
+        .unwrap();
+    let loaded = journal.load(&id).unwrap();
+    assert_eq!(loaded.steps.len(), 1);
+    let open = loaded.open.expect("outcomes committed ahead are open");
+    assert_eq!((open.step, open.cycle), (1, cycle));
+    let expected = vec![outcomes[0].clone(), outcomes[last].clone()];
+    assert_eq!(open.outcomes, expected, "in agent order");
+    // Not yet under the chain: the record verifies as it did.
+    assert_eq!(journal.verify(&id).unwrap(), intact);
+
+    // Committed again (a retried group), with the rest: each agent is stored once.
+    journal
+        .commit_outcomes(&lease, 1, cycle, &outcomes)
+        .unwrap();
+    assert_eq!(stored_outcomes(&path, 1), outcomes.len() as i64);
+    assert_eq!(journal.load(&id).unwrap().open.unwrap().outcomes, outcomes);
+
+    // The cycle's step commits them; whatever was not committed ahead comes with it.
+    journal.append(&lease, 1, &input, &events).unwrap();
+    assert_eq!(stored_outcomes(&path, 1), outcomes.len() as i64);
+    let loaded = journal.load(&id).unwrap();
+    assert_eq!(loaded.open, None);
+    assert_eq!(loaded.steps[1].input, input);
+    assert!(matches!(
+        journal.verify(&id).unwrap(),
+        Verification::Intact { steps: 2, .. }
+    ));
+    // Its step is taken: outcomes for it are out of order now.
+    assert!(matches!(
+        journal.commit_outcomes(&lease, 1, cycle, &outcomes),
+        Err(JournalError::OutOfOrder {
+            expected: 2,
+            got: 1,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_cycle_step_completes_outcomes_committed_ahead_for_part_of_its_batch() {
+    let dir = TempDir::new().unwrap();
+    let (path, mut journal) = journal_in(&dir);
+    let id = run_id("partial-ahead");
+    let (lease, input, events) = first_cycle(&mut journal, &id);
+    let (cycle, outcomes) = cycle_parts(&input);
+    journal
+        .commit_outcomes(&lease, 1, cycle, &outcomes[..1])
+        .unwrap();
+    journal.append(&lease, 1, &input, &events).unwrap();
+    assert_eq!(stored_outcomes(&path, 1), outcomes.len() as i64);
+    assert_eq!(journal.load(&id).unwrap().steps[1].input, input);
+}
+
+#[test]
+fn outcomes_for_a_step_that_is_not_a_cycle_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let (path, mut journal) = journal_in(&dir);
+    let id = run_id("not-a-cycle");
+    let (lease, input, events) = first_cycle(&mut journal, &id);
+    let (cycle, outcomes) = cycle_parts(&input);
+    // Committed ahead for step 1, which then turns out to be a halt (with events that continue
+    // the chain, so that only the outcomes are wrong with it).
+    journal
+        .commit_outcomes(&lease, 1, cycle, &outcomes)
+        .unwrap();
+    let before = (journal.summary(&id).unwrap(), row_counts(&path));
+    let halt = StepInput::Halt {
+        reason: json!({"stop": "halted", "reason": "test"}),
+    };
+    let error = journal.append(&lease, 1, &halt, &events).unwrap_err();
+    assert!(
+        matches!(error, JournalError::InvalidStep { step: 1, .. }),
         "{error}"
     );
-    let next = recording.steps.len() as u64;
+    assert_eq!((journal.summary(&id).unwrap(), row_counts(&path)), before);
+    // Outcomes for another step than the next are refused outright.
+    for step in [0, 2] {
+        let error = journal
+            .commit_outcomes(&lease, step, cycle, &outcomes)
+            .unwrap_err();
+        assert!(
+            matches!(error, JournalError::OutOfOrder { expected: 1, got, .. } if got == step),
+            "{error}"
+        );
+    }
+    // And outcomes of another cycle for the same step.
     let error = journal
-        .append(&id, next, &StepInput::Stop, &empty_batch())
+        .commit_outcomes(&lease, 1, cycle + 1, &outcomes)
         .unwrap_err();
-    assert!(matches!(error, JournalError::RunStopped { .. }), "{error}");
+    assert!(matches!(error, JournalError::InvalidStep { .. }), "{error}");
+    assert_eq!((journal.summary(&id).unwrap(), row_counts(&path)), before);
+}
+
+#[test]
+fn outcomes_under_a_stale_lease_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let (path, mut journal) = journal_in(&dir);
+    let id = run_id("stale-outcomes");
+    let (stale, input, _) = first_cycle(&mut journal, &id);
+    let (cycle, outcomes) = cycle_parts(&input);
+    // A process on another host takes the run over once the lease lapsed.
+    journal
+        .acquire(&id, &elsewhere(), LEASE_TTL_MS + 1)
+        .unwrap();
+    let error = journal
+        .commit_outcomes(&stale, 1, cycle, &outcomes)
+        .unwrap_err();
+    assert!(matches!(error, JournalError::LeaseLost { .. }), "{error}");
+    assert_eq!(stored_outcomes(&path, 1), 0);
+    assert_eq!(journal.load(&id).unwrap().open, None);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1361,7 +1923,7 @@ fn a_journal_with_a_newer_schema_is_refused_and_left_untouched() {
     Connection::open(&newer)
         .unwrap()
         .execute_batch(
-            "UPDATE meta SET value = '2' WHERE key = 'schema_version'; PRAGMA user_version = 2;",
+            "UPDATE meta SET value = '3' WHERE key = 'schema_version'; PRAGMA user_version = 3;",
         )
         .unwrap();
     let error = refused(&newer, true);
@@ -1369,8 +1931,8 @@ fn a_journal_with_a_newer_schema_is_refused_and_left_untouched() {
         matches!(
             error,
             JournalError::NewerSchema {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),
@@ -1384,15 +1946,68 @@ fn a_journal_with_a_newer_schema_is_refused_and_left_untouched() {
     Connection::open(&meta_only)
         .unwrap()
         .execute(
-            "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+            "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
             [],
         )
         .unwrap();
     let error = refused(&meta_only, false);
     assert!(
-        matches!(error, JournalError::NewerSchema { found: 3, .. }),
+        matches!(error, JournalError::NewerSchema { found: 4, .. }),
         "{error}"
     );
+}
+
+/// A first-edition journal as that edition created it: Converge's application id, schema
+/// version 1 in the file header and the meta table, and one run.
+fn first_edition(path: &Path, user_version: i64) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA application_id = {};
+         PRAGMA user_version = {user_version};
+         CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+         INSERT INTO meta VALUES ('schema_version', '1'), ('created_by', 'converge-runtime 0.1.0');
+         CREATE TABLE runs (id TEXT PRIMARY KEY NOT NULL, header TEXT NOT NULL,
+             status TEXT NOT NULL, stop_reason TEXT, steps INTEGER NOT NULL,
+             events INTEGER NOT NULL, root_hash TEXT NOT NULL);
+         INSERT INTO runs VALUES ('old-run', '{{}}', 'running', NULL, 0, 0, '{}');",
+        0x436E_7667,
+        "0".repeat(64)
+    ))
+    .unwrap();
+    // Checkpointed and closed, as a first-edition journal at rest is.
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+        .unwrap();
+}
+
+#[test]
+fn a_first_edition_journal_is_refused_naming_both_versions_and_left_untouched() {
+    let dir = TempDir::new().unwrap();
+    // Refused from the file header alone, and, where only the meta table says so, by the
+    // read-only check.
+    for (name, user_version, no_new_files) in
+        [("v1.journal", 1, true), ("meta-v1.journal", 0, false)]
+    {
+        let path = dir.path().join(name);
+        first_edition(&path, user_version);
+        let error = refused(&path, no_new_files);
+        assert!(
+            matches!(
+                error,
+                JournalError::OlderSchema {
+                    found: 1,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{name}: {error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("schema version 1") && message.contains("version 2"),
+            "{name}: {message}"
+        );
+    }
 }
 
 #[test]
@@ -1458,6 +2073,11 @@ fn a_failed_append_at_any_step_leaves_a_journal_that_verifies() {
             );
             assert_eq!(recording.steps.len(), k, "the driver stops at the failure");
             let committed = if write_first { k + 1 } else { k };
+            assert_eq!(
+                journal.writes(),
+                k as u64 + 1,
+                "the driver stops at the failure"
+            );
             let verification = journal.verify(&id).unwrap();
             assert_eq!(
                 verification,
@@ -1465,6 +2085,7 @@ fn a_failed_append_at_any_step_leaves_a_journal_that_verifies() {
                     steps: committed as u64,
                     events: complete.events_in(committed),
                     root_hash: complete.head_after(committed),
+                    record_hash: complete.record_hash_after(&id, committed),
                 },
                 "k={k}, write_first={write_first}"
             );
@@ -1630,12 +2251,12 @@ fn content_floats_survive_the_journal_exactly() {
     let dir = TempDir::new().unwrap();
     let (_, mut journal) = journal_in(&dir);
     let id = run_id("floats");
-    journal.create_run(&id, &header()).unwrap();
+    let lease = journal.create_run(&id, &header(), &holder(), 0).unwrap();
     let Scenario { engine, .. } = scenario();
     let mut run = engine.start(Context::new()).unwrap();
     let events = drain(&mut run);
     journal
-        .append(&id, 0, &StepInput::Start { header: header() }, &events)
+        .append(&lease, 0, &StepInput::Start { header: header() }, &events)
         .unwrap();
     let Step::Execute(batch) = run.next_step() else {
         panic!("expected a batch")
@@ -1661,7 +2282,7 @@ fn content_floats_survive_the_journal_exactly() {
         .collect();
     let input = StepInput::cycle(&batch, &outcomes);
     run.submit(outcomes).unwrap();
-    journal.append(&id, 1, &input, &drain(&mut run)).unwrap();
+    journal.append(&lease, 1, &input, &drain(&mut run)).unwrap();
     assert_eq!(journal.load(&id).unwrap().steps[1].input, input);
 }
 
