@@ -20,7 +20,8 @@ use clap::Parser;
 use converge_core::{Actor, Decision, ProposalId, StopReason};
 use converge_runtime::spec::{self, AGENT_LAUNCHER_ARG};
 use converge_runtime::{
-    DurableError, Holder, Journal, JournalError, ReplayReport, RunId, SqliteJournal, Verification,
+    Clock, DurableError, Holder, Journal, JournalError, ReplayReport, RunId, SqliteJournal,
+    SystemClock, Verification,
 };
 use serde_json::json;
 
@@ -320,8 +321,12 @@ fn decide(
     } else {
         "converge reject"
     };
-    let mut runtime =
-        job::runtime_of(journal, &run_id, live)?.with_holder(Holder::this_process(command));
+    let holder = Holder::this_process(command);
+    let now_ms = SystemClock::new().now_ms();
+    if let Some(leased) = journal.summary(&run_id)?.driven_by(&holder, now_ms) {
+        return Err(leased.into());
+    }
+    let mut runtime = job::runtime_of(journal, &run_id, live)?.with_holder(holder);
     let seen = runtime.inspect(journal, &run_id)?;
     let StopReason::AwaitingApproval { pending } = &seen.result.stop_reason else {
         return Err(CliError::Other(format!(

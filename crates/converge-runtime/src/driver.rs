@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use converge_core::{
-    AgentEffect, AgentId, AgentOutcome, AuthorityScope, Batch, Context, ConvergeResult, Decision, Engine,
-    EngineError, EventRecord, Exhausted, Observer, Run, Step, StopReason, execute_isolated,
+    AgentEffect, AgentId, AgentOutcome, AuthorityScope, Batch, Context, ConvergeResult, Decision,
+    Engine, EngineError, EventRecord, Exhausted, Observer, Run, Step, StopReason, execute_isolated,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -557,14 +557,10 @@ impl<'a> Executor<'a> {
         run: &Run<'_>,
         batch: &Batch,
     ) -> Vec<(AgentId, AgentOutcome)> {
-        match self
-            .execute_with(run, batch, Vec::new(), &mut NoProgress)
+        // `NoProgress` never fails.
+        self.execute_with(run, batch, Vec::new(), &mut NoProgress)
             .await
-        {
-            Ok(outcomes) => outcomes,
-            // `NoProgress` never fails.
-            Err(_) => Vec::new(),
-        }
+            .unwrap_or_default()
     }
 
     /// [`Executor::execute`], starting from outcomes already known (`known`, committed before
@@ -727,8 +723,9 @@ fn admit(run: &Run<'_>, id: AgentId, outcome: AgentOutcome) -> AgentOutcome {
         Ok(()) => outcome,
         Err(exceeded) => {
             let name = run.agent_name(id).unwrap_or("agent");
-            let message =
-                format!("agent {name}'s answer was refused: {exceeded}; nothing of it was recorded");
+            let message = format!(
+                "agent {name}'s answer was refused: {exceeded}; nothing of it was recorded"
+            );
             // The work happened: its token usage still counts.
             AgentOutcome::Completed(AgentEffect::failed(message).with_usage(effect.usage()))
         }

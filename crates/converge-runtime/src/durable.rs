@@ -322,11 +322,7 @@ fn finished<'e>(
 
 /// Drains the run's new events and checks them against the step's recorded ones; says
 /// whether they stopped the run (a `run_stopped` event).
-fn compare(
-    run_id: &RunId,
-    step: &RecordedStep,
-    run: &mut Run<'_>,
-) -> Result<bool, DurableError> {
+fn compare(run_id: &RunId, step: &RecordedStep, run: &mut Run<'_>) -> Result<bool, DurableError> {
     let mut derived = Vec::new();
     while let Some(record) = run.poll_event() {
         derived.push(record);
@@ -481,7 +477,10 @@ impl<J: Journal> Live<'_, J> {
 
     /// The outcomes committed ahead of this cycle before a crash, checked against the batch
     /// the re-derived run asks for (they are used once).
-    fn known_outcomes(&mut self, batch: &Batch) -> Result<Vec<(AgentId, AgentOutcome)>, DurableError> {
+    fn known_outcomes(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<Vec<(AgentId, AgentOutcome)>, DurableError> {
         let Some(open) = self.open.take() else {
             return Ok(Vec::new());
         };

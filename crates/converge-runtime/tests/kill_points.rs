@@ -20,7 +20,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_core::{AgentEffect, AuthorityScope, Context, ContextKey, Digest, EventBatch, Proposal};
+use converge_core::{
+    AgentEffect, AuthorityScope, Context, ContextKey, Digest, EventBatch, Proposal,
+};
 use converge_runtime::{
     AgentFuture, AsyncAgent, DriverConfig, DurableError, Holder, Journal, JournalError, Lease,
     OutcomeRecord, RecordedRun, RunHeader, RunId, RunSummary, Runtime, SqliteJournal, StepInput,
@@ -156,7 +158,12 @@ impl<J: Journal> Journal for KillAt<J> {
         self.inner.create_run(run, header, holder, now_ms)
     }
 
-    fn acquire(&mut self, run: &RunId, holder: &Holder, now_ms: u64) -> Result<Lease, JournalError> {
+    fn acquire(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
         self.inner.acquire(run, holder, now_ms)
     }
 
@@ -281,12 +288,17 @@ fn check_kill_point(
     let root = match block_on(resumer.resume_durable(&mut journal, &run_id())) {
         Ok(result) => result.root_hash,
         Err(DurableError::Finished { .. }) => {
-            journal.summary(&run_id()).map_err(|e| e.to_string())?.root_hash
+            journal
+                .summary(&run_id())
+                .map_err(|e| e.to_string())?
+                .root_hash
         }
         Err(error) => return Err(format!("resume failed: {error}")),
     };
     if root != reference {
-        return Err(format!("resumed to root {root}, not the uninterrupted {reference}"));
+        return Err(format!(
+            "resumed to root {root}, not the uninterrupted {reference}"
+        ));
     }
     match journal.verify(&run_id()).map_err(|e| e.to_string())? {
         Verification::Intact { root_hash, .. } if root_hash == reference => {}
@@ -295,7 +307,9 @@ fn check_kill_point(
     let executed: Vec<String> = executed.lock().map_err(|e| e.to_string())?.clone();
     let again: BTreeSet<String> = executed.iter().cloned().collect();
     if again.len() != executed.len() {
-        return Err(format!("an agent executed twice during resume: {executed:?}"));
+        return Err(format!(
+            "an agent executed twice during resume: {executed:?}"
+        ));
     }
     let expected: BTreeSet<String> = names
         .iter()
@@ -314,7 +328,11 @@ fn check_kill_point(
 fn parent() -> Result<String, String> {
     let executed = Arc::new(Mutex::new(Vec::new()));
     let names: Vec<String> = (0..LAYERS)
-        .flat_map(|layer| AGENTS.iter().map(move |(letter, _)| format!("{letter}{layer}")))
+        .flat_map(|layer| {
+            AGENTS
+                .iter()
+                .map(move |(letter, _)| format!("{letter}{layer}"))
+        })
         .collect();
 
     // The uninterrupted run: its root hash, and how many writes it makes.
@@ -328,7 +346,10 @@ fn parent() -> Result<String, String> {
     let reference = block_on(job(&executed).run_durable(&mut counting, &run_id()))
         .map_err(|e| e.to_string())?;
     if !reference.converged || reference.context.len() != names.len() {
-        return Err(format!("the reference run is wrong: {:?}", reference.stop_reason));
+        return Err(format!(
+            "the reference run is wrong: {:?}",
+            reference.stop_reason
+        ));
     }
     let writes = counting.writes;
     // start + per cycle (a's outcomes, b's outcomes, the cycle) + stop
@@ -386,7 +407,9 @@ fn parent() -> Result<String, String> {
         return Err(failures.join("\n"));
     }
     if kills < 50 {
-        return Err(format!("only {kills} kill points landed; at least 50 are required"));
+        return Err(format!(
+            "only {kills} kill points landed; at least 50 are required"
+        ));
     }
     if between == 0 || !only_c {
         return Err(format!(
@@ -406,7 +429,11 @@ fn main() -> ExitCode {
         let (Some(path), Some(at), Some(mode)) = (args.get(2), args.get(3), args.get(4)) else {
             return ExitCode::from(2);
         };
-        let mode = if mode == "After" { Mode::After } else { Mode::Before };
+        let mode = if mode == "After" {
+            Mode::After
+        } else {
+            Mode::Before
+        };
         return child(path, at.parse().unwrap_or(u64::MAX), mode);
     }
     // `cargo test` passes harness flags (and filters); run unless listing.

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use converge_core::{Actor, ConvergeResult, Decision, EventRecord, Observer, ProposalId};
 use converge_runtime::{
-    Cancel, DurableError, Holder, Inspection, Journal, JournalError, RunId, RunStatus, RunSummary, Runtime,
-    SqliteJournal, StoredEvent,
+    Cancel, DurableError, Holder, Inspection, Journal, JournalError, RunId, RunStatus, RunSummary,
+    Runtime, SqliteJournal, StoredEvent,
 };
 use serde::Deserialize;
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};

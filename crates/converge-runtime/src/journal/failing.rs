@@ -8,8 +8,7 @@
 use converge_core::EventBatch;
 
 use super::{
-    Holder, Journal, JournalError, Lease, RecordedRun, RunId, RunSummary, StoredEvent,
-    Verification,
+    Holder, Journal, JournalError, Lease, RecordedRun, RunId, RunSummary, StoredEvent, Verification,
 };
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
 

@@ -148,7 +148,10 @@ fn this_host() -> String {
 
 /// Whether process `pid` of this host runs (a zombie does not).
 fn process_runs(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
     match rustix::process::test_kill_process(pid) {
@@ -176,7 +179,10 @@ mod tests {
     #[test]
     fn this_process_runs_and_a_reaped_child_is_gone() {
         let me = Holder::this_process("test");
-        let mut sleeper = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let other = Holder {
             pid: sleeper.id(),
             ..me.clone()
@@ -190,13 +196,19 @@ mod tests {
             host: format!("{}-elsewhere", me.host),
             ..other
         };
-        assert!(!elsewhere.yields_to(&me), "another host's lease is free only once expired");
+        assert!(
+            !elsewhere.yields_to(&me),
+            "another host's lease is free only once expired"
+        );
     }
 
     #[test]
     fn tokens_differ() {
         let me = Holder::this_process("test");
         let run = RunId::new("r").unwrap();
-        assert_ne!(Lease::new(&run, &me, 1).token, Lease::new(&run, &me, 1).token);
+        assert_ne!(
+            Lease::new(&run, &me, 1).token,
+            Lease::new(&run, &me, 1).token
+        );
     }
 }

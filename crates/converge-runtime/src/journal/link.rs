@@ -75,11 +75,23 @@ mod tests {
     fn every_part_changes_the_link() {
         let base = input_link(Digest::zero(), 1, "cycle", "{}", outcomes_digest([]));
         let variants = [
-            input_link(header_link("r", "{}"), 1, "cycle", "{}", outcomes_digest([])),
+            input_link(
+                header_link("r", "{}"),
+                1,
+                "cycle",
+                "{}",
+                outcomes_digest([]),
+            ),
             input_link(Digest::zero(), 2, "cycle", "{}", outcomes_digest([])),
             input_link(Digest::zero(), 1, "stop", "{}", outcomes_digest([])),
             input_link(Digest::zero(), 1, "cycle", "{ }", outcomes_digest([])),
-            input_link(Digest::zero(), 1, "cycle", "{}", outcomes_digest([(0, b"x".as_slice())])),
+            input_link(
+                Digest::zero(),
+                1,
+                "cycle",
+                "{}",
+                outcomes_digest([(0, b"x".as_slice())]),
+            ),
         ];
         for variant in variants {
             assert_ne!(variant, base);

@@ -168,6 +168,20 @@ pub struct RunSummary {
     pub lease: Option<(Holder, u64)>,
 }
 
+impl RunSummary {
+    /// Who drives the run, if another live process holds its lease as of `now_ms`: what
+    /// [`Journal::acquire`] by `me` would refuse with. A command can say so before reading
+    /// anything else.
+    pub fn driven_by(&self, me: &Holder, now_ms: u64) -> Option<JournalError> {
+        let (holder, expires_ms) = self.lease.as_ref()?;
+        (*expires_ms > now_ms && !holder.yields_to(me)).then(|| JournalError::Leased {
+            run: self.id.clone(),
+            holder: holder.clone(),
+            expires_in_ms: expires_ms - now_ms,
+        })
+    }
+}
+
 /// One stored event: its position, step, hash and the exact bytes the hash covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -310,7 +324,9 @@ impl Place {
         match *self {
             Place::Header => (0, 0, 0),
             Place::Input { step } => (step.saturating_add(1), 0, 0),
-            Place::Event { step, seq } => (step.map_or(u64::MAX, |step| step.saturating_add(1)), 1, seq),
+            Place::Event { step, seq } => {
+                (step.map_or(u64::MAX, |step| step.saturating_add(1)), 1, seq)
+            }
             Place::Step { step } => (step.saturating_add(1), 2, 0),
             Place::Run => (u64::MAX, 3, 0),
         }

@@ -180,23 +180,16 @@ impl SqliteJournal {
         let events_checked = events_checked.and_then(|()| walk.finish());
         let mut breaks: Vec<(Place, BreakReason)> = Vec::new();
         if let Err(broken) = events_checked {
-            breaks.push((
-                Place::Event {
-                    step: broken.step,
-                    seq: broken.seq,
-                },
-                broken.reason,
-            ));
+            breaks.push(place_of(broken));
         }
 
         let stored = read_outcomes(&tx, run)?;
-        let (outcomes, open) = match sort_outcomes(stored, &step_rows, &inputs, head.steps) {
-            Ok(sorted) => sorted,
-            Err(broken) => {
-                breaks.push(broken);
-                (BTreeMap::new(), None)
-            }
-        };
+        let FiledOutcomes {
+            by_step: outcomes,
+            open,
+            broken,
+        } = sort_outcomes(stored, &inputs, head.steps);
+        breaks.extend(broken);
         let mut heads = Vec::with_capacity(inputs.len());
         let mut event_head = Digest::zero();
         for step in 0..inputs.len() as u64 {
@@ -220,7 +213,13 @@ impl SqliteJournal {
         if let Some(broken) = check_links(&record_heads, &step_rows, valid, &outcomes, &heads) {
             breaks.push(broken);
         }
-        let inputs = attach_outcomes(inputs, &outcomes)?;
+        let inputs = match attach_outcomes(inputs, &outcomes) {
+            Ok(inputs) => inputs,
+            Err((inputs, broken)) => {
+                breaks.push(broken);
+                inputs
+            }
+        };
         let checked = match breaks.into_iter().min_by_key(|(place, _)| place.order()) {
             Some(broken) => Err(broken),
             None => Ok(()),
@@ -372,13 +371,11 @@ impl SqliteJournal {
     }
 
     fn broken(run: &RunId, broken: Break) -> JournalError {
+        let (at, reason) = place_of(broken);
         JournalError::Broken {
             run: run.clone(),
-            at: Place::Event {
-                step: broken.step,
-                seq: broken.seq,
-            },
-            reason: broken.reason,
+            at,
+            reason,
         }
     }
 }
@@ -502,7 +499,10 @@ fn stored_hash(
 fn chunks(events: &EventBatch) -> Result<Vec<Chunk>, u64> {
     let mut chunks: Vec<Chunk> = Vec::new();
     for (record, body) in events.iter() {
-        if !chunks.last().is_some_and(|chunk| chunk.group.fits(body.len())) {
+        if !chunks
+            .last()
+            .is_some_and(|chunk| chunk.group.fits(body.len()))
+        {
             chunks.push(Chunk {
                 first_seq: record.seq,
                 count: 0,
@@ -662,7 +662,11 @@ impl Journal for SqliteJournal {
         // Everything that needs no storage is prepared before the transaction begins.
         let (stored_input, outcomes, cycle) = split_outcomes(input)?;
         let encoded = encode_outcomes(&outcomes)?;
-        let digest = outcomes_digest(encoded.iter().map(|(agent, body)| (*agent, body.as_slice())));
+        let digest = outcomes_digest(
+            encoded
+                .iter()
+                .map(|(agent, body)| (*agent, body.as_slice())),
+        );
         let chunks = chunks(events).map_err(|seq| JournalError::ChainMismatch {
             run: run.clone(),
             seq,
@@ -923,10 +927,14 @@ fn check_append(
 /// The status a run has after a step that emitted `events`: set by a `run_stopped` event,
 /// `None` (running) otherwise.
 fn status_after(events: &EventBatch) -> Option<RunStatus> {
-    events.records().iter().rev().find_map(|record| match &record.event {
-        Event::RunStopped { reason, .. } => Some(RunStatus::after(reason)),
-        _ => None,
-    })
+    events
+        .records()
+        .iter()
+        .rev()
+        .find_map(|record| match &record.event {
+            Event::RunStopped { reason, .. } => Some(RunStatus::after(reason)),
+            _ => None,
+        })
 }
 
 /// Checks the stored status against the run's last stored event: `stopped` with its reason
@@ -951,19 +959,24 @@ fn check_status(row: &RunRow, last: Option<&[u8]>, events: u64) -> Result<(), St
     if stored == expected {
         Ok(())
     } else {
+        let describe = |status: &RunStatus| match status {
+            RunStatus::Stopped { reason } => format!("stopped ({reason})"),
+            other => other.name().to_owned(),
+        };
         Err(format!(
             "it is stored as {}, but the last event says {}",
-            stored.name(),
-            expected.name()
+            describe(&stored),
+            describe(&expected)
         ))
     }
 }
 
+/// A step's input as stored: the text of its row, its outcomes, its cycle number.
+type SplitInput = (String, Vec<(u32, OutcomeRecord)>, Option<u32>);
+
 /// Splits a step's input into the text stored in its row (a cycle's without its outcomes),
 /// its outcomes, and its cycle number when it is a cycle.
-fn split_outcomes(
-    input: &StepInput,
-) -> Result<(String, Vec<(u32, OutcomeRecord)>, Option<u32>), JournalError> {
+fn split_outcomes(input: &StepInput) -> Result<SplitInput, JournalError> {
     match input {
         StepInput::Cycle {
             cycle,
@@ -1034,11 +1047,11 @@ fn committed_agents(
             });
         }
         committed.next_part = committed.next_part.max(part.saturating_add(1));
-        committed
-            .agents
-            .extend(agents.chunks_exact(4).map(|agent| {
-                u32::from_le_bytes([agent[0], agent[1], agent[2], agent[3]])
-            }));
+        committed.agents.extend(
+            agents
+                .chunks_exact(4)
+                .map(|agent| u32::from_le_bytes([agent[0], agent[1], agent[2], agent[3]])),
+        );
     }
     Ok(committed)
 }
@@ -1055,7 +1068,10 @@ fn insert_outcomes<'o>(
 ) -> Result<(), JournalError> {
     let mut parts: Vec<(Vec<u8>, Group)> = Vec::new();
     for (agent, body) in outcomes {
-        if !parts.last().is_some_and(|(_, group)| group.fits(body.len())) {
+        if !parts
+            .last()
+            .is_some_and(|(_, group)| group.fits(body.len()))
+        {
             parts.push((Vec::new(), Group::default()));
         }
         if let Some((agents, group)) = parts.last_mut() {
@@ -1124,7 +1140,7 @@ fn read_outcomes(
                 },
             ))
         };
-        if agents.len() % 4 != 0 {
+        if !agents.len().is_multiple_of(4) {
             return Ok(unreadable("its agent list is cut short".to_owned()));
         }
         let count = agents.len() / 4;
@@ -1146,63 +1162,91 @@ fn read_outcomes(
     Ok(Ok(parts))
 }
 
-/// Files stored outcome parts: those of committed cycle steps by step (in agent order, checked
-/// against each cycle's batch), those of the next step as the open cycle. Parts of any other
-/// step break the record there.
+/// What the stored outcome parts of a run hold, filed by step.
+struct FiledOutcomes {
+    /// The outcomes of each step below the run's next one, as stored, in agent order:
+    /// what the record chain's links cover.
+    by_step: BTreeMap<u64, StepOutcomes>,
+    /// The outcomes committed ahead of the run's next step.
+    open: Option<OpenCycle>,
+    /// The first place where the stored outcomes do not fit their steps.
+    broken: Option<(Place, BreakReason)>,
+}
+
+/// Files stored outcome parts by step (in agent order), the next step's as the open cycle,
+/// and checks each committed cycle's against its batch. A bad step does not hide the others:
+/// the record chain is still checked over every step's outcomes as stored.
 fn sort_outcomes(
     parts: Result<Vec<StoredPart>, (Place, BreakReason)>,
-    rows: &[StepRow],
     inputs: &[StepInput],
     next_step: u64,
-) -> Result<(BTreeMap<u64, StepOutcomes>, Option<OpenCycle>), (Place, BreakReason)> {
-    let mut by_step: BTreeMap<u64, (u32, StepOutcomes)> = BTreeMap::new();
-    for part in parts? {
-        let entry = by_step.entry(part.step).or_insert((part.cycle, Vec::new()));
-        if entry.0 != part.cycle {
-            return Err((
-                Place::Input { step: part.step },
-                BreakReason::Outcomes {
-                    detail: "its parts name different cycles".to_owned(),
-                },
-            ));
+) -> FiledOutcomes {
+    let mut filed = FiledOutcomes {
+        by_step: BTreeMap::new(),
+        open: None,
+        broken: None,
+    };
+    let parts = match parts {
+        Ok(parts) => parts,
+        Err(broken) => {
+            filed.broken = Some(broken);
+            return filed;
         }
-        entry.1.extend(part.outcomes);
+    };
+    let mut cycles: BTreeMap<u64, (u32, bool)> = BTreeMap::new();
+    for part in parts {
+        let entry = cycles.entry(part.step).or_insert((part.cycle, true));
+        entry.1 &= entry.0 == part.cycle;
+        filed
+            .by_step
+            .entry(part.step)
+            .or_default()
+            .extend(part.outcomes);
     }
-    let mut sorted = BTreeMap::new();
-    let mut open = None;
-    for (step, (cycle, mut outcomes)) in by_step {
+    let mut breaks: Vec<(Place, BreakReason)> = Vec::new();
+    let outcomes_break =
+        |step, detail: String| (Place::Input { step }, BreakReason::Outcomes { detail });
+    for (step, outcomes) in &mut filed.by_step {
         outcomes.sort_by_key(|(agent, _)| *agent);
-        let at = Place::Input { step };
-        if step == next_step {
-            open = Some(open_cycle(step, cycle, outcomes).map_err(|detail| {
-                (at, BreakReason::Outcomes { detail })
-            })?);
+        let (cycle, one_cycle) = cycles.get(step).copied().unwrap_or((0, false));
+        if !one_cycle {
+            breaks.push(outcomes_break(
+                *step,
+                "its parts name different cycles".to_owned(),
+            ));
             continue;
         }
-        let input = usize::try_from(step).ok().and_then(|index| inputs.get(index));
+        let input = usize::try_from(*step)
+            .ok()
+            .and_then(|index| inputs.get(index));
         match input {
             Some(StepInput::Cycle {
                 cycle: recorded,
                 batch,
                 ..
             }) if *recorded == cycle => {
-                check_outcomes(batch, &outcomes)
-                    .map_err(|detail| (at, BreakReason::Outcomes { detail }))?;
-                sorted.insert(step, outcomes);
+                if let Err(detail) = check_outcomes(batch, outcomes) {
+                    breaks.push(outcomes_break(*step, detail));
+                }
             }
-            // A step beyond what the step checks accepted: that break comes first.
-            None if rows.get(usize::try_from(step).unwrap_or(usize::MAX)).is_some() => {}
-            _ => {
-                return Err((
-                    at,
-                    BreakReason::Outcomes {
-                        detail: format!("outcomes of cycle {cycle} are filed under this step"),
-                    },
-                ));
-            }
+            // A step the step checks did not accept: that break comes first.
+            None if *step < next_step => {}
+            _ if *step == next_step => {}
+            _ => breaks.push(outcomes_break(
+                *step,
+                format!("outcomes of cycle {cycle} are filed under this step"),
+            )),
         }
     }
-    Ok((sorted, open))
+    if let Some(outcomes) = filed.by_step.remove(&next_step) {
+        let cycle = cycles.get(&next_step).map_or(0, |(cycle, _)| *cycle);
+        match open_cycle(next_step, cycle, outcomes) {
+            Ok(open) => filed.open = Some(open),
+            Err(detail) => breaks.push(outcomes_break(next_step, detail)),
+        }
+    }
+    filed.broken = breaks.into_iter().min_by_key(|(place, _)| place.order());
+    filed
 }
 
 /// Reads the outcomes committed ahead of the step that will hold them.
@@ -1225,38 +1269,54 @@ fn open_cycle(step: u64, cycle: u32, outcomes: StepOutcomes) -> Result<OpenCycle
     })
 }
 
-/// Puts each committed cycle's stored outcomes back into its input.
+/// Puts each committed cycle's stored outcomes back into its input. An outcome that cannot
+/// be read breaks the record at its step's input; the inputs before it are returned with the
+/// break.
+#[allow(clippy::type_complexity)]
 fn attach_outcomes(
     inputs: Vec<StepInput>,
     outcomes: &BTreeMap<u64, StepOutcomes>,
-) -> Result<Vec<StepInput>, JournalError> {
-    inputs
-        .into_iter()
-        .enumerate()
-        .map(|(step, input)| match input {
-            StepInput::Cycle { cycle, batch, .. } => {
-                let stored = outcomes.get(&(step as u64)).map(Vec::as_slice).unwrap_or(&[]);
-                let outcomes = stored
-                    .iter()
-                    .map(|(agent, body)| {
-                        serde_json::from_slice::<OutcomeRecord>(body)
-                            .map(|record| (*agent, record))
-                            .map_err(|error| JournalError::Corrupt {
-                                detail: format!(
-                                    "step {step}: agent {agent}'s outcome cannot be read: {error}"
-                                ),
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(StepInput::Cycle {
-                    cycle,
-                    batch,
-                    outcomes,
-                })
+) -> Result<Vec<StepInput>, (Vec<StepInput>, (Place, BreakReason))> {
+    let mut attached = Vec::with_capacity(inputs.len());
+    for (step, input) in (0u64..).zip(inputs) {
+        let StepInput::Cycle { cycle, batch, .. } = input else {
+            attached.push(input);
+            continue;
+        };
+        let stored = outcomes.get(&step).map(Vec::as_slice).unwrap_or(&[]);
+        let mut records = Vec::with_capacity(stored.len());
+        for (agent, body) in stored {
+            match serde_json::from_slice::<OutcomeRecord>(body) {
+                Ok(record) => records.push((*agent, record)),
+                Err(error) => {
+                    let detail = format!("agent {agent}'s outcome cannot be read: {error}");
+                    let at = (Place::Input { step }, BreakReason::Outcomes { detail });
+                    return Err((attached, at));
+                }
             }
-            other => Ok(other),
-        })
-        .collect()
+        }
+        attached.push(StepInput::Cycle {
+            cycle,
+            batch,
+            outcomes: records,
+        });
+    }
+    Ok(attached)
+}
+
+/// Where an event-level break lies in the record: an unreadable input at its step's input,
+/// a chain that does not end at the stored root hash at the run's heads, anything else at
+/// the event.
+fn place_of(broken: Break) -> (Place, BreakReason) {
+    let place = match (&broken.reason, broken.step) {
+        (BreakReason::StepUnreadable { .. }, Some(step)) => Place::Input { step },
+        (BreakReason::RootMismatch, _) => Place::Run,
+        _ => Place::Event {
+            step: broken.step,
+            seq: broken.seq,
+        },
+    };
+    (place, broken.reason)
 }
 
 /// Records `lease` as the run's.
