@@ -13,26 +13,25 @@ use converge_runtime::{DurableError, RunId, Runtime, SqliteJournal};
 
 use crate::BenchError;
 
-/// Runs `engine` durably, then resumes the finished run; returns the result and both times.
-pub(crate) fn run(
-    engine: Engine,
-) -> Result<(ConvergeResult, Duration, Option<Duration>), BenchError> {
-    static RUNS: AtomicU64 = AtomicU64::new(0);
-    let unique = RUNS.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "converge-bench-journal-{}-{unique}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).map_err(BenchError::Runtime)?;
+/// What the journaled fanout measured.
+pub(crate) struct Journaled {
+    pub(crate) result: ConvergeResult,
+    pub(crate) elapsed: Duration,
+    pub(crate) resume: Duration,
+    /// The journal file's size once closed (its write-ahead log checkpointed into it).
+    pub(crate) bytes: u64,
+}
+
+/// Runs `engine` durably, then resumes the finished run; returns the result, both times and
+/// the journal's size.
+pub(crate) fn run(engine: Engine) -> Result<Journaled, BenchError> {
+    let dir = fresh_dir("journal")?;
     let outcome = run_in(&dir, engine);
     let _ = std::fs::remove_dir_all(&dir);
     outcome
 }
 
-fn run_in(
-    dir: &std::path::Path,
-    engine: Engine,
-) -> Result<(ConvergeResult, Duration, Option<Duration>), BenchError> {
+fn run_in(dir: &std::path::Path, engine: Engine) -> Result<Journaled, BenchError> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -49,6 +48,7 @@ fn run_in(
         .map_err(durable)?;
     let elapsed = start.elapsed();
     drop(journal);
+    let bytes = file_bytes(&path);
 
     let mut journal =
         SqliteJournal::open(&path).map_err(|error| BenchError::Durable(error.to_string()))?;
@@ -62,6 +62,29 @@ fn run_in(
         }
         Err(error) => return Err(durable(error)),
     }
-    let resumed = start.elapsed();
-    Ok((result, elapsed, Some(resumed)))
+    let resume = start.elapsed();
+    Ok(Journaled {
+        result,
+        elapsed,
+        resume,
+        bytes,
+    })
+}
+
+/// The bytes of a journal file and its write-ahead log, if one is left.
+pub(crate) fn file_bytes(path: &std::path::Path) -> u64 {
+    let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+    size(path) + size(&std::path::PathBuf::from(format!("{}-wal", path.display())))
+}
+
+/// A fresh directory for one journaled run, removed by the caller.
+pub(crate) fn fresh_dir(scenario: &str) -> Result<std::path::PathBuf, BenchError> {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let unique = RUNS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "converge-bench-{scenario}-{}-{unique}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(BenchError::Runtime)?;
+    Ok(dir)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use converge_core::{
     AgentEffect, AuthorityScope, Context, ContextKey, ConvergeResult, Engine, Proposal,
 };
-use converge_runtime::{AgentFuture, AsyncAgent, DriverConfig, Runtime};
+use converge_runtime::{AgentFuture, AsyncAgent, DriverConfig, RunId, Runtime, SqliteJournal};
 
 use crate::BenchError;
 
@@ -60,6 +60,57 @@ impl AsyncAgent for IoAgent {
 
 /// Registers `LAYERS × n` agents on `engine`'s runtime and times the concurrent run.
 pub(crate) fn run(engine: Engine, n: usize) -> Result<(ConvergeResult, Duration), BenchError> {
+    let mut runtime = runtime(engine, n);
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(BenchError::Runtime)?;
+    let start = Instant::now();
+    let result = tokio.block_on(runtime.run(Context::new()));
+    let elapsed = start.elapsed();
+    Ok((result?, elapsed))
+}
+
+/// What the journaled latency run measured.
+pub(crate) struct Journaled {
+    pub(crate) result: ConvergeResult,
+    pub(crate) elapsed: Duration,
+    pub(crate) bytes: u64,
+}
+
+/// The same run, durable: every agent's outcome is committed as it finishes (together with
+/// those finishing at about the same time), every cycle after its batch, to a SQLite journal
+/// in a fresh directory (removed afterwards).
+pub(crate) fn run_journaled(engine: Engine, n: usize) -> Result<Journaled, BenchError> {
+    let dir = crate::journal::fresh_dir("latency")?;
+    let outcome = (|| {
+        let path = dir.join("journal.db");
+        let durable = |error: &dyn std::fmt::Display| BenchError::Durable(error.to_string());
+        let mut journal = SqliteJournal::open(&path).map_err(|error| durable(&error))?;
+        let run_id = RunId::new("latency").map_err(|error| durable(&error))?;
+        let mut runtime = runtime(engine, n);
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(BenchError::Runtime)?;
+        let start = Instant::now();
+        let result = tokio
+            .block_on(runtime.run_durable(&mut journal, &run_id))
+            .map_err(|error| durable(&error))?;
+        let elapsed = start.elapsed();
+        drop(journal);
+        Ok(Journaled {
+            result,
+            elapsed,
+            bytes: crate::journal::file_bytes(&path),
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+/// `engine`'s runtime with `LAYERS × n` I/O-bound agents, `n` in flight at once.
+fn runtime(engine: Engine, n: usize) -> Runtime {
     let config = DriverConfig {
         concurrency_max: n,
         ..DriverConfig::default()
@@ -81,12 +132,5 @@ pub(crate) fn run(engine: Engine, n: usize) -> Result<(ConvergeResult, Duration)
             });
         }
     }
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(BenchError::Runtime)?;
-    let start = Instant::now();
-    let result = tokio.block_on(runtime.run(Context::new()));
-    let elapsed = start.elapsed();
-    Ok((result?, elapsed))
+    runtime
 }

@@ -21,7 +21,10 @@
 //!   `l × N` signals. 8N facts, 8 cycles; the ideal wall time is 400 ms.
 //!
 //! - `journal N`: `fanout N` with every step committed to a SQLite journal (WAL,
-//!   `synchronous=FULL`), then resumed from the journal; reports `facts_per_s` and `resume_ms`.
+//!   `synchronous=FULL`), then resumed from the journal; reports `facts_per_s`, `resume_ms`
+//!   and the journal's size (`journal_bytes`, `bytes_per_fact`).
+//! - `latency-journal N`: `latency N` durably, each agent's outcome committed as it finishes
+//!   (group commit) and each cycle after its batch; ideal 400 ms.
 //!
 //! Every proposal's content is the agent's index as a JSON number.
 
@@ -43,13 +46,14 @@ use converge_core::{
 pub const N_MAX: usize = 10_000_000;
 
 /// The runs of `all`, in order.
-pub const DEFAULT_SET: [(Scenario, usize); 7] = [
+pub const DEFAULT_SET: [(Scenario, usize); 8] = [
     (Scenario::ChainId, 1000),
     (Scenario::ChainId, 2000),
     (Scenario::ChainCount, 4000),
     (Scenario::Fanout, 10_000),
     (Scenario::Fanout, 100_000),
     (Scenario::Latency, 16),
+    (Scenario::LatencyJournal, 16),
     (Scenario::Journal, 100_000),
 ];
 
@@ -64,17 +68,21 @@ pub enum Scenario {
     Fanout,
     /// Layers of I/O-bound async agents under the concurrent driver.
     Latency,
+    /// `latency` with every step, and every agent's outcome as it finishes, committed to a
+    /// SQLite journal.
+    LatencyJournal,
     /// `fanout` with every step committed to a SQLite journal, then resumed from it.
     Journal,
 }
 
 impl Scenario {
     /// Every scenario, in the order usage lists them.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::ChainId,
         Scenario::ChainCount,
         Scenario::Fanout,
         Scenario::Latency,
+        Scenario::LatencyJournal,
         Scenario::Journal,
     ];
 
@@ -85,6 +93,7 @@ impl Scenario {
             Scenario::ChainCount => "chain-count",
             Scenario::Fanout => "fanout",
             Scenario::Latency => "latency",
+            Scenario::LatencyJournal => "latency-journal",
             Scenario::Journal => "journal",
         }
     }
@@ -100,7 +109,7 @@ impl Scenario {
                 cycles: usize::from(n > 0),
                 facts: n,
             },
-            Scenario::Latency => Expected {
+            Scenario::Latency | Scenario::LatencyJournal => Expected {
                 cycles: latency::LAYERS,
                 facts: latency::LAYERS * n,
             },
@@ -133,7 +142,7 @@ impl Scenario {
                 engine.register(SeedAgent::new(format!("f{i}"), i));
             }),
             // Async agents live in the runtime, not in the engine; see `run_scenario`.
-            Scenario::Latency => {}
+            Scenario::Latency | Scenario::LatencyJournal => {}
         }
         Ok(engine)
     }
@@ -272,11 +281,14 @@ pub struct Measurement {
     /// For `journal`: wall time of resuming the finished run from its journal (load and
     /// re-drive every step), in milliseconds.
     pub resume_ms: Option<f64>,
+    /// For the journaled scenarios: the size of the journal file once closed, in bytes.
+    pub journal_bytes: Option<u64>,
 }
 
 impl Measurement {
     /// The JSON line the binary prints (no trailing newline), times with 3 decimals. The
-    /// `journal` scenario adds `facts_per_s` and `resume_ms`.
+    /// `journal` scenario adds `facts_per_s` and `resume_ms`; the journaled ones add
+    /// `journal_bytes` and `bytes_per_fact`.
     pub fn json_line(&self) -> String {
         let scenario = serde_json::Value::from(self.scenario.name());
         let mut line = format!(
@@ -289,6 +301,12 @@ impl Measurement {
                 ",\"facts_per_s\":{facts_per_s:.0},\"resume_ms\":{resume_ms:.3}"
             ));
         }
+        if let Some(bytes) = self.journal_bytes {
+            let per_fact = bytes as f64 / self.facts.max(1) as f64;
+            line.push_str(&format!(
+                ",\"journal_bytes\":{bytes},\"bytes_per_fact\":{per_fact:.1}"
+            ));
+        }
         line.push('}');
         line
     }
@@ -296,31 +314,56 @@ impl Measurement {
 
 /// Builds and runs a scenario without timing or checking it; tests assert on the result.
 pub fn execute(scenario: Scenario, n: usize) -> Result<ConvergeResult, BenchError> {
-    run_scenario(scenario, n).map(|(result, _, _)| result)
+    run_scenario(scenario, n).map(|ran| ran.result)
+}
+
+/// What running a scenario gave: its result, the run's wall time, and for journaled
+/// scenarios what the journal measured.
+struct Ran {
+    result: ConvergeResult,
+    elapsed: Duration,
+    resume: Option<Duration>,
+    journal_bytes: Option<u64>,
 }
 
 /// Builds a scenario and runs it, timing the run alone (not the setup).
-fn run_scenario(
-    scenario: Scenario,
-    n: usize,
-) -> Result<(ConvergeResult, Duration, Option<Duration>), BenchError> {
+fn run_scenario(scenario: Scenario, n: usize) -> Result<Ran, BenchError> {
     let engine = scenario.build(n)?;
-    if scenario == Scenario::Latency {
-        return latency::run(engine, n).map(|(result, elapsed)| (result, elapsed, None));
+    let ran = |result, elapsed| Ran {
+        result,
+        elapsed,
+        resume: None,
+        journal_bytes: None,
+    };
+    match scenario {
+        Scenario::Latency => latency::run(engine, n).map(|(result, elapsed)| ran(result, elapsed)),
+        Scenario::LatencyJournal => latency::run_journaled(engine, n).map(|run| Ran {
+            journal_bytes: Some(run.bytes),
+            ..ran(run.result, run.elapsed)
+        }),
+        Scenario::Journal => journal::run(engine).map(|run| Ran {
+            resume: Some(run.resume),
+            journal_bytes: Some(run.bytes),
+            ..ran(run.result, run.elapsed)
+        }),
+        _ => {
+            let mut engine = engine;
+            let start = Instant::now();
+            let result = engine.run(Context::new());
+            let elapsed = start.elapsed();
+            Ok(ran(result?, elapsed))
+        }
     }
-    if scenario == Scenario::Journal {
-        return journal::run(engine);
-    }
-    let mut engine = engine;
-    let start = Instant::now();
-    let result = engine.run(Context::new());
-    let elapsed = start.elapsed();
-    Ok((result?, elapsed, None))
 }
 
 /// Builds a scenario, times the run alone, and verifies the outcome.
 pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> {
-    let (result, elapsed, resume) = run_scenario(scenario, n)?;
+    let Ran {
+        result,
+        elapsed,
+        resume,
+        journal_bytes,
+    } = run_scenario(scenario, n)?;
     let (cycles, facts) = (result.cycles as usize, result.context.len());
     let expected = scenario.expected(n);
     if !result.converged || cycles != expected.cycles || facts != expected.facts {
@@ -341,6 +384,7 @@ pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> 
         facts,
         ms: elapsed.as_secs_f64() * 1000.0,
         resume_ms: resume.map(|resume| resume.as_secs_f64() * 1000.0),
+        journal_bytes,
     })
 }
 

@@ -16,9 +16,11 @@ scenarios:
   chain-count N  a chain of N agents, agent i waiting for exactly i facts
   fanout N       N independent seed agents, all firing in the first cycle
   latency N      8 cycles of N async agents, each waiting 50 ms of simulated I/O (ideal: 400 ms)
+  latency-journal N
+                 latency N with every outcome and cycle committed to a SQLite journal
   journal N      fanout N committed to a SQLite journal, then resumed from it
   all            chain-id 1000, chain-id 2000, chain-count 4000, fanout 10000, fanout 100000,
-                 latency 16, journal 100000
+                 latency 16, latency-journal 16, journal 100000
 
 Prints one JSON line per run: {\"scenario\",\"n\",\"cycles\",\"facts\",\"ms\"}, where ms is the
 wall time of the run alone.";

@@ -661,7 +661,7 @@ impl Journal for SqliteJournal {
         let run = &lease.run;
         // Everything that needs no storage is prepared before the transaction begins.
         let (stored_input, outcomes, cycle) = split_outcomes(input)?;
-        let encoded = encode_outcomes(&outcomes)?;
+        let encoded = encode_outcomes(outcomes)?;
         let digest = outcomes_digest(
             encoded
                 .iter()
@@ -971,26 +971,31 @@ fn check_status(row: &RunRow, last: Option<&[u8]>, events: u64) -> Result<(), St
     }
 }
 
-/// A step's input as stored: the text of its row, its outcomes, its cycle number.
-type SplitInput = (String, Vec<(u32, OutcomeRecord)>, Option<u32>);
-
 /// Splits a step's input into the text stored in its row (a cycle's without its outcomes),
 /// its outcomes, and its cycle number when it is a cycle.
-fn split_outcomes(input: &StepInput) -> Result<SplitInput, JournalError> {
+fn split_outcomes(
+    input: &StepInput,
+) -> Result<(String, &[(u32, OutcomeRecord)], Option<u32>), JournalError> {
     match input {
         StepInput::Cycle {
             cycle,
             batch,
             outcomes,
         } => {
-            let stored = StepInput::Cycle {
+            // The stored text is the input's without its outcomes: written by hand rather
+            // than by copying the input, whose outcomes can be megabytes.
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "snake_case")]
+            enum Stored<'a> {
+                Cycle { cycle: u32, batch: &'a [u32] },
+            }
+            let stored = to_json(&Stored::Cycle {
                 cycle: *cycle,
-                batch: batch.clone(),
-                outcomes: Vec::new(),
-            };
-            Ok((to_json(&stored)?, outcomes.clone(), Some(*cycle)))
+                batch,
+            })?;
+            Ok((stored, outcomes.as_slice(), Some(*cycle)))
         }
-        other => Ok((to_json(other)?, Vec::new(), None)),
+        other => Ok((to_json(other)?, &[], None)),
     }
 }
 
