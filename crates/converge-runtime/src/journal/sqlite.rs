@@ -971,11 +971,12 @@ fn check_status(row: &RunRow, last: Option<&[u8]>, events: u64) -> Result<(), St
     }
 }
 
+/// A step's input as stored: the text of its row, its outcomes, its cycle number.
+type SplitInput<'i> = (String, &'i [(u32, OutcomeRecord)], Option<u32>);
+
 /// Splits a step's input into the text stored in its row (a cycle's without its outcomes),
 /// its outcomes, and its cycle number when it is a cycle.
-fn split_outcomes(
-    input: &StepInput,
-) -> Result<(String, &[(u32, OutcomeRecord)], Option<u32>), JournalError> {
+fn split_outcomes(input: &StepInput) -> Result<SplitInput<'_>, JournalError> {
     match input {
         StepInput::Cycle {
             cycle,
