@@ -79,6 +79,7 @@ fn json_line_has_the_documented_shape() {
         facts: 1000,
         ms: 12.0,
         resume_ms: None,
+        journal_bytes: None,
     };
     assert_eq!(
         measurement.json_line(),
@@ -99,7 +100,17 @@ fn names_round_trip_and_bad_sizes_are_refused() {
         execute(Scenario::Fanout, 0),
         Err(BenchError::BadN { n: 0 })
     ));
-    assert_eq!(DEFAULT_SET.len(), 7);
+    assert_eq!(DEFAULT_SET.len(), 8);
+}
+
+#[test]
+fn the_journaled_scenarios_converge_and_measure_their_journal() {
+    for scenario in [Scenario::LatencyJournal, Scenario::Journal] {
+        let measurement = converge_bench::measure(scenario, 8).unwrap();
+        let line: serde_json::Value = serde_json::from_str(&measurement.json_line()).unwrap();
+        assert!(line["journal_bytes"].as_u64().unwrap() > 0, "{line}");
+        assert!(line["bytes_per_fact"].as_f64().unwrap() > 0.0, "{line}");
+    }
 }
 
 #[test]
@@ -118,9 +129,10 @@ fn journal_lines_carry_throughput_and_resume_time() {
         facts: 100,
         ms: 50.0,
         resume_ms: Some(20.0),
+        journal_bytes: Some(21_050),
     };
     assert_eq!(
         measurement.json_line(),
-        r#"{"scenario":"journal","n":100,"cycles":1,"facts":100,"ms":50.000,"facts_per_s":2000,"resume_ms":20.000}"#
+        r#"{"scenario":"journal","n":100,"cycles":1,"facts":100,"ms":50.000,"facts_per_s":2000,"resume_ms":20.000,"journal_bytes":21050,"bytes_per_fact":210.5}"#
     );
 }
