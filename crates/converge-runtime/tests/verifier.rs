@@ -285,6 +285,42 @@ fn cases() -> Vec<(&'static str, &'static str, Edit)> {
             }),
         ),
         (
+            "step-kind",
+            "approved",
+            Box::new(|conn| {
+                conn.execute(
+                    "UPDATE steps SET kind = 'halt' WHERE run = 'approved' AND step = 1",
+                    [],
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "root-hash",
+            "approved",
+            Box::new(|conn| {
+                conn.execute(
+                    "UPDATE runs SET root_hash = ?1 WHERE id = 'approved'",
+                    [&"1".repeat(64)],
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "later-cycle-number",
+            "approved",
+            Box::new(|conn| {
+                let changed = conn
+                    .execute(
+                        "UPDATE outcomes SET cycle = cycle + 7 WHERE run = 'approved' \
+                         AND step = (SELECT max(step) FROM outcomes WHERE run = 'approved')",
+                        [],
+                    )
+                    .unwrap();
+                assert!(changed > 0);
+            }),
+        ),
+        (
             "status",
             "parked",
             Box::new(|conn| {
