@@ -114,6 +114,21 @@ pub(crate) enum Command {
     Export(ExportArgs),
 }
 
+impl Command {
+    /// Whether the command only reads the journal (it then opens it read-only).
+    pub(crate) fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Command::Runs
+                | Command::Inspect(_)
+                | Command::Why(_)
+                | Command::Replay(_)
+                | Command::Verify(_)
+                | Command::Export(_)
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// The job spec (YAML).

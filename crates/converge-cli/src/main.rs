@@ -153,7 +153,28 @@ fn install_agent_launcher() {
 
 fn execute(cli: &Cli) -> Result<u8, CliError> {
     let path = store::journal_path(cli.db.as_deref())?;
-    let mut journal = SqliteJournal::open(&path)?;
+    // Commands that only read open the journal read-only: they work on a journal they may
+    // not write, and never create one.
+    if cli.command.only_reads() && !path.exists() {
+        // Reading never creates a journal.
+        if let Command::Runs = cli.command {
+            output::text(show::runs(&[], cli.json))?;
+            if cli.json {
+                output::line("")?;
+            }
+            return Ok(exit::OK);
+        }
+        return Err(CliError::Other(format!(
+            "there is no journal at {}: nothing has run there yet (run a job first, or point \
+             --db at the journal to read)",
+            path.display()
+        )));
+    }
+    let mut journal = if cli.command.only_reads() {
+        SqliteJournal::open_read_only(&path)?
+    } else {
+        SqliteJournal::open(&path)?
+    };
     let live = Calls::Live {
         providers: cli.providers.as_deref(),
     };

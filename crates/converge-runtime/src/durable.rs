@@ -59,7 +59,12 @@ pub enum DurableError {
         divergence: Divergence,
     },
     /// The engine's agents are not the ones the run was recorded with.
-    #[error("run {run} was recorded with agents {recorded:?}; this engine has {actual:?}")]
+    #[error(
+        "run {run} was recorded with agents {}; this engine has {}: rebuild it from the run's \
+         own spec",
+        recorded.join(", "),
+        actual.join(", ")
+    )]
     AgentsChanged {
         /// The run.
         run: RunId,
@@ -277,9 +282,10 @@ fn redrive_step<'e>(
                     .filter_map(|&agent| run.agent_name(agent))
                     .collect();
                 let detail = format!(
-                    "a stop was recorded but the run would execute {names:?} here, whose \
+                    "a stop was recorded but the run would execute {} here, whose \
                      outcomes the journal does not hold; re-deriving uses recorded outcomes \
-                     only and never executes an agent"
+                     only and never executes an agent",
+                    names.join(", ")
                 );
                 Err(diverged(run_id, step.step, &detail))
             }

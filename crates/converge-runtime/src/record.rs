@@ -63,7 +63,11 @@ pub enum RecordError {
         actual: u32,
     },
     /// The recorded batch differs from the run's (replay diverged).
-    #[error("the journal recorded batch {recorded:?} but the run asks for {actual:?}")]
+    #[error(
+        "the journal recorded the batch of agents {} but the run asks for {}",
+        indices(recorded),
+        indices(actual)
+    )]
     BatchMismatch {
         /// Agent indices recorded.
         recorded: Vec<u32>,
@@ -556,6 +560,12 @@ impl StepInput {
             _ => Vec::new(),
         }
     }
+}
+
+/// Agent indices as text: `2, 5, 7`.
+fn indices(agents: &[u32]) -> String {
+    let text: Vec<String> = agents.iter().map(ToString::to_string).collect();
+    text.join(", ")
 }
 
 fn agent_index(agent: AgentId) -> u32 {

@@ -1902,6 +1902,79 @@ fn another_applications_database_is_not_a_journal_and_is_left_untouched() {
 }
 
 #[test]
+fn another_applications_one_page_database_is_not_a_journal_and_is_left_untouched() {
+    let dir = TempDir::new().unwrap();
+    // One page, no table: a user version set, or a view (which needs no page of its own).
+    for (name, sql) in [
+        ("versioned.db", "PRAGMA user_version = 7;"),
+        ("view.db", "CREATE VIEW answer AS SELECT 42;"),
+    ] {
+        let path = dir.path().join(name);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(sql).unwrap();
+        drop(conn);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            4096,
+            "{name} is one page"
+        );
+        let error = refused(&path, true);
+        assert!(
+            matches!(error, JournalError::NotAJournal { .. }),
+            "{name}: {error}"
+        );
+        assert!(
+            matches!(
+                SqliteJournal::open_read_only(&path),
+                Err(JournalError::NotAJournal { .. })
+            ),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_journal_opened_read_only_reads_everything_and_writes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (path, writer, id, recording) = recorded(&dir);
+    let holder = Holder::this_process("tests/journal.rs");
+    let check = |reader: &mut SqliteJournal| {
+        assert_eq!(reader.runs().unwrap().len(), 1);
+        assert_eq!(reader.load(&id).unwrap().steps.len(), recording.steps.len());
+        assert!(matches!(
+            reader.verify(&id).unwrap(),
+            Verification::Intact { .. }
+        ));
+        assert!(matches!(
+            reader.acquire(&id, &holder, 0),
+            Err(JournalError::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            reader.create_run(&run_id("other"), &header(), &holder, 0),
+            Err(JournalError::ReadOnly { .. })
+        ));
+    };
+    // Beside a writer that has it open...
+    check(&mut SqliteJournal::open_read_only(&path).unwrap());
+    // ...and alone, once the writer closed it (checkpointing its log into the file).
+    drop(writer);
+    let before = Digest::of_bytes(&std::fs::read(&path).unwrap());
+    check(&mut SqliteJournal::open_read_only(&path).unwrap());
+    assert_eq!(
+        Digest::of_bytes(&std::fs::read(&path).unwrap()),
+        before,
+        "nothing was written"
+    );
+    // A missing file is not created.
+    let missing = dir.path().join("missing.journal");
+    assert!(matches!(
+        SqliteJournal::open_read_only(&missing),
+        Err(JournalError::Io { .. })
+    ));
+    assert!(!missing.exists());
+}
+
+#[test]
 fn a_journal_with_a_newer_schema_is_refused_and_left_untouched() {
     let dir = TempDir::new().unwrap();
     let (path, journal, _, _) = recorded(&dir);

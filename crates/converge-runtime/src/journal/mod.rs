@@ -613,6 +613,12 @@ pub enum JournalError {
         /// The earlier failure.
         detail: String,
     },
+    /// The journal was opened for reading only ([`SqliteJournal::open_read_only`]).
+    #[error("{path} was opened for reading only; nothing was written")]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+    },
     /// A failure injected by [`FailingJournal`].
     #[error("injected failure of write call {call}")]
     Injected {

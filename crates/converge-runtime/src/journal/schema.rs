@@ -208,6 +208,10 @@ fn precheck(path: &Path) -> Result<(), JournalError> {
         // More than one page means tables; with a write-ahead log present, the log may hold
         // a newer first page, so SQLite decides.
         0 if len > page_size && !wal.exists() => Err(not_a_journal(FOREIGN.to_owned())),
+        // A user version is something another application set, even on a single page.
+        0 if user_version != 0 && !wal.exists() => Err(not_a_journal(format!(
+            "it is an SQLite database of another application (user version {user_version})"
+        ))),
         0 => Ok(()),
         other => Err(not_a_journal(foreign_id(other))),
     }
@@ -230,16 +234,17 @@ fn identify(conn: &Connection, path: &Path) -> Result<Identity, JournalError> {
     };
     // One statement reads one snapshot: another process creating the journal commits its
     // tables and its application id together, and both are seen or neither.
-    let (application_id, objects): (i32, i64) = conn
+    let (application_id, objects, user_version): (i32, i64, i64) = conn
         .query_row(
             "SELECT (SELECT application_id FROM pragma_application_id()), \
-                    (SELECT count(*) FROM sqlite_schema)",
+                    (SELECT count(*) FROM sqlite_schema), \
+                    (SELECT user_version FROM pragma_user_version())",
             [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .map_err(|source| open_error(path, source))?;
     if application_id == 0 {
-        if objects == 0 {
+        if objects == 0 && user_version == 0 {
             return Ok(Identity::Empty);
         }
         return Err(not_a_journal(FOREIGN.to_owned()));
@@ -286,6 +291,103 @@ fn identify(conn: &Connection, path: &Path) -> Result<Identity, JournalError> {
         });
     }
     Ok(Identity::Journal)
+}
+
+/// Opens an existing journal for reading only: nothing of the journal is written, so a
+/// journal that is read-only, on read-only media or in a directory the user may not write can
+/// still be listed, inspected and verified. (Where the directory can be written, SQLite keeps
+/// its usual `-wal` and `-shm` side files, shared with any writer.)
+///
+/// The file is checked as [`open`] checks it. When SQLite cannot read a WAL-mode file without
+/// creating its shared-memory file (a directory it may not write), the file is opened as
+/// immutable: no writer can be using it then (a writer would need those files too), and no
+/// log is pending, since a journal's last connection checkpoints and removes it on close; a
+/// `-wal` file left by a crash needs a writer to recover (it is refused, saying so).
+pub(super) fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_dir() => {
+            return Err(JournalError::NotAJournal {
+                path: path.to_path_buf(),
+                detail: "it is a directory".to_owned(),
+            });
+        }
+        Ok(_) => {}
+        Err(source) => {
+            return Err(JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    precheck(path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|source| open_error(path, source))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(storage("setting the busy timeout"))?;
+    let identified = match identify(&conn, path) {
+        Err(JournalError::Storage { source, .. }) if needs_shared_memory(&source) => {
+            drop(conn);
+            return open_immutable(path);
+        }
+        identified => identified?,
+    };
+    match identified {
+        Identity::Journal => Ok(conn),
+        Identity::Empty => Err(JournalError::NotAJournal {
+            path: path.to_path_buf(),
+            detail: "it is an empty database: no journal was created in it yet".to_owned(),
+        }),
+    }
+}
+
+/// Opens a journal file as immutable, for reading where SQLite may create nothing.
+fn open_immutable(path: &Path) -> Result<Connection, JournalError> {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    if wal.exists() {
+        return Err(JournalError::Unsupported {
+            detail: format!(
+                "{} has a write-ahead log left by a process that did not close it, and its \
+                 directory cannot be written: open it once where it can be written, so that \
+                 the log is recovered",
+                path.display()
+            ),
+        });
+    }
+    let uri = format!("file:{}?immutable=1", uri_path(path));
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn =
+        Connection::open_with_flags(&uri, flags).map_err(|source| open_error(path, source))?;
+    match identify(&conn, path)? {
+        Identity::Journal => Ok(conn),
+        Identity::Empty => Err(JournalError::NotAJournal {
+            path: path.to_path_buf(),
+            detail: "it is an empty database: no journal was created in it yet".to_owned(),
+        }),
+    }
+}
+
+/// A path as a `file:` URI path: percent-encodes what a URI would read otherwise.
+fn uri_path(path: &Path) -> String {
+    let mut encoded = String::new();
+    for byte in path.to_string_lossy().bytes() {
+        match byte {
+            b'?' | b'#' | b'%' | b' ' => encoded.push_str(&format!("%{byte:02X}")),
+            _ => encoded.push(char::from(byte)),
+        }
+    }
+    encoded
+}
+
+/// Whether a read failed because SQLite would have to create the shared-memory file of a
+/// WAL-mode database where it may not.
+fn needs_shared_memory(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly)
+    )
 }
 
 /// Sets the per-connection pragmas a journal relies on and checks they took effect.

@@ -85,6 +85,8 @@ pub struct SqliteJournal {
     path: PathBuf,
     /// Set when a write failed in storage: the handle then refuses writes.
     poisoned: Option<String>,
+    /// Opened with [`SqliteJournal::open_read_only`]: every write is refused.
+    read_only: bool,
 }
 
 impl SqliteJournal {
@@ -101,6 +103,22 @@ impl SqliteJournal {
             conn,
             path,
             poisoned: None,
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing journal for reading only: listing, loading, reading events and
+    /// verifying work; every write is refused ([`JournalError::ReadOnly`]). Nothing of the
+    /// journal is written, so this works on a read-only file in a read-only directory. A
+    /// missing file is an error, not a new journal.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteJournal, JournalError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = schema::open_read_only(&path)?;
+        Ok(SqliteJournal {
+            conn,
+            path,
+            poisoned: None,
+            read_only: true,
         })
     }
 
@@ -115,6 +133,11 @@ impl SqliteJournal {
         &mut self,
         write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
+        if self.read_only {
+            return Err(JournalError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
         if let Some(detail) = &self.poisoned {
             return Err(JournalError::Poisoned {
                 detail: detail.clone(),
