@@ -846,8 +846,10 @@ pub(crate) async fn events(
                 .map_err(|_| ApiError::bad_request("Last-Event-ID is not an event seq"))
         })
         .transpose()?;
+    // The event after the last one seen; past the end of any run when that was the last
+    // possible seq (never a wrap to 0, which would replay the whole stream).
     let from = match last {
-        Some(seq) => seq + 1,
+        Some(seq) => seq.saturating_add(1),
         None => page.from.unwrap_or(0),
     };
     let stream = stream_events(service, owner.run, from);

@@ -189,7 +189,7 @@ async fn observe(State(service): State<Arc<Service>>, request: Request, next: Ne
     let status = response.status();
     let elapsed = started.elapsed();
     service.metrics.request(
-        method.as_str(),
+        method_label(&method),
         &route,
         status.as_u16(),
         elapsed.as_secs_f64(),
@@ -206,6 +206,24 @@ async fn observe(State(service): State<Arc<Service>>, request: Request, next: Ne
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// The metric label of a request method: the standard methods by name, any other as `other`,
+/// so that made-up methods cannot grow the label set.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 /// Answers any error that is not already JSON (no route, method not allowed, body too large

@@ -632,6 +632,12 @@ async fn the_event_stream_sends_every_event_then_end_and_resumes_after_last_even
     );
     assert!(!text.contains("id: 2\n"), "{text}");
 
+    // The last possible seq: nothing after it, never a wrap to the start of the stream.
+    let mut past_the_end = SseStream::open(&server, &id, &server.vic, Some(u64::MAX)).await?;
+    let messages = past_the_end.rest().await?;
+    assert_eq!(messages.len(), 1, "only the end: {messages:?}");
+    assert_eq!(messages[0].event.as_deref(), Some("end"));
+
     // A Last-Event-ID that is not a seq is a bad request.
     let response = server
         .request(Method::GET, &format!("/v1/runs/{id}/events"), &server.vic)
@@ -965,6 +971,15 @@ async fn operational_routes_health_metrics_openapi_and_viewer() -> TestResult {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"status": "ok"}));
 
+    // Made-up methods are counted under one label: the series do not grow with them.
+    for index in 0..50 {
+        let method = Method::from_bytes(format!("BOGUS{index}").as_bytes())?;
+        server
+            .client
+            .request(method, server.url("/healthz"))
+            .send()
+            .await?;
+    }
     let response = server.client.get(server.url("/metrics")).send().await?;
     assert_eq!(response.status(), StatusCode::OK);
     let metrics = response.text().await?;
@@ -977,6 +992,8 @@ async fn operational_routes_health_metrics_openapi_and_viewer() -> TestResult {
         "requests are counted by route template: {metrics}"
     );
     assert!(metrics.contains("converge_runs"), "{metrics}");
+    assert!(!metrics.contains("BOGUS"), "{metrics}");
+    assert!(metrics.contains(r#"method="other""#), "{metrics}");
     for private in ["secret-project-x", "no-such-run", "acme"] {
         assert!(
             !metrics.contains(private),
