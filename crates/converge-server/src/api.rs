@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use bytes::Bytes;
 use converge_core::{ContextKey, Digest, ProposalId, StopReason};
 use converge_runtime::{Cancel, RunId, RunStatus, RunSummary};
@@ -139,32 +139,26 @@ pub(crate) struct DecisionList {
 }
 
 /// The principal, when the token's role allows `action`.
-pub(crate) async fn authorize(
-    service: &Arc<Service>,
-    headers: &HeaderMap,
-    action: Action,
-) -> Result<Principal, ApiError> {
-    let principal = crate::server::authenticate(service, headers).await?;
-    if !principal.role.allows(action) {
+pub(crate) fn authorize(caller: &Principal, action: Action) -> Result<(), ApiError> {
+    if !caller.role.allows(action) {
         return Err(ApiError::forbidden(format!(
             "a token with the {} role cannot do this; it needs {} token",
-            principal.role,
+            caller.role,
             action.needs()
         )));
     }
-    Ok(principal)
+    Ok(())
 }
 
-/// The principal and the run it names, when both check out.
+/// Checks the caller may take `action` and finds the run it knows as `id`.
 async fn resolve(
     service: &Arc<Service>,
-    headers: &HeaderMap,
+    caller: &Principal,
     action: Action,
     id: &str,
-) -> Result<(Principal, Ownership), ApiError> {
-    let principal = authorize(service, headers, action).await?;
-    let owner = owned(service, &principal.tenant, id).await?;
-    Ok((principal, owner))
+) -> Result<Ownership, ApiError> {
+    authorize(caller, action)?;
+    owned(service, &caller.tenant, id).await
 }
 
 /// A run as shown, from whether this process drives it (read before the summary: a drive
@@ -206,10 +200,10 @@ async fn view_of(service: &Arc<Service>, owner: &Ownership) -> Result<RunView, A
     responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn whoami(
-    State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
 ) -> Result<Json<WhoAmI>, ApiError> {
-    let principal = authorize(&service, &headers, Action::Read).await?;
+    authorize(&caller, Action::Read)?;
+    let principal = caller;
     Ok(Json(WhoAmI {
         name: principal.name,
         tenant: principal.tenant,
@@ -227,11 +221,13 @@ pub(crate) async fn whoami(
     security(("bearer" = [])))]
 pub(crate) async fn submit(
     State(service): Api,
+    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     Query(query): Query<SubmitQuery>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let principal = authorize(&service, &headers, Action::Drive).await?;
+    authorize(&caller, Action::Drive)?;
+    let principal = caller;
     let source = spec_text(&headers, &body)?;
     if let Some(id) = &query.id {
         check_run_id(id)?;
@@ -377,10 +373,11 @@ fn check_run_id(id: &str) -> Result<(), ApiError> {
     responses((status = 200, body = RunList)), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<RunList>, ApiError> {
-    let principal = authorize(&service, &headers, Action::Read).await?;
+    authorize(&caller, Action::Read)?;
+    let principal = caller;
     let limit = query.limit.unwrap_or(100).min(1000);
     let tenant = principal.tenant.clone();
     let owners = service
@@ -412,10 +409,10 @@ pub(crate) async fn list(
     security(("bearer" = [])))]
 pub(crate) async fn get_run(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<RunView>, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     Ok(Json(view_of(&service, &owner).await?))
 }
 
@@ -428,11 +425,12 @@ pub(crate) async fn get_run(
     security(("bearer" = [])))]
 pub(crate) async fn cancel(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let (principal, owner) = resolve(&service, &headers, Action::Drive, &id).await?;
+    let owner = resolve(&service, &caller, Action::Drive, &id).await?;
+    let principal = caller;
     let request: CancelRequest = if body.is_empty() {
         CancelRequest::default()
     } else {
@@ -482,10 +480,10 @@ pub(crate) async fn cancel(
     security(("bearer" = [])))]
 pub(crate) async fn resume(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Drive, &id).await?;
+    let owner = resolve(&service, &caller, Action::Drive, &id).await?;
     let Some(guard) = service.try_drive(&owner.run) else {
         return Err(ApiError::conflict(
             "run_busy",
@@ -520,10 +518,10 @@ pub(crate) async fn resume(
     security(("bearer" = [])))]
 pub(crate) async fn facts(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
     let context = &seen.result.context;
     let facts: Vec<Value> = context
@@ -543,10 +541,10 @@ pub(crate) async fn facts(
     security(("bearer" = [])))]
 pub(crate) async fn fact(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path((id, key, fact_id)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
     let missing = || ApiError::not_found(format!("no fact {key}/{fact_id} in run {id:?}"));
     let parsed: ContextKey = key.parse().map_err(|_| missing())?;
@@ -565,10 +563,10 @@ pub(crate) async fn fact(
     security(("bearer" = [])))]
 pub(crate) async fn rejections(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
     Ok(Json(json!({
         "rejections": seen.result.rejections,
@@ -584,10 +582,10 @@ pub(crate) async fn rejections(
     security(("bearer" = [])))]
 pub(crate) async fn approvals(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
     let mut pending = if seen.stopped {
         view::pending_json(&seen.result)
@@ -616,11 +614,11 @@ pub(crate) async fn approvals(
     security(("bearer" = [])))]
 pub(crate) async fn approve(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path((id, proposal)): Path<(String, String)>,
     JsonBody(request): JsonBody<ApproveRequest>,
 ) -> Result<Json<DecisionAccepted>, ApiError> {
-    decide(service, headers, id, proposal, request.hash, None).await
+    decide(service, caller, id, proposal, request.hash, None).await
 }
 
 /// Reject one pending proposal, with a reason: bound like an approval.
@@ -633,7 +631,7 @@ pub(crate) async fn approve(
     security(("bearer" = [])))]
 pub(crate) async fn reject(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path((id, proposal)): Path<(String, String)>,
     JsonBody(request): JsonBody<RejectRequest>,
 ) -> Result<Json<DecisionAccepted>, ApiError> {
@@ -642,7 +640,7 @@ pub(crate) async fn reject(
     }
     decide(
         service,
-        headers,
+        caller,
         id,
         proposal,
         request.hash,
@@ -654,13 +652,13 @@ pub(crate) async fn reject(
 /// One decision: checked, recorded whatever the outcome, and applied when accepted.
 async fn decide(
     service: Arc<Service>,
-    headers: HeaderMap,
+    principal: Principal,
     id: String,
     proposal_text: String,
     hash_text: String,
     reject: Option<String>,
 ) -> Result<Json<DecisionAccepted>, ApiError> {
-    let (principal, owner) = resolve(&service, &headers, Action::Decide, &id).await?;
+    let owner = resolve(&service, &principal, Action::Decide, &id).await?;
     let mut attempt = DecisionAttempt {
         seq: 0,
         proposal: proposal_text.chars().take(64).collect(),
@@ -798,10 +796,10 @@ async fn record(
     security(("bearer" = [])))]
 pub(crate) async fn decisions(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<DecisionList>, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let run = owner.run.clone();
     let decisions = service.store(move |store| store.decisions(&run)).await?;
     Ok(Json(DecisionList { decisions }))
@@ -816,11 +814,12 @@ pub(crate) async fn decisions(
     security(("bearer" = [])))]
 pub(crate) async fn events(
     State(service): Api,
+    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let streaming = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())
@@ -930,10 +929,10 @@ fn sse_of(entry: &EventEntry) -> SseEvent {
     security(("bearer" = [])))]
 pub(crate) async fn replay(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let run = owner.run.clone();
     let report = service
         .journal(move |journal| {
@@ -953,10 +952,10 @@ pub(crate) async fn replay(
     security(("bearer" = [])))]
 pub(crate) async fn verify(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let run = owner.run.clone();
     let verification = service
         .journal(move |journal| {
@@ -975,11 +974,11 @@ pub(crate) async fn verify(
     security(("bearer" = [])))]
 pub(crate) async fn audit(
     State(service): Api,
-    headers: HeaderMap,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let (_, owner) = resolve(&service, &headers, Action::Read, &id).await?;
+    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let from = page.from.unwrap_or(0);
     let limit = page.limit.unwrap_or(500).clamp(1, 5000);
     let (entries, summary) = service.events(&owner.run, from, limit).await?;

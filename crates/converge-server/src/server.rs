@@ -153,7 +153,13 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/runs/{run}/events", get(api::events))
         .route("/v1/runs/{run}/replay", get(api::replay))
         .route("/v1/runs/{run}/verify", get(api::verify))
-        .route("/v1/runs/{run}/audit", get(api::audit));
+        .route("/v1/runs/{run}/audit", get(api::audit))
+        // Every `/v1` route authenticates from the headers alone, before a handler reads a
+        // body: an anonymous request is a 401 whatever it sends.
+        .route_layer(middleware::from_fn_with_state(
+            service.clone(),
+            require_token,
+        ));
     let operations = Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
@@ -285,6 +291,22 @@ fn next_request_id() -> String {
         bytes = COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes();
     }
     hex::encode(bytes)
+}
+
+/// Authenticates a request from its headers and hands its principal to the handler (as a
+/// request extension); answers 401 without reading the body otherwise.
+async fn require_token(
+    State(service): State<Arc<Service>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match authenticate(&service, request.headers()).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
 }
 
 /// The principal of a request's bearer token: 401 unless it names a live token.

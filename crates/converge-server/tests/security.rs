@@ -152,6 +152,26 @@ async fn requests_without_a_live_token_answer_401() -> TestResult {
             let (status, body) = answer(response).await?;
             assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
         }
+        // A decision is refused from its headers alone: its body is never read, so even one
+        // that would not parse answers 401, not 422.
+        for (path, body) in [
+            ("/v1/runs/mine/approvals/c1.a0.p0/approve", "{not json"),
+            (
+                "/v1/runs/mine/approvals/c1.a0.p0/reject",
+                "{\"unknown\": 1}",
+            ),
+        ] {
+            let mut request = server
+                .client
+                .post(server.url(path))
+                .header("content-type", "application/json")
+                .body(body);
+            if let Some(header) = header {
+                request = request.header("authorization", header);
+            }
+            let (status, answered) = answer(request.send().await?).await?;
+            assert_error(status, &answered, StatusCode::UNAUTHORIZED, "unauthorized");
+        }
         // A submission is refused before anything starts.
         let mut request = server
             .client
