@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -79,11 +79,61 @@ pub(crate) struct SubmitQuery {
     id: Option<String>,
 }
 
+/// Query parameters, refused with a 400 that names the parameter and what is wrong with it
+/// (axum's own `Query` answers a bare "Bad Request").
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Params)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let inner = error.into_inner();
+                if path == "." {
+                    ApiError::bad_request(format!("query parameters: {inner}"))
+                } else {
+                    ApiError::bad_request(format!("query parameter {path}: {inner}"))
+                }
+            })
+    }
+}
+
+/// A page size: `?limit=` means the same everywhere — at most that many, from 1 to `max`;
+/// `default` when absent. Anything else is a 400 naming the parameter.
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(limit) if (1..=max).contains(&limit) => Ok(limit),
+        Some(limit) => Err(ApiError::bad_request(format!(
+            "query parameter limit: {limit} is not from 1 to {max}"
+        ))),
+    }
+}
+
+/// Most runs one listing returns.
+const RUNS_PAGE_MAX: usize = 1000;
+
+/// Most events one page returns.
+const EVENTS_PAGE_MAX: usize = 5000;
+
 /// `?limit=` of a listing.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
-    /// At most this many runs (default 100, at most 1000).
+    /// At most this many runs, from 1 to 1000 (default 100).
     limit: Option<usize>,
 }
 
@@ -93,7 +143,7 @@ pub(crate) struct ListQuery {
 pub(crate) struct PageQuery {
     /// The first event's seq (default 0).
     from: Option<u64>,
-    /// At most this many (default 500, at most 5000).
+    /// At most this many, from 1 to 5000 (default 500).
     limit: Option<usize>,
 }
 
@@ -223,7 +273,7 @@ pub(crate) async fn submit(
     State(service): Api,
     Extension(caller): Extension<Principal>,
     headers: HeaderMap,
-    Query(query): Query<SubmitQuery>,
+    Params(query): Params<SubmitQuery>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     authorize(&caller, Action::Drive)?;
@@ -374,11 +424,11 @@ fn check_run_id(id: &str) -> Result<(), ApiError> {
 pub(crate) async fn list(
     State(service): Api,
     Extension(caller): Extension<Principal>,
-    Query(query): Query<ListQuery>,
+    Params(query): Params<ListQuery>,
 ) -> Result<Json<RunList>, ApiError> {
     authorize(&caller, Action::Read)?;
     let principal = caller;
-    let limit = query.limit.unwrap_or(100).min(1000);
+    let limit = page_limit(query.limit, 100, RUNS_PAGE_MAX)?;
     let tenant = principal.tenant.clone();
     let owners = service
         .store(move |store| store.runs_of(&tenant, limit))
@@ -817,7 +867,7 @@ pub(crate) async fn events(
     Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    Params(page): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
     let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let streaming = headers
@@ -826,7 +876,7 @@ pub(crate) async fn events(
         .is_some_and(|accept| accept.contains("text/event-stream"));
     if !streaming {
         let from = page.from.unwrap_or(0);
-        let limit = page.limit.unwrap_or(500).clamp(1, 5000);
+        let limit = page_limit(page.limit, 500, EVENTS_PAGE_MAX)?;
         let (entries, summary) = service.events(&owner.run, from, limit).await?;
         let next = entries.last().map_or(from, |entry| entry.seq + 1);
         let body = format!(
@@ -976,11 +1026,11 @@ pub(crate) async fn audit(
     State(service): Api,
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    Params(page): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
     let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let from = page.from.unwrap_or(0);
-    let limit = page.limit.unwrap_or(500).clamp(1, 5000);
+    let limit = page_limit(page.limit, 500, EVENTS_PAGE_MAX)?;
     let (entries, summary) = service.events(&owner.run, from, limit).await?;
     let next = entries.last().map_or(from, |entry| entry.seq + 1);
     let body = format!(

@@ -512,6 +512,58 @@ async fn a_rejection_with_a_reason_is_recorded_and_the_fact_never_promoted() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_mean_one_thing_everywhere_and_query_errors_name_the_parameter() -> TestResult {
+    let server = TestServer::start().await?;
+    let id = server.submit(DERIVED, None).await?;
+    server.settle(&id).await?;
+    for (path, max) in [
+        ("/v1/runs".to_owned(), 1000),
+        (format!("/v1/runs/{id}/events"), 5000),
+        (format!("/v1/runs/{id}/audit"), 5000),
+    ] {
+        for bad in ["0".to_owned(), (max + 1).to_string()] {
+            let response = server
+                .request(Method::GET, &format!("{path}?limit={bad}"), &server.vic)
+                .send()
+                .await?;
+            let (status, body) = answer(response).await?;
+            let message = assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+            assert!(
+                message.contains("limit") && message.contains(&format!("1 to {max}")),
+                "{path}?limit={bad}: {message}"
+            );
+        }
+        let one = server
+            .get_ok(&format!("{path}?limit=1"), &server.vic)
+            .await?;
+        let listed = one["runs"]
+            .as_array()
+            .or_else(|| one["events"].as_array())
+            .or_else(|| one["entries"].as_array())
+            .map(Vec::len);
+        assert_eq!(listed, Some(1), "{path}?limit=1: {one}");
+    }
+    for query in ["limit=ten", "from=-1", "limit=1&bogus=2"] {
+        let response = server
+            .request(
+                Method::GET,
+                &format!("/v1/runs/{id}/events?{query}"),
+                &server.vic,
+            )
+            .send()
+            .await?;
+        let (status, body) = answer(response).await?;
+        let message = assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+        let named = query.split('=').next().unwrap_or_default();
+        assert!(
+            message.contains(named) || message.contains("bogus"),
+            "{query}: {message}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_come_as_json_pages() -> TestResult {
     let server = TestServer::start().await?;
     let id = server.submit(DERIVED, None).await?;
