@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Action, Principal, Role};
 use crate::body::{JsonBody, RawBody, check_depth};
 use crate::error::{ApiError, ErrorBody};
-use crate::job::{self, Calls};
+use crate::job::{self, BuildError, Calls};
 use crate::service::{
     self, EventEntry, Op, POLL, Service, build_error, durable_error, journal_error, owned,
 };
@@ -108,6 +108,25 @@ where
                     ApiError::bad_request(format!("query parameter {path}: {inner}"))
                 }
             })
+    }
+}
+
+/// A build refusal with the server's paths replaced: the spec's own path by the name the
+/// submitter knows (`job.yaml`), the jobs directory by `.`.
+fn without_server_paths(
+    error: BuildError,
+    (path, dir): &(String, String),
+    shown: &str,
+) -> BuildError {
+    let redact = |message: String| {
+        message
+            .replace(path.as_str(), shown)
+            .replace(dir.as_str(), ".")
+    };
+    match error {
+        BuildError::Spec(message) => BuildError::Spec(redact(message)),
+        BuildError::Providers(message) => BuildError::Providers(redact(message)),
+        other => other,
     }
 }
 
@@ -290,6 +309,12 @@ pub(crate) async fn submit(
         path: origin.to_string_lossy().into_owned(),
         source,
     };
+    // A refusal names the spec as the submitter knows it, never by the server's directory.
+    let hidden = (
+        record.path.clone(),
+        service.config.jobs_dir.to_string_lossy().into_owned(),
+    );
+    let shown = format!("{}.yaml", query.id.as_deref().unwrap_or("job"));
     let providers = service.config.providers.clone();
     let allow_commands = service.config.allow_commands;
     let runtime = service::blocking(move || {
@@ -299,7 +324,7 @@ pub(crate) async fn submit(
                 providers: providers.as_deref(),
             },
         )
-        .map_err(build_error)?;
+        .map_err(|error| build_error(without_server_paths(error, &hidden, &shown)))?;
         let commands: Vec<&str> = built.spec.command_agents().collect();
         if !allow_commands && !commands.is_empty() {
             return Err(ApiError::invalid(format!(

@@ -132,8 +132,18 @@ async fn a_refused_spec_answers_422_with_its_located_message_and_starts_nothing(
     let (status, body) = answer(response).await?;
     let message = assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
     assert!(
-        message.contains(":3:1:") && message.contains("unknown field `bogus`"),
+        message.contains("job.yaml:3:1:") && message.contains("unknown field `bogus`"),
         "the spec's located message: {message}"
+    );
+    // The test server resolves submitted specs against its journal's directory.
+    let jobs_dir = server
+        .db
+        .parent()
+        .map(|dir| dir.to_string_lossy().into_owned())
+        .ok_or("no journal directory")?;
+    assert!(
+        !message.contains(&jobs_dir),
+        "the server's directory {jobs_dir} stays private: {message}"
     );
 
     let bad_json = r#"{"version": 1, "intent": {"objective": "x"}, "agents": 7}"#;
