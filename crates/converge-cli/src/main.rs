@@ -381,6 +381,9 @@ fn decide(
     runtime.observe(Progress::new(cli.json));
     let drive = runtime.decide_durable(journal, &run_id, vec![decision]);
     let result = block_on(signals::unless_interrupted(&run_id, drive))???;
+    if !cli.json {
+        output::line(show::decided(&result, proposal))?;
+    }
     output::line(show::summary(&run_id, &result, cli.json).trim_end())?;
     Ok(stop_code(&result.stop_reason))
 }

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use converge_core::{ContextKey, ConvergeResult, Exhausted, Fact, PendingApproval, StopReason};
+use converge_core::{
+    ContextKey, ConvergeResult, Exhausted, Fact, PendingApproval, ProposalId, StopReason,
+};
 use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
 use converge_server::view::{fact_json, lookup, pending_json, why_json};
 use serde_json::{Value, json};
@@ -474,4 +476,37 @@ fn escape(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// What became of a decided proposal, in one line: promoted (with the fact it became), or
+/// refused (by the approver, or by a check the approval could not lift) and why.
+pub(crate) fn decided(result: &ConvergeResult, proposal: ProposalId) -> String {
+    let promoted = result
+        .context
+        .history()
+        .iter()
+        .find(|fact| fact.record().proposal() == proposal);
+    if let Some(fact) = promoted {
+        let approver = fact
+            .record()
+            .approver()
+            .map(|actor| format!(", approved by {}", actor.name()))
+            .unwrap_or_default();
+        return format!(
+            "proposal {proposal}: promoted to {}/{}{approver}",
+            fact.key(),
+            fact.id()
+        );
+    }
+    match result
+        .rejections
+        .iter()
+        .find(|rejected| rejected.proposal == proposal)
+    {
+        Some(rejected) => format!(
+            "proposal {proposal} ({}/{}): refused: {}",
+            rejected.key, rejected.id, rejected.rejection
+        ),
+        None => format!("proposal {proposal}: still pending"),
+    }
 }

@@ -614,10 +614,46 @@ impl<'e> Run<'e> {
         }
         let trace = trace_of(&validated, observation_ids, observations);
         if gate.requires_approval(validated.key()) {
+            // A human is never asked to approve what the structural invariants would refuse.
+            if let Some((invariant, detail)) = self.would_violate(&validated, &trace) {
+                let rejection = Rejection::InvariantViolated { invariant, detail };
+                return self.reject_validated(validated, rejection, tally);
+            }
             self.park(validated, trace, tally);
         } else {
             self.commit(validated, trace, None, tally);
         }
+    }
+
+    /// The structural invariant `proposal` would violate if it were promoted now, checked
+    /// with a copy of it tentatively in the context (and taken out again).
+    fn would_violate(
+        &mut self,
+        proposal: &Proposal<Validated>,
+        trace: &TraceLink,
+    ) -> Option<(String, String)> {
+        let has_structural = self
+            .setup
+            .invariants
+            .iter()
+            .any(|invariant| invariant.class() == InvariantClass::Structural);
+        if !has_structural {
+            return None;
+        }
+        let setup = self.setup;
+        let registered = &setup.agents[proposal.agent().index()];
+        let fact = setup.gate().promote(
+            proposal.clone(),
+            &self.ctx,
+            trace.clone(),
+            self.state.cycle,
+            registered.name.clone(),
+            None,
+        );
+        let undo = self.ctx.insert(fact);
+        let violated = self.violated(InvariantClass::Structural);
+        let _ = self.ctx.undo(undo);
+        violated
     }
 
     fn park(&mut self, proposal: Proposal<Validated>, trace: TraceLink, tally: &mut Tally) {

@@ -866,6 +866,79 @@ fn structural_invariants_reject_the_violating_proposal() {
     );
 }
 
+/// An observer that keeps every event where the test can read it.
+struct Collect(Arc<std::sync::Mutex<Vec<converge_core::EventRecord>>>);
+
+impl converge_core::Observer for Collect {
+    fn on_event(&mut self, record: &converge_core::EventRecord) {
+        if let Ok(mut events) = self.0.lock() {
+            events.push(record.clone());
+        }
+    }
+}
+
+#[test]
+fn a_proposal_the_structural_invariants_would_refuse_is_never_parked_for_approval() {
+    let mut engine = Engine::new();
+    engine.set_policy(
+        ContextKey::Strategies,
+        ValidationPolicy::new().requiring_approval(),
+    );
+    engine.add_invariant(FnInvariant::new(
+        "payout-cap",
+        InvariantClass::Structural,
+        |ctx| match ctx
+            .get(ContextKey::Strategies)
+            .find(|fact| fact.content()["payout"].as_u64().unwrap_or(0) > 1500)
+        {
+            Some(fact) => Err(format!("{} pays more than 1500", fact.id())),
+            None => Ok(()),
+        },
+    ));
+    engine.register(Scripted::once("planner", &[ContextKey::Strategies], || {
+        vec![
+            Proposal::new(ContextKey::Strategies, "big", json!({"payout": 1800})),
+            Proposal::new(ContextKey::Strategies, "small", json!({"payout": 900})),
+        ]
+    }));
+    let events: Arc<std::sync::Mutex<Vec<converge_core::EventRecord>>> = Arc::default();
+    engine.observe(Collect(events.clone()));
+    let result = engine.run(Context::new()).unwrap();
+    let events = events.lock().unwrap().clone();
+    let pending = pending_of(&result);
+    assert_eq!(
+        pending.len(),
+        1,
+        "only the proposal that could be promoted waits"
+    );
+    assert_eq!(pending[0].fact.id.as_str(), "small");
+    assert_eq!(result.rejections.len(), 1);
+    assert_eq!(result.rejections[0].id, "big");
+    assert_eq!(
+        result.rejections[0].rejection,
+        Rejection::InvariantViolated {
+            invariant: "payout-cap".into(),
+            detail: "big pays more than 1500".into()
+        }
+    );
+    let asked: Vec<String> = events
+        .iter()
+        .filter_map(|record| match &record.event {
+            converge_core::Event::ApprovalRequested { fact, .. } => Some(fact.id.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        ["small"],
+        "no human is asked about the violating one"
+    );
+    assert!(
+        !result.context.has(ContextKey::Strategies),
+        "nothing promoted yet"
+    );
+}
+
 #[test]
 fn a_structural_invariant_is_checked_on_the_initial_context() {
     let mut first = Engine::new();
