@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "converge", version, about, long_about = None)]
 #[command(after_long_help = EXIT_CODES)]
 pub(crate) struct Cli {
-    /// The journal file (created if missing).
-    #[arg(long, global = true, env = "CONVERGE_DB", value_name = "FILE")]
+    /// The journal file (created if missing) [env: CONVERGE_DB=, ignored when empty].
+    #[arg(long, global = true, value_name = "FILE")]
     pub(crate) db: Option<PathBuf>,
 
     /// Print machine-readable JSON on stdout instead of text.
@@ -22,8 +22,9 @@ pub(crate) struct Cli {
     pub(crate) json: bool,
 
     /// The provider file for `llm` agents (default: providers.toml in the per-user config
-    /// directory, if it exists). API keys come from it or from the environment.
-    #[arg(long, global = true, env = "CONVERGE_PROVIDERS", value_name = "FILE")]
+    /// directory, if it exists). API keys come from it or from the environment
+    /// [env: CONVERGE_PROVIDERS=, ignored when empty].
+    #[arg(long, global = true, value_name = "FILE")]
     pub(crate) providers: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -112,6 +113,21 @@ pub(crate) enum Command {
   converge export release-approval-1 --format json > run.json
   converge export release-approval-1 --format dot | dot -Tsvg > provenance.svg")]
     Export(ExportArgs),
+}
+
+impl Cli {
+    /// Fills what the command line left out from the environment: `CONVERGE_DB` and
+    /// `CONVERGE_PROVIDERS`, an empty value counting as unset (as for any variable).
+    pub(crate) fn with_environment(mut self) -> Cli {
+        let from_env = |name: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
+        self.db = self.db.or_else(|| from_env("CONVERGE_DB"));
+        self.providers = self.providers.or_else(|| from_env("CONVERGE_PROVIDERS"));
+        self
+    }
 }
 
 impl Command {

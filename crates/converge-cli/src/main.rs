@@ -118,7 +118,7 @@ fn main() -> ExitCode {
     }
     install_agent_launcher();
     signals::survive_file_size_limit();
-    let cli = Cli::parse();
+    let cli = Cli::parse().with_environment();
     let error = match execute(&cli) {
         Ok(code) => return ExitCode::from(code),
         Err(CliError::OutputClosed) => return ExitCode::from(exit::OK),

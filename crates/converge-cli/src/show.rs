@@ -13,12 +13,21 @@ use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
 use converge_server::view::{fact_json, lookup, pending_json, why_json};
 use serde_json::{Value, json};
 
+/// `1 cycle`, `2 cycles`: a count with its noun, plural when it is not one.
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// A stop reason in a few words.
 pub(crate) fn reason_text(reason: &StopReason) -> String {
     match reason {
         StopReason::Converged => "converged".to_owned(),
         StopReason::AwaitingApproval { pending } => {
-            format!("awaiting approval of {} proposal(s)", pending.len())
+            format!("awaiting approval of {}", count(pending.len(), "proposal"))
         }
         StopReason::BudgetExhausted { exhausted } => {
             format!("budget exhausted: {}", exhausted_text(exhausted))
@@ -83,11 +92,11 @@ pub(crate) fn summary(run: &RunId, result: &ConvergeResult, json: bool) -> Strin
     let _ = writeln!(out, "run {run}: {}", reason_text(&result.stop_reason));
     let _ = writeln!(
         out,
-        "  {} cycles · {} facts · {} rejected · {} agent failures",
-        result.cycles,
-        result.context.len(),
+        "  {} · {} · {} rejected · {}",
+        count(result.cycles as usize, "cycle"),
+        count(result.context.len(), "fact"),
         result.rejections.len(),
-        result.failures.len()
+        count(result.failures.len(), "agent failure")
     );
     let _ = writeln!(out, "  root hash {}", result.root_hash);
     if let StopReason::AwaitingApproval { pending } = &result.stop_reason {

@@ -11,7 +11,8 @@ use crate::CliError;
 
 /// The journal file to open, creating its directory when it is the default one.
 pub(crate) fn journal_path(given: Option<&Path>) -> Result<PathBuf, CliError> {
-    if let Some(path) = given {
+    // An empty `--db` or `CONVERGE_DB=` means unset, as for any other variable.
+    if let Some(path) = given.filter(|path| !path.as_os_str().is_empty()) {
         return Ok(path.to_path_buf());
     }
     let dirs = directories::ProjectDirs::from("", "", "converge").ok_or_else(|| {
