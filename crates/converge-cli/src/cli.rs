@@ -21,6 +21,10 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
+    /// After a run, print counts only, not each agent failure and rejection.
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
+
     /// The provider file for `llm` agents (default: providers.toml in the per-user config
     /// directory, if it exists). API keys come from it or from the environment
     /// [env: CONVERGE_PROVIDERS=, ignored when empty].
@@ -40,6 +44,7 @@ Exit codes:
   4  a budget ran out
   5  an invariant was violated
   6  the run stopped otherwise (agent failure, halt, or divergence on replay / broken journal on verify)
+  7  the run reached its fixed point, but some of its agents failed (each is listed)
   129, 130, 143  SIGHUP, SIGINT (Ctrl-C) or SIGTERM stopped a run, its agents were killed and its
      committed steps kept: `converge resume RUN` continues it
 
@@ -116,6 +121,15 @@ pub(crate) enum Command {
 }
 
 impl Cli {
+    /// How much a run's summary says.
+    pub(crate) fn detail(&self) -> crate::show::Detail {
+        match (self.json, self.quiet) {
+            (true, _) => crate::show::Detail::Json,
+            (false, true) => crate::show::Detail::Quiet,
+            (false, false) => crate::show::Detail::Explained,
+        }
+    }
+
     /// Fills what the command line left out from the environment: `CONVERGE_DB` and
     /// `CONVERGE_PROVIDERS`, an empty value counting as unset (as for any variable).
     pub(crate) fn with_environment(mut self) -> Cli {

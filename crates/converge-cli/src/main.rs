@@ -17,7 +17,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use converge_core::{Actor, Decision, ProposalId, StopReason};
+use converge_core::{Actor, ConvergeResult, Decision, ProposalId, StopReason};
 use converge_runtime::spec::{self, AGENT_LAUNCHER_ARG};
 use converge_runtime::{
     Clock, DurableError, Holder, Journal, JournalError, ReplayReport, RunId, SqliteJournal,
@@ -105,6 +105,7 @@ mod exit {
     pub(crate) const BUDGET: u8 = 4;
     pub(crate) const INVARIANT: u8 = 5;
     pub(crate) const OTHER_STOP: u8 = 6;
+    pub(crate) const CONVERGED_WITH_FAILURES: u8 = 7;
     /// 128 plus the signal's number, as shells report a process a signal ended.
     pub(crate) const SIGHUP: u8 = 129;
     pub(crate) const SIGINT: u8 = 130;
@@ -202,8 +203,9 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             }
             let drive = runtime.run_durable(&mut journal, &run_id);
             let result = block_on(signals::unless_interrupted(&run_id, drive))???;
-            output::line(show::summary(&run_id, &result, cli.json).trim_end())?;
-            Ok(stop_code(&result.stop_reason))
+            let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
+            output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
+            Ok(stop_code(&result))
         }
         Command::Runs => {
             output::text(show::runs(&journal.runs()?, cli.json))?;
@@ -236,8 +238,9 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             runtime.observe(Progress::new(cli.json));
             let drive = runtime.resume_durable(&mut journal, &run_id);
             let result = block_on(signals::unless_interrupted(&run_id, drive))???;
-            output::line(show::summary(&run_id, &result, cli.json).trim_end())?;
-            Ok(stop_code(&result.stop_reason))
+            let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
+            output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
+            Ok(stop_code(&result))
         }
         Command::Replay(args) => {
             let run_id = run_id(&args.run)?;
@@ -381,11 +384,12 @@ fn decide(
     runtime.observe(Progress::new(cli.json));
     let drive = runtime.decide_durable(journal, &run_id, vec![decision]);
     let result = block_on(signals::unless_interrupted(&run_id, drive))???;
+    let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
     if !cli.json {
         output::line(show::decided(&result, proposal))?;
     }
-    output::line(show::summary(&run_id, &result, cli.json).trim_end())?;
-    Ok(stop_code(&result.stop_reason))
+    output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
+    Ok(stop_code(&result))
 }
 
 /// `converge serve`: the HTTP API and web viewer until Ctrl-C or SIGTERM.
@@ -518,8 +522,9 @@ fn run_id(text: &str) -> Result<RunId, CliError> {
 }
 
 /// The exit code a run's stop reason maps to.
-fn stop_code(reason: &StopReason) -> u8 {
-    match reason {
+fn stop_code(result: &ConvergeResult) -> u8 {
+    match &result.stop_reason {
+        StopReason::Converged if !result.failures.is_empty() => exit::CONVERGED_WITH_FAILURES,
         StopReason::Converged => exit::OK,
         StopReason::AwaitingApproval { .. } => exit::AWAITING_APPROVAL,
         StopReason::BudgetExhausted { .. } => exit::BUDGET,

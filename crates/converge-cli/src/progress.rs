@@ -86,8 +86,8 @@ impl Observer for Progress {
             } => {
                 self.running = 0;
                 self.line(&format!(
-                    "cycle {cycle}: {promoted} promoted, {rejected} rejected, {parked} awaiting approval ({} facts in all)",
-                    self.facts
+                    "cycle {cycle}: {promoted} promoted, {rejected} rejected, {parked} awaiting approval ({} in all)",
+                    crate::show::count(self.facts, "fact")
                 ));
             }
             Event::RunStopped { .. } => {

@@ -14,7 +14,8 @@ use converge_server::view::{fact_json, lookup, pending_json, why_json};
 use serde_json::{Value, json};
 
 /// `1 cycle`, `2 cycles`: a count with its noun, plural when it is not one.
-pub(crate) fn count(n: usize, noun: &str) -> String {
+pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n: u64 = n.into();
     if n == 1 {
         format!("1 {noun}")
     } else {
@@ -27,7 +28,10 @@ pub(crate) fn reason_text(reason: &StopReason) -> String {
     match reason {
         StopReason::Converged => "converged".to_owned(),
         StopReason::AwaitingApproval { pending } => {
-            format!("awaiting approval of {}", count(pending.len(), "proposal"))
+            format!(
+                "awaiting approval of {}",
+                count(pending.len() as u64, "proposal")
+            )
         }
         StopReason::BudgetExhausted { exhausted } => {
             format!("budget exhausted: {}", exhausted_text(exhausted))
@@ -71,8 +75,31 @@ fn status_json(status: &RunStatus) -> Value {
     serde_json::to_value(status).unwrap_or(Value::Null)
 }
 
-/// The summary printed after `run`, `resume`, `approve` and `reject`.
-pub(crate) fn summary(run: &RunId, result: &ConvergeResult, json: bool) -> String {
+/// Most failures and rejections a summary explains line by line; `converge inspect` lists
+/// them all.
+const EXPLAINED_MAX: usize = 20;
+
+/// How much a summary says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// JSON on stdout.
+    Json,
+    /// Text, with each agent failure and rejection explained.
+    Explained,
+    /// Text, counts only (`--quiet`).
+    Quiet,
+}
+
+/// The summary printed after `run`, `resume`, `approve` and `reject`: the stop, the counts,
+/// and (unless quiet) each agent failure and rejection with the agent's name and the reason.
+/// `agents` are the run's agent names, in registration order.
+pub(crate) fn summary(
+    run: &RunId,
+    result: &ConvergeResult,
+    detail: Detail,
+    agents: &[String],
+) -> String {
+    let json = detail == Detail::Json;
     if json {
         return json!({
             "run": run.as_str(),
@@ -89,15 +116,24 @@ pub(crate) fn summary(run: &RunId, result: &ConvergeResult, json: bool) -> Strin
         .to_string();
     }
     let mut out = String::new();
-    let _ = writeln!(out, "run {run}: {}", reason_text(&result.stop_reason));
+    let stop = match (&result.stop_reason, result.failures.len()) {
+        (StopReason::Converged, failed @ 1..) => {
+            format!("converged, but {} failed", count(failed as u64, "agent"))
+        }
+        (reason, _) => reason_text(reason),
+    };
+    let _ = writeln!(out, "run {run}: {stop}");
     let _ = writeln!(
         out,
         "  {} · {} · {} rejected · {}",
-        count(result.cycles as usize, "cycle"),
-        count(result.context.len(), "fact"),
+        count(result.cycles, "cycle"),
+        count(result.context.len() as u64, "fact"),
         result.rejections.len(),
-        count(result.failures.len(), "agent failure")
+        count(result.failures.len() as u64, "agent failure")
     );
+    if detail == Detail::Explained {
+        out.push_str(&explained(result, agents));
+    }
     let _ = writeln!(out, "  root hash {}", result.root_hash);
     if let StopReason::AwaitingApproval { pending } = &result.stop_reason {
         out.push_str(&pending_text(result, pending));
@@ -250,10 +286,16 @@ pub(crate) fn inspect(seen: &Inspection, json: bool) -> String {
     if !result.failures.is_empty() {
         let _ = writeln!(out, "\nagent failures ({}):", result.failures.len());
         for failure in &result.failures {
+            let name = seen
+                .header
+                .agents
+                .get(failure.agent.index())
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", failure.agent.index()));
             let _ = writeln!(
                 out,
-                "  cycle {} agent {}: {}",
-                failure.cycle, failure.agent, failure.message
+                "  cycle {} agent {name}: {}",
+                failure.cycle, failure.message
             );
         }
     }
@@ -518,4 +560,44 @@ pub(crate) fn decided(result: &ConvergeResult, proposal: ProposalId) -> String {
         ),
         None => format!("proposal {proposal}: still pending"),
     }
+}
+
+/// Each agent failure and rejection in a line, with the agent's name and the reason; at most
+/// [`EXPLAINED_MAX`] of them, then how many more `converge inspect` shows.
+fn explained(result: &ConvergeResult, agents: &[String]) -> String {
+    let name = |agent: converge_core::AgentId| {
+        agents
+            .get(agent.index())
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", agent.index()))
+    };
+    let mut lines: Vec<String> = result
+        .failures
+        .iter()
+        .map(|failure| {
+            format!(
+                "  failed: agent {} in cycle {}: {}",
+                name(failure.agent),
+                failure.cycle,
+                failure.message
+            )
+        })
+        .collect();
+    lines.extend(result.rejections.iter().map(|rejected| {
+        format!(
+            "  rejected: {}/{} from agent {}: {}",
+            rejected.key,
+            rejected.id,
+            name(rejected.proposal.agent()),
+            rejected.rejection
+        )
+    }));
+    let more = lines.len().saturating_sub(EXPLAINED_MAX);
+    lines.truncate(EXPLAINED_MAX);
+    if more > 0 {
+        lines.push(format!(
+            "  … and {more} more: converge inspect shows them all"
+        ));
+    }
+    lines.iter().map(|line| format!("{line}\n")).collect()
 }

@@ -177,7 +177,12 @@ fn an_answer_too_deep_to_record_is_a_failure_and_the_run_stays_approvable() {
         &db,
         &["approve", "deep-1", &pending, "--as", "alice", "--json"],
     );
-    assert!(approve.status.success(), "{}", text(&approve.stderr));
+    assert_eq!(
+        approve.status.code(),
+        Some(7),
+        "converged, with the deep agent's failure: {}",
+        text(&approve.stderr)
+    );
     let verify = converge(&db, &["verify", "deep-1", "--json"]);
     assert_eq!(json(&verify)["intact"], true, "{}", text(&verify.stdout));
     let replay = converge(&db, &["replay", "deep-1", "--json"]);
