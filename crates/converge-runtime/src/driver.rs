@@ -480,6 +480,8 @@ pub(crate) struct Executor<'a> {
     pub(crate) config: DriverConfig,
     pub(crate) clock: &'a dyn Clock,
     pub(crate) cancel: &'a Cancel,
+    /// When the drive started, by `clock`: the start of the run's time budget.
+    pub(crate) started_ms: std::cell::Cell<Option<u64>>,
 }
 
 impl<'a> Executor<'a> {
@@ -494,6 +496,7 @@ impl<'a> Executor<'a> {
             config,
             clock,
             cancel,
+            started_ms: std::cell::Cell::new(None),
         }
     }
 
@@ -509,6 +512,7 @@ impl<'a> Executor<'a> {
         observer: &mut (dyn Observer + Send),
     ) -> ConvergeResult {
         let started_ms = self.clock.now_ms();
+        self.started_ms.set(Some(started_ms));
         loop {
             if let Some(cancellation) = self.cancellation() {
                 let _ = run.halt(StopReason::Halted {
@@ -517,7 +521,7 @@ impl<'a> Executor<'a> {
             } else if let Some(exhausted) = self.time_exhausted(started_ms) {
                 let _ = run.halt(StopReason::BudgetExhausted { exhausted });
             }
-            let step = run.next_step();
+            let step = crate::spec::with_deadline(self.run_deadline(), || run.next_step());
             drain(&mut run, observer);
             let Step::Execute(batch) = step else { break };
             let outcomes = self.execute(&run, &batch).await;
@@ -535,6 +539,32 @@ impl<'a> Executor<'a> {
                 reason: "the driver ended before the run stopped".to_owned(),
             })
         })
+    }
+
+    /// When an agent run inline must stop evaluating: its timeout from now, or the end of
+    /// the run's time budget, whichever comes first (`None`: neither is set).
+    fn deadline(&self) -> Option<std::time::Instant> {
+        self.deadline_within(self.config.agent_timeout_ms)
+    }
+
+    /// When evaluations outside any agent's execution (the core asking agents whether they
+    /// accept) must stop: the end of the run's time budget.
+    pub(crate) fn run_deadline(&self) -> Option<std::time::Instant> {
+        self.deadline_within(None)
+    }
+
+    fn deadline_within(&self, timeout_ms: Option<u64>) -> Option<std::time::Instant> {
+        let now_ms = self.clock.now_ms();
+        let budget_left = self.config.time_budget_ms.map(|limit_ms| {
+            let started_ms = self.started_ms.get().unwrap_or(now_ms);
+            limit_ms.saturating_sub(now_ms.saturating_sub(started_ms))
+        });
+        let left_ms = match (budget_left, timeout_ms) {
+            (Some(budget), Some(timeout)) => budget.min(timeout),
+            (Some(left), None) | (None, Some(left)) => left,
+            (None, None) => return None,
+        };
+        std::time::Instant::now().checked_add(Duration::from_millis(left_ms))
     }
 
     pub(crate) fn time_exhausted(&self, started_ms: u64) -> Option<Exhausted> {
@@ -597,7 +627,10 @@ impl<'a> Executor<'a> {
                 match self.async_agents.get(&id) {
                     Some(agent) => in_flight.push(self.execute_async(id, &**agent, ctx)),
                     None => {
-                        let outcome = execute_isolated(run.agent(id), ctx);
+                        let agent = run.agent(id);
+                        let outcome = crate::spec::with_deadline(self.deadline(), || {
+                            execute_isolated(agent, ctx)
+                        });
                         outcomes.push((id, admit(run, id, outcome)));
                     }
                 }

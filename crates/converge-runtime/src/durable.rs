@@ -547,6 +547,7 @@ impl<J: Journal> Live<'_, J> {
         mut run: Run<'_>,
     ) -> Result<ConvergeResult, DurableError> {
         let started_ms = executor.clock.now_ms();
+        executor.started_ms.set(Some(started_ms));
         loop {
             self.renew_if_due()?;
             // A run the last cycle stopped is not halted again: its stop step follows.
@@ -569,7 +570,8 @@ impl<J: Journal> Live<'_, J> {
                     break;
                 }
             }
-            let Step::Execute(batch) = run.next_step() else {
+            let next = crate::spec::with_deadline(executor.run_deadline(), || run.next_step());
+            let Step::Execute(batch) = next else {
                 // A stop not yet committed (the fixed point) is a step of its own; a cycle
                 // that stopped the run committed its stop with it.
                 if !self.stop_committed {

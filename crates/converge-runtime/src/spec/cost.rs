@@ -22,8 +22,10 @@
 //! is an upper bound; `exists` that stops early was charged for the whole range. This module
 //! does not decide what an exceeded limit means for an agent or an invariant.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use cel::ExecutionError;
 use cel::FunctionContext;
@@ -67,12 +69,33 @@ const UNMETERED_CALLS: [&str; 9] = [
     "_?._",
 ];
 
+/// Steps between two looks at the clock: often enough to stop within milliseconds of a
+/// deadline, rarely enough to cost nothing measurable.
+const DEADLINE_CHECK_STEPS: u64 = 16_384;
+
+thread_local! {
+    /// When evaluations on this thread must stop, whatever their cost limit: set by the
+    /// driver around an agent it runs inline ([`with_deadline`]).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `work` with evaluations on this thread stopped at `deadline` (the run's time budget
+/// or the agent timeout, whichever comes first). An evaluation cannot be interrupted from
+/// outside, so it looks at the clock itself, every [`DEADLINE_CHECK_STEPS`] steps.
+pub(crate) fn with_deadline<T>(deadline: Option<Instant>, work: impl FnOnce() -> T) -> T {
+    let previous = DEADLINE.with(|cell| cell.replace(deadline));
+    let value = work();
+    DEADLINE.with(|cell| cell.set(previous));
+    value
+}
+
 /// What one evaluation has spent, shared with the metering functions bound in its context.
 #[derive(Debug)]
 pub(crate) struct Meter {
     spent: AtomicU64,
     limit: u64,
     exceeded: AtomicBool,
+    late: AtomicBool,
 }
 
 impl Meter {
@@ -81,6 +104,7 @@ impl Meter {
             spent: AtomicU64::new(0),
             limit,
             exceeded: AtomicBool::new(false),
+            late: AtomicBool::new(false),
         })
     }
 
@@ -88,6 +112,12 @@ impl Meter {
     pub(crate) fn reset(&self) {
         self.spent.store(0, Ordering::Relaxed);
         self.exceeded.store(false, Ordering::Relaxed);
+        self.late.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the last evaluation was stopped by its thread's deadline.
+    pub(crate) fn late(&self) -> bool {
+        self.late.load(Ordering::Relaxed)
     }
 
     /// Whether the last evaluation was stopped by the limit.
@@ -106,8 +136,20 @@ impl Meter {
 
     /// Spends `steps`; `Err` once the limit is passed.
     fn charge(&self, steps: u64) -> Result<(), ExecutionError> {
-        let spent = self.spent.load(Ordering::Relaxed).saturating_add(steps);
+        let before = self.spent.load(Ordering::Relaxed);
+        let spent = before.saturating_add(steps);
         self.spent.store(spent, Ordering::Relaxed);
+        if before / DEADLINE_CHECK_STEPS != spent / DEADLINE_CHECK_STEPS
+            && DEADLINE
+                .with(Cell::get)
+                .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            self.late.store(true, Ordering::Relaxed);
+            return Err(ExecutionError::function_error(
+                "cost",
+                "the evaluation ran past its deadline",
+            ));
+        }
         if spent > self.limit {
             self.exceeded.store(true, Ordering::Relaxed);
             return Err(ExecutionError::function_error(

@@ -59,6 +59,9 @@ impl Cel {
 pub(crate) enum ExpressionError {
     /// The evaluation spent its whole cost limit, in steps, and was stopped.
     TooCostly { cost_max: u64 },
+    /// The evaluation ran past the time its agent was given (the run's `time_ms`, or
+    /// `runtime.agent_timeout_ms`) and was stopped.
+    OutOfTime,
     /// The expression cannot be evaluated on these values (a missing field, a type error),
     /// or gave something other than a boolean; the message says which.
     Failed(String),
@@ -72,6 +75,10 @@ impl std::fmt::Display for ExpressionError {
                 "the evaluation was stopped after {cost_max} steps, its cost limit; simplify \
                  the expression or raise `runtime.expression_cost_max` (at most \
                  {EXPRESSION_COST_MAX})"
+            ),
+            ExpressionError::OutOfTime => f.write_str(
+                "the evaluation was stopped when its agent's time ran out (the run's `time_ms` \
+                 or `runtime.agent_timeout_ms`)",
             ),
             ExpressionError::Failed(message) => f.write_str(message),
         }
@@ -139,12 +146,88 @@ impl Expression {
         bindings.meter.reset();
         let result = guarded(EVAL_STACK_BYTES, || cel::Value::resolve(&self.ast, &scope))
             .map_err(ExpressionError::Failed)?;
+        if bindings.meter.late() {
+            return Err(ExpressionError::OutOfTime);
+        }
         if bindings.meter.exceeded() {
             return Err(ExpressionError::TooCostly {
                 cost_max: bindings.meter.limit(),
             });
         }
-        result.map_err(|error| ExpressionError::Failed(error.to_string()))
+        result.map_err(|error| ExpressionError::Failed(plain_error(&error)))
+    }
+}
+
+/// An evaluation error in words: the `cel` crate prints the values it names as Rust debug
+/// output (`Index out of bounds: Int(-1)`), possibly whole maps of facts; this names them
+/// briefly instead.
+#[allow(deprecated)] // the crate still returns its deprecated variants
+fn plain_error(error: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as E;
+    match error {
+        E::UnsupportedTargetType { target } => {
+            format!("a function cannot take {}", plain(target))
+        }
+        E::NotSupportedAsMethod { method, target } => {
+            format!("'{method}' is not a method of {}", plain(target))
+        }
+        E::UnsupportedKeyType(key) => format!("{} cannot be a map key", plain(key)),
+        E::ValuesNotComparable(left, right) => {
+            format!("{} cannot be compared to {}", plain(left), plain(right))
+        }
+        E::UnsupportedUnaryOperator(operator, value) => {
+            format!("'{operator}' does not apply to {}", plain(value))
+        }
+        E::UnsupportedBinaryOperator(operator, left, right) => format!(
+            "'{operator}' does not apply to {} and {}",
+            plain(left),
+            plain(right)
+        ),
+        E::UnsupportedMapIndex(index) => format!("{} cannot index a map", plain(index)),
+        E::UnsupportedListIndex(index) => format!("{} cannot index a list", plain(index)),
+        E::UnsupportedIndex(index, target) => {
+            format!("{} cannot index {}", plain(index), plain(target))
+        }
+        E::UnsupportedFunctionCallIdentifierType(_) => {
+            "this expression cannot be called as a function".to_owned()
+        }
+        E::UnsupportedFieldsConstruction(_) => "message construction is not supported".to_owned(),
+        E::DivisionByZero(value) => format!("{} divided by zero", plain(value)),
+        E::RemainderByZero(value) => format!("the remainder of {} by zero", plain(value)),
+        E::Overflow(operator, left, right) => format!(
+            "'{operator}' overflows with {} and {}",
+            plain(left),
+            plain(right)
+        ),
+        E::IndexOutOfBounds(index) => format!("index {} is out of bounds", plain(index)),
+        E::DuplicateKey(key) => format!("key {} appears twice", plain(key)),
+        E::InternalError(_) => "the expression could not be evaluated".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Most characters of a string value an error message quotes.
+const QUOTED_CHARS_MAX: usize = 40;
+
+/// A value named briefly, in words: `-1`, `"abc"`, `a list of 3 items`.
+fn plain(value: &cel::Value) -> String {
+    match value {
+        cel::Value::Int(n) => n.to_string(),
+        cel::Value::UInt(n) => format!("{n}u"),
+        cel::Value::Float(f) => f.to_string(),
+        cel::Value::Bool(b) => b.to_string(),
+        cel::Value::Null => "null".to_owned(),
+        cel::Value::String(text) => {
+            let quoted: String = text.chars().take(QUOTED_CHARS_MAX).collect();
+            if text.chars().count() > QUOTED_CHARS_MAX {
+                format!("the string \"{quoted}…\"")
+            } else {
+                format!("the string \"{quoted}\"")
+            }
+        }
+        cel::Value::List(items) => format!("a list of {} items", items.len()),
+        cel::Value::Map(map) => format!("a map of {} entries", map.map.len()),
+        other => type_name(other).to_owned(),
     }
 }
 

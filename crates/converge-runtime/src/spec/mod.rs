@@ -84,6 +84,7 @@ pub use command::{
     COMMAND_EXIT_GRACE_MS, COMMAND_OUTPUT_BYTES_CAP, COMMAND_OUTPUT_BYTES_MAX_DEFAULT,
     COMMAND_PROTOCOL, COMMAND_STDERR_BYTES_MAX, COMMAND_TIMEOUT_MS_DEFAULT,
 };
+pub(crate) use cost::with_deadline;
 pub use cost::{EXPRESSION_COST_DEFAULT, EXPRESSION_COST_MAX};
 pub use error::{Problem, SpecError};
 pub use expr::{EXPRESSION_BYTES_MAX, EXPRESSION_DEPTH_MAX};
@@ -350,5 +351,29 @@ fn yaml_problem(origin: &Arc<Path>, error: &serde_saphyr::Error) -> Problem {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    Problem::new(origin, at, message)
+    Problem::new(origin, at, plain_limits(&message))
+}
+
+/// serde-saphyr names a breached budget with Rust debug output (`limits breached: Depth {
+/// depth: 65 }`); this says it in words, keeping the number.
+fn plain_limits(message: &str) -> String {
+    let Some((before, breached)) = message.split_once("limits breached: ") else {
+        return message.to_owned();
+    };
+    let (name, rest) = breached.split_once(" {").unwrap_or((breached, ""));
+    let number: String = rest
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let what = match name.trim() {
+        "Depth" => "it nests deeper than the YAML limit",
+        "Aliases" | "AliasExpansion" | "AliasReplays" => "it expands aliases past the YAML limit",
+        "Nodes" | "Documents" | "Events" => "it has more nodes than the YAML limit allows",
+        _ => "it breaks a YAML size limit",
+    };
+    match number.is_empty() {
+        true => format!("{before}{what}"),
+        false => format!("{before}{what} (reached {number})"),
+    }
 }

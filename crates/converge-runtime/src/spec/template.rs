@@ -113,7 +113,10 @@ pub(crate) fn is_template(text: &str) -> bool {
 }
 
 fn describe(error: &minijinja::Error) -> String {
-    let detail = error.detail().unwrap_or("");
+    // MiniJinja names the key of an undefined item as Rust prints it (`fact.id[None]` for
+    // `fact.id[none]`); the template's own spelling is `none`.
+    let detail = error.detail().unwrap_or("").replace("[None]", "[none]");
+    let detail = detail.as_str();
     let what = error.kind().to_string();
     let mut message = if detail.is_empty() {
         format!("template {what}")
