@@ -480,8 +480,9 @@ pub(crate) struct Executor<'a> {
     pub(crate) config: DriverConfig,
     pub(crate) clock: &'a dyn Clock,
     pub(crate) cancel: &'a Cancel,
-    /// When the drive started, by `clock`: the start of the run's time budget.
-    pub(crate) started_ms: std::cell::Cell<Option<u64>>,
+    /// When the drive started, by `clock`: the start of the run's time budget
+    /// ([`NOT_STARTED`] before it starts).
+    pub(crate) started_ms: std::sync::atomic::AtomicU64,
 }
 
 impl<'a> Executor<'a> {
@@ -496,7 +497,7 @@ impl<'a> Executor<'a> {
             config,
             clock,
             cancel,
-            started_ms: std::cell::Cell::new(None),
+            started_ms: std::sync::atomic::AtomicU64::new(NOT_STARTED),
         }
     }
 
@@ -512,7 +513,7 @@ impl<'a> Executor<'a> {
         observer: &mut (dyn Observer + Send),
     ) -> ConvergeResult {
         let started_ms = self.clock.now_ms();
-        self.started_ms.set(Some(started_ms));
+        self.started(started_ms);
         loop {
             if let Some(cancellation) = self.cancellation() {
                 let _ = run.halt(StopReason::Halted {
@@ -541,6 +542,12 @@ impl<'a> Executor<'a> {
         })
     }
 
+    /// Records when the drive started: the start of the run's time budget.
+    pub(crate) fn started(&self, started_ms: u64) {
+        self.started_ms
+            .store(started_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// When an agent run inline must stop evaluating: its timeout from now, or the end of
     /// the run's time budget, whichever comes first (`None`: neither is set).
     fn deadline(&self) -> Option<std::time::Instant> {
@@ -556,7 +563,10 @@ impl<'a> Executor<'a> {
     fn deadline_within(&self, timeout_ms: Option<u64>) -> Option<std::time::Instant> {
         let now_ms = self.clock.now_ms();
         let budget_left = self.config.time_budget_ms.map(|limit_ms| {
-            let started_ms = self.started_ms.get().unwrap_or(now_ms);
+            let started_ms = match self.started_ms.load(std::sync::atomic::Ordering::Relaxed) {
+                NOT_STARTED => now_ms,
+                started_ms => started_ms,
+            };
             limit_ms.saturating_sub(now_ms.saturating_sub(started_ms))
         });
         let left_ms = match (budget_left, timeout_ms) {
@@ -697,6 +707,9 @@ impl<'a> Executor<'a> {
         (id, outcome)
     }
 }
+
+/// `Executor::started_ms` before the drive starts.
+const NOT_STARTED: u64 = u64::MAX;
 
 /// What a batch reports while it runs: outcomes finished early (a durable drive commits
 /// them), and the passing of time (a durable drive renews its lease).

@@ -547,7 +547,7 @@ impl<J: Journal> Live<'_, J> {
         mut run: Run<'_>,
     ) -> Result<ConvergeResult, DurableError> {
         let started_ms = executor.clock.now_ms();
-        executor.started_ms.set(Some(started_ms));
+        executor.started(started_ms);
         loop {
             self.renew_if_due()?;
             // A run the last cycle stopped is not halted again: its stop step follows.
