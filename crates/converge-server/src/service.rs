@@ -38,6 +38,11 @@ pub(crate) struct Service {
     /// Runs driven at once: more would only contend for the cores and the journal's writer
     /// lock, and slow every reader down with them.
     drives: Arc<tokio::sync::Semaphore>,
+    /// Drives taken and not ended (running, or waiting for a turn): at most `admitted_max`.
+    admitted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most drives taken at once: beyond, a drive is refused at once (429) rather than left
+    /// to wait behind others' runs without an answer.
+    admitted_max: usize,
 }
 
 /// One run as this process knows it.
@@ -86,15 +91,16 @@ impl Service {
             stores.give(Store::connect(&config.db)?);
             journals.give(SqliteJournal::open(&config.db)?);
         }
+        let drives = std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2));
         Ok(Service {
             config,
             stores,
             journals,
             slots: Mutex::new(HashMap::new()),
             metrics: Metrics::new(),
-            drives: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2)),
-            )),
+            drives: Arc::new(tokio::sync::Semaphore::new(drives)),
+            admitted: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            admitted_max: drives * DRIVES_QUEUED_PER_TURN,
         })
     }
 
@@ -274,6 +280,16 @@ impl Service {
         op: Op,
         cancel: Cancel,
     ) -> impl Future<Output = Result<(), ApiError>> + use<> {
+        let admitted = self.admitted.fetch_add(1, Ordering::SeqCst);
+        if admitted >= self.admitted_max {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            drop(guard);
+            let busy = ApiError::busy(format!(
+                "the server is driving or queueing {admitted} runs, its most; nothing was \
+                 started: try again in a few seconds"
+            ));
+            return futures_util::future::Either::Left(std::future::ready(Err(busy)));
+        }
         let (answer, answered) = oneshot::channel();
         let first = Arc::new(Mutex::new(Some(answer)));
         let run = op.run().clone();
@@ -289,6 +305,7 @@ impl Service {
         self.metrics.drives_started();
         tokio::task::spawn_blocking(move || {
             let outcome = drive_on_this_thread(&service, runtime, op, &cancel);
+            service.admitted.fetch_sub(1, Ordering::SeqCst);
             *lock(&slot.cancel) = None;
             slot.driving.store(false, Ordering::SeqCst);
             service.metrics.drives_ended();
@@ -307,11 +324,11 @@ impl Service {
                 }
             }
         });
-        async move {
+        futures_util::future::Either::Right(async move {
             answered
                 .await
                 .unwrap_or_else(|_| Err(ApiError::internal("the drive ended without an answer")))
-        }
+        })
     }
 
     /// Runs that were submitted here and left running by a process that stopped: driven on
@@ -542,6 +559,11 @@ pub(crate) fn durable_error(error: DurableError) -> ApiError {
         other => ApiError::internal(other),
     }
 }
+
+/// Drives that may wait for each turn (each core's drive): together with those running, the
+/// most a server takes at once. With bounded evaluations a drive's first step takes at most
+/// a few seconds of work, so the last admitted waits a few seconds, not minutes.
+const DRIVES_QUEUED_PER_TURN: usize = 4;
 
 /// How long a reader waits between looks at a run driven by another process.
 pub(crate) const POLL: Duration = Duration::from_millis(500);
