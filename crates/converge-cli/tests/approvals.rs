@@ -1,25 +1,11 @@
 //! Approvals through the real binary: a proposal the structural invariants would refuse is
 //! never shown to a human, and deciding a proposal says what became of it.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use common::{converge, text};
 use serde_json::Value;
 use tempfile::TempDir;
-
-fn converge(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_converge"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .env_remove("CONVERGE_DB")
-        .output()
-        .expect("the converge binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Two payouts awaiting approval, one over the structural cap.
 const PAYOUTS: &str = r#"version: 1

@@ -3,26 +3,15 @@
 //! too deep for the journal to record is the agent's recorded failure while the run stays
 //! approvable.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{converge, text};
 use serde_json::Value;
 use tempfile::TempDir;
-
-fn converge(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_converge"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .env_remove("CONVERGE_DB")
-        .output()
-        .expect("the converge binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout)
