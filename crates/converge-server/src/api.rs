@@ -73,6 +73,7 @@ pub(crate) struct WhoAmI {
 
 /// `?id=` of a submission.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitQuery {
     /// The new run's id (1 to 48 letters, digits, `_` or `-`); default `run-N`.
@@ -150,6 +151,7 @@ const EVENTS_PAGE_MAX: usize = 5000;
 
 /// `?limit=` of a listing.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// At most this many runs, from 1 to 1000 (default 100).
@@ -158,6 +160,7 @@ pub(crate) struct ListQuery {
 
 /// `?from=&limit=` of a page of events or audit entries.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     /// The first event's seq (default 0).
@@ -266,7 +269,7 @@ async fn view_of(service: &Arc<Service>, owner: &Ownership) -> Result<RunView, A
 
 /// Who the token is.
 #[utoipa::path(get, path = "/v1/whoami", tag = "auth",
-    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = WhoAmI, description = "OK"), (status = 401, body = ErrorBody, description = "No live token")),
     security(("bearer" = [])))]
 pub(crate) async fn whoami(
     Extension(caller): Extension<Principal>,
@@ -286,7 +289,7 @@ pub(crate) async fn whoami(
     responses(
         (status = 201, body = RunView, description = "The run started; its first step is journaled"),
         (status = 409, body = ErrorBody, description = "The id is taken"),
-        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "The spec was refused")),
+        (status = 415, body = ErrorBody, description = "Unsupported content type"), (status = 422, body = ErrorBody, description = "The spec was refused")),
     security(("bearer" = [])))]
 pub(crate) async fn submit(
     State(service): Api,
@@ -445,7 +448,7 @@ fn check_run_id(id: &str) -> Result<(), ApiError> {
 
 /// The tenant's runs, newest first.
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
-    responses((status = 200, body = RunList)), security(("bearer" = [])))]
+    responses((status = 200, body = RunList, description = "OK")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -480,7 +483,7 @@ pub(crate) async fn list(
 /// One run.
 #[utoipa::path(get, path = "/v1/runs/{run}", tag = "runs",
     params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, body = RunView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = RunView, description = "OK"), (status = 404, body = ErrorBody, description = "No such run for this token's tenant")),
     security(("bearer" = [])))]
 pub(crate) async fn get_run(
     State(service): Api,
@@ -496,7 +499,7 @@ pub(crate) async fn get_run(
 #[utoipa::path(post, path = "/v1/runs/{run}/cancel", tag = "runs",
     params(("run" = String, Path, description = "The run's id")),
     request_body(content = Option<CancelRequest>),
-    responses((status = 202, body = RunView), (status = 409, body = ErrorBody, description = "Already stopped")),
+    responses((status = 202, body = RunView, description = "Accepted"), (status = 409, body = ErrorBody, description = "Already stopped")),
     security(("bearer" = [])))]
 pub(crate) async fn cancel(
     State(service): Api,
@@ -551,7 +554,7 @@ pub(crate) async fn cancel(
 /// Resume a run whose driver stopped before the run did (a crash or a restart).
 #[utoipa::path(post, path = "/v1/runs/{run}/resume", tag = "runs",
     params(("run" = String, Path, description = "The run's id")),
-    responses((status = 202, body = RunView), (status = 409, body = ErrorBody)),
+    responses((status = 202, body = RunView, description = "Accepted"), (status = 409, body = ErrorBody, description = "The run's state does not allow it")),
     security(("bearer" = [])))]
 pub(crate) async fn resume(
     State(service): Api,
@@ -612,7 +615,7 @@ pub(crate) async fn facts(
     params(("run" = String, Path, description = "The run's id"),
         ("key" = String, Path, description = "The fact's key"),
         ("id" = String, Path, description = "The fact's id")),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Object, description = "OK"), (status = 404, body = ErrorBody, description = "No such run for this token's tenant")),
     security(("bearer" = [])))]
 pub(crate) async fn fact(
     State(service): Api,
@@ -683,7 +686,7 @@ pub(crate) async fn approvals(
     params(("run" = String, Path, description = "The run's id"),
         ("proposal" = String, Path, description = "The pending proposal's id, like c2.a3.p0")),
     request_body = ApproveRequest,
-    responses((status = 200, body = DecisionAccepted),
+    responses((status = 200, body = DecisionAccepted, description = "OK"),
         (status = 403, body = ErrorBody, description = "The approver submitted the run"),
         (status = 409, body = ErrorBody, description = "Not pending, stale hash, or the run is busy")),
     security(("bearer" = [])))]
@@ -701,8 +704,8 @@ pub(crate) async fn approve(
     params(("run" = String, Path, description = "The run's id"),
         ("proposal" = String, Path, description = "The pending proposal's id")),
     request_body = RejectRequest,
-    responses((status = 200, body = DecisionAccepted), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody)),
+    responses((status = 200, body = DecisionAccepted, description = "OK"), (status = 403, body = ErrorBody, description = "The token's role cannot do this"),
+        (status = 409, body = ErrorBody, description = "The run's state does not allow it")),
     security(("bearer" = [])))]
 pub(crate) async fn reject(
     State(service): Api,
@@ -867,7 +870,7 @@ async fn record(
 /// Every decision attempt on the run, accepted or refused, in order.
 #[utoipa::path(get, path = "/v1/runs/{run}/decisions", tag = "approvals",
     params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, body = DecisionList)),
+    responses((status = 200, body = DecisionList, description = "OK")),
     security(("bearer" = [])))]
 pub(crate) async fn decisions(
     State(service): Api,
