@@ -90,3 +90,40 @@ fn a_payout_over_the_cap_is_never_parked_and_a_decision_says_what_became_of_it()
         "the decision's outcome, with who and why: {said}"
     );
 }
+
+#[test]
+fn the_weekly_payouts_example_refuses_the_approval_that_passes_the_weekly_total() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let spec =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/weekly-payouts.yaml");
+    let run = converge(
+        &db,
+        &["run", &spec.to_string_lossy(), "--id", "week-1", "--json"],
+    );
+    assert_eq!(run.status.code(), Some(3), "{}", text(&run.stderr));
+    let seen: Value =
+        serde_json::from_slice(&converge(&db, &["inspect", "week-1", "--json"]).stdout).unwrap();
+    let pending: Vec<String> = seen["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|pending| pending["proposal"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(pending.len(), 4, "the 1800 payout never waits: {seen}");
+    let mut said = Vec::new();
+    for proposal in &pending {
+        let approve = converge(&db, &["approve", "week-1", proposal, "--as", "alice"]);
+        said.push(text(&approve.stdout));
+    }
+    let promoted = said
+        .iter()
+        .filter(|said| said.contains(": promoted to"))
+        .count();
+    assert_eq!(promoted, 3, "{said:?}");
+    assert!(
+        said[3].contains("refused: invariant weekly-total"),
+        "the fourth would pass 5000 in the week: {}",
+        said[3]
+    );
+}

@@ -395,6 +395,7 @@ fn every_example_runs_offline_to_its_documented_stop() {
         ("release-approval.yaml", 3),
         ("incident-triage.yaml", 0),
         ("budget-review.yaml", 0),
+        ("weekly-payouts.yaml", 3),
     ] {
         // (churn-explainer.yaml needs a model: see the scripted-model test below.)
         let run = converge(&db, &["run", &example(spec), "--json"]);
@@ -408,7 +409,7 @@ fn every_example_runs_offline_to_its_documented_stop() {
         );
     }
     let runs = json(&converge(&db, &["runs", "--json"]));
-    assert_eq!(runs.as_array().unwrap().len(), 3);
+    assert_eq!(runs.as_array().unwrap().len(), 4);
 }
 
 #[test]

@@ -245,6 +245,7 @@ impl Bindings {
         let mut context = cel::Context::with_env(cel.env.clone());
         let meter = Meter::new(cel.cost_max);
         cost::bind_meter(&mut context, &meter);
+        super::numbers::bind_numbers(&mut context);
         bind(&mut context, variables)?;
         Ok(Bindings { context, meter })
     }
@@ -390,6 +391,38 @@ mod tests {
         let arithmetic =
             compile("facts.risks[0].content.severity - 5 < 0 && double(2) * 0.5 == 1.0");
         assert_eq!(holds(&arithmetic.unwrap(), &[("facts", &facts)]), Ok(true));
+    }
+
+    #[test]
+    fn totals_and_extremes_of_numbers() {
+        let facts = json!({"payouts": [
+            {"id": "p1", "content": {"amount": 1200}},
+            {"id": "p2", "content": {"amount": 2500}},
+            {"id": "p3", "content": {"amount": 900.5}}
+        ]});
+        let check = |source: &str| holds(&compile(source).unwrap(), &[("facts", &facts)]);
+        for holding in [
+            "sum(facts.payouts.map(p, p.content.amount)) == 4600.5",
+            "sum(facts.payouts.map(p, p.content.amount)) <= 5000",
+            "sum([1, 2, 3]) == 6 && sum([]) == 0",
+            "min(facts.payouts.map(p, p.content.amount)) == 900.5",
+            "max(facts.payouts.map(p, p.content.amount)) == 2500",
+            "max([1, 1.5]) == 1.5 && min([3, 1, 2]) == 1",
+        ] {
+            assert_eq!(check(holding), Ok(true), "{holding}");
+        }
+        assert_eq!(
+            check("sum(facts.payouts.map(p, p.content.amount)) <= 4000"),
+            Ok(false)
+        );
+        for (failing, words) in [
+            ("min([]) == 0", "empty"),
+            ("sum([1, 'two']) == 1", "item 1"),
+            ("sum([9223372036854775807, 1]) > 0", "overflows"),
+        ] {
+            let error = check(failing).unwrap_err();
+            assert!(error.contains(words), "{failing}: {error}");
+        }
     }
 
     #[test]

@@ -62,6 +62,7 @@ mod error;
 mod expr;
 mod invariant;
 mod llm;
+mod numbers;
 mod process;
 mod raw;
 mod render;
