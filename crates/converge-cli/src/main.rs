@@ -159,7 +159,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
     if cli.command.only_reads() && !path.exists() {
         // Reading never creates a journal.
         if let Command::Runs = cli.command {
-            output::text(show::runs(&[], cli.json))?;
+            output::text(show::runs(&[], &[], cli.json))?;
             if cli.json {
                 output::line("")?;
             }
@@ -208,7 +208,12 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             Ok(stop_code(&result))
         }
         Command::Runs => {
-            output::text(show::runs(&journal.runs()?, cli.json))?;
+            let runs = journal.runs()?;
+            let jobs: Vec<show::Job> = runs
+                .iter()
+                .map(|run| show::Job::of(journal.header(&run.id).ok().as_ref()))
+                .collect();
+            output::text(show::runs(&runs, &jobs, cli.json))?;
             if cli.json {
                 output::line("")?;
             }

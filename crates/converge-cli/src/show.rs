@@ -146,17 +146,51 @@ pub(crate) fn summary(
 }
 
 /// `converge runs`.
-pub(crate) fn runs(runs: &[RunSummary], json: bool) -> String {
+/// The job a run was started from, as a listing shows it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Job {
+    /// The spec's file name (`release-approval.yaml`), if the run came from one.
+    pub(crate) name: Option<String>,
+    /// The objective its intent states.
+    pub(crate) objective: Option<String>,
+}
+
+impl Job {
+    /// The job of a run, from its journal header (nothing when the header is unreadable).
+    pub(crate) fn of(header: Option<&converge_runtime::RunHeader>) -> Job {
+        let Some(job) = header.and_then(|header| header.job.as_ref()) else {
+            return Job::default();
+        };
+        Job {
+            name: std::path::Path::new(&job.path)
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned()),
+            objective: converge_runtime::spec::JobSpec::objective_of(&job.source),
+        }
+    }
+}
+
+/// Most characters of an objective a listing line shows.
+const OBJECTIVE_SHOWN_MAX: usize = 48;
+
+/// Every run with its job, status and size: a table, or a JSON array.
+pub(crate) fn runs(runs: &[RunSummary], jobs: &[Job], json: bool) -> String {
+    let job_of = |index: usize| jobs.get(index).cloned().unwrap_or_default();
     if json {
         let rows: Vec<Value> = runs
             .iter()
-            .map(|run| {
+            .enumerate()
+            .map(|(index, run)| {
+                let job = job_of(index);
                 json!({
                     "run": run.id.as_str(),
+                    "job": job.name,
+                    "objective": job.objective,
                     "status": status_json(&run.status),
                     "steps": run.steps,
                     "events": run.events,
                     "root_hash": run.root_hash,
+                    "record_hash": run.record_hash,
                 })
             })
             .collect();
@@ -171,20 +205,32 @@ pub(crate) fn runs(runs: &[RunSummary], json: bool) -> String {
         .max()
         .unwrap_or(3)
         .max(3);
+    let names: Vec<String> = (0..runs.len())
+        .map(|index| job_of(index).name.unwrap_or_else(|| "-".to_owned()))
+        .collect();
+    let job_width = names
+        .iter()
+        .map(|name| name.chars().count())
+        .max()
+        .unwrap_or(3)
+        .max(3);
     let mut out = format!(
-        "{:width$}  {:18}  {:>5}  {:>7}  root hash\n",
-        "run", "status", "steps", "events"
+        "{:width$}  {:18}  {:>5}  {:job_width$}  objective\n",
+        "run", "status", "steps", "job"
     );
-    for run in runs {
-        let hash = run.root_hash.to_string();
+    for (index, run) in runs.iter().enumerate() {
+        let objective = job_of(index).objective.unwrap_or_default();
+        let mut shown: String = objective.chars().take(OBJECTIVE_SHOWN_MAX).collect();
+        if objective.chars().count() > OBJECTIVE_SHOWN_MAX {
+            shown.push('…');
+        }
         let _ = writeln!(
             out,
-            "{:width$}  {:18}  {:>5}  {:>7}  {}…",
+            "{:width$}  {:18}  {:>5}  {:job_width$}  {shown}",
             run.id.as_str(),
             status_text(&run.status),
             run.steps,
-            run.events,
-            &hash[..16]
+            names[index],
         );
     }
     out

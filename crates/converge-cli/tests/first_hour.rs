@@ -1,5 +1,6 @@
 //! Small things a new user meets in the first hour, through the real binary: an empty
-//! `CONVERGE_DB` counts as unset, and counts are written as words ("1 cycle", "2 facts").
+//! `CONVERGE_DB` counts as unset, counts are written as words ("1 cycle", "2 facts"), and
+//! runs are listed with their job and objective.
 
 use std::process::Command;
 
@@ -38,5 +39,13 @@ fn an_empty_converge_db_is_unset_and_counts_read_as_words() {
         .arg("runs")
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&runs.stdout).contains("one-1"));
+    let listed = String::from_utf8_lossy(&runs.stdout);
+    let row = listed
+        .lines()
+        .find(|line| line.starts_with("one-1"))
+        .unwrap_or_else(|| panic!("the run is listed: {listed}"));
+    assert!(
+        row.contains("one.yaml") && row.contains("one fact"),
+        "runs are listed with their job and objective: {listed}"
+    );
 }

@@ -221,6 +221,29 @@ impl JobSpec {
         Ok(Loaded { spec, warnings })
     }
 
+    /// The objective a spec's text states (`intent.objective`), read without checking the
+    /// rest: what listings show beside a run. `None` for text that is not a readable spec.
+    ///
+    /// ```
+    /// use converge_runtime::spec::JobSpec;
+    ///
+    /// let source = "version: 1\nintent: {objective: Ship 2.4.0}\n";
+    /// assert_eq!(JobSpec::objective_of(source).as_deref(), Some("Ship 2.4.0"));
+    /// assert_eq!(JobSpec::objective_of("[not a spec"), None);
+    /// ```
+    pub fn objective_of(source: &str) -> Option<String> {
+        if source.len() > SPEC_BYTES_MAX {
+            return None;
+        }
+        let value: serde_json::Value =
+            serde_saphyr::from_str_with_options(source, yaml_options()).ok()?;
+        value
+            .get("intent")?
+            .get("objective")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
     /// Reads the file at `path` and parses it (see [`JobSpec::parse`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Loaded, SpecError> {
         let path = path.as_ref();
