@@ -57,10 +57,13 @@ pub(crate) struct RunView {
     driving: bool,
 }
 
-/// The runs of a tenant.
+/// A page of a tenant's runs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RunList {
     runs: Vec<RunView>,
+    /// Pass as `?after=` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 /// Who a token is.
@@ -143,6 +146,25 @@ fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize,
     }
 }
 
+/// A runs cursor (`<submitted_ms>.<id>`, a page's `next`) as the store orders by.
+fn parse_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+    let refused = || {
+        ApiError::bad_request(
+            "query parameter after: not a cursor; pass the `next` of the previous page",
+        )
+    };
+    let (ms, id) = cursor.split_once('.').ok_or_else(refused)?;
+    let ms: i64 = ms.parse().map_err(|_| refused())?;
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(refused());
+    }
+    Ok((ms, id.to_owned()))
+}
+
 /// Most runs one listing returns.
 const RUNS_PAGE_MAX: usize = 1000;
 
@@ -156,6 +178,8 @@ const EVENTS_PAGE_MAX: usize = 5000;
 pub(crate) struct ListQuery {
     /// At most this many runs, from 1 to 1000 (default 100).
     limit: Option<usize>,
+    /// The `next` of the previous page: the runs submitted before its last one.
+    after: Option<String>,
 }
 
 /// `?from=&limit=` of a page of events or audit entries.
@@ -457,10 +481,18 @@ pub(crate) async fn list(
     authorize(&caller, Action::Read)?;
     let principal = caller;
     let limit = page_limit(query.limit, 100, RUNS_PAGE_MAX)?;
+    let after = query.after.as_deref().map(parse_cursor).transpose()?;
     let tenant = principal.tenant.clone();
     let owners = service
-        .store(move |store| store.runs_of(&tenant, limit))
+        .store(move |store| store.runs_of(&tenant, limit, after))
         .await?;
+    let next = (owners.len() == limit)
+        .then(|| {
+            owners
+                .last()
+                .map(|last| format!("{}.{}", last.submitted_ms, last.id))
+        })
+        .flatten();
     let reader = service.clone();
     let views = service
         .journal(move |journal| {
@@ -477,7 +509,7 @@ pub(crate) async fn list(
             Ok(views)
         })
         .await?;
-    Ok(Json(RunList { runs: views }))
+    Ok(Json(RunList { runs: views, next }))
 }
 
 /// One run.

@@ -370,12 +370,27 @@ impl Store {
     }
 
     /// The tenant's runs, newest first, at most `limit`.
-    pub(crate) fn runs_of(&self, tenant: &str, limit: usize) -> Result<Vec<Ownership>, StoreError> {
-        self.ownerships(
-            "SELECT run, tenant, id, submitted_by, submitted_ms FROM server_runs \
-             WHERE tenant = ?1 ORDER BY submitted_ms DESC, id DESC LIMIT ?2",
-            params![tenant, i64::try_from(limit).unwrap_or(i64::MAX)],
-        )
+    pub(crate) fn runs_of(
+        &self,
+        tenant: &str,
+        limit: usize,
+        after: Option<(i64, String)>,
+    ) -> Result<Vec<Ownership>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match after {
+            None => self.ownerships(
+                "SELECT run, tenant, id, submitted_by, submitted_ms FROM server_runs \
+                 WHERE tenant = ?1 ORDER BY submitted_ms DESC, id DESC LIMIT ?2",
+                params![tenant, limit],
+            ),
+            // The runs after the cursor in the listing's order (newest first).
+            Some((ms, id)) => self.ownerships(
+                "SELECT run, tenant, id, submitted_by, submitted_ms FROM server_runs \
+                 WHERE tenant = ?1 AND (submitted_ms < ?3 OR (submitted_ms = ?3 AND id < ?4)) \
+                 ORDER BY submitted_ms DESC, id DESC LIMIT ?2",
+                params![tenant, limit, ms, id],
+            ),
+        }
     }
 
     /// Every run submitted here, oldest first.

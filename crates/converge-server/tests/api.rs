@@ -522,6 +522,41 @@ async fn a_rejection_with_a_reason_is_recorded_and_the_fact_never_promoted() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_list_pages_with_a_cursor_past_any_length() -> TestResult {
+    let server = TestServer::start().await?;
+    let mut submitted = Vec::new();
+    for _ in 0..5 {
+        submitted.push(server.submit(DERIVED, None).await?);
+    }
+    let mut listed: Vec<String> = Vec::new();
+    let mut path = "/v1/runs?limit=2".to_owned();
+    for _ in 0..10 {
+        let page = server.get_ok(&path, &server.vic).await?;
+        let runs = page["runs"].as_array().ok_or("no runs")?;
+        assert!(runs.len() <= 2, "{page}");
+        listed.extend(
+            runs.iter()
+                .filter_map(|run| run["id"].as_str().map(str::to_owned)),
+        );
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/runs?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let mut newest_first = submitted.clone();
+    newest_first.reverse();
+    assert_eq!(listed, newest_first, "every run once, newest first");
+    let response = server
+        .request(Method::GET, "/v1/runs?after=garbage", &server.vic)
+        .send()
+        .await?;
+    let (status, body) = answer(response).await?;
+    let message = assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(message.contains("after"), "{message}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_mean_one_thing_everywhere_and_query_errors_name_the_parameter() -> TestResult {
     let server = TestServer::start().await?;
     let id = server.submit(DERIVED, None).await?;
