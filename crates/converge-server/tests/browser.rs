@@ -37,6 +37,7 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
     let tokens = Tokens::open(&db)?;
     let submitter = tokens.create("acme", "sam", Role::Submitter)?.secret;
     let approver = tokens.create("acme", "alice", Role::Approver)?.secret;
+    let viewer = tokens.create("acme", "vic", Role::Viewer)?.secret;
     let server = Server::bind(ServerConfig::new(db.clone())).await?;
     let base = format!("http://{}", server.local_addr());
     let serving = tokio::spawn(server.serve(std::future::pending::<()>()));
@@ -52,6 +53,7 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
         .current_dir(BROWSER_DIR)
         .env("BASE_URL", &base)
         .env("APPROVER_TOKEN", &approver)
+        .env("VIEWER_TOKEN", &viewer)
         .env("RUN_ID", &run_id)
         .env("CHROMIUM", &chromium)
         .env("ARTIFACTS", &artifacts);

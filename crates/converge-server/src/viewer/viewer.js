@@ -13,7 +13,7 @@ const TIMELINE_DEBOUNCE_MS = 50;
 const RECONNECT_MS = 1000;
 const ROUTE = /^#\/runs\/([^/]+)$/;
 
-const session = { token: null };
+const session = { token: null, role: null };
 let runsTimer = null;
 let openView = null;
 
@@ -178,6 +178,11 @@ function runPath(runId, ...rest) {
 // ----------------------------------------------------------------------------------------
 // Session
 
+/** Whether the signed-in token's role may approve or reject (the server's rule). */
+function canDecide() {
+  return session.role === "approver" || session.role === "admin";
+}
+
 async function signIn(token) {
   session.token = token;
   let me;
@@ -188,6 +193,7 @@ async function signIn(token) {
     return;
   }
   sessionStorage.setItem(TOKEN_KEY, token);
+  session.role = me.role;
   byId("whoami").textContent = `${me.name} · ${me.tenant} · ${me.role}`;
   byId("account").hidden = false;
   byId("sign-in-view").hidden = true;
@@ -1010,7 +1016,14 @@ class RunView {
         ["hash", shortHash(item.hash)],
       ]),
       h("div", { testid: "approval-content" }, pretty(item.content)),
-      h("div", { class: "actions" }, approve, reject),
+      // Only the roles that may decide are offered the buttons; the server refuses others.
+      canDecide()
+        ? h("div", { class: "actions" }, approve, reject)
+        : h(
+            "p",
+            { class: "muted small", testid: "decide-not-allowed" },
+            `An approver decides this; your token's role is ${session.role}.`,
+          ),
       rejectForm,
       message,
     );

@@ -2,10 +2,12 @@
 // crates/converge-server/tests/browser.rs (which starts the server and submits the run).
 //
 // Environment: BASE_URL (the server), APPROVER_TOKEN (an approver of the run's tenant who did
-// not submit it), RUN_ID (a run of examples/release-approval.yaml awaiting approval), CHROMIUM
-// (the browser executable), ARTIFACTS (a directory for screenshots).
+// not submit it), VIEWER_TOKEN (a viewer of the same tenant), RUN_ID (a run of
+// examples/release-approval.yaml awaiting approval), CHROMIUM (the browser executable),
+// ARTIFACTS (a directory for screenshots).
 //
-// Signs in, opens the run, checks its timeline, facts, provenance and pending approval,
+// First, as the viewer, checks that the pending approval is shown without Approve and Reject
+// buttons (the viewer's role cannot decide). Then signs in as the approver, opens the run, checks its timeline, facts, provenance and pending approval,
 // approves it, and follows the live event stream (no reload) until the run converges with
 // the release approved by alice. Exits non-zero with a message on the first failed
 // expectation, leaving a screenshot of the page as it was.
@@ -29,6 +31,7 @@ function fail(message) {
 
 const baseUrl = env("BASE_URL");
 const token = env("APPROVER_TOKEN");
+const viewerToken = env("VIEWER_TOKEN");
 const runId = env("RUN_ID");
 const executablePath = env("CHROMIUM");
 const artifacts = env("ARTIFACTS");
@@ -89,6 +92,23 @@ function fact(key, id) {
 
 const runRow = page.locator(`[data-testid="run-row"][data-run-id="${runId}"]`);
 const approval = byTestId("approval").first();
+
+await stage("a viewer sees the pending approval without buttons to decide it", async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const viewerPage = await context.newPage();
+  viewerPage.setDefaultTimeout(TIMEOUT_MS);
+  await viewerPage.goto(baseUrl);
+  await byTestId("token-input", viewerPage).fill(viewerToken);
+  await byTestId("sign-in", viewerPage).click();
+  await viewerPage.locator(`[data-testid="run-row"][data-run-id="${runId}"]`).click();
+  const card = byTestId("approval", viewerPage).first();
+  await card.waitFor();
+  await byTestId("decide-not-allowed", card).waitFor();
+  const buttons = await card.locator('[data-testid="approve"], [data-testid="reject"]').count();
+  if (buttons) throw new Error(`a viewer is offered ${buttons} decision buttons`);
+  await viewerPage.screenshot({ path: join(artifacts, "00-viewer-cannot-decide.png"), fullPage: true });
+  await context.close();
+});
 
 await stage("sign in with the approver's token", async () => {
   await page.goto(baseUrl);
