@@ -344,6 +344,14 @@ impl Service {
             if summary.status != RunStatus::Running {
                 continue;
             }
+            if self.admitted.load(Ordering::SeqCst) >= self.admitted_max {
+                tracing::warn!(
+                    run = %owner.run,
+                    "left running: the server already drives or queues its most runs; \
+                     resume it later"
+                );
+                continue;
+            }
             let Some(guard) = self.try_drive(&owner.run) else {
                 continue;
             };
