@@ -54,8 +54,8 @@ A closed stdout (`converge inspect RUN | head -1`) ends a command quietly with 0
 pub(crate) enum Command {
     /// Run a job spec to its next stop, showing live progress.
     #[command(after_help = "Examples:
-  converge run examples/release-approval/job.yaml
-  converge run job.yaml --id nightly-1 --json")]
+  converge run examples/release-approval.yaml
+  converge run examples/weekly-payouts.yaml --id payouts-1 --json")]
     Run(RunArgs),
 
     /// List the runs in the journal.
@@ -72,19 +72,19 @@ pub(crate) enum Command {
 
     /// Explain why a fact is true: its agent, the facts it read, its validations, who approved.
     #[command(after_help = "Examples:
-  converge why release-approval-1 decision
-  converge why release-approval-1 strategies/decision")]
+  converge why release-approval-1 release-2-4-0
+  converge why release-approval-1 releases/release-2-4-0 --json")]
     Why(WhyArgs),
 
     /// Approve a pending proposal, then run the job on to its next stop.
     #[command(after_help = "Examples:
-  converge approve release-approval-1 c2.a3.p0 --as alice
-  converge approve release-approval-1 c2.a3.p0 --as alice --json")]
+  converge approve release-approval-1 c3.a3.p0 --as alice
+  converge approve payouts-1 c2.a2.p0 --as alice --json")]
     Approve(DecideArgs),
 
     /// Reject a pending proposal, then run the job on to its next stop.
     #[command(after_help = "Examples:
-  converge reject release-approval-1 c2.a3.p0 --as bob --reason \"no rollback plan\"")]
+  converge reject payouts-1 c2.a2.p2 --as bob --reason \"invoice paid twice\"")]
     Reject(DecideArgs),
 
     /// Continue a run whose process stopped before it did (crash, kill, power loss).
@@ -186,7 +186,7 @@ pub(crate) struct WhyArgs {
 pub(crate) struct DecideArgs {
     /// The run's id.
     pub(crate) run: String,
-    /// The pending proposal's id, as `converge inspect` lists it (e.g. `c2.a3.p0`).
+    /// The pending proposal's id, as `converge inspect` lists it (e.g. `c3.a3.p0`).
     pub(crate) proposal: String,
     /// Who decides: the name recorded in the journal with the decision.
     #[arg(long = "as", value_name = "NAME")]

@@ -49,3 +49,83 @@ fn an_empty_converge_db_is_unset_and_counts_read_as_words() {
         "runs are listed with their job and objective: {listed}"
     );
 }
+
+/// The `Examples:` lines of `converge <command> --help`, as argument lists (shell redirections
+/// and pipes cut off).
+fn help_examples(command: &str) -> Vec<Vec<String>> {
+    let help = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args([command, "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout).into_owned();
+    let Some((_, examples)) = text.split_once("Examples:") else {
+        return Vec::new();
+    };
+    examples
+        .lines()
+        .map(str::trim)
+        .filter_map(|line| line.strip_prefix("converge "))
+        .map(|line| {
+            let line = line.split(['>', '|']).next().unwrap_or_default();
+            // Quoted arguments keep their spaces.
+            let mut args = Vec::new();
+            let mut quoted = false;
+            let mut current = String::new();
+            for c in line.chars() {
+                match c {
+                    '"' => quoted = !quoted,
+                    ' ' if !quoted => {
+                        if !current.is_empty() {
+                            args.push(std::mem::take(&mut current));
+                        }
+                    }
+                    c => current.push(c),
+                }
+            }
+            if !current.is_empty() {
+                args.push(current);
+            }
+            args
+        })
+        .collect()
+}
+
+#[test]
+fn the_help_examples_name_files_runs_and_proposals_that_exist() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // In the order a new user would try them; `serve` and `token` start a server instead.
+    for command in [
+        "run", "runs", "inspect", "approve", "reject", "why", "resume", "replay", "verify",
+        "export",
+    ] {
+        let examples = help_examples(command);
+        assert!(
+            !examples.is_empty(),
+            "`converge {command} --help` has examples"
+        );
+        for args in examples {
+            let output = Command::new(env!("CARGO_BIN_EXE_converge"))
+                .current_dir(&root)
+                .env_remove("CONVERGE_DB")
+                .arg("--db")
+                .arg(&db)
+                .args(&args)
+                .output()
+                .unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let code = output.status.code();
+            // `resume` of a run that finished says so: the example is for a crashed run.
+            let fine = match command {
+                "resume" => code == Some(1) && said.contains("already stopped"),
+                _ => matches!(code, Some(0 | 3 | 7)),
+            };
+            assert!(fine, "converge {}: exit {code:?}\n{said}", args.join(" "));
+        }
+    }
+}
