@@ -1080,22 +1080,32 @@ class RunView {
     try {
       const result = await api(this.path(kind), { signal: this.abort.signal });
       out.dataset.kind = kind;
-      out.textContent = `${auditHeadline(kind, result)}\n${JSON.stringify(result, null, 2)}`;
+      out.dataset.ok = String(kind === "verify" ? result.intact === true : result.replay === "identical");
+      out.textContent = auditSentence(kind, result);
     } catch (error) {
       if (!this.closed) out.textContent = `${kind} failed: ${error.message}`;
     }
   }
 }
 
-function auditHeadline(kind, result) {
+/** What a verification or a replay found, in sentences a person reads (with the hashes). */
+function auditSentence(kind, result) {
+  const steps = (n) => `${n} step${n === 1 ? "" : "s"}`;
+  const events = (n) => `${n} event${n === 1 ? "" : "s"}`;
   if (kind === "verify") {
     return result.intact
-      ? "The stored hash chain is intact."
-      : `The chain is broken at event ${result.first_bad_seq}: ${result.reason}`;
+      ? `Intact: every stored byte of the run checks out — ${steps(result.steps)}, ` +
+          `${events(result.events)}. Root hash ${result.root_hash}; record hash ${result.record_hash}.`
+      : `Broken at ${result.at}: ${result.reason}.`;
   }
-  return result.replay === "identical"
-    ? "Replay re-derived every event identically."
-    : "Replay diverged from the journal.";
+  if (result.replay === "identical") {
+    return (
+      `Identical: ${steps(result.steps)} and ${events(result.events)} re-derived without ` +
+      `calling any agent, to the recorded root hash ${result.root_hash}.`
+    );
+  }
+  const where = result.seq === null || result.seq === undefined ? "" : `, event ${result.seq}`;
+  return `Diverged at step ${result.step}${where}: ${result.detail}.`;
 }
 
 // ----------------------------------------------------------------------------------------

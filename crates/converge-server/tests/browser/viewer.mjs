@@ -231,15 +231,23 @@ await stage("the approved release's provenance names alice", async () => {
   await screenshot("04-approved.png");
 });
 
-await stage("verify and replay from the page", async () => {
+await stage("verify and replay from the page, answered in sentences with the hashes", async () => {
+  // The predicates run in the page, so each finds the result itself.
   await byTestId("verify").click();
-  await until("verify's result", () =>
-    document.querySelector('[data-testid="audit-result"]')?.textContent.includes('"intact": true'),
-  );
+  await until("verify's sentence", () => {
+    const out = document.querySelector('[data-testid="audit-result"]');
+    const text = out?.textContent ?? "";
+    return out?.dataset.kind === "verify" && text.startsWith("Intact:") && /record hash [0-9a-f]{64}/.test(text);
+  });
   await byTestId("replay").click();
-  await until("replay's result", () =>
-    document.querySelector('[data-testid="audit-result"]')?.textContent.includes('"replay": "identical"'),
-  );
+  await until("replay's sentence", () => {
+    const out = document.querySelector('[data-testid="audit-result"]');
+    const text = out?.textContent ?? "";
+    return out?.dataset.kind === "replay" && text.startsWith("Identical:") && /root hash [0-9a-f]{64}/.test(text);
+  });
+  const text = await byTestId("audit-result").innerText();
+  if (text.includes("{")) throw new Error(`the result shows raw JSON: ${text}`);
+  await screenshot("05-replayed.png");
 });
 
 await browser.close();
