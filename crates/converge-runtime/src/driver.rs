@@ -522,7 +522,7 @@ impl<'a> Executor<'a> {
             } else if let Some(exhausted) = self.time_exhausted(started_ms) {
                 let _ = run.halt(StopReason::BudgetExhausted { exhausted });
             }
-            let step = crate::spec::with_deadline(self.run_deadline(), || run.next_step());
+            let step = run.next_step();
             drain(&mut run, observer);
             let Step::Execute(batch) = step else { break };
             let outcomes = self.execute(&run, &batch).await;
@@ -552,12 +552,6 @@ impl<'a> Executor<'a> {
     /// the run's time budget, whichever comes first (`None`: neither is set).
     fn deadline(&self) -> Option<std::time::Instant> {
         self.deadline_within(self.config.agent_timeout_ms)
-    }
-
-    /// When evaluations outside any agent's execution (the core asking agents whether they
-    /// accept) must stop: the end of the run's time budget.
-    pub(crate) fn run_deadline(&self) -> Option<std::time::Instant> {
-        self.deadline_within(None)
     }
 
     fn deadline_within(&self, timeout_ms: Option<u64>) -> Option<std::time::Instant> {

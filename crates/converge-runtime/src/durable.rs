@@ -570,8 +570,10 @@ impl<J: Journal> Live<'_, J> {
                     break;
                 }
             }
-            let next = crate::spec::with_deadline(executor.run_deadline(), || run.next_step());
-            let Step::Execute(batch) = next else {
+            // No deadline here: whether an agent accepts decides the batch, which replay
+            // re-derives without a clock, so it must not depend on time (the cost limit bounds
+            // it). Inside an agent's execution a deadline is safe: its outcome is recorded.
+            let Step::Execute(batch) = run.next_step() else {
                 // A stop not yet committed (the fixed point) is a step of its own; a cycle
                 // that stopped the run committed its stop with it.
                 if !self.stop_committed {

@@ -130,11 +130,11 @@ fn unknown_fields_are_refused_where_they_are_written() {
 fn expression_cost_limits_outside_their_range_are_refused() {
     check_refused(
         &spec("runtime: {expression_cost_max: 0}\n"),
-        &[("0}", "`expression_cost_max` must be from 1 to 4000000")],
+        &[("0}", "`expression_cost_max` must be from 1 to 1000000")],
     );
     check_refused(
-        &spec("runtime: {expression_cost_max: 4000001}\n"),
-        &[("4000001", "`expression_cost_max` must be from 1 to 4000000")],
+        &spec("runtime: {expression_cost_max: 1000001}\n"),
+        &[("1000001", "`expression_cost_max` must be from 1 to 1000000")],
     );
     let yaml = spec(
         r#"seeds: [{key: signals, id: s, content: {xs: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}]

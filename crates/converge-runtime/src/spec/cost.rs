@@ -37,7 +37,7 @@ use cel::common::value::{BuiltinRef, CowVal, Val};
 pub const EXPRESSION_COST_DEFAULT: u64 = 1_000_000;
 
 /// The most steps a spec may allow one evaluation.
-pub const EXPRESSION_COST_MAX: u64 = 4_000_000;
+pub const EXPRESSION_COST_MAX: u64 = 1_000_000;
 
 /// Bytes of a string or bytes value that count as one step of its deep size.
 const BYTES_PER_STEP: u64 = 64;
