@@ -596,16 +596,8 @@ impl Journal for SqliteJournal {
     ) -> Result<Lease, JournalError> {
         let lease = Lease::new(run, holder, now_ms);
         self.write(|tx| {
-            let row = read_run(tx, run)?;
-            if let Some((current, expires_ms)) = row.lease()?
-                && expires_ms > now_ms
-                && !current.yields_to(holder)
-            {
-                return Err(JournalError::Leased {
-                    run: run.clone(),
-                    holder: current,
-                    expires_in_ms: expires_ms - now_ms,
-                });
+            if let Some(leased) = read_run(tx, run)?.summary()?.driven_by(holder, now_ms) {
+                return Err(leased);
             }
             store_lease(tx, &lease)
         })?;
@@ -868,15 +860,18 @@ impl Journal for SqliteJournal {
     }
 
     fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
-        let mut last_body: Option<Vec<u8>> = None;
+        // The status check needs the last event only when it stops the run: keep that one
+        // body (events are encoded with their kind first), not a copy of every body.
+        let mut last_stop: Option<Vec<u8>> = None;
         let Scanned { row, checked, .. } = self.scan(run, true, |_, entry| {
-            if let Some(body) = entry.body {
-                last_body = Some(body.to_vec());
-            }
+            last_stop = entry
+                .body
+                .filter(|body| body.starts_with(br#"{"event":"run_stopped""#))
+                .map(<[u8]>::to_vec);
         })?;
         let head = row.head()?;
         let checked = checked.and_then(|()| {
-            check_status(&row, last_body.as_deref(), head.events)
+            check_status(&row, last_stop.as_deref(), head.events)
                 .map_err(|detail| (Place::Run, BreakReason::StatusMismatch { detail }))
         });
         Ok(match checked {
@@ -960,9 +955,9 @@ fn status_after(events: &EventBatch) -> Option<RunStatus> {
         })
 }
 
-/// Checks the stored status against the run's last stored event: `stopped` with its reason
-/// after a `run_stopped` event for good, `awaiting_approval` after one awaiting approval,
-/// `running` otherwise.
+/// Checks the stored status against the run's last stored event (`last`: its body when it is
+/// a `run_stopped` event): `stopped` with its reason after a `run_stopped` event for good,
+/// `awaiting_approval` after one awaiting approval, `running` otherwise.
 fn check_status(row: &RunRow, last: Option<&[u8]>, events: u64) -> Result<(), String> {
     let stopped_by: Option<Value> = last
         .filter(|_| events > 0)
