@@ -31,6 +31,8 @@
 //!
 //! A finding is kept as an explicit `#[test]` below the targets, with its minimal input.
 
+mod support;
+
 use std::cell::RefCell;
 use std::fmt::Debug;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -38,14 +40,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Once, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use converge_core::{AgentEffect, AuthorityScope, Context, ContextKey, StopReason};
-use converge_runtime::spec::{JobSpec, LlmAgentSpec, LlmFactory};
-use converge_runtime::{
-    AgentFuture, AsyncAgent, DriverConfig, Journal, RunId, Runtime, SqliteJournal, Verification,
-};
+use converge_core::{Context, StopReason};
+use converge_runtime::spec::JobSpec;
+use converge_runtime::{DriverConfig, Journal, RunId, Runtime, SqliteJournal, Verification};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use support::Rendering;
 use tempfile::TempDir;
 
 /// Spec mutations: about 15 s in a debug build (most cases are refused while parsing; those
@@ -195,44 +196,6 @@ fn check_messages(messages: &[String], source: &str) -> Result<(), String> {
 }
 
 // ---- specs: load, build, run ------------------------------------------------------------
-
-/// A model agent that renders its prompt and fails with what rendering said.
-struct Renderer(LlmAgentSpec);
-
-impl AsyncAgent for Renderer {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-
-    fn dependencies(&self) -> &[ContextKey] {
-        self.0.reads()
-    }
-
-    fn requested_scope(&self) -> AuthorityScope {
-        AuthorityScope::keys(self.0.writes().iter().copied())
-    }
-
-    fn accepts(&self, ctx: &Context) -> bool {
-        self.0.accepts(ctx)
-    }
-
-    fn execute<'a>(&'a self, ctx: &'a Context) -> AgentFuture<'a> {
-        Box::pin(async move {
-            match self.0.render(ctx) {
-                Ok(_) => AgentEffect::failed("the prompt rendered"),
-                Err(error) => AgentEffect::failed(error),
-            }
-        })
-    }
-}
-
-struct Rendering;
-
-impl LlmFactory for Rendering {
-    fn create(&self, spec: &LlmAgentSpec) -> Result<Box<dyn AsyncAgent>, String> {
-        Ok(Box::new(Renderer(spec.clone())))
-    }
-}
 
 /// Parses `source`, builds it and, without command agents, runs it: every message a user
 /// would read (problems, warnings, failures, rejections, why it stopped).

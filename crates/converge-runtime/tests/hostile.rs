@@ -6,12 +6,14 @@
 //! content and model prompts. They run one after another in this one test, so the process's
 //! peak resident size (`VmHWM`) at the end bounds every case.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use converge_core::{AgentEffect, AuthorityScope, Context, ContextKey, StopReason};
-use converge_runtime::spec::{JobSpec, LlmAgentSpec, LlmFactory};
-use converge_runtime::{AgentFuture, AsyncAgent};
+use converge_core::{Context, StopReason};
+use converge_runtime::spec::JobSpec;
+use support::Rendering;
 
 /// How long one hostile spec may take, start to stop.
 const CASE_DURATION_MAX: Duration = Duration::from_secs(5);
@@ -21,44 +23,6 @@ const PEAK_RSS_KIB_MAX: u64 = 256 * 1024;
 
 /// What a user-facing message must never contain: Rust debug formatting.
 const DEBUG_MARKS: [&str; 5] = ["{ ", "Some(", "None", "Ok(", "Err("];
-
-/// A model agent that renders its prompt and fails with what rendering said.
-struct Renderer(LlmAgentSpec);
-
-impl AsyncAgent for Renderer {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-
-    fn dependencies(&self) -> &[ContextKey] {
-        self.0.reads()
-    }
-
-    fn requested_scope(&self) -> AuthorityScope {
-        AuthorityScope::keys(self.0.writes().iter().copied())
-    }
-
-    fn accepts(&self, ctx: &Context) -> bool {
-        self.0.accepts(ctx)
-    }
-
-    fn execute<'a>(&'a self, ctx: &'a Context) -> AgentFuture<'a> {
-        Box::pin(async move {
-            match self.0.render(ctx) {
-                Ok(_) => AgentEffect::failed("the prompt rendered"),
-                Err(error) => AgentEffect::failed(error),
-            }
-        })
-    }
-}
-
-struct Rendering;
-
-impl LlmFactory for Rendering {
-    fn create(&self, spec: &LlmAgentSpec) -> Result<Box<dyn AsyncAgent>, String> {
-        Ok(Box::new(Renderer(spec.clone())))
-    }
-}
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile");

@@ -1,8 +1,12 @@
-//! What the durable-run test files share: a journal in a temporary directory, a run id, a
-//! blocking driver, and the planner agent that waits for six signals.
+//! What the runtime's test files share: a journal in a temporary directory, a run id, a
+//! blocking driver, the planner agent that waits for six signals, and the llm stand-in that
+//! only renders its prompt (for specs run without a model).
+
+#![allow(dead_code)] // each test file uses what it needs
 
 use converge_core::{Agent, AgentEffect, AuthorityScope, Context, ContextKey, Proposal};
-use converge_runtime::{RunId, SqliteJournal};
+use converge_runtime::spec::{LlmAgentSpec, LlmFactory};
+use converge_runtime::{AgentFuture, AsyncAgent, RunId, SqliteJournal};
 use tempfile::TempDir;
 
 /// Runs a future on a fresh single-threaded runtime.
@@ -46,5 +50,44 @@ impl Agent for Planner {
 
     fn execute(&self, _ctx: &Context) -> AgentEffect {
         AgentEffect::empty().with_proposal(Proposal::new(ContextKey::Strategies, "go", "expand"))
+    }
+}
+
+/// A model agent that renders its prompt and fails with what rendering said.
+pub(crate) struct Renderer(pub(crate) LlmAgentSpec);
+
+impl AsyncAgent for Renderer {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        self.0.reads()
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys(self.0.writes().iter().copied())
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        self.0.accepts(ctx)
+    }
+
+    fn execute<'a>(&'a self, ctx: &'a Context) -> AgentFuture<'a> {
+        Box::pin(async move {
+            match self.0.render(ctx) {
+                Ok(_) => AgentEffect::failed("the prompt rendered"),
+                Err(error) => AgentEffect::failed(error),
+            }
+        })
+    }
+}
+
+/// The `LlmFactory` whose agents are [`Renderer`]s: runs llm agents with no model.
+pub(crate) struct Rendering;
+
+impl LlmFactory for Rendering {
+    fn create(&self, spec: &LlmAgentSpec) -> Result<Box<dyn AsyncAgent>, String> {
+        Ok(Box::new(Renderer(spec.clone())))
     }
 }
