@@ -512,14 +512,13 @@ impl<'a> Executor<'a> {
         mut run: Run<'_>,
         observer: &mut (dyn Observer + Send),
     ) -> ConvergeResult {
-        let started_ms = self.clock.now_ms();
-        self.started(started_ms);
+        self.start();
         loop {
             if let Some(cancellation) = self.cancellation() {
                 let _ = run.halt(StopReason::Halted {
                     reason: cancellation.to_string(),
                 });
-            } else if let Some(exhausted) = self.time_exhausted(started_ms) {
+            } else if let Some(exhausted) = self.time_exhausted() {
                 let _ = run.halt(StopReason::BudgetExhausted { exhausted });
             }
             let step = run.next_step();
@@ -542,28 +541,27 @@ impl<'a> Executor<'a> {
         })
     }
 
-    /// Records when the drive started: the start of the run's time budget.
-    pub(crate) fn started(&self, started_ms: u64) {
+    /// Records that the drive starts now, by the clock: the start of the run's time budget.
+    pub(crate) fn start(&self) {
         self.started_ms
-            .store(started_ms, std::sync::atomic::Ordering::Relaxed);
+            .store(self.clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the drive started, by the clock (0 before it starts).
+    fn elapsed_ms(&self) -> u64 {
+        let now_ms = self.clock.now_ms();
+        match self.started_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            NOT_STARTED => 0,
+            started_ms => now_ms.saturating_sub(started_ms),
+        }
     }
 
     /// When an agent run inline must stop evaluating: its timeout from now, or the end of
     /// the run's time budget, whichever comes first (`None`: neither is set).
     fn deadline(&self) -> Option<std::time::Instant> {
-        self.deadline_within(self.config.agent_timeout_ms)
-    }
-
-    fn deadline_within(&self, timeout_ms: Option<u64>) -> Option<std::time::Instant> {
-        let now_ms = self.clock.now_ms();
-        let budget_left = self.config.time_budget_ms.map(|limit_ms| {
-            let started_ms = match self.started_ms.load(std::sync::atomic::Ordering::Relaxed) {
-                NOT_STARTED => now_ms,
-                started_ms => started_ms,
-            };
-            limit_ms.saturating_sub(now_ms.saturating_sub(started_ms))
-        });
-        let left_ms = match (budget_left, timeout_ms) {
+        let budget_left =
+            (self.config.time_budget_ms).map(|limit_ms| limit_ms.saturating_sub(self.elapsed_ms()));
+        let left_ms = match (budget_left, self.config.agent_timeout_ms) {
             (Some(budget), Some(timeout)) => budget.min(timeout),
             (Some(left), None) | (None, Some(left)) => left,
             (None, None) => return None,
@@ -571,9 +569,10 @@ impl<'a> Executor<'a> {
         std::time::Instant::now().checked_add(Duration::from_millis(left_ms))
     }
 
-    pub(crate) fn time_exhausted(&self, started_ms: u64) -> Option<Exhausted> {
+    /// The run's time budget, once the drive has used it up.
+    pub(crate) fn time_exhausted(&self) -> Option<Exhausted> {
         let limit_ms = self.config.time_budget_ms?;
-        let elapsed_ms = self.clock.now_ms().saturating_sub(started_ms);
+        let elapsed_ms = self.elapsed_ms();
         (elapsed_ms >= limit_ms).then_some(Exhausted::Time {
             limit_ms,
             elapsed_ms,

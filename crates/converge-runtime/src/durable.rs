@@ -546,15 +546,14 @@ impl<J: Journal> Live<'_, J> {
         executor: &Executor<'_>,
         mut run: Run<'_>,
     ) -> Result<ConvergeResult, DurableError> {
-        let started_ms = executor.clock.now_ms();
-        executor.started(started_ms);
+        executor.start();
         loop {
             self.renew_if_due()?;
             // A run the last cycle stopped is not halted again: its stop step follows.
             if run.stop_reason().is_none() {
                 let halt = match executor.cancellation() {
                     Some(cancellation) => Some(HaltRecord::cancelled(cancellation)),
-                    None => match executor.time_exhausted(started_ms) {
+                    None => match executor.time_exhausted() {
                         Some(Exhausted::Time {
                             limit_ms,
                             elapsed_ms,
