@@ -29,8 +29,8 @@ use crate::durable::{
     DurableError, HaltRecord, Inspection, Live, Position, ReplayReport, awaiting, header_of,
     inspect, redrive, replay,
 };
-use crate::journal::{Holder, Journal, Lease, OpenCycle, RunId};
-use crate::record::{JobRecord, StepInput};
+use converge_journal::{Holder, Journal, Lease, OpenCycle, RunId};
+use converge_journal::{JobRecord, StepInput};
 
 /// How the async driver executes batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The journal: durable storage of a run's inputs and its event hash chain.
+//! Converge's journal: durable storage of a run's inputs and its event hash chain.
 //!
 //! A journal stores, for each run, an ordered list of *steps*. A step is one input to the
 //! core ([`StepInput`]: the start, one cycle's agent outcomes, human decisions, a halt) together
@@ -8,11 +8,11 @@
 //!
 //! Facts are never stored and nothing here deserializes one: a run is re-derived by replaying
 //! its recorded inputs through the core, and the replayed events must reproduce the stored
-//! hashes. [`Journal`] is the storage contract (so a PostgreSQL store can satisfy it later);
-//! [`SqliteJournal`] is the embedded implementation. Reading events from a position on
-//! ([`Journal::events`], [`Journal::events_page`]) costs what it returns, so a live reader can
-//! follow a run. This module does not drive runs, replay them or decide when to write: that is
-//! the driver's job.
+//! hashes. [`Journal`] is the storage contract; [`SqliteJournal`] is the embedded
+//! implementation. Reading events from a position on ([`Journal::events`],
+//! [`Journal::events_page`]) costs what it returns, so a live reader can follow a run. This
+//! crate does not drive runs, replay them or decide when to write: that is the runtime's job
+//! (`converge-runtime`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -22,18 +22,22 @@ use converge_core::{Digest, EventBatch, EventRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::record::{OutcomeRecord, RunHeader, StepInput};
-
 mod check;
 mod failing;
 mod lease;
 mod link;
 mod pack;
-mod schema;
+mod record;
 mod sqlite;
+mod store;
 
 pub use failing::FailingJournal;
 pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease};
+pub use record::{
+    DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
+    OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader,
+    StepInput, VerdictRecord,
+};
 pub use sqlite::SqliteJournal;
 
 /// Longest accepted run id, in bytes.
@@ -42,7 +46,7 @@ pub const RUN_ID_LEN_MAX: usize = 64;
 /// The id of a run in a journal: 1 to 64 ASCII letters, digits, `_` or `-`.
 ///
 /// ```
-/// use converge_runtime::RunId;
+/// use converge_journal::RunId;
 ///
 /// let id = RunId::new("triage-2025_07").unwrap();
 /// assert_eq!(id.as_str(), "triage-2025_07");
@@ -263,6 +267,19 @@ impl RecordedRun {
     /// How many events the run's steps emitted.
     pub fn event_count(&self) -> u64 {
         self.steps.iter().map(|step| step.hashes.len() as u64).sum()
+    }
+
+    /// The run's summary as it was read.
+    pub fn summary(&self) -> RunSummary {
+        RunSummary {
+            id: self.id.clone(),
+            status: self.status.clone(),
+            steps: self.steps.len() as u64,
+            events: self.event_count(),
+            root_hash: self.root_hash,
+            record_hash: self.record_hash,
+            lease: self.lease.clone(),
+        }
     }
 }
 
@@ -595,8 +612,8 @@ pub enum JournalError {
     Storage {
         /// What the journal was doing.
         context: String,
-        /// The SQLite error.
-        source: rusqlite::Error,
+        /// The storage's own error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The file could not be inspected.
     #[error("cannot access {path}: {source}")]

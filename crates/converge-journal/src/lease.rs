@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use converge_core::Digest;
 
-use super::RunId;
+use crate::RunId;
 
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL_MS: u64 = 30_000;
@@ -41,7 +41,7 @@ impl Holder {
     /// This process, described as `name`.
     ///
     /// ```
-    /// let holder = converge_runtime::Holder::this_process("converge run");
+    /// let holder = converge_journal::Holder::this_process("converge run");
     /// assert_eq!(holder.pid, std::process::id());
     /// assert!(holder.to_string().starts_with("converge run (pid "));
     /// ```

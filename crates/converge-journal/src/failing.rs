@@ -7,10 +7,10 @@
 
 use converge_core::EventBatch;
 
-use super::{
+use crate::record::{OutcomeRecord, RunHeader, StepInput};
+use crate::{
     Holder, Journal, JournalError, Lease, RecordedRun, RunId, RunSummary, StoredEvent, Verification,
 };
-use crate::record::{OutcomeRecord, RunHeader, StepInput};
 
 /// Fault injection for tests: a journal whose `k`-th record write — [`Journal::append`] or
 /// [`Journal::commit_outcomes`] call, 0-based, counted across runs — fails with
