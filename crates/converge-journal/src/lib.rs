@@ -27,12 +27,14 @@ mod failing;
 mod lease;
 mod link;
 mod pack;
+mod postgres;
 mod record;
 mod sqlite;
 mod store;
 
 pub use failing::FailingJournal;
 pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease};
+pub use postgres::PostgresJournal;
 pub use record::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
     OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader,
