@@ -7,14 +7,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Run, watch, approve, resume and audit Converge jobs.
 ///
 /// Every run is journaled in an embedded SQLite file (by default in your user data directory;
-/// `--db` or `CONVERGE_DB` chooses another), so any later command, in any process, can
-/// inspect, approve, resume, replay or verify it.
+/// `--db` or `CONVERGE_DB` chooses another file, or a PostgreSQL database shared by many
+/// machines), so any later command, in any process, can inspect, approve, resume, replay or
+/// verify it.
 #[derive(Debug, Parser)]
 #[command(name = "converge", version, about, long_about = None)]
 #[command(after_long_help = EXIT_CODES)]
 pub(crate) struct Cli {
-    /// The journal file (created if missing) [env: CONVERGE_DB=, ignored when empty].
-    #[arg(long, global = true, value_name = "FILE")]
+    /// The journal: a SQLite file (created if missing) or a PostgreSQL database by its
+    /// `postgresql://` URL (its schema created if missing) [env: CONVERGE_DB=, ignored when
+    /// empty].
+    #[arg(long, global = true, value_name = "FILE|URL")]
     pub(crate) db: Option<PathBuf>,
 
     /// Print machine-readable JSON on stdout instead of text.

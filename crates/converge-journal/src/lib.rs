@@ -112,6 +112,73 @@ pub struct RunIdError {
     id: String,
 }
 
+/// Where a journal lives: a SQLite file, or a PostgreSQL database named by a
+/// `postgresql://` (or `postgres://`) URL.
+///
+/// ```
+/// use converge_journal::Location;
+///
+/// let file = Location::parse("runs/journal.db");
+/// assert!(matches!(file, Location::Sqlite(_)));
+/// let shared = Location::parse("postgresql://converge:secret@db.internal:5432/runs");
+/// assert!(matches!(shared, Location::Postgres(_)));
+/// // Shown without its password.
+/// assert_eq!(shared.to_string(), "postgresql://converge@db.internal:5432/runs");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (created when opened for writing if it does not exist).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// A URL starting with `postgresql://` or `postgres://` names a database; anything else
+    /// is a file path.
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgresql://") || text.starts_with("postgres://") {
+            Location::Postgres(text.to_owned())
+        } else {
+            Location::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// Opens the journal for reading and writing, creating it if it does not exist.
+    pub fn open(&self) -> Result<Box<dyn Journal + Send>, JournalError> {
+        Ok(match self {
+            Location::Sqlite(path) => Box::new(SqliteJournal::open(path)?),
+            Location::Postgres(url) => Box::new(PostgresJournal::open(url)?),
+        })
+    }
+
+    /// Opens an existing journal for reading only; creates nothing.
+    pub fn open_read_only(&self) -> Result<Box<dyn Journal + Send>, JournalError> {
+        Ok(match self {
+            Location::Sqlite(path) => Box::new(SqliteJournal::open_read_only(path)?),
+            Location::Postgres(url) => Box::new(PostgresJournal::open_read_only(url)?),
+        })
+    }
+
+    /// Whether a journal may be there to read: a file that exists, or any database (whose
+    /// journal, if any, only opening tells).
+    pub fn may_exist(&self) -> bool {
+        match self {
+            Location::Sqlite(path) => path.exists(),
+            Location::Postgres(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
+}
+
 /// Where a run stands after its last committed step.
 ///
 /// The status is a summary for listing and resuming, committed with the step that causes it

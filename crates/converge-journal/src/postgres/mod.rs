@@ -55,6 +55,8 @@ pub struct PostgresJournal {
     place: String,
     /// Set when a write failed in storage: the handle then refuses writes.
     poisoned: Option<String>,
+    /// Opened with [`PostgresJournal::open_read_only`]: every write is refused.
+    read_only: bool,
 }
 
 /// One operation for the connection's thread.
@@ -102,6 +104,17 @@ impl PostgresJournal {
     /// or any form libpq accepts), creating its schema if the database has none. A database
     /// whose journal schema is newer or older than this build's is refused untouched.
     pub fn open(url: &str) -> Result<PostgresJournal, JournalError> {
+        PostgresJournal::connect(url, false)
+    }
+
+    /// Opens an existing journal for reading only: listing, loading, reading events and
+    /// verifying work; every write is refused ([`JournalError::ReadOnly`]). A database
+    /// without a journal is an error, not a new journal: nothing is created.
+    pub fn open_read_only(url: &str) -> Result<PostgresJournal, JournalError> {
+        PostgresJournal::connect(url, true)
+    }
+
+    fn connect(url: &str, read_only: bool) -> Result<PostgresJournal, JournalError> {
         let mut config: Config = url.parse().map_err(|error| JournalError::Unsupported {
             detail: format!("cannot read the database URL: {error}"),
         })?;
@@ -134,11 +147,16 @@ impl PostgresJournal {
             thread: Some(thread),
             place,
             poisoned: None,
+            read_only,
         };
         let place = journal.place.clone();
         journal.call(move |session| {
             let (client, _) = session.client()?;
-            schema::prepare(client, &place)
+            if read_only {
+                schema::check_existing(client, &place)
+            } else {
+                schema::prepare(client, &place)
+            }
         })?;
         Ok(journal)
     }
@@ -184,6 +202,11 @@ impl Backend for PostgresJournal {
         &mut self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
+        if self.read_only {
+            return Err(JournalError::ReadOnly {
+                path: self.place.clone().into(),
+            });
+        }
         if let Some(detail) = &self.poisoned {
             return Err(JournalError::Poisoned {
                 detail: detail.clone(),
@@ -231,6 +254,14 @@ impl Backend for PostgresJournal {
 }
 
 crate::store::journal_through_backend!(PostgresJournal);
+
+/// A database URL without its password, for messages; a URL that cannot be read is shown
+/// as `postgresql://…` only.
+pub(crate) fn redact(url: &str) -> String {
+    url.parse::<Config>()
+        .map(|config| describe(&config))
+        .unwrap_or_else(|_| "postgresql://… (an unreadable URL)".to_owned())
+}
 
 /// The database a configuration names, without its password: `postgresql://user@host:port/db`.
 fn describe(config: &Config) -> String {

@@ -121,6 +121,19 @@ pub(crate) fn prepare(client: &mut Client, place: &str) -> Result<(), JournalErr
     tx.commit().map_err(storage("committing the schema"))
 }
 
+/// Checks that the database holds a journal of this build's version, creating nothing.
+pub(crate) fn check_existing(client: &mut Client, place: &str) -> Result<(), JournalError> {
+    match version(client)? {
+        Some(found) => check(found, place),
+        None => Err(JournalError::NotAJournal {
+            path: place.into(),
+            detail: "the database holds no Converge journal (no schema `converge`); \
+                     nothing has run there yet"
+                .to_owned(),
+        }),
+    }
+}
+
 fn check(found: i64, place: &str) -> Result<(), JournalError> {
     let path = place.into();
     match found {
