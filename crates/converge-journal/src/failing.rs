@@ -92,6 +92,15 @@ impl<J: Journal> Journal for FailingJournal<J> {
         self.inner.acquire(run, holder, now_ms)
     }
 
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError> {
+        self.inner.claim(holder, now_ms, limit)
+    }
+
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
         self.inner.renew(lease, now_ms)
     }

@@ -31,6 +31,7 @@ mod postgres;
 mod record;
 mod sqlite;
 mod store;
+mod wakeups;
 
 pub use failing::FailingJournal;
 pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease};
@@ -41,6 +42,7 @@ pub use record::{
     StepInput, VerdictRecord,
 };
 pub use sqlite::SqliteJournal;
+pub use wakeups::{News, SQLITE_POLL, Wakeups};
 
 /// Longest accepted run id, in bytes.
 pub const RUN_ID_LEN_MAX: usize = 64;
@@ -739,6 +741,17 @@ pub trait Journal {
     /// Extends a held lease to `now_ms` plus its time to live.
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError>;
 
+    /// Leases to `holder` at most `limit` runs that are running and that no one drives — a
+    /// run submitted and not started, one whose driver released it, or one whose lease
+    /// expired as of `now_ms` (its driver died or was cut off) — oldest first: the runs a
+    /// worker should drive next. Concurrent claims never receive the same run.
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError>;
+
     /// Gives a held lease up; a lease already lost is not an error.
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError>;
 
@@ -846,6 +859,15 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         (**self).renew(lease, now_ms)
     }
 
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError> {
+        (**self).claim(holder, now_ms, limit)
+    }
+
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
         (**self).release(lease)
     }
@@ -926,6 +948,15 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
 
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
         (**self).renew(lease, now_ms)
+    }
+
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError> {
+        (**self).claim(holder, now_ms, limit)
     }
 
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {

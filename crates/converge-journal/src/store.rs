@@ -98,6 +98,9 @@ pub(crate) trait Tx {
     ) -> Result<(), JournalError>;
     /// Records `lease` as the run's.
     fn store_lease(&mut self, lease: &Lease) -> Result<(), JournalError>;
+    /// Up to `limit` runs that are running with no lease or one expired at `now_ms`, oldest
+    /// first; in a write transaction, locked, skipping runs another transaction has locked.
+    fn runnable(&mut self, now_ms: i64, limit: i64) -> Result<Vec<String>, JournalError>;
     /// Moves the run's lease expiry.
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError>;
     /// Clears the run's lease if its token is `token`.
@@ -294,6 +297,26 @@ pub(crate) fn acquire(tx: &mut dyn Tx, lease: &Lease, now_ms: u64) -> Result<(),
         return Err(leased);
     }
     tx.store_lease(lease)
+}
+
+/// Leases to `holder` the runs no one drives: [`crate::Journal::claim`].
+pub(crate) fn claim(
+    tx: &mut dyn Tx,
+    holder: &Holder,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<Lease>, JournalError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut leases = Vec::new();
+    for id in tx.runnable(signed(now_ms)?, limit)? {
+        let run = RunId::new(&id).map_err(|error| JournalError::Corrupt {
+            detail: error.to_string(),
+        })?;
+        let lease = Lease::new(&run, holder, now_ms);
+        tx.store_lease(&lease)?;
+        leases.push(lease);
+    }
+    Ok(leases)
 }
 
 /// Extends a held lease to `now_ms` plus its time to live; returns the new expiry.
@@ -608,6 +631,16 @@ macro_rules! journal_through_backend {
                 let held = lease.clone();
                 lease.expires_ms = self.write(move |tx| $crate::store::renew(tx, &held, now_ms))?;
                 Ok(())
+            }
+
+            fn claim(
+                &mut self,
+                holder: &$crate::Holder,
+                now_ms: u64,
+                limit: usize,
+            ) -> Result<Vec<$crate::Lease>, $crate::JournalError> {
+                let holder = holder.clone();
+                self.write(move |tx| $crate::store::claim(tx, &holder, now_ms, limit))
             }
 
             fn release(&mut self, lease: &$crate::Lease) -> Result<(), $crate::JournalError> {

@@ -15,6 +15,7 @@ mod cluster;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use converge_core::agents::{ReactOnceAgent, SeedAgent};
 use converge_core::{
@@ -22,8 +23,9 @@ use converge_core::{
     StopReason, ValidationPolicy, execute_isolated,
 };
 use converge_journal::{
-    FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Place, PostgresJournal,
-    RunHeader, RunId, SqliteJournal, StepInput, Verification,
+    FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News, Place,
+    PostgresJournal, RunHeader, RunId, SQLITE_POLL, SqliteJournal, StepInput, Verification,
+    Wakeups,
 };
 use serde_json::json;
 
@@ -603,6 +605,136 @@ fn edits_are_named(store: &Store) {
     }
 }
 
+/// Submitted runs (created and released) are claimed by concurrent workers exactly once
+/// each; a live lease, a run awaiting approval and a stopped run are never claimed; an
+/// expired lease is.
+fn claims_never_overlap(store: &Store) {
+    let mut journal = store.open();
+    for index in 0..20 {
+        let id = run_id(&format!("queued-{index}"));
+        let lease = journal
+            .create_run(&id, &header(), &holder(), 0)
+            .expect("created");
+        journal.release(&lease).expect("released: submitted");
+    }
+    // Driven by a live process elsewhere: not claimable until its lease expires.
+    let live = run_id("live");
+    journal
+        .create_run(&live, &header(), &elsewhere(), 1_000)
+        .expect("created");
+    // Stopped and awaiting approval: never claimable.
+    let (_, outcome) = record(journal.as_mut(), &run_id("stopped"));
+    outcome.expect("recorded");
+    let parked = run_id("parked");
+    let lease = journal
+        .create_run(&parked, &header(), &holder(), 0)
+        .expect("created");
+    let engine = gated_engine();
+    let mut run = engine.start(Context::new()).expect("valid");
+    journal
+        .append(
+            &lease,
+            0,
+            &StepInput::Start { header: header() },
+            &run.take_events(),
+        )
+        .expect("start");
+    let mut next = 1;
+    drive(&mut run, &mut |input, events| {
+        journal.append(&lease, next, &input, &events)?;
+        next += 1;
+        Ok(())
+    })
+    .expect("driven to its approval");
+    journal.release(&lease).expect("released");
+    assert_eq!(
+        journal.summary(&parked).expect("summary").status.name(),
+        "awaiting_approval"
+    );
+
+    let barrier = Arc::new(Barrier::new(4));
+    let workers: Vec<_> = (0..4u32)
+        .map(|index| {
+            let mut journal = store.open();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let worker = Holder {
+                    pid: 6000 + index,
+                    ..elsewhere()
+                };
+                barrier.wait();
+                let mut claimed = Vec::new();
+                loop {
+                    let leases = journal.claim(&worker, 2_000, 3).expect("claims");
+                    if leases.is_empty() {
+                        return claimed;
+                    }
+                    claimed.extend(leases.iter().map(|lease| lease.run().clone()));
+                }
+            })
+        })
+        .collect();
+    let mut claimed: Vec<RunId> = workers
+        .into_iter()
+        .flat_map(|worker| worker.join().expect("a worker"))
+        .collect();
+    claimed.sort();
+    let mut expected: Vec<RunId> = (0..20)
+        .map(|index| run_id(&format!("queued-{index}")))
+        .collect();
+    expected.sort();
+    assert_eq!(claimed, expected, "each submitted run once, nothing else");
+
+    // Once the live lease expires, its run is claimed (its driver is presumed dead).
+    let late = journal
+        .claim(&holder(), 1_000 + LEASE_TTL_MS, 10)
+        .expect("claims");
+    assert_eq!(
+        late.iter()
+            .map(|lease| lease.run().clone())
+            .collect::<Vec<_>>(),
+        vec![live]
+    );
+}
+
+/// A waiter for runnable runs hears of a submission at once on PostgreSQL (and looks again
+/// within its poll on SQLite); a waiter for events hears of each committed step.
+fn news_wakes_a_waiter(store: &Store) {
+    let location = match store {
+        Store::Sqlite(path) => Location::Sqlite(path.clone()),
+        Store::Postgres(url) => Location::Postgres(url.clone()),
+    };
+    let mut journal = store.open();
+    drop(journal.runs());
+    let mut runnable = Wakeups::new(&location, News::Runnable).expect("a waiter");
+    let mut events = Wakeups::new(&location, News::Events).expect("a waiter");
+    // Connect and listen before the news is made.
+    runnable.wait(Duration::from_millis(10)).expect("waits");
+    events.wait(Duration::from_millis(10)).expect("waits");
+    let id = run_id("submitted");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .expect("created");
+    journal.release(&lease).expect("released");
+    let started = Instant::now();
+    let heard = runnable.wait(Duration::from_secs(5)).expect("waits");
+    match store {
+        Store::Postgres(_) => {
+            assert_eq!(heard, vec![id.clone()]);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "woken, not timed out"
+            );
+            let heard = events.wait(Duration::from_secs(5)).expect("waits");
+            assert!(heard.contains(&id), "the creation is news: {heard:?}");
+        }
+        Store::Sqlite(_) => {
+            assert!(heard.is_empty());
+            assert!(started.elapsed() <= SQLITE_POLL + Duration::from_millis(50));
+        }
+    }
+}
+
 /// A store whose schema is newer than this build's is refused untouched.
 fn a_newer_schema_is_refused_untouched(store: &Store) {
     let mut journal = store.open();
@@ -653,6 +785,8 @@ const CASES: &[Case] = &[
         "a_newer_schema_is_refused_untouched",
         a_newer_schema_is_refused_untouched,
     ),
+    ("claims_never_overlap", claims_never_overlap),
+    ("news_wakes_a_waiter", news_wakes_a_waiter),
 ];
 
 fn main() {

@@ -18,7 +18,10 @@
 //! for the next operation; a write that failed in storage poisons the handle, as in SQLite,
 //! because its commit may or may not have happened: reopen and load to know.
 
+mod listen;
 mod schema;
+
+pub(crate) use listen::Listener;
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -115,15 +118,7 @@ impl PostgresJournal {
     }
 
     fn connect(url: &str, read_only: bool) -> Result<PostgresJournal, JournalError> {
-        let mut config: Config = url.parse().map_err(|error| JournalError::Unsupported {
-            detail: format!("cannot read the database URL: {error}"),
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("converge");
-        }
+        let config = config(url)?;
         let place = describe(&config);
         let (jobs, queue) = mpsc::channel::<Job>();
         let session = Session {
@@ -254,6 +249,20 @@ impl Backend for PostgresJournal {
 }
 
 crate::store::journal_through_backend!(PostgresJournal);
+
+/// A database URL read as a connection configuration, with this crate's defaults.
+pub(crate) fn config(url: &str) -> Result<Config, JournalError> {
+    let mut config: Config = url.parse().map_err(|error| JournalError::Unsupported {
+        detail: format!("cannot read the database URL: {error}"),
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("converge");
+    }
+    Ok(config)
+}
 
 /// A database URL without its password, for messages; a URL that cannot be read is shown
 /// as `postgresql://…` only.
@@ -405,6 +414,17 @@ impl Tx for PgTx<'_, '_> {
             ],
             "recording the lease",
         )
+    }
+
+    fn runnable(&mut self, now_ms: i64, limit: i64) -> Result<Vec<String>, JournalError> {
+        let rows = self.query(
+            "SELECT id FROM converge.runs WHERE status = 'running' \
+             AND (lease_expires_ms IS NULL OR lease_expires_ms <= $1) \
+             ORDER BY created LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now_ms, &limit],
+            "looking for runs to drive",
+        )?;
+        rows.iter().map(|row| get(row, 0)).collect()
     }
 
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError> {

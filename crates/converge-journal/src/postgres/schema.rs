@@ -75,9 +75,29 @@ CREATE TABLE converge.events (
     PRIMARY KEY (run, first_seq),
     FOREIGN KEY (run, step) REFERENCES converge.steps (run, step)
 );
+-- What workers claim: running runs, oldest first.
+CREATE INDEX runs_runnable ON converge.runs (created) WHERE status = 'running';
 -- Event bodies are compressed by the journal already.
 ALTER TABLE converge.events ALTER COLUMN bodies SET STORAGE EXTERNAL;
 ALTER TABLE converge.outcomes ALTER COLUMN bodies SET STORAGE EXTERNAL;
+
+-- News for listeners, sent when the transaction commits: `converge_events` when a run's
+-- events or status change (followers read the journal for the data), `converge_runnable`
+-- when a running run has no driver (submitted, or released by its driver).
+CREATE FUNCTION converge.notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.events <> OLD.events OR NEW.status <> OLD.status THEN
+        PERFORM pg_notify('converge_events', NEW.id);
+    END IF;
+    -- (A run is created leased to its creator: its insert is not such news.)
+    IF TG_OP = 'UPDATE' AND NEW.status = 'running' AND NEW.lease_token IS NULL
+       AND (OLD.lease_token IS NOT NULL OR OLD.status <> 'running') THEN
+        PERFORM pg_notify('converge_runnable', NEW.id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER runs_notify AFTER INSERT OR UPDATE ON converge.runs
+    FOR EACH ROW EXECUTE FUNCTION converge.notify();
 
 CREATE FUNCTION converge.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

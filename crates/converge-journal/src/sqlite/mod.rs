@@ -241,6 +241,22 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
+    fn runnable(&mut self, now_ms: i64, limit: i64) -> Result<Vec<String>, JournalError> {
+        let read = storage("looking for runs to drive");
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM runs WHERE status = 'running' \
+                 AND (lease_expires_ms IS NULL OR lease_expires_ms <= ?1) \
+                 ORDER BY rowid LIMIT ?2",
+            )
+            .map_err(&read)?;
+        let rows = statement
+            .query_map(params![now_ms, limit], |row| row.get(0))
+            .map_err(&read)?;
+        rows.collect::<Result<_, _>>().map_err(&read)
+    }
+
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError> {
         self.execute(
             "UPDATE runs SET lease_expires_ms = ?2 WHERE id = ?1",
