@@ -12,6 +12,7 @@ mod progress;
 mod show;
 mod signals;
 mod store;
+mod worker;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -219,6 +220,33 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
             output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
             Ok(stop_code(&result))
+        }
+        Command::Submit(args) => {
+            let loaded = job::load(&args.spec, live)?;
+            for warning in &loaded.warnings {
+                let _ = writeln!(std::io::stderr(), "warning: {warning}");
+            }
+            let run_id = match &args.id {
+                Some(id) => RunId::new(id).map_err(|error| CliError::Other(error.to_string()))?,
+                None => store::next_run_id(&journal, &args.spec)?,
+            };
+            let runtime = loaded
+                .runtime
+                .with_holder(Holder::this_process("converge submit"));
+            runtime.submit_durable(&mut journal, &run_id)?;
+            if cli.json {
+                output::line(json!({"run": run_id.as_str(), "status": "submitted"}))?;
+            } else {
+                output::line(format_args!(
+                    "run {run_id} submitted: a worker on {location} will drive it \
+                     (`converge worker`)"
+                ))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Worker(args) => {
+            drop(journal);
+            worker::work(&location, cli.providers.as_deref(), args)
         }
         Command::Runs => {
             let runs = journal.runs()?;

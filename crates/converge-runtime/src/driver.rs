@@ -229,6 +229,20 @@ impl Runtime {
         release(journal, &lease, outcome)
     }
 
+    /// Records durable run `run_id` without driving it: created with this runtime's job and
+    /// agents, its lease released at once, so a worker claims it ([`Journal::claim`]) and
+    /// drives it with [`Runtime::resume_durable`].
+    pub fn submit_durable<J: Journal>(
+        &self,
+        journal: &mut J,
+        run_id: &RunId,
+    ) -> Result<(), DurableError> {
+        let header = header_of(&self.engine, self.job.as_ref());
+        let lease = journal.create_run(run_id, &header, &self.holder, self.clock.now_ms())?;
+        journal.release(&lease)?;
+        Ok(())
+    }
+
     /// Continues a durable run after its process died: re-drives every committed step without
     /// executing any agent, checks the events are the recorded ones, then executes the rest —
     /// of a cycle cut short, only the agents whose outcomes were not committed. A run awaiting

@@ -20,8 +20,9 @@ pub use cancel::{Cancel, Cancellation};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use converge_journal::{
     BreakReason, FailingJournal, Holder, Journal, JournalError, LEASE_RENEW_MS, LEASE_TTL_MS,
-    Lease, Location, OpenCycle, Place, PostgresJournal, RUN_ID_LEN_MAX, RecordedRun, RecordedStep,
-    RunId, RunIdError, RunStatus, RunSummary, SqliteJournal, StoredEvent, Verification,
+    Lease, Location, News, OpenCycle, Place, PostgresJournal, RUN_ID_LEN_MAX, RecordedRun,
+    RecordedStep, RunId, RunIdError, RunStatus, RunSummary, SQLITE_POLL, SqliteJournal,
+    StoredEvent, Verification, Wakeups,
 };
 pub use converge_journal::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
