@@ -101,6 +101,14 @@ pub(crate) trait Tx {
     /// Up to `limit` runs that are running with no lease or one expired at `now_ms`, oldest
     /// first; in a write transaction, locked, skipping runs another transaction has locked.
     fn runnable(&mut self, now_ms: i64, limit: i64) -> Result<Vec<String>, JournalError>;
+    /// Up to `limit` running runs leased by processes of `host` with a lease live at
+    /// `now_ms`, oldest first, unlocked: their ids, holder pids and lease tokens.
+    fn leased_on(
+        &mut self,
+        host: &str,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, String)>, JournalError>;
     /// Moves the run's lease expiry.
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError>;
     /// Clears the run's lease if its token is `token`.
@@ -299,6 +307,9 @@ pub(crate) fn acquire(tx: &mut dyn Tx, lease: &Lease, now_ms: u64) -> Result<(),
     tx.store_lease(lease)
 }
 
+/// How many runs leased by processes of this host a claim looks through for dead ones.
+const LEASED_HERE_SCAN_MAX: i64 = 1024;
+
 /// Leases to `holder` the runs no one drives: [`crate::Journal::claim`].
 pub(crate) fn claim(
     tx: &mut dyn Tx,
@@ -306,9 +317,26 @@ pub(crate) fn claim(
     now_ms: u64,
     limit: usize,
 ) -> Result<Vec<Lease>, JournalError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
+    let now = signed(now_ms)?;
+    let mut ids = tx.runnable(now, wanted)?;
+    // Runs whose driver died on this host are free at once, as `acquire` frees them: each is
+    // locked, then taken only if its lease is still the dead one's (a racing claimer that
+    // took it first has a live lease).
+    if ids.len() < limit {
+        let host = Holder::this_host();
+        for (id, pid, token) in tx.leased_on(&host, now, LEASED_HERE_SCAN_MAX)? {
+            if ids.len() >= limit {
+                break;
+            }
+            let gone = u32::try_from(pid).is_ok_and(|pid| Holder::gone_here(&host, pid));
+            if gone && tx.run(&id)?.and_then(|row| row.lease_token) == Some(token) {
+                ids.push(id);
+            }
+        }
+    }
     let mut leases = Vec::new();
-    for id in tx.runnable(signed(now_ms)?, limit)? {
+    for id in ids {
         let run = RunId::new(&id).map_err(|error| JournalError::Corrupt {
             detail: error.to_string(),
         })?;

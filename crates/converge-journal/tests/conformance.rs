@@ -735,6 +735,41 @@ fn news_wakes_a_waiter(store: &Store) {
     }
 }
 
+/// A run whose driver died on this host is claimed at once, not after its lease expires; one
+/// whose driver lives is not.
+fn a_dead_drivers_run_is_claimed_at_once(store: &Store) {
+    let mut journal = store.open();
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("a process");
+    let dead = child.id();
+    child.wait().expect("reaped");
+    let gone = Holder {
+        pid: dead,
+        ..holder()
+    };
+    let orphan = run_id("orphan");
+    journal
+        .create_run(&orphan, &header(), &gone, 1_000)
+        .expect("created");
+    let driven = run_id("driven");
+    journal
+        .create_run(&driven, &header(), &holder(), 1_000)
+        .expect("created");
+    let claimer = Holder {
+        pid: 7000,
+        ..elsewhere()
+    };
+    let claimed = journal.claim(&claimer, 2_000, 10).expect("claims");
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|lease| lease.run().clone())
+            .collect::<Vec<_>>(),
+        vec![orphan]
+    );
+}
+
 /// A store whose schema is newer than this build's is refused untouched.
 fn a_newer_schema_is_refused_untouched(store: &Store) {
     let mut journal = store.open();
@@ -786,6 +821,10 @@ const CASES: &[Case] = &[
         a_newer_schema_is_refused_untouched,
     ),
     ("claims_never_overlap", claims_never_overlap),
+    (
+        "a_dead_drivers_run_is_claimed_at_once",
+        a_dead_drivers_run_is_claimed_at_once,
+    ),
     ("news_wakes_a_waiter", news_wakes_a_waiter),
 ];
 

@@ -427,6 +427,24 @@ impl Tx for PgTx<'_, '_> {
         rows.iter().map(|row| get(row, 0)).collect()
     }
 
+    fn leased_on(
+        &mut self,
+        host: &str,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, String)>, JournalError> {
+        let rows = self.query(
+            "SELECT id, lease_pid, lease_token FROM converge.runs \
+             WHERE status = 'running' AND lease_host = $1 AND lease_expires_ms > $2 \
+             ORDER BY created LIMIT $3",
+            &[&host, &now_ms, &limit],
+            "looking for runs whose driver died",
+        )?;
+        rows.iter()
+            .map(|row| Ok((get(row, 0)?, get(row, 1)?, get(row, 2)?)))
+            .collect()
+    }
+
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError> {
         self.execute(
             "UPDATE converge.runs SET lease_expires_ms = $2 WHERE id = $1",

@@ -257,6 +257,28 @@ impl Tx for SqliteTx<'_> {
         rows.collect::<Result<_, _>>().map_err(&read)
     }
 
+    fn leased_on(
+        &mut self,
+        host: &str,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, String)>, JournalError> {
+        let read = storage("looking for runs whose driver died");
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT id, lease_pid, lease_token FROM runs WHERE status = 'running' \
+                 AND lease_host = ?1 AND lease_expires_ms > ?2 ORDER BY rowid LIMIT ?3",
+            )
+            .map_err(&read)?;
+        let rows = statement
+            .query_map(params![host, now_ms, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .map_err(&read)?;
+        rows.collect::<Result<_, _>>().map_err(&read)
+    }
+
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError> {
         self.execute(
             "UPDATE runs SET lease_expires_ms = ?2 WHERE id = ?1",
