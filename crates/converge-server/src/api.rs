@@ -21,13 +21,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Action, Principal, Role};
 use crate::body::{JsonBody, RawBody, check_depth};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::job::{self, BuildError, Calls};
 use crate::service::{
     self, EventEntry, Op, POLL, Service, build_error, durable_error, journal_error, owned,
 };
 use crate::store::{DecisionAttempt, Ownership, StoreError, now_ms};
-use crate::view;
+use crate::{schema, view};
 
 type Api = State<Arc<Service>>;
 
@@ -42,10 +42,10 @@ pub(crate) struct RunView {
     submitted_by: String,
     /// When (milliseconds since the Unix epoch).
     submitted_at_ms: u64,
-    /// `running`, `awaiting_approval` or `stopped`.
-    status: String,
-    /// The core's stop reason (`{"stop": "converged"}`, …) once stopped, else null.
-    #[schema(value_type = Option<Object>)]
+    /// Its state.
+    status: RunState,
+    /// Why it stopped, once stopped for good; else null.
+    #[schema(value_type = Option<schema::StopReason>)]
     stop_reason: Option<Value>,
     /// Committed journal steps.
     steps: u64,
@@ -55,6 +55,18 @@ pub(crate) struct RunView {
     root_hash: String,
     /// Whether this server is driving it right now.
     driving: bool,
+}
+
+/// The state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RunState {
+    /// Being driven, or left running by a process that stopped (see resume).
+    Running,
+    /// Stopped at a fixed point with proposals waiting for a human.
+    AwaitingApproval,
+    /// Stopped for good; `stop_reason` says why.
+    Stopped,
 }
 
 /// A page of a tenant's runs, newest first.
@@ -80,6 +92,7 @@ pub(crate) struct WhoAmI {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitQuery {
     /// The new run's id (1 to 48 letters, digits, `_` or `-`); default `run-N`.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,48}$", example = "release-1")]
     id: Option<String>,
 }
 
@@ -177,8 +190,13 @@ const EVENTS_PAGE_MAX: usize = 5000;
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// At most this many runs, from 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next` of the previous page: the runs submitted before its last one.
+    #[param(
+        pattern = "^-?[0-9]{1,18}[.][A-Za-z0-9_-]+$",
+        example = "1764250000000.release-1"
+    )]
     after: Option<String>,
 }
 
@@ -188,8 +206,10 @@ pub(crate) struct ListQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     /// The first event's seq (default 0).
+    #[param(minimum = 0, maximum = 9223372036854775807_u64)]
     from: Option<u64>,
     /// At most this many, from 1 to 5000 (default 500).
+    #[param(minimum = 1, maximum = 5000)]
     limit: Option<usize>,
 }
 
@@ -198,6 +218,7 @@ pub(crate) struct PageQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ApproveRequest {
     /// The pending proposal's hash (64 hex digits).
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     hash: String,
 }
 
@@ -206,8 +227,10 @@ pub(crate) struct ApproveRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RejectRequest {
     /// The pending proposal's hash (64 hex digits).
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     hash: String,
-    /// Why it is rejected (recorded in the journal).
+    /// Why it is rejected (recorded in the journal); not only spaces.
+    #[schema(pattern = "[^\\s]")]
     reason: String,
 }
 
@@ -266,17 +289,18 @@ fn run_view(driving: bool, owner: &Ownership, summary: &RunSummary) -> RunView {
         _ => None,
     };
     // A run being driven here is running, whatever status its last stop recorded.
-    let status = if driving {
-        "running"
-    } else {
-        summary.status.name()
+    let status = match &summary.status {
+        _ if driving => RunState::Running,
+        RunStatus::Running => RunState::Running,
+        RunStatus::AwaitingApproval => RunState::AwaitingApproval,
+        RunStatus::Stopped { .. } => RunState::Stopped,
     };
     RunView {
         id: owner.id.clone(),
         tenant: owner.tenant.clone(),
         submitted_by: owner.submitted_by.clone(),
         submitted_at_ms: owner.submitted_ms,
-        status: status.to_owned(),
+        status,
         stop_reason,
         steps: summary.steps,
         events: summary.events,
@@ -292,9 +316,9 @@ async fn view_of(service: &Arc<Service>, owner: &Ownership) -> Result<RunView, A
 }
 
 /// Who the token is.
-#[utoipa::path(get, path = "/v1/whoami", tag = "auth",
-    responses((status = 200, body = WhoAmI, description = "OK"), (status = 401, body = ErrorBody, description = "No live token")),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/whoami", tag = "auth", operation_id = "whoami",
+    responses((status = 200, body = WhoAmI, description = "The token's name, tenant and role",
+        example = json!({"name": "alice", "tenant": "acme", "role": "approver"}))))]
 pub(crate) async fn whoami(
     Extension(caller): Extension<Principal>,
 ) -> Result<Json<WhoAmI>, ApiError> {
@@ -308,13 +332,34 @@ pub(crate) async fn whoami(
 }
 
 /// Submit a job spec (YAML or JSON) and start its run.
-#[utoipa::path(post, path = "/v1/runs", tag = "runs", params(SubmitQuery),
-    request_body(content = String, description = "The job spec", content_type = "application/yaml"),
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", operation_id = "submit", params(SubmitQuery),
+    request_body(description = "The job spec (docs/job-specs.md), as YAML or as JSON",
+        content(
+            (String = "application/yaml", example = json!("version: 1\nintent: {objective: greet}\nseeds:\n  - {key: seeds, id: greeting, content: hello}\n")),
+            (schema::JobSpec = "application/json", example = json!({"version": 1, "intent": {"objective": "greet"}, "seeds": [{"key": "seeds", "id": "greeting", "content": "hello"}]})))),
     responses(
-        (status = 201, body = RunView, description = "The run started; its first step is journaled"),
-        (status = 409, body = ErrorBody, description = "The id is taken"),
-        (status = 415, body = ErrorBody, description = "Unsupported content type"), (status = 422, body = ErrorBody, description = "The spec was refused")),
-    security(("bearer" = [])))]
+        (status = 201, body = RunView, description = "The run started; its first step is journaled and it goes on in the background",
+            headers(("location" = String, description = "The run's path")),
+            links(
+                ("get_run" = (operation_id = "get_run", parameters(("run" = "$response.body#/id")), description = "The run")),
+                ("cancel" = (operation_id = "cancel", parameters(("run" = "$response.body#/id")), description = "Cancel it")),
+                ("resume" = (operation_id = "resume", parameters(("run" = "$response.body#/id")), description = "Resume it")),
+                ("facts" = (operation_id = "facts", parameters(("run" = "$response.body#/id")), description = "Its facts")),
+                ("rejections" = (operation_id = "rejections", parameters(("run" = "$response.body#/id")), description = "Its rejections")),
+                ("approvals" = (operation_id = "approvals", parameters(("run" = "$response.body#/id")), description = "Its pending proposals")),
+                ("decisions" = (operation_id = "decisions", parameters(("run" = "$response.body#/id")), description = "Its decision attempts")),
+                ("events" = (operation_id = "events", parameters(("run" = "$response.body#/id")), description = "Its events")),
+                ("replay" = (operation_id = "replay", parameters(("run" = "$response.body#/id")), description = "Replay it")),
+                ("verify" = (operation_id = "verify", parameters(("run" = "$response.body#/id")), description = "Verify it")),
+                ("audit" = (operation_id = "audit", parameters(("run" = "$response.body#/id")), description = "Its audit proof"))
+            ),
+            example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true})),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot do this"),
+        (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
+        (status = 409, body = ErrorBody, description = "`run_exists`: the id is taken"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not YAML or JSON"),
+        (status = 422, body = ErrorBody, description = "`invalid`: the spec was refused, or the id is not valid"),
+        (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn submit(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -367,7 +412,7 @@ pub(crate) async fn submit(
     let (run, id) = (owner.run.clone(), owner.id.clone());
     let Some(guard) = service.try_drive(&run) else {
         return Err(ApiError::conflict(
-            "run_exists",
+            ErrorCode::RunExists,
             format!("run {id:?} already exists"),
         ));
     };
@@ -412,7 +457,7 @@ fn spec_text(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
         }
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "a job spec is sent as application/yaml or application/json, not {:?}",
                 if other.is_empty() { "(none)" } else { other }
@@ -471,8 +516,9 @@ fn check_run_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// The tenant's runs, newest first.
-#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
-    responses((status = 200, body = RunList, description = "OK")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", operation_id = "list", params(ListQuery),
+    responses((status = 200, body = RunList, description = "The tenant's runs, newest first",
+        example = json!({"runs": [{"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}], "next": "1764250000000.release-1"}))))]
 pub(crate) async fn list(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -513,10 +559,9 @@ pub(crate) async fn list(
 }
 
 /// One run.
-#[utoipa::path(get, path = "/v1/runs/{run}", tag = "runs",
-    params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, body = RunView, description = "OK"), (status = 404, body = ErrorBody, description = "No such run for this token's tenant")),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}", tag = "runs", operation_id = "get_run",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    responses((status = 200, body = RunView, description = "The run", example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}))))]
 pub(crate) async fn get_run(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -528,22 +573,33 @@ pub(crate) async fn get_run(
 
 /// Cancel a run: a run being driven halts at once (agents still running are stopped and
 /// recorded as failed), a run awaiting approval stops for good. Journaled as a halt.
-#[utoipa::path(post, path = "/v1/runs/{run}/cancel", tag = "runs",
-    params(("run" = String, Path, description = "The run's id")),
-    request_body(content = Option<CancelRequest>),
-    responses((status = 202, body = RunView, description = "Accepted"), (status = 409, body = ErrorBody, description = "Already stopped")),
-    security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/runs/{run}/cancel", tag = "runs", operation_id = "cancel",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    request_body(content = CancelRequest, content_type = "application/json",
+        description = "Optional: an empty body cancels with a default reason",
+        example = json!({"reason": "no longer needed"})),
+    responses((status = 202, body = RunView, description = "The run halts (a running one at once; a parked one stops for good)",
+            example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "stopped", "stop_reason": {"stop": "halted", "reason": "cancelled by sam: no longer needed"}, "steps": 4, "events": 23, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false})),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot do this"),
+        (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: the body is not application/json"),
+        (status = 422, body = ErrorBody, description = "`invalid`: the body does not parse, nests too deep or has an unknown field"),
+        (status = 409, body = ErrorBody, description = "`stopped`: the run has already stopped; `run_busy`: another request or process drives it"),
+        (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn cancel(
     State(service): Api,
     Extension(caller): Extension<Principal>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let owner = resolve(&service, &caller, Action::Drive, &id).await?;
     let principal = caller;
+    // The body is optional: none cancels with the default reason.
     let request: CancelRequest = if body.is_empty() {
         CancelRequest::default()
     } else {
+        crate::body::require_json(&headers)?;
         crate::body::parse(&body)?
     };
     let reason = request
@@ -555,7 +611,7 @@ pub(crate) async fn cancel(
     }
     let Some(guard) = service.try_drive(&owner.run) else {
         return Err(ApiError::conflict(
-            "run_busy",
+            ErrorCode::RunBusy,
             "the run is being driven by another request; try again",
         ));
     };
@@ -564,7 +620,10 @@ pub(crate) async fn cancel(
     let cancel = Cancel::new();
     let op = match summary.status {
         RunStatus::Stopped { .. } => {
-            return Err(ApiError::conflict("stopped", "the run has already stopped"));
+            return Err(ApiError::conflict(
+                ErrorCode::Stopped,
+                "the run has already stopped",
+            ));
         }
         RunStatus::AwaitingApproval => Op::CancelParked {
             run: owner.run.clone(),
@@ -584,10 +643,12 @@ pub(crate) async fn cancel(
 }
 
 /// Resume a run whose driver stopped before the run did (a crash or a restart).
-#[utoipa::path(post, path = "/v1/runs/{run}/resume", tag = "runs",
-    params(("run" = String, Path, description = "The run's id")),
-    responses((status = 202, body = RunView, description = "Accepted"), (status = 409, body = ErrorBody, description = "The run's state does not allow it")),
-    security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/runs/{run}/resume", tag = "runs", operation_id = "resume",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    responses((status = 202, body = RunView, description = "The run goes on from its journal", example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true})),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot do this"),
+        (status = 409, body = ErrorBody, description = "`stopped`, `awaiting_approval` or `run_busy`: the run's state does not allow it"),
+        (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn resume(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -596,7 +657,7 @@ pub(crate) async fn resume(
     let owner = resolve(&service, &caller, Action::Drive, &id).await?;
     let Some(guard) = service.try_drive(&owner.run) else {
         return Err(ApiError::conflict(
-            "run_busy",
+            ErrorCode::RunBusy,
             "the run is being driven already",
         ));
     };
@@ -605,12 +666,15 @@ pub(crate) async fn resume(
         RunStatus::Running => {}
         RunStatus::AwaitingApproval => {
             return Err(ApiError::conflict(
-                "awaiting_approval",
+                ErrorCode::AwaitingApproval,
                 "the run is waiting for decisions on its pending proposals",
             ));
         }
         RunStatus::Stopped { .. } => {
-            return Err(ApiError::conflict("stopped", "the run has already stopped"));
+            return Err(ApiError::conflict(
+                ErrorCode::Stopped,
+                "the run has already stopped",
+            ));
         }
     }
     let runtime = service.live_runtime(&owner.run).await?;
@@ -622,10 +686,10 @@ pub(crate) async fn resume(
 }
 
 /// The run's current facts, each with its provenance.
-#[utoipa::path(get, path = "/v1/runs/{run}/facts", tag = "facts",
-    params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, description = "`{\"facts\": [fact…]}`", body = Object)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/facts", tag = "facts", operation_id = "facts",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    responses((status = 200, body = schema::FactList, description = "The current facts, each with its provenance",
+        example = json!({"facts": [{"key": "ci", "id": "unit", "version": 1, "content": {"pipeline": "unit-tests", "passed": true}, "confidence": 1.0, "content_hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "agent": "seed", "cycle": 1, "proposal": "c1.a0.p3", "proposal_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "derived_from": [], "evidence": [], "structural_checks": ["key", "authority"], "validators": [], "policy_version": 1, "approver": null, "correction": null, "trace": {"local_trace": "seed"}}]}))))]
 pub(crate) async fn facts(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -643,12 +707,12 @@ pub(crate) async fn facts(
 }
 
 /// One fact and why it is true: its provenance and, recursively, its sources'.
-#[utoipa::path(get, path = "/v1/runs/{run}/facts/{key}/{id}", tag = "facts",
-    params(("run" = String, Path, description = "The run's id"),
-        ("key" = String, Path, description = "The fact's key"),
-        ("id" = String, Path, description = "The fact's id")),
-    responses((status = 200, body = Object, description = "OK"), (status = 404, body = ErrorBody, description = "No such run for this token's tenant")),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/facts/{key}/{id}", tag = "facts", operation_id = "fact",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"),
+        ("key" = String, Path, description = "The fact's key", example = "releases"),
+        ("id" = String, Path, description = "The fact's id", example = "release-2-4-0")),
+    responses((status = 200, body = schema::FactWhy, description = "The fact and, recursively, its sources",
+        example = json!({"key": "evaluations", "id": "assessment-pr-1412", "version": 1, "content": {"change": "pr-1412"}, "confidence": 0.9, "agent": "assess-high-risk", "cycle": 1, "proposal": "c1.a1.p0", "derived_from": [{"key": "changes", "id": "pr-1412"}], "sources": [{"key": "changes", "id": "pr-1412", "version": 1, "content": {"title": "Retry failed card captures"}, "confidence": 1.0, "agent": "seed", "cycle": 1, "proposal": "c1.a0.p0", "derived_from": [], "sources": []}]}))))]
 pub(crate) async fn fact(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -667,10 +731,10 @@ pub(crate) async fn fact(
 }
 
 /// The proposals that were rejected, with the gate's reasons.
-#[utoipa::path(get, path = "/v1/runs/{run}/rejections", tag = "facts",
-    params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, description = "`{\"rejections\": […], \"failures\": […]}`", body = Object)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/rejections", tag = "facts", operation_id = "rejections",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    responses((status = 200, body = schema::RejectionList, description = "The rejected proposals with the gate's reasons, and the agent failures",
+        example = json!({"rejections": [{"proposal": "c2.a1.p0", "cycle": 2, "key": "releases", "id": "release-2-4-0", "content": {"ship": "yes"}, "confidence": 0.9, "rejection": {"kind": "validator_failed", "validator": "schema", "detail": "ship: not a boolean"}}], "failures": [{"cycle": 1, "agent": 2, "message": "timed out after 30000 ms"}]}))))]
 pub(crate) async fn rejections(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -686,10 +750,16 @@ pub(crate) async fn rejections(
 
 /// The proposals waiting for a human, with what each would become and the hash a decision
 /// must name.
-#[utoipa::path(get, path = "/v1/runs/{run}/approvals", tag = "approvals",
-    params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, description = "`{\"pending\": [{proposal, hash, key, id, content, confidence, agent, agent_name}]}`", body = Object)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/approvals", tag = "approvals", operation_id = "approvals",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    responses((status = 200, body = schema::PendingList, description = "The proposals waiting for a human (empty unless the run awaits approval)",
+        links(
+            ("approve" = (operation_id = "approve", parameters(("run" = "$request.path.run"), ("proposal" = "$response.body#/pending/0/proposal")),
+                request_body = json!({"hash": "$response.body#/pending/0/hash"}), description = "Approve the first pending proposal")),
+            ("reject" = (operation_id = "reject", parameters(("run" = "$request.path.run"), ("proposal" = "$response.body#/pending/0/proposal")),
+                request_body = json!({"hash": "$response.body#/pending/0/hash", "reason": "no rollback plan"}), description = "Reject the first pending proposal"))
+        ),
+        example = json!({"pending": [{"proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "key": "releases", "id": "release-2-4-0", "content": {"version": "2.4.0", "ship": true, "changes": 3, "assessed": "pr-1412"}, "confidence": 1.0, "agent": 2, "agent_name": "propose-release"}]}))))]
 pub(crate) async fn approvals(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -714,14 +784,18 @@ pub(crate) async fn approvals(
 }
 
 /// Approve one pending proposal: bound to the run, the proposal and its hash; used once.
-#[utoipa::path(post, path = "/v1/runs/{run}/approvals/{proposal}/approve", tag = "approvals",
-    params(("run" = String, Path, description = "The run's id"),
-        ("proposal" = String, Path, description = "The pending proposal's id, like c2.a3.p0")),
-    request_body = ApproveRequest,
-    responses((status = 200, body = DecisionAccepted, description = "OK"),
-        (status = 403, body = ErrorBody, description = "The approver submitted the run"),
-        (status = 409, body = ErrorBody, description = "Not pending, stale hash, or the run is busy")),
-    security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/runs/{run}/approvals/{proposal}/approve", tag = "approvals", operation_id = "approve",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"),
+        ("proposal" = String, Path, description = "The pending proposal's id", example = "c2.a2.p0")),
+    request_body(content = ApproveRequest, content_type = "application/json", example = json!({"hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"})),
+    responses((status = 200, body = DecisionAccepted, description = "Accepted: the proposal is promoted and the run goes on",
+            example = json!({"decision": {"seq": 1, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "alice", "verdict": "approve", "reason": null, "outcome": "accepted", "refusal": null, "at_ms": 1764250060000_u64}, "run": {"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true}})),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot decide, or the approver submitted the run"),
+        (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: the body is not application/json"),
+        (status = 422, body = ErrorBody, description = "`invalid`: the body does not parse, nests too deep or has an unknown field"),
+        (status = 409, body = ErrorBody, description = "`not_pending`, `hash_mismatch`, `not_awaiting_approval`, `run_busy` or `stopped`: refused (and recorded)"),
+        (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn approve(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -732,13 +806,18 @@ pub(crate) async fn approve(
 }
 
 /// Reject one pending proposal, with a reason: bound like an approval.
-#[utoipa::path(post, path = "/v1/runs/{run}/approvals/{proposal}/reject", tag = "approvals",
-    params(("run" = String, Path, description = "The run's id"),
-        ("proposal" = String, Path, description = "The pending proposal's id")),
-    request_body = RejectRequest,
-    responses((status = 200, body = DecisionAccepted, description = "OK"), (status = 403, body = ErrorBody, description = "The token's role cannot do this"),
-        (status = 409, body = ErrorBody, description = "The run's state does not allow it")),
-    security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/runs/{run}/approvals/{proposal}/reject", tag = "approvals", operation_id = "reject",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"),
+        ("proposal" = String, Path, description = "The pending proposal's id", example = "c2.a2.p0")),
+    request_body(content = RejectRequest, content_type = "application/json", example = json!({"hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "reason": "no rollback plan"})),
+    responses((status = 200, body = DecisionAccepted, description = "Accepted: the proposal is rejected and the run goes on",
+            example = json!({"decision": {"seq": 2, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "alice", "verdict": "reject", "reason": "no rollback plan", "outcome": "accepted", "refusal": null, "at_ms": 1764250060000_u64}, "run": {"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true}})),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot decide, or the approver submitted the run"),
+        (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
+        (status = 415, body = ErrorBody, description = "`unsupported_media_type`: the body is not application/json"),
+        (status = 422, body = ErrorBody, description = "`invalid`: the body does not parse, nests too deep or has an unknown field"),
+        (status = 409, body = ErrorBody, description = "`not_pending`, `hash_mismatch`, `not_awaiting_approval`, `run_busy` or `stopped`: refused (and recorded)"),
+        (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn reject(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -803,7 +882,7 @@ async fn decide(
         Cancel::new(),
     );
     if let Err(error) = applied.await {
-        attempt.refusal = Some(error.code.to_owned());
+        attempt.refusal = Some(error.code.as_str().to_owned());
         record(&service, &owner.run, attempt).await?;
         return Err(error);
     }
@@ -836,7 +915,7 @@ async fn check_decision(
         (
             "not_pending",
             ApiError::conflict(
-                "not_pending",
+                ErrorCode::NotPending,
                 format!(
                     "proposal {proposal:?} is not pending in this run (already decided, or never parked)"
                 ),
@@ -848,7 +927,7 @@ async fn check_decision(
         (
             "hash_mismatch",
             ApiError::conflict(
-                "hash_mismatch",
+                ErrorCode::HashMismatch,
                 "the hash is not the pending proposal's: the request is stale or was altered",
             ),
         )
@@ -858,7 +937,7 @@ async fn check_decision(
         return Err((
             "run_busy",
             ApiError::conflict(
-                "run_busy",
+                ErrorCode::RunBusy,
                 "the run is being driven (another decision or a resume is in progress)",
             ),
         ));
@@ -873,7 +952,10 @@ async fn check_decision(
         _ => {
             return Err((
                 "not_awaiting_approval",
-                ApiError::conflict("not_awaiting_approval", "the run is not awaiting approval"),
+                ApiError::conflict(
+                    ErrorCode::NotAwaitingApproval,
+                    "the run is not awaiting approval",
+                ),
             ));
         }
     };
@@ -900,10 +982,10 @@ async fn record(
 }
 
 /// Every decision attempt on the run, accepted or refused, in order.
-#[utoipa::path(get, path = "/v1/runs/{run}/decisions", tag = "approvals",
-    params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, body = DecisionList, description = "OK")),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/decisions", tag = "approvals", operation_id = "decisions",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    responses((status = 200, body = DecisionList, description = "Every decision attempt on the run, accepted or refused, in order",
+        example = json!({"decisions": [{"seq": 1, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "sam", "verdict": "approve", "reason": null, "outcome": "refused", "refusal": "self_approval", "at_ms": 1764250050000_u64}]}))))]
 pub(crate) async fn decisions(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -917,11 +999,14 @@ pub(crate) async fn decisions(
 
 /// The run's events: a server-sent event stream (`Accept: text/event-stream`, resumable
 /// with `Last-Event-ID`) or a JSON page.
-#[utoipa::path(get, path = "/v1/runs/{run}/events", tag = "events",
-    params(("run" = String, Path, description = "The run's id"), PageQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume the stream after this event")),
-    responses((status = 200, description = "`text/event-stream` messages `id: seq`, `event: kind`, `data: {seq, step, hash, event}`, ending with `event: end` once the run stops for good; or `{\"events\": […], \"next\", \"stopped\"}`", body = Object)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/events", tag = "events", operation_id = "events",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"), PageQuery,
+        ("Last-Event-ID" = Option<u64>, Header, minimum = 0, maximum = 9223372036854775808.0_f64,
+            description = "Stream only: resume after this event (overrides `from`)")),
+    responses((status = 200, description = "With `Accept: text/event-stream`, server-sent events: `id: <seq>`, `event: <kind>`, `data: <EventEntry as JSON>`, ending with `event: end` (`data: {\"status\": \"stopped\", \"stop_reason\": …}`) once the run stops for good. Otherwise a JSON page.",
+        content(
+            (schema::EventPage = "application/json", example = json!({"events": [{"seq": 0, "step": 0, "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "event": {"event": "run_started", "initial_facts": 0}}], "next": 1, "stopped": false})),
+            (String = "text/event-stream", example = json!("id: 0\nevent: run_started\ndata: {\"seq\":0,\"step\":0,\"hash\":\"4b9c…\",\"event\":{\"event\":\"run_started\"}}\n\n"))))))]
 pub(crate) async fn events(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -1033,10 +1118,10 @@ fn sse_of(entry: &EventEntry) -> SseEvent {
 }
 
 /// Re-derive the run from its journal without executing any agent or calling any model.
-#[utoipa::path(get, path = "/v1/runs/{run}/replay", tag = "audit",
-    params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, description = "`{\"replay\": \"identical\", steps, events, root_hash}` or `{\"replay\": \"diverged\", step, seq, expected, actual, detail}`", body = Object)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/replay", tag = "audit", operation_id = "replay",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    responses((status = 200, body = schema::Replay, description = "Every step re-derived without executing any agent: identical, or the first divergence",
+        example = json!({"replay": "identical", "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"}))))]
 pub(crate) async fn replay(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -1056,10 +1141,10 @@ pub(crate) async fn replay(
 }
 
 /// Check the stored hash chain; name the first altered or missing entry.
-#[utoipa::path(get, path = "/v1/runs/{run}/verify", tag = "audit",
-    params(("run" = String, Path, description = "The run's id")),
-    responses((status = 200, description = "`{\"intact\": true, steps, events, root_hash, record_hash}` or `{\"intact\": false, at, step, first_bad_seq, reason}`", body = Object)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/verify", tag = "audit", operation_id = "verify",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    responses((status = 200, body = schema::Verification, description = "Both stored chains recomputed: intact, or the first altered entry",
+        example = json!({"intact": true, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "record_hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}))))]
 pub(crate) async fn verify(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -1078,10 +1163,10 @@ pub(crate) async fn verify(
 /// The audit proof: the chain's head and its entries. Each hash is SHA-256 over the previous
 /// hash (zeros before the first), the seq as 8 little-endian bytes and the event's exact
 /// bytes, each part preceded by its length as 8 little-endian bytes.
-#[utoipa::path(get, path = "/v1/runs/{run}/audit", tag = "audit",
-    params(("run" = String, Path, description = "The run's id"), PageQuery),
-    responses((status = 200, description = "`{root_hash, steps, events, entries: [{seq, step, hash, event}], next}`", body = Object)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/runs/{run}/audit", tag = "audit", operation_id = "audit",
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"), PageQuery),
+    responses((status = 200, body = schema::AuditPage, description = "The chain's head and a page of its entries",
+        example = json!({"root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "steps": 3, "events": 21, "next": 1, "entries": [{"seq": 0, "step": 0, "hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "event": {"event": "run_started", "initial_facts": 0}}]}))))]
 pub(crate) async fn audit(
     State(service): Api,
     Extension(caller): Extension<Principal>,

@@ -256,7 +256,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     };
     let body = ErrorBody {
         error: ErrorDetail {
-            code: code_of(status).to_owned(),
+            code: code_of(status),
             message: message.to_owned(),
             request_id: crate::error::request_id(),
         },
