@@ -206,11 +206,25 @@ pub(crate) struct ListQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     /// The first event's seq (default 0).
-    #[param(minimum = 0, maximum = 9223372036854775807_u64)]
+    #[param(value_type = schema::Seq, required = false)]
     from: Option<u64>,
     /// At most this many, from 1 to 5000 (default 500).
     #[param(minimum = 1, maximum = 5000)]
     limit: Option<usize>,
+}
+
+/// `Last-Event-ID` of an event request (read from the headers by hand; this type documents it).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub(crate) struct ResumeHeader {
+    /// Resume after this event (overrides `from`); at the largest seq there is, past the end.
+    #[serde(rename = "Last-Event-ID")]
+    #[param(value_type = schema::Seq, required = false)]
+    #[allow(
+        dead_code,
+        reason = "documentation: the handler reads the header itself"
+    )]
+    last_event_id: Option<u64>,
 }
 
 /// An approval: the hash of the proposal as the approver was shown it.
@@ -335,7 +349,7 @@ pub(crate) async fn whoami(
 #[utoipa::path(post, path = "/v1/runs", tag = "runs", operation_id = "submit", params(SubmitQuery),
     request_body(description = "The job spec (docs/job-specs.md), as YAML or as JSON",
         content(
-            (String = "application/yaml", example = json!("version: 1\nintent: {objective: greet}\nseeds:\n  - {key: seeds, id: greeting, content: hello}\n")),
+            (schema::JobSpec = "application/yaml", example = json!({"version": 1, "intent": {"objective": "greet"}, "seeds": [{"key": "seeds", "id": "greeting", "content": "hello"}]})),
             (schema::JobSpec = "application/json", example = json!({"version": 1, "intent": {"objective": "greet"}, "seeds": [{"key": "seeds", "id": "greeting", "content": "hello"}]})))),
     responses(
         (status = 201, body = RunView, description = "The run started; its first step is journaled and it goes on in the background",
@@ -1000,9 +1014,7 @@ pub(crate) async fn decisions(
 /// The run's events: a server-sent event stream (`Accept: text/event-stream`, resumable
 /// with `Last-Event-ID`) or a JSON page.
 #[utoipa::path(get, path = "/v1/runs/{run}/events", tag = "events", operation_id = "events",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"), PageQuery,
-        ("Last-Event-ID" = Option<u64>, Header, minimum = 0, maximum = 9223372036854775808.0_f64,
-            description = "Stream only: resume after this event (overrides `from`)")),
+    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"), PageQuery, ResumeHeader),
     responses((status = 200, description = "With `Accept: text/event-stream`, server-sent events: `id: <seq>`, `event: <kind>`, `data: <EventEntry as JSON>`, ending with `event: end` (`data: {\"status\": \"stopped\", \"stop_reason\": …}`) once the run stops for good. Otherwise a JSON page.",
         content(
             (schema::EventPage = "application/json", example = json!({"events": [{"seq": 0, "step": 0, "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "event": {"event": "run_started", "initial_facts": 0}}], "next": 1, "stopped": false})),
@@ -1019,9 +1031,24 @@ pub(crate) async fn events(
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
+    let limit = page_limit(page.limit, 500, EVENTS_PAGE_MAX)?;
+    let last = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not an event seq"))?,
+        ),
+    };
+    // The event after the last one seen; past the end of any run when that was the last
+    // possible seq (never a wrap to 0, which would replay the whole stream).
+    let from = match last {
+        Some(seq) => seq.saturating_add(1),
+        None => page.from.unwrap_or(0),
+    };
     if !streaming {
-        let from = page.from.unwrap_or(0);
-        let limit = page_limit(page.limit, 500, EVENTS_PAGE_MAX)?;
         let (entries, summary) = service.events(&owner.run, from, limit).await?;
         let next = entries.last().map_or(from, |entry| entry.seq + 1);
         let body = format!(
@@ -1031,21 +1058,6 @@ pub(crate) async fn events(
         );
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     }
-    let last = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .map(|text| {
-            text.trim()
-                .parse::<u64>()
-                .map_err(|_| ApiError::bad_request("Last-Event-ID is not an event seq"))
-        })
-        .transpose()?;
-    // The event after the last one seen; past the end of any run when that was the last
-    // possible seq (never a wrap to 0, which would replay the whole stream).
-    let from = match last {
-        Some(seq) => seq.saturating_add(1),
-        None => page.from.unwrap_or(0),
-    };
     let stream = stream_events(service, owner.run, from);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -33,7 +33,7 @@ use crate::api;
         api::facts, api::fact, api::rejections, api::approvals, api::approve, api::reject,
         api::decisions, api::events, api::replay, api::verify, api::audit
     ),
-    components(schemas(crate::error::ErrorCode)),
+    components(schemas(crate::error::ErrorCode, crate::schema::Seq)),
     modifiers(&Bearer, &Errors, &OptionalCancelBody),
     tags(
         (name = "runs", description = "Submit, list, cancel and resume runs"),

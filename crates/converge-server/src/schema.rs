@@ -14,6 +14,27 @@
 
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
+
+/// An event's position in its run, as a query parameter or header: any integer from 0 to
+/// 2⁶⁴ − 1. Written by hand because a derived schema would say `int64`, whose range stops at
+/// 2⁶³ − 1, and a client would then never send the larger seqs the server takes.
+pub(crate) struct Seq;
+
+impl utoipa::PartialSchema for Seq {
+    fn schema() -> RefOr<Schema> {
+        let largest = usize::try_from(u64::MAX).unwrap_or(usize::MAX);
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0usize))
+            .maximum(Some(largest))
+            .description(Some("An event's seq: from 0 to 2^64 - 1"))
+            .into()
+    }
+}
+
+impl ToSchema for Seq {}
 
 /// Why a run stopped: `stop` names the reason, the other fields are those of that reason.
 #[derive(ToSchema)]
