@@ -29,9 +29,9 @@ use crate::api;
     info(title = "Converge", description = "Run, watch, approve and audit Converge jobs. \
         Every request carries `Authorization: Bearer <token>`; see docs/http-api.md."),
     paths(
-        api::whoami, api::submit, api::list, api::get_run, api::cancel, api::resume,
-        api::facts, api::fact, api::rejections, api::approvals, api::approve, api::reject,
-        api::decisions, api::events, api::replay, api::verify, api::audit
+        api::whoami::whoami, api::runs::submit, api::runs::list, api::runs::get_run, api::runs::cancel, api::runs::resume,
+        api::facts::facts, api::facts::fact, api::facts::rejections, api::approvals::approvals, api::approvals::approve, api::approvals::reject,
+        api::approvals::decisions, api::events::events, api::audit::replay, api::audit::verify, api::audit::audit
     ),
     components(schemas(crate::error::ErrorCode, crate::schema::Seq)),
     modifiers(&Bearer, &Errors, &OptionalCancelBody),

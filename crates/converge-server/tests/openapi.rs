@@ -148,13 +148,8 @@ fn submit_takes_yaml_and_json_and_events_stream() {
 /// The error codes named in the server's source, as sent: every `ErrorCode::Name` written
 /// outside the type's own definition.
 fn codes_in_source() -> BTreeSet<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut codes = BTreeSet::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|ext| ext != "rs") {
-            continue;
-        }
+    for path in rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src")) {
         let mut text = std::fs::read_to_string(&path).unwrap();
         // The type's definition and `as_str` name every variant; they send none.
         if let (Some(start), Some(end)) = (
@@ -172,6 +167,20 @@ fn codes_in_source() -> BTreeSet<String> {
         }
     }
     codes
+}
+
+/// Every `.rs` file under `dir`, however deep.
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            files.push(path);
+        }
+    }
+    files
 }
 
 fn snake_case(name: &str) -> String {
