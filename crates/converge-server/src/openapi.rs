@@ -1,7 +1,7 @@
 //! The OpenAPI document, generated from the route annotations and served at
 //! `/openapi.json`.
 //!
-//! Each operation's annotation in `api.rs` lists its success answer and the errors only it
+//! Each operation's annotation in `api/` lists its success answer and the errors only it
 //! can give; [`Errors`] adds those every `/v1` operation can give (a query, path or header
 //! that does not parse, no token, a run that is not the tenant's, a body over the limit, an
 //! internal error), so no status the server sends is missing from the document. The

@@ -3,22 +3,22 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::{Extension, Json};
 use converge_core::{Digest, ProposalId, StopReason};
 use converge_runtime::{Cancel, RunId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use crate::auth::{Action, Principal};
+use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::service::{self, Op, Service};
 use crate::store::{DecisionAttempt, Ownership, now_ms};
 use crate::{schema, view};
 
-use super::{Api, RunView, resolve, view_of};
+use super::{Api, Decide, Read, Run, RunView, view_of};
 
 /// An approval: the hash of the proposal as the approver was shown it.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -70,10 +70,8 @@ pub(crate) struct DecisionList {
         example = json!({"pending": [{"proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "key": "releases", "id": "release-2-4-0", "content": {"version": "2.4.0", "ship": true, "changes": 3, "assessed": "pr-1412"}, "confidence": 1.0, "agent": 2, "agent_name": "propose-release"}]}))))]
 pub(crate) async fn approvals(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
     let mut pending = if seen.stopped {
         view::pending_json(&seen.result)
@@ -106,11 +104,11 @@ pub(crate) async fn approvals(
         (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn approve(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path((id, proposal)): Path<(String, String)>,
+    run: Run<Decide>,
+    Path((_, proposal)): Path<(String, String)>,
     JsonBody(request): JsonBody<ApproveRequest>,
 ) -> Result<Json<DecisionAccepted>, ApiError> {
-    decide(service, caller, id, proposal, request.hash, None).await
+    decide(service, run, proposal, request.hash, None).await
 }
 
 /// Reject one pending proposal, with a reason: bound like an approval.
@@ -128,34 +126,28 @@ pub(crate) async fn approve(
         (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn reject(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path((id, proposal)): Path<(String, String)>,
+    run: Run<Decide>,
+    Path((_, proposal)): Path<(String, String)>,
     JsonBody(request): JsonBody<RejectRequest>,
 ) -> Result<Json<DecisionAccepted>, ApiError> {
     if request.reason.trim().is_empty() {
         return Err(ApiError::invalid("a rejection needs a reason"));
     }
-    decide(
-        service,
-        caller,
-        id,
-        proposal,
-        request.hash,
-        Some(request.reason),
-    )
-    .await
+    decide(service, run, proposal, request.hash, Some(request.reason)).await
 }
 
 /// One decision: checked, recorded whatever the outcome, and applied when accepted.
 async fn decide(
     service: Arc<Service>,
-    principal: Principal,
-    id: String,
+    Run {
+        owner,
+        caller: principal,
+        ..
+    }: Run<Decide>,
     proposal_text: String,
     hash_text: String,
     reject: Option<String>,
 ) -> Result<Json<DecisionAccepted>, ApiError> {
-    let owner = resolve(&service, &principal, Action::Decide, &id).await?;
     let mut attempt = DecisionAttempt {
         seq: 0,
         proposal: proposal_text.chars().take(64).collect(),
@@ -296,10 +288,8 @@ async fn record(
         example = json!({"decisions": [{"seq": 1, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "sam", "verdict": "approve", "reason": null, "outcome": "refused", "refusal": "self_approval", "at_ms": 1764250050000_u64}]}))))]
 pub(crate) async fn decisions(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
 ) -> Result<Json<DecisionList>, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let run = owner.run.clone();
     let decisions = service.store(move |store| store.decisions(&run)).await?;
     Ok(Json(DecisionList { decisions }))

@@ -1,19 +1,18 @@
 //! A run's audit: replay without executing anything, verification of the stored chains, and
 //! the hash chain itself.
 
-use axum::extract::{Path, State};
+use axum::Json;
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde_json::Value;
 
-use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::job::{self, Calls};
 use crate::service::{build_error, durable_error, journal_error};
 use crate::{schema, view};
 
-use super::{Api, EVENTS_PAGE_MAX, PageQuery, Params, joined, page_limit, resolve};
+use super::{Api, EVENTS_PAGE_MAX, PageQuery, Params, Read, Run, joined, page_limit};
 
 /// Re-derive the run from its journal without executing any agent or calling any model.
 #[utoipa::path(get, path = "/v1/runs/{run}/replay", tag = "audit", operation_id = "replay",
@@ -22,10 +21,8 @@ use super::{Api, EVENTS_PAGE_MAX, PageQuery, Params, joined, page_limit, resolve
         example = json!({"replay": "identical", "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"}))))]
 pub(crate) async fn replay(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let run = owner.run.clone();
     let report = service
         .journal(move |journal| {
@@ -45,10 +42,8 @@ pub(crate) async fn replay(
         example = json!({"intact": true, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "record_hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}))))]
 pub(crate) async fn verify(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let run = owner.run.clone();
     let verification = service
         .journal(move |journal| {
@@ -67,11 +62,9 @@ pub(crate) async fn verify(
         example = json!({"root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "steps": 3, "events": 21, "next": 1, "entries": [{"seq": 0, "step": 0, "hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "event": {"event": "run_started", "initial_facts": 0}}]}))))]
 pub(crate) async fn audit(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
     Params(page): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let from = page.from.unwrap_or(0);
     let limit = page_limit(page.limit, 500, EVENTS_PAGE_MAX)?;
     let (entries, summary) = service.events(&owner.run, from, limit).await?;

@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,12 +15,11 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use utoipa::IntoParams;
 
-use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::schema;
 use crate::service::{EventEntry, POLL, Service};
 
-use super::{Api, EVENTS_PAGE_MAX, PageQuery, Params, joined, page_limit, resolve};
+use super::{Api, EVENTS_PAGE_MAX, PageQuery, Params, Read, Run, joined, page_limit};
 
 /// `Last-Event-ID` of an event request (read from the headers by hand; this type documents it).
 #[derive(Debug, Deserialize, IntoParams)]
@@ -47,12 +45,10 @@ pub(crate) struct ResumeHeader {
             (String = "text/event-stream", example = json!("id: 0\nevent: run_started\ndata: {\"seq\":0,\"step\":0,\"hash\":\"4b9c…\",\"event\":{\"event\":\"run_started\"}}\n\n"))))))]
 pub(crate) async fn events(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
     Params(page): Params<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let streaming = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())

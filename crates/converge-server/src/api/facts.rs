@@ -1,15 +1,14 @@
 //! A run's facts with their provenance, and its rejected proposals and agent failures.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::{Extension, Json};
 use converge_core::ContextKey;
 use serde_json::{Value, json};
 
-use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::{schema, view};
 
-use super::{Api, resolve};
+use super::{Api, Read, Run};
 
 /// The run's current facts, each with its provenance.
 #[utoipa::path(get, path = "/v1/runs/{run}/facts", tag = "facts", operation_id = "facts",
@@ -18,10 +17,8 @@ use super::{Api, resolve};
         example = json!({"facts": [{"key": "ci", "id": "unit", "version": 1, "content": {"pipeline": "unit-tests", "passed": true}, "confidence": 1.0, "content_hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "agent": "seed", "cycle": 1, "proposal": "c1.a0.p3", "proposal_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "derived_from": [], "evidence": [], "structural_checks": ["key", "authority"], "validators": [], "policy_version": 1, "approver": null, "correction": null, "trace": {"local_trace": "seed"}}]}))))]
 pub(crate) async fn facts(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
     let context = &seen.result.context;
     let facts: Vec<Value> = context
@@ -41,11 +38,11 @@ pub(crate) async fn facts(
         example = json!({"key": "evaluations", "id": "assessment-pr-1412", "version": 1, "content": {"change": "pr-1412"}, "confidence": 0.9, "agent": "assess-high-risk", "cycle": 1, "proposal": "c1.a1.p0", "derived_from": [{"key": "changes", "id": "pr-1412"}], "sources": [{"key": "changes", "id": "pr-1412", "version": 1, "content": {"title": "Retry failed card captures"}, "confidence": 1.0, "agent": "seed", "cycle": 1, "proposal": "c1.a0.p0", "derived_from": [], "sources": []}]}))))]
 pub(crate) async fn fact(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path((id, key, fact_id)): Path<(String, String, String)>,
+    Run { owner, .. }: Run<Read>,
+    Path((_, key, fact_id)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
+    let id = &owner.id;
     let missing = || ApiError::not_found(format!("no fact {key}/{fact_id} in run {id:?}"));
     let parsed: ContextKey = key.parse().map_err(|_| missing())?;
     let fact = seen
@@ -63,10 +60,8 @@ pub(crate) async fn fact(
         example = json!({"rejections": [{"proposal": "c2.a1.p0", "cycle": 2, "key": "releases", "id": "release-2-4-0", "content": {"ship": "yes"}, "confidence": 0.9, "rejection": {"kind": "validator_failed", "validator": "schema", "detail": "ship: not a boolean"}}], "failures": [{"cycle": 1, "agent": 2, "message": "timed out after 30000 ms"}]}))))]
 pub(crate) async fn rejections(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     let seen = service.inspection(&owner.run).await?;
     Ok(Json(json!({
         "rejections": seen.result.rejections,

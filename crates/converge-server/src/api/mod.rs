@@ -1,7 +1,8 @@
 //! The `/v1` routes, one module per resource: runs, facts, approvals, events, audit, and who
 //! a token is. Every route has been authenticated by the middleware in `server.rs` before a
-//! handler runs; a handler checks the token's role and, for an operation on a run, finds the
-//! run within the token's tenant (another tenant's run is a 404, as one that does not exist).
+//! handler runs. An operation on a run starts from the [`Run`] extractor, which checks the
+//! token's role and finds the run within the token's tenant (another tenant's run is a 404,
+//! as one that does not exist); the others check the role with [`authorize`].
 //! The OpenAPI document is generated from the annotations in these modules.
 
 pub(crate) mod approvals;
@@ -11,9 +12,11 @@ pub(crate) mod facts;
 pub(crate) mod runs;
 pub(crate) mod whoami;
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::http::request::Parts;
 use converge_runtime::{RunStatus, RunSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -141,15 +144,71 @@ pub(crate) fn authorize(caller: &Principal, action: Action) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Checks the caller may take `action` and finds the run it knows as `id`.
-pub(super) async fn resolve(
-    service: &Arc<Service>,
-    caller: &Principal,
-    action: Action,
-    id: &str,
-) -> Result<Ownership, ApiError> {
-    authorize(caller, action)?;
-    owned(service, &caller.tenant, id).await
+/// What an operation on a run needs the caller's role to allow.
+pub(crate) trait Needs {
+    /// The action.
+    const ACTION: Action;
+}
+
+/// Reading a run.
+pub(crate) struct Read;
+
+/// Driving a run: cancelling or resuming it.
+pub(crate) struct Drive;
+
+/// Deciding on a run's pending proposals.
+pub(crate) struct Decide;
+
+impl Needs for Read {
+    const ACTION: Action = Action::Read;
+}
+
+impl Needs for Drive {
+    const ACTION: Action = Action::Drive;
+}
+
+impl Needs for Decide {
+    const ACTION: Action = Action::Decide;
+}
+
+/// The run a request's `{run}` names, for a caller whose role allows `A`, found within the
+/// caller's tenant: what every operation on a run starts from. A role that does not allow it
+/// is a 403; another tenant's run is the same 404 as one that does not exist.
+pub(crate) struct Run<A> {
+    /// The run and who owns it.
+    pub(crate) owner: Ownership,
+    /// Who is asking (the authentication middleware's principal).
+    pub(crate) caller: Principal,
+    needs: PhantomData<A>,
+}
+
+impl<A: Needs> FromRequestParts<Arc<Service>> for Run<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("a /v1 route ran without authentication"))?;
+        authorize(&caller, A::ACTION)?;
+        let params = RawPathParams::from_request_parts(parts, service)
+            .await
+            .map_err(|_| ApiError::bad_request("path: not valid UTF-8 once decoded"))?;
+        let id = params
+            .iter()
+            .find_map(|(name, value)| (name == "run").then(|| value.to_owned()))
+            .ok_or_else(|| ApiError::internal("a run's route without {run}"))?;
+        let owner = owned(service, &caller.tenant, &id).await?;
+        Ok(Run {
+            owner,
+            caller,
+            needs: PhantomData,
+        })
+    }
 }
 
 /// A run as shown, from whether this process drives it (read before the summary: a drive

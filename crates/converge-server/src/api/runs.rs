@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -20,7 +20,7 @@ use crate::schema;
 use crate::service::{self, Op, Service, build_error, journal_error};
 use crate::store::{Ownership, StoreError, now_ms};
 
-use super::{Api, Params, RunView, authorize, page_limit, resolve, run_view, view_of};
+use super::{Api, Drive, Params, Read, Run, RunView, authorize, page_limit, run_view, view_of};
 
 /// A page of a tenant's runs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -339,10 +339,8 @@ pub(crate) async fn list(
     responses((status = 200, body = RunView, description = "The run", example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}))))]
 pub(crate) async fn get_run(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Read>,
 ) -> Result<Json<RunView>, ApiError> {
-    let owner = resolve(&service, &caller, Action::Read, &id).await?;
     Ok(Json(view_of(&service, &owner).await?))
 }
 
@@ -363,12 +361,10 @@ pub(crate) async fn get_run(
         (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn cancel(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Run { owner, caller, .. }: Run<Drive>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let owner = resolve(&service, &caller, Action::Drive, &id).await?;
     let principal = caller;
     // The body is optional: none cancels with the default reason.
     let request: CancelRequest = if body.is_empty() {
@@ -426,10 +422,8 @@ pub(crate) async fn cancel(
         (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn resume(
     State(service): Api,
-    Extension(caller): Extension<Principal>,
-    Path(id): Path<String>,
+    Run { owner, .. }: Run<Drive>,
 ) -> Result<Response, ApiError> {
-    let owner = resolve(&service, &caller, Action::Drive, &id).await?;
     let Some(guard) = service.try_drive(&owner.run) else {
         return Err(ApiError::conflict(
             ErrorCode::RunBusy,
