@@ -129,6 +129,10 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
 
+    /// Work on whole journals: copy runs from one to another.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+
     /// Export a run's facts and provenance as JSON, or its provenance graph as Graphviz dot.
     #[command(after_help = "Examples:
   converge export release-approval-1 --format json > run.json
@@ -255,6 +259,30 @@ pub(crate) struct ServeArgs {
     /// (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub(crate) jobs_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JournalCommand {
+    /// Copy runs, byte for byte, from one journal to another (a file to a PostgreSQL
+    /// database, say): each is verified before and after, with the same hashes. Stop every
+    /// process using the source first; a run another live process drives is refused.
+    #[command(after_help = "Examples:
+  converge journal copy --from journal.db --to postgresql://converge@db.internal/converge
+  converge journal copy --from journal.db --to other.db --run release-approval-1")]
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CopyArgs {
+    /// The journal to copy from (a file or a `postgresql://` URL); it is only read.
+    #[arg(long, value_name = "FILE|URL")]
+    pub(crate) from: PathBuf,
+    /// The journal to copy to (created if missing).
+    #[arg(long, value_name = "FILE|URL")]
+    pub(crate) to: PathBuf,
+    /// Copy only this run (repeat for more); every run by default.
+    #[arg(long = "run", value_name = "RUN")]
+    pub(crate) runs: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

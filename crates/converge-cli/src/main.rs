@@ -28,7 +28,9 @@ use serde_json::json;
 
 use converge_server::{Role, Server, ServerConfig, Tokens};
 
-use crate::cli::{Cli, Command, DecideArgs, Format, RoleArg, ServeArgs, TokenCommand};
+use crate::cli::{
+    Cli, Command, CopyArgs, DecideArgs, Format, JournalCommand, RoleArg, ServeArgs, TokenCommand,
+};
 use crate::job::Calls;
 use crate::progress::Progress;
 
@@ -154,6 +156,10 @@ fn install_agent_launcher() {
 }
 
 fn execute(cli: &Cli) -> Result<u8, CliError> {
+    // A copy names its own journals; the default one is not opened.
+    if let Command::Journal(JournalCommand::Copy(args)) = &cli.command {
+        return copy_journal(cli, args);
+    }
     let location = store::journal_location(cli.db.as_deref())?;
     // Commands that only read open the journal read-only: they work on a journal they may
     // not write, and never create one.
@@ -353,6 +359,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             }
             Ok(code)
         }
+        Command::Journal(JournalCommand::Copy(args)) => copy_journal(cli, args),
         Command::Serve(args) => serve(&sqlite_path(&location)?, cli, args),
         Command::Token(command) => token(&sqlite_path(&location)?, cli, command),
         Command::Export(args) => {
@@ -436,6 +443,47 @@ fn decide(
     }
     output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
     Ok(stop_code(&result))
+}
+
+/// `converge journal copy`: runs from one journal to another, verified on both sides.
+fn copy_journal(cli: &Cli, args: &CopyArgs) -> Result<u8, CliError> {
+    let from = store::journal_location(Some(&args.from))?;
+    let to = store::journal_location(Some(&args.to))?;
+    let runs = args
+        .runs
+        .iter()
+        .map(|id| run_id(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut printed: Result<(), CliError> = Ok(());
+    let copied = converge_runtime::copy(&from, &to, &runs, &mut |done| {
+        if printed.is_err() {
+            return;
+        }
+        printed = if cli.json {
+            output::line(json!({
+                "run": done.run.as_str(),
+                "steps": done.steps,
+                "events": done.events,
+                "record_hash": done.record_hash.to_string(),
+            }))
+        } else {
+            output::line(format_args!(
+                "copied {}: {}, {}, record hash {} (verified in both)",
+                done.run,
+                show::count(done.steps, "step"),
+                show::count(done.events, "event"),
+                done.record_hash
+            ))
+        };
+    })?;
+    printed?;
+    if !cli.json {
+        output::line(format_args!(
+            "{} copied from {from} to {to}",
+            show::count(copied.len() as u64, "run")
+        ))?;
+    }
+    Ok(exit::OK)
 }
 
 /// The file of a SQLite journal.
