@@ -106,6 +106,7 @@ mod exit {
     pub(crate) const INVARIANT: u8 = 5;
     pub(crate) const OTHER_STOP: u8 = 6;
     pub(crate) const CONVERGED_WITH_FAILURES: u8 = 7;
+    pub(crate) const INVARIANT_UNEVALUABLE: u8 = 8;
     /// 128 plus the signal's number, as shells report a process a signal ended.
     pub(crate) const SIGHUP: u8 = 129;
     pub(crate) const SIGINT: u8 = 130;
@@ -534,6 +535,7 @@ fn stop_code(result: &ConvergeResult) -> u8 {
         StopReason::AwaitingApproval { .. } => exit::AWAITING_APPROVAL,
         StopReason::BudgetExhausted { .. } => exit::BUDGET,
         StopReason::InvariantViolated { .. } => exit::INVARIANT,
+        StopReason::InvariantUnevaluable { .. } => exit::INVARIANT_UNEVALUABLE,
         StopReason::AgentFailed { .. } | StopReason::Halted { .. } => exit::OTHER_STOP,
     }
 }

@@ -39,6 +39,11 @@ pub(crate) fn reason_text(reason: &StopReason) -> String {
         StopReason::InvariantViolated {
             invariant, detail, ..
         } => format!("invariant `{invariant}` violated: {detail}"),
+        StopReason::InvariantUnevaluable {
+            invariant, detail, ..
+        } => format!(
+            "invariant `{invariant}` could not be evaluated (nothing is known to be violated): {detail}"
+        ),
         StopReason::AgentFailed { agent, message } => {
             format!("agent {agent} failed: {message}")
         }
