@@ -154,6 +154,10 @@ fn install_agent_launcher() {
 }
 
 fn execute(cli: &Cli) -> Result<u8, CliError> {
+    // Checking a spec runs nothing, so it needs no journal.
+    if let Command::Check(args) = &cli.command {
+        return check(&args.spec, cli.json);
+    }
     let path = store::journal_path(cli.db.as_deref())?;
     // Commands that only read open the journal read-only: they work on a journal they may
     // not write, and never create one.
@@ -181,6 +185,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         providers: cli.providers.as_deref(),
     };
     match &cli.command {
+        // Handled above, before any journal is opened.
+        Command::Check(args) => check(&args.spec, cli.json),
         Command::Run(args) => {
             let loaded = job::load(&args.spec, live)?;
             for warning in &loaded.warnings {
@@ -520,6 +526,19 @@ fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, 
             }
         }
     }
+    Ok(exit::OK)
+}
+
+/// `converge check SPEC`: every problem of the spec, or a one-line summary of a valid one.
+fn check(path: &std::path::Path, json: bool) -> Result<u8, CliError> {
+    let loaded = spec::JobSpec::load(path).map_err(|error| match error {
+        spec::SpecError::Invalid { .. } => CliError::Spec(error.to_string()),
+        other => CliError::Other(other.to_string()),
+    })?;
+    for warning in &loaded.warnings {
+        let _ = writeln!(std::io::stderr(), "warning: {warning}");
+    }
+    output::line(show::spec_summary(&loaded, path, json))?;
     Ok(exit::OK)
 }
 

@@ -207,7 +207,7 @@ impl JobSpec {
         }
         let raw = serde_saphyr::from_str_with_options(source, yaml_options())
             .map_err(|error| SpecError::invalid(vec![yaml_problem(&origin, &error)]))?;
-        let (parts, warnings) = check::Checker::new(&origin, &base_dir)
+        let (parts, warnings) = check::Checker::new(&origin, &base_dir, source)
             .check(raw)
             .map_err(SpecError::invalid)?;
         let mut warnings = warnings;
@@ -298,6 +298,25 @@ impl JobSpec {
             .iter()
             .find(|policy| policy.key == key)?;
         policy.schema.as_ref().map(Schema::source)
+    }
+
+    /// The names of the agents under `agents:`, in spec order.
+    pub fn agent_names(&self) -> impl Iterator<Item = &str> {
+        self.parts.agents.iter().map(AgentEntry::name)
+    }
+
+    /// The keys configured under `keys:` (declared, or given a schema or approval), in spec
+    /// order.
+    pub fn configured_keys(&self) -> impl Iterator<Item = ContextKey> {
+        self.parts.policies.iter().map(|policy| policy.key)
+    }
+
+    /// The names of the invariants, in spec order.
+    pub fn invariant_names(&self) -> impl Iterator<Item = &str> {
+        self.parts
+            .invariants
+            .iter()
+            .map(|invariant| &*invariant.name)
     }
 
     /// The spec's `llm` agents, in spec order.
