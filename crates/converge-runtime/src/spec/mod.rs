@@ -3,8 +3,10 @@
 //!
 //! [`JobSpec::parse`] refuses a bad spec before anything runs, naming the file, line and
 //! column of every problem and what was expected: unknown fields and agent kinds, keys no
-//! agent may write, malformed CEL expressions and templates, invalid JSON Schemas, bad
-//! budgets. It warns (without refusing) about agents that read keys nobody produces.
+//! agent may write, malformed CEL expressions and templates, expressions and templates that
+//! use an undeclared key, a key outside the agent's `reads`, a field the key's schema does not
+//! have, an unknown function or variable, a condition that cannot be a boolean, invalid JSON
+//! Schemas, bad budgets. It warns (without refusing) about agents that read keys nobody produces.
 //! [`JobSpec::build`] then makes the runtime; building is a pure function of the spec's
 //! source text and its base directory, so a process that stored the text (in a journal
 //! header, say) can rebuild the identical runtime.

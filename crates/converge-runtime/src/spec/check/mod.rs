@@ -10,6 +10,7 @@
 mod agent;
 mod cel;
 mod place;
+mod suggest;
 mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
