@@ -35,14 +35,13 @@ impl Invariant for CelInvariant {
 
     fn check(&self, ctx: &Context) -> Result<(), InvariantFailure> {
         let facts = facts_view(ctx, self.keys.iter().copied());
-        let unevaluable = |error: String| {
-            InvariantFailure::Unevaluable(format!("the check could not be evaluated: {error}"))
-        };
-        let bindings = Bindings::new(&self.cel, &[("facts", &facts)]).map_err(unevaluable)?;
+        // The failure's kind already says it could not be evaluated; the detail says why.
+        let bindings = Bindings::new(&self.cel, &[("facts", &facts)])
+            .map_err(InvariantFailure::Unevaluable)?;
         match self.check.holds(&bindings, &[]) {
             Ok(true) => Ok(()),
             Ok(false) => Err(InvariantFailure::Violated("the check is false".to_owned())),
-            Err(error) => Err(unevaluable(error.to_string())),
+            Err(error) => Err(InvariantFailure::Unevaluable(error.to_string())),
         }
     }
 }
