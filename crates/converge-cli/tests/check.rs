@@ -233,6 +233,42 @@ fn a_non_boolean_when_is_refused() {
 }
 
 #[test]
+fn a_prompt_is_held_to_the_agent_s_reads_and_has_no_fact() {
+    let source = r#"version: 1
+intent: {objective: Explain}
+keys:
+  - name: notes
+agents:
+  - name: writer
+    kind: seed
+    writes: [notes, signals]
+    facts: [{key: signals, id: s1, content: {level: 1}}]
+  - name: explain
+    kind: llm
+    reads: [signals]
+    writes: [notes]
+    model: any
+    prompt: |
+      Signals: {{ facts.signals | tojson }}
+      Notes: {{ facts.notes | tojson }}
+"#;
+    refused(
+        source,
+        "notes | tojson",
+        &[
+            "`prompt` of agent `explain`",
+            "`notes` is not in the agent's `reads`",
+        ],
+    );
+    let source = source.replace("{{ facts.notes | tojson }}", "{{ fact.id }}");
+    refused(
+        &source,
+        "fact.id",
+        &["`prompt` of agent `explain`", "`fact` is not defined here"],
+    );
+}
+
+#[test]
 fn a_refused_spec_never_runs_and_every_problem_is_listed() {
     let source = broken("fact.content.amount > 0", "fact.content.amout > 0")
         .replace("facts.payouts.all", "facts.payout.all");
