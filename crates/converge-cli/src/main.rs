@@ -530,11 +530,21 @@ fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, 
 }
 
 /// `converge check SPEC`: every problem of the spec, or a one-line summary of a valid one.
+/// With `--json`, a refused spec's problems are printed as JSON on stdout (and as lines on
+/// stderr), for editors and CI to place them.
 fn check(path: &std::path::Path, json: bool) -> Result<u8, CliError> {
-    let loaded = spec::JobSpec::load(path).map_err(|error| match error {
-        spec::SpecError::Invalid { .. } => CliError::Spec(error.to_string()),
-        other => CliError::Other(other.to_string()),
-    })?;
+    let loaded = match spec::JobSpec::load(path) {
+        Ok(loaded) => loaded,
+        Err(error @ spec::SpecError::Invalid { .. }) if json => {
+            let _ = writeln!(std::io::stderr(), "{error}");
+            output::line(show::spec_problems(error.problems(), path))?;
+            return Ok(exit::ERROR);
+        }
+        Err(error @ spec::SpecError::Invalid { .. }) => {
+            return Err(CliError::Spec(error.to_string()));
+        }
+        Err(other) => return Err(CliError::Other(other.to_string())),
+    };
     for warning in &loaded.warnings {
         let _ = writeln!(std::io::stderr(), "warning: {warning}");
     }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use converge_core::{
     ContextKey, ConvergeResult, Exhausted, Fact, PendingApproval, ProposalId, StopReason,
 };
-use converge_runtime::spec::Loaded;
+use converge_runtime::spec::{Loaded, Problem};
 use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
 use converge_server::view::{fact_json, lookup, pending_json, why_json};
 use serde_json::{Value, json};
@@ -53,6 +53,21 @@ pub(crate) fn spec_summary(loaded: &Loaded, path: &std::path::Path, json: bool) 
         count(keys.len() as u64, "configured key"),
         count(invariants.len() as u64, "invariant"),
     )
+}
+
+/// What `converge check --json` says of a refused spec: every problem, located.
+pub(crate) fn spec_problems(problems: &[Problem], path: &std::path::Path) -> String {
+    let problems: Vec<Value> = problems
+        .iter()
+        .map(|problem| {
+            json!({
+                "line": problem.line(),
+                "column": problem.column(),
+                "message": problem.message(),
+            })
+        })
+        .collect();
+    json!({"spec": path.display().to_string(), "valid": false, "problems": problems}).to_string()
 }
 
 /// A stop reason in a few words.

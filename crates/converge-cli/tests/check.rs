@@ -280,6 +280,28 @@ fn a_refused_spec_never_runs_and_every_problem_is_listed() {
         stderr.contains("amout") && stderr.contains("`payout`"),
         "{stderr}"
     );
+    // As JSON, for editors and CI: each problem with its line and column.
+    let output = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["check", "--json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_ERROR));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["valid"], false, "{answer}");
+    let problems = answer["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 2, "{answer}");
+    let amout = place_of(&source, "amout");
+    assert_eq!(
+        format!("{}:{}", problems[0]["line"], problems[0]["column"]),
+        amout
+    );
+    assert!(
+        problems[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `amount`?")
+    );
     let db = dir.path().join("journal.db");
     let run = converge(&db, &["run", &spec.to_string_lossy()]);
     assert_eq!(run.status.code(), Some(EXIT_ERROR));
