@@ -90,6 +90,11 @@ enum Ty<'s> {
     /// Anything: not known statically.
     Unknown,
     Bool,
+    /// A CEL `int`.
+    Int,
+    /// A CEL `double`.
+    Double,
+    /// A number whose kind is not known (`int`, `uint` or `double`).
     Number,
     Text,
     Null,
@@ -115,7 +120,7 @@ impl Ty<'_> {
     fn non_boolean(&self) -> Option<&'static str> {
         match self {
             Ty::Unknown | Ty::Bool => None,
-            Ty::Number => Some("a number"),
+            Ty::Int | Ty::Double | Ty::Number => Some("a number"),
             Ty::Text => Some("a string"),
             Ty::Null => Some("null"),
             Ty::List(_) => Some("a list"),
@@ -269,7 +274,7 @@ impl<'s> Walk<'s, '_> {
             Ty::Facts => self.facts_key(node, field),
             Ty::Fact { key } => match field {
                 "id" => Ty::Text,
-                "confidence" => Ty::Number,
+                "confidence" => Ty::Double,
                 "content" => match self.scope.known.get(key).and_then(Option::as_ref) {
                     Some(schema) => settle(key, schema),
                     None => Ty::Unknown,
@@ -370,6 +375,9 @@ impl<'s> Walk<'s, '_> {
             .iter()
             .map(|arg| self.ty(arg, depth + 1))
             .collect();
+        if let Some(mistake) = operand_mistake(name, &args) {
+            self.found(node, mistake);
+        }
         if let Some(ty) = operator(name, &args) {
             return ty;
         }
@@ -449,11 +457,12 @@ fn operator<'s>(name: &str, args: &[Ty<'s>]) -> Option<Ty<'s>> {
         | "_>=_"
         | "@in"
         | "@not_strictly_false" => Ty::Bool,
-        "_-_" | "_*_" | "_/_" | "_%_" | "-_" => Ty::Number,
+        "-_" => args.first().cloned().unwrap_or(Ty::Number),
+        "_-_" | "_*_" | "_/_" | "_%_" => arithmetic(args),
         "_+_" => match args.first() {
             Some(Ty::Text) => Ty::Text,
             Some(Ty::List(item)) => Ty::List(item.clone()),
-            Some(Ty::Number) => Ty::Number,
+            Some(Ty::Int | Ty::Double | Ty::Number) => arithmetic(args),
             _ => Ty::Unknown,
         },
         "_?_:_" => match (args.get(1), args.get(2)) {
@@ -468,10 +477,53 @@ fn operator<'s>(name: &str, args: &[Ty<'s>]) -> Option<Ty<'s>> {
     Some(ty)
 }
 
+/// The result of arithmetic on two numbers: an `int` of two `int`s, a `double` of two
+/// `double`s.
+fn arithmetic<'s>(args: &[Ty<'s>]) -> Ty<'s> {
+    match (args.first(), args.get(1)) {
+        (Some(Ty::Int), Some(Ty::Int)) => Ty::Int,
+        (Some(Ty::Double), Some(Ty::Double)) => Ty::Double,
+        _ => Ty::Number,
+    }
+}
+
+/// Whether the type is a number.
+fn is_number(ty: &Ty<'_>) -> bool {
+    matches!(ty, Ty::Int | Ty::Double | Ty::Number)
+}
+
+/// What is certainly wrong with applying operator `name` to `args`, if anything.
+fn operand_mistake(name: &str, args: &[Ty<'_>]) -> Option<String> {
+    let (left, right) = (args.first()?, args.get(1)?);
+    let mixed = matches!((left, right), (Ty::Int, Ty::Double) | (Ty::Double, Ty::Int));
+    let number_and_text = (is_number(left) && matches!(right, Ty::Text))
+        || (matches!(left, Ty::Text) && is_number(right));
+    match name {
+        "_+_" | "_-_" | "_*_" | "_/_" | "_%_" if mixed => Some(
+            "CEL does not mix integers and decimals in arithmetic; convert one, e.g. \
+             `double(x) * 0.5` or `x * 2`"
+                .to_owned(),
+        ),
+        "_<_" | "_<=_" | "_>_" | "_>=_" if number_and_text => Some(
+            "a number cannot be compared with a string; compare it with a number \
+             (`… > 5`, not `… > \"5\"`)"
+                .to_owned(),
+        ),
+        "_==_" | "_!=_" if number_and_text => Some(
+            "a number never equals a string, so this is always the same; compare it with a \
+             value of its type (`… == 5`, not `… == \"5\"`)"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
 /// The result of a known function.
 fn function_ty(name: &str) -> Ty<'static> {
     match name {
-        "size" | "int" | "uint" | "double" | "sum" | "min" | "max" => Ty::Number,
+        "size" | "int" => Ty::Int,
+        "double" => Ty::Double,
+        "uint" | "sum" | "min" | "max" => Ty::Number,
         "string" => Ty::Text,
         "contains" | "startsWith" | "endsWith" | "matches" | "hasValue" | "bool" => Ty::Bool,
         _ => Ty::Unknown,
@@ -481,7 +533,9 @@ fn function_ty(name: &str) -> Ty<'static> {
 fn literal_ty(literal: &LiteralValue) -> Ty<'static> {
     match literal {
         LiteralValue::Boolean(_) => Ty::Bool,
-        LiteralValue::Int(_) | LiteralValue::UInt(_) | LiteralValue::Double(_) => Ty::Number,
+        LiteralValue::Int(_) => Ty::Int,
+        LiteralValue::Double(_) => Ty::Double,
+        LiteralValue::UInt(_) => Ty::Number,
         LiteralValue::String(_) => Ty::Text,
         LiteralValue::Null => Ty::Null,
         LiteralValue::Bytes(_) => Ty::Unknown,
@@ -495,7 +549,8 @@ fn settle<'s>(key: &'s str, schema: &'s Value) -> Ty<'s> {
     }
     match schema.get("type").and_then(Value::as_str) {
         Some("boolean") => Ty::Bool,
-        Some("integer" | "number") => Ty::Number,
+        Some("integer") => Ty::Int,
+        Some("number") => Ty::Number,
         Some("string") => Ty::Text,
         Some("null") => Ty::Null,
         Some("array") => match schema.get("items") {
@@ -576,6 +631,8 @@ mod tests {
             "has(fact.content.amount) ? fact.content.amount > 1 : false",
             "facts.signals.exists(s, s.content.anything.goes == 1)",
             "size(facts.payouts) > 0 && fact.id in ['a', 'b']",
+            "double(fact.content.amount) * 0.5 > 1.0 && fact.content.amount * 2 > 1",
+            "fact.confidence >= 0.6 && fact.content.amount > 1.5 && -fact.content.amount < 0",
             "fact.content['amount'] == 1 && type(fact.id) == string",
             "optional.of(1).hasValue() && facts.payouts.filter(p, p.confidence > 0.5).size() > 0",
             "facts.payouts.map(p, p.content).exists(c, c.amount == 1)",
@@ -609,9 +666,34 @@ mod tests {
         );
         check_expect("fact.idd == 'x'", &["no field `idd`", "did you mean `id`?"]);
         check_expect(
+            "fact.content.amount * 0.5 > 1.0",
+            &["does not mix integers and decimals"],
+        );
+        check_expect(
+            "fact.content.amount > '5'",
+            &["cannot be compared with a string"],
+        );
+        check_expect("fact.content.supplier == 3", &["never equals a string"]);
+        check_expect(
             "facts.payouts.all(p, p.content.amout > 0)",
             &["no field `amout`"],
         );
+    }
+
+    /// The operand mistakes refused statically are the ones evaluation fails on.
+    #[test]
+    fn refused_operands_fail_when_evaluated() {
+        use crate::spec::cost::EXPRESSION_COST_DEFAULT;
+        use crate::spec::expr::{Bindings, Cel, Expression};
+        let cel = Cel::new(EXPRESSION_COST_DEFAULT);
+        let bindings = Bindings::new(&cel, &[]).unwrap();
+        for source in ["2 * 0.5 > 0.1", "2.0 + 1 > 0.0", "2 > '5'", "'5' <= 2"] {
+            let expression = Expression::compile(&cel, source).unwrap();
+            assert!(expression.holds(&bindings, &[]).is_err(), "{source}");
+        }
+        // Comparing an int with a double is fine.
+        let expression = Expression::compile(&cel, "2 > 1.5").unwrap();
+        assert_eq!(expression.holds(&bindings, &[]), Ok(true));
     }
 
     #[test]
