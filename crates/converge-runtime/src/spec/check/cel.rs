@@ -197,7 +197,7 @@ impl<'s> Walk<'s, '_> {
                     .iter()
                     .map(|e| self.ty(e, depth + 1))
                     .collect();
-                Ty::List(Box::new(items.into_iter().next().unwrap_or(Ty::Unknown)))
+                Ty::List(Box::new(common(items)))
             }
             Expr::Map(map) => {
                 for entry in &map.entries {
@@ -466,15 +466,27 @@ fn operator<'s>(name: &str, args: &[Ty<'s>]) -> Option<Ty<'s>> {
             _ => Ty::Unknown,
         },
         "_?_:_" => match (args.get(1), args.get(2)) {
-            (Some(yes), Some(no)) if yes.non_boolean().is_some() && no.non_boolean().is_some() => {
-                yes.clone()
-            }
             (Some(Ty::Bool), _) | (_, Some(Ty::Bool)) => Ty::Bool,
+            (Some(yes), Some(no)) => common(vec![yes.clone(), no.clone()]),
             _ => Ty::Unknown,
         },
         _ => return None,
     };
     Some(ty)
+}
+
+/// The type all of `items` have, if they have the same kind of type; else unknown (a list
+/// literal may mix kinds: `[1, "a"]`).
+fn common(items: Vec<Ty<'_>>) -> Ty<'_> {
+    let mut items = items.into_iter();
+    let Some(first) = items.next() else {
+        return Ty::Unknown;
+    };
+    let kind = std::mem::discriminant(&first);
+    match items.all(|item| std::mem::discriminant(&item) == kind) {
+        true => first,
+        false => Ty::Unknown,
+    }
 }
 
 /// The result of arithmetic on two numbers: an `int` of two `int`s, a `double` of two
@@ -633,6 +645,7 @@ mod tests {
             "size(facts.payouts) > 0 && fact.id in ['a', 'b']",
             "double(fact.content.amount) * 0.5 > 1.0 && fact.content.amount * 2 > 1",
             "fact.confidence >= 0.6 && fact.content.amount > 1.5 && -fact.content.amount < 0",
+            "[1, 'a'].exists(x, x == 'a') && (fact.id == 'x' ? 1 : 'one') == 'one'",
             "fact.content['amount'] == 1 && type(fact.id) == string",
             "optional.of(1).hasValue() && facts.payouts.filter(p, p.confidence > 0.5).size() > 0",
             "facts.payouts.map(p, p.content).exists(c, c.amount == 1)",
