@@ -194,7 +194,32 @@ impl JobSpec {
     /// );
     /// ```
     pub fn parse(source: &str, origin: impl AsRef<Path>) -> Result<Loaded, SpecError> {
-        let origin: Arc<Path> = Arc::from(origin.as_ref());
+        JobSpec::parse_checked(source, origin.as_ref(), true)
+    }
+
+    /// Parses a spec that a run was already started with (kept in its journal), to rebuild
+    /// that run's runtime: like [`JobSpec::parse`], but without the static checks of
+    /// expressions and templates against the declared keys, `reads` and schemas. Those checks
+    /// only refuse, never change, what is built, and a run journaled by an earlier version
+    /// whose spec they would now refuse must still resume, take decisions and replay.
+    ///
+    /// ```
+    /// use converge_runtime::spec::JobSpec;
+    ///
+    /// let source = "version: 1\nintent: {objective: x}\ninvariants:\n  - {name: i, class: semantic, check: facts.nokey.size() > 0}\n";
+    /// assert!(JobSpec::parse(source, "job.yaml").is_err());
+    /// assert!(JobSpec::parse_recorded(source, "job.yaml").is_ok());
+    /// ```
+    pub fn parse_recorded(source: &str, origin: impl AsRef<Path>) -> Result<Loaded, SpecError> {
+        JobSpec::parse_checked(source, origin.as_ref(), false)
+    }
+
+    fn parse_checked(
+        source: &str,
+        origin: &Path,
+        static_checks: bool,
+    ) -> Result<Loaded, SpecError> {
+        let origin: Arc<Path> = Arc::from(origin);
         let base_dir = base_dir_of(&origin);
         if source.len() > SPEC_BYTES_MAX {
             let message = format!(
@@ -210,6 +235,7 @@ impl JobSpec {
         let raw = serde_saphyr::from_str_with_options(source, yaml_options())
             .map_err(|error| SpecError::invalid(vec![yaml_problem(&origin, &error)]))?;
         let (parts, warnings) = check::Checker::new(&origin, &base_dir, source)
+            .with_static_checks(static_checks)
             .check(raw)
             .map_err(SpecError::invalid)?;
         let mut warnings = warnings;

@@ -24,6 +24,9 @@ impl Checker<'_> {
         templates: &Templates,
         seen: Seen,
     ) {
+        if !self.static_checks {
+            return;
+        }
         let known = self.known.clone();
         let scope = Scope {
             known: &known,
