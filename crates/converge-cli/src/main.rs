@@ -109,6 +109,7 @@ mod exit {
     pub(crate) const INVARIANT: u8 = 5;
     pub(crate) const OTHER_STOP: u8 = 6;
     pub(crate) const CONVERGED_WITH_FAILURES: u8 = 7;
+    pub(crate) const INVARIANT_UNEVALUABLE: u8 = 8;
     /// 128 plus the signal's number, as shells report a process a signal ended.
     pub(crate) const SIGHUP: u8 = 129;
     pub(crate) const SIGINT: u8 = 130;
@@ -156,9 +157,13 @@ fn install_agent_launcher() {
 }
 
 fn execute(cli: &Cli) -> Result<u8, CliError> {
-    // A copy names its own journals; the default one is not opened.
+    // A copy names its own journals, and checking a spec runs nothing: neither opens the
+    // default journal.
     if let Command::Journal(JournalCommand::Copy(args)) = &cli.command {
         return copy_journal(cli, args);
+    }
+    if let Command::Check(args) = &cli.command {
+        return check(&args.spec, cli.json);
     }
     let location = store::journal_location(cli.db.as_deref())?;
     // Commands that only read open the journal read-only: they work on a journal they may
@@ -200,6 +205,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         providers: cli.providers.as_deref(),
     };
     match &cli.command {
+        // Handled above, before any journal is opened.
+        Command::Check(args) => check(&args.spec, cli.json),
         Command::Run(args) => {
             let loaded = job::load(&args.spec, live)?;
             for warning in &loaded.warnings {
@@ -621,6 +628,29 @@ fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, 
     Ok(exit::OK)
 }
 
+/// `converge check SPEC`: every problem of the spec, or a one-line summary of a valid one.
+/// With `--json`, a refused spec's problems are printed as JSON on stdout (and as lines on
+/// stderr), for editors and CI to place them.
+fn check(path: &std::path::Path, json: bool) -> Result<u8, CliError> {
+    let loaded = match spec::JobSpec::load(path) {
+        Ok(loaded) => loaded,
+        Err(error @ spec::SpecError::Invalid { .. }) if json => {
+            let _ = writeln!(std::io::stderr(), "{error}");
+            output::line(show::spec_problems(error.problems(), path))?;
+            return Ok(exit::ERROR);
+        }
+        Err(error @ spec::SpecError::Invalid { .. }) => {
+            return Err(CliError::Spec(error.to_string()));
+        }
+        Err(other) => return Err(CliError::Other(other.to_string())),
+    };
+    for warning in &loaded.warnings {
+        let _ = writeln!(std::io::stderr(), "warning: {warning}");
+    }
+    output::line(show::spec_summary(&loaded, path, json))?;
+    Ok(exit::OK)
+}
+
 fn run_id(text: &str) -> Result<RunId, CliError> {
     RunId::new(text).map_err(|error| CliError::Other(error.to_string()))
 }
@@ -633,6 +663,7 @@ fn stop_code(result: &ConvergeResult) -> u8 {
         StopReason::AwaitingApproval { .. } => exit::AWAITING_APPROVAL,
         StopReason::BudgetExhausted { .. } => exit::BUDGET,
         StopReason::InvariantViolated { .. } => exit::INVARIANT,
+        StopReason::InvariantUnevaluable { .. } => exit::INVARIANT_UNEVALUABLE,
         StopReason::AgentFailed { .. } | StopReason::Halted { .. } => exit::OTHER_STOP,
     }
 }
