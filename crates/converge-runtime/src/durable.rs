@@ -14,7 +14,7 @@
 
 use converge_core::{
     AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError, Event,
-    EventRecord, Exhausted, Observer, Run, Step, StopReason,
+    EventRecord, Exhausted, ObservationId, Observer, Run, Step, StopReason,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ use crate::journal::{
     Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, RecordedRun, RecordedStep, RunId,
     RunSummary,
 };
+use crate::observations::{self, RecordedObservation};
 use crate::record::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
 
 /// Who creates durable runs, as recorded in their header.
@@ -682,6 +683,19 @@ pub struct Inspection {
     pub result: ConvergeResult,
     /// Whether the committed steps end with the run stopped (for good or awaiting approval).
     pub stopped: bool,
+    /// Every observation of the committed steps, payload included, in id order: what facts
+    /// cite as evidence (a model's prompt and answer, a command's output).
+    pub observations: Vec<RecordedObservation>,
+}
+
+impl Inspection {
+    /// The recorded observation `id`, if the run has one.
+    pub fn observation(&self, id: ObservationId) -> Option<&RecordedObservation> {
+        let found = self
+            .observations
+            .binary_search_by_key(&id, |observed| observed.id);
+        found.ok().map(|index| &self.observations[index])
+    }
 }
 
 /// Re-derives the recorded run up to its last committed step.
@@ -704,11 +718,13 @@ pub(crate) fn inspect(engine: &Engine, recorded: RecordedRun) -> Result<Inspecti
             false,
         ),
     };
+    let observations = observations::recorded(recorded.steps, &recorded.header.agents);
     Ok(Inspection {
         summary,
         header: recorded.header,
         result,
         stopped,
+        observations,
     })
 }
 

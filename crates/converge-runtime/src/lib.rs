@@ -14,6 +14,7 @@ mod driver;
 mod durable;
 mod journal;
 pub mod limits;
+mod observations;
 mod record;
 pub mod spec;
 
@@ -27,6 +28,7 @@ pub use journal::{
     Lease, OpenCycle, Place, RUN_ID_LEN_MAX, RecordedRun, RecordedStep, RunId, RunIdError,
     RunStatus, RunSummary, SqliteJournal, StoredEvent, Verification,
 };
+pub use observations::RecordedObservation;
 pub use record::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
     OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader,
