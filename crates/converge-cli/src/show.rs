@@ -7,11 +7,14 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use converge_core::{
-    ContextKey, ConvergeResult, Exhausted, Fact, PendingApproval, ProposalId, StopReason,
+    ContextKey, ConvergeResult, Exhausted, Fact, ObservationId, PendingApproval, ProposalId,
+    StopReason,
 };
 use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
 use converge_server::view::{fact_json, lookup, pending_json, why_json};
 use serde_json::{Value, json};
+
+use crate::exchange;
 
 /// `1 cycle`, `2 cycles`: a count with its noun, plural when it is not one.
 pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
@@ -382,24 +385,46 @@ pub(crate) fn find_fact<'r>(result: &'r ConvergeResult, name: &str) -> Result<&'
     }
 }
 
-/// `converge why`: the provenance tree of one fact.
-pub(crate) fn why(result: &ConvergeResult, fact: &Fact, json: bool) -> String {
+/// `converge why`: the provenance tree of one fact, with the recorded observations (a model's
+/// prompts and answer) its evidence names.
+pub(crate) fn why(seen: &Inspection, fact: &Fact, json: bool) -> String {
     if json {
-        return why_json(result, fact).to_string();
+        return why_json(seen, fact).to_string();
     }
     let mut out = String::new();
-    why_text(result, fact, "", &mut BTreeSet::new(), &mut out);
+    let mut shown = Shown::default();
+    why_text(seen, fact, "", &mut shown, &mut out);
     out
 }
 
-fn why_text(
-    result: &ConvergeResult,
-    fact: &Fact,
-    indent: &str,
-    seen: &mut BTreeSet<(ContextKey, String)>,
-    out: &mut String,
-) {
-    seen.insert((fact.key(), fact.id().as_str().to_owned()));
+/// What a provenance tree has shown already, so each fact and observation is shown once.
+#[derive(Default)]
+struct Shown {
+    facts: BTreeSet<(ContextKey, String)>,
+    observations: BTreeSet<ObservationId>,
+}
+
+/// The evidence line for `id`, followed by the observation, abridged, unless it was shown.
+fn evidence_text(seen: &Inspection, id: ObservationId, shown: &mut Shown) -> String {
+    let Some(observed) = seen.observation(id) else {
+        return format!("evidence: {id} (not recorded in the journal)");
+    };
+    if !shown.observations.insert(id) {
+        return format!("evidence: {id} (shown above)");
+    }
+    let length = exchange::Length::Abridged {
+        run: seen.summary.id.as_str(),
+    };
+    let body = exchange::text(observed, length);
+    let indented: String = body.lines().map(|line| format!("\n  {line}")).collect();
+    format!("evidence: {id} ({}){indented}", observed.record.kind)
+}
+
+fn why_text(seen: &Inspection, fact: &Fact, indent: &str, shown: &mut Shown, out: &mut String) {
+    let result = &seen.result;
+    shown
+        .facts
+        .insert((fact.key(), fact.id().as_str().to_owned()));
     let record = fact.record();
     let _ = writeln!(
         out,
@@ -449,9 +474,8 @@ fn why_text(
             correction.reason
         ));
     }
-    if !record.evidence().is_empty() {
-        let evidence: Vec<String> = record.evidence().iter().map(ToString::to_string).collect();
-        lines.push(format!("evidence: {}", evidence.join(", ")));
+    for id in record.evidence() {
+        lines.push(evidence_text(seen, *id, shown));
     }
     let sources = record.derived_from();
     if sources.is_empty() {
@@ -459,12 +483,18 @@ fn why_text(
     }
     let last_line = sources.is_empty();
     for (index, line) in lines.iter().enumerate() {
-        let branch = if last_line && index + 1 == lines.len() {
-            "└─"
+        let (branch, below) = if last_line && index + 1 == lines.len() {
+            ("└─", " ")
         } else {
-            "├─"
+            ("├─", "│")
         };
-        let _ = writeln!(out, "{indent}{branch} {line}");
+        // A line of several (an observation under its evidence line) hangs below its branch.
+        let mut parts = line.lines();
+        let _ = writeln!(out, "{indent}{branch} {}", parts.next().unwrap_or_default());
+        for part in parts {
+            let hung = format!("{indent}{below}  {part}");
+            let _ = writeln!(out, "{}", hung.trim_end());
+        }
     }
     if sources.is_empty() {
         return;
@@ -480,8 +510,12 @@ fn why_text(
         let child_indent = format!("{indent}   {child}");
         let _ = write!(out, "{indent}   {branch} ");
         match lookup(result, source) {
-            Some(parent) if !seen.contains(&(parent.key(), parent.id().as_str().to_owned())) => {
-                why_text(result, parent, &child_indent, seen, out);
+            Some(parent)
+                if !shown
+                    .facts
+                    .contains(&(parent.key(), parent.id().as_str().to_owned())) =>
+            {
+                why_text(seen, parent, &child_indent, shown, out);
             }
             Some(parent) => {
                 let _ = writeln!(
@@ -501,7 +535,8 @@ fn why_text(
     }
 }
 
-/// `converge export --format json` (and `converge inspect --json`).
+/// `converge export --format json` (and `converge inspect --json`), observations and their
+/// payloads included.
 pub(crate) fn export_json(seen: &Inspection) -> Value {
     let result = &seen.result;
     json!({
@@ -518,6 +553,7 @@ pub(crate) fn export_json(seen: &Inspection) -> Value {
         "rejections": result.rejections,
         "failures": result.failures,
         "pending": pending_json(result),
+        "observations": seen.observations,
     })
 }
 

@@ -663,7 +663,7 @@ pub(crate) async fn fact(
         .context
         .fact(parsed, &fact_id)
         .ok_or_else(missing)?;
-    Ok(Json(view::why_json(&seen.result, fact)))
+    Ok(Json(view::why_json(&seen, fact)))
 }
 
 /// The proposals that were rejected, with the gate's reasons.
