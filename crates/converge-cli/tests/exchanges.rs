@@ -255,3 +255,28 @@ fn why_names_the_prompt_tokens_anthropic_read_from_its_cache() {
         assert!(why.contains(expected), "{expected:?} in:\n{why}");
     }
 }
+
+#[test]
+fn show_prints_a_failed_attempt_with_its_error_and_no_answer() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let server = tokio.block_on(ScriptedServer::start(Wire::OpenAi)).unwrap();
+    server.push(Reply::error(429, "rate_limit_exceeded", "slow down"));
+    let spec = job(dir.path(), "ollama", &server.base_url());
+
+    let run = converge(&db, &["run", &spec, "--id", "limited-1"]);
+    assert_eq!(run.status.code(), Some(7), "{}", text(&run.stdout));
+
+    let show = said(&converge(&db, &["show", "limited-1", "c2.a2.o0"]));
+    for expected in [
+        "model exchange c2.a2.o0 by agent `explainer`, attempt 1",
+        "model: asked for small-model; no answer came",
+        "tokens: 0 in, 0 out",
+        "error: rate_limited (HTTP 429): slow down",
+        "from: ollama:small-model (reference prompt:",
+        "answer: none came",
+    ] {
+        assert!(show.contains(expected), "{expected:?} in:\n{show}");
+    }
+}
