@@ -348,10 +348,38 @@ pub(crate) fn inspect(seen: &Inspection, json: bool) -> String {
             );
         }
     }
+    out.push_str(&observations_text(seen));
     if let StopReason::AwaitingApproval { pending } = &result.stop_reason {
         out.push('\n');
         out.push_str(&pending_text(result, pending));
     }
+    out
+}
+
+/// The run's recorded observations, a line each, and how to print one whole.
+fn observations_text(seen: &Inspection) -> String {
+    if seen.observations.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\nobservations ({}):\n", seen.observations.len());
+    for observed in &seen.observations {
+        let origin = observed
+            .record
+            .remote
+            .as_ref()
+            .map(|remote| format!(" from {}", remote.system))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}  agent {}: {}{origin}",
+            observed.id, observed.agent, observed.record.kind
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  `converge show {} OBSERVATION` prints one whole",
+        seen.summary.id
+    );
     out
 }
 

@@ -182,6 +182,15 @@ fn why_shows_the_exchange_show_prints_it_whole_and_replay_needs_no_model() {
     }
     assert!(!show.contains("more characters"), "{show}");
 
+    let inspected = said(&converge(&db, &["inspect", "churn-1"]));
+    assert!(
+        inspected.contains(
+            "observations (1):\n  c2.a2.o0  agent explainer: llm.exchange from \
+             ollama:small-model:3b-q4_K_M\n  `converge show churn-1 OBSERVATION` prints one whole"
+        ),
+        "{inspected}"
+    );
+
     let shown = json_of(&converge(&db, &["show", "churn-1", "c2.a2.o0", "--json"]));
     assert_eq!(shown["id"], "c2.a2.o0");
     assert_eq!(shown["agent"], "explainer");
