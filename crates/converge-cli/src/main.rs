@@ -13,6 +13,7 @@ mod progress;
 mod show;
 mod signals;
 mod store;
+mod why;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -231,8 +232,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let run_id = run_id(&args.run)?;
             let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let seen = runtime.inspect(&journal, &run_id)?;
-            let fact = show::find_fact(&seen.result, &args.fact).map_err(CliError::Other)?;
-            output::line(show::why(&seen, fact, cli.json).trim_end())?;
+            let fact = why::find_fact(&seen.result, &args.fact).map_err(CliError::Other)?;
+            output::line(why::explain(&seen, fact, cli.json).trim_end())?;
             Ok(exit::OK)
         }
         Command::Show(args) => {
