@@ -7,14 +7,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Run, watch, approve, resume and audit Converge jobs.
 ///
 /// Every run is journaled in an embedded SQLite file (by default in your user data directory;
-/// `--db` or `CONVERGE_DB` chooses another), so any later command, in any process, can
-/// inspect, approve, resume, replay or verify it.
+/// `--db` or `CONVERGE_DB` chooses another file, or a PostgreSQL database shared by many
+/// machines), so any later command, in any process, can inspect, approve, resume, replay or
+/// verify it.
 #[derive(Debug, Parser)]
 #[command(name = "converge", version, about, long_about = None)]
 #[command(after_long_help = EXIT_CODES)]
 pub(crate) struct Cli {
-    /// The journal file (created if missing) [env: CONVERGE_DB=, ignored when empty].
-    #[arg(long, global = true, value_name = "FILE")]
+    /// The journal: a SQLite file (created if missing) or a PostgreSQL database by its
+    /// `postgresql://` URL (its schema created if missing) [env: CONVERGE_DB=, ignored when
+    /// empty].
+    #[arg(long, global = true, value_name = "FILE|URL")]
     pub(crate) db: Option<PathBuf>,
 
     /// Print machine-readable JSON on stdout instead of text.
@@ -57,6 +60,19 @@ pub(crate) enum Command {
   converge run examples/release-approval.yaml
   converge run examples/weekly-payouts.yaml --id payouts-1 --json")]
     Run(RunArgs),
+
+    /// Record a run of a job spec for a worker to drive, and print its id.
+    #[command(after_help = "Examples:
+  converge submit examples/release-approval.yaml
+  converge submit examples/weekly-payouts.yaml --id payouts-7 --db postgresql://converge@db.internal/converge")]
+    Submit(RunArgs),
+
+    /// Drive runs no one drives (submitted, or whose driver died), many at once, until
+    /// SIGTERM or Ctrl-C (which stop claiming and let the runs in flight finish).
+    #[command(after_help = "Examples:
+  converge worker --db postgresql://converge@db.internal/converge --concurrency 8
+  converge worker --until-idle")]
+    Worker(WorkerArgs),
 
     /// List the runs in the journal.
     #[command(after_help = "Examples:
@@ -221,6 +237,16 @@ pub(crate) struct ExportArgs {
     /// The output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub(crate) format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// How many runs to drive at once (each on a thread and a journal connection of its own).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) concurrency: u16,
+    /// Exit once no run is left to drive, instead of waiting for more.
+    #[arg(long)]
+    pub(crate) until_idle: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod show;
 mod signals;
 mod store;
 mod why;
+mod worker;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -22,8 +23,8 @@ use clap::Parser;
 use converge_core::{Actor, ConvergeResult, Decision, ProposalId, StopReason};
 use converge_runtime::spec::{self, AGENT_LAUNCHER_ARG};
 use converge_runtime::{
-    Clock, DurableError, Holder, Journal, JournalError, ReplayReport, RunId, SqliteJournal,
-    SystemClock, Verification,
+    Clock, DurableError, Holder, Journal, JournalError, Location, ReplayReport, RunId, SystemClock,
+    Verification,
 };
 use serde_json::json;
 
@@ -155,10 +156,10 @@ fn install_agent_launcher() {
 }
 
 fn execute(cli: &Cli) -> Result<u8, CliError> {
-    let path = store::journal_path(cli.db.as_deref())?;
+    let location = store::journal_location(cli.db.as_deref())?;
     // Commands that only read open the journal read-only: they work on a journal they may
     // not write, and never create one.
-    if cli.command.only_reads() && !path.exists() {
+    if cli.command.only_reads() && !location.may_exist() {
         // Reading never creates a journal.
         if let Command::Runs = cli.command {
             output::text(show::runs(&[], &[], cli.json))?;
@@ -170,13 +171,26 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         return Err(CliError::Other(format!(
             "there is no journal at {}: nothing has run there yet (run a job first, or point \
              --db at the journal to read)",
-            path.display()
+            location
+        )));
+    }
+    if let (Location::Postgres(_), Command::Serve(_) | Command::Token(_)) =
+        (&location, &cli.command)
+    {
+        return Err(CliError::Other(format!(
+            "`converge {}` keeps its tokens and tenants beside a SQLite journal; it cannot \
+             use the PostgreSQL journal {location} yet. Point --db at a file",
+            if let Command::Serve(_) = cli.command {
+                "serve"
+            } else {
+                "token"
+            }
         )));
     }
     let mut journal = if cli.command.only_reads() {
-        SqliteJournal::open_read_only(&path)?
+        location.open_read_only()?
     } else {
-        SqliteJournal::open(&path)?
+        location.open()?
     };
     let live = Calls::Live {
         providers: cli.providers.as_deref(),
@@ -200,7 +214,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                     std::io::stderr(),
                     "run {run_id} of {} (journal {})",
                     args.spec.display(),
-                    path.display()
+                    location
                 );
             }
             let drive = runtime.run_durable(&mut journal, &run_id);
@@ -208,6 +222,33 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
             output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
             Ok(stop_code(&result))
+        }
+        Command::Submit(args) => {
+            let loaded = job::load(&args.spec, live)?;
+            for warning in &loaded.warnings {
+                let _ = writeln!(std::io::stderr(), "warning: {warning}");
+            }
+            let run_id = match &args.id {
+                Some(id) => RunId::new(id).map_err(|error| CliError::Other(error.to_string()))?,
+                None => store::next_run_id(&journal, &args.spec)?,
+            };
+            let runtime = loaded
+                .runtime
+                .with_holder(Holder::this_process("converge submit"));
+            runtime.submit_durable(&mut journal, &run_id)?;
+            if cli.json {
+                output::line(json!({"run": run_id.as_str(), "status": "submitted"}))?;
+            } else {
+                output::line(format_args!(
+                    "run {run_id} submitted: a worker on {location} will drive it \
+                     (`converge worker`)"
+                ))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Worker(args) => {
+            drop(journal);
+            worker::work(&location, cli.providers.as_deref(), args)
         }
         Command::Runs => {
             let runs = journal.runs()?;
@@ -322,8 +363,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             }
             Ok(code)
         }
-        Command::Serve(args) => serve(&path, cli, args),
-        Command::Token(command) => token(&path, cli, command),
+        Command::Serve(args) => serve(&sqlite_path(&location)?, cli, args),
+        Command::Token(command) => token(&sqlite_path(&location)?, cli, command),
         Command::Export(args) => {
             let run_id = run_id(&args.run)?;
             let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
@@ -340,7 +381,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
 /// `approve` and `reject`: one decision on one pending proposal, then on to the next stop.
 fn decide(
     cli: &Cli,
-    journal: &mut SqliteJournal,
+    journal: &mut impl Journal,
     args: &DecideArgs,
     approve: bool,
 ) -> Result<u8, CliError> {
@@ -405,6 +446,16 @@ fn decide(
     }
     output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
     Ok(stop_code(&result))
+}
+
+/// The file of a SQLite journal.
+fn sqlite_path(location: &Location) -> Result<std::path::PathBuf, CliError> {
+    match location {
+        Location::Sqlite(path) => Ok(path.clone()),
+        Location::Postgres(_) => Err(CliError::Other(format!(
+            "{location} is a PostgreSQL database, not a SQLite file"
+        ))),
+    }
 }
 
 /// `converge serve`: the HTTP API and web viewer until Ctrl-C or SIGTERM.

@@ -1,19 +1,24 @@
 //! Where the journal lives and how new runs are named.
 //!
 //! The journal defaults to `journal.db` in the per-user data directory (for example
-//! `~/.local/share/converge/` on Linux); `--db` or `CONVERGE_DB` points elsewhere.
+//! `~/.local/share/converge/` on Linux); `--db` or `CONVERGE_DB` points elsewhere: another
+//! file, or a PostgreSQL database by its `postgresql://` URL.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use converge_runtime::{Journal, RunId, SqliteJournal};
+use converge_runtime::{Journal, Location, RunId};
 
 use crate::CliError;
 
-/// The journal file to open, creating its directory when it is the default one.
-pub(crate) fn journal_path(given: Option<&Path>) -> Result<PathBuf, CliError> {
+/// The journal to open: `--db` (a file or a `postgresql://` URL), or the default file,
+/// whose directory is created.
+pub(crate) fn journal_location(given: Option<&Path>) -> Result<Location, CliError> {
     // An empty `--db` or `CONVERGE_DB=` means unset, as for any other variable.
     if let Some(path) = given.filter(|path| !path.as_os_str().is_empty()) {
-        return Ok(path.to_path_buf());
+        return Ok(match path.to_str() {
+            Some(text) => Location::parse(text),
+            None => Location::Sqlite(path.to_path_buf()),
+        });
     }
     let dirs = directories::ProjectDirs::from("", "", "converge").ok_or_else(|| {
         CliError::Other(
@@ -24,12 +29,12 @@ pub(crate) fn journal_path(given: Option<&Path>) -> Result<PathBuf, CliError> {
     let dir = dirs.data_dir();
     std::fs::create_dir_all(dir)
         .map_err(|error| CliError::Other(format!("cannot create {}: {error}", dir.display())))?;
-    Ok(dir.join("journal.db"))
+    Ok(Location::Sqlite(dir.join("journal.db")))
 }
 
 /// `STEM-N` for the spec's file stem (reduced to the characters a run id allows) and the
 /// smallest `N` above every existing run of that stem.
-pub(crate) fn next_run_id(journal: &SqliteJournal, spec: &Path) -> Result<RunId, CliError> {
+pub(crate) fn next_run_id(journal: &impl Journal, spec: &Path) -> Result<RunId, CliError> {
     let stem: String = spec
         .file_stem()
         .map(|stem| stem.to_string_lossy().into_owned())

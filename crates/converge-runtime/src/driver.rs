@@ -29,8 +29,8 @@ use crate::durable::{
     DurableError, HaltRecord, Inspection, Live, Position, ReplayReport, awaiting, header_of,
     inspect, redrive, replay,
 };
-use crate::journal::{Holder, Journal, Lease, OpenCycle, RunId};
-use crate::record::{JobRecord, StepInput};
+use converge_journal::{Holder, Journal, Lease, OpenCycle, RunId};
+use converge_journal::{JobRecord, StepInput};
 
 /// How the async driver executes batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +227,20 @@ impl Runtime {
             Err(error) => Err(error.into()),
         };
         release(journal, &lease, outcome)
+    }
+
+    /// Records durable run `run_id` without driving it: created with this runtime's job and
+    /// agents, its lease released at once, so a worker claims it ([`Journal::claim`]) and
+    /// drives it with [`Runtime::resume_durable`].
+    pub fn submit_durable<J: Journal>(
+        &self,
+        journal: &mut J,
+        run_id: &RunId,
+    ) -> Result<(), DurableError> {
+        let header = header_of(&self.engine, self.job.as_ref());
+        let lease = journal.create_run(run_id, &header, &self.holder, self.clock.now_ms())?;
+        journal.release(&lease)?;
+        Ok(())
     }
 
     /// Continues a durable run after its process died: re-drives every committed step without

@@ -21,12 +21,12 @@ use serde::{Deserialize, Serialize};
 use crate::cancel::Cancellation;
 use crate::clock::Clock;
 use crate::driver::{Executor, Progress, drain};
-use crate::journal::{
+use crate::observations::{self, RecordedObservation};
+use converge_journal::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
+use converge_journal::{
     Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, RecordedRun, RecordedStep, RunId,
     RunSummary,
 };
-use crate::observations::{self, RecordedObservation};
-use crate::record::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
 
 /// Who creates durable runs, as recorded in their header.
 const CREATED_BY: &str = concat!("converge-runtime ", env!("CARGO_PKG_VERSION"));
@@ -700,15 +700,7 @@ impl Inspection {
 
 /// Re-derives the recorded run up to its last committed step.
 pub(crate) fn inspect(engine: &Engine, recorded: RecordedRun) -> Result<Inspection, DurableError> {
-    let summary = RunSummary {
-        id: recorded.id.clone(),
-        status: recorded.status.clone(),
-        steps: recorded.steps.len() as u64,
-        events: recorded.event_count(),
-        root_hash: recorded.root_hash,
-        record_hash: recorded.record_hash,
-        lease: recorded.lease.clone(),
-    };
+    let summary = recorded.summary();
     let (result, stopped) = match redrive(engine, &recorded)? {
         Position::Stopped(result) => (result, true),
         Position::Running(run) | Position::Unstarted(run) => (
@@ -718,7 +710,8 @@ pub(crate) fn inspect(engine: &Engine, recorded: RecordedRun) -> Result<Inspecti
             false,
         ),
     };
-    let observations = observations::recorded(recorded.steps, &recorded.header.agents);
+    let inputs = recorded.steps.into_iter().map(|step| step.input);
+    let observations = observations::recorded(inputs, &recorded.header.agents);
     Ok(Inspection {
         summary,
         header: recorded.header,

@@ -12,25 +12,24 @@ mod cancel;
 mod clock;
 mod driver;
 mod durable;
-mod journal;
 pub mod limits;
 mod observations;
-mod record;
 pub mod spec;
 
 pub use agent::{AgentFuture, AsyncAgent};
 pub use cancel::{Cancel, Cancellation};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use driver::{DriverConfig, Runtime};
-pub use durable::{Divergence, DurableError, Inspection, ReplayReport};
-pub use journal::{
+pub use converge_journal::{
     BreakReason, FailingJournal, Holder, Journal, JournalError, LEASE_RENEW_MS, LEASE_TTL_MS,
-    Lease, OpenCycle, Place, RUN_ID_LEN_MAX, RecordedRun, RecordedStep, RunId, RunIdError,
-    RunStatus, RunSummary, SqliteJournal, StoredEvent, Verification,
+    Lease, Location, News, OpenCycle, Place, PostgresJournal, RUN_ID_LEN_MAX, RecordedRun,
+    RecordedStep, RunId, RunIdError, RunStatus, RunSummary, SQLITE_POLL, SqliteJournal,
+    StoredEvent, Verification, Wakeups,
 };
-pub use observations::RecordedObservation;
-pub use record::{
+pub use converge_journal::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
     OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader,
     StepInput, VerdictRecord,
 };
+pub use driver::{DriverConfig, Runtime};
+pub use durable::{Divergence, DurableError, Inspection, ReplayReport};
+pub use observations::RecordedObservation;

@@ -9,8 +9,7 @@
 use converge_core::ObservationId;
 use serde::Serialize;
 
-use crate::journal::RecordedStep;
-use crate::record::{ObservationRecord, OutcomeRecord, StepInput};
+use converge_journal::{ObservationRecord, OutcomeRecord, StepInput};
 
 /// One observation as its run recorded it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,14 +24,17 @@ pub struct RecordedObservation {
     pub record: ObservationRecord,
 }
 
-/// Every observation of the committed `steps`, in id order (cycle, agent, position);
+/// Every observation of the inputs of committed steps, in id order (cycle, agent, position);
 /// `agents` are the run's agent names in id order.
-pub(crate) fn recorded(steps: Vec<RecordedStep>, agents: &[String]) -> Vec<RecordedObservation> {
+pub(crate) fn recorded(
+    inputs: impl IntoIterator<Item = StepInput>,
+    agents: &[String],
+) -> Vec<RecordedObservation> {
     let mut observations = Vec::new();
-    for step in steps {
+    for input in inputs {
         let StepInput::Cycle {
             cycle, outcomes, ..
-        } = step.input
+        } = input
         else {
             continue;
         };
@@ -59,20 +61,15 @@ pub(crate) fn recorded(steps: Vec<RecordedStep>, agents: &[String]) -> Vec<Recor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{EffectRecord, RemoteRecord, ReplayabilityRecord};
     use converge_core::TokenUsage;
+    use converge_journal::{EffectRecord, RemoteRecord, ReplayabilityRecord};
     use serde_json::json;
 
-    fn cycle(cycle: u32, outcomes: Vec<(u32, OutcomeRecord)>) -> RecordedStep {
-        RecordedStep {
-            step: u64::from(cycle),
-            input: StepInput::Cycle {
-                cycle,
-                batch: outcomes.iter().map(|(agent, _)| *agent).collect(),
-                outcomes,
-            },
-            first_seq: 0,
-            hashes: Vec::new(),
+    fn cycle(cycle: u32, outcomes: Vec<(u32, OutcomeRecord)>) -> StepInput {
+        StepInput::Cycle {
+            cycle,
+            batch: outcomes.iter().map(|(agent, _)| *agent).collect(),
+            outcomes,
         }
     }
 

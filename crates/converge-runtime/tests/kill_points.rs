@@ -171,6 +171,15 @@ impl<J: Journal> Journal for KillAt<J> {
         self.inner.renew(lease, now_ms)
     }
 
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError> {
+        self.inner.claim(holder, now_ms, limit)
+    }
+
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
         self.inner.release(lease)
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use converge_core::Digest;
 
-use super::RunId;
+use crate::RunId;
 
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL_MS: u64 = 30_000;
@@ -41,7 +41,7 @@ impl Holder {
     /// This process, described as `name`.
     ///
     /// ```
-    /// let holder = converge_runtime::Holder::this_process("converge run");
+    /// let holder = converge_journal::Holder::this_process("converge run");
     /// assert_eq!(holder.pid, std::process::id());
     /// assert!(holder.to_string().starts_with("converge run (pid "));
     /// ```
@@ -67,8 +67,24 @@ impl Holder {
     /// (a drive it abandoned is fenced out by the new token). A holder on another host is
     /// never known to be gone; its lease is free only once it expires.
     pub(crate) fn yields_to(&self, other: &Holder) -> bool {
-        let here = self.host == this_host();
-        (here && !process_runs(self.pid)) || (self.host == other.host && self.pid == other.pid)
+        self.is_gone() || (self.host == other.host && self.pid == other.pid)
+    }
+
+    /// Whether this holder is certainly gone: a process of this host that no longer runs (or
+    /// is a zombie, killed and not yet reaped).
+    pub(crate) fn is_gone(&self) -> bool {
+        Holder::gone_here(&self.host, self.pid)
+    }
+
+    /// Whether the process `pid` of `host` is certainly gone: `host` is this one and the
+    /// process no longer runs.
+    pub(crate) fn gone_here(host: &str, pid: u32) -> bool {
+        host == this_host() && !process_runs(pid)
+    }
+
+    /// This machine's host name, as holders record it.
+    pub(crate) fn this_host() -> String {
+        this_host()
     }
 }
 

@@ -7,10 +7,10 @@
 
 use converge_core::EventBatch;
 
-use super::{
+use crate::record::{OutcomeRecord, RunHeader, StepInput};
+use crate::{
     Holder, Journal, JournalError, Lease, RecordedRun, RunId, RunSummary, StoredEvent, Verification,
 };
-use crate::record::{OutcomeRecord, RunHeader, StepInput};
 
 /// Fault injection for tests: a journal whose `k`-th record write — [`Journal::append`] or
 /// [`Journal::commit_outcomes`] call, 0-based, counted across runs — fails with
@@ -90,6 +90,15 @@ impl<J: Journal> Journal for FailingJournal<J> {
         now_ms: u64,
     ) -> Result<Lease, JournalError> {
         self.inner.acquire(run, holder, now_ms)
+    }
+
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError> {
+        self.inner.claim(holder, now_ms, limit)
     }
 
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {

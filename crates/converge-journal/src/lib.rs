@@ -1,4 +1,4 @@
-//! The journal: durable storage of a run's inputs and its event hash chain.
+//! Converge's journal: durable storage of a run's inputs and its event hash chain.
 //!
 //! A journal stores, for each run, an ordered list of *steps*. A step is one input to the
 //! core ([`StepInput`]: the start, one cycle's agent outcomes, human decisions, a halt) together
@@ -8,11 +8,11 @@
 //!
 //! Facts are never stored and nothing here deserializes one: a run is re-derived by replaying
 //! its recorded inputs through the core, and the replayed events must reproduce the stored
-//! hashes. [`Journal`] is the storage contract (so a PostgreSQL store can satisfy it later);
-//! [`SqliteJournal`] is the embedded implementation. Reading events from a position on
-//! ([`Journal::events`], [`Journal::events_page`]) costs what it returns, so a live reader can
-//! follow a run. This module does not drive runs, replay them or decide when to write: that is
-//! the driver's job.
+//! hashes. [`Journal`] is the storage contract; [`SqliteJournal`] is the embedded
+//! implementation. Reading events from a position on ([`Journal::events`],
+//! [`Journal::events_page`]) costs what it returns, so a live reader can follow a run. This
+//! crate does not drive runs, replay them or decide when to write: that is the runtime's job
+//! (`converge-runtime`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -22,19 +22,27 @@ use converge_core::{Digest, EventBatch, EventRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::record::{OutcomeRecord, RunHeader, StepInput};
-
 mod check;
 mod failing;
 mod lease;
 mod link;
 mod pack;
-mod schema;
+mod postgres;
+mod record;
 mod sqlite;
+mod store;
+mod wakeups;
 
 pub use failing::FailingJournal;
 pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease};
+pub use postgres::PostgresJournal;
+pub use record::{
+    DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
+    OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader,
+    StepInput, VerdictRecord,
+};
 pub use sqlite::SqliteJournal;
+pub use wakeups::{News, SQLITE_POLL, Wakeups};
 
 /// Longest accepted run id, in bytes.
 pub const RUN_ID_LEN_MAX: usize = 64;
@@ -42,7 +50,7 @@ pub const RUN_ID_LEN_MAX: usize = 64;
 /// The id of a run in a journal: 1 to 64 ASCII letters, digits, `_` or `-`.
 ///
 /// ```
-/// use converge_runtime::RunId;
+/// use converge_journal::RunId;
 ///
 /// let id = RunId::new("triage-2025_07").unwrap();
 /// assert_eq!(id.as_str(), "triage-2025_07");
@@ -104,6 +112,73 @@ impl From<RunId> for String {
 #[error("run id {id:?} must be 1 to {RUN_ID_LEN_MAX} ASCII letters, digits, '_' or '-'")]
 pub struct RunIdError {
     id: String,
+}
+
+/// Where a journal lives: a SQLite file, or a PostgreSQL database named by a
+/// `postgresql://` (or `postgres://`) URL.
+///
+/// ```
+/// use converge_journal::Location;
+///
+/// let file = Location::parse("runs/journal.db");
+/// assert!(matches!(file, Location::Sqlite(_)));
+/// let shared = Location::parse("postgresql://converge:secret@db.internal:5432/runs");
+/// assert!(matches!(shared, Location::Postgres(_)));
+/// // Shown without its password.
+/// assert_eq!(shared.to_string(), "postgresql://converge@db.internal:5432/runs");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (created when opened for writing if it does not exist).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// A URL starting with `postgresql://` or `postgres://` names a database; anything else
+    /// is a file path.
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgresql://") || text.starts_with("postgres://") {
+            Location::Postgres(text.to_owned())
+        } else {
+            Location::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// Opens the journal for reading and writing, creating it if it does not exist.
+    pub fn open(&self) -> Result<Box<dyn Journal + Send>, JournalError> {
+        Ok(match self {
+            Location::Sqlite(path) => Box::new(SqliteJournal::open(path)?),
+            Location::Postgres(url) => Box::new(PostgresJournal::open(url)?),
+        })
+    }
+
+    /// Opens an existing journal for reading only; creates nothing.
+    pub fn open_read_only(&self) -> Result<Box<dyn Journal + Send>, JournalError> {
+        Ok(match self {
+            Location::Sqlite(path) => Box::new(SqliteJournal::open_read_only(path)?),
+            Location::Postgres(url) => Box::new(PostgresJournal::open_read_only(url)?),
+        })
+    }
+
+    /// Whether a journal may be there to read: a file that exists, or any database (whose
+    /// journal, if any, only opening tells).
+    pub fn may_exist(&self) -> bool {
+        match self {
+            Location::Sqlite(path) => path.exists(),
+            Location::Postgres(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
 }
 
 /// Where a run stands after its last committed step.
@@ -263,6 +338,19 @@ impl RecordedRun {
     /// How many events the run's steps emitted.
     pub fn event_count(&self) -> u64 {
         self.steps.iter().map(|step| step.hashes.len() as u64).sum()
+    }
+
+    /// The run's summary as it was read.
+    pub fn summary(&self) -> RunSummary {
+        RunSummary {
+            id: self.id.clone(),
+            status: self.status.clone(),
+            steps: self.steps.len() as u64,
+            events: self.event_count(),
+            root_hash: self.root_hash,
+            record_hash: self.record_hash,
+            lease: self.lease.clone(),
+        }
     }
 }
 
@@ -595,8 +683,8 @@ pub enum JournalError {
     Storage {
         /// What the journal was doing.
         context: String,
-        /// The SQLite error.
-        source: rusqlite::Error,
+        /// The storage's own error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The file could not be inspected.
     #[error("cannot access {path}: {source}")]
@@ -652,6 +740,17 @@ pub trait Journal {
 
     /// Extends a held lease to `now_ms` plus its time to live.
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError>;
+
+    /// Leases to `holder` at most `limit` runs that are running and that no one drives — a
+    /// run submitted and not started, one whose driver released it, or one whose lease
+    /// expired as of `now_ms` (its driver died or was cut off) — oldest first: the runs a
+    /// worker should drive next. Concurrent claims never receive the same run.
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError>;
 
     /// Gives a held lease up; a lease already lost is not an error.
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError>;
@@ -760,6 +859,15 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         (**self).renew(lease, now_ms)
     }
 
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError> {
+        (**self).claim(holder, now_ms, limit)
+    }
+
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
         (**self).release(lease)
     }
@@ -840,6 +948,15 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
 
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
         (**self).renew(lease, now_ms)
+    }
+
+    fn claim(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, JournalError> {
+        (**self).claim(holder, now_ms, limit)
     }
 
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {

@@ -16,53 +16,86 @@ use std::collections::BTreeMap;
 
 use converge_core::{Digest, EventRecord};
 
-use super::link::{header_link, input_link, outcomes_digest, step_link};
-use super::{BreakReason, Place};
+use crate::link::{header_link, input_link, outcomes_digest, step_link};
 use crate::record::{RunHeader, StepInput};
+use crate::store::unsigned;
+use crate::{BreakReason, JournalError, Place};
 
 /// The head of a run as its run row records it.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Head {
-    pub(super) steps: u64,
-    pub(super) events: u64,
-    pub(super) root: Digest,
+pub(crate) struct Head {
+    pub(crate) steps: u64,
+    pub(crate) events: u64,
+    pub(crate) root: Digest,
 }
 
 /// The first bad entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Break {
-    pub(super) seq: u64,
-    pub(super) step: Option<u64>,
-    pub(super) reason: BreakReason,
+pub(crate) struct Break {
+    pub(crate) seq: u64,
+    pub(crate) step: Option<u64>,
+    pub(crate) reason: BreakReason,
 }
 
 /// One stored step row.
-pub(super) struct StepRow {
-    pub(super) step: u64,
-    pub(super) kind: String,
-    pub(super) input: String,
-    pub(super) first_seq: u64,
-    pub(super) events: u64,
-    pub(super) input_link: Digest,
-    pub(super) link: Digest,
+pub(crate) struct StepRow {
+    pub(crate) step: u64,
+    pub(crate) kind: String,
+    pub(crate) input: String,
+    pub(crate) first_seq: u64,
+    pub(crate) events: u64,
+    pub(crate) input_link: Digest,
+    pub(crate) link: Digest,
+}
+
+impl StepRow {
+    /// A step row from its stored columns.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn read(
+        run: &str,
+        step: i64,
+        kind: String,
+        input: String,
+        first_seq: i64,
+        events: i64,
+        input_link: &[u8],
+        link: &[u8],
+    ) -> Result<StepRow, JournalError> {
+        let digest = |bytes: &[u8]| {
+            <[u8; 32]>::try_from(bytes)
+                .map(Digest::from_bytes)
+                .map_err(|_| JournalError::Corrupt {
+                    detail: format!("a stored link of run {run} is not 32 bytes"),
+                })
+        };
+        Ok(StepRow {
+            step: unsigned(step, "step number")?,
+            kind,
+            input,
+            first_seq: unsigned(first_seq, "first seq")?,
+            events: unsigned(events, "event count")?,
+            input_link: digest(input_link)?,
+            link: digest(link)?,
+        })
+    }
 }
 
 /// One stored step's place in the chain, without its input.
-pub(super) struct StepSpan {
-    pub(super) step: u64,
-    pub(super) first_seq: u64,
-    pub(super) events: u64,
+pub(crate) struct StepSpan {
+    pub(crate) step: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) events: u64,
 }
 
 /// What the step rows say: the readable prefix and the first step-level break.
-pub(super) struct Steps {
+pub(crate) struct Steps {
     /// The inputs of the valid prefix (only when asked to keep them).
-    pub(super) inputs: Vec<StepInput>,
+    pub(crate) inputs: Vec<StepInput>,
     /// The number of the first step in `ranges`.
     first_step: u64,
     /// `(first_seq, events)` of each step of the valid prefix.
     ranges: Vec<(u64, u64)>,
-    pub(super) broken: Option<Break>,
+    pub(crate) broken: Option<Break>,
 }
 
 impl Steps {
@@ -76,7 +109,7 @@ impl Steps {
     }
 
     /// The step whose range holds `seq`, among the valid prefix.
-    pub(super) fn step_of(&self, seq: u64) -> Option<u64> {
+    pub(crate) fn step_of(&self, seq: u64) -> Option<u64> {
         let index = self
             .ranges
             .partition_point(|&(first, count)| first.saturating_add(count) <= seq);
@@ -127,7 +160,7 @@ impl Steps {
 }
 
 /// Checks step rows given in step order.
-pub(super) fn check_steps<'r>(
+pub(crate) fn check_steps<'r>(
     rows: impl IntoIterator<Item = &'r StepRow>,
     head: &Head,
     header: &RunHeader,
@@ -170,7 +203,7 @@ pub(super) fn check_steps<'r>(
 /// from a step that starts at or before `from`. Reaching the run's head (`end` equal to its
 /// event count), the spans must go on to its last step and end at its event count; short of
 /// it, they must cover `end`. Inputs are not read: [`check_steps`] reads them.
-pub(super) fn check_tail_steps(
+pub(crate) fn check_tail_steps(
     spans: impl IntoIterator<Item = StepSpan>,
     head: &Head,
     from: u64,
@@ -230,17 +263,17 @@ fn read_input(row: &StepRow, header: &RunHeader) -> Result<StepInput, String> {
 
 /// One stored event as a chunk row holds it: its position, its stored hash and, when the
 /// bodies were read, the bytes the hash covers.
-pub(super) struct Entry<'r> {
-    pub(super) seq: u64,
-    pub(super) hash: Digest,
-    pub(super) body: Option<&'r [u8]>,
+pub(crate) struct Entry<'r> {
+    pub(crate) seq: u64,
+    pub(crate) hash: Digest,
+    pub(crate) body: Option<&'r [u8]>,
 }
 
 /// Splits one stored chunk of `count` events starting at `first_seq` into its entries.
 /// `hashes` holds 32 bytes per event; `ends`, 4 bytes per event (the little-endian end offset
 /// of each body in `bodies`). Without `bodies` (a load that does not re-hash), `ends` is not
 /// consulted. A chunk whose parts do not fit together breaks at its first event.
-pub(super) fn split_chunk<'r>(
+pub(crate) fn split_chunk<'r>(
     first_seq: u64,
     count: u64,
     hashes: &'r [u8],
@@ -300,7 +333,7 @@ pub(super) fn split_chunk<'r>(
 /// Walks stored events in seq order. With bodies, it recomputes the chain; without, it checks
 /// that the stored hashes are complete, in place and end at the root hash (re-deriving the
 /// run then checks every one of them).
-pub(super) struct ChainWalk<'s> {
+pub(crate) struct ChainWalk<'s> {
     steps: &'s Steps,
     head: Head,
     /// Events at or after this seq are not checked: the steps are broken there, or the walk
@@ -314,14 +347,14 @@ pub(super) struct ChainWalk<'s> {
 
 impl<'s> ChainWalk<'s> {
     /// A walk of the whole run, from seq 0.
-    pub(super) fn new(steps: &'s Steps, head: Head) -> ChainWalk<'s> {
+    pub(crate) fn new(steps: &'s Steps, head: Head) -> ChainWalk<'s> {
         ChainWalk::tail(steps, head, 0, Digest::zero(), u64::MAX)
     }
 
     /// A walk from seq `from`, whose predecessor's stored hash is `previous` (the zero digest
     /// for seq 0), up to seq `end` (exclusive; the run's head when `end` reaches it). Events
     /// before `from` are passed to [`ChainWalk::skip`], not fed.
-    pub(super) fn tail(
+    pub(crate) fn tail(
         steps: &'s Steps,
         head: Head,
         from: u64,
@@ -342,20 +375,20 @@ impl<'s> ChainWalk<'s> {
 
     /// Passes over a stored event before the walk's start; the one just before it gives the
     /// hash the walk's first event chains from.
-    pub(super) fn skip(&mut self, entry: &Entry<'_>) {
+    pub(crate) fn skip(&mut self, entry: &Entry<'_>) {
         if entry.seq.checked_add(1) == Some(self.next) {
             self.previous = entry.hash;
         }
     }
 
     /// Whether the walk has reached a step-level break, past which nothing is checked.
-    pub(super) fn past_limit(&self) -> bool {
+    pub(crate) fn past_limit(&self) -> bool {
         self.next >= self.limit
     }
 
     /// A chunk starting at `first_seq` that cannot be split into events: the chain breaks at
     /// its first event (or earlier, at a gap before it).
-    pub(super) fn malformed(&self, first_seq: u64, detail: String) -> Break {
+    pub(crate) fn malformed(&self, first_seq: u64, detail: String) -> Break {
         let (seq, reason) = if first_seq > self.next {
             (self.next, BreakReason::Missing)
         } else {
@@ -370,7 +403,7 @@ impl<'s> ChainWalk<'s> {
 
     /// Checks the next stored event, filed under step `filed_under`. `Ok(true)` means it is
     /// intact; `Ok(false)` that it lies past a step-level break and was not checked.
-    pub(super) fn feed(&mut self, filed_under: u64, entry: &Entry<'_>) -> Result<bool, Break> {
+    pub(crate) fn feed(&mut self, filed_under: u64, entry: &Entry<'_>) -> Result<bool, Break> {
         let expected = self.next;
         if expected >= self.limit {
             return Ok(false);
@@ -402,7 +435,7 @@ impl<'s> ChainWalk<'s> {
 
     /// After the last row: the chain must reach the end of the walk and, for a walk to the
     /// run's head, end at the root hash.
-    pub(super) fn finish(self) -> Result<(), Break> {
+    pub(crate) fn finish(self) -> Result<(), Break> {
         let end = self.limit.min(self.head.events);
         if self.next < end {
             return Err(Break {
@@ -427,14 +460,14 @@ impl<'s> ChainWalk<'s> {
 }
 
 /// The outcomes stored for one step: each agent index with its stored bytes.
-pub(super) type StepOutcomes = Vec<(u32, Vec<u8>)>;
+pub(crate) type StepOutcomes = Vec<(u32, Vec<u8>)>;
 
 /// What the record chain is checked against: the run's stored header and heads.
-pub(super) struct RecordHeads<'a> {
-    pub(super) run: &'a str,
-    pub(super) header: &'a str,
-    pub(super) header_link: Digest,
-    pub(super) record_hash: Digest,
+pub(crate) struct RecordHeads<'a> {
+    pub(crate) run: &'a str,
+    pub(crate) header: &'a str,
+    pub(crate) header_link: Digest,
+    pub(crate) record_hash: Digest,
 }
 
 /// Checks the record chain over the first `valid` step rows (those the step-level checks
@@ -442,7 +475,7 @@ pub(super) struct RecordHeads<'a> {
 /// its closing link over its event range and the stored event head after it (`heads[s]`);
 /// with every step valid, that the last link is the run's record hash. The first bad place
 /// wins. `outcomes` holds the stored outcomes by step, in increasing agent order.
-pub(super) fn check_links(
+pub(crate) fn check_links(
     heads_of_run: &RecordHeads<'_>,
     rows: &[StepRow],
     valid: usize,
@@ -473,7 +506,7 @@ pub(super) fn check_links(
 }
 
 /// Checks that a cycle's stored outcomes are exactly one per agent of its batch.
-pub(super) fn check_outcomes(batch: &[u32], outcomes: &[(u32, Vec<u8>)]) -> Result<(), String> {
+pub(crate) fn check_outcomes(batch: &[u32], outcomes: &[(u32, Vec<u8>)]) -> Result<(), String> {
     let agents: Vec<u32> = outcomes.iter().map(|(agent, _)| *agent).collect();
     if agents == batch {
         return Ok(());

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::JournalError;
+use crate::JournalError;
 
 /// `PRAGMA application_id` of a Converge journal: `"Cnvg"` in ASCII.
 const APPLICATION_ID: i32 = 0x436E_7667;
 
 /// The schema version this build writes, and the only one it reads: the second edition, whose
 /// record chain covers the run header, every step input and every outcome (`docs/journal.md`).
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a write waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,7 +108,7 @@ enum Identity {
 ///
 /// An existing file is first checked from its header bytes, then through a read-only
 /// connection, then once more on the read-write connection before anything is written.
-pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
+pub(crate) fn open(path: &Path) -> Result<Connection, JournalError> {
     let exists = match std::fs::metadata(path) {
         Ok(metadata) if metadata.is_dir() => {
             return Err(JournalError::NotAJournal {
@@ -136,7 +136,8 @@ pub(super) fn open(path: &Path) -> Result<Connection, JournalError> {
             // A process killed while creating the journal left a hot rollback journal, which
             // only a writer can roll back: the read-write connection below does, and
             // identifies the file again before writing anything.
-            Err(JournalError::Storage { source, .. }) if is_hot_journal(&source) => {}
+            Err(JournalError::Storage { source, .. })
+                if source.downcast_ref().is_some_and(is_hot_journal) => {}
             identified => {
                 identified?;
             }
@@ -303,7 +304,7 @@ fn identify(conn: &Connection, path: &Path) -> Result<Identity, JournalError> {
 /// immutable: no writer can be using it then (a writer would need those files too), and no
 /// log is pending, since a journal's last connection checkpoints and removes it on close; a
 /// `-wal` file left by a crash needs a writer to recover (it is refused, saying so).
-pub(super) fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
+pub(crate) fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
     match std::fs::metadata(path) {
         Ok(metadata) if metadata.is_dir() => {
             return Err(JournalError::NotAJournal {
@@ -326,7 +327,9 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(storage("setting the busy timeout"))?;
     let identified = match identify(&conn, path) {
-        Err(JournalError::Storage { source, .. }) if needs_shared_memory(&source) => {
+        Err(JournalError::Storage { source, .. })
+            if source.downcast_ref().is_some_and(needs_shared_memory) =>
+        {
             drop(conn);
             return open_immutable(path);
         }
@@ -492,14 +495,14 @@ fn open_error(path: &Path, source: rusqlite::Error) -> JournalError {
         },
         _ => JournalError::Storage {
             context: format!("opening {}", path.display()),
-            source,
+            source: Box::new(source),
         },
     }
 }
 
-pub(super) fn storage(context: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
+pub(crate) fn storage(context: &'static str) -> impl Fn(rusqlite::Error) -> JournalError {
     move |source| JournalError::Storage {
         context: context.to_owned(),
-        source,
+        source: Box::new(source),
     }
 }

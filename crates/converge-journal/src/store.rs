@@ -1,0 +1,1563 @@
+//! The journal's rules over any storage: what every backend writes and checks, written once.
+//!
+//! A backend ([`crate::SqliteJournal`], [`crate::PostgresJournal`]) provides transactions
+//! ([`Tx`]: a dozen plain row operations on the four tables `runs`, `steps`, `outcomes` and
+//! `events`) and runs each operation below in one of them: a write in one serialized write
+//! transaction that locks the run's row first, a read in one snapshot. Everything else — the
+//! order of steps, the leases, the record chain, chunking and compressing events, checking a
+//! run before it is handed back — is here, so the two backends store the same bytes, keep
+//! the same guarantees and refuse the same things.
+//!
+//! Each operation takes what it needs by value (an [`Append`] is prepared before its
+//! transaction begins), so a backend may run it on another thread.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use converge_core::{Digest, Event, EventBatch};
+use serde_json::Value;
+
+use crate::check::{
+    Break, ChainWalk, Entry, Head, RecordHeads, StepOutcomes, StepRow, StepSpan, check_links,
+    check_outcomes, check_steps, check_tail_steps, split_chunk,
+};
+use crate::lease::{Holder, LEASE_TTL_MS, Lease};
+use crate::link::{header_link, input_link, outcomes_digest, step_link};
+use crate::pack::{Group, Unpacked};
+use crate::record::{OutcomeRecord, RunHeader, StepInput};
+use crate::{
+    BreakReason, JournalError, OpenCycle, Place, RecordedRun, RecordedStep, RunId, RunStatus,
+    RunSummary, StoredEvent, Verification,
+};
+
+/// One stored chunk of consecutive events, as a backend reads it. `ends` and `bodies` are
+/// present when the read asked for bodies.
+pub(crate) struct ChunkRow<'r> {
+    pub(crate) first_seq: i64,
+    pub(crate) step: i64,
+    pub(crate) count: i64,
+    pub(crate) hashes: &'r [u8],
+    pub(crate) ends: Option<&'r [u8]>,
+    pub(crate) bodies: Option<&'r [u8]>,
+}
+
+/// The head of a stored chunk, as [`Tx::chunk_at`] reads it.
+pub(crate) struct ChunkHead {
+    pub(crate) first_seq: i64,
+    pub(crate) step: i64,
+    pub(crate) count: i64,
+    /// The chunk's hashes, when asked for.
+    pub(crate) hashes: Vec<u8>,
+}
+
+/// One stored part of a step's outcomes.
+pub(crate) struct PartRow {
+    pub(crate) step: i64,
+    pub(crate) part: i64,
+    pub(crate) cycle: i64,
+    /// The agents' indices, 4 little-endian bytes each.
+    pub(crate) agents: Vec<u8>,
+    /// With [`Tx::parts`]: the packed outcomes (empty with [`Tx::committed`]).
+    pub(crate) ends: Vec<u8>,
+    pub(crate) bodies: Vec<u8>,
+}
+
+/// A new `steps` row.
+pub(crate) struct NewStep<'a> {
+    pub(crate) step: i64,
+    pub(crate) kind: &'a str,
+    pub(crate) input: &'a str,
+    pub(crate) first_seq: i64,
+    pub(crate) events: i64,
+    pub(crate) input_link: Digest,
+    pub(crate) link: Digest,
+}
+
+/// A run's heads and status after a step.
+pub(crate) struct NewHead<'a> {
+    pub(crate) steps: i64,
+    pub(crate) events: i64,
+    pub(crate) root_hash: String,
+    pub(crate) record_hash: String,
+    pub(crate) status: &'a str,
+    pub(crate) stop_reason: Option<&'a str>,
+}
+
+/// The row operations of one transaction. Numbers are SQL integers; the rules above check
+/// and convert them. A write transaction locks a run's row when [`Tx::run`] reads it.
+pub(crate) trait Tx {
+    /// The run's row.
+    fn run(&mut self, run: &str) -> Result<Option<RunRow>, JournalError>;
+    /// Every run's row, in creation order.
+    fn runs(&mut self) -> Result<Vec<RunRow>, JournalError>;
+    /// Inserts a new, running run with no steps.
+    fn insert_run(
+        &mut self,
+        run: &str,
+        header: &str,
+        header_link: &str,
+    ) -> Result<(), JournalError>;
+    /// Records `lease` as the run's.
+    fn store_lease(&mut self, lease: &Lease) -> Result<(), JournalError>;
+    /// Up to `limit` runs that are running with no lease or one expired at `now_ms`, oldest
+    /// first; in a write transaction, locked, skipping runs another transaction has locked.
+    fn runnable(&mut self, now_ms: i64, limit: i64) -> Result<Vec<String>, JournalError>;
+    /// Up to `limit` running runs leased by processes of `host` with a lease live at
+    /// `now_ms`, oldest first, unlocked: their ids, holder pids and lease tokens.
+    fn leased_on(
+        &mut self,
+        host: &str,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, String)>, JournalError>;
+    /// Moves the run's lease expiry.
+    fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError>;
+    /// Clears the run's lease if its token is `token`.
+    fn clear_lease(&mut self, run: &str, token: &str) -> Result<(), JournalError>;
+    /// The run's step rows, in step order.
+    fn steps(&mut self, run: &str) -> Result<Vec<StepRow>, JournalError>;
+    /// The ranges of the run's steps from `from` on, in step order, until `each` says stop.
+    fn step_spans(
+        &mut self,
+        run: &str,
+        from: i64,
+        each: &mut dyn FnMut(StepSpan) -> bool,
+    ) -> Result<(), JournalError>;
+    /// The last step at or before `at_most` whose first seq is at or before `seq`.
+    fn step_holding(
+        &mut self,
+        run: &str,
+        at_most: i64,
+        seq: i64,
+    ) -> Result<Option<i64>, JournalError>;
+    /// The last chunk starting at or before `seq`, with its hashes if `hashes`.
+    fn chunk_at(
+        &mut self,
+        run: &str,
+        seq: i64,
+        hashes: bool,
+    ) -> Result<Option<ChunkHead>, JournalError>;
+    /// The chunks starting at or after `from`, in seq order, with their bodies if `bodies`,
+    /// until `each` returns `Ok(false)`.
+    fn chunks(
+        &mut self,
+        run: &str,
+        from: i64,
+        bodies: bool,
+        each: &mut dyn FnMut(ChunkRow<'_>) -> Result<bool, JournalError>,
+    ) -> Result<(), JournalError>;
+    /// Every outcome part of the run, in step and part order.
+    fn parts(&mut self, run: &str) -> Result<Vec<PartRow>, JournalError>;
+    /// The parts committed for one step, without their outcomes.
+    fn committed(&mut self, run: &str, step: i64) -> Result<Vec<PartRow>, JournalError>;
+    /// Inserts one part of outcomes.
+    fn insert_part(&mut self, run: &str, part: &PartRow) -> Result<(), JournalError>;
+    /// Inserts one step row.
+    fn insert_step(&mut self, run: &str, step: &NewStep<'_>) -> Result<(), JournalError>;
+    /// Inserts one chunk of events.
+    fn insert_chunk(&mut self, run: &str, chunk: &ChunkRow<'_>) -> Result<(), JournalError>;
+    /// Moves the run's heads and status.
+    fn advance(&mut self, run: &str, head: &NewHead<'_>) -> Result<(), JournalError>;
+}
+
+/// The columns of a `runs` row, in [`RunRow`] order.
+pub(crate) const RUN_COLUMNS: &str = "id, header, header_link, status, stop_reason, steps, \
+                                      events, root_hash, record_hash, lease_token, \
+                                      lease_holder, lease_host, lease_pid, lease_expires_ms";
+
+/// A `runs` row as stored.
+pub(crate) struct RunRow {
+    pub(crate) id: String,
+    pub(crate) header: String,
+    pub(crate) header_link: String,
+    pub(crate) status: String,
+    pub(crate) stop_reason: Option<String>,
+    pub(crate) steps: i64,
+    pub(crate) events: i64,
+    pub(crate) root_hash: String,
+    pub(crate) record_hash: String,
+    pub(crate) lease_token: Option<String>,
+    pub(crate) lease_holder: Option<String>,
+    pub(crate) lease_host: Option<String>,
+    pub(crate) lease_pid: Option<i64>,
+    pub(crate) lease_expires_ms: Option<i64>,
+}
+
+impl RunRow {
+    fn digest(&self, text: &str, what: &str) -> Result<Digest, JournalError> {
+        text.parse().map_err(|_| JournalError::Corrupt {
+            detail: format!("run {} has a {what} that is not 64 hex digits", self.id),
+        })
+    }
+
+    fn head(&self) -> Result<Head, JournalError> {
+        Ok(Head {
+            steps: unsigned(self.steps, "step count")?,
+            events: unsigned(self.events, "event count")?,
+            root: self.digest(&self.root_hash, "root hash")?,
+        })
+    }
+
+    fn header(&self) -> Result<RunHeader, JournalError> {
+        serde_json::from_str(&self.header).map_err(|error| JournalError::Corrupt {
+            detail: format!("run {} has an unreadable header: {error}", self.id),
+        })
+    }
+
+    fn status(&self) -> Result<RunStatus, JournalError> {
+        let corrupt = || JournalError::Corrupt {
+            detail: format!(
+                "run {} has status \"{}\" with an unreadable or misplaced stop reason",
+                self.id, self.status
+            ),
+        };
+        match (self.status.as_str(), &self.stop_reason) {
+            ("running", None) => Ok(RunStatus::Running),
+            ("awaiting_approval", None) => Ok(RunStatus::AwaitingApproval),
+            ("stopped", Some(reason)) => {
+                let reason: Value = serde_json::from_str(reason).map_err(|_| corrupt())?;
+                Ok(RunStatus::Stopped { reason })
+            }
+            _ => Err(corrupt()),
+        }
+    }
+
+    /// The lease's holder and expiry, when the run is leased.
+    fn lease(&self) -> Result<Option<(Holder, u64)>, JournalError> {
+        let (Some(name), Some(host), Some(pid), Some(expires_ms)) = (
+            &self.lease_holder,
+            &self.lease_host,
+            self.lease_pid,
+            self.lease_expires_ms,
+        ) else {
+            return Ok(None);
+        };
+        let holder = Holder {
+            name: name.clone(),
+            host: host.clone(),
+            pid: u32::try_from(pid).map_err(|_| JournalError::Corrupt {
+                detail: format!("run {} has lease pid {pid}", self.id),
+            })?,
+        };
+        Ok(Some((holder, unsigned(expires_ms, "lease expiry")?)))
+    }
+
+    pub(crate) fn summary(&self) -> Result<RunSummary, JournalError> {
+        let head = self.head()?;
+        Ok(RunSummary {
+            id: RunId::new(&self.id).map_err(|error| JournalError::Corrupt {
+                detail: error.to_string(),
+            })?,
+            status: self.status()?,
+            steps: head.steps,
+            events: head.events,
+            root_hash: head.root,
+            record_hash: self.digest(&self.record_hash, "record hash")?,
+            lease: self.lease()?,
+        })
+    }
+
+    /// Refuses a write under a lease that is no longer the run's.
+    fn check_lease(&self, lease: &Lease) -> Result<(), JournalError> {
+        if self.lease_token.as_deref() == Some(lease.token.as_str()) {
+            Ok(())
+        } else {
+            Err(JournalError::LeaseLost {
+                run: lease.run.clone(),
+            })
+        }
+    }
+}
+
+fn read_run(tx: &mut dyn Tx, run: &RunId) -> Result<RunRow, JournalError> {
+    tx.run(run.as_str())?
+        .ok_or_else(|| JournalError::UnknownRun { run: run.clone() })
+}
+
+/// Creates a run leased to `lease`'s holder.
+pub(crate) fn create_run(
+    tx: &mut dyn Tx,
+    header: &str,
+    link: &str,
+    lease: &Lease,
+) -> Result<(), JournalError> {
+    let run = &lease.run;
+    if tx.run(run.as_str())?.is_some() {
+        return Err(JournalError::RunExists { run: run.clone() });
+    }
+    tx.insert_run(run.as_str(), header, link)?;
+    tx.store_lease(lease)
+}
+
+/// The text and link of a new run's header.
+pub(crate) fn new_header(
+    run: &RunId,
+    header: &RunHeader,
+) -> Result<(String, String), JournalError> {
+    let header = to_json(header)?;
+    let link = header_link(run.as_str(), &header).to_string();
+    Ok((header, link))
+}
+
+/// Takes the run's lease unless another live holder has it.
+pub(crate) fn acquire(tx: &mut dyn Tx, lease: &Lease, now_ms: u64) -> Result<(), JournalError> {
+    let row = read_run(tx, &lease.run)?;
+    if let Some(leased) = row.summary()?.driven_by(&lease.holder, now_ms) {
+        return Err(leased);
+    }
+    tx.store_lease(lease)
+}
+
+/// How many runs leased by processes of this host a claim looks through for dead ones.
+const LEASED_HERE_SCAN_MAX: i64 = 1024;
+
+/// Leases to `holder` the runs no one drives: [`crate::Journal::claim`].
+pub(crate) fn claim(
+    tx: &mut dyn Tx,
+    holder: &Holder,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<Lease>, JournalError> {
+    let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
+    let now = signed(now_ms)?;
+    let mut ids = tx.runnable(now, wanted)?;
+    // Runs whose driver died on this host are free at once, as `acquire` frees them: each is
+    // locked, then taken only if its lease is still the dead one's (a racing claimer that
+    // took it first has a live lease).
+    if ids.len() < limit {
+        let host = Holder::this_host();
+        for (id, pid, token) in tx.leased_on(&host, now, LEASED_HERE_SCAN_MAX)? {
+            if ids.len() >= limit {
+                break;
+            }
+            let gone = u32::try_from(pid).is_ok_and(|pid| Holder::gone_here(&host, pid));
+            if gone && tx.run(&id)?.and_then(|row| row.lease_token) == Some(token) {
+                ids.push(id);
+            }
+        }
+    }
+    let mut leases = Vec::new();
+    for id in ids {
+        let run = RunId::new(&id).map_err(|error| JournalError::Corrupt {
+            detail: error.to_string(),
+        })?;
+        let lease = Lease::new(&run, holder, now_ms);
+        tx.store_lease(&lease)?;
+        leases.push(lease);
+    }
+    Ok(leases)
+}
+
+/// Extends a held lease to `now_ms` plus its time to live; returns the new expiry.
+pub(crate) fn renew(tx: &mut dyn Tx, lease: &Lease, now_ms: u64) -> Result<u64, JournalError> {
+    let expires_ms = now_ms.saturating_add(LEASE_TTL_MS);
+    read_run(tx, &lease.run)?.check_lease(lease)?;
+    tx.renew_lease(lease.run.as_str(), signed(expires_ms)?)?;
+    Ok(expires_ms)
+}
+
+/// Gives a held lease up.
+pub(crate) fn release(tx: &mut dyn Tx, lease: &Lease) -> Result<(), JournalError> {
+    tx.clear_lease(lease.run.as_str(), &lease.token)
+}
+
+/// Outcomes to commit ahead of their step, encoded before the transaction.
+pub(crate) struct Outcomes {
+    lease: Lease,
+    step: u64,
+    cycle: u32,
+    encoded: Vec<(u32, Vec<u8>)>,
+}
+
+impl Outcomes {
+    pub(crate) fn prepare(
+        lease: &Lease,
+        step: u64,
+        cycle: u32,
+        outcomes: &[(u32, OutcomeRecord)],
+    ) -> Result<Outcomes, JournalError> {
+        Ok(Outcomes {
+            lease: lease.clone(),
+            step,
+            cycle,
+            encoded: encode_outcomes(outcomes)?,
+        })
+    }
+
+    pub(crate) fn commit(&self, tx: &mut dyn Tx) -> Result<(), JournalError> {
+        let run = &self.lease.run;
+        let row = read_run(tx, run)?;
+        row.check_lease(&self.lease)?;
+        let head = row.head()?;
+        if row.status()? != RunStatus::Running {
+            return Err(JournalError::InvalidStep {
+                run: run.clone(),
+                step: self.step,
+                detail: "outcomes are committed only while a run is running",
+            });
+        }
+        if self.step != head.steps {
+            return Err(JournalError::OutOfOrder {
+                run: run.clone(),
+                expected: head.steps,
+                got: self.step,
+            });
+        }
+        let committed = committed_agents(tx, run, self.step, Some(self.cycle))?;
+        let fresh = self
+            .encoded
+            .iter()
+            .filter(|(agent, _)| !committed.agents.contains(agent));
+        insert_outcomes(tx, run, self.step, self.cycle, committed.next_part, fresh)
+    }
+}
+
+/// One step, prepared for its transaction: everything that needs no storage is done first.
+pub(crate) struct Append {
+    lease: Lease,
+    step: u64,
+    kind: &'static str,
+    /// The start's header, checked against the run's.
+    start: Option<RunHeader>,
+    stored_input: String,
+    cycle: Option<u32>,
+    encoded: Vec<(u32, Vec<u8>)>,
+    digest: Digest,
+    chunks: Vec<Chunk>,
+    first_seq: u64,
+    count: u64,
+    previous: Digest,
+    head: Digest,
+    status: &'static str,
+    stop_reason: Option<String>,
+}
+
+impl Append {
+    pub(crate) fn prepare(
+        lease: &Lease,
+        step: u64,
+        input: &StepInput,
+        events: &EventBatch,
+    ) -> Result<Append, JournalError> {
+        let run = &lease.run;
+        let (stored_input, outcomes, cycle) = split_outcomes(input)?;
+        let encoded = encode_outcomes(outcomes)?;
+        let digest = outcomes_digest(
+            encoded
+                .iter()
+                .map(|(agent, body)| (*agent, body.as_slice())),
+        );
+        let chunks = chunks(events).map_err(|seq| JournalError::ChainMismatch {
+            run: run.clone(),
+            seq,
+            detail: "the event is larger than the 4 GiB a journal stores".to_owned(),
+        })?;
+        let status = status_after(events);
+        let stop_reason = match &status {
+            Some(RunStatus::Stopped { reason }) => Some(to_json(reason)?),
+            _ => None,
+        };
+        Ok(Append {
+            lease: lease.clone(),
+            step,
+            kind: input.kind(),
+            start: match input {
+                StepInput::Start { header } => Some(header.clone()),
+                _ => None,
+            },
+            stored_input,
+            cycle,
+            encoded,
+            digest,
+            chunks,
+            first_seq: events.first_seq(),
+            count: events.len() as u64,
+            previous: events.previous(),
+            head: events.head(),
+            status: status.as_ref().map_or("running", RunStatus::name),
+            stop_reason,
+        })
+    }
+
+    pub(crate) fn commit(self, tx: &mut dyn Tx) -> Result<(), JournalError> {
+        let run = &self.lease.run;
+        let step = self.step;
+        let row = read_run(tx, run)?;
+        row.check_lease(&self.lease)?;
+        let head = row.head()?;
+        self.check(&row, &head)?;
+        let previous = if step == 0 {
+            row.digest(&row.header_link, "header link")?
+        } else {
+            row.digest(&row.record_hash, "record hash")?
+        };
+        let input_link = input_link(previous, step, self.kind, &self.stored_input, self.digest);
+        let next_seq = head.events + self.count;
+        let link = step_link(input_link, head.events, self.count, self.head);
+        if let Some(cycle) = self.cycle {
+            let committed = committed_agents(tx, run, step, Some(cycle))?;
+            let fresh = self
+                .encoded
+                .iter()
+                .filter(|(agent, _)| !committed.agents.contains(agent));
+            insert_outcomes(tx, run, step, cycle, committed.next_part, fresh)?;
+        } else if !committed_agents(tx, run, step, None)?.agents.is_empty() {
+            return Err(JournalError::InvalidStep {
+                run: run.clone(),
+                step,
+                detail: "outcomes were committed for this step, but it is not a cycle",
+            });
+        }
+        tx.insert_step(
+            run.as_str(),
+            &NewStep {
+                step: signed(step)?,
+                kind: self.kind,
+                input: &self.stored_input,
+                first_seq: signed(head.events)?,
+                events: signed(self.count)?,
+                input_link,
+                link,
+            },
+        )?;
+        for chunk in self.chunks {
+            let (ends, bodies) = chunk.group.seal();
+            tx.insert_chunk(
+                run.as_str(),
+                &ChunkRow {
+                    first_seq: signed(chunk.first_seq)?,
+                    step: signed(step)?,
+                    count: signed(chunk.count as u64)?,
+                    hashes: &chunk.hashes,
+                    ends: Some(&ends),
+                    bodies: Some(&bodies),
+                },
+            )?;
+        }
+        tx.advance(
+            run.as_str(),
+            &NewHead {
+                steps: signed(step + 1)?,
+                events: signed(next_seq)?,
+                root_hash: self.head.to_string(),
+                record_hash: link.to_string(),
+                status: self.status,
+                stop_reason: self.stop_reason.as_deref(),
+            },
+        )
+    }
+
+    /// Checks everything about the step that does not depend on storage beyond the run's
+    /// row: the run is not stopped, the step is its next one, a start is step 0 with the
+    /// run's header, and the events continue its chain.
+    fn check(&self, row: &RunRow, head: &Head) -> Result<(), JournalError> {
+        let run = &self.lease.run;
+        let step = self.step;
+        if row.status == "stopped" {
+            return Err(JournalError::RunStopped { run: run.clone() });
+        }
+        if step != head.steps {
+            return Err(JournalError::OutOfOrder {
+                run: run.clone(),
+                expected: head.steps,
+                got: step,
+            });
+        }
+        let invalid = |detail| JournalError::InvalidStep {
+            run: run.clone(),
+            step,
+            detail,
+        };
+        match (step, &self.start) {
+            (0, Some(header)) if *header != row.header()? => {
+                return Err(invalid("the start's header differs from the run's"));
+            }
+            (0, Some(_)) => {}
+            (0, None) => return Err(invalid("step 0 must be the run's start")),
+            (_, Some(_)) => return Err(invalid("only step 0 may be a start")),
+            _ => {}
+        }
+        if self.first_seq != head.events {
+            return Err(JournalError::ChainMismatch {
+                run: run.clone(),
+                seq: self.first_seq,
+                detail: format!("the next seq is {}", head.events),
+            });
+        }
+        if self.previous != head.root {
+            return Err(JournalError::ChainMismatch {
+                run: run.clone(),
+                seq: self.first_seq,
+                detail: format!(
+                    "it chains from {}, not from the stored head {}",
+                    self.previous, head.root
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Every run, in creation order.
+pub(crate) fn runs(tx: &mut dyn Tx) -> Result<Vec<RunSummary>, JournalError> {
+    tx.runs()?.iter().map(RunRow::summary).collect()
+}
+
+/// A backend: runs each journal operation in one transaction of its storage. Every
+/// backend is a [`Journal`] through this.
+pub(crate) trait Backend {
+    /// Runs `op` in one write transaction and commits it; refuses when the handle cannot
+    /// write (read-only, or poisoned by an earlier storage failure).
+    fn write<T: Send + 'static>(
+        &mut self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError>;
+
+    /// Runs `op` in one read transaction: every row it reads comes from one snapshot.
+    fn read<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError>;
+}
+
+/// Implements [`Journal`] for a [`Backend`]: each operation prepared outside its transaction
+/// and run in one. (A macro rather than a blanket implementation, which would overlap the
+/// implementations for `&mut J` and `Box<J>`.)
+macro_rules! journal_through_backend {
+    ($journal:ty) => {
+        impl $crate::Journal for $journal {
+            fn create_run(
+                &mut self,
+                run: &$crate::RunId,
+                header: &$crate::RunHeader,
+                holder: &$crate::Holder,
+                now_ms: u64,
+            ) -> Result<$crate::Lease, $crate::JournalError> {
+                let (header, link) = $crate::store::new_header(run, header)?;
+                let lease = $crate::Lease::new(run, holder, now_ms);
+                let created = lease.clone();
+                self.write(move |tx| $crate::store::create_run(tx, &header, &link, &created))?;
+                Ok(lease)
+            }
+
+            fn acquire(
+                &mut self,
+                run: &$crate::RunId,
+                holder: &$crate::Holder,
+                now_ms: u64,
+            ) -> Result<$crate::Lease, $crate::JournalError> {
+                let lease = $crate::Lease::new(run, holder, now_ms);
+                let taken = lease.clone();
+                self.write(move |tx| $crate::store::acquire(tx, &taken, now_ms))?;
+                Ok(lease)
+            }
+
+            fn renew(
+                &mut self,
+                lease: &mut $crate::Lease,
+                now_ms: u64,
+            ) -> Result<(), $crate::JournalError> {
+                let held = lease.clone();
+                lease.expires_ms = self.write(move |tx| $crate::store::renew(tx, &held, now_ms))?;
+                Ok(())
+            }
+
+            fn claim(
+                &mut self,
+                holder: &$crate::Holder,
+                now_ms: u64,
+                limit: usize,
+            ) -> Result<Vec<$crate::Lease>, $crate::JournalError> {
+                let holder = holder.clone();
+                self.write(move |tx| $crate::store::claim(tx, &holder, now_ms, limit))
+            }
+
+            fn release(&mut self, lease: &$crate::Lease) -> Result<(), $crate::JournalError> {
+                let held = lease.clone();
+                self.write(move |tx| $crate::store::release(tx, &held))
+            }
+
+            fn commit_outcomes(
+                &mut self,
+                lease: &$crate::Lease,
+                step: u64,
+                cycle: u32,
+                outcomes: &[(u32, $crate::OutcomeRecord)],
+            ) -> Result<(), $crate::JournalError> {
+                let outcomes = $crate::store::Outcomes::prepare(lease, step, cycle, outcomes)?;
+                self.write(move |tx| outcomes.commit(tx))
+            }
+
+            fn append(
+                &mut self,
+                lease: &$crate::Lease,
+                step: u64,
+                input: &$crate::StepInput,
+                events: &converge_core::EventBatch,
+            ) -> Result<(), $crate::JournalError> {
+                let append = $crate::store::Append::prepare(lease, step, input, events)?;
+                self.write(move |tx| append.commit(tx))
+            }
+
+            fn runs(&self) -> Result<Vec<$crate::RunSummary>, $crate::JournalError> {
+                self.read($crate::store::runs)
+            }
+
+            fn summary(
+                &self,
+                run: &$crate::RunId,
+            ) -> Result<$crate::RunSummary, $crate::JournalError> {
+                let run = run.clone();
+                self.read(move |tx| $crate::store::summary(tx, &run))
+            }
+
+            fn header(
+                &self,
+                run: &$crate::RunId,
+            ) -> Result<$crate::RunHeader, $crate::JournalError> {
+                let run = run.clone();
+                self.read(move |tx| $crate::store::header(tx, &run))
+            }
+
+            fn load(
+                &self,
+                run: &$crate::RunId,
+            ) -> Result<$crate::RecordedRun, $crate::JournalError> {
+                let run = run.clone();
+                self.read(move |tx| $crate::store::load(tx, &run))
+            }
+
+            fn events(
+                &self,
+                run: &$crate::RunId,
+                from: u64,
+            ) -> Result<Vec<$crate::StoredEvent>, $crate::JournalError> {
+                $crate::Journal::events_page(self, run, from, usize::MAX)
+            }
+
+            fn events_page(
+                &self,
+                run: &$crate::RunId,
+                from: u64,
+                limit: usize,
+            ) -> Result<Vec<$crate::StoredEvent>, $crate::JournalError> {
+                let run = run.clone();
+                self.read(move |tx| $crate::store::tail(tx, &run, from, limit))
+            }
+
+            fn verify(
+                &self,
+                run: &$crate::RunId,
+            ) -> Result<$crate::Verification, $crate::JournalError> {
+                let run = run.clone();
+                self.read(move |tx| $crate::store::verify(tx, &run))
+            }
+        }
+    };
+}
+pub(crate) use journal_through_backend;
+
+/// One run's summary.
+pub(crate) fn summary(tx: &mut dyn Tx, run: &RunId) -> Result<RunSummary, JournalError> {
+    read_run(tx, run)?.summary()
+}
+
+/// What one run was created with.
+pub(crate) fn header(tx: &mut dyn Tx, run: &RunId) -> Result<RunHeader, JournalError> {
+    read_run(tx, run)?.header()
+}
+
+/// Loads a run for re-deriving: [`crate::Journal::load`].
+pub(crate) fn load(tx: &mut dyn Tx, run: &RunId) -> Result<RecordedRun, JournalError> {
+    let mut hashes: Vec<Vec<Digest>> = Vec::new();
+    let Scanned {
+        row,
+        inputs,
+        open,
+        checked,
+    } = scan(tx, run, false, |step, entry| {
+        let index = usize::try_from(step).unwrap_or(usize::MAX);
+        if hashes.len() <= index {
+            hashes.resize_with(index.saturating_add(1), Vec::new);
+        }
+        if let Some(slot) = hashes.get_mut(index) {
+            slot.push(entry.hash);
+        }
+    })?;
+    checked.map_err(|(at, reason)| JournalError::Broken {
+        run: run.clone(),
+        at,
+        reason,
+    })?;
+    hashes.resize_with(inputs.len(), Vec::new);
+    let mut first_seq = 0;
+    let steps = inputs
+        .into_iter()
+        .zip(hashes)
+        .enumerate()
+        .map(|(step, (input, hashes))| {
+            let recorded = RecordedStep {
+                step: step as u64,
+                input,
+                first_seq,
+                hashes,
+            };
+            first_seq += recorded.hashes.len() as u64;
+            recorded
+        })
+        .collect();
+    let summary = row.summary()?;
+    Ok(RecordedRun {
+        id: summary.id,
+        header: row.header()?,
+        status: summary.status,
+        root_hash: summary.root_hash,
+        record_hash: summary.record_hash,
+        steps,
+        open,
+        lease: summary.lease,
+    })
+}
+
+/// Checks a whole run from its stored bytes: [`crate::Journal::verify`].
+pub(crate) fn verify(tx: &mut dyn Tx, run: &RunId) -> Result<Verification, JournalError> {
+    // The status check needs the last event only when it stops the run: keep that one body
+    // (events are encoded with their kind first), not a copy of every body.
+    let mut last_stop: Option<Vec<u8>> = None;
+    let Scanned { row, checked, .. } = scan(tx, run, true, |_, entry| {
+        last_stop = entry
+            .body
+            .filter(|body| body.starts_with(br#"{"event":"run_stopped""#))
+            .map(<[u8]>::to_vec);
+    })?;
+    let head = row.head()?;
+    let checked = checked.and_then(|()| {
+        check_status(&row, last_stop.as_deref(), head.events)
+            .map_err(|detail| (Place::Run, BreakReason::StatusMismatch { detail }))
+    });
+    Ok(match checked {
+        Ok(()) => Verification::Intact {
+            steps: head.steps,
+            events: head.events,
+            root_hash: head.root,
+            record_hash: row.digest(&row.record_hash, "record hash")?,
+        },
+        Err((at, reason)) => Verification::Broken { at, reason },
+    })
+}
+
+/// What [`scan`] found.
+struct Scanned {
+    row: RunRow,
+    /// The inputs of the intact steps, cycles with their outcomes.
+    inputs: Vec<StepInput>,
+    /// Outcomes committed ahead of the next step.
+    open: Option<OpenCycle>,
+    /// The first bad place, if any.
+    checked: Result<(), (Place, BreakReason)>,
+}
+
+/// Checks the whole run: the header link, every step row, every stored event hash (with
+/// `bodies`, recomputed from the stored bytes), the outcomes of each cycle against its
+/// batch, and the record chain's links over all of them. `keep` receives each intact event
+/// with its step, in seq order. The first bad place, in record order, is `checked`'s error.
+fn scan(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    bodies: bool,
+    mut keep: impl FnMut(u64, &Entry<'_>),
+) -> Result<Scanned, JournalError> {
+    let row = read_run(tx, run)?;
+    let head = row.head()?;
+    let header = row.header()?;
+    let step_rows = tx.steps(run.as_str())?;
+    let mut steps = check_steps(&step_rows, &head, &header, true);
+    let inputs = std::mem::take(&mut steps.inputs);
+    let mut walk = ChainWalk::new(&steps, head);
+    let mut last_hashes: BTreeMap<u64, Digest> = BTreeMap::new();
+    let events_checked = walk_chunks(tx, run, 0, &mut walk, bodies, 0, |step, entry| {
+        last_hashes.insert(step, entry.hash);
+        keep(step, entry);
+    })?;
+    let events_checked = events_checked.and_then(|()| walk.finish());
+    let mut breaks: Vec<(Place, BreakReason)> = Vec::new();
+    if let Err(broken) = events_checked {
+        breaks.push(place_of(broken));
+    }
+
+    let stored = read_outcomes(tx, run)?;
+    let FiledOutcomes {
+        by_step: outcomes,
+        open,
+        broken,
+    } = sort_outcomes(stored, &inputs, head.steps);
+    breaks.extend(broken);
+    let mut heads = Vec::with_capacity(inputs.len());
+    let mut event_head = Digest::zero();
+    for step in 0..inputs.len() as u64 {
+        if let Some(hash) = last_hashes.get(&step) {
+            event_head = *hash;
+        }
+        heads.push(event_head);
+    }
+    let record_heads = RecordHeads {
+        run: run.as_str(),
+        header: &row.header,
+        header_link: row.digest(&row.header_link, "header link")?,
+        record_hash: row.digest(&row.record_hash, "record hash")?,
+    };
+    let all_valid = steps.broken.is_none() && inputs.len() == step_rows.len();
+    let valid = if all_valid {
+        step_rows.len()
+    } else {
+        inputs.len()
+    };
+    if let Some(broken) = check_links(&record_heads, &step_rows, valid, &outcomes, &heads) {
+        breaks.push(broken);
+    }
+    let inputs = match attach_outcomes(inputs, &outcomes) {
+        Ok(inputs) => inputs,
+        Err((inputs, broken)) => {
+            breaks.push(broken);
+            inputs
+        }
+    };
+    let checked = match breaks.into_iter().min_by_key(|(place, _)| place.order()) {
+        Some(broken) => Err(broken),
+        None => Ok(()),
+    };
+    Ok(Scanned {
+        row,
+        inputs,
+        open,
+        checked,
+    })
+}
+
+/// The stored events from seq `from` on, at most `limit` of them, checked without reading
+/// the run before them.
+///
+/// Reads the run row, the chunk holding `from` (its step names the step to start from), the
+/// step ranges from the one holding `from` to the one holding the last event returned (or to
+/// the run's last step when the read reaches the head), the stored hash of event `from - 1`,
+/// and the chunks from the one holding `from` to the one holding the last event returned.
+/// Each event returned is checked as [`verify`] checks it: no gap, nothing beyond the head,
+/// filed under the step whose range holds it, its hash recomputed over its stored bytes
+/// chained from the stored hash before it; a read that reaches the head also checks the last
+/// steps and the root hash. Events before `from` are not checked.
+pub(crate) fn tail(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, JournalError> {
+    let row = read_run(tx, run)?;
+    let head = row.head()?;
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let end = head.events.min(from.saturating_add(limit));
+    if from >= end {
+        return Ok(Vec::new());
+    }
+    let from_sql = signed(from)?;
+    // The chunk holding `from` (the last one starting at or before it) and its step.
+    let hint = tx.chunk_at(run.as_str(), from_sql, false)?;
+    let (chunk_start, filed) = hint
+        .as_ref()
+        .map_or((from_sql, i64::MAX), |chunk| (chunk.first_seq, chunk.step));
+    // Where the stored events before `from` end, when they end before it: not even event 0
+    // is stored without a chunk at or before `from`.
+    let gap = match &hint {
+        None => Some(0),
+        Some(chunk) => {
+            let chunk_end = unsigned(chunk.first_seq, "seq")?
+                .saturating_add(unsigned(chunk.count, "event count")?);
+            (chunk_end <= from).then_some(chunk_end)
+        }
+    };
+
+    // The step holding `from`: the last step at or before the one the chunk is filed under
+    // that starts at or before `from` (the filed step itself, unless misfiled).
+    let mut spans = Vec::new();
+    if let Some(first_step) = tx.step_holding(run.as_str(), filed, from_sql)? {
+        tx.step_spans(run.as_str(), first_step, &mut |span| {
+            let covers_end = span.first_seq.saturating_add(span.events) >= end;
+            spans.push(span);
+            !(covers_end && end < head.events)
+        })?;
+    }
+    let steps = check_tail_steps(spans, &head, from, end);
+    if let Some(seq) = gap {
+        return Err(broken(
+            run,
+            Break {
+                seq,
+                step: steps.step_of(seq),
+                reason: BreakReason::Missing,
+            },
+        ));
+    }
+
+    // The stored hash the first event chains from: in the chunk holding `from` when it
+    // starts earlier (the walk picks it up), otherwise in the chunk before.
+    let previous = if from == 0 || chunk_start < from_sql {
+        Digest::zero()
+    } else {
+        stored_hash(tx, run, from - 1)?.map_err(|error| broken(run, error))?
+    };
+    let mut walk = ChainWalk::tail(&steps, head, from, previous, end);
+    let mut events = Vec::new();
+    let checked = walk_chunks(
+        tx,
+        run,
+        chunk_start,
+        &mut walk,
+        true,
+        from,
+        |step, entry| {
+            if let Some(body) = entry.body {
+                events.push(StoredEvent {
+                    seq: entry.seq,
+                    step,
+                    hash: entry.hash,
+                    body: body.to_vec(),
+                });
+            }
+        },
+    )?;
+    checked
+        .and_then(|()| walk.finish())
+        .map_err(|error| broken(run, error))?;
+    Ok(events)
+}
+
+fn broken(run: &RunId, broken: Break) -> JournalError {
+    let (at, reason) = place_of(broken);
+    JournalError::Broken {
+        run: run.clone(),
+        at,
+        reason,
+    }
+}
+
+/// Feeds the stored chunks starting at or after `start`, in seq order, to `walk` until it is
+/// past its limit or breaks; `keep` receives each intact event with the step it is filed
+/// under. Events before `from` are skipped (the one just before gives the walk its starting
+/// hash). Returns the first break.
+fn walk_chunks(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    start: i64,
+    walk: &mut ChainWalk<'_>,
+    bodies: bool,
+    from: u64,
+    mut keep: impl FnMut(u64, &Entry<'_>),
+) -> Result<Result<(), Break>, JournalError> {
+    let mut outcome = Ok(());
+    tx.chunks(run.as_str(), start, bodies, &mut |chunk| {
+        if walk.past_limit() {
+            return Ok(false);
+        }
+        let first_seq = unsigned(chunk.first_seq, "seq")?;
+        let filed = unsigned(chunk.step, "step")?;
+        let count = unsigned(chunk.count, "event count")?;
+        let inflated = match (chunk.ends, chunk.bodies) {
+            (Some(ends), Some(compressed)) if bodies => {
+                let count = usize::try_from(count).unwrap_or(usize::MAX);
+                match Unpacked::new(count, ends, compressed) {
+                    Ok(unpacked) => Some((ends, unpacked)),
+                    Err(detail) => {
+                        outcome = Err(walk.malformed(first_seq, detail));
+                        return Ok(false);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let parts = inflated
+            .as_ref()
+            .map(|(ends, unpacked)| (*ends, unpacked.bytes()));
+        let entries = match split_chunk(first_seq, count, chunk.hashes, parts) {
+            Ok(entries) => entries,
+            Err(detail) => {
+                outcome = Err(walk.malformed(first_seq, detail));
+                return Ok(false);
+            }
+        };
+        for entry in &entries {
+            if entry.seq < from {
+                walk.skip(entry);
+                continue;
+            }
+            match walk.feed(filed, entry) {
+                Ok(true) => keep(filed, entry),
+                Ok(false) => return Ok(false),
+                Err(broken) => {
+                    outcome = Err(broken);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    })?;
+    Ok(outcome)
+}
+
+/// The stored hash of event `seq`, read from the chunk holding it without its bodies.
+fn stored_hash(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    seq: u64,
+) -> Result<Result<Digest, Break>, JournalError> {
+    let missing = |at| Break {
+        seq: at,
+        step: None,
+        reason: BreakReason::Missing,
+    };
+    // Without a chunk starting at or before `seq`, not even event 0 is stored.
+    let Some(chunk) = tx.chunk_at(run.as_str(), signed(seq)?, true)? else {
+        return Ok(Err(missing(0)));
+    };
+    let first_seq = unsigned(chunk.first_seq, "seq")?;
+    let count = unsigned(chunk.count, "event count")?;
+    let entries = match split_chunk(first_seq, count, &chunk.hashes, None) {
+        Ok(entries) => entries,
+        Err(detail) => {
+            return Ok(Err(Break {
+                seq: first_seq,
+                step: None,
+                reason: BreakReason::Malformed { detail },
+            }));
+        }
+    };
+    Ok(entries
+        .iter()
+        .find(|entry| entry.seq == seq)
+        .map(|entry| entry.hash)
+        .ok_or_else(|| missing(first_seq.saturating_add(count))))
+}
+
+/// Splits a batch into the chunks it is stored as: runs of consecutive events bounded like
+/// every stored group ([`Group::fits`]), each with at least one event. `Err(seq)` names an
+/// event too large for a chunk's 32-bit offsets (over 4 GiB).
+fn chunks(events: &EventBatch) -> Result<Vec<Chunk>, u64> {
+    let mut chunks: Vec<Chunk> = Vec::new();
+    for (record, body) in events.iter() {
+        if !chunks
+            .last()
+            .is_some_and(|chunk| chunk.group.fits(body.len()))
+        {
+            chunks.push(Chunk {
+                first_seq: record.seq,
+                count: 0,
+                hashes: Vec::new(),
+                group: Group::default(),
+            });
+        }
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.count += 1;
+            chunk.hashes.extend_from_slice(record.hash.as_bytes());
+            chunk.group.push(body).map_err(|()| record.seq)?;
+        }
+    }
+    Ok(chunks)
+}
+
+/// Consecutive events as one `events` row.
+struct Chunk {
+    first_seq: u64,
+    count: usize,
+    hashes: Vec<u8>,
+    group: Group,
+}
+
+/// The status a run has after a step that emitted `events`: set by a `run_stopped` event,
+/// `None` (running) otherwise.
+fn status_after(events: &EventBatch) -> Option<RunStatus> {
+    events
+        .records()
+        .iter()
+        .rev()
+        .find_map(|record| match &record.event {
+            Event::RunStopped { reason, .. } => Some(RunStatus::after(reason)),
+            _ => None,
+        })
+}
+
+/// Checks the stored status against the run's last stored event (`last`: its body when it is
+/// a `run_stopped` event): `stopped` with its reason after a `run_stopped` event for good,
+/// `awaiting_approval` after one awaiting approval, `running` otherwise.
+fn check_status(row: &RunRow, last: Option<&[u8]>, events: u64) -> Result<(), String> {
+    let stopped_by: Option<Value> = last
+        .filter(|_| events > 0)
+        .and_then(|body| serde_json::from_slice::<Value>(body).ok())
+        .filter(|event| event.get("event").and_then(Value::as_str) == Some("run_stopped"))
+        .and_then(|event| event.get("reason").cloned());
+    let expected = match &stopped_by {
+        None => RunStatus::Running,
+        Some(reason) if reason.get("stop").and_then(Value::as_str) == Some("awaiting_approval") => {
+            RunStatus::AwaitingApproval
+        }
+        Some(reason) => RunStatus::Stopped {
+            reason: reason.clone(),
+        },
+    };
+    let stored = row.status().map_err(|error| error.to_string())?;
+    if stored == expected {
+        Ok(())
+    } else {
+        let describe = |status: &RunStatus| match status {
+            RunStatus::Stopped { reason } => format!("stopped ({reason})"),
+            other => other.name().to_owned(),
+        };
+        Err(format!(
+            "it is stored as {}, but the last event says {}",
+            describe(&stored),
+            describe(&expected)
+        ))
+    }
+}
+
+/// A step's input as stored: the text of its row, its outcomes, its cycle number.
+type SplitInput<'i> = (String, &'i [(u32, OutcomeRecord)], Option<u32>);
+
+/// Splits a step's input into the text stored in its row (a cycle's without its outcomes),
+/// its outcomes, and its cycle number when it is a cycle.
+fn split_outcomes(input: &StepInput) -> Result<SplitInput<'_>, JournalError> {
+    match input {
+        StepInput::Cycle {
+            cycle,
+            batch,
+            outcomes,
+        } => {
+            // The stored text is the input's without its outcomes: written by hand rather
+            // than by copying the input, whose outcomes can be megabytes.
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "snake_case")]
+            enum Stored<'a> {
+                Cycle { cycle: u32, batch: &'a [u32] },
+            }
+            let stored = to_json(&Stored::Cycle {
+                cycle: *cycle,
+                batch,
+            })?;
+            Ok((stored, outcomes.as_slice(), Some(*cycle)))
+        }
+        other => Ok((to_json(other)?, &[], None)),
+    }
+}
+
+/// Each outcome's stored bytes, by agent index, in increasing index order.
+fn encode_outcomes(outcomes: &[(u32, OutcomeRecord)]) -> Result<Vec<(u32, Vec<u8>)>, JournalError> {
+    let mut encoded = outcomes
+        .iter()
+        .map(|(agent, outcome)| {
+            serde_json::to_vec(outcome)
+                .map(|body| (*agent, body))
+                .map_err(|error| JournalError::Corrupt {
+                    detail: format!("cannot encode an outcome as JSON: {error}"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    encoded.sort_by_key(|(agent, _)| *agent);
+    Ok(encoded)
+}
+
+/// The agents whose outcomes are already committed for a step, and the next part number.
+struct Committed {
+    agents: BTreeSet<u32>,
+    next_part: i64,
+}
+
+fn agent_indices(agents: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    agents
+        .chunks_exact(4)
+        .map(|agent| u32::from_le_bytes([agent[0], agent[1], agent[2], agent[3]]))
+}
+
+/// Reads which agents have outcomes committed for `step`; with `cycle`, refuses parts
+/// recorded for another cycle.
+fn committed_agents(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    step: u64,
+    cycle: Option<u32>,
+) -> Result<Committed, JournalError> {
+    let mut committed = Committed {
+        agents: BTreeSet::new(),
+        next_part: 0,
+    };
+    for part in tx.committed(run.as_str(), signed(step)?)? {
+        if cycle.is_some_and(|cycle| i64::from(cycle) != part.cycle) {
+            return Err(JournalError::InvalidStep {
+                run: run.clone(),
+                step,
+                detail: "outcomes committed for this step belong to another cycle",
+            });
+        }
+        committed.next_part = committed.next_part.max(part.part.saturating_add(1));
+        committed.agents.extend(agent_indices(&part.agents));
+    }
+    Ok(committed)
+}
+
+/// Inserts outcomes as parts of at most [`crate::pack::GROUP_RECORDS_MAX`] records and
+/// [`crate::pack::GROUP_BYTES_MAX`] bytes, numbered from `first_part`.
+fn insert_outcomes<'o>(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    step: u64,
+    cycle: u32,
+    first_part: i64,
+    outcomes: impl Iterator<Item = &'o (u32, Vec<u8>)>,
+) -> Result<(), JournalError> {
+    let mut parts: Vec<(Vec<u8>, Group)> = Vec::new();
+    for (agent, body) in outcomes {
+        if !parts
+            .last()
+            .is_some_and(|(_, group)| group.fits(body.len()))
+        {
+            parts.push((Vec::new(), Group::default()));
+        }
+        if let Some((agents, group)) = parts.last_mut() {
+            agents.extend_from_slice(&agent.to_le_bytes());
+            group.push(body).map_err(|()| JournalError::Corrupt {
+                detail: format!("agent {agent}'s outcome is larger than the journal stores"),
+            })?;
+        }
+    }
+    for (index, (agents, group)) in parts.into_iter().enumerate() {
+        let (ends, bodies) = group.seal();
+        tx.insert_part(
+            run.as_str(),
+            &PartRow {
+                step: signed(step)?,
+                part: first_part.saturating_add(index as i64),
+                cycle: i64::from(cycle),
+                agents,
+                ends,
+                bodies,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// One stored part of outcomes, unpacked.
+struct StoredPart {
+    step: u64,
+    cycle: u32,
+    outcomes: StepOutcomes,
+}
+
+/// Every stored outcome part of a run, unpacked; a part that cannot be read is reported at
+/// the step it is filed under.
+fn read_outcomes(
+    tx: &mut dyn Tx,
+    run: &RunId,
+) -> Result<Result<Vec<StoredPart>, (Place, BreakReason)>, JournalError> {
+    let mut parts = Vec::new();
+    for row in tx.parts(run.as_str())? {
+        let step = unsigned(row.step, "step number")?;
+        let unreadable = |detail: String| {
+            Err((
+                Place::Input { step },
+                BreakReason::Outcomes {
+                    detail: format!("a stored part cannot be read: {detail}"),
+                },
+            ))
+        };
+        if !row.agents.len().is_multiple_of(4) {
+            return Ok(unreadable("its agent list is cut short".to_owned()));
+        }
+        let count = row.agents.len() / 4;
+        let unpacked = match Unpacked::new(count, &row.ends, &row.bodies) {
+            Ok(unpacked) => unpacked,
+            Err(detail) => return Ok(unreadable(detail)),
+        };
+        let outcomes = agent_indices(&row.agents)
+            .zip(unpacked.iter().map(<[u8]>::to_vec))
+            .collect();
+        parts.push(StoredPart {
+            step,
+            cycle: u32::try_from(row.cycle).unwrap_or(0),
+            outcomes,
+        });
+    }
+    Ok(Ok(parts))
+}
+
+/// What the stored outcome parts of a run hold, filed by step.
+struct FiledOutcomes {
+    /// The outcomes of each step below the run's next one, as stored, in agent order: what
+    /// the record chain's links cover.
+    by_step: BTreeMap<u64, StepOutcomes>,
+    /// The outcomes committed ahead of the run's next step.
+    open: Option<OpenCycle>,
+    /// The first place where the stored outcomes do not fit their steps.
+    broken: Option<(Place, BreakReason)>,
+}
+
+/// Files stored outcome parts by step (in agent order), the next step's as the open cycle,
+/// and checks each committed cycle's against its batch. A bad step does not hide the others:
+/// the record chain is still checked over every step's outcomes as stored.
+fn sort_outcomes(
+    parts: Result<Vec<StoredPart>, (Place, BreakReason)>,
+    inputs: &[StepInput],
+    next_step: u64,
+) -> FiledOutcomes {
+    let mut filed = FiledOutcomes {
+        by_step: BTreeMap::new(),
+        open: None,
+        broken: None,
+    };
+    let parts = match parts {
+        Ok(parts) => parts,
+        Err(broken) => {
+            filed.broken = Some(broken);
+            return filed;
+        }
+    };
+    let mut cycles: BTreeMap<u64, (u32, bool)> = BTreeMap::new();
+    for part in parts {
+        let entry = cycles.entry(part.step).or_insert((part.cycle, true));
+        entry.1 &= entry.0 == part.cycle;
+        filed
+            .by_step
+            .entry(part.step)
+            .or_default()
+            .extend(part.outcomes);
+    }
+    let mut breaks: Vec<(Place, BreakReason)> = Vec::new();
+    let outcomes_break =
+        |step, detail: String| (Place::Input { step }, BreakReason::Outcomes { detail });
+    for (step, outcomes) in &mut filed.by_step {
+        outcomes.sort_by_key(|(agent, _)| *agent);
+        let (cycle, one_cycle) = cycles.get(step).copied().unwrap_or((0, false));
+        if !one_cycle {
+            breaks.push(outcomes_break(
+                *step,
+                "its parts name different cycles".to_owned(),
+            ));
+            continue;
+        }
+        let input = usize::try_from(*step)
+            .ok()
+            .and_then(|index| inputs.get(index));
+        match input {
+            Some(StepInput::Cycle {
+                cycle: recorded,
+                batch,
+                ..
+            }) if *recorded == cycle => {
+                if let Err(detail) = check_outcomes(batch, outcomes) {
+                    breaks.push(outcomes_break(*step, detail));
+                }
+            }
+            // A step the step checks did not accept: that break comes first.
+            None if *step < next_step => {}
+            _ if *step == next_step => {}
+            _ => breaks.push(outcomes_break(
+                *step,
+                format!("outcomes of cycle {cycle} are filed under this step"),
+            )),
+        }
+    }
+    if let Some(outcomes) = filed.by_step.remove(&next_step) {
+        let cycle = cycles.get(&next_step).map_or(0, |(cycle, _)| *cycle);
+        match open_cycle(next_step, cycle, outcomes) {
+            Ok(open) => filed.open = Some(open),
+            Err(detail) => breaks.push(outcomes_break(next_step, detail)),
+        }
+    }
+    filed.broken = breaks.into_iter().min_by_key(|(place, _)| place.order());
+    filed
+}
+
+/// Reads the outcomes committed ahead of the step that will hold them.
+fn open_cycle(step: u64, cycle: u32, outcomes: StepOutcomes) -> Result<OpenCycle, String> {
+    let mut records = Vec::with_capacity(outcomes.len());
+    let mut previous = None;
+    for (agent, body) in outcomes {
+        if previous == Some(agent) {
+            return Err(format!("agent {agent}'s outcome is stored twice"));
+        }
+        previous = Some(agent);
+        let record: OutcomeRecord = serde_json::from_slice(&body)
+            .map_err(|error| format!("agent {agent}'s outcome cannot be read: {error}"))?;
+        records.push((agent, record));
+    }
+    Ok(OpenCycle {
+        step,
+        cycle,
+        outcomes: records,
+    })
+}
+
+/// Puts each committed cycle's stored outcomes back into its input. An outcome that cannot
+/// be read breaks the record at its step's input; the inputs before it are returned with the
+/// break.
+#[allow(clippy::type_complexity)]
+fn attach_outcomes(
+    inputs: Vec<StepInput>,
+    outcomes: &BTreeMap<u64, StepOutcomes>,
+) -> Result<Vec<StepInput>, (Vec<StepInput>, (Place, BreakReason))> {
+    let mut attached = Vec::with_capacity(inputs.len());
+    for (step, input) in (0u64..).zip(inputs) {
+        let StepInput::Cycle { cycle, batch, .. } = input else {
+            attached.push(input);
+            continue;
+        };
+        let stored = outcomes.get(&step).map(Vec::as_slice).unwrap_or(&[]);
+        let mut records = Vec::with_capacity(stored.len());
+        for (agent, body) in stored {
+            match serde_json::from_slice::<OutcomeRecord>(body) {
+                Ok(record) => records.push((*agent, record)),
+                Err(error) => {
+                    let detail = format!("agent {agent}'s outcome cannot be read: {error}");
+                    let at = (Place::Input { step }, BreakReason::Outcomes { detail });
+                    return Err((attached, at));
+                }
+            }
+        }
+        attached.push(StepInput::Cycle {
+            cycle,
+            batch,
+            outcomes: records,
+        });
+    }
+    Ok(attached)
+}
+
+/// Where an event-level break lies in the record: an unreadable input at its step's input, a
+/// chain that does not end at the stored root hash at the run's heads, anything else at the
+/// event.
+fn place_of(broken: Break) -> (Place, BreakReason) {
+    let place = match (&broken.reason, broken.step) {
+        (BreakReason::StepUnreadable { .. }, Some(step)) => Place::Input { step },
+        (BreakReason::RootMismatch, _) => Place::Run,
+        _ => Place::Event {
+            step: broken.step,
+            seq: broken.seq,
+        },
+    };
+    (place, broken.reason)
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, JournalError> {
+    serde_json::to_string(value).map_err(|error| JournalError::Corrupt {
+        detail: format!("cannot encode a record as JSON: {error}"),
+    })
+}
+
+/// A number as stored: SQL integers are signed.
+pub(crate) fn signed(value: u64) -> Result<i64, JournalError> {
+    i64::try_from(value).map_err(|_| JournalError::Corrupt {
+        detail: format!("{value} is beyond what the journal stores"),
+    })
+}
+
+/// A stored number read back.
+pub(crate) fn unsigned(value: i64, what: &str) -> Result<u64, JournalError> {
+    u64::try_from(value).map_err(|_| JournalError::Corrupt {
+        detail: format!("stored {what} {value} is negative"),
+    })
+}

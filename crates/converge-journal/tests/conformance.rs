@@ -1,0 +1,901 @@
+//! One conformance suite, two backends: every case runs against a SQLite file and against a
+//! PostgreSQL database (a throwaway cluster started here, or the server
+//! `CONVERGE_TEST_POSTGRES` names). Round trips, reads from any position, chunks, refusals
+//! that write nothing, leases, outcomes committed ahead of their step, injected write
+//! failures in both modes, concurrent writers, racing takeovers, and edits made behind the
+//! journal's back. The same run recorded in both stores has the same root and record hashes:
+//! the two backends store one format.
+//!
+//! A harness of its own (`harness = false`) so the cluster is started once and stopped at
+//! the end whatever fails.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use converge_core::agents::{ReactOnceAgent, SeedAgent};
+use converge_core::{
+    Actor, Context, ContextKey, ConvergeResult, Decision, Digest, Engine, EventBatch, Run, Step,
+    StopReason, ValidationPolicy, execute_isolated,
+};
+use converge_journal::{
+    FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News, Place,
+    PostgresJournal, RunHeader, RunId, SQLITE_POLL, SqliteJournal, StepInput, Verification,
+    Wakeups,
+};
+use serde_json::json;
+
+use cluster::Cluster;
+
+/// Where a case's journal lives.
+enum Store {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Store {
+    fn open(&self) -> Box<dyn Journal + Send> {
+        match self {
+            Store::Sqlite(path) => Box::new(SqliteJournal::open(path).expect("SQLite opens")),
+            Store::Postgres(url) => Box::new(PostgresJournal::open(url).expect("PostgreSQL opens")),
+        }
+    }
+
+    /// Runs `sql` behind the journal's back, its append-only triggers bypassed: a tamperer.
+    fn tamper(&self, sql: &str) {
+        match self {
+            Store::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).expect("raw open");
+                conn.execute_batch(
+                    "PRAGMA foreign_keys = OFF;
+                     DROP TRIGGER IF EXISTS steps_append_only_update;
+                     DROP TRIGGER IF EXISTS events_append_only_update;
+                     DROP TRIGGER IF EXISTS outcomes_append_only_update;",
+                )
+                .expect("triggers dropped");
+                conn.execute_batch(sql).expect("tampered");
+            }
+            Store::Postgres(url) => {
+                let mut client = postgres::Client::connect(url, postgres::NoTls).expect("raw");
+                client
+                    .batch_execute(&format!(
+                        "SET session_replication_role = replica; SET search_path = converge; {sql}"
+                    ))
+                    .expect("tampered");
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Makes a fresh store for each case.
+struct Stores {
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+}
+
+impl Stores {
+    fn fresh(&self, backend: &str, case: &str) -> Store {
+        match backend {
+            "sqlite" => Store::Sqlite(self.dir.path().join(format!("{case}.journal"))),
+            _ => Store::Postgres(self.cluster.database(case).expect("a database")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real run: two seeds, a reacting agent, and a key that needs a human's approval.
+// ---------------------------------------------------------------------------------------------
+
+fn engine() -> Engine {
+    let mut engine = Engine::new();
+    engine.register(SeedAgent::new("seed-1", json!({"sales": [3, 5, 8]})));
+    engine.register(SeedAgent::new("seed-2", "second seed"));
+    engine.register(ReactOnceAgent::new("hyp-1", "demand is seasonal"));
+    engine
+}
+
+fn gated_engine() -> Engine {
+    let mut engine = engine();
+    engine.set_policy(
+        ContextKey::Hypotheses,
+        ValidationPolicy::new().requiring_approval(),
+    );
+    engine
+}
+
+fn header() -> RunHeader {
+    RunHeader {
+        agents: vec!["seed-1".into(), "seed-2".into(), "hyp-1".into()],
+        created_by: "tests/conformance.rs".to_owned(),
+        intent: Some(json!({"objective": "plan inventory"})),
+        job: None,
+    }
+}
+
+fn holder() -> Holder {
+    Holder::this_process("tests/conformance.rs")
+}
+
+fn elsewhere() -> Holder {
+    Holder {
+        name: "converge worker".to_owned(),
+        host: "another-machine".to_owned(),
+        pid: 4242,
+    }
+}
+
+fn run_id(id: &str) -> RunId {
+    RunId::new(id).expect("valid run id")
+}
+
+/// What a recording appended, and how the run ended.
+struct Recording {
+    steps: Vec<(StepInput, EventBatch)>,
+    result: Option<ConvergeResult>,
+}
+
+/// Drives `engine` sequentially, appending every step under `lease`; a run that parks is
+/// approved by a human and continued. Stops at the first journal error.
+fn record_with(
+    journal: &mut dyn Journal,
+    engine: &Engine,
+    lease: &Lease,
+) -> (Recording, Result<(), JournalError>) {
+    let mut recording = Recording {
+        steps: Vec::new(),
+        result: None,
+    };
+    let mut next = 0;
+    let mut commit = |recording: &mut Recording, input: StepInput, events: EventBatch| {
+        journal.append(lease, next, &input, &events)?;
+        next += 1;
+        recording.steps.push((input, events));
+        Ok::<(), JournalError>(())
+    };
+    let outcome = (|| {
+        let mut run = engine.start(Context::new()).expect("valid agents");
+        let events = run.take_events();
+        commit(
+            &mut recording,
+            StepInput::Start { header: header() },
+            events,
+        )?;
+        loop {
+            drive(&mut run, &mut |input, events| {
+                commit(&mut recording, input, events)
+            })?;
+            let result = run.finish().ok().expect("stopped");
+            let StopReason::AwaitingApproval { pending } = &result.stop_reason else {
+                recording.result = Some(result);
+                return Ok(());
+            };
+            let alice = Actor::human("alice").expect("valid actor");
+            let decisions: Vec<Decision> = pending
+                .iter()
+                .map(|pending| Decision::approve(pending.proposal, pending.hash, alice.clone()))
+                .collect();
+            run = engine
+                .resume_run(result, decisions.clone())
+                .expect("resumable");
+            let events = run.take_events();
+            commit(&mut recording, StepInput::decisions(&decisions), events)?;
+        }
+    })();
+    (recording, outcome)
+}
+
+fn drive(
+    run: &mut Run<'_>,
+    commit: &mut dyn FnMut(StepInput, EventBatch) -> Result<(), JournalError>,
+) -> Result<(), JournalError> {
+    loop {
+        match run.next_step() {
+            Step::Execute(batch) => {
+                let outcomes: Vec<_> = batch
+                    .agents()
+                    .iter()
+                    .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+                    .collect();
+                let input = StepInput::cycle(&batch, &outcomes);
+                run.submit(outcomes).expect("a complete batch");
+                commit(input, run.take_events())?;
+            }
+            Step::Stopped => {
+                let events = run.take_events();
+                if !events.is_empty() {
+                    commit(StepInput::Stop, events)?;
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Creates run `id` and records the gated scenario into it.
+fn record(journal: &mut dyn Journal, id: &RunId) -> (Recording, Result<(), JournalError>) {
+    let lease = match journal.create_run(id, &header(), &holder(), 0) {
+        Ok(lease) => lease,
+        Err(error) => {
+            let recording = Recording {
+                steps: Vec::new(),
+                result: None,
+            };
+            return (recording, Err(error));
+        }
+    };
+    record_with(journal, &gated_engine(), &lease)
+}
+
+fn intact(journal: &dyn Journal, id: &RunId) -> (u64, Digest) {
+    match journal.verify(id).expect("verify reads") {
+        Verification::Intact {
+            events, root_hash, ..
+        } => (events, root_hash),
+        Verification::Broken { at, reason } => panic!("broken at {at}: {reason}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases
+// ---------------------------------------------------------------------------------------------
+
+fn round_trip(store: &Store) {
+    let mut journal = store.open();
+    let id = run_id("run-1");
+    let (recording, outcome) = record(journal.as_mut(), &id);
+    outcome.expect("recorded");
+    let result = recording.result.as_ref().expect("finished");
+    assert!(result.converged, "the approved run converges");
+
+    let loaded = journal.load(&id).expect("loads");
+    assert_eq!(loaded.steps.len(), recording.steps.len());
+    for (step, (input, events)) in loaded.steps.iter().zip(&recording.steps) {
+        assert_eq!(&step.input, input, "step {} input round-trips", step.step);
+        let hashes: Vec<Digest> = events.records().iter().map(|record| record.hash).collect();
+        assert_eq!(step.hashes, hashes, "step {} hashes round-trip", step.step);
+    }
+    assert_eq!(loaded.root_hash, result.root_hash);
+    let (events, root) = intact(journal.as_ref(), &id);
+    assert_eq!(root, result.root_hash);
+
+    // A fresh handle reads the same, and every event's exact bytes.
+    drop(journal);
+    let journal = store.open();
+    assert_eq!(journal.load(&id).expect("reloads"), loaded);
+    let stored = journal.events(&id, 0).expect("events read");
+    let bytes: Vec<Vec<u8>> = recording
+        .steps
+        .iter()
+        .flat_map(|(_, events)| events.iter().map(|(_, body)| body.to_vec()))
+        .collect();
+    assert_eq!(stored.len() as u64, events);
+    assert_eq!(
+        stored
+            .iter()
+            .map(|event| event.body.clone())
+            .collect::<Vec<_>>(),
+        bytes
+    );
+    for from in 0..=events + 1 {
+        let tail = journal.events(&id, from).expect("a tail reads");
+        let expected = usize::try_from(from).unwrap().min(stored.len());
+        assert_eq!(tail, stored[expected..], "events from {from}");
+        let page = journal.events_page(&id, from, 2).expect("a page reads");
+        assert_eq!(page, stored[expected..(expected + 2).min(stored.len())]);
+    }
+    let runs = journal.runs().expect("lists");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].record_hash, loaded.record_hash);
+    assert_eq!(journal.header(&id).expect("header"), header());
+}
+
+/// A cycle of 5,000 agents emits more events than one stored chunk holds.
+fn many_events_span_chunks(store: &Store) {
+    let mut journal = store.open();
+    let mut engine = Engine::new();
+    for index in 0..5000 {
+        engine.register(SeedAgent::new(format!("seed-{index}"), index));
+    }
+    let id = run_id("wide");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .expect("created");
+    let (recording, outcome) = record_with(journal.as_mut(), &engine, &lease);
+    outcome.expect("recorded");
+    let (events, root) = intact(journal.as_ref(), &id);
+    assert!(events > 10_000, "two events per agent at least");
+    assert_eq!(root, recording.result.expect("finished").root_hash);
+    let all = journal.events(&id, 0).expect("reads");
+    for from in [4095, 4096, 4097, 8191, 8192, events - 1] {
+        let tail = journal.events(&id, from).expect("reads");
+        assert_eq!(tail, all[usize::try_from(from).unwrap()..], "from {from}");
+    }
+}
+
+fn refusals_write_nothing(store: &Store) {
+    let mut journal = store.open();
+    let id = run_id("run-1");
+    let (recording, outcome) = record(journal.as_mut(), &id);
+    outcome.expect("recorded");
+    // The run's own holder takes its lease again (a refusal must not change even that).
+    let lease = journal
+        .acquire(&id, &holder(), 1)
+        .expect("the run's own holder");
+    let before = journal.summary(&id).expect("summary");
+
+    let exists = journal.create_run(&id, &header(), &holder(), 0);
+    assert!(matches!(exists, Err(JournalError::RunExists { .. })));
+    let unknown = journal.load(&run_id("nope"));
+    assert!(matches!(unknown, Err(JournalError::UnknownRun { .. })));
+
+    // A stopped run accepts nothing more, whatever the step.
+    let (input, events) = recording.steps.last().expect("steps").clone();
+    let again = journal.append(&lease, before.steps, &input, &events);
+    assert!(matches!(again, Err(JournalError::RunStopped { .. })));
+
+    // Out of order, a misplaced start, a chain that does not continue.
+    let other = run_id("run-2");
+    let lease = journal
+        .create_run(&other, &header(), &holder(), 0)
+        .expect("created");
+    let (start, start_events) = recording.steps[0].clone();
+    let skipped = journal.append(&lease, 1, &start, &start_events);
+    assert!(matches!(skipped, Err(JournalError::OutOfOrder { .. })));
+    let (cycle, cycle_events) = recording.steps[1].clone();
+    let not_start = journal.append(&lease, 0, &cycle, &cycle_events);
+    assert!(matches!(not_start, Err(JournalError::InvalidStep { .. })));
+    journal
+        .append(&lease, 0, &start, &start_events)
+        .expect("the start");
+    let (_, later_events) = recording.steps[2].clone();
+    let unchained = journal.append(&lease, 1, &cycle, &later_events);
+    assert!(matches!(unchained, Err(JournalError::ChainMismatch { .. })));
+
+    assert_eq!(journal.summary(&id).expect("summary"), before);
+    assert_eq!(journal.summary(&other).expect("summary").steps, 1);
+    intact(journal.as_ref(), &id);
+    intact(journal.as_ref(), &other);
+}
+
+fn leases(store: &Store) {
+    let mut mine = store.open();
+    let mut theirs = store.open();
+    let id = run_id("leased");
+    let lease = mine
+        .create_run(&id, &header(), &holder(), 1_000)
+        .expect("created");
+    let summary = theirs.summary(&id).expect("summary");
+    assert_eq!(
+        summary.lease.as_ref().map(|(holder, _)| holder),
+        Some(&holder())
+    );
+
+    // Refused while live, naming the holder.
+    match theirs.acquire(&id, &elsewhere(), 2_000) {
+        Err(JournalError::Leased { holder: named, .. }) => assert_eq!(named, holder()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Renewed, it stays live past its first expiry.
+    let mut lease = lease;
+    mine.renew(&mut lease, 20_000).expect("renewed");
+    assert_eq!(lease.expires_ms(), 20_000 + LEASE_TTL_MS);
+    assert!(
+        theirs
+            .acquire(&id, &elsewhere(), 1_000 + LEASE_TTL_MS + 1)
+            .is_err()
+    );
+
+    // Expired, it is taken over; the old holder's writes are refused and write nothing.
+    let taken = theirs
+        .acquire(&id, &elsewhere(), 20_000 + LEASE_TTL_MS + 1)
+        .expect("taken over after expiry");
+    let engine = gated_engine();
+    let mut run = engine.start(Context::new()).expect("valid");
+    let events = run.take_events();
+    let start = StepInput::Start { header: header() };
+    let lost = mine.append(&lease, 0, &start, &events);
+    assert!(
+        matches!(lost, Err(JournalError::LeaseLost { .. })),
+        "{lost:?}"
+    );
+    assert!(matches!(
+        mine.renew(&mut lease, 30_000),
+        Err(JournalError::LeaseLost { .. })
+    ));
+    mine.release(&lease)
+        .expect("releasing a lost lease is no error");
+    assert_eq!(theirs.summary(&id).expect("summary").steps, 0);
+    theirs
+        .append(&taken, 0, &start, &events)
+        .expect("the new holder writes");
+    theirs.release(&taken).expect("released");
+    assert_eq!(theirs.summary(&id).expect("summary").lease, None);
+    mine.acquire(&id, &holder(), 0).expect("free again");
+}
+
+fn outcomes_ahead_of_their_step(store: &Store) {
+    let mut journal = store.open();
+    let id = run_id("ahead");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .expect("created");
+    let engine = engine();
+    let mut run = engine.start(Context::new()).expect("valid");
+    let start = StepInput::Start { header: header() };
+    journal
+        .append(&lease, 0, &start, &run.take_events())
+        .expect("start");
+    let Step::Execute(batch) = run.next_step() else {
+        panic!("a first cycle");
+    };
+    let outcomes: Vec<_> = batch
+        .agents()
+        .iter()
+        .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+        .collect();
+    let input = StepInput::cycle(&batch, &outcomes);
+    let StepInput::Cycle {
+        cycle,
+        outcomes: records,
+        ..
+    } = &input
+    else {
+        panic!("a cycle");
+    };
+    journal
+        .commit_outcomes(&lease, 1, *cycle, &records[..1])
+        .expect("the first agent's outcome");
+    journal
+        .commit_outcomes(&lease, 1, *cycle, &records[..1])
+        .expect("committed at most once");
+    let open = journal
+        .load(&id)
+        .expect("loads")
+        .open
+        .expect("an open cycle");
+    assert_eq!(open.outcomes, records[..1].to_vec());
+    assert!(journal.commit_outcomes(&lease, 2, *cycle, records).is_err());
+
+    run.submit(outcomes).expect("complete");
+    journal
+        .append(&lease, 1, &input, &run.take_events())
+        .expect("the cycle");
+    let loaded = journal.load(&id).expect("loads");
+    assert_eq!(loaded.open, None);
+    assert_eq!(loaded.steps[1].input, input);
+    intact(journal.as_ref(), &id);
+}
+
+/// Every write failing, before or after it commits, leaves a run that loads and verifies.
+fn injected_failures(store: &Store) {
+    let mut writes = None;
+    for after in [false, true] {
+        for k in 0.. {
+            if writes.is_some_and(|writes| k >= writes) {
+                break;
+            }
+            let id = run_id(&format!("fail-{after}-{k}"));
+            let inner = store.open();
+            let mut failing = if after {
+                FailingJournal::after_write(inner, k)
+            } else {
+                FailingJournal::new(inner, k)
+            };
+            let (recording, outcome) = record(&mut failing, &id);
+            let journal = failing.into_inner();
+            match outcome {
+                Ok(()) => {
+                    writes = Some(k);
+                    break;
+                }
+                Err(JournalError::Injected { .. }) => {}
+                Err(other) => panic!("write {k}: {other}"),
+            }
+            let stored = journal.load(&id).expect("loads after a failed write");
+            let committed = recording.steps.len() + usize::from(after);
+            assert_eq!(stored.steps.len(), committed, "write {k}, after: {after}");
+            intact(journal.as_ref(), &id);
+        }
+    }
+    assert!(
+        writes.is_some_and(|writes| writes >= 4),
+        "the scenario writes several steps"
+    );
+}
+
+fn concurrent_writers(store: &Store) {
+    let threads: Vec<_> = (0..4)
+        .map(|index| {
+            let mut journal = store.open();
+            std::thread::spawn(move || {
+                let id = run_id(&format!("parallel-{index}"));
+                let (recording, outcome) = record(journal.as_mut(), &id);
+                outcome.expect("recorded");
+                (id, recording.result.expect("finished").root_hash)
+            })
+        })
+        .collect();
+    let journal = store.open();
+    let mut roots = Vec::new();
+    for thread in threads {
+        let (id, root) = thread.join().expect("a writer");
+        assert_eq!(intact(journal.as_ref(), &id).1, root);
+        roots.push(root);
+    }
+    assert!(
+        roots.windows(2).all(|pair| pair[0] == pair[1]),
+        "one job, one root"
+    );
+    assert_eq!(journal.runs().expect("lists").len(), 4);
+}
+
+fn racing_takeovers(store: &Store) {
+    let mut journal = store.open();
+    let id = run_id("raced");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .expect("created");
+    journal.release(&lease).expect("released");
+    let barrier = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4u32)
+        .map(|index| {
+            let mut journal = store.open();
+            let barrier = barrier.clone();
+            let id = id.clone();
+            std::thread::spawn(move || {
+                let contender = Holder {
+                    pid: 5000 + index,
+                    ..elsewhere()
+                };
+                barrier.wait();
+                journal.acquire(&id, &contender, 1_000).is_ok()
+            })
+        })
+        .collect();
+    let won = threads
+        .into_iter()
+        .map(|thread| thread.join().expect("a contender"))
+        .filter(|won| *won)
+        .count();
+    assert_eq!(won, 1, "exactly one takes the lease");
+}
+
+fn edits_are_named(store: &Store) {
+    let zero = "0".repeat(64);
+    let cases: [(String, Place); 3] = [
+        (
+            "UPDATE steps SET input = input || ' ' WHERE run = '{id}' AND step = 0".to_owned(),
+            Place::Input { step: 0 },
+        ),
+        (
+            "UPDATE runs SET header = replace(header, 'inventory', 'inventorY') WHERE id = '{id}'"
+                .to_owned(),
+            Place::Header,
+        ),
+        (
+            format!("UPDATE runs SET root_hash = '{zero}' WHERE id = '{{id}}'"),
+            Place::Run,
+        ),
+    ];
+    for (index, (sql, place)) in cases.into_iter().enumerate() {
+        let id = run_id(&format!("edited-{index}"));
+        let mut journal = store.open();
+        let (_, outcome) = record(journal.as_mut(), &id);
+        outcome.expect("recorded");
+        drop(journal);
+        let sql = sql.replace("{id}", id.as_str());
+        store.tamper(&sql);
+        let journal = store.open();
+        match journal.verify(&id).expect("verify reads") {
+            Verification::Broken { at, .. } => assert_eq!(at, place, "{sql}"),
+            Verification::Intact { .. } => panic!("{sql} went unnoticed"),
+        }
+        assert!(journal.load(&id).is_err(), "{sql}: load refuses");
+    }
+}
+
+/// Submitted runs (created and released) are claimed by concurrent workers exactly once
+/// each; a live lease, a run awaiting approval and a stopped run are never claimed; an
+/// expired lease is.
+fn claims_never_overlap(store: &Store) {
+    let mut journal = store.open();
+    for index in 0..20 {
+        let id = run_id(&format!("queued-{index}"));
+        let lease = journal
+            .create_run(&id, &header(), &holder(), 0)
+            .expect("created");
+        journal.release(&lease).expect("released: submitted");
+    }
+    // Driven by a live process elsewhere: not claimable until its lease expires.
+    let live = run_id("live");
+    journal
+        .create_run(&live, &header(), &elsewhere(), 1_000)
+        .expect("created");
+    // Stopped and awaiting approval: never claimable.
+    let (_, outcome) = record(journal.as_mut(), &run_id("stopped"));
+    outcome.expect("recorded");
+    let parked = run_id("parked");
+    let lease = journal
+        .create_run(&parked, &header(), &holder(), 0)
+        .expect("created");
+    let engine = gated_engine();
+    let mut run = engine.start(Context::new()).expect("valid");
+    journal
+        .append(
+            &lease,
+            0,
+            &StepInput::Start { header: header() },
+            &run.take_events(),
+        )
+        .expect("start");
+    let mut next = 1;
+    drive(&mut run, &mut |input, events| {
+        journal.append(&lease, next, &input, &events)?;
+        next += 1;
+        Ok(())
+    })
+    .expect("driven to its approval");
+    journal.release(&lease).expect("released");
+    assert_eq!(
+        journal.summary(&parked).expect("summary").status.name(),
+        "awaiting_approval"
+    );
+
+    let barrier = Arc::new(Barrier::new(4));
+    let workers: Vec<_> = (0..4u32)
+        .map(|index| {
+            let mut journal = store.open();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let worker = Holder {
+                    pid: 6000 + index,
+                    ..elsewhere()
+                };
+                barrier.wait();
+                let mut claimed = Vec::new();
+                loop {
+                    let leases = journal.claim(&worker, 2_000, 3).expect("claims");
+                    if leases.is_empty() {
+                        return claimed;
+                    }
+                    claimed.extend(leases.iter().map(|lease| lease.run().clone()));
+                }
+            })
+        })
+        .collect();
+    let mut claimed: Vec<RunId> = workers
+        .into_iter()
+        .flat_map(|worker| worker.join().expect("a worker"))
+        .collect();
+    claimed.sort();
+    let mut expected: Vec<RunId> = (0..20)
+        .map(|index| run_id(&format!("queued-{index}")))
+        .collect();
+    expected.sort();
+    assert_eq!(claimed, expected, "each submitted run once, nothing else");
+
+    // Once the live lease expires, its run is claimed (its driver is presumed dead).
+    let late = journal
+        .claim(&holder(), 1_000 + LEASE_TTL_MS, 10)
+        .expect("claims");
+    assert_eq!(
+        late.iter()
+            .map(|lease| lease.run().clone())
+            .collect::<Vec<_>>(),
+        vec![live]
+    );
+}
+
+/// A waiter for runnable runs hears of a submission at once on PostgreSQL (and looks again
+/// within its poll on SQLite); a waiter for events hears of each committed step.
+fn news_wakes_a_waiter(store: &Store) {
+    let location = match store {
+        Store::Sqlite(path) => Location::Sqlite(path.clone()),
+        Store::Postgres(url) => Location::Postgres(url.clone()),
+    };
+    let mut journal = store.open();
+    drop(journal.runs());
+    let mut runnable = Wakeups::new(&location, News::Runnable).expect("a waiter");
+    let mut events = Wakeups::new(&location, News::Events).expect("a waiter");
+    // Connect and listen before the news is made.
+    runnable.wait(Duration::from_millis(10)).expect("waits");
+    events.wait(Duration::from_millis(10)).expect("waits");
+    let id = run_id("submitted");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .expect("created");
+    journal.release(&lease).expect("released");
+    let started = Instant::now();
+    let heard = runnable.wait(Duration::from_secs(5)).expect("waits");
+    match store {
+        Store::Postgres(_) => {
+            assert_eq!(heard, vec![id.clone()]);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "woken, not timed out"
+            );
+            let heard = events.wait(Duration::from_secs(5)).expect("waits");
+            assert!(heard.contains(&id), "the creation is news: {heard:?}");
+        }
+        Store::Sqlite(_) => {
+            assert!(heard.is_empty());
+            assert!(started.elapsed() <= SQLITE_POLL + Duration::from_millis(50));
+        }
+    }
+}
+
+/// A run whose driver died on this host is claimed at once, not after its lease expires; one
+/// whose driver lives is not.
+fn a_dead_drivers_run_is_claimed_at_once(store: &Store) {
+    let mut journal = store.open();
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("a process");
+    let dead = child.id();
+    child.wait().expect("reaped");
+    let gone = Holder {
+        pid: dead,
+        ..holder()
+    };
+    let orphan = run_id("orphan");
+    journal
+        .create_run(&orphan, &header(), &gone, 1_000)
+        .expect("created");
+    let driven = run_id("driven");
+    journal
+        .create_run(&driven, &header(), &holder(), 1_000)
+        .expect("created");
+    let claimer = Holder {
+        pid: 7000,
+        ..elsewhere()
+    };
+    let claimed = journal.claim(&claimer, 2_000, 10).expect("claims");
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|lease| lease.run().clone())
+            .collect::<Vec<_>>(),
+        vec![orphan]
+    );
+}
+
+/// A store whose schema is newer than this build's is refused untouched.
+fn a_newer_schema_is_refused_untouched(store: &Store) {
+    let mut journal = store.open();
+    let (_, outcome) = record(journal.as_mut(), &run_id("run-1"));
+    outcome.expect("recorded");
+    drop(journal);
+    let newer = "UPDATE meta SET value = '3' WHERE key = 'schema_version';";
+    match store {
+        Store::Sqlite(_) => store.tamper(&format!("{newer} PRAGMA user_version = 3;")),
+        Store::Postgres(_) => store.tamper(newer),
+    }
+    let refused = match store {
+        Store::Sqlite(path) => SqliteJournal::open(path).map(drop),
+        Store::Postgres(url) => PostgresJournal::open(url).map(drop),
+    };
+    match refused {
+        Err(JournalError::NewerSchema {
+            found: 3,
+            supported: 2,
+            ..
+        }) => {}
+        other => panic!("expected a newer schema refused, got {other:?}"),
+    }
+    store.tamper("UPDATE meta SET value = '2' WHERE key = 'schema_version'; SELECT 1;");
+    if let Store::Sqlite(_) = store {
+        store.tamper("PRAGMA user_version = 2;");
+    }
+    intact(store.open().as_ref(), &run_id("run-1"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness
+// ---------------------------------------------------------------------------------------------
+
+type Case = (&'static str, fn(&Store));
+
+const CASES: &[Case] = &[
+    ("round_trip", round_trip),
+    ("many_events_span_chunks", many_events_span_chunks),
+    ("refusals_write_nothing", refusals_write_nothing),
+    ("leases", leases),
+    ("outcomes_ahead_of_their_step", outcomes_ahead_of_their_step),
+    ("injected_failures", injected_failures),
+    ("concurrent_writers", concurrent_writers),
+    ("racing_takeovers", racing_takeovers),
+    ("edits_are_named", edits_are_named),
+    (
+        "a_newer_schema_is_refused_untouched",
+        a_newer_schema_is_refused_untouched,
+    ),
+    ("claims_never_overlap", claims_never_overlap),
+    (
+        "a_dead_drivers_run_is_claimed_at_once",
+        a_dead_drivers_run_is_claimed_at_once,
+    ),
+    ("news_wakes_a_waiter", news_wakes_a_waiter),
+];
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let cluster = match Cluster::start() {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            eprintln!("conformance: cannot start PostgreSQL: {error}");
+            std::process::exit(1);
+        }
+    };
+    let stores = Stores {
+        dir: tempfile::tempdir().expect("a temporary directory"),
+        cluster,
+    };
+    let mut failed = Vec::new();
+    let mut passed = 0;
+    for backend in ["sqlite", "postgres"] {
+        for (name, case) in CASES {
+            let full = format!("{backend}::{name}");
+            if !filter.is_empty() && !filter.iter().any(|wanted| full.contains(wanted.as_str())) {
+                continue;
+            }
+            let store = stores.fresh(backend, name);
+            let outcome = catch_unwind(AssertUnwindSafe(|| case(&store)));
+            match outcome {
+                Ok(()) => {
+                    passed += 1;
+                    println!("test {full} ... ok");
+                }
+                Err(_) => {
+                    println!("test {full} ... FAILED ({})", store.name());
+                    failed.push(full);
+                }
+            }
+        }
+    }
+    // The same run in both stores: one format, the same hashes.
+    if filter.is_empty() {
+        let mut heads = Vec::new();
+        for backend in ["sqlite", "postgres"] {
+            let store = stores.fresh(backend, "same_format");
+            let mut journal = store.open();
+            let (_, outcome) = record(journal.as_mut(), &run_id("run-1"));
+            outcome.expect("recorded");
+            let summary = journal.summary(&run_id("run-1")).expect("summary");
+            heads.push((summary.root_hash, summary.record_hash));
+        }
+        if heads[0] == heads[1] {
+            passed += 1;
+            println!("test both::one_format_the_same_hashes ... ok");
+        } else {
+            println!("test both::one_format_the_same_hashes ... FAILED {heads:?}");
+            failed.push("both::one_format_the_same_hashes".to_owned());
+        }
+    }
+    drop(stores);
+    println!(
+        "conformance: {passed} passed, {} failed{}",
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", failed.join(", "))
+        }
+    );
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}
