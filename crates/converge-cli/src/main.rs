@@ -23,8 +23,8 @@ use clap::Parser;
 use converge_core::{Actor, ConvergeResult, Decision, ProposalId, StopReason};
 use converge_runtime::spec::{self, AGENT_LAUNCHER_ARG};
 use converge_runtime::{
-    Clock, DurableError, Holder, Journal, JournalError, Location, ReplayReport, RunId, SystemClock,
-    Verification,
+    DurableError, Holder, Journal, JournalError, Location, ReplayReport, RunId, Verification,
+    wall_clock_ms,
 };
 use serde_json::json;
 
@@ -402,7 +402,7 @@ fn decide(
         "converge reject"
     };
     let holder = Holder::this_process(command);
-    let now_ms = SystemClock::new().now_ms();
+    let now_ms = wall_clock_ms();
     if let Some(leased) = journal.summary(&run_id)?.driven_by(&holder, now_ms) {
         return Err(leased.into());
     }

@@ -24,9 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use converge_core::StopReason;
-use converge_runtime::{
-    Clock, Holder, Journal, Lease, Location, News, RunId, SystemClock, Wakeups,
-};
+use converge_runtime::{Holder, Journal, Lease, Location, News, RunId, Wakeups, wall_clock_ms};
 use tokio::sync::watch;
 
 use crate::job::{self, Calls};
@@ -145,7 +143,7 @@ impl Slot {
                     }
                 },
             };
-            let now_ms = SystemClock::new().now_ms();
+            let now_ms = wall_clock_ms();
             match open.claim(&self.holder, now_ms, 1) {
                 Ok(leases) if leases.is_empty() => {
                     if self.until_idle {

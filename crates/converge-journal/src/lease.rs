@@ -94,6 +94,22 @@ impl fmt::Display for Holder {
     }
 }
 
+/// The time leases are reckoned in: milliseconds since the Unix epoch, by this machine's
+/// clock. A lease is read by other processes, on other machines, so it needs a clock they
+/// share (within the lease's margin), not a process's monotonic one.
+///
+/// ```
+/// let now = converge_journal::wall_clock_ms();
+/// assert!(now > 1_700_000_000_000, "after November 2023");
+/// ```
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
 /// The right to write one run, until it expires or is released.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

@@ -34,7 +34,7 @@ mod store;
 mod wakeups;
 
 pub use failing::FailingJournal;
-pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease};
+pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease, wall_clock_ms};
 pub use postgres::PostgresJournal;
 pub use record::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,

@@ -29,7 +29,7 @@ use crate::durable::{
     DurableError, HaltRecord, Inspection, Live, Position, ReplayReport, awaiting, header_of,
     inspect, redrive, replay,
 };
-use converge_journal::{Holder, Journal, Lease, OpenCycle, RunId};
+use converge_journal::{Holder, Journal, Lease, OpenCycle, RunId, wall_clock_ms};
 use converge_journal::{JobRecord, StepInput};
 
 /// How the async driver executes batches.
@@ -211,7 +211,7 @@ impl Runtime {
         run_id: &RunId,
     ) -> Result<ConvergeResult, DurableError> {
         let header = header_of(&self.engine, self.job.as_ref());
-        let lease = journal.create_run(run_id, &header, &self.holder, self.clock.now_ms())?;
+        let lease = journal.create_run(run_id, &header, &self.holder, wall_clock_ms())?;
         let first = Some(StepInput::Start { header });
         let outcome = match self.engine.start(Context::new()) {
             Ok(run) => {
@@ -238,7 +238,7 @@ impl Runtime {
         run_id: &RunId,
     ) -> Result<(), DurableError> {
         let header = header_of(&self.engine, self.job.as_ref());
-        let lease = journal.create_run(run_id, &header, &self.holder, self.clock.now_ms())?;
+        let lease = journal.create_run(run_id, &header, &self.holder, wall_clock_ms())?;
         journal.release(&lease)?;
         Ok(())
     }
@@ -256,7 +256,7 @@ impl Runtime {
         journal: &mut J,
         run_id: &RunId,
     ) -> Result<ConvergeResult, DurableError> {
-        let lease = journal.acquire(run_id, &self.holder, self.clock.now_ms())?;
+        let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
         let outcome = self.resume_leased(journal, &lease).await;
         release(journal, &lease, outcome)
     }
@@ -299,7 +299,7 @@ impl Runtime {
         run_id: &RunId,
         decisions: Vec<Decision>,
     ) -> Result<ConvergeResult, DurableError> {
-        let lease = journal.acquire(run_id, &self.holder, self.clock.now_ms())?;
+        let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
         let outcome = self.decide_leased(journal, &lease, decisions).await;
         release(journal, &lease, outcome)
     }
@@ -353,7 +353,7 @@ impl Runtime {
         by: &str,
         reason: &str,
     ) -> Result<ConvergeResult, DurableError> {
-        let lease = journal.acquire(run_id, &self.holder, self.clock.now_ms())?;
+        let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
         let outcome = self.cancel_leased(journal, &lease, by, reason);
         release(journal, &lease, outcome)
     }

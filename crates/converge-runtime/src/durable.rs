@@ -474,9 +474,12 @@ impl<J: Journal> Live<'_, J> {
 
     /// Renews the lease once a third of its time to live has passed.
     fn renew_if_due(&mut self) -> Result<(), DurableError> {
+        // When it is due goes by the drive's clock; the new expiry by the wall clock
+        // leases are reckoned in.
         let now_ms = self.clock.now_ms();
         if now_ms.saturating_sub(self.renewed_ms) >= LEASE_RENEW_MS {
-            self.journal.renew(&mut self.lease, now_ms)?;
+            self.journal
+                .renew(&mut self.lease, converge_journal::wall_clock_ms())?;
             self.renewed_ms = now_ms;
         }
         Ok(())

@@ -4,11 +4,11 @@
 //! handler runs.
 
 use axum::extract::{FromRequest, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The deepest nesting of arrays and objects a JSON body may have.
 pub(crate) const DEPTH_MAX: usize = 64;
@@ -21,22 +21,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|value| value.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be application/json",
-            ));
-        }
+        require_json(request.headers())?;
         let RawBody(body) = RawBody::from_request(request, state).await?;
         parse(&body).map(JsonBody)
     }
+}
+
+/// A 415 unless the request says its body is `application/json`.
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+            "the body must be application/json",
+        ));
+    }
+    Ok(())
 }
 
 /// A whole request body, read under the server's size limit and body timeout: 413 when it
@@ -62,14 +67,14 @@ fn body_error(error: &(dyn std::error::Error + 'static)) -> ApiError {
         if error.is::<tower_http::timeout::TimeoutError>() {
             return ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "timeout",
+                ErrorCode::Timeout,
                 "the request body did not arrive in time",
             );
         }
         if error.is::<http_body_util::LengthLimitError>() {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                ErrorCode::TooLarge,
                 "the request body is larger than this server accepts",
             );
         }

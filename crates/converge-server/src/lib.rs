@@ -15,6 +15,7 @@ mod error;
 pub mod job;
 mod metrics;
 pub mod openapi;
+mod schema;
 mod server;
 mod service;
 mod store;

@@ -132,28 +132,28 @@ impl Server {
 fn router(service: Arc<Service>) -> Router {
     let config = &service.config;
     let v1 = Router::new()
-        .route("/v1/whoami", get(api::whoami))
-        .route("/v1/runs", get(api::list).post(api::submit))
-        .route("/v1/runs/{run}", get(api::get_run))
-        .route("/v1/runs/{run}/cancel", post(api::cancel))
-        .route("/v1/runs/{run}/resume", post(api::resume))
-        .route("/v1/runs/{run}/facts", get(api::facts))
-        .route("/v1/runs/{run}/facts/{key}/{id}", get(api::fact))
-        .route("/v1/runs/{run}/rejections", get(api::rejections))
-        .route("/v1/runs/{run}/approvals", get(api::approvals))
+        .route("/v1/whoami", get(api::whoami::whoami))
+        .route("/v1/runs", get(api::runs::list).post(api::runs::submit))
+        .route("/v1/runs/{run}", get(api::runs::get_run))
+        .route("/v1/runs/{run}/cancel", post(api::runs::cancel))
+        .route("/v1/runs/{run}/resume", post(api::runs::resume))
+        .route("/v1/runs/{run}/facts", get(api::facts::facts))
+        .route("/v1/runs/{run}/facts/{key}/{id}", get(api::facts::fact))
+        .route("/v1/runs/{run}/rejections", get(api::facts::rejections))
+        .route("/v1/runs/{run}/approvals", get(api::approvals::approvals))
         .route(
             "/v1/runs/{run}/approvals/{proposal}/approve",
-            post(api::approve),
+            post(api::approvals::approve),
         )
         .route(
             "/v1/runs/{run}/approvals/{proposal}/reject",
-            post(api::reject),
+            post(api::approvals::reject),
         )
-        .route("/v1/runs/{run}/decisions", get(api::decisions))
-        .route("/v1/runs/{run}/events", get(api::events))
-        .route("/v1/runs/{run}/replay", get(api::replay))
-        .route("/v1/runs/{run}/verify", get(api::verify))
-        .route("/v1/runs/{run}/audit", get(api::audit))
+        .route("/v1/runs/{run}/decisions", get(api::approvals::decisions))
+        .route("/v1/runs/{run}/events", get(api::events::events))
+        .route("/v1/runs/{run}/replay", get(api::audit::replay))
+        .route("/v1/runs/{run}/verify", get(api::audit::verify))
+        .route("/v1/runs/{run}/audit", get(api::audit::audit))
         // Every `/v1` route authenticates from the headers alone, before a handler reads a
         // body: an anonymous request is a 401 whatever it sends.
         .route_layer(middleware::from_fn_with_state(
@@ -256,7 +256,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     };
     let body = ErrorBody {
         error: ErrorDetail {
-            code: code_of(status).to_owned(),
+            code: code_of(status),
             message: message.to_owned(),
             request_id: crate::error::request_id(),
         },

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
 use crate::ServerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::job::{self, BuildError, Calls};
 use crate::metrics::Metrics;
 use crate::store::{Ownership, Store, StoreError};
@@ -525,7 +525,7 @@ pub(crate) async fn blocking<R: Send + 'static>(
 pub(crate) fn store_error(error: StoreError) -> ApiError {
     match error {
         StoreError::RunExists(id) => {
-            ApiError::conflict("run_exists", format!("run {id:?} already exists"))
+            ApiError::conflict(ErrorCode::RunExists, format!("run {id:?} already exists"))
         }
         StoreError::Invalid(message) => ApiError::invalid(message),
         other => ApiError::internal(other),
@@ -539,7 +539,7 @@ pub(crate) fn journal_error(error: JournalError) -> ApiError {
         JournalError::UnknownRun { run } => ApiError::no_run(run.as_str()),
         // Which process holds the lease, and on which host, is the server's business.
         JournalError::Leased { .. } => ApiError::conflict(
-            "run_busy",
+            ErrorCode::RunBusy,
             "the run is being driven by another process; try again once it stops",
         ),
         other => ApiError::internal(other),
@@ -557,12 +557,14 @@ pub(crate) fn build_error(error: BuildError) -> ApiError {
 pub(crate) fn durable_error(error: DurableError) -> ApiError {
     match error {
         DurableError::Journal(error) => journal_error(error),
-        DurableError::Finished { reason, .. } => {
-            ApiError::conflict("stopped", format!("the run has already stopped: {reason}"))
-        }
-        DurableError::NotAwaitingApproval { .. } => {
-            ApiError::conflict("not_awaiting_approval", "the run is not awaiting approval")
-        }
+        DurableError::Finished { reason, .. } => ApiError::conflict(
+            ErrorCode::Stopped,
+            format!("the run has already stopped: {reason}"),
+        ),
+        DurableError::NotAwaitingApproval { .. } => ApiError::conflict(
+            ErrorCode::NotAwaitingApproval,
+            "the run is not awaiting approval",
+        ),
         DurableError::Engine(error) => ApiError::invalid(error.to_string()),
         other => ApiError::internal(other),
     }

@@ -127,13 +127,17 @@ pub struct DecisionAttempt {
     /// Who sent it (the token's name).
     pub actor: String,
     /// `approve` or `reject`.
+    #[schema(value_type = crate::schema::DecisionVerdict)]
     pub verdict: String,
     /// The rejection's reason.
     pub reason: Option<String>,
     /// `accepted` or `refused`.
+    #[schema(value_type = crate::schema::DecisionOutcome)]
     pub outcome: String,
     /// Why it was refused: `not_pending`, `hash_mismatch`, `not_awaiting_approval`,
-    /// `self_approval`, `run_busy`.
+    /// `self_approval`, or the code of the error that stopped it being applied (`run_busy`,
+    /// `server_busy`, …).
+    #[schema(value_type = Option<crate::schema::DecisionRefusal>)]
     pub refusal: Option<String>,
     /// When (milliseconds since the Unix epoch).
     pub at_ms: u64,

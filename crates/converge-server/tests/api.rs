@@ -744,6 +744,20 @@ async fn the_event_stream_sends_every_event_then_end_and_resumes_after_last_even
         .await?;
     let (status, body) = answer(response).await?;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+    // A JSON page reads Last-Event-ID the same way: resumes after it, refuses a bad one.
+    for (last, expected) in [("2", StatusCode::OK), ("null", StatusCode::BAD_REQUEST)] {
+        let response = server
+            .request(Method::GET, &format!("/v1/runs/{id}/events"), &server.vic)
+            .header("last-event-id", last)
+            .send()
+            .await?;
+        let (status, body) = answer(response).await?;
+        assert_eq!(status, expected, "{body}");
+        if status == StatusCode::OK {
+            assert_eq!(body["events"][0]["seq"], 3, "{body}");
+        }
+    }
     Ok(())
 }
 
@@ -1005,8 +1019,24 @@ async fn cancelling_a_run_awaiting_approval_halts_it_for_good() -> TestResult {
         .await?;
     assert_eq!(approvals, json!({"pending": []}));
 
-    // A reason given with the cancellation is journaled.
+    // A reason given with the cancellation is journaled; a body that is not JSON is refused
+    // before anything is cancelled, as the document says.
     server.release("release-2").await?;
+    let refused = server
+        .request(Method::POST, "/v1/runs/release-2/cancel", &server.sam)
+        .header("content-type", "text/plain")
+        .body(r#"{"reason": "freeze week"}"#)
+        .send()
+        .await?;
+    let (status, body) = answer(refused).await?;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let run = server.get_ok("/v1/runs/release-2", &server.vic).await?;
+    assert_eq!(run["status"], "awaiting_approval", "{run}");
     let (status, body) = server
         .post(
             "/v1/runs/release-2/cancel",

@@ -43,6 +43,10 @@ use crate::store::{
 };
 use schema::storage;
 
+/// How long the server lets a journal connection sit idle inside a transaction before it
+/// ends the transaction (and its locks) by closing the connection.
+const IDLE_IN_TRANSACTION_MS: u64 = 5_000;
+
 /// How long opening a connection may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -261,6 +265,15 @@ pub(crate) fn config(url: &str) -> Result<Config, JournalError> {
     if config.get_application_name().is_none() {
         config.application_name("converge");
     }
+    // A process paused inside a transaction (SIGSTOP, a partition) must not keep its run's
+    // row locked: claims skip locked rows, so its run could never be taken over. The
+    // journal's transactions never wait on anything but the database between statements.
+    let idle = format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
+    let options = match config.get_options() {
+        Some(given) => format!("{given} {idle}"),
+        None => idle,
+    };
+    config.options(&options);
     Ok(config)
 }
 
