@@ -41,13 +41,15 @@ pub(crate) struct Cli {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  the run converged (or the command succeeded)
-  1  error: bad spec, unknown run, journal failure…
+  1  error: bad spec (`converge check` lists its problems), unknown run, journal failure…
   2  usage error
   3  the run stopped awaiting approval
   4  a budget ran out
   5  an invariant was violated
   6  the run stopped otherwise (agent failure, halt, or divergence on replay / broken journal on verify)
   7  the run reached its fixed point, but some of its agents failed (each is listed)
+  8  an invariant could not be evaluated (its check failed on the facts, or reached a limit):
+     nothing is known to be violated
   129, 130, 143  SIGHUP, SIGINT (Ctrl-C) or SIGTERM stopped a run, its agents were killed and its
      committed steps kept: `converge resume RUN` continues it
 
@@ -55,6 +57,12 @@ A closed stdout (`converge inspect RUN | head -1`) ends a command quietly with 0
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Check a job spec without running it: print every problem, at file:line:column.
+    #[command(after_help = "Examples:
+  converge check examples/weekly-payouts.yaml
+  converge check examples/release-approval.yaml --json")]
+    Check(CheckArgs),
+
     /// Run a job spec to its next stop, showing live progress.
     #[command(after_help = "Examples:
   converge run examples/release-approval.yaml
@@ -138,6 +146,10 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
 
+    /// Work on whole journals: copy runs from one to another.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+
     /// Export a run's facts and provenance as JSON, or its provenance graph as Graphviz dot.
     #[command(after_help = "Examples:
   converge export release-approval-1 --format json > run.json
@@ -183,6 +195,12 @@ impl Command {
                 | Command::Export(_)
         )
     }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// The job spec (YAML).
+    pub(crate) spec: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +291,30 @@ pub(crate) struct ServeArgs {
     /// (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub(crate) jobs_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JournalCommand {
+    /// Copy runs, byte for byte, from one journal to another (a file to a PostgreSQL
+    /// database, say): each is verified before and after, with the same hashes. Stop every
+    /// process using the source first; a run another live process drives is refused.
+    #[command(after_help = "Examples:
+  converge journal copy --from journal.db --to postgresql://converge@db.internal/converge
+  converge journal copy --from journal.db --to other.db --run release-approval-1")]
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CopyArgs {
+    /// The journal to copy from (a file or a `postgresql://` URL); it is only read.
+    #[arg(long, value_name = "FILE|URL")]
+    pub(crate) from: PathBuf,
+    /// The journal to copy to (created if missing).
+    #[arg(long, value_name = "FILE|URL")]
+    pub(crate) to: PathBuf,
+    /// Copy only this run (repeat for more); every run by default.
+    #[arg(long = "run", value_name = "RUN")]
+    pub(crate) runs: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

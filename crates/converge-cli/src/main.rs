@@ -30,7 +30,9 @@ use serde_json::json;
 
 use converge_server::{Role, Server, ServerConfig, Tokens};
 
-use crate::cli::{Cli, Command, DecideArgs, Format, RoleArg, ServeArgs, TokenCommand};
+use crate::cli::{
+    Cli, Command, CopyArgs, DecideArgs, Format, JournalCommand, RoleArg, ServeArgs, TokenCommand,
+};
 use crate::job::Calls;
 use crate::progress::Progress;
 
@@ -109,6 +111,7 @@ mod exit {
     pub(crate) const INVARIANT: u8 = 5;
     pub(crate) const OTHER_STOP: u8 = 6;
     pub(crate) const CONVERGED_WITH_FAILURES: u8 = 7;
+    pub(crate) const INVARIANT_UNEVALUABLE: u8 = 8;
     /// 128 plus the signal's number, as shells report a process a signal ended.
     pub(crate) const SIGHUP: u8 = 129;
     pub(crate) const SIGINT: u8 = 130;
@@ -156,6 +159,14 @@ fn install_agent_launcher() {
 }
 
 fn execute(cli: &Cli) -> Result<u8, CliError> {
+    // A copy names its own journals, and checking a spec runs nothing: neither opens the
+    // default journal.
+    if let Command::Journal(JournalCommand::Copy(args)) = &cli.command {
+        return copy_journal(cli, args);
+    }
+    if let Command::Check(args) = &cli.command {
+        return check(&args.spec, cli.json);
+    }
     let location = store::journal_location(cli.db.as_deref())?;
     // Commands that only read open the journal read-only: they work on a journal they may
     // not write, and never create one.
@@ -196,6 +207,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         providers: cli.providers.as_deref(),
     };
     match &cli.command {
+        // Handled above, before any journal is opened.
+        Command::Check(args) => check(&args.spec, cli.json),
         Command::Run(args) => {
             let loaded = job::load(&args.spec, live)?;
             for warning in &loaded.warnings {
@@ -363,6 +376,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             }
             Ok(code)
         }
+        Command::Journal(JournalCommand::Copy(args)) => copy_journal(cli, args),
         Command::Serve(args) => serve(&sqlite_path(&location)?, cli, args),
         Command::Token(command) => token(&sqlite_path(&location)?, cli, command),
         Command::Export(args) => {
@@ -446,6 +460,47 @@ fn decide(
     }
     output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
     Ok(stop_code(&result))
+}
+
+/// `converge journal copy`: runs from one journal to another, verified on both sides.
+fn copy_journal(cli: &Cli, args: &CopyArgs) -> Result<u8, CliError> {
+    let from = store::journal_location(Some(&args.from))?;
+    let to = store::journal_location(Some(&args.to))?;
+    let runs = args
+        .runs
+        .iter()
+        .map(|id| run_id(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut printed: Result<(), CliError> = Ok(());
+    let copied = converge_runtime::copy(&from, &to, &runs, &mut |done| {
+        if printed.is_err() {
+            return;
+        }
+        printed = if cli.json {
+            output::line(json!({
+                "run": done.run.as_str(),
+                "steps": done.steps,
+                "events": done.events,
+                "record_hash": done.record_hash.to_string(),
+            }))
+        } else {
+            output::line(format_args!(
+                "copied {}: {}, {}, record hash {} (verified in both)",
+                done.run,
+                show::count(done.steps, "step"),
+                show::count(done.events, "event"),
+                done.record_hash
+            ))
+        };
+    })?;
+    printed?;
+    if !cli.json {
+        output::line(format_args!(
+            "{} copied from {from} to {to}",
+            show::count(copied.len() as u64, "run")
+        ))?;
+    }
+    Ok(exit::OK)
 }
 
 /// The file of a SQLite journal.
@@ -583,6 +638,29 @@ fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, 
     Ok(exit::OK)
 }
 
+/// `converge check SPEC`: every problem of the spec, or a one-line summary of a valid one.
+/// With `--json`, a refused spec's problems are printed as JSON on stdout (and as lines on
+/// stderr), for editors and CI to place them.
+fn check(path: &std::path::Path, json: bool) -> Result<u8, CliError> {
+    let loaded = match spec::JobSpec::load(path) {
+        Ok(loaded) => loaded,
+        Err(error @ spec::SpecError::Invalid { .. }) if json => {
+            let _ = writeln!(std::io::stderr(), "{error}");
+            output::line(show::spec_problems(error.problems(), path))?;
+            return Ok(exit::ERROR);
+        }
+        Err(error @ spec::SpecError::Invalid { .. }) => {
+            return Err(CliError::Spec(error.to_string()));
+        }
+        Err(other) => return Err(CliError::Other(other.to_string())),
+    };
+    for warning in &loaded.warnings {
+        let _ = writeln!(std::io::stderr(), "warning: {warning}");
+    }
+    output::line(show::spec_summary(&loaded, path, json))?;
+    Ok(exit::OK)
+}
+
 fn run_id(text: &str) -> Result<RunId, CliError> {
     RunId::new(text).map_err(|error| CliError::Other(error.to_string()))
 }
@@ -595,6 +673,7 @@ fn stop_code(result: &ConvergeResult) -> u8 {
         StopReason::AwaitingApproval { .. } => exit::AWAITING_APPROVAL,
         StopReason::BudgetExhausted { .. } => exit::BUDGET,
         StopReason::InvariantViolated { .. } => exit::INVARIANT,
+        StopReason::InvariantUnevaluable { .. } => exit::INVARIANT_UNEVALUABLE,
         StopReason::AgentFailed { .. } | StopReason::Halted { .. } => exit::OTHER_STOP,
     }
 }

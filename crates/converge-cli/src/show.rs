@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use converge_core::{
     ContextKey, ConvergeResult, Exhausted, PendingApproval, ProposalId, StopReason,
 };
+use converge_runtime::spec::{Loaded, Problem};
 use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
 use converge_server::view::{fact_json, pending_json};
 use serde_json::{Value, json};
@@ -22,6 +23,52 @@ pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
     } else {
         format!("{n} {noun}s")
     }
+}
+
+/// What `converge check` says of a valid spec: one line, or JSON.
+pub(crate) fn spec_summary(loaded: &Loaded, path: &std::path::Path, json: bool) -> String {
+    let spec = &loaded.spec;
+    let agents: Vec<&str> = spec.agent_names().collect();
+    let keys: Vec<String> = spec.configured_keys().map(|key| key.to_string()).collect();
+    let invariants: Vec<&str> = spec.invariant_names().collect();
+    if json {
+        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        return json!({
+            "spec": path.display().to_string(),
+            "valid": true,
+            "agents": agents,
+            "keys": keys,
+            "invariants": invariants,
+            "warnings": warnings,
+        })
+        .to_string();
+    }
+    let warnings = match loaded.warnings.len() {
+        0 => String::new(),
+        n => format!(" ({} above)", count(n as u64, "warning")),
+    };
+    format!(
+        "{} is valid: {}, {}, {}{warnings}",
+        path.display(),
+        count(agents.len() as u64, "agent"),
+        count(keys.len() as u64, "configured key"),
+        count(invariants.len() as u64, "invariant"),
+    )
+}
+
+/// What `converge check --json` says of a refused spec: every problem, located.
+pub(crate) fn spec_problems(problems: &[Problem], path: &std::path::Path) -> String {
+    let problems: Vec<Value> = problems
+        .iter()
+        .map(|problem| {
+            json!({
+                "line": problem.line(),
+                "column": problem.column(),
+                "message": problem.message(),
+            })
+        })
+        .collect();
+    json!({"spec": path.display().to_string(), "valid": false, "problems": problems}).to_string()
 }
 
 /// A stop reason in a few words.
@@ -40,6 +87,11 @@ pub(crate) fn reason_text(reason: &StopReason) -> String {
         StopReason::InvariantViolated {
             invariant, detail, ..
         } => format!("invariant `{invariant}` violated: {detail}"),
+        StopReason::InvariantUnevaluable {
+            invariant, detail, ..
+        } => format!(
+            "invariant `{invariant}` could not be evaluated (nothing is known to be violated): {detail}"
+        ),
         StopReason::AgentFailed { agent, message } => {
             format!("agent {agent} failed: {message}")
         }

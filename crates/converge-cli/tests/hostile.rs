@@ -299,6 +299,8 @@ fn printing_commands(spec: &str) -> Vec<Vec<String>> {
         &["token", "list"],
         &["run", spec],
         &["run", spec, "--json"],
+        &["check", spec],
+        &["check", spec, "--json"],
     ];
     let owned = commands
         .iter()

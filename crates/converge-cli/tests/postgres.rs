@@ -167,6 +167,73 @@ fn reading_an_empty_database_creates_nothing_and_hides_the_password(cluster: &Cl
     assert!(!text(&serve.stderr).contains("hunter2"));
 }
 
+fn a_file_is_copied_to_postgres_and_runs_on_there(cluster: &Cluster) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("journal.db");
+    let row = run_and_approve(&file);
+    let parked = converge(
+        &file,
+        &["run", &example("release-approval.yaml"), "--id", "rel-2"],
+    );
+    assert_eq!(code(&parked), 3);
+    let url = cluster.database("cli_copy").expect("a database");
+    let copy = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args([
+            "journal",
+            "copy",
+            "--from",
+            &file.to_string_lossy(),
+            "--to",
+            &url,
+        ])
+        .env_remove("CONVERGE_DB")
+        .output()
+        .expect("copy runs");
+    assert_eq!(
+        code(&copy),
+        0,
+        "{}{}",
+        text(&copy.stdout),
+        text(&copy.stderr)
+    );
+    assert!(
+        text(&copy.stdout).contains("2 runs copied"),
+        "{}",
+        text(&copy.stdout)
+    );
+    let db = Path::new(&url);
+    let copied = json(&converge(db, &["runs", "--json"]));
+    assert_eq!(copied[0]["record_hash"], row["record_hash"]);
+    let replay = json(&converge(db, &["replay", "rel-1", "--json"]));
+    assert_eq!(replay["replay"], "identical");
+    // The parked run goes on in the database.
+    let seen = json(&converge(db, &["inspect", "rel-2", "--json"]));
+    let proposal = seen["pending"][0]["proposal"]
+        .as_str()
+        .expect("pending")
+        .to_owned();
+    let approve = converge(db, &["approve", "rel-2", &proposal, "--as", "alice"]);
+    assert_eq!(code(&approve), 0, "{}", text(&approve.stderr));
+    let again = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args([
+            "journal",
+            "copy",
+            "--from",
+            &file.to_string_lossy(),
+            "--to",
+            &url,
+        ])
+        .env_remove("CONVERGE_DB")
+        .output()
+        .expect("copy runs");
+    assert_eq!(code(&again), 1);
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
 type Case = (&'static str, fn(&Cluster));
 
 const CASES: &[Case] = &[
@@ -177,6 +244,10 @@ const CASES: &[Case] = &[
     (
         "a_run_another_process_drives_is_refused",
         a_run_another_process_drives_is_refused,
+    ),
+    (
+        "a_file_is_copied_to_postgres_and_runs_on_there",
+        a_file_is_copied_to_postgres_and_runs_on_there,
     ),
     (
         "reading_an_empty_database_creates_nothing_and_hides_the_password",

@@ -168,6 +168,17 @@ pub enum Event {
         /// Its reason.
         detail: String,
     },
+    /// An invariant could not be evaluated.
+    InvariantUnevaluable {
+        /// The cycle.
+        cycle: u32,
+        /// The invariant.
+        invariant: String,
+        /// Its class.
+        class: InvariantClass,
+        /// Why.
+        detail: String,
+    },
     /// A cycle ended.
     CycleFinished {
         /// The cycle.

@@ -271,6 +271,14 @@ pub enum Rejection {
         /// Its reason.
         detail: String,
     },
+    /// A structural invariant could not be evaluated with the proposal in place, so it
+    /// cannot be known to hold.
+    InvariantUnevaluable {
+        /// The invariant's name.
+        invariant: String,
+        /// Why it could not be evaluated.
+        detail: String,
+    },
     /// The fact budget was exhausted before this proposal could be promoted.
     FactBudgetExhausted {
         /// The budget.
@@ -335,6 +343,9 @@ impl fmt::Display for Rejection {
             }
             Rejection::InvariantViolated { invariant, detail } => {
                 write!(f, "invariant {invariant}: {detail}")
+            }
+            Rejection::InvariantUnevaluable { invariant, detail } => {
+                write!(f, "invariant {invariant} could not be evaluated: {detail}")
             }
             Rejection::FactBudgetExhausted { limit } => {
                 write!(f, "fact budget of {limit} exhausted")

@@ -13,7 +13,7 @@ use crate::budget::Budget;
 use crate::context::Context;
 use crate::effect::AgentEffect;
 use crate::id::FactId;
-use crate::invariant::{Invariant, InvariantClass};
+use crate::invariant::{Invariant, InvariantClass, InvariantFailure};
 use crate::key::ContextKey;
 use crate::proposal::Proposal;
 
@@ -118,7 +118,7 @@ impl Invariant for CriterionInvariant {
         InvariantClass::Acceptance
     }
 
-    fn check(&self, ctx: &Context) -> Result<(), String> {
+    fn check(&self, ctx: &Context) -> Result<(), InvariantFailure> {
         let (holds, found) = match &self.criterion {
             SuccessCriterion::KeyNotEmpty { key } => (ctx.has(*key), ctx.count(*key)),
             SuccessCriterion::MinFacts { key, count } => {
@@ -132,7 +132,9 @@ impl Invariant for CriterionInvariant {
         if holds {
             Ok(())
         } else {
-            Err(format!("not met ({found} found)"))
+            Err(InvariantFailure::Violated(format!(
+                "not met ({found} found)"
+            )))
         }
     }
 }

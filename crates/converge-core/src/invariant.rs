@@ -29,11 +29,33 @@ pub trait Invariant: Send + Sync {
     /// When it is checked.
     fn class(&self) -> InvariantClass;
 
-    /// `Err(reason)` when the context violates the rule. Must be pure and deterministic.
-    fn check(&self, ctx: &Context) -> Result<(), String>;
+    /// `Err` when the context violates the rule, or when the rule cannot be evaluated on it.
+    /// Must be pure and deterministic.
+    fn check(&self, ctx: &Context) -> Result<(), InvariantFailure>;
 }
 
-/// An invariant written as a closure.
+/// Why an invariant does not hold of a context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvariantFailure {
+    /// The context breaks the rule; the reason.
+    Violated(String),
+    /// The rule could not be evaluated on this context (an expression that fails on these
+    /// facts, a limit reached); why. Nothing is known to be broken, and nothing is known to
+    /// hold either, so the engine treats it as seriously as a violation but reports it apart.
+    Unevaluable(String),
+}
+
+impl InvariantFailure {
+    /// The reason, in words.
+    pub fn detail(&self) -> &str {
+        match self {
+            InvariantFailure::Violated(detail) | InvariantFailure::Unevaluable(detail) => detail,
+        }
+    }
+}
+
+/// An invariant written as a closure; its `Err` is a violation.
 ///
 /// ```
 /// use converge_core::{ContextKey, FnInvariant, Invariant, InvariantClass};
@@ -75,7 +97,7 @@ where
         self.class
     }
 
-    fn check(&self, ctx: &Context) -> Result<(), String> {
-        (self.check)(ctx)
+    fn check(&self, ctx: &Context) -> Result<(), InvariantFailure> {
+        (self.check)(ctx).map_err(InvariantFailure::Violated)
     }
 }

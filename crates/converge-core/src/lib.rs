@@ -70,7 +70,7 @@ pub use gate::{
 };
 pub use id::{AgentId, FACT_ID_LEN_MAX, FactId, IdError, ObservationId, ProposalId};
 pub use intent::{Frame, RootIntent, SuccessCriterion};
-pub use invariant::{FnInvariant, Invariant, InvariantClass};
+pub use invariant::{FnInvariant, Invariant, InvariantClass, InvariantFailure};
 pub use key::{ContextKey, CustomKey, KEY_NAME_LEN_MAX, KeyError};
 pub use observation::{Observation, Replayability, TraceLink};
 pub use proposal::{Confidence, ConfidenceError, Draft, FactRef, KeyRef, Proposal, Validated};

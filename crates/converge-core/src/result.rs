@@ -43,6 +43,17 @@ pub enum StopReason {
         /// Its reason.
         detail: String,
     },
+    /// A semantic or acceptance invariant, or a structural one on the initial context, could
+    /// not be evaluated (its check failed on these facts, or reached a limit): nothing is
+    /// known to be violated, but the run cannot go on without knowing.
+    InvariantUnevaluable {
+        /// The invariant's name.
+        invariant: String,
+        /// Its class.
+        class: InvariantClass,
+        /// Why it could not be evaluated.
+        detail: String,
+    },
     /// An agent failed and the engine's failure policy stops the run.
     AgentFailed {
         /// The agent.

@@ -25,7 +25,7 @@ use crate::engine::{FailurePolicy, Setup};
 use crate::event::{AgentInfo, Chain, Event, EventBatch, EventRecord};
 use crate::gate::{Proposer, Rejection};
 use crate::id::{AgentId, ObservationId, ProposalId};
-use crate::invariant::InvariantClass;
+use crate::invariant::{InvariantClass, InvariantFailure};
 use crate::key::ContextKey;
 use crate::observation::{Observation, TraceLink};
 use crate::proposal::{Draft, FactRef, Proposal, Validated};
@@ -615,8 +615,8 @@ impl<'e> Run<'e> {
         let trace = trace_of(&validated, observation_ids, observations);
         if gate.requires_approval(validated.key()) {
             // A human is never asked to approve what the structural invariants would refuse.
-            if let Some((invariant, detail)) = self.would_violate(&validated, &trace) {
-                let rejection = Rejection::InvariantViolated { invariant, detail };
+            if let Some((invariant, failure)) = self.would_violate(&validated, &trace) {
+                let rejection = rejection_of(invariant, failure);
                 return self.reject_validated(validated, rejection, tally);
             }
             self.park(validated, trace, tally);
@@ -631,7 +631,7 @@ impl<'e> Run<'e> {
         &mut self,
         proposal: &Proposal<Validated>,
         trace: &TraceLink,
-    ) -> Option<(String, String)> {
+    ) -> Option<(String, InvariantFailure)> {
         let has_structural = self
             .setup
             .invariants
@@ -706,9 +706,9 @@ impl<'e> Run<'e> {
             approver,
         );
         let undo = self.ctx.insert(fact);
-        if let Some((invariant, detail)) = self.violated(InvariantClass::Structural) {
+        if let Some((invariant, failure)) = self.violated(InvariantClass::Structural) {
             if let Some(fact) = self.ctx.undo(undo) {
-                let rejection = Rejection::InvariantViolated { invariant, detail };
+                let rejection = rejection_of(invariant, failure);
                 self.record_rejection(
                     fact.record().proposal(),
                     rejected_fact(fact, rejection),
@@ -849,7 +849,7 @@ impl<'e> Run<'e> {
         (!quarantine).then_some(StopReason::AgentFailed { agent, message })
     }
 
-    fn violated(&self, class: InvariantClass) -> Option<(String, String)> {
+    fn violated(&self, class: InvariantClass) -> Option<(String, InvariantFailure)> {
         self.setup
             .invariants
             .iter()
@@ -862,23 +862,41 @@ impl<'e> Run<'e> {
             })
     }
 
-    /// Checks the classes in order; records and returns the first violation.
+    /// Checks the classes in order; records and returns the first violation, or the first
+    /// invariant that could not be evaluated.
     fn check_invariants(&mut self, classes: &[InvariantClass]) -> Option<StopReason> {
-        let (class, (invariant, detail)) = classes
+        let (class, (invariant, failure)) = classes
             .iter()
             .find_map(|&class| self.violated(class).map(|violation| (class, violation)))?;
         let cycle = self.state.cycle;
-        self.emit(Event::InvariantViolated {
-            cycle,
-            invariant: invariant.clone(),
-            class,
-            detail: detail.clone(),
-        });
-        Some(StopReason::InvariantViolated {
-            invariant,
-            class,
-            detail,
-        })
+        match failure {
+            InvariantFailure::Unevaluable(detail) => {
+                self.emit(Event::InvariantUnevaluable {
+                    cycle,
+                    invariant: invariant.clone(),
+                    class,
+                    detail: detail.clone(),
+                });
+                Some(StopReason::InvariantUnevaluable {
+                    invariant,
+                    class,
+                    detail,
+                })
+            }
+            InvariantFailure::Violated(detail) => {
+                self.emit(Event::InvariantViolated {
+                    cycle,
+                    invariant: invariant.clone(),
+                    class,
+                    detail: detail.clone(),
+                });
+                Some(StopReason::InvariantViolated {
+                    invariant,
+                    class,
+                    detail,
+                })
+            }
+        }
     }
 
     fn reject_draft(
@@ -1022,4 +1040,14 @@ fn trace_of(
 
 fn count_u32(count: usize) -> u32 {
     u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// The rejection of a proposal that a structural invariant refuses.
+fn rejection_of(invariant: String, failure: InvariantFailure) -> Rejection {
+    match failure {
+        InvariantFailure::Unevaluable(detail) => {
+            Rejection::InvariantUnevaluable { invariant, detail }
+        }
+        InvariantFailure::Violated(detail) => Rejection::InvariantViolated { invariant, detail },
+    }
 }

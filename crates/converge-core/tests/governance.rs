@@ -10,8 +10,8 @@ use converge_core::{
     Actor, ActorKind, Agent, AgentEffect, AgentOutcome, AuthorityScope, Budget, Context,
     ContextKey, ConvergeResult, CycleBudget, Decision, DecisionRefusal, Engine, EngineConfig,
     EngineError, Event, EventRecord, Exhausted, FactBudget, FactRef, FailurePolicy, FnInvariant,
-    InvariantClass, Observation, Proposal, Rejection, RootIntent, Step, StopReason, TokenBudget,
-    TokenUsage, TraceLink, ValidationPolicy, Verdict,
+    Invariant, InvariantClass, InvariantFailure, Observation, Proposal, Rejection, RootIntent,
+    Step, StopReason, TokenBudget, TokenUsage, TraceLink, ValidationPolicy, Verdict,
 };
 use serde_json::{Value, json};
 
@@ -969,6 +969,76 @@ fn a_structural_invariant_is_checked_on_the_initial_context() {
             ..
         }
     ));
+}
+
+/// An invariant that cannot read strategies: evaluating it fails once there is one.
+struct Unreadable(InvariantClass);
+
+impl Invariant for Unreadable {
+    fn name(&self) -> &str {
+        "unreadable"
+    }
+
+    fn class(&self) -> InvariantClass {
+        self.0
+    }
+
+    fn check(&self, ctx: &Context) -> Result<(), InvariantFailure> {
+        match ctx.has(ContextKey::Strategies) {
+            true => Err(InvariantFailure::Unevaluable("no such field".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn an_invariant_that_cannot_be_evaluated_is_reported_apart_from_violations() {
+    let planner = || {
+        Scripted::once("planner", &[ContextKey::Strategies], || {
+            vec![Proposal::new(ContextKey::Strategies, "st", 1)]
+        })
+    };
+    let mut engine = Engine::new();
+    engine.add_invariant(Unreadable(InvariantClass::Structural));
+    engine.register(planner());
+    let result = engine.run(Context::new()).unwrap();
+    assert_eq!(
+        result.rejections[0].rejection,
+        Rejection::InvariantUnevaluable {
+            invariant: "unreadable".into(),
+            detail: "no such field".into()
+        }
+    );
+    assert_eq!(
+        result.rejections[0].rejection.to_string(),
+        "invariant unreadable could not be evaluated: no such field"
+    );
+    let mut engine = Engine::new();
+    engine.add_invariant(Unreadable(InvariantClass::Semantic));
+    engine.register(planner());
+    let events: Arc<std::sync::Mutex<Vec<converge_core::EventRecord>>> = Arc::default();
+    engine.observe(Collect(events.clone()));
+    let result = engine.run(Context::new()).unwrap();
+    assert_eq!(
+        result.stop_reason,
+        StopReason::InvariantUnevaluable {
+            invariant: "unreadable".into(),
+            class: InvariantClass::Semantic,
+            detail: "no such field".into()
+        }
+    );
+    let events = events.lock().unwrap().clone();
+    assert!(
+        events
+            .iter()
+            .any(|record| matches!(record.event, Event::InvariantUnevaluable { .. }))
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|record| matches!(record.event, Event::InvariantViolated { .. })),
+        "nothing was violated"
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod check;
+mod copy;
 mod failing;
 mod lease;
 mod link;
@@ -33,6 +34,7 @@ mod sqlite;
 mod store;
 mod wakeups;
 
+pub use copy::{Copied, copy};
 pub use failing::FailingJournal;
 pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease, wall_clock_ms};
 pub use postgres::PostgresJournal;

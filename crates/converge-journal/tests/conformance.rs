@@ -25,7 +25,7 @@ use converge_core::{
 use converge_journal::{
     FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News, Place,
     PostgresJournal, RunHeader, RunId, SQLITE_POLL, SqliteJournal, StepInput, Verification,
-    Wakeups,
+    Wakeups, wall_clock_ms,
 };
 use serde_json::json;
 
@@ -800,6 +800,91 @@ fn a_newer_schema_is_refused_untouched(store: &Store) {
     intact(store.open().as_ref(), &run_id("run-1"));
 }
 
+/// A file's runs copied to PostgreSQL and back keep their hashes and verify; a run the
+/// destination has is refused, and so is a run another live process drives.
+fn copies_keep_every_byte(stores: &Stores) {
+    let file = stores.fresh("sqlite", "copy_from");
+    let database = stores.fresh("postgres", "copy_to");
+    let back = stores.fresh("sqlite", "copy_back");
+    let location = |store: &Store| match store {
+        Store::Sqlite(path) => Location::Sqlite(path.clone()),
+        Store::Postgres(url) => Location::Postgres(url.clone()),
+    };
+    let mut journal = file.open();
+    for index in 0..3 {
+        let (_, outcome) = record(journal.as_mut(), &run_id(&format!("run-{index}")));
+        outcome.expect("recorded");
+    }
+    // One left mid-way by a process that died: copied, and free to continue.
+    let lease = journal
+        .create_run(&run_id("cut-short"), &header(), &elsewhere(), 0)
+        .expect("created");
+    let engine = gated_engine();
+    let mut run = engine.start(Context::new()).expect("valid");
+    journal
+        .append(
+            &lease,
+            0,
+            &StepInput::Start { header: header() },
+            &run.take_events(),
+        )
+        .expect("start");
+    let source = journal.runs().expect("lists");
+    drop(journal);
+
+    let mut heard = Vec::new();
+    let copied = converge_journal::copy(&location(&file), &location(&database), &[], &mut |done| {
+        heard.push(done.run.clone());
+    })
+    .expect("copied");
+    assert_eq!(copied.len(), 4);
+    assert_eq!(heard.len(), 4);
+    let target = database.open();
+    let copies = target.runs().expect("lists");
+    for (original, copy) in source.iter().zip(&copies) {
+        assert_eq!(original.id, copy.id);
+        assert_eq!(original.root_hash, copy.root_hash);
+        assert_eq!(original.record_hash, copy.record_hash);
+        assert_eq!(original.status, copy.status);
+        assert_eq!(copy.lease, None, "leases are not copied");
+        assert_eq!(
+            target.load(&copy.id).expect("loads").steps.len() as u64,
+            original.steps
+        );
+    }
+    converge_journal::copy(&location(&database), &location(&back), &[], &mut |_| {})
+        .expect("copied back");
+    let again = back.open().runs().expect("lists");
+    assert_eq!(
+        again.iter().map(|run| run.record_hash).collect::<Vec<_>>(),
+        source.iter().map(|run| run.record_hash).collect::<Vec<_>>()
+    );
+
+    // Already there: refused.
+    let twice = converge_journal::copy(
+        &location(&file),
+        &location(&database),
+        &[run_id("run-0")],
+        &mut |_| {},
+    );
+    assert!(
+        matches!(twice, Err(JournalError::RunExists { .. })),
+        "{twice:?}"
+    );
+    // Driven by a live process: refused.
+    let mut journal = file.open();
+    journal
+        .create_run(&run_id("live"), &header(), &elsewhere(), wall_clock_ms())
+        .expect("created");
+    let live = converge_journal::copy(
+        &location(&file),
+        &location(&database),
+        &[run_id("live")],
+        &mut |_| {},
+    );
+    assert!(matches!(live, Err(JournalError::Leased { .. })), "{live:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The harness
 // ---------------------------------------------------------------------------------------------
@@ -883,6 +968,20 @@ fn main() {
         } else {
             println!("test both::one_format_the_same_hashes ... FAILED {heads:?}");
             failed.push("both::one_format_the_same_hashes".to_owned());
+        }
+    }
+    if filter.is_empty()
+        || filter
+            .iter()
+            .any(|wanted| "both::copy".contains(wanted.as_str()))
+    {
+        let outcome = catch_unwind(AssertUnwindSafe(|| copies_keep_every_byte(&stores)));
+        if outcome.is_ok() {
+            passed += 1;
+            println!("test both::copies_keep_every_byte ... ok");
+        } else {
+            println!("test both::copies_keep_every_byte ... FAILED");
+            failed.push("both::copies_keep_every_byte".to_owned());
         }
     }
     drop(stores);

@@ -239,7 +239,8 @@ fn run_messages(runtime: Runtime, time_ms: u64) -> Vec<String> {
     let mut messages: Vec<String> = result.failures.iter().map(|f| f.message.clone()).collect();
     messages.extend(result.rejections.iter().map(|r| r.rejection.to_string()));
     match result.stop_reason {
-        StopReason::InvariantViolated { detail, .. } => messages.push(detail),
+        StopReason::InvariantViolated { detail, .. }
+        | StopReason::InvariantUnevaluable { detail, .. } => messages.push(detail),
         StopReason::AgentFailed { message, .. } => messages.push(message),
         StopReason::Halted { reason } => messages.push(reason),
         _ => {}

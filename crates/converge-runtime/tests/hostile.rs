@@ -46,7 +46,9 @@ fn messages(path: &Path) -> Vec<String> {
     let result = tokio.block_on(runtime.run(Context::new())).unwrap();
     let mut messages: Vec<String> = result.failures.iter().map(|f| f.message.clone()).collect();
     messages.extend(result.rejections.iter().map(|r| r.rejection.to_string()));
-    if let StopReason::InvariantViolated { detail, .. } = &result.stop_reason {
+    if let StopReason::InvariantViolated { detail, .. }
+    | StopReason::InvariantUnevaluable { detail, .. } = &result.stop_reason
+    {
         messages.push(detail.clone());
     }
     messages

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use converge_llm::{Models, Providers};
-use converge_runtime::spec::JobSpec;
+use converge_runtime::spec::{JobSpec, Loaded};
 use converge_runtime::{JobRecord, Journal, JournalError, RunId, Runtime};
 
 /// Whether the runtime's `llm` agents may call their models.
@@ -74,6 +74,10 @@ pub struct Built {
 pub fn build(record: &JobRecord, calls: Calls<'_>) -> Result<Built, BuildError> {
     let loaded = JobSpec::parse(&record.source, &record.path)
         .map_err(|error| BuildError::Spec(error.to_string()))?;
+    build_loaded(loaded, record, calls)
+}
+
+fn build_loaded(loaded: Loaded, record: &JobRecord, calls: Calls<'_>) -> Result<Built, BuildError> {
     let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
     let spec = loaded.spec;
     let models = match calls {
@@ -95,7 +99,9 @@ pub fn build(record: &JobRecord, calls: Calls<'_>) -> Result<Built, BuildError> 
     })
 }
 
-/// The runtime of an existing run, rebuilt from the spec in its header.
+/// The runtime of an existing run, rebuilt from the spec in its header. The spec is parsed
+/// as recorded (`JobSpec::parse_recorded`): checks added since the run started refuse new
+/// runs, not this one.
 pub fn runtime_of(
     journal: &impl Journal,
     run: &RunId,
@@ -108,7 +114,9 @@ pub fn runtime_of(
             created_by: header.created_by,
         });
     };
-    Ok(build(&record, calls)?.runtime)
+    let loaded = JobSpec::parse_recorded(&record.source, &record.path)
+        .map_err(|error| BuildError::Spec(error.to_string()))?;
+    Ok(build_loaded(loaded, &record, calls)?.runtime)
 }
 
 /// The provider profiles: the built-in ones with the provider file's on top (the given one,

@@ -521,6 +521,38 @@ async fn a_rejection_with_a_reason_is_recorded_and_the_fact_never_promoted() -> 
     Ok(())
 }
 
+/// A spec whose semantic invariant fails to evaluate once a number is seeded.
+const DIVIDES_BY_ZERO: &str = r#"version: 1
+intent: {objective: Divide}
+keys:
+  - name: numbers
+seeds:
+  - {key: numbers, id: n1, content: {n: 1}}
+invariants:
+  - name: ratio
+    class: semantic
+    check: facts.numbers.all(x, x.content.n / 0 >= 0)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invariant_that_cannot_be_evaluated_is_its_own_stop_reason() -> TestResult {
+    let server = TestServer::start().await?;
+    let id = server.submit(DIVIDES_BY_ZERO, Some("ratio-1")).await?;
+    let run = server.settle(&id).await?;
+    assert_eq!(run["stop_reason"]["stop"], "invariant_unevaluable", "{run}");
+    assert_eq!(run["stop_reason"]["invariant"], "ratio", "{run}");
+    let detail = run["stop_reason"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("divided by zero"), "{run}");
+    let events = server.events(&id).await?;
+    assert!(
+        events
+            .iter()
+            .any(|entry| entry["event"]["event"] == "invariant_unevaluable"),
+        "the event is journaled under its own name"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runs_list_pages_with_a_cursor_past_any_length() -> TestResult {
     let server = TestServer::start().await?;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, SourceInfo};
 use cel::objects::Key;
 use serde_json::Value;
 
@@ -93,7 +93,15 @@ pub(crate) struct Expression {
 
 impl Expression {
     /// Compiles `source`; `Err` says what is wrong with it.
+    #[cfg(test)]
     pub(crate) fn compile(cel: &Cel, source: &str) -> Result<Expression, String> {
+        let (ast, _) = Expression::parse(cel, source)?;
+        Ok(Expression::instrumented(ast))
+    }
+
+    /// Parses `source` within every limit, with the offset of each node in it, for the
+    /// static checks to read before [`Expression::instrumented`] makes it runnable.
+    pub(crate) fn parse(cel: &Cel, source: &str) -> Result<(IdedExpr, SourceInfo), String> {
         let env = &cel.env;
         if source.trim().is_empty() {
             return Err("the expression is empty".to_owned());
@@ -107,18 +115,22 @@ impl Expression {
         let parsed = guarded(PARSE_STACK_BYTES, || {
             env.parser()
                 .max_recursion_depth(PARSE_NESTING_MAX)
-                .parse(source)
+                .parse_with_source_info(source)
         })?;
-        let ast = parsed.map_err(|errors| describe_parse_errors(&errors))?;
+        let (ast, info) = parsed.map_err(|errors| describe_parse_errors(&errors))?;
         let depth = depth(&ast);
         if depth > EXPRESSION_DEPTH_MAX {
             return Err(format!(
                 "the expression nests {depth} levels deep; the limit is {EXPRESSION_DEPTH_MAX}"
             ));
         }
-        let mut ast = ast;
+        Ok((ast, info))
+    }
+
+    /// A parsed expression, instrumented for metering.
+    pub(crate) fn instrumented(mut ast: IdedExpr) -> Expression {
         cost::instrument(&mut ast);
-        Ok(Expression { ast: Arc::new(ast) })
+        Expression { ast: Arc::new(ast) }
     }
 
     /// Evaluates with `bindings` and `extra` bound, requiring a boolean.

@@ -3,12 +3,13 @@
 //! The expression sees every key the spec knows (the well-known keys and its own) as
 //! `facts` (see [`super::facts_view`]). Building that view reads the whole context, so an
 //! invariant costs time proportional to the number of facts each time it is checked — for a
-//! structural invariant, before every promotion. An expression that cannot be evaluated is
-//! a violation whose detail says why; it never panics.
+//! structural invariant, before every promotion. An expression that gives `false` is a
+//! violation; one that cannot be evaluated (a type error on these facts, a limit reached) is
+//! [`InvariantFailure::Unevaluable`], never a violation, and says why; it never panics.
 
 use std::sync::Arc;
 
-use converge_core::{Context, ContextKey, Invariant, InvariantClass};
+use converge_core::{Context, ContextKey, Invariant, InvariantClass, InvariantFailure};
 
 use super::expr::{Bindings, Cel, Expression};
 use super::view::facts_view;
@@ -32,13 +33,15 @@ impl Invariant for CelInvariant {
         self.class
     }
 
-    fn check(&self, ctx: &Context) -> Result<(), String> {
+    fn check(&self, ctx: &Context) -> Result<(), InvariantFailure> {
         let facts = facts_view(ctx, self.keys.iter().copied());
-        let bindings = Bindings::new(&self.cel, &[("facts", &facts)])?;
+        // The failure's kind already says it could not be evaluated; the detail says why.
+        let bindings = Bindings::new(&self.cel, &[("facts", &facts)])
+            .map_err(InvariantFailure::Unevaluable)?;
         match self.check.holds(&bindings, &[]) {
             Ok(true) => Ok(()),
-            Ok(false) => Err("the check is false".to_owned()),
-            Err(error) => Err(format!("the check could not be evaluated: {error}")),
+            Ok(false) => Err(InvariantFailure::Violated("the check is false".to_owned())),
+            Err(error) => Err(InvariantFailure::Unevaluable(error.to_string())),
         }
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! [`JobSpec::parse`] refuses a bad spec before anything runs, naming the file, line and
 //! column of every problem and what was expected: unknown fields and agent kinds, keys no
-//! agent may write, malformed CEL expressions and templates, invalid JSON Schemas, bad
-//! budgets. It warns (without refusing) about agents that read keys nobody produces.
+//! agent may write, malformed CEL expressions and templates, expressions and templates that
+//! use an undeclared key, a key outside the agent's `reads`, a field the key's schema does not
+//! have, an unknown function or variable, a condition that cannot be a boolean, invalid JSON
+//! Schemas, bad budgets. It warns (without refusing) about agents that read keys nobody produces.
 //! [`JobSpec::build`] then makes the runtime; building is a pure function of the spec's
 //! source text and its base directory, so a process that stored the text (in a journal
 //! header, say) can rebuild the identical runtime.
@@ -192,7 +194,32 @@ impl JobSpec {
     /// );
     /// ```
     pub fn parse(source: &str, origin: impl AsRef<Path>) -> Result<Loaded, SpecError> {
-        let origin: Arc<Path> = Arc::from(origin.as_ref());
+        JobSpec::parse_checked(source, origin.as_ref(), true)
+    }
+
+    /// Parses a spec that a run was already started with (kept in its journal), to rebuild
+    /// that run's runtime: like [`JobSpec::parse`], but without the static checks of
+    /// expressions and templates against the declared keys, `reads` and schemas. Those checks
+    /// only refuse, never change, what is built, and a run journaled by an earlier version
+    /// whose spec they would now refuse must still resume, take decisions and replay.
+    ///
+    /// ```
+    /// use converge_runtime::spec::JobSpec;
+    ///
+    /// let source = "version: 1\nintent: {objective: x}\ninvariants:\n  - {name: i, class: semantic, check: facts.nokey.size() > 0}\n";
+    /// assert!(JobSpec::parse(source, "job.yaml").is_err());
+    /// assert!(JobSpec::parse_recorded(source, "job.yaml").is_ok());
+    /// ```
+    pub fn parse_recorded(source: &str, origin: impl AsRef<Path>) -> Result<Loaded, SpecError> {
+        JobSpec::parse_checked(source, origin.as_ref(), false)
+    }
+
+    fn parse_checked(
+        source: &str,
+        origin: &Path,
+        static_checks: bool,
+    ) -> Result<Loaded, SpecError> {
+        let origin: Arc<Path> = Arc::from(origin);
         let base_dir = base_dir_of(&origin);
         if source.len() > SPEC_BYTES_MAX {
             let message = format!(
@@ -207,7 +234,8 @@ impl JobSpec {
         }
         let raw = serde_saphyr::from_str_with_options(source, yaml_options())
             .map_err(|error| SpecError::invalid(vec![yaml_problem(&origin, &error)]))?;
-        let (parts, warnings) = check::Checker::new(&origin, &base_dir)
+        let (parts, warnings) = check::Checker::new(&origin, &base_dir, source)
+            .with_static_checks(static_checks)
             .check(raw)
             .map_err(SpecError::invalid)?;
         let mut warnings = warnings;
@@ -298,6 +326,25 @@ impl JobSpec {
             .iter()
             .find(|policy| policy.key == key)?;
         policy.schema.as_ref().map(Schema::source)
+    }
+
+    /// The names of the agents under `agents:`, in spec order.
+    pub fn agent_names(&self) -> impl Iterator<Item = &str> {
+        self.parts.agents.iter().map(AgentEntry::name)
+    }
+
+    /// The keys configured under `keys:` (declared, or given a schema or approval), in spec
+    /// order.
+    pub fn configured_keys(&self) -> impl Iterator<Item = ContextKey> {
+        self.parts.policies.iter().map(|policy| policy.key)
+    }
+
+    /// The names of the invariants, in spec order.
+    pub fn invariant_names(&self) -> impl Iterator<Item = &str> {
+        self.parts
+            .invariants
+            .iter()
+            .map(|invariant| &*invariant.name)
     }
 
     /// The spec's `llm` agents, in spec order.

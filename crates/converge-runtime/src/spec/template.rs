@@ -73,6 +73,51 @@ impl Templates {
         serde_json::to_value(&value).map_err(|error| format!("`{source}`: {error}"))
     }
 
+    /// The variables the templates of `content` use without defining them, as written
+    /// (`fact.content.amount`: each name with the attributes read from it), with the path of
+    /// the template that uses each; the environment's globals (`range`, …) are not among them.
+    pub(crate) fn undeclared(&self, content: &ContentTemplate) -> Vec<(Arc<str>, String)> {
+        let mut found = Vec::new();
+        self.undeclared_into(content, &mut found);
+        let globals: Vec<&str> = self.env.globals().map(|(name, _)| name).collect();
+        found.retain(|(_, name)| {
+            let root = name.split('.').next().unwrap_or_default();
+            !globals.contains(&root)
+        });
+        found
+    }
+
+    fn undeclared_into(&self, content: &ContentTemplate, found: &mut Vec<(Arc<str>, String)>) {
+        let mut names = |path: &Arc<str>, set: std::collections::HashSet<String>| {
+            let mut set: Vec<String> = set.into_iter().collect();
+            set.sort();
+            found.extend(set.into_iter().map(|name| (path.clone(), name)));
+        };
+        match content {
+            ContentTemplate::Literal(_) => {}
+            ContentTemplate::Text(name) => {
+                if let Ok(template) = self.env.get_template(name) {
+                    names(name, template.undeclared_variables(true));
+                }
+            }
+            ContentTemplate::Expression { source, path } => {
+                if let Ok(expression) = self.env.compile_expression(source) {
+                    names(path, expression.undeclared_variables(true));
+                }
+            }
+            ContentTemplate::List(items) => {
+                for item in items {
+                    self.undeclared_into(item, found);
+                }
+            }
+            ContentTemplate::Object(fields) => {
+                for (_, item) in fields {
+                    self.undeclared_into(item, found);
+                }
+            }
+        }
+    }
+
     /// Renders template `name` with `variables` (a map, see [`variables`]).
     pub(crate) fn render(
         &self,

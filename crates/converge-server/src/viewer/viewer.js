@@ -508,6 +508,8 @@ function noteText(event) {
       return `refused a decision by ${event.actor?.name} on ${event.proposal}: ${describe(event.refusal)}`;
     case "invariant_violated":
       return `invariant ${event.invariant} (${event.class}) violated: ${event.detail}`;
+    case "invariant_unevaluable":
+      return `invariant ${event.invariant} (${event.class}) could not be evaluated: ${event.detail}`;
     case "observation_recorded":
       return `observation ${event.observation}: ${event.kind}`;
     default:

@@ -12,7 +12,7 @@ use converge_core::ContextKey;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
-use super::{AGENT_NAME_LEN_MAX, Checker, RESERVED_AGENT_NAMES, at, is_empty};
+use super::{AGENT_NAME_LEN_MAX, Checker, RESERVED_AGENT_NAMES, Seen, at, is_empty};
 use crate::spec::command::{
     COMMAND_OUTPUT_BYTES_CAP, COMMAND_OUTPUT_BYTES_MAX_DEFAULT, COMMAND_TIMEOUT_MS_DEFAULT,
     CommandAgent,
@@ -169,15 +169,18 @@ impl Checker<'_> {
         }))
     }
 
-    fn condition(&mut self, when: Option<&Spanned<String>>) -> Result<Option<Expression>, ()> {
+    fn condition(
+        &mut self,
+        when: Option<&Spanned<String>>,
+        common: &Common,
+        for_each: Option<ContextKey>,
+    ) -> Result<Option<Expression>, ()> {
         let Some(when) = when else { return Ok(None) };
-        Expression::compile(&self.cel, &when.value)
+        self.expression(when, common.seen("when", for_each))
             .map(Some)
-            .map_err(|error| self.error(at(when), format!("when: {error}")))
     }
 
     fn rule_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
-        let when = self.condition(raw.when.as_ref());
         let for_each = raw.for_each.as_ref().and_then(|name| {
             let key = self.key(name)?;
             if !common.reads.contains(&key) {
@@ -186,9 +189,10 @@ impl Checker<'_> {
             }
             Some(key)
         });
+        let when = self.condition(raw.when.as_ref(), &common, for_each);
         let propose = self.require(&common, "propose", raw.propose.as_ref())?;
         let mut templates = Templates::new();
-        let propose = self.propose(&propose.value, &common, &mut templates);
+        let propose = self.propose(&propose.value, &common, &mut templates, for_each);
         Some(AgentEntry::Rule(RuleAgent {
             name: common.name,
             reads: common.reads,
@@ -206,6 +210,7 @@ impl Checker<'_> {
         raw: &RawPropose,
         common: &Common,
         templates: &mut Templates,
+        for_each: Option<ContextKey>,
     ) -> Option<Propose> {
         let key = self.key(&raw.key);
         if let Some(key) = key.filter(|key| common.grant_known && !common.writes.contains(key)) {
@@ -218,6 +223,10 @@ impl Checker<'_> {
         if let Ok(ContentTemplate::Literal(_)) = &id {
             self.fact_id(&raw.id);
         }
+        if let Ok(id) = &id {
+            let seen = common.seen("propose.id", for_each);
+            self.template_names(&raw.id.value, &raw.id, id, templates, seen);
+        }
         if is_empty(&raw.content.value) {
             self.error(
                 at(&raw.content),
@@ -226,6 +235,11 @@ impl Checker<'_> {
         }
         let content = ContentTemplate::compile(&raw.content.value, "propose.content", templates)
             .map_err(|error| self.error(at(&raw.content), error));
+        if let Ok(content) = &content {
+            let seen = common.seen("propose.content", for_each);
+            let text = raw.content.value.to_string();
+            self.template_names(&text, &raw.content, content, templates, seen);
+        }
         Some(Propose {
             key: key?,
             id: id.ok()?,
@@ -235,7 +249,7 @@ impl Checker<'_> {
     }
 
     fn command_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
-        let when = self.condition(raw.when.as_ref());
+        let when = self.condition(raw.when.as_ref(), &common, None);
         let command = self.require(&common, "command", raw.command.as_ref())?;
         let argv: Vec<String> = command.value.iter().map(|arg| arg.value.clone()).collect();
         let Some(program) = argv.first().filter(|program| !program.trim().is_empty()) else {
@@ -321,22 +335,23 @@ impl Checker<'_> {
     }
 
     fn llm_agent(&mut self, raw: &RawAgent, common: Common) -> Option<AgentEntry> {
-        let when = self.condition(raw.when.as_ref());
+        let when = self.condition(raw.when.as_ref(), &common, None);
         let model = self.require(&common, "model", raw.model.as_ref());
         if let Some(model) = model.filter(|model| model.value.trim().is_empty()) {
             self.error(at(model), "`model` is empty");
         }
         let prompt = self.require(&common, "prompt", raw.prompt.as_ref());
         let mut templates = Templates::new();
-        if let Some(prompt) = prompt
-            && let Err(error) = templates.add("prompt", &prompt.value)
-        {
-            self.error(at(prompt), format!("prompt: {error}"));
-        }
-        if let Some(system) = &raw.system
-            && let Err(error) = templates.add("system", &system.value)
-        {
-            self.error(at(system), format!("system: {error}"));
+        for (field, text) in [("prompt", prompt), ("system", raw.system.as_ref())] {
+            let Some(text) = text else { continue };
+            match templates.add(field, &text.value) {
+                Err(error) => self.error(at(text), format!("{field}: {error}")),
+                Ok(()) => {
+                    let compiled = ContentTemplate::Text(Arc::from(field));
+                    let seen = common.seen(field, None);
+                    self.template_names(&text.value, text, &compiled, &templates, seen);
+                }
+            }
         }
         if let Some(tokens) = raw.max_tokens.as_ref().filter(|tokens| tokens.value == 0) {
             self.error(at(tokens), "`max_tokens` must be at least 1");
@@ -444,6 +459,20 @@ struct Common {
     grant_known: bool,
     reads: Vec<ContextKey>,
     writes: Vec<ContextKey>,
+}
+
+impl Common {
+    /// What an expression or template of this agent sees: `facts` of its `reads`, and
+    /// `fact` with `for_each`.
+    fn seen(&self, field: &'static str, for_each: Option<ContextKey>) -> Seen {
+        Seen {
+            field,
+            owner: format!("agent `{}`", self.name),
+            visible: self.reads.iter().map(|key| key.name().to_owned()).collect(),
+            fact_key: for_each.map(|key| key.name().to_owned()),
+            agent: true,
+        }
+    }
 }
 
 fn ungranted(agent: &str, key: ContextKey) -> String {

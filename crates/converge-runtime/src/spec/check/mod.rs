@@ -8,6 +8,10 @@
 //! command's program is missing. The checks of agents are in `agent.rs`.
 
 mod agent;
+mod cel;
+mod place;
+mod suggest;
+mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -53,6 +57,13 @@ fn at<T>(spanned: &Spanned<T>) -> At {
 pub(crate) struct Checker<'a> {
     origin: &'a Arc<Path>,
     base_dir: &'a Path,
+    source: place::Source<'a>,
+    /// Every key the spec knows (well-known and declared), with its schema if any: what
+    /// expressions and templates are checked against.
+    known: Arc<BTreeMap<String, Option<Value>>>,
+    /// Whether expressions and templates are checked against `known` (not when rebuilding a
+    /// journaled run: see `JobSpec::parse_recorded`).
+    static_checks: bool,
     cel: Cel,
     errors: Vec<Problem>,
     warnings: Vec<Problem>,
@@ -68,10 +79,13 @@ pub(crate) struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    pub(crate) fn new(origin: &'a Arc<Path>, base_dir: &'a Path) -> Checker<'a> {
+    pub(crate) fn new(origin: &'a Arc<Path>, base_dir: &'a Path, source: &'a str) -> Checker<'a> {
         Checker {
             origin,
             base_dir,
+            source: place::Source::new(source),
+            known: Arc::default(),
+            static_checks: true,
             cel: Cel::new(EXPRESSION_COST_DEFAULT),
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -82,6 +96,13 @@ impl<'a> Checker<'a> {
             seed_facts: BTreeMap::new(),
             agent_names: BTreeMap::new(),
         }
+    }
+
+    /// With `false`, expressions and templates are compiled but not checked against the
+    /// spec's keys, `reads` and schemas.
+    pub(crate) fn with_static_checks(mut self, static_checks: bool) -> Checker<'a> {
+        self.static_checks = static_checks;
+        self
     }
 
     /// Checks the whole spec: its parts and warnings, or every problem found.
@@ -97,6 +118,7 @@ impl<'a> Checker<'a> {
         }
         self.cel = Cel::new(self.expression_cost_max(raw.runtime.as_ref()));
         let policies = self.keys(&raw.keys);
+        self.known = Arc::new(self.known_keys());
         let (intent, time_budget_ms) = self.intent(&raw.intent);
         let seeds = self.top_level_seeds(&raw.seeds);
         let agents: Vec<AgentEntry> = raw.agents.iter().filter_map(|a| self.agent(a)).collect();
@@ -401,18 +423,73 @@ impl Checker<'_> {
                 self.error(at(&entry.name), message);
                 continue;
             }
-            match Expression::compile(&self.cel, &entry.check.value) {
-                Ok(check) => invariants.push(CelInvariant {
+            let scope = Seen {
+                field: "check",
+                owner: format!("invariant `{name}`"),
+                visible: keys.iter().map(|key| key.name().to_owned()).collect(),
+                fact_key: None,
+                agent: false,
+            };
+            if let Ok(check) = self.expression(&entry.check, scope) {
+                invariants.push(CelInvariant {
                     name: Arc::from(name),
                     class: class(entry.class),
                     check,
                     keys: keys.clone(),
                     cel: self.cel.clone(),
-                }),
-                Err(error) => self.error(at(&entry.check), format!("check: {error}")),
+                });
             }
         }
         invariants
+    }
+
+    /// Every key the spec knows, by name, with its schema if it has one.
+    fn known_keys(&self) -> BTreeMap<String, Option<Value>> {
+        let declared = self.declared.keys().copied();
+        ContextKey::well_known()
+            .chain(declared)
+            .map(|key| {
+                let schema = self.schemas.get(&key).map(|schema| schema.source().clone());
+                (key.name().to_owned(), schema)
+            })
+            .collect()
+    }
+
+    /// Compiles a CEL expression and checks it statically against what `seen` may see;
+    /// every problem is reported where it is.
+    fn expression(&mut self, text: &Spanned<String>, seen: Seen) -> Result<Expression, ()> {
+        let (ast, info) = Expression::parse(&self.cel, &text.value).map_err(|error| {
+            self.error(at(text), format!("{}: {error}", seen.field));
+        })?;
+        let known = self.known.clone();
+        let scope = cel::Scope {
+            known: &known,
+            visible: seen.visible,
+            fact_key: seen.fact_key,
+            agent: seen.agent,
+        };
+        // The parser counts offsets in its own units; they are characters only in ASCII text.
+        let ascii = text.value.is_ascii();
+        let offsets = |id| {
+            (info.offset_for(id))
+                .filter(|_| ascii)
+                .map(|(start, _)| start as usize)
+        };
+        let findings = match self.static_checks {
+            true => cel::check(&ast, &offsets, &scope, true),
+            false => Vec::new(),
+        };
+        if findings.is_empty() {
+            return Ok(Expression::instrumented(ast));
+        }
+        for finding in findings {
+            let offset = finding.offset.map(|offset| at_name(&text.value, offset));
+            let words = word_at(&text.value, offset);
+            let place = self.source.place(at(text), &text.value, offset, &words);
+            let message = format!("`{}` of {}: {}", seen.field, seen.owner, finding.message);
+            self.error(place, message);
+        }
+        Err(())
     }
 
     fn runtime(
@@ -510,6 +587,48 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// Whose expression or template is checked, and what it sees.
+struct Seen {
+    /// The field, as the spec names it: `when`, `check`, `prompt`.
+    field: &'static str,
+    /// In words: "agent `x`", "invariant `y`".
+    owner: String,
+    /// The keys `facts` holds.
+    visible: Vec<String>,
+    /// With `for_each`, the key of `fact`.
+    fact_key: Option<String>,
+    /// Whether it is an agent's (its `reads` is what it sees).
+    agent: bool,
+}
+
+/// Where the name of the node the parser places at `offset` begins: a field at its name
+/// rather than the `.` before it, a call at its name rather than its `(`.
+fn at_name(text: &str, offset: usize) -> usize {
+    let chars: Vec<char> = text.chars().collect();
+    let is_word = |c: &char| c.is_alphanumeric() || *c == '_';
+    match chars.get(offset) {
+        Some('.') => offset + 1,
+        Some('(') => {
+            let before = chars.get(..offset).unwrap_or_default();
+            offset - before.iter().rev().take_while(|c| is_word(c)).count()
+        }
+        _ => offset,
+    }
+}
+
+/// The name at `offset` of `text` (skipping the `.` or space before it), for searching.
+fn word_at(text: &str, offset: Option<usize>) -> String {
+    let Some(offset) = offset else {
+        return String::new();
+    };
+    let is_word = |c: &char| c.is_alphanumeric() || *c == '_';
+    text.chars()
+        .skip(offset)
+        .skip_while(|c| !is_word(c))
+        .take_while(is_word)
+        .collect()
 }
 
 fn class(raw: RawClass) -> InvariantClass {
