@@ -94,11 +94,20 @@ pub(crate) enum Command {
   converge inspect release-approval-1 --json")]
     Inspect(RunArg),
 
-    /// Explain why a fact is true: its agent, the facts it read, its validations, who approved.
+    /// Explain why a fact is true: its agent, the facts it read, its validations, who approved,
+    /// and the model exchanges (prompts and answer) or command outputs it cites.
     #[command(after_help = "Examples:
   converge why release-approval-1 release-2-4-0
   converge why release-approval-1 releases/release-2-4-0 --json")]
     Why(WhyArgs),
+
+    /// Print one recorded observation whole: a model exchange (provider, the model asked for
+    /// and the one that answered, prompts, answer, tokens, latency) or a command's output.
+    #[command(after_help = "Examples:
+  converge run examples/incident-triage.yaml
+  converge show incident-triage-1 c2.a2.o0
+  converge show incident-triage-1 c2.a2.o0 --json")]
+    Show(ShowArgs),
 
     /// Approve a pending proposal, then run the job on to its next stop.
     #[command(after_help = "Examples:
@@ -180,6 +189,7 @@ impl Command {
             Command::Runs
                 | Command::Inspect(_)
                 | Command::Why(_)
+                | Command::Show(_)
                 | Command::Replay(_)
                 | Command::Verify(_)
                 | Command::Export(_)
@@ -214,6 +224,14 @@ pub(crate) struct WhyArgs {
     pub(crate) run: String,
     /// The fact: `KEY/ID`, or just `ID` when only one key has a fact with that id.
     pub(crate) fact: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// The run's id.
+    pub(crate) run: String,
+    /// The observation, as a fact's evidence names it (e.g. `c2.a3.o0`).
+    pub(crate) observation: String,
 }
 
 #[derive(Debug, Args)]

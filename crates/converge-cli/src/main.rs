@@ -6,12 +6,14 @@
 //! so they work in any process, on any machine that has the journal and the agents' programs.
 
 mod cli;
+mod exchange;
 mod job;
 mod output;
 mod progress;
 mod show;
 mod signals;
 mod store;
+mod why;
 mod worker;
 
 use std::io::Write;
@@ -284,8 +286,16 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let run_id = run_id(&args.run)?;
             let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
             let seen = runtime.inspect(&journal, &run_id)?;
-            let fact = show::find_fact(&seen.result, &args.fact).map_err(CliError::Other)?;
-            output::line(show::why(&seen.result, fact, cli.json).trim_end())?;
+            let fact = why::find_fact(&seen.result, &args.fact).map_err(CliError::Other)?;
+            output::line(why::explain(&seen, fact, cli.json).trim_end())?;
+            Ok(exit::OK)
+        }
+        Command::Show(args) => {
+            let run_id = run_id(&args.run)?;
+            let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
+            let seen = runtime.inspect(&journal, &run_id)?;
+            let observed = exchange::find(&seen, &args.observation).map_err(CliError::Other)?;
+            output::line(exchange::show(observed, cli.json).trim_end())?;
             Ok(exit::OK)
         }
         Command::Approve(args) => decide(cli, &mut journal, args, true),

@@ -1,4 +1,5 @@
-//! What the commands print: run summaries, fact listings, provenance trees, exports.
+//! What the commands print: run summaries, fact listings, exports (provenance trees are in
+//! `why.rs`, observations in `exchange.rs`).
 //!
 //! Every view has a text form for people and a JSON form (`--json`) for scripts; both are
 //! built from the same re-derived state, so they never disagree.
@@ -7,11 +8,11 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use converge_core::{
-    ContextKey, ConvergeResult, Exhausted, Fact, PendingApproval, ProposalId, StopReason,
+    ContextKey, ConvergeResult, Exhausted, PendingApproval, ProposalId, StopReason,
 };
 use converge_runtime::spec::{Loaded, Problem};
 use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
-use converge_server::view::{fact_json, lookup, pending_json, why_json};
+use converge_server::view::{fact_json, pending_json};
 use serde_json::{Value, json};
 
 /// `1 cycle`, `2 cycles`: a count with its noun, plural when it is not one.
@@ -288,11 +289,12 @@ pub(crate) fn runs(runs: &[RunSummary], jobs: &[Job], json: bool) -> String {
     out
 }
 
-fn fact_ref(key: ContextKey, id: &str) -> String {
+pub(crate) fn fact_ref(key: ContextKey, id: &str) -> String {
     format!("{key}/{id}")
 }
 
-fn content_text(content: &Value) -> String {
+/// A fact's content on one line, cut at 120 characters.
+pub(crate) fn content_text(content: &Value) -> String {
     let text = content.to_string();
     if text.chars().count() > 120 {
         let cut: String = text.chars().take(117).collect();
@@ -397,6 +399,7 @@ pub(crate) fn inspect(seen: &Inspection, json: bool) -> String {
             );
         }
     }
+    out.push_str(&observations_text(seen));
     if let StopReason::AwaitingApproval { pending } = &result.stop_reason {
         out.push('\n');
         out.push_str(&pending_text(result, pending));
@@ -404,156 +407,35 @@ pub(crate) fn inspect(seen: &Inspection, json: bool) -> String {
     out
 }
 
-/// Finds a fact by `KEY/ID`, or by `ID` alone when exactly one key holds it.
-pub(crate) fn find_fact<'r>(result: &'r ConvergeResult, name: &str) -> Result<&'r Fact, String> {
-    if let Some((key, id)) = name.split_once('/') {
-        let key: ContextKey = key
-            .parse()
-            .map_err(|error| format!("{key:?} is not a context key: {error}"))?;
-        return result
-            .context
-            .fact(key, id)
-            .ok_or_else(|| format!("the run has no fact {key}/{id}"));
+/// The run's recorded observations, a line each, and how to print one whole.
+fn observations_text(seen: &Inspection) -> String {
+    if seen.observations.is_empty() {
+        return String::new();
     }
-    let matches: Vec<&Fact> = result
-        .context
-        .keys()
-        .filter_map(|key| result.context.fact(key, name))
-        .collect();
-    match matches.as_slice() {
-        [fact] => Ok(fact),
-        [] => Err(format!("the run has no fact with id {name:?}")),
-        many => Err(format!(
-            "{} keys hold a fact {name:?}; name one of: {}",
-            many.len(),
-            many.iter()
-                .map(|fact| fact_ref(fact.key(), fact.id().as_str()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+    let mut out = format!("\nobservations ({}):\n", seen.observations.len());
+    for observed in &seen.observations {
+        let origin = observed
+            .record
+            .remote
+            .as_ref()
+            .map(|remote| format!(" from {}", remote.system))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}  agent {}: {}{origin}",
+            observed.id, observed.agent, observed.record.kind
+        );
     }
-}
-
-/// `converge why`: the provenance tree of one fact.
-pub(crate) fn why(result: &ConvergeResult, fact: &Fact, json: bool) -> String {
-    if json {
-        return why_json(result, fact).to_string();
-    }
-    let mut out = String::new();
-    why_text(result, fact, "", &mut BTreeSet::new(), &mut out);
+    let _ = writeln!(
+        out,
+        "  `converge show {} OBSERVATION` prints one whole",
+        seen.summary.id
+    );
     out
 }
 
-fn why_text(
-    result: &ConvergeResult,
-    fact: &Fact,
-    indent: &str,
-    seen: &mut BTreeSet<(ContextKey, String)>,
-    out: &mut String,
-) {
-    seen.insert((fact.key(), fact.id().as_str().to_owned()));
-    let record = fact.record();
-    let _ = writeln!(
-        out,
-        "{} = {}  (version {}, confidence {})",
-        fact_ref(fact.key(), fact.id().as_str()),
-        content_text(fact.content()),
-        fact.version(),
-        fact.confidence().value()
-    );
-    let mut lines = vec![
-        format!(
-            "proposed by agent `{}` in cycle {} (proposal {}, hash {}…)",
-            record.agent_name(),
-            record.cycle(),
-            record.proposal(),
-            &fact.proposal_hash().to_string()[..16]
-        ),
-        format!(
-            "validated: structural checks [{}]; validators [{}]; policy version {}",
-            record.validation().structural().join(", "),
-            record
-                .validation()
-                .validators()
-                .collect::<Vec<_>>()
-                .join(", "),
-            record.policy_version()
-        ),
-        match record.approver() {
-            Some(actor) => format!(
-                "approved by {} ({})",
-                actor.name(),
-                serde_json::to_value(actor.kind())
-                    .ok()
-                    .and_then(|kind| kind.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            ),
-            None => "no approval required".to_owned(),
-        },
-    ];
-    if let Some(correction) = record.correction() {
-        lines.push(format!(
-            "corrects version {} of {}/{} (content hash {}): {}",
-            correction.supersedes_version,
-            correction.fact.key,
-            correction.fact.id,
-            correction.supersedes_hash,
-            correction.reason
-        ));
-    }
-    if !record.evidence().is_empty() {
-        let evidence: Vec<String> = record.evidence().iter().map(ToString::to_string).collect();
-        lines.push(format!("evidence: {}", evidence.join(", ")));
-    }
-    let sources = record.derived_from();
-    if sources.is_empty() {
-        lines.push("derived from no other fact".to_owned());
-    }
-    let last_line = sources.is_empty();
-    for (index, line) in lines.iter().enumerate() {
-        let branch = if last_line && index + 1 == lines.len() {
-            "└─"
-        } else {
-            "├─"
-        };
-        let _ = writeln!(out, "{indent}{branch} {line}");
-    }
-    if sources.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "{indent}└─ derived from:");
-    for (index, source) in sources.iter().enumerate() {
-        let last = index + 1 == sources.len();
-        let (branch, child) = if last {
-            ("└─", "   ")
-        } else {
-            ("├─", "│  ")
-        };
-        let child_indent = format!("{indent}   {child}");
-        let _ = write!(out, "{indent}   {branch} ");
-        match lookup(result, source) {
-            Some(parent) if !seen.contains(&(parent.key(), parent.id().as_str().to_owned())) => {
-                why_text(result, parent, &child_indent, seen, out);
-            }
-            Some(parent) => {
-                let _ = writeln!(
-                    out,
-                    "{} (shown above)",
-                    fact_ref(parent.key(), parent.id().as_str())
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "{} (not in the context)",
-                    fact_ref(source.key, source.id.as_str())
-                );
-            }
-        }
-    }
-}
-
-/// `converge export --format json` (and `converge inspect --json`).
+/// `converge export --format json` (and `converge inspect --json`), observations and their
+/// payloads included.
 pub(crate) fn export_json(seen: &Inspection) -> Value {
     let result = &seen.result;
     json!({
@@ -570,6 +452,7 @@ pub(crate) fn export_json(seen: &Inspection) -> Value {
         "rejections": result.rejections,
         "failures": result.failures,
         "pending": pending_json(result),
+        "observations": seen.observations,
     })
 }
 

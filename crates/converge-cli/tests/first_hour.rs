@@ -97,7 +97,7 @@ fn the_help_examples_name_files_runs_and_proposals_that_exist() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // In the order a new user would try them; `serve` and `token` start a server instead.
     for command in [
-        "check", "run", "runs", "inspect", "approve", "reject", "why", "resume", "replay",
+        "check", "run", "runs", "inspect", "approve", "reject", "why", "show", "resume", "replay",
         "verify", "export",
     ] {
         let examples = help_examples(command);

@@ -1,9 +1,12 @@
 //! The `llm` agent: renders its prompt from the facts it reads, asks its model, records every
 //! attempt, and proposes what the model answered.
 //!
-//! Each attempt — the request's hash and parameters, the answer or the error, the tokens —
-//! is an observation with a `RemoteRef` trace link, recorded whether the call succeeds or
-//! not, so the journal shows every exchange with the model and replay never makes one again.
+//! Each attempt — the request's hash and parameters, the rendered prompts, the answer or the
+//! error, the tokens, the model that answered and how long the call took — is an observation
+//! with a `RemoteRef` trace link naming the model that answered, recorded whether the call
+//! succeeds or not, so the journal shows every exchange with the model and replay never makes
+//! one again. The latency is measured here, on the driver's side, and is recorded data like
+//! the answer: nothing re-derived from the journal reads a clock.
 //! Attempts after the first are made only under the spec's retry policy, for the failures it
 //! names, after a backoff the observation records. The calls of one run share a concurrency
 //! limit, and each is bounded by the agent's timeout. Tokens the provider reports count
@@ -97,7 +100,7 @@ impl LlmAgent {
         let mut errors = Vec::new();
         let mut waited = Duration::ZERO;
         for attempt in 1..=retry.attempts {
-            let outcome = self.attempt(provider.as_ref(), &request).await;
+            let (outcome, latency) = self.attempt(provider.as_ref(), &request).await;
             let (answer, error) = match &outcome {
                 Attempt::Answered(answer, _) => (Some(answer), None),
                 Attempt::Failed(answer, error) => (answer.as_ref(), Some(error)),
@@ -109,6 +112,7 @@ impl LlmAgent {
             let record = Exchange {
                 attempt,
                 waited,
+                latency,
                 request: &request,
                 prompt_hash,
                 answer,
@@ -147,16 +151,29 @@ impl LlmAgent {
         effect.into_failed(message)
     }
 
-    async fn attempt(&self, provider: &dyn Provider, request: &ChatRequest) -> Attempt {
+    /// One call and how long it took, from sending the request to its answer or failure
+    /// (the wait for a turn under the run's concurrency limit is not counted).
+    async fn attempt(&self, provider: &dyn Provider, request: &ChatRequest) -> (Attempt, Duration) {
         let timeout = Duration::from_millis(self.spec.timeout_ms());
-        let answer = {
+        let (answer, latency) = {
             // Closed only when the run is dropped, so acquiring cannot fail while it runs.
             let Ok(_permit) = self.limiter.acquire().await else {
                 let error = CallError::new(ErrorKind::Connection, "the run is shutting down");
-                return Attempt::Failed(None, error);
+                return (Attempt::Failed(None, error), Duration::ZERO);
             };
-            tokio::time::timeout(timeout, provider.call(request)).await
+            let started = tokio::time::Instant::now();
+            let answer = tokio::time::timeout(timeout, provider.call(request)).await;
+            (answer, started.elapsed())
         };
+        (self.judge(request, answer), latency)
+    }
+
+    /// Whether what came back is a usable answer.
+    fn judge(
+        &self,
+        request: &ChatRequest,
+        answer: Result<Result<ChatAnswer, CallError>, tokio::time::error::Elapsed>,
+    ) -> Attempt {
         let answer = match answer {
             Err(_) => {
                 let message = format!("no answer within {} ms", self.spec.timeout_ms());
@@ -184,13 +201,16 @@ impl LlmAgent {
 
     fn observation(&self, provider: &dyn Provider, exchange: &Exchange<'_>) -> Observation {
         let request = exchange.request;
+        let served = exchange.answer.and_then(|answer| answer.model.as_deref());
         let payload = json!({
             "attempt": exchange.attempt,
-            "waited_ms": u64::try_from(exchange.waited.as_millis()).unwrap_or(u64::MAX),
+            "waited_ms": millis(exchange.waited),
+            "latency_ms": millis(exchange.latency),
             "provider": self.provider_name,
             "wire": provider.wire(),
             "base_url": provider.base_url(),
             "model": request.model,
+            "served_model": served,
             "parameters": {
                 "max_tokens": request.max_tokens,
                 "temperature": request.temperature,
@@ -207,14 +227,26 @@ impl LlmAgent {
             .answer
             .and_then(|answer| answer.id.clone())
             .unwrap_or_else(|| format!("prompt:{}", exchange.prompt_hash));
-        Observation::remote(EXCHANGE_KIND, self.system.clone(), reference, payload)
+        // The origin of what the model said is the model that said it.
+        let system = match served {
+            Some(model) => format!("{}:{model}", self.provider_name),
+            None => self.system.clone(),
+        };
+        Observation::remote(EXCHANGE_KIND, system, reference, payload)
     }
+}
+
+/// A duration in whole milliseconds, for a record.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One attempt, as its observation records it.
 struct Exchange<'a> {
     attempt: u32,
     waited: Duration,
+    /// How long the call took (see [`LlmAgent::attempt`]).
+    latency: Duration,
     request: &'a ChatRequest,
     prompt_hash: Digest,
     answer: Option<&'a ChatAnswer>,

@@ -8,6 +8,10 @@
 //!
 //! The exchange itself (limits, `Retry-After`, transport errors) is the shared
 //! [`crate::http`] transport.
+//!
+//! Prompt tokens read from or written to Anthropic's prompt cache are reported apart from
+//! `input_tokens`; they are added to the answer's input tokens, so they count against the
+//! run's token budget, and kept apart in [`ChatAnswer::cached`] for the record.
 
 use converge_core::TokenUsage;
 use futures_util::future::BoxFuture;
@@ -15,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::http;
-use crate::provider::{ApiKey, CallError, ChatAnswer, ChatRequest, Provider, Structured};
+use crate::provider::{
+    ApiKey, CachedTokens, CallError, ChatAnswer, ChatRequest, Provider, Structured,
+};
 
 /// The Messages API version this provider speaks.
 const API_VERSION: &str = "2023-06-01";
@@ -175,10 +181,38 @@ enum ContentBlock {
     Other,
 }
 
+/// The usage of a message. `input_tokens` counts only the prompt tokens after the last
+/// cache breakpoint; the cached ones are reported apart (and are absent, or `null`, when the
+/// request used no cache).
 #[derive(Deserialize)]
 struct Usage {
     input_tokens: u64,
     output_tokens: u64,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl Usage {
+    fn cached(&self) -> CachedTokens {
+        CachedTokens {
+            read: self.cache_read_input_tokens.unwrap_or(0),
+            written: self.cache_creation_input_tokens.unwrap_or(0),
+        }
+    }
+
+    /// Every prompt token the message cost, cached or not, and the answer's tokens.
+    fn total(&self) -> TokenUsage {
+        let cached = self.cached();
+        TokenUsage {
+            input: self
+                .input_tokens
+                .saturating_add(cached.read)
+                .saturating_add(cached.written),
+            output: self.output_tokens,
+        }
+    }
 }
 
 /// Anthropic's error body: `{"type": "error", "error": {"type": …, "message": …}}`.
@@ -212,10 +246,8 @@ fn answer_of(response: &http::Response, forced_tool: bool) -> Result<ChatAnswer,
         id: Some(message.id),
         model: Some(message.model),
         finish: message.stop_reason,
-        usage: TokenUsage {
-            input: message.usage.input_tokens,
-            output: message.usage.output_tokens,
-        },
+        usage: message.usage.total(),
+        cached: message.usage.cached(),
     })
 }
 
@@ -284,13 +316,18 @@ fn what_came(content: &[ContentBlock]) -> String {
     blocks.join(", ")
 }
 
-/// The usage a response reports, read leniently so a malformed answer still reports it.
+/// The usage a response reports, cached prompt tokens included, read leniently so a
+/// malformed answer still reports it.
 fn usage_of(json: &Value) -> TokenUsage {
     let usage = &json["usage"];
-    TokenUsage {
-        input: usage["input_tokens"].as_u64().unwrap_or(0),
-        output: usage["output_tokens"].as_u64().unwrap_or(0),
+    let tokens = |field: &str| usage[field].as_u64().unwrap_or(0);
+    Usage {
+        input_tokens: tokens("input_tokens"),
+        output_tokens: tokens("output_tokens"),
+        cache_read_input_tokens: Some(tokens("cache_read_input_tokens")),
+        cache_creation_input_tokens: Some(tokens("cache_creation_input_tokens")),
     }
+    .total()
 }
 
 /// The server's message from an error body, else a quote of the body.
@@ -298,5 +335,61 @@ fn error_message(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorEnvelope>(body) {
         Ok(envelope) => envelope.error.message,
         Err(_) => http::quote(body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cached_prompt_tokens_count_as_input_tokens() {
+        let usage = json!({"usage": {
+            "input_tokens": 12, "output_tokens": 30,
+            "cache_read_input_tokens": 2_000, "cache_creation_input_tokens": 500
+        }});
+        assert_eq!(
+            usage_of(&usage),
+            TokenUsage {
+                input: 2_512,
+                output: 30
+            }
+        );
+        let message: Usage = serde_json::from_value(usage["usage"].clone()).unwrap();
+        assert_eq!(message.total(), usage_of(&usage));
+        assert_eq!(
+            message.cached(),
+            CachedTokens {
+                read: 2_000,
+                written: 500
+            }
+        );
+    }
+
+    #[test]
+    fn absent_or_null_cache_fields_count_nothing() {
+        for usage in [
+            json!({"input_tokens": 7, "output_tokens": 3}),
+            json!({"input_tokens": 7, "output_tokens": 3,
+                   "cache_read_input_tokens": null, "cache_creation_input_tokens": null}),
+        ] {
+            let message: Usage = serde_json::from_value(usage.clone()).unwrap();
+            assert!(message.cached().is_zero(), "{usage}");
+            let total = TokenUsage {
+                input: 7,
+                output: 3,
+            };
+            assert_eq!(message.total(), total);
+            assert_eq!(usage_of(&json!({ "usage": usage })), total);
+        }
+    }
+
+    #[test]
+    fn cache_counts_saturate_instead_of_wrapping() {
+        let usage = json!({"usage": {
+            "input_tokens": u64::MAX, "output_tokens": 1, "cache_read_input_tokens": 5
+        }});
+        assert_eq!(usage_of(&usage).input, u64::MAX);
     }
 }

@@ -38,4 +38,6 @@ pub use anthropic::AnthropicProvider;
 pub use config::{ConfigError, DEFAULT_PROVIDER, PROVIDERS_ENV, Profile, Providers, WireFormat};
 pub use factory::{MAX_TOKENS_DEFAULT, Models};
 pub use openai::{MaxTokensField, OpenAiProvider};
-pub use provider::{ApiKey, CallError, ChatAnswer, ChatRequest, ErrorKind, Provider, Structured};
+pub use provider::{
+    ApiKey, CachedTokens, CallError, ChatAnswer, ChatRequest, ErrorKind, Provider, Structured,
+};

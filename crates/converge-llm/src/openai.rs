@@ -24,7 +24,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::http;
-use crate::provider::{ApiKey, CallError, ChatAnswer, ChatRequest, Provider, Structured};
+use crate::provider::{
+    ApiKey, CachedTokens, CallError, ChatAnswer, ChatRequest, Provider, Structured,
+};
 
 /// Which request field carries the answer's token limit.
 ///
@@ -174,6 +176,7 @@ fn answer_of(response: &http::Response) -> Result<ChatAnswer, CallError> {
         text,
         finish,
         usage,
+        cached: CachedTokens::default(),
     })
 }
 

@@ -66,8 +66,33 @@ pub struct ChatAnswer {
     /// Why the model stopped (`stop`, `length`, `end_turn`, `max_tokens`, `tool_use`…).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish: Option<String>,
-    /// Tokens the provider says it used; zero when it reports none.
+    /// Tokens the provider says it used; zero when it reports none. Input tokens include
+    /// every prompt token the provider reports, cached ones too (see `cached`).
     pub usage: TokenUsage,
+    /// The prompt tokens the provider says were read from or written to its prompt cache,
+    /// already counted in `usage.input`.
+    #[serde(skip_serializing_if = "CachedTokens::is_zero")]
+    pub cached: CachedTokens,
+}
+
+/// Prompt tokens a provider served from its prompt cache or added to it, as it reports them.
+///
+/// Anthropic reports them beside `input_tokens` (which counts only the uncached rest), so
+/// they are added to the answer's input tokens and count against the token budget like any
+/// other. OpenAI-compatible servers count cached tokens in `prompt_tokens` already.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CachedTokens {
+    /// Prompt tokens read from the cache (`cache_read_input_tokens`).
+    pub read: u64,
+    /// Prompt tokens written to the cache (`cache_creation_input_tokens`).
+    pub written: u64,
+}
+
+impl CachedTokens {
+    /// Whether the provider reported no cached tokens.
+    pub fn is_zero(&self) -> bool {
+        self.read == 0 && self.written == 0
+    }
 }
 
 /// Why a call failed, by what a retry policy can decide on.

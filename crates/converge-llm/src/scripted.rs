@@ -120,7 +120,8 @@ impl Wire {
     }
 
     fn answer_body(self, answer: &Answer, request: &Value, number: usize) -> Value {
-        let model = request["model"].as_str().unwrap_or("scripted");
+        let requested = request["model"].as_str().unwrap_or("scripted");
+        let model = answer.model.as_deref().unwrap_or(requested);
         match self {
             Wire::OpenAi => json!({
                 "id": format!("chatcmpl-scripted-{number}"),
@@ -163,7 +164,9 @@ impl Wire {
                     "stop_sequence": null,
                     "usage": {
                         "input_tokens": answer.input_tokens,
-                        "output_tokens": answer.output_tokens
+                        "output_tokens": answer.output_tokens,
+                        "cache_read_input_tokens": answer.cache_read_tokens,
+                        "cache_creation_input_tokens": answer.cache_written_tokens
                     }
                 })
             }
@@ -323,6 +326,10 @@ struct Answer {
     text: String,
     input_tokens: u64,
     output_tokens: u64,
+    /// The model the answer names, when it is not the requested one.
+    model: Option<String>,
+    cache_read_tokens: u64,
+    cache_written_tokens: u64,
 }
 
 impl Reply {
@@ -350,14 +357,40 @@ impl Reply {
     /// the usage. Anthropic: a `message` with id `msg_scripted_N` and the request's model;
     /// when the request offered tools and `text` is JSON, one `tool_use` block named `answer`
     /// whose input is `text` parsed (`stop_reason: tool_use`), otherwise one text block
-    /// (`stop_reason: end_turn`); and the usage.
+    /// (`stop_reason: end_turn`); and the usage, with no cached tokens. [`Reply::answered_by`]
+    /// and [`Reply::with_cache_tokens`] change the model and the cached tokens.
     pub fn answer(text: impl Into<String>, input_tokens: u64, output_tokens: u64) -> Reply {
         let answer = Answer {
             text: text.into(),
             input_tokens,
             output_tokens,
+            model: None,
+            cache_read_tokens: 0,
+            cache_written_tokens: 0,
         };
         Reply::of(200, Content::Answer(answer))
+    }
+
+    /// For an [`Reply::answer`]: the answer names `model` as the model that answered, as a
+    /// server does that serves another model than the one asked for (an alias, a quantized
+    /// build). Other replies are unchanged.
+    pub fn answered_by(mut self, model: &str) -> Reply {
+        if let Content::Answer(answer) = &mut self.content {
+            answer.model = Some(model.to_owned());
+        }
+        self
+    }
+
+    /// For an [`Reply::answer`] in Anthropic's format: the usage also reports `read` prompt
+    /// tokens served from the prompt cache (`cache_read_input_tokens`) and `written` ones
+    /// added to it (`cache_creation_input_tokens`); both are zero unless set. The OpenAI
+    /// format has no such fields, and other replies are unchanged.
+    pub fn with_cache_tokens(mut self, read: u64, written: u64) -> Reply {
+        if let Content::Answer(answer) = &mut self.content {
+            answer.cache_read_tokens = read;
+            answer.cache_written_tokens = written;
+        }
+        self
     }
 
     /// An error with `status` in the server's wire format, `kind` being its type

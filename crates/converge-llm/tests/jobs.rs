@@ -261,6 +261,67 @@ async fn tokens_reported_by_the_provider_exhaust_the_budget_and_the_run_keeps_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_cached_prompt_tokens_count_against_the_token_budget() {
+    let server = ScriptedServer::start(Wire::Anthropic).await.unwrap();
+    let text = answer(
+        json!([{"key": "hypotheses", "id": "h1", "content": {"claim": "x"}, "confidence": 0.5}]),
+    );
+    // 20 uncached prompt tokens and 10 answer tokens alone stay well inside the budget.
+    server.push(Reply::answer(text, 20, 10).with_cache_tokens(900, 100));
+    let ran = run(job("anthropic", &server.base_url(), "", ", tokens: 500")).await;
+    assert_eq!(
+        ran.result.stop_reason,
+        StopReason::BudgetExhausted {
+            exhausted: Exhausted::Tokens {
+                limit: 500,
+                used: 1_030
+            }
+        }
+    );
+    assert_eq!(ran.result.stats.tokens.input, 1_020);
+    let exchanges = ran.exchanges();
+    let recorded = &exchanges[0]["payload"]["answer"];
+    assert_eq!(recorded["usage"]["input"], 1_020);
+    assert_eq!(recorded["cached"], json!({"read": 900, "written": 100}));
+    assert_replays_offline(&ran, &server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_records_its_latency_and_the_model_that_answered() {
+    let server = ScriptedServer::start(Wire::OpenAi).await.unwrap();
+    let text = answer(
+        json!([{"key": "hypotheses", "id": "h1", "content": {"claim": "x"}, "confidence": 0.5}]),
+    );
+    server.push(
+        Reply::answer(text, 10, 5)
+            .answered_by("llama3.2:3b-instruct-q4_K_M")
+            .delayed(Duration::from_millis(120)),
+    );
+    let ran = run(job("ollama", &server.base_url(), "", "")).await;
+    assert!(ran.result.converged, "{:?}", ran.result.stop_reason);
+    let exchanges = ran.exchanges();
+    let payload = &exchanges[0]["payload"];
+    assert_eq!(payload["model"], "llama3.2", "the model the spec asked for");
+    assert_eq!(payload["served_model"], "llama3.2:3b-instruct-q4_K_M");
+    let latency = payload["latency_ms"].as_u64().unwrap();
+    assert!((120..10_000).contains(&latency), "latency {latency} ms");
+    // The fact's origin is the model that answered.
+    let fact = ran
+        .result
+        .context
+        .fact(ContextKey::Hypotheses, "h1")
+        .unwrap();
+    let trace = serde_json::to_value(fact.record().trace()).unwrap();
+    assert_eq!(trace["system"], "ollama:llama3.2:3b-instruct-q4_K_M");
+    assert_eq!(
+        exchanges[0]["remote"]["system"],
+        "ollama:llama3.2:3b-instruct-q4_K_M"
+    );
+    // Replay reuses the recorded latency: the same root hash, without the server.
+    assert_replays_offline(&ran, &server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_is_a_recorded_failure_without_the_key_anywhere() {
     let server = ScriptedServer::start(Wire::OpenAi).await.unwrap();
     server.push(Reply::error(

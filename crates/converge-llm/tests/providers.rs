@@ -7,8 +7,8 @@ use std::time::Duration;
 use converge_core::TokenUsage;
 use converge_llm::scripted::{Reply, Request, ScriptedServer, Wire};
 use converge_llm::{
-    AnthropicProvider, ApiKey, CallError, ChatAnswer, ChatRequest, ErrorKind, MaxTokensField,
-    OpenAiProvider, Provider, Structured,
+    AnthropicProvider, ApiKey, CachedTokens, CallError, ChatAnswer, ChatRequest, ErrorKind,
+    MaxTokensField, OpenAiProvider, Provider, Structured,
 };
 use serde_json::{Value, json};
 
@@ -112,6 +112,7 @@ async fn check_openai_request(case: OpenAiCase) {
                 input: 41,
                 output: 9
             },
+            cached: CachedTokens::default(),
         }
     );
     let sent = only_request(&server);
@@ -278,6 +279,59 @@ async fn anthropic_forces_the_answer_tool_for_a_schema_and_for_json() {
         );
         assert_eq!(server.violations(), Vec::<String>::new());
     }
+}
+
+#[tokio::test]
+async fn anthropic_cached_prompt_tokens_are_input_tokens_and_kept_apart() {
+    let server = ScriptedServer::start(Wire::Anthropic).await.unwrap();
+    server.push(
+        Reply::answer(r#"{"label": "churn", "score": 0.8}"#, 12, 17)
+            .with_cache_tokens(3_000, 400)
+            .answered_by("model-test-20250101"),
+    );
+
+    let answer = provider(&server, Wire::Anthropic)
+        .call(&request(Structured::Schema))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        answer.usage,
+        TokenUsage {
+            input: 3_412,
+            output: 17
+        },
+        "the prompt tokens read from and written to the cache are prompt tokens"
+    );
+    assert_eq!(
+        answer.cached,
+        CachedTokens {
+            read: 3_000,
+            written: 400
+        }
+    );
+    assert_eq!(answer.model.as_deref(), Some("model-test-20250101"));
+    let recorded = serde_json::to_value(&answer).unwrap();
+    assert_eq!(recorded["cached"], json!({"read": 3_000, "written": 400}));
+}
+
+#[tokio::test]
+async fn anthropic_malformed_answers_count_their_cached_tokens_too() {
+    let body = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "model-test",
+        "content": [], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 4, "output_tokens": 2,
+                  "cache_read_input_tokens": 90, "cache_creation_input_tokens": 6}
+    });
+    let error = failure(Wire::Anthropic, Structured::Schema, Reply::json(200, body)).await;
+    assert_eq!(error.kind, ErrorKind::MalformedResponse);
+    assert_eq!(
+        error.usage,
+        TokenUsage {
+            input: 100,
+            output: 2
+        }
+    );
 }
 
 #[tokio::test]

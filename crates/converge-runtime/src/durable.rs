@@ -14,13 +14,14 @@
 
 use converge_core::{
     AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError, Event,
-    EventRecord, Exhausted, Observer, Run, Step, StopReason,
+    EventRecord, Exhausted, ObservationId, Observer, Run, Step, StopReason,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::cancel::Cancellation;
 use crate::clock::Clock;
 use crate::driver::{Executor, Progress, drain};
+use crate::observations::{self, RecordedObservation};
 use converge_journal::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
 use converge_journal::{
     Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, RecordedRun, RecordedStep, RunId,
@@ -685,6 +686,19 @@ pub struct Inspection {
     pub result: ConvergeResult,
     /// Whether the committed steps end with the run stopped (for good or awaiting approval).
     pub stopped: bool,
+    /// Every observation of the committed steps, payload included, in id order: what facts
+    /// cite as evidence (a model's prompt and answer, a command's output).
+    pub observations: Vec<RecordedObservation>,
+}
+
+impl Inspection {
+    /// The recorded observation `id`, if the run has one.
+    pub fn observation(&self, id: ObservationId) -> Option<&RecordedObservation> {
+        let found = self
+            .observations
+            .binary_search_by_key(&id, |observed| observed.id);
+        found.ok().map(|index| &self.observations[index])
+    }
 }
 
 /// Re-derives the recorded run up to its last committed step.
@@ -699,11 +713,14 @@ pub(crate) fn inspect(engine: &Engine, recorded: RecordedRun) -> Result<Inspecti
             false,
         ),
     };
+    let inputs = recorded.steps.into_iter().map(|step| step.input);
+    let observations = observations::recorded(inputs, &recorded.header.agents);
     Ok(Inspection {
         summary,
         header: recorded.header,
         result,
         stopped,
+        observations,
     })
 }
 

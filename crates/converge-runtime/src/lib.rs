@@ -13,6 +13,7 @@ mod clock;
 mod driver;
 mod durable;
 pub mod limits;
+mod observations;
 pub mod spec;
 
 pub use agent::{AgentFuture, AsyncAgent};
@@ -31,3 +32,4 @@ pub use converge_journal::{
 };
 pub use driver::{DriverConfig, Runtime};
 pub use durable::{Divergence, DurableError, Inspection, ReplayReport};
+pub use observations::RecordedObservation;

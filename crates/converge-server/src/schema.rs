@@ -184,6 +184,11 @@ pub(crate) struct FactWhy {
     /// Each source explained the same way (with its own fields and `sources`), or only named
     /// with `shown_above` (explained earlier in this answer) or `missing` (no longer current).
     sources: Vec<FactSource>,
+    /// The recorded observations the fact's `evidence` names, payloads included: for an `llm`
+    /// agent's fact, the exchange with its model (`id`, `agent`, `kind`, `remote`,
+    /// `replayability`, `payload` with the model asked for and the one that answered, the
+    /// rendered prompts, the answer, tokens and `latency_ms`; see `docs/llm-agents.md`).
+    observations: Vec<Value>,
 }
 
 /// A source of a fact: named by key and id, and explained like the fact unless it is marked

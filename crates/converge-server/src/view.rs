@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use converge_core::{ConvergeResult, Fact, FactRef, StopReason};
-use converge_runtime::Verification;
+use converge_runtime::{Inspection, RecordedObservation, Verification};
 use serde_json::{Value, json};
 
 /// One fact with its provenance: key, id, version, content, confidence and hashes, the agent
@@ -76,13 +76,22 @@ pub fn pending_json(result: &ConvergeResult) -> Value {
 
 /// Why `fact` is true: [`fact_json`] with its `sources`, each explained the same way (a
 /// source already shown above is marked `shown_above`, one no longer in the context
-/// `missing`).
-pub fn why_json(result: &ConvergeResult, fact: &Fact) -> Value {
-    why(result, fact, &mut BTreeSet::new())
+/// `missing`), and the recorded `observations` its evidence names, payloads included (a
+/// model exchange's prompts, answer, tokens and latency).
+pub fn why_json(seen: &Inspection, fact: &Fact) -> Value {
+    why(seen, fact, &mut BTreeSet::new())
 }
 
-fn why(result: &ConvergeResult, fact: &Fact, seen: &mut BTreeSet<(String, String)>) -> Value {
+fn why(inspection: &Inspection, fact: &Fact, seen: &mut BTreeSet<(String, String)>) -> Value {
+    let result = &inspection.result;
     let mut value = fact_json(fact);
+    let observations: Vec<&RecordedObservation> = fact
+        .record()
+        .evidence()
+        .iter()
+        .filter_map(|id| inspection.observation(*id))
+        .collect();
+    value["observations"] = json!(observations);
     seen.insert((fact.key().to_string(), fact.id().as_str().to_owned()));
     let sources: Vec<Value> = fact
         .record()
@@ -92,7 +101,7 @@ fn why(result: &ConvergeResult, fact: &Fact, seen: &mut BTreeSet<(String, String
             Some(parent)
                 if !seen.contains(&(parent.key().to_string(), parent.id().as_str().to_owned())) =>
             {
-                why(result, parent, seen)
+                why(inspection, parent, seen)
             }
             Some(_) => json!({"key": source.key, "id": source.id, "shown_above": true}),
             None => json!({"key": source.key, "id": source.id, "missing": true}),

@@ -1262,3 +1262,45 @@ async fn concurrent_submissions_without_an_id_each_get_a_run() -> TestResult {
     assert_eq!(ids.len(), 4, "{ids:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fact_from_a_model_carries_the_exchange_it_cites() -> TestResult {
+    use converge_llm::scripted::{Reply, ScriptedServer, Wire};
+
+    let model = ScriptedServer::start(Wire::OpenAi).await?;
+    let text = json!({"proposals": [{"key": "hypotheses", "id": "h1",
+                                     "content": {"claim": "x"}, "confidence": 0.6}]});
+    model.push(Reply::answer(text.to_string(), 30, 8).answered_by("small:q4"));
+    let spec = format!(
+        "version: 1\nintent: {{objective: explain}}\nseeds:\n  - {{key: signals, id: s, content: up}}\n\
+         agents:\n  - {{name: explainer, kind: llm, provider: ollama, base_url: \"{}\", \
+         model: small, reads: [signals], writes: [hypotheses], prompt: \"Explain {{{{ facts.signals | tojson }}}}\"}}\n",
+        model.base_url()
+    );
+    let server = TestServer::start().await?;
+    let id = server.submit(&spec, None).await?;
+    let run = server.settle(&id).await?;
+    assert_eq!(run["status"], "stopped", "{run}");
+
+    let fact = server
+        .get_ok(&format!("/v1/runs/{id}/facts/hypotheses/h1"), &server.vic)
+        .await?;
+    let observations = fact["observations"].as_array().ok_or("no observations")?;
+    assert_eq!(observations.len(), 1, "{fact}");
+    let exchange = &observations[0];
+    assert_eq!(exchange["id"], fact["evidence"][0]);
+    assert_eq!(exchange["agent"], "explainer");
+    assert_eq!(exchange["kind"], "llm.exchange");
+    assert_eq!(exchange["payload"]["model"], "small");
+    assert_eq!(exchange["payload"]["served_model"], "small:q4");
+    assert!(exchange["payload"]["latency_ms"].is_u64(), "{exchange}");
+    assert!(
+        exchange["payload"]["prompt"]
+            .as_str()
+            .is_some_and(|prompt| prompt.starts_with("Explain [")),
+        "{exchange}"
+    );
+    assert_eq!(exchange["payload"]["answer"]["usage"]["input"], 30);
+    assert_eq!(fact["trace"]["system"], "ollama:small:q4");
+    Ok(())
+}

@@ -35,7 +35,7 @@ pub(crate) async fn facts(
         ("key" = String, Path, description = "The fact's key", example = "releases"),
         ("id" = String, Path, description = "The fact's id", example = "release-2-4-0")),
     responses((status = 200, body = schema::FactWhy, description = "The fact and, recursively, its sources",
-        example = json!({"key": "evaluations", "id": "assessment-pr-1412", "version": 1, "content": {"change": "pr-1412"}, "confidence": 0.9, "agent": "assess-high-risk", "cycle": 1, "proposal": "c1.a1.p0", "derived_from": [{"key": "changes", "id": "pr-1412"}], "sources": [{"key": "changes", "id": "pr-1412", "version": 1, "content": {"title": "Retry failed card captures"}, "confidence": 1.0, "agent": "seed", "cycle": 1, "proposal": "c1.a0.p0", "derived_from": [], "sources": []}]}))))]
+        example = json!({"key": "evaluations", "id": "assessment-pr-1412", "version": 1, "content": {"change": "pr-1412"}, "confidence": 0.9, "agent": "assess-high-risk", "cycle": 1, "proposal": "c1.a1.p0", "derived_from": [{"key": "changes", "id": "pr-1412"}], "sources": [{"key": "changes", "id": "pr-1412", "version": 1, "content": {"title": "Retry failed card captures"}, "confidence": 1.0, "agent": "seed", "cycle": 1, "proposal": "c1.a0.p0", "derived_from": [], "sources": [], "observations": []}], "observations": []}))))]
 pub(crate) async fn fact(
     State(service): Api,
     Run { owner, .. }: Run<Read>,
@@ -50,7 +50,7 @@ pub(crate) async fn fact(
         .context
         .fact(parsed, &fact_id)
         .ok_or_else(missing)?;
-    Ok(Json(view::why_json(&seen.result, fact)))
+    Ok(Json(view::why_json(&seen, fact)))
 }
 
 /// The proposals that were rejected, with the gate's reasons.
