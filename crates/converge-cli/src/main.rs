@@ -304,7 +304,9 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let run_id = run_id(&args.run)?;
             let mut runtime = job::runtime_of(&journal, &run_id, live)?
                 .with_holder(Holder::this_process("converge resume"));
-            runtime.observe(Progress::new(cli.json));
+            // Where the run stands, so the progress lines go on from there.
+            let seen = runtime.inspect(&journal, &run_id)?;
+            runtime.observe(Progress::new(cli.json).continuing(&seen.result));
             let drive = runtime.resume_durable(&mut journal, &run_id);
             let result = block_on(signals::unless_interrupted(&run_id, drive))???;
             let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
@@ -451,7 +453,7 @@ fn decide(
         };
         Decision::reject(proposal, pending.hash, actor, reason)
     };
-    runtime.observe(Progress::new(cli.json));
+    runtime.observe(Progress::new(cli.json).continuing(&seen.result));
     let drive = runtime.decide_durable(journal, &run_id, vec![decision]);
     let result = block_on(signals::unless_interrupted(&run_id, drive))???;
     let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();

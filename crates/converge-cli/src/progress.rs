@@ -46,6 +46,21 @@ impl Progress {
         }
     }
 
+    /// Continues the counts of a run that already got as far as `seen`: its cycle, its
+    /// facts, its rejections, failures and pending approvals. A resumed or decided run's
+    /// lines go on from there rather than from zero.
+    pub(crate) fn continuing(mut self, seen: &converge_core::ConvergeResult) -> Progress {
+        self.cycle = seen.cycles;
+        self.facts = seen.context.len() as u64;
+        self.rejected = seen.rejections.len() as u64;
+        self.failed = seen.failures.len() as u64;
+        self.awaiting = match &seen.stop_reason {
+            converge_core::StopReason::AwaitingApproval { pending } => pending.len() as u64,
+            _ => 0,
+        };
+        self
+    }
+
     fn status(&self) -> String {
         format!(
             "cycle {} · {} agents running · {} facts · {} rejected · {} failed · {} awaiting approval",
@@ -109,5 +124,49 @@ impl Drop for Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use converge_core::agents::SeedAgent;
+    use converge_core::{Context, Engine, EventRecord, Observer};
+
+    use super::Progress;
+
+    /// Collects a run's events.
+    struct Collect(Arc<Mutex<Vec<EventRecord>>>);
+
+    impl Observer for Collect {
+        fn on_event(&mut self, record: &EventRecord) {
+            if let Ok(mut events) = self.0.lock() {
+                events.push(record.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn a_continued_run_counts_on_from_where_it_stood() {
+        let mut before = Engine::new();
+        before.register(SeedAgent::new("a", 1));
+        before.register(SeedAgent::new("b", 2));
+        let seen = before.run(Context::new()).expect("runs");
+        assert_eq!(seen.context.len(), 2);
+
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut after = Engine::new();
+        after.register(SeedAgent::new("c", 3));
+        after.observe(Collect(events.clone()));
+        after.run(Context::new()).expect("runs");
+
+        let mut progress = Progress::new(true).continuing(&seen);
+        assert_eq!((progress.cycle, progress.facts), (seen.cycles, 2));
+        for record in events.lock().expect("events").iter() {
+            progress.on_event(record);
+        }
+        assert_eq!(progress.facts, 3, "two before, one after");
+        assert_eq!(progress.running, 0);
     }
 }
