@@ -1,12 +1,13 @@
 //! The run viewer in a real browser.
 //!
 //! Starts a server in-process, submits `examples/release-approval.yaml` as sam (it stops
-//! awaiting approval of the release) and a one-seed job that converges at once, then runs
+//! awaiting approval of the release), a one-seed job that converges at once and
+//! `examples/weekly-payouts.yaml` (awaiting approval of four payouts), then runs
 //! `tests/browser/viewer.mjs`: Playwright driving headless Chromium signs in as alice, filters
 //! and searches the runs list, checks the run's timeline, facts, details beside the fact,
 //! provenance list and graph, and pending approval, approves the release from the page, sees
 //! the card give way to the decision, and follows the live event stream until the run
-//! converges. Finally checks over HTTP that the run converged and that alice's
+//! converges; then rejects a payout and sees its card give way to the refusal. Finally checks over HTTP that the run converged and that alice's
 //! decision was recorded.
 //!
 //! Needs `node`, `npm` and Chromium (`CONVERGE_CHROMIUM`, or `chromium` on `PATH`); without
@@ -49,6 +50,15 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
     wait_for_status(&client, &base, &submitter, &run_id, "awaiting_approval").await?;
     let other_run_id = submit_greeting(&client, &base, &submitter).await?;
     wait_for_status(&client, &base, &submitter, &other_run_id, "stopped").await?;
+    let payouts_run_id = submit_example(&client, &base, &submitter, "weekly-payouts.yaml").await?;
+    wait_for_status(
+        &client,
+        &base,
+        &submitter,
+        &payouts_run_id,
+        "awaiting_approval",
+    )
+    .await?;
 
     let artifacts = target_dir().join("browser-artifacts");
     let mut script = Command::new("node");
@@ -60,6 +70,7 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
         .env("VIEWER_TOKEN", &viewer)
         .env("RUN_ID", &run_id)
         .env("OTHER_RUN_ID", &other_run_id)
+        .env("PAYOUTS_RUN_ID", &payouts_run_id)
         .env("CHROMIUM", &chromium)
         .env("ARTIFACTS", &artifacts);
     let (status, output) =
@@ -109,7 +120,17 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
 
 /// Submits the release job as the submitter; answers the new run's id.
 async fn submit(client: &reqwest::Client, base: &str, token: &str) -> TestResult<String> {
-    let spec = workspace().join("examples/release-approval.yaml");
+    submit_example(client, base, token, "release-approval.yaml").await
+}
+
+/// Submits `examples/<name>` as the submitter; answers the new run's id.
+async fn submit_example(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    name: &str,
+) -> TestResult<String> {
+    let spec = workspace().join("examples").join(name);
     let response = client
         .post(format!("{base}/v1/runs"))
         .bearer_auth(token)

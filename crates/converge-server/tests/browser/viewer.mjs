@@ -4,7 +4,8 @@
 // Environment: BASE_URL (the server), APPROVER_TOKEN (an approver of the run's tenant who did
 // not submit it), VIEWER_TOKEN (a viewer of the same tenant), RUN_ID (a run of
 // examples/release-approval.yaml awaiting approval), OTHER_RUN_ID (a stopped run whose
-// objective is "Greet the world"), CHROMIUM (the browser executable),
+// objective is "Greet the world"), PAYOUTS_RUN_ID (a run of examples/weekly-payouts.yaml
+// awaiting approval), CHROMIUM (the browser executable),
 // ARTIFACTS (a directory for screenshots).
 //
 // First, as the viewer, checks that the pending approval is shown without Approve and Reject
@@ -38,6 +39,7 @@ const token = env("APPROVER_TOKEN");
 const viewerToken = env("VIEWER_TOKEN");
 const runId = env("RUN_ID");
 const otherRunId = env("OTHER_RUN_ID");
+const payoutsRunId = env("PAYOUTS_RUN_ID");
 const executablePath = env("CHROMIUM");
 const artifacts = env("ARTIFACTS");
 mkdirSync(artifacts, { recursive: true });
@@ -156,7 +158,7 @@ async function untilListed(what, ids) {
 }
 
 await stage("the runs list shows objectives and ages, filtered by status and searched", async () => {
-  await untilListed("both runs", [runId, otherRunId]);
+  await untilListed("all three runs", [runId, otherRunId, payoutsRunId]);
   const objective = await byTestId("run-row-objective", runRow).innerText();
   if (!objective.includes("payments-service 2.4.0"))
     throw new Error(`the run's row shows the objective ${JSON.stringify(objective)}`);
@@ -166,14 +168,14 @@ await stage("the runs list shows objectives and ages, filtered by status and sea
   await byTestId("runs-status").selectOption("stopped");
   await untilListed("only the stopped run", [otherRunId]);
   await byTestId("runs-status").selectOption("awaiting_approval");
-  await untilListed("only the run awaiting approval", [runId]);
+  await untilListed("only the runs awaiting approval", [runId, payoutsRunId]);
   await screenshot("01a-runs-filtered.png");
   await byTestId("runs-status").selectOption("");
 
   await byTestId("runs-search").fill("greet THE");
   await untilListed("only the run whose objective matches", [otherRunId]);
   const counted = await byTestId("runs-count").innerText();
-  if (counted !== "1 of 2 runs") throw new Error(`the count reads ${JSON.stringify(counted)}`);
+  if (counted !== "1 of 3 runs") throw new Error(`the count reads ${JSON.stringify(counted)}`);
   await byTestId("runs-search").fill(runId);
   await untilListed("only the run whose id matches", [runId]);
   await byTestId("runs-search").fill("no such run anywhere");
@@ -181,7 +183,7 @@ await stage("the runs list shows objectives and ages, filtered by status and sea
   if ((await listedRuns()).length) throw new Error("a run is listed for a search nothing matches");
   await screenshot("01b-runs-searched.png");
   await byTestId("runs-search").fill("");
-  await untilListed("both runs again", [runId, otherRunId]);
+  await untilListed("all three runs again", [runId, otherRunId, payoutsRunId]);
 });
 
 await stage("open the run", async () => {
@@ -386,6 +388,31 @@ await stage("verify and replay from the page, answered in sentences with the has
   const text = await byTestId("audit-result").innerText();
   if (text.includes("{")) throw new Error(`the result shows raw JSON: ${text}`);
   await screenshot("05-replayed.png");
+});
+
+await stage("a rejected payout's card gives way to the refusal and its reason", async () => {
+  await page.locator(`[data-testid="run-row"][data-run-id="${payoutsRunId}"]`).click();
+  await until("four pending payouts", () => document.querySelectorAll('[data-testid="approval"]').length === 4);
+  const card = byTestId("approval").first();
+  const proposal = await card.getAttribute("data-proposal");
+  await byTestId("reject", card).click();
+  await byTestId("reject-reason", card).fill("supplier bank details changed this week");
+  await byTestId("reject-confirm", card).click();
+  const decided = page.locator(`[data-testid="decision-card"][data-proposal="${proposal}"]`);
+  await until(
+    "the refusal on the rejected payout's card",
+    (id) => {
+      const found = document.querySelector(`[data-testid="decision-card"][data-proposal="${id}"]`);
+      return found?.dataset.verdict === "reject" && found.dataset.outcome === "refused";
+    },
+    proposal,
+  );
+  const text = await byTestId("decision", decided).innerText();
+  if (!text.startsWith("Rejected by alice") || !text.includes("supplier bank details changed this week"))
+    throw new Error(`the decision reads ${JSON.stringify(text)}`);
+  const pending = await byTestId("approval").count();
+  if (pending !== 3) throw new Error(`${pending} payouts are pending after one of four was rejected`);
+  await screenshot("05a-rejected.png");
 });
 
 await stage("the page at a phone's width", async () => {
