@@ -7,7 +7,8 @@
 //! and searches the runs list, checks the run's timeline, facts, details beside the fact,
 //! provenance list and graph, and pending approval, approves the release from the page, sees
 //! the card give way to the decision, and follows the live event stream until the run
-//! converges; then rejects a payout and sees its card give way to the refusal. Finally checks over HTTP that the run converged and that alice's
+//! converges; then rejects a payout and sees its card give way to the refusal; last, signed
+//! in as sam (a submitter, the only role here offered Cancel), cancels the payouts run. Finally checks over HTTP that the run converged and that alice's
 //! decision was recorded.
 //!
 //! Needs `node`, `npm` and Chromium (`CONVERGE_CHROMIUM`, or `chromium` on `PATH`); without
@@ -67,6 +68,7 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
         .current_dir(BROWSER_DIR)
         .env("BASE_URL", &base)
         .env("APPROVER_TOKEN", &approver)
+        .env("SUBMITTER_TOKEN", &submitter)
         .env("VIEWER_TOKEN", &viewer)
         .env("RUN_ID", &run_id)
         .env("OTHER_RUN_ID", &other_run_id)

@@ -184,6 +184,11 @@ function canDecide() {
   return session.role === "approver" || session.role === "admin";
 }
 
+/** Whether the signed-in token's role may cancel or resume runs (the server's rule). */
+function canDrive() {
+  return session.role === "submitter" || session.role === "admin";
+}
+
 async function signIn(token) {
   session.token = token;
   let me;
@@ -814,6 +819,8 @@ class RunView {
         "Verify chain",
       ),
       h("button", { type: "button", testid: "replay", onclick: () => this.runAudit("replay") }, "Replay"),
+      // Only the roles that may cancel are offered it; the server refuses others.
+      canDrive() ? this.cancelControls() : null,
     );
     const header = h(
       "header",
@@ -848,6 +855,47 @@ class RunView {
         ),
       ),
     );
+  }
+
+  /** Cancel, then a reason and a confirmation; hidden once the run has stopped. */
+  cancelControls() {
+    const reason = h("input", {
+      type: "text",
+      testid: "cancel-reason",
+      placeholder: "Why cancel it? (optional)",
+      "aria-label": "Reason for cancelling",
+    });
+    const confirm = h("button", { type: "button", class: "danger", testid: "cancel-confirm" }, "Cancel the run");
+    const keep = h("button", { type: "button", class: "link" }, "keep it");
+    const form = h("span", { class: "cancel-form", hidden: true }, reason, confirm, keep);
+    const open = h("button", { type: "button", testid: "cancel-run" }, "Cancel run…");
+    open.addEventListener("click", () => {
+      form.hidden = false;
+      reason.focus();
+    });
+    keep.addEventListener("click", () => {
+      form.hidden = true;
+    });
+    confirm.addEventListener("click", async () => {
+      confirm.disabled = true;
+      const text = reason.value.trim();
+      try {
+        const run = await api(this.path("cancel"), {
+          method: "POST",
+          body: text ? { reason: text } : {},
+          signal: this.abort.signal,
+        });
+        form.hidden = true;
+        this.renderSummary(run);
+        this.scheduleRefresh();
+      } catch (error) {
+        if (!this.closed) this.showError(`Could not cancel: ${error.message}`);
+      } finally {
+        confirm.disabled = false;
+      }
+    });
+    this.el.cancel = h("span", { class: "cancel", hidden: true }, open, form);
+    return this.el.cancel;
   }
 
   showError(text) {
@@ -905,6 +953,7 @@ class RunView {
 
   renderSummary(run) {
     if (run.status !== this.el.status.dataset.status) refreshRuns();
+    if (this.el.cancel) this.el.cancel.hidden = run.status === "stopped";
     const status = statusBadge(run.status, "run-status");
     this.el.status.replaceWith(status);
     this.el.status = status;

@@ -2,7 +2,7 @@
 // crates/converge-server/tests/browser.rs (which starts the server and submits the run).
 //
 // Environment: BASE_URL (the server), APPROVER_TOKEN (an approver of the run's tenant who did
-// not submit it), VIEWER_TOKEN (a viewer of the same tenant), RUN_ID (a run of
+// not submit it), VIEWER_TOKEN (a viewer of the same tenant), SUBMITTER_TOKEN (the submitter), RUN_ID (a run of
 // examples/release-approval.yaml awaiting approval), OTHER_RUN_ID (a stopped run whose
 // objective is "Greet the world"), PAYOUTS_RUN_ID (a run of examples/weekly-payouts.yaml
 // awaiting approval), CHROMIUM (the browser executable),
@@ -37,6 +37,7 @@ function fail(message) {
 const baseUrl = env("BASE_URL");
 const token = env("APPROVER_TOKEN");
 const viewerToken = env("VIEWER_TOKEN");
+const submitterToken = env("SUBMITTER_TOKEN");
 const runId = env("RUN_ID");
 const otherRunId = env("OTHER_RUN_ID");
 const payoutsRunId = env("PAYOUTS_RUN_ID");
@@ -113,6 +114,8 @@ await stage("a viewer sees the pending approval without buttons to decide it", a
   await byTestId("decide-not-allowed", card).waitFor();
   const buttons = await card.locator('[data-testid="approve"], [data-testid="reject"]').count();
   if (buttons) throw new Error(`a viewer is offered ${buttons} decision buttons`);
+  await byTestId("verify", viewerPage).waitFor();
+  if (await byTestId("cancel-run", viewerPage).count()) throw new Error("a viewer is offered Cancel");
   await viewerPage.screenshot({ path: join(artifacts, "00-viewer-cannot-decide.png"), fullPage: true });
   await context.close();
 });
@@ -200,6 +203,7 @@ await stage("open the run", async () => {
   await page.evaluate(() => {
     window.notReloaded = true;
   });
+  if (await byTestId("cancel-run").count()) throw new Error("an approver is offered Cancel");
 });
 
 await stage("the timeline shows the cycles and the stop", async () => {
@@ -413,6 +417,30 @@ await stage("a rejected payout's card gives way to the refusal and its reason", 
   const pending = await byTestId("approval").count();
   if (pending !== 3) throw new Error(`${pending} payouts are pending after one of four was rejected`);
   await screenshot("05a-rejected.png");
+});
+
+await stage("a submitter cancels a parked run from the page", async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const submitterPage = await context.newPage();
+  submitterPage.setDefaultTimeout(TIMEOUT_MS);
+  await submitterPage.goto(`${baseUrl}/#/runs/${payoutsRunId}`);
+  await byTestId("token-input", submitterPage).fill(submitterToken);
+  await byTestId("sign-in", submitterPage).click();
+  await byTestId("cancel-run", submitterPage).click();
+  await byTestId("cancel-reason", submitterPage).fill("the invoices go in next week's batch");
+  await byTestId("cancel-confirm", submitterPage).click();
+  try {
+    await submitterPage.waitForFunction(
+      () =>
+        document.querySelector('[data-testid="run-status"]')?.dataset.status === "stopped" &&
+        document.querySelector('[data-testid="stop-reason"]')?.textContent.includes("next week's batch"),
+    );
+  } catch {
+    throw new Error("the cancelled run does not say it stopped with the reason given");
+  }
+  if (await byTestId("cancel-run", submitterPage).isVisible()) throw new Error("Cancel stays on a stopped run");
+  await submitterPage.screenshot({ path: join(artifacts, "05b-cancelled.png"), fullPage: true });
+  await context.close();
 });
 
 await stage("the page at a phone's width", async () => {
