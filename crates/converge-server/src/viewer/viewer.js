@@ -1,6 +1,7 @@
-// The Converge run viewer (served at /viewer.js): sign-in, the tenant's runs, and one run's
-// timeline, facts with provenance, rejections, pending approvals and audit, following the run
-// live over its server-sent event stream.
+// The Converge run viewer (served at /viewer.js): sign-in, the tenant's runs (filtered by
+// status, searched, paged), and one run's timeline, facts with their provenance as a list and
+// as an SVG graph, rejections, approvals and their decisions, audit and cancel, following the
+// run live over its server-sent event stream.
 //
 // Everything shown comes from a run and is untrusted: it reaches the page only as text nodes
 // (`textContent`, `append(string)`), never as HTML. The token lives in sessionStorage and
