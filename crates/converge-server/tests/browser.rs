@@ -1,10 +1,14 @@
 //! The run viewer in a real browser.
 //!
 //! Starts a server in-process, submits `examples/release-approval.yaml` as sam (it stops
-//! awaiting approval of the release), then runs `tests/browser/viewer.mjs`: Playwright driving
-//! headless Chromium signs in as alice, checks the run's timeline, facts, provenance and
-//! pending approval, approves the release from the page, and follows the live event stream
-//! until the run converges. Finally checks over HTTP that the run converged and that alice's
+//! awaiting approval of the release), a one-seed job that converges at once and
+//! `examples/weekly-payouts.yaml` (awaiting approval of four payouts), then runs
+//! `tests/browser/viewer.mjs`: Playwright driving headless Chromium signs in as alice, filters
+//! and searches the runs list, checks the run's timeline, facts, details beside the fact,
+//! provenance list and graph, and pending approval, approves the release from the page, sees
+//! the card give way to the decision, and follows the live event stream until the run
+//! converges; then rejects a payout and sees its card give way to the refusal; last, signed
+//! in as sam (a submitter, the only role here offered Cancel), cancels the payouts run. Finally checks over HTTP that the run converged and that alice's
 //! decision was recorded.
 //!
 //! Needs `node`, `npm` and Chromium (`CONVERGE_CHROMIUM`, or `chromium` on `PATH`); without
@@ -45,6 +49,17 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
     let client = reqwest::Client::new();
     let run_id = submit(&client, &base, &submitter).await?;
     wait_for_status(&client, &base, &submitter, &run_id, "awaiting_approval").await?;
+    let other_run_id = submit_greeting(&client, &base, &submitter).await?;
+    wait_for_status(&client, &base, &submitter, &other_run_id, "stopped").await?;
+    let payouts_run_id = submit_example(&client, &base, &submitter, "weekly-payouts.yaml").await?;
+    wait_for_status(
+        &client,
+        &base,
+        &submitter,
+        &payouts_run_id,
+        "awaiting_approval",
+    )
+    .await?;
 
     let artifacts = target_dir().join("browser-artifacts");
     let mut script = Command::new("node");
@@ -53,8 +68,11 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
         .current_dir(BROWSER_DIR)
         .env("BASE_URL", &base)
         .env("APPROVER_TOKEN", &approver)
+        .env("SUBMITTER_TOKEN", &submitter)
         .env("VIEWER_TOKEN", &viewer)
         .env("RUN_ID", &run_id)
+        .env("OTHER_RUN_ID", &other_run_id)
+        .env("PAYOUTS_RUN_ID", &payouts_run_id)
         .env("CHROMIUM", &chromium)
         .env("ARTIFACTS", &artifacts);
     let (status, output) =
@@ -104,7 +122,17 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
 
 /// Submits the release job as the submitter; answers the new run's id.
 async fn submit(client: &reqwest::Client, base: &str, token: &str) -> TestResult<String> {
-    let spec = workspace().join("examples/release-approval.yaml");
+    submit_example(client, base, token, "release-approval.yaml").await
+}
+
+/// Submits `examples/<name>` as the submitter; answers the new run's id.
+async fn submit_example(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    name: &str,
+) -> TestResult<String> {
+    let spec = workspace().join("examples").join(name);
     let response = client
         .post(format!("{base}/v1/runs"))
         .bearer_auth(token)
@@ -119,6 +147,32 @@ async fn submit(client: &reqwest::Client, base: &str, token: &str) -> TestResult
         reqwest::StatusCode::CREATED,
         "submitting {}: {body}",
         spec.display()
+    );
+    let id = body["id"]
+        .as_str()
+        .ok_or_else(|| format!("no run id in {body}"))?;
+    Ok(id.to_owned())
+}
+
+/// Submits a job of one seed and no agents (it converges at once); answers its run's id.
+async fn submit_greeting(client: &reqwest::Client, base: &str, token: &str) -> TestResult<String> {
+    let spec = serde_json::json!({
+        "version": 1,
+        "intent": {"objective": "Greet the world"},
+        "seeds": [{"key": "seeds", "id": "greeting", "content": "hello"}],
+    });
+    let response = client
+        .post(format!("{base}/v1/runs?id=greeting"))
+        .bearer_auth(token)
+        .json(&spec)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::CREATED,
+        "submitting {spec}: {body}"
     );
     let id = body["id"]
         .as_str()

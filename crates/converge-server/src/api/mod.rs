@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
-use converge_runtime::{RunStatus, RunSummary};
+use converge_runtime::{Journal, RunId, RunStatus, RunSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -25,7 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::schema;
-use crate::service::{EventEntry, Service, owned};
+use crate::service::{EventEntry, Service, journal_error, owned};
 use crate::store::Ownership;
 
 pub(super) type Api = State<Arc<Service>>;
@@ -37,6 +37,9 @@ pub(crate) struct RunView {
     id: String,
     /// The tenant.
     tenant: String,
+    /// What the job is for: its intent's objective, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objective: Option<String>,
     /// Who submitted it (the token's name).
     submitted_by: String,
     /// When (milliseconds since the Unix epoch).
@@ -214,7 +217,12 @@ impl<A: Needs> FromRequestParts<Arc<Service>> for Run<A> {
 /// A run as shown, from whether this process drives it (read before the summary: a drive
 /// records the run's status before it lets go, so a summary read after `driving` turned
 /// false is final) and its journal summary.
-pub(super) fn run_view(driving: bool, owner: &Ownership, summary: &RunSummary) -> RunView {
+pub(super) fn run_view(
+    driving: bool,
+    owner: &Ownership,
+    summary: &RunSummary,
+    objective: Option<String>,
+) -> RunView {
     let stop_reason = match &summary.status {
         RunStatus::Stopped { reason } => Some(reason.clone()),
         _ => None,
@@ -229,6 +237,7 @@ pub(super) fn run_view(driving: bool, owner: &Ownership, summary: &RunSummary) -
     RunView {
         id: owner.id.clone(),
         tenant: owner.tenant.clone(),
+        objective,
         submitted_by: owner.submitted_by.clone(),
         submitted_at_ms: owner.submitted_ms,
         status,
@@ -245,8 +254,21 @@ pub(super) async fn view_of(
     owner: &Ownership,
 ) -> Result<RunView, ApiError> {
     let driving = service.driving(&owner.run);
-    let summary = service.summary(&owner.run).await?;
-    Ok(run_view(driving, owner, &summary))
+    let run = owner.run.clone();
+    let (summary, objective) = service
+        .journal(move |journal| {
+            let summary = journal.summary(&run).map_err(journal_error)?;
+            Ok((summary, objective_of(journal, &run)))
+        })
+        .await?;
+    Ok(run_view(driving, owner, &summary, objective))
+}
+
+/// The objective of the run's job spec, if it has one and its header can be read (a run is
+/// listed whether or not it says what it is for).
+pub(super) fn objective_of(journal: &impl Journal, run: &RunId) -> Option<String> {
+    let job = journal.header(run).ok()?.job?;
+    converge_runtime::spec::JobSpec::objective_of(&job.source)
 }
 
 /// Encoded events as the inside of a JSON array.

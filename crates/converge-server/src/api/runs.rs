@@ -20,7 +20,9 @@ use crate::schema;
 use crate::service::{self, Op, Service, build_error, journal_error};
 use crate::store::{Ownership, StoreError, now_ms};
 
-use super::{Api, Drive, Params, Read, Run, RunView, authorize, page_limit, run_view, view_of};
+use super::{
+    Api, Drive, Params, Read, Run, RunView, authorize, objective_of, page_limit, run_view, view_of,
+};
 
 /// A page of a tenant's runs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -293,7 +295,7 @@ fn check_run_id(id: &str) -> Result<(), ApiError> {
 /// The tenant's runs, newest first.
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", operation_id = "list", params(ListQuery),
     responses((status = 200, body = RunList, description = "The tenant's runs, newest first",
-        example = json!({"runs": [{"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}], "next": "1764250000000.release-1"}))))]
+        example = json!({"runs": [{"id": "release-1", "tenant": "acme", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}], "next": "1764250000000.release-1"}))))]
 pub(crate) async fn list(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -321,7 +323,10 @@ pub(crate) async fn list(
             for owner in &owners {
                 let driving = reader.driving(&owner.run);
                 match converge_runtime::Journal::summary(journal, &owner.run) {
-                    Ok(summary) => views.push(run_view(driving, owner, &summary)),
+                    Ok(summary) => {
+                        let objective = objective_of(journal, &owner.run);
+                        views.push(run_view(driving, owner, &summary, objective));
+                    }
                     // Claimed but never created (its submission failed mid-way).
                     Err(converge_runtime::JournalError::UnknownRun { .. }) => {}
                     Err(error) => return Err(journal_error(error)),
@@ -336,7 +341,7 @@ pub(crate) async fn list(
 /// One run.
 #[utoipa::path(get, path = "/v1/runs/{run}", tag = "runs", operation_id = "get_run",
     params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
-    responses((status = 200, body = RunView, description = "The run", example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}))))]
+    responses((status = 200, body = RunView, description = "The run", example = json!({"id": "release-1", "tenant": "acme", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}))))]
 pub(crate) async fn get_run(
     State(service): Api,
     Run { owner, .. }: Run<Read>,

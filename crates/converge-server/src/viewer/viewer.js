@@ -1,6 +1,7 @@
-// The Converge run viewer (served at /viewer.js): sign-in, the tenant's runs, and one run's
-// timeline, facts with provenance, rejections, pending approvals and audit, following the run
-// live over its server-sent event stream.
+// The Converge run viewer (served at /viewer.js): sign-in, the tenant's runs (filtered by
+// status, searched, paged), and one run's timeline, facts with their provenance as a list and
+// as an SVG graph, rejections, approvals and their decisions, audit and cancel, following the
+// run live over its server-sent event stream.
 //
 // Everything shown comes from a run and is untrusted: it reaches the page only as text nodes
 // (`textContent`, `append(string)`), never as HTML. The token lives in sessionStorage and
@@ -11,6 +12,7 @@ const RUNS_REFRESH_MS = 3000;
 const DETAIL_DEBOUNCE_MS = 250;
 const TIMELINE_DEBOUNCE_MS = 50;
 const RECONNECT_MS = 1000;
+const RUNS_PAGE = 50;
 const ROUTE = /^#\/runs\/([^/]+)$/;
 
 const session = { token: null, role: null };
@@ -183,6 +185,11 @@ function canDecide() {
   return session.role === "approver" || session.role === "admin";
 }
 
+/** Whether the signed-in token's role may cancel or resume runs (the server's rule). */
+function canDrive() {
+  return session.role === "submitter" || session.role === "admin";
+}
+
 async function signIn(token) {
   session.token = token;
   let me;
@@ -207,7 +214,9 @@ function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   stopRunsRefresh();
   closeRun();
+  forgetRuns();
   byId("runs").replaceChildren();
+  byId("runs-more").hidden = true;
   byId("account").hidden = true;
   byId("app-view").hidden = true;
   byId("sign-in-view").hidden = false;
@@ -232,12 +241,18 @@ function stopRunsRefresh() {
   runsTimer = null;
 }
 
+/** The runs read so far: the newest page, re-read every few seconds, then the older pages
+ *  loaded on request, and the cursor of the page after them. */
+const runsList = { newest: [], older: [], next: null };
+
 async function refreshRuns() {
   if (!session.token) return;
   try {
-    const { runs } = await api("/v1/runs");
+    const page = await api(`/v1/runs?limit=${RUNS_PAGE}`);
     if (!session.token) return;
-    renderRuns(runs);
+    runsList.newest = page.runs;
+    if (!runsList.older.length) runsList.next = page.next ?? null;
+    renderRuns();
     showMessage(byId("runs-error"), "");
     byId("runs-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
@@ -245,17 +260,66 @@ async function refreshRuns() {
   }
 }
 
-function renderRuns(runs) {
+/** Reads the page of runs after the last one loaded (the API's `next` cursor). */
+async function loadOlderRuns() {
+  if (!session.token || !runsList.next) return;
+  const button = byId("runs-more");
+  button.disabled = true;
+  try {
+    const page = await api(`/v1/runs?limit=${RUNS_PAGE}&after=${encodeURIComponent(runsList.next)}`);
+    runsList.older.push(...page.runs);
+    runsList.next = page.next ?? null;
+    renderRuns();
+  } catch (error) {
+    if (session.token) showMessage(byId("runs-error"), `Could not list older runs: ${error.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function forgetRuns() {
+  runsList.newest = [];
+  runsList.older = [];
+  runsList.next = null;
+}
+
+/** Every run loaded, newest first, each once (a run can move between pages meanwhile). */
+function loadedRuns() {
+  const seen = new Set();
+  return [...runsList.newest, ...runsList.older].filter((run) => !seen.has(run.id) && seen.add(run.id));
+}
+
+/** Whether a run passes the status filter and the search (its id, job or objective). */
+function runMatches(run, status, search) {
+  if (status && run.status !== status) return false;
+  if (!search) return true;
+  return [run.id, run.job, run.objective].some((text) => text && text.toLowerCase().includes(search));
+}
+
+function renderRuns() {
   const list = byId("runs");
+  const runs = loadedRuns();
+  byId("runs-more").hidden = !runsList.next;
   if (!runs.length) {
+    byId("runs-count").textContent = "";
     list.replaceChildren(h("li", { class: "muted" }, "No runs yet. Submit one with POST /v1/runs."));
     return;
   }
-  list.replaceChildren(...runs.map(runRow));
+  const status = byId("runs-status").value;
+  const search = byId("runs-search").value.trim().toLowerCase();
+  const shown = runs.filter((run) => runMatches(run, status, search));
+  byId("runs-count").textContent =
+    shown.length === runs.length ? count(runs.length, "run") : `${shown.length} of ${count(runs.length, "run")}`;
+  if (!shown.length) {
+    list.replaceChildren(h("li", { class: "muted", testid: "runs-none" }, "No run matches."));
+    return;
+  }
+  const now = Date.now();
+  list.replaceChildren(...shown.map((run) => runRow(run, now)));
   markSelectedRun();
 }
 
-function runRow(run) {
+function runRow(run, now) {
   return h(
     "li",
     {},
@@ -269,14 +333,26 @@ function runRow(run) {
       },
       h("span", { class: "run-id" }, run.id),
       statusBadge(run.status, "run-row-status"),
-      h("span", { class: "muted small" }, [run.job, `by ${run.submitted_by}`].filter(Boolean).join(" · ")),
+      run.objective ? h("span", { class: "run-objective", testid: "run-row-objective" }, run.objective) : null,
       h(
         "span",
         { class: "muted small" },
-        `${run.steps} steps · ${run.events} events · ${time(run.submitted_at_ms)}`,
+        [run.job, `by ${run.submitted_by}`].filter(Boolean).join(" · "),
+        " · ",
+        h("time", { datetime: new Date(run.submitted_at_ms).toISOString(), title: time(run.submitted_at_ms) }, age(now - run.submitted_at_ms)),
       ),
     ),
   );
+}
+
+/** How long ago, in the largest whole unit: "just now", "5 min ago", "3 h ago", "2 d ago". */
+function age(ms) {
+  const minutes = Math.floor(ms / 60_000);
+  if (minutes < 1) return "just now";
+  if (minutes < 60) return `${minutes} min ago`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) return `${hours} h ago`;
+  return `${Math.floor(hours / 24)} d ago`;
 }
 
 function statusBadge(status, testid) {
@@ -518,6 +594,167 @@ function noteText(event) {
 }
 
 // ----------------------------------------------------------------------------------------
+// A fact's provenance as a graph: an inline SVG, one row per depth of derivation
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const GRAPH_DEPTH_MAX = 6;
+const GRAPH_NODES_MAX = 40;
+const NODE_WIDTH = 150;
+const NODE_HEIGHT = 44;
+const NODE_GAP = 16;
+const ROW_GAP = 40;
+const LABEL_CHARS_MAX = 20;
+// A depth with more nodes wraps onto further lines, so the drawing stays narrow enough to be
+// read at its size rather than shrunk to fit.
+const LINE_NODES_MAX = 3;
+
+function svg(tag, attributes = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name === "testid") node.dataset.testid = value;
+    else node.setAttribute(name, String(value));
+  }
+  node.append(...children);
+  return node;
+}
+
+function clip(text) {
+  return text.length > LABEL_CHARS_MAX ? `${text.slice(0, LABEL_CHARS_MAX - 1)}…` : text;
+}
+
+/** The graph's nodes and edges, breadth first from the fact: the facts it was derived from
+ *  (each once, down to GRAPH_DEPTH_MAX), the agent that proposed each and any approver.
+ *  An actor appears once per row, one row below the facts it acted on. Stops adding nodes
+ *  at GRAPH_NODES_MAX and says so. */
+function provenanceLayout(fact) {
+  const nodes = new Map();
+  const edges = [];
+  let truncated = false;
+  const add = (id, node) => {
+    if (nodes.has(id)) return true;
+    if (nodes.size >= GRAPH_NODES_MAX) {
+      truncated = true;
+      return false;
+    }
+    nodes.set(id, { id, ...node });
+    return true;
+  };
+  let row = [fact];
+  add(`fact ${factName(fact)}`, { kind: "fact", fact, depth: 0 });
+  for (let depth = 0; depth < GRAPH_DEPTH_MAX && row.length; depth += 1) {
+    const next = [];
+    for (const current of row) {
+      const from = `fact ${factName(current)}`;
+      const actors = [
+        ["agent", current.agent === undefined ? null : String(current.agent), "proposed"],
+        ["approver", current.approver?.name ?? null, "approved"],
+      ];
+      for (const [kind, name, edge] of actors) {
+        const id = `${kind} ${name} ${depth + 1}`;
+        if (name !== null && add(id, { kind, name, depth: depth + 1 })) edges.push({ from, to: id, kind: edge });
+      }
+      for (const source of current.sources ?? []) {
+        const id = `fact ${factName(source)}`;
+        const known = nodes.has(id);
+        if (!add(id, { kind: "fact", fact: source, depth: depth + 1 })) continue;
+        edges.push({ from, to: id, kind: "derived" });
+        if (!known && !source.missing && !source.shown_above) next.push(source);
+      }
+    }
+    row = next;
+  }
+  if (row.length) truncated = true;
+  return { nodes: [...nodes.values()], edges, truncated };
+}
+
+/** Places the nodes: rows by depth (wrapped at LINE_NODES_MAX), facts before actors, each
+ *  line centred. */
+function placeNodes(nodes) {
+  const rows = [];
+  for (const node of nodes) (rows[node.depth] ??= []).push(node);
+  const widest = Math.min(LINE_NODES_MAX, Math.max(...rows.map((row) => row?.length ?? 0)));
+  const width = widest * (NODE_WIDTH + NODE_GAP) + NODE_GAP;
+  let y = NODE_GAP;
+  for (const row of rows) {
+    if (!row) continue;
+    row.sort((a, b) => Number(a.kind !== "fact") - Number(b.kind !== "fact"));
+    for (let start = 0; start < row.length; start += LINE_NODES_MAX) {
+      const line = row.slice(start, start + LINE_NODES_MAX);
+      const left = (width - line.length * (NODE_WIDTH + NODE_GAP) + NODE_GAP) / 2;
+      line.forEach((node, index) => {
+        node.x = left + index * (NODE_WIDTH + NODE_GAP);
+        node.y = y;
+      });
+      y += NODE_HEIGHT + NODE_GAP;
+    }
+    y += ROW_GAP - NODE_GAP;
+  }
+  return { width, height: y - ROW_GAP + 2 * NODE_GAP };
+}
+
+function graphNode(node) {
+  const [title, subtitle] =
+    node.kind === "fact"
+      ? [factName(node.fact), node.depth === 0 ? "this fact" : node.fact.missing ? "no longer in the context" : "derived from"]
+      : [node.name, node.kind === "agent" ? "agent, proposed" : "approver, approved"];
+  const attributes = { class: `node node-${node.kind}`, "data-node": node.kind, "data-depth": node.depth };
+  if (node.kind === "fact") Object.assign(attributes, { "data-key": node.fact.key, "data-id": node.fact.id });
+  else attributes["data-name"] = node.name;
+  return svg(
+    "g",
+    { ...attributes, testid: "graph-node", transform: `translate(${node.x} ${node.y})` },
+    svg("title", {}, `${title} (${subtitle})`),
+    svg("rect", { width: NODE_WIDTH, height: NODE_HEIGHT, rx: 6 }),
+    svg("text", { x: 10, y: 19, class: "node-title" }, clip(title)),
+    svg("text", { x: 10, y: 35, class: "node-subtitle" }, subtitle),
+  );
+}
+
+function graphEdge(edge, byId) {
+  const from = byId.get(edge.from);
+  const to = byId.get(edge.to);
+  const x1 = from.x + NODE_WIDTH / 2;
+  const y1 = from.y + NODE_HEIGHT;
+  const x2 = to.x + NODE_WIDTH / 2;
+  const y2 = to.y;
+  const bend = (y2 - y1) / 2;
+  return svg("path", {
+    class: `edge edge-${edge.kind}`,
+    "data-edge": edge.kind,
+    d: `M ${x1} ${y1} C ${x1} ${y1 + bend}, ${x2} ${y2 - bend}, ${x2} ${y2}`,
+  });
+}
+
+/** The SVG of why a fact is true, with a legend; built from the fact's detail (its `sources`
+ *  tree), so it needs no further request. */
+function provenanceGraph(fact) {
+  const { nodes, edges, truncated } = provenanceLayout(fact);
+  const { width, height } = placeNodes(nodes);
+  const byId = new Map(nodes.map((node) => [node.id, node]));
+  const label = `Provenance of ${factName(fact)}: ${count(nodes.length, "node")}`;
+  const drawing = svg(
+    "svg",
+    { class: "graph", role: "img", "aria-label": label, viewBox: `0 0 ${width} ${height}`, width, height },
+    svg("title", {}, label),
+    ...edges.map((edge) => graphEdge(edge, byId)),
+    ...nodes.map(graphNode),
+  );
+  return h(
+    "figure",
+    { class: "provenance-graph", testid: "provenance-graph" },
+    h("div", { class: "graph-scroll" }, drawing),
+    h(
+      "figcaption",
+      { class: "muted small" },
+      h("span", { class: "legend legend-derived" }, "derived from"),
+      h("span", { class: "legend legend-proposed" }, "proposed by"),
+      h("span", { class: "legend legend-approved" }, "approved by"),
+      truncated ? ` Cut at ${GRAPH_DEPTH_MAX} levels or ${GRAPH_NODES_MAX} nodes; the list below has the rest.` : null,
+    ),
+  );
+}
+
+// ----------------------------------------------------------------------------------------
 // One run
 
 class RunView {
@@ -531,7 +768,7 @@ class RunView {
     this.selectedFact = null;
     this.agentNames = new Map();
     this.rendered = new Map();
-    this.approvalCards = new Map();
+    this.approvalCards = new Map(); // by proposal: its pending card, then its decision card
     this.timers = {};
     this.build();
   }
@@ -583,6 +820,8 @@ class RunView {
         "Verify chain",
       ),
       h("button", { type: "button", testid: "replay", onclick: () => this.runAudit("replay") }, "Replay"),
+      // Only the roles that may cancel are offered it; the server refuses others.
+      canDrive() ? this.cancelControls() : null,
     );
     const header = h(
       "header",
@@ -612,11 +851,52 @@ class RunView {
           "div",
           { class: "column" },
           this.approvalsBlock,
-          section("Facts by key", "facts-block", this.el.facts, this.el.detail),
+          section("Facts by key", "facts-block", this.el.facts),
           section("Rejections", "rejections-block", this.el.rejections),
         ),
       ),
     );
+  }
+
+  /** Cancel, then a reason and a confirmation; hidden once the run has stopped. */
+  cancelControls() {
+    const reason = h("input", {
+      type: "text",
+      testid: "cancel-reason",
+      placeholder: "Why cancel it? (optional)",
+      "aria-label": "Reason for cancelling",
+    });
+    const confirm = h("button", { type: "button", class: "danger", testid: "cancel-confirm" }, "Cancel the run");
+    const keep = h("button", { type: "button", class: "link" }, "keep it");
+    const form = h("span", { class: "cancel-form", hidden: true }, reason, confirm, keep);
+    const open = h("button", { type: "button", testid: "cancel-run" }, "Cancel run…");
+    open.addEventListener("click", () => {
+      form.hidden = false;
+      reason.focus();
+    });
+    keep.addEventListener("click", () => {
+      form.hidden = true;
+    });
+    confirm.addEventListener("click", async () => {
+      confirm.disabled = true;
+      const text = reason.value.trim();
+      try {
+        const run = await api(this.path("cancel"), {
+          method: "POST",
+          body: text ? { reason: text } : {},
+          signal: this.abort.signal,
+        });
+        form.hidden = true;
+        this.renderSummary(run);
+        this.scheduleRefresh();
+      } catch (error) {
+        if (!this.closed) this.showError(`Could not cancel: ${error.message}`);
+      } finally {
+        confirm.disabled = false;
+      }
+    });
+    this.el.cancel = h("span", { class: "cancel", hidden: true }, open, form);
+    return this.el.cancel;
   }
 
   showError(text) {
@@ -674,6 +954,7 @@ class RunView {
 
   renderSummary(run) {
     if (run.status !== this.el.status.dataset.status) refreshRuns();
+    if (this.el.cancel) this.el.cancel.hidden = run.status === "stopped";
     const status = statusBadge(run.status, "run-status");
     this.el.status.replaceWith(status);
     this.el.status = status;
@@ -681,7 +962,7 @@ class RunView {
     this.el.reason.textContent = run.stop_reason ? describe(run.stop_reason) : "";
     this.el.reason.dataset.reason = tagged?.tag ?? "";
     const stats = [
-      ["job", run.job],
+      ["objective", run.objective],
       ["submitted by", `${run.submitted_by}, ${time(run.submitted_at_ms)}`],
       ["steps", h("span", { testid: "run-steps" }, String(run.steps))],
       ["events", h("span", { testid: "run-events" }, String(run.events))],
@@ -804,6 +1085,22 @@ class RunView {
       ),
     );
     this.el.facts.replaceChildren(...groups);
+    this.placeDetail();
+  }
+
+  /** Puts the details right under the selected fact, in its list item (inline expansion). */
+  placeDetail() {
+    let owner = null;
+    for (const button of this.el.facts.querySelectorAll(".fact")) {
+      const selected =
+        button.dataset.key === this.selectedFact?.key && button.dataset.id === this.selectedFact?.id;
+      button.classList.toggle("selected", selected);
+      button.setAttribute("aria-expanded", String(selected));
+      if (selected) owner = button.parentElement;
+    }
+    if (owner) owner.append(this.el.detail);
+    else if (this.selectedFact) this.el.facts.append(this.el.detail); // a fact no longer listed
+    else this.el.detail.remove();
   }
 
   factButton(fact) {
@@ -815,6 +1112,7 @@ class RunView {
         type: "button",
         class: `fact${selected ? " selected" : ""}`,
         testid: "fact",
+        "aria-expanded": String(selected),
         "data-key": fact.key,
         "data-id": fact.id,
         onclick: () => this.selectFact(fact),
@@ -829,10 +1127,14 @@ class RunView {
   }
 
   async selectFact(ref) {
-    this.selectedFact = { key: ref.key, id: ref.id };
-    for (const button of this.el.facts.querySelectorAll(".fact")) {
-      button.classList.toggle("selected", button.dataset.key === ref.key && button.dataset.id === ref.id);
+    if (this.selectedFact?.key === ref.key && this.selectedFact?.id === ref.id && this.el.detail.isConnected) {
+      this.closeFact();
+      return;
     }
+    this.selectedFact = { key: ref.key, id: ref.id };
+    this.rendered.delete("detail");
+    this.el.detail.replaceChildren(h("p", { class: "muted small" }, "Reading why it is true…"));
+    this.placeDetail();
     try {
       await this.showFact(this.selectedFact);
       this.el.detail.scrollIntoView({ block: "nearest" });
@@ -852,6 +1154,7 @@ class RunView {
           "div",
           { class: "fact-detail", testid: "fact-detail", "data-key": fact.key, "data-id": fact.id },
           close,
+          provenanceGraph(fact),
           this.provenance(fact, true),
         ),
       );
@@ -862,8 +1165,7 @@ class RunView {
     this.selectedFact = null;
     this.rendered.delete("detail");
     this.el.detail.replaceChildren();
-    for (const button of this.el.facts.querySelectorAll(".fact.selected"))
-      button.classList.remove("selected");
+    this.placeDetail();
   }
 
   /** Why a fact is true: its promotion record, then the facts it was derived from, each
@@ -962,28 +1264,61 @@ class RunView {
 
   // ---- approvals
 
-  /** Keeps each pending proposal's card (and any reason being typed) across refreshes, and
-   *  the cards that say what became of a decision made here. */
+  /** What the event stream says of decisions: each proposal's request (the fact it would
+   *  become), the decision on it, and whether it was promoted. */
+  decisionsSeen() {
+    const requested = new Map();
+    const decided = new Map();
+    const promoted = new Set();
+    for (const { event } of this.records) {
+      if (event.event === "approval_requested") requested.set(event.proposal, event.fact);
+      else if (event.event === "approval_decided") decided.set(event.proposal, event);
+      else if (event.event === "fact_promoted") promoted.add(event.proposal);
+    }
+    return { requested, decided, promoted };
+  }
+
+  /** Keeps each pending proposal's card (and any reason being typed) across refreshes; once
+   *  a proposal is decided its card gives way to the decision: who, which verdict, why, and
+   *  whether the proposal became a fact. */
   renderApprovals(pending) {
-    const wanted = new Map(pending.map((item) => [`${item.proposal} ${item.hash}`, item]));
-    for (const [key, card] of this.approvalCards) {
-      if (wanted.has(key)) continue;
-      if (card.dataset.outcome) {
-        card.classList.add("decided");
-        card.querySelectorAll("button").forEach((button) => (button.disabled = true));
-      } else {
+    const seen = this.decisionsSeen();
+    const { decided } = seen;
+    const wanted = new Map(pending.map((item) => [item.proposal, item]));
+    for (const [proposal, card] of this.approvalCards) {
+      if (wanted.has(proposal) && !card.dataset.verdict) continue;
+      const event = decided.get(proposal);
+      if (event) {
+        this.showDecision(proposal, decisionOf(event, seen));
+      } else if (!card.dataset.verdict && !wanted.has(proposal)) {
         card.remove();
-        this.approvalCards.delete(key);
+        this.approvalCards.delete(proposal);
       }
     }
-    for (const [key, item] of wanted) {
-      if (!this.approvalCards.has(key)) {
-        const card = this.approvalCard(item);
-        this.approvalCards.set(key, card);
-        this.el.approvals.append(card);
-      }
+    for (const [proposal, event] of decided) {
+      if (this.approvalCards.has(proposal)) continue;
+      this.approvalCards.set(proposal, h("div"));
+      this.el.approvals.append(this.approvalCards.get(proposal));
+      this.showDecision(proposal, decisionOf(event, seen));
+    }
+    for (const [proposal, item] of wanted) {
+      if (this.approvalCards.has(proposal)) continue;
+      const card = this.approvalCard(item);
+      this.approvalCards.set(proposal, card);
+      this.el.approvals.append(card);
     }
     this.approvalsBlock.hidden = this.approvalCards.size === 0;
+  }
+
+  /** Replaces a proposal's card by its decision card, unless it already says the same. */
+  showDecision(proposal, decision) {
+    const old = this.approvalCards.get(proposal);
+    const state = JSON.stringify(decision);
+    if (old.dataset.decision === state) return;
+    const card = decisionCard(proposal, decision);
+    card.dataset.decision = state;
+    old.replaceWith(card);
+    this.approvalCards.set(proposal, card);
   }
 
   approvalCard(item) {
@@ -1034,20 +1369,20 @@ class RunView {
       buttons.forEach((button) => (button.disabled = true));
       showMessage(message, "");
       try {
-        await api(this.path("approvals", item.proposal, verdict), { method: "POST", body });
-        card.dataset.outcome = verdict;
-        card.classList.add("decided");
-        rejectForm.hidden = true;
-        card.append(
-          h(
-            "p",
-            { class: "ok", testid: "decision" },
-            verdict === "approve" ? "Approved: the run continues." : "Rejected: the run continues.",
-          ),
-        );
+        const { decision } = await api(this.path("approvals", item.proposal, verdict), {
+          method: "POST",
+          body,
+        });
+        if (this.closed) return;
+        this.showDecision(item.proposal, {
+          fact: { key: item.key, id: item.id },
+          actor: decision.actor,
+          verdict: decision.verdict,
+          reason: decision.reason,
+          outcome: verdict === "reject" ? "refused" : "pending",
+        });
         this.scheduleRefresh();
       } catch (error) {
-        card.dataset.outcome = "refused";
         showMessage(message, error.message);
         buttons.forEach((button) => (button.disabled = false));
       }
@@ -1090,6 +1425,54 @@ class RunView {
   }
 }
 
+/** A decision as its card shows it, from its approval_decided event. */
+function decisionOf(event, { requested, promoted }) {
+  const verdict = event.verdict?.verdict;
+  return {
+    fact: requested.get(event.proposal),
+    actor: event.actor?.name,
+    verdict,
+    reason: event.verdict?.reason,
+    outcome: promoted.has(event.proposal) ? "promoted" : verdict === "reject" ? "refused" : "pending",
+  };
+}
+
+const OUTCOME_TEXT = {
+  promoted: "Promoted: it is now a fact.",
+  refused: "Refused: it did not become a fact.",
+  pending: "The run goes on to promote it.",
+};
+
+/** What became of a parked proposal: who decided, approve or reject, why, and the outcome. */
+function decisionCard(proposal, { fact, actor, verdict, reason, outcome }) {
+  const approved = verdict === "approve";
+  return h(
+    "div",
+    {
+      class: `card decision decision-${approved ? "approve" : "reject"}`,
+      testid: "decision-card",
+      "data-proposal": proposal,
+      "data-verdict": verdict,
+      "data-actor": actor,
+      "data-outcome": outcome,
+    },
+    h(
+      "div",
+      {},
+      h("strong", {}, fact ? factName(fact) : proposal),
+      h("span", { class: "muted small" }, ` ${proposal}`),
+    ),
+    h(
+      "p",
+      { testid: "decision" },
+      h("strong", {}, approved ? "Approved" : "Rejected"),
+      ` by ${actor ?? "someone"}`,
+      reason ? `: “${reason}”` : ".",
+    ),
+    h("p", { class: outcome === "refused" ? "muted" : "ok", testid: "decision-outcome" }, OUTCOME_TEXT[outcome]),
+  );
+}
+
 /** What a verification or a replay found, in sentences a person reads (with the hashes). */
 function auditSentence(kind, result) {
   const steps = (n) => `${n} step${n === 1 ? "" : "s"}`;
@@ -1121,6 +1504,10 @@ function init() {
     if (token) signIn(token);
   });
   byId("sign-out").addEventListener("click", () => signOut("Signed out."));
+  byId("runs-filter").addEventListener("submit", (event) => event.preventDefault());
+  byId("runs-search").addEventListener("input", renderRuns);
+  byId("runs-status").addEventListener("change", renderRuns);
+  byId("runs-more").addEventListener("click", loadOlderRuns);
   window.addEventListener("hashchange", route);
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && session.token) refreshRuns();

@@ -2,14 +2,19 @@
 // crates/converge-server/tests/browser.rs (which starts the server and submits the run).
 //
 // Environment: BASE_URL (the server), APPROVER_TOKEN (an approver of the run's tenant who did
-// not submit it), VIEWER_TOKEN (a viewer of the same tenant), RUN_ID (a run of
-// examples/release-approval.yaml awaiting approval), CHROMIUM (the browser executable),
+// not submit it), VIEWER_TOKEN (a viewer of the same tenant), SUBMITTER_TOKEN (the submitter), RUN_ID (a run of
+// examples/release-approval.yaml awaiting approval), OTHER_RUN_ID (a stopped run whose
+// objective is "Greet the world"), PAYOUTS_RUN_ID (a run of examples/weekly-payouts.yaml
+// awaiting approval), CHROMIUM (the browser executable),
 // ARTIFACTS (a directory for screenshots).
 //
 // First, as the viewer, checks that the pending approval is shown without Approve and Reject
-// buttons (the viewer's role cannot decide). Then signs in as the approver, opens the run, checks its timeline, facts, provenance and pending approval,
-// approves it, and follows the live event stream (no reload) until the run converges with
-// the release approved by alice. Exits non-zero with a message on the first failed
+// buttons (the viewer's role cannot decide). Then signs in as the approver, filters and
+// searches the runs list, opens the run, checks its timeline, facts, the details beside a
+// fact with its provenance graph, and the pending approval, approves it, sees the card give
+// way to the decision, and follows the live event stream (no reload) until the run converges
+// with the release approved by alice and drawn in the release's provenance graph; last, the
+// page at a phone's width. Exits non-zero with a message on the first failed
 // expectation, leaving a screenshot of the page as it was.
 
 import { mkdirSync } from "node:fs";
@@ -32,7 +37,10 @@ function fail(message) {
 const baseUrl = env("BASE_URL");
 const token = env("APPROVER_TOKEN");
 const viewerToken = env("VIEWER_TOKEN");
+const submitterToken = env("SUBMITTER_TOKEN");
 const runId = env("RUN_ID");
+const otherRunId = env("OTHER_RUN_ID");
+const payoutsRunId = env("PAYOUTS_RUN_ID");
 const executablePath = env("CHROMIUM");
 const artifacts = env("ARTIFACTS");
 mkdirSync(artifacts, { recursive: true });
@@ -106,6 +114,8 @@ await stage("a viewer sees the pending approval without buttons to decide it", a
   await byTestId("decide-not-allowed", card).waitFor();
   const buttons = await card.locator('[data-testid="approve"], [data-testid="reject"]').count();
   if (buttons) throw new Error(`a viewer is offered ${buttons} decision buttons`);
+  await byTestId("verify", viewerPage).waitFor();
+  if (await byTestId("cancel-run", viewerPage).count()) throw new Error("a viewer is offered Cancel");
   await viewerPage.screenshot({ path: join(artifacts, "00-viewer-cannot-decide.png"), fullPage: true });
   await context.close();
 });
@@ -131,6 +141,54 @@ await stage("the run is listed, awaiting approval", async () => {
   await screenshot("01-signed-in.png");
 });
 
+/** The ids of the runs the list shows, in order. */
+async function listedRuns() {
+  return page.evaluate(() =>
+    [...document.querySelectorAll('[data-testid="run-row"]')].map((row) => row.dataset.runId),
+  );
+}
+
+/** Waits until the list shows exactly `ids` (in any order). */
+async function untilListed(what, ids) {
+  await until(
+    what,
+    (wanted) => {
+      const shown = [...document.querySelectorAll('[data-testid="run-row"]')].map((row) => row.dataset.runId);
+      return shown.length === wanted.length && wanted.every((id) => shown.includes(id));
+    },
+    ids,
+  );
+}
+
+await stage("the runs list shows objectives and ages, filtered by status and searched", async () => {
+  await untilListed("all three runs", [runId, otherRunId, payoutsRunId]);
+  const objective = await byTestId("run-row-objective", runRow).innerText();
+  if (!objective.includes("payments-service 2.4.0"))
+    throw new Error(`the run's row shows the objective ${JSON.stringify(objective)}`);
+  const age = await runRow.locator("time").innerText();
+  if (!/just now|min ago/.test(age)) throw new Error(`the run's age reads ${JSON.stringify(age)}`);
+
+  await byTestId("runs-status").selectOption("stopped");
+  await untilListed("only the stopped run", [otherRunId]);
+  await byTestId("runs-status").selectOption("awaiting_approval");
+  await untilListed("only the runs awaiting approval", [runId, payoutsRunId]);
+  await screenshot("01a-runs-filtered.png");
+  await byTestId("runs-status").selectOption("");
+
+  await byTestId("runs-search").fill("greet THE");
+  await untilListed("only the run whose objective matches", [otherRunId]);
+  const counted = await byTestId("runs-count").innerText();
+  if (counted !== "1 of 3 runs") throw new Error(`the count reads ${JSON.stringify(counted)}`);
+  await byTestId("runs-search").fill(runId);
+  await untilListed("only the run whose id matches", [runId]);
+  await byTestId("runs-search").fill("no such run anywhere");
+  await byTestId("runs-none").waitFor();
+  if ((await listedRuns()).length) throw new Error("a run is listed for a search nothing matches");
+  await screenshot("01b-runs-searched.png");
+  await byTestId("runs-search").fill("");
+  await untilListed("all three runs again", [runId, otherRunId, payoutsRunId]);
+});
+
 await stage("open the run", async () => {
   await runRow.click();
   await until(
@@ -145,6 +203,7 @@ await stage("open the run", async () => {
   await page.evaluate(() => {
     window.notReloaded = true;
   });
+  if (await byTestId("cancel-run").count()) throw new Error("an approver is offered Cancel");
 });
 
 await stage("the timeline shows the cycles and the stop", async () => {
@@ -175,12 +234,65 @@ await stage("the pending approval is shown with its content", async () => {
   await screenshot("02-awaiting-approval.png");
 });
 
-await stage("a fact's provenance", async () => {
+/** Fails unless the fact's details are in the fact's own list item, right under it. */
+async function detailBesideFact(key, id) {
+  const placement = await page.evaluate(
+    ([key, id]) => {
+      const button = document.querySelector(`[data-testid="fact"][data-key="${key}"][data-id="${id}"]`);
+      const detail = document.querySelector(`[data-testid="fact-detail"][data-key="${key}"][data-id="${id}"]`);
+      if (!button || !detail) return "missing";
+      if (button.closest("li") !== detail.closest("li")) return "not in the fact's list item";
+      const gap = detail.getBoundingClientRect().top - button.getBoundingClientRect().bottom;
+      return gap >= 0 && gap <= 24 ? "beside" : `${Math.round(gap)} px below the fact`;
+    },
+    [key, id],
+  );
+  if (placement !== "beside") throw new Error(`the details of ${key}/${id} are ${placement}`);
+}
+
+/** The provenance graph's nodes: `{node, key, id, name, depth}` each. */
+async function graphNodes(detail) {
+  return detail.locator('[data-testid="provenance-graph"] [data-testid="graph-node"]').evaluateAll((nodes) =>
+    nodes.map((node) => ({ ...node.dataset, depth: Number(node.dataset.depth) })),
+  );
+}
+
+function hasNode(nodes, wanted) {
+  return nodes.some((node) => Object.entries(wanted).every(([name, value]) => node[name] === value));
+}
+
+/** A fact as the API answers it, read with the approver's token (in a header). */
+async function factFromApi(key, id) {
+  const response = await fetch(`${baseUrl}/v1/runs/${runId}/facts/${key}/${id}`, {
+    headers: { Authorization: `Bearer ${token}` },
+  });
+  if (!response.ok) throw new Error(`GET fact ${key}/${id}: ${response.status}`);
+  return response.json();
+}
+
+await stage("a fact's details beside it, with its provenance drawn", async () => {
   await fact("evaluations", "assessment-pr-1412").click();
   const detail = page.locator(
     '[data-testid="fact-detail"][data-key="evaluations"][data-id="assessment-pr-1412"]',
   );
   await detail.waitFor();
+  await detailBesideFact("evaluations", "assessment-pr-1412");
+  const expanded = await fact("evaluations", "assessment-pr-1412").getAttribute("aria-expanded");
+  if (expanded !== "true") throw new Error(`the fact's button says aria-expanded=${expanded}`);
+  const nodes = await graphNodes(detail);
+  const expected = [
+    { node: "fact", key: "evaluations", id: "assessment-pr-1412", depth: 0 },
+    { node: "fact", key: "changes", id: "pr-1412", depth: 1 },
+    { node: "agent", name: "assess-high-risk", depth: 1 },
+  ];
+  for (const wanted of expected) {
+    if (!hasNode(nodes, wanted))
+      throw new Error(`no graph node ${JSON.stringify(wanted)} among ${JSON.stringify(nodes)}`);
+  }
+  if (nodes.some((node) => node.node === "approver"))
+    throw new Error(`an approver is drawn for a fact nobody approved: ${JSON.stringify(nodes)}`);
+  const edges = await detail.locator('[data-testid="provenance-graph"] [data-edge]').count();
+  if (edges < nodes.length - 1) throw new Error(`${nodes.length} nodes but only ${edges} edges`);
   const agent = await byTestId("provenance-agent", detail).first().innerText();
   if (agent !== "assess-high-risk") throw new Error(`agent is ${agent}, not assess-high-risk`);
   const source = byTestId("derived-from", detail).filter({ hasText: "changes/pr-1412" });
@@ -188,11 +300,28 @@ await stage("a fact's provenance", async () => {
   await screenshot("03-provenance.png");
   await source.click();
   await page.locator('[data-testid="fact-detail"][data-key="changes"][data-id="pr-1412"]').waitFor();
+  await detailBesideFact("changes", "pr-1412");
 });
 
 await stage("approve the release", async () => {
+  const proposal = await approval.getAttribute("data-proposal");
   await byTestId("approve", approval).click();
-  await byTestId("decision", approval).waitFor();
+  const decided = page.locator(`[data-testid="decision-card"][data-proposal="${proposal}"]`);
+  await decided.waitFor();
+  const text = await byTestId("decision", decided).innerText();
+  if (!text.startsWith("Approved by alice")) throw new Error(`the decision reads ${JSON.stringify(text)}`);
+  if (await byTestId("approve").count()) throw new Error("an Approve button stays after the decision");
+  await until(
+    "the decision card to say the release was promoted",
+    (id) =>
+      document.querySelector(`[data-testid="decision-card"][data-proposal="${id}"]`)?.dataset.outcome ===
+      "promoted",
+    proposal,
+  );
+  const outcome = await byTestId("decision-outcome", decided).innerText();
+  if (!outcome.startsWith("Promoted")) throw new Error(`the outcome reads ${JSON.stringify(outcome)}`);
+  if (await byTestId("approval").count()) throw new Error("the pending card stays beside the decision");
+  await screenshot("03a-decided.png");
 });
 
 await stage("the live stream follows the run to convergence", async () => {
@@ -228,6 +357,21 @@ await stage("the approved release's provenance names alice", async () => {
   const detail = page.locator('[data-testid="fact-detail"][data-key="releases"][data-id="release-2-4-0"]');
   const approver = await byTestId("provenance-approver", detail).first().innerText();
   if (!approver.startsWith("alice")) throw new Error(`approver is ${approver}`);
+  await detailBesideFact("releases", "release-2-4-0");
+  const nodes = await graphNodes(detail);
+  const release = await factFromApi("releases", "release-2-4-0");
+  const expected = [
+    { node: "fact", key: "releases", id: "release-2-4-0", depth: 0 },
+    { node: "approver", name: "alice", depth: 1 },
+    { node: "agent", name: "propose-release", depth: 1 },
+    ...release.derived_from.map(({ key, id }) => ({ node: "fact", key, id, depth: 1 })),
+  ];
+  if (!release.derived_from.length) throw new Error("the API says the release is derived from nothing");
+  for (const wanted of expected) {
+    if (!hasNode(nodes, wanted))
+      throw new Error(`no graph node ${JSON.stringify(wanted)} among ${JSON.stringify(nodes)}`);
+  }
+  await detail.locator('[data-edge="approved"]').waitFor();
   await screenshot("04-approved.png");
 });
 
@@ -248,6 +392,67 @@ await stage("verify and replay from the page, answered in sentences with the has
   const text = await byTestId("audit-result").innerText();
   if (text.includes("{")) throw new Error(`the result shows raw JSON: ${text}`);
   await screenshot("05-replayed.png");
+});
+
+await stage("a rejected payout's card gives way to the refusal and its reason", async () => {
+  await page.locator(`[data-testid="run-row"][data-run-id="${payoutsRunId}"]`).click();
+  await until("four pending payouts", () => document.querySelectorAll('[data-testid="approval"]').length === 4);
+  const card = byTestId("approval").first();
+  const proposal = await card.getAttribute("data-proposal");
+  await byTestId("reject", card).click();
+  await byTestId("reject-reason", card).fill("supplier bank details changed this week");
+  await byTestId("reject-confirm", card).click();
+  const decided = page.locator(`[data-testid="decision-card"][data-proposal="${proposal}"]`);
+  await until(
+    "the refusal on the rejected payout's card",
+    (id) => {
+      const found = document.querySelector(`[data-testid="decision-card"][data-proposal="${id}"]`);
+      return found?.dataset.verdict === "reject" && found.dataset.outcome === "refused";
+    },
+    proposal,
+  );
+  const text = await byTestId("decision", decided).innerText();
+  if (!text.startsWith("Rejected by alice") || !text.includes("supplier bank details changed this week"))
+    throw new Error(`the decision reads ${JSON.stringify(text)}`);
+  const pending = await byTestId("approval").count();
+  if (pending !== 3) throw new Error(`${pending} payouts are pending after one of four was rejected`);
+  await screenshot("05a-rejected.png");
+});
+
+await stage("a submitter cancels a parked run from the page", async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const submitterPage = await context.newPage();
+  submitterPage.setDefaultTimeout(TIMEOUT_MS);
+  await submitterPage.goto(`${baseUrl}/#/runs/${payoutsRunId}`);
+  await byTestId("token-input", submitterPage).fill(submitterToken);
+  await byTestId("sign-in", submitterPage).click();
+  await byTestId("cancel-run", submitterPage).click();
+  await byTestId("cancel-reason", submitterPage).fill("the invoices go in next week's batch");
+  await byTestId("cancel-confirm", submitterPage).click();
+  try {
+    await submitterPage.waitForFunction(
+      () =>
+        document.querySelector('[data-testid="run-status"]')?.dataset.status === "stopped" &&
+        document.querySelector('[data-testid="stop-reason"]')?.textContent.includes("next week's batch"),
+    );
+  } catch {
+    throw new Error("the cancelled run does not say it stopped with the reason given");
+  }
+  if (await byTestId("cancel-run", submitterPage).isVisible()) throw new Error("Cancel stays on a stopped run");
+  await submitterPage.screenshot({ path: join(artifacts, "05b-cancelled.png"), fullPage: true });
+  await context.close();
+});
+
+await stage("the page at a phone's width", async () => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  await until("the layout to fit the width", () => document.documentElement.scrollWidth <= window.innerWidth);
+  const stacked = await page.evaluate(() => {
+    const runs = document.querySelector(".runs-pane").getBoundingClientRect();
+    const run = document.querySelector("#run-pane").getBoundingClientRect();
+    return run.top >= runs.bottom - 1;
+  });
+  if (!stacked) throw new Error("the runs list and the run are not stacked at a narrow width");
+  await screenshot("06-narrow.png");
 });
 
 await browser.close();
