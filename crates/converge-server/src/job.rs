@@ -97,7 +97,7 @@ pub fn build(record: &JobRecord, calls: Calls<'_>) -> Result<Built, BuildError> 
 
 /// The runtime of an existing run, rebuilt from the spec in its header.
 pub fn runtime_of(
-    journal: &impl Journal,
+    journal: &(impl Journal + ?Sized),
     run: &RunId,
     calls: Calls<'_>,
 ) -> Result<Runtime, BuildError> {
