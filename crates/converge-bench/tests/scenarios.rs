@@ -157,6 +157,6 @@ fn the_postgres_scenarios_measure_their_server() {
         let line: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(line["n"], 8, "{line}");
         assert!(line["runs_per_s"].as_f64().unwrap() > 0.0, "{line}");
-        assert!(line["commits_per_run"].as_f64().unwrap() >= 5.0, "{line}");
+        assert!(line["commits_per_run"].as_f64().unwrap() >= 1.0, "{line}");
     }
 }
