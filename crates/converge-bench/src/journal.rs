@@ -18,8 +18,10 @@ pub(crate) struct Journaled {
     pub(crate) result: ConvergeResult,
     pub(crate) elapsed: Duration,
     pub(crate) resume: Duration,
-    /// The journal file's size once closed (its write-ahead log checkpointed into it).
+    /// The journal's size once closed (for SQLite, its write-ahead log checkpointed into it).
     pub(crate) bytes: u64,
+    /// The write-ahead log written by the run, where the database tells it (PostgreSQL).
+    pub(crate) wal_bytes: Option<u64>,
 }
 
 /// Runs `engine` durably, then resumes the finished run; returns the result, both times and
@@ -68,6 +70,7 @@ fn run_in(dir: &std::path::Path, engine: Engine) -> Result<Journaled, BenchError
         elapsed,
         resume,
         bytes,
+        wal_bytes: None,
     })
 }
 

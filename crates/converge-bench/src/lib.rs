@@ -26,6 +26,17 @@
 //! - `latency-journal N`: `latency N` durably, each agent's outcome committed as it finishes
 //!   (group commit) and each cycle after its batch; ideal 400 ms.
 //!
+//! - `pg-journal N`: `journal N` on a PostgreSQL journal with default durability
+//!   (`synchronous_commit=on`, `fsync` on); `journal_bytes` is the database's growth, and
+//!   `wal_bytes` the WAL the run wrote.
+//! - `pg-runs N`: N small runs (five rule agents in a chain) submitted to a PostgreSQL journal,
+//!   then driven by 1, 2 and 4 in-process workers ([`converge_runtime::Worker`]); one line per
+//!   worker count with `runs_per_s` and what the server and the machine did per run.
+//!
+//! The `pg-` scenarios use the server `CONVERGE_BENCH_POSTGRES` names (a role that may create
+//! databases), or else start a throwaway cluster (which takes a few seconds, not timed). They
+//! are not in `all`: with the cluster they take well over a minute together.
+//!
 //! Every proposal's content is the agent's index as a JSON number.
 
 use std::fmt;
@@ -34,6 +45,11 @@ use std::time::{Duration, Instant};
 
 mod journal;
 mod latency;
+mod pg_journal;
+mod pg_runs;
+mod postgres;
+
+pub use pg_runs::{RunsMeasurement, SLOTS, SPEC, WORKER_COUNTS};
 
 use converge_core::agents::SeedAgent;
 use converge_core::{
@@ -73,11 +89,27 @@ pub enum Scenario {
     LatencyJournal,
     /// `fanout` with every step committed to a SQLite journal, then resumed from it.
     Journal,
+    /// `journal` on PostgreSQL.
+    PgJournal,
+    /// Small runs submitted to PostgreSQL and driven by 1, 2 and 4 workers.
+    PgRuns,
 }
 
 impl Scenario {
     /// Every scenario, in the order usage lists them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
+        Scenario::ChainId,
+        Scenario::ChainCount,
+        Scenario::Fanout,
+        Scenario::Latency,
+        Scenario::LatencyJournal,
+        Scenario::Journal,
+        Scenario::PgJournal,
+        Scenario::PgRuns,
+    ];
+
+    /// The scenarios that need nothing outside this process.
+    pub const IN_PROCESS: [Scenario; 6] = [
         Scenario::ChainId,
         Scenario::ChainCount,
         Scenario::Fanout,
@@ -95,6 +127,8 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::LatencyJournal => "latency-journal",
             Scenario::Journal => "journal",
+            Scenario::PgJournal => "pg-journal",
+            Scenario::PgRuns => "pg-runs",
         }
     }
 
@@ -105,13 +139,18 @@ impl Scenario {
                 cycles: n,
                 facts: n,
             },
-            Scenario::Fanout | Scenario::Journal => Expected {
+            Scenario::Fanout | Scenario::Journal | Scenario::PgJournal => Expected {
                 cycles: usize::from(n > 0),
                 facts: n,
             },
             Scenario::Latency | Scenario::LatencyJournal => Expected {
                 cycles: latency::LAYERS,
                 facts: latency::LAYERS * n,
+            },
+            // Per run; the runs are checked by the scenario itself.
+            Scenario::PgRuns => Expected {
+                cycles: 5,
+                facts: 5,
             },
         }
     }
@@ -137,12 +176,14 @@ impl Scenario {
             Scenario::ChainCount => (0..n).for_each(|i| {
                 engine.register(ChainCountAgent::new(i));
             }),
-            Scenario::Fanout | Scenario::Journal => (0..n).for_each(|i| {
+            Scenario::Fanout | Scenario::Journal | Scenario::PgJournal => (0..n).for_each(|i| {
                 // The core's seed agent is exactly a fanout agent: no dependencies, one fact, once.
                 engine.register(SeedAgent::new(format!("f{i}"), i));
             }),
             // Async agents live in the runtime, not in the engine; see `run_scenario`.
             Scenario::Latency | Scenario::LatencyJournal => {}
+            // Its runs are built from a job spec by the workers.
+            Scenario::PgRuns => {}
         }
         Ok(engine)
     }
@@ -195,6 +236,13 @@ pub enum BenchError {
     Runtime(std::io::Error),
     /// The durable run or its journal failed.
     Durable(String),
+    /// The PostgreSQL server could not be started or asked.
+    Postgres(String),
+    /// The scenario measures several configurations: use [`lines`].
+    Several {
+        /// The scenario.
+        scenario: Scenario,
+    },
     /// The run ended differently from what a correct engine produces.
     Mismatch {
         /// The scenario.
@@ -239,6 +287,11 @@ impl fmt::Display for BenchError {
             BenchError::Engine(error) => write!(f, "the engine refused to run: {error}"),
             BenchError::Runtime(error) => write!(f, "the async runtime could not start: {error}"),
             BenchError::Durable(error) => write!(f, "the durable run failed: {error}"),
+            BenchError::Postgres(error) => write!(f, "PostgreSQL: {error}"),
+            BenchError::Several { scenario } => write!(
+                f,
+                "{scenario} measures several configurations, one JSON line each"
+            ),
             BenchError::Mismatch {
                 scenario,
                 n,
@@ -281,8 +334,11 @@ pub struct Measurement {
     /// For `journal`: wall time of resuming the finished run from its journal (load and
     /// re-drive every step), in milliseconds.
     pub resume_ms: Option<f64>,
-    /// For the journaled scenarios: the size of the journal file once closed, in bytes.
+    /// For the journaled scenarios: the size of the journal file once closed (for
+    /// PostgreSQL, the database's growth), in bytes.
     pub journal_bytes: Option<u64>,
+    /// For `pg-journal`: the WAL the run wrote, in bytes.
+    pub wal_bytes: Option<u64>,
 }
 
 impl Measurement {
@@ -307,12 +363,19 @@ impl Measurement {
                 ",\"journal_bytes\":{bytes},\"bytes_per_fact\":{per_fact:.1}"
             ));
         }
+        if let Some(wal) = self.wal_bytes {
+            let per_fact = wal as f64 / self.facts.max(1) as f64;
+            line.push_str(&format!(
+                ",\"wal_bytes\":{wal},\"wal_bytes_per_fact\":{per_fact:.1}"
+            ));
+        }
         line.push('}');
         line
     }
 }
 
 /// Builds and runs a scenario without timing or checking it; tests assert on the result.
+/// `pg-runs`, which ends with many results, is refused ([`BenchError::Several`]).
 pub fn execute(scenario: Scenario, n: usize) -> Result<ConvergeResult, BenchError> {
     run_scenario(scenario, n).map(|ran| ran.result)
 }
@@ -324,6 +387,7 @@ struct Ran {
     elapsed: Duration,
     resume: Option<Duration>,
     journal_bytes: Option<u64>,
+    wal_bytes: Option<u64>,
 }
 
 /// Builds a scenario and runs it, timing the run alone (not the setup).
@@ -334,6 +398,7 @@ fn run_scenario(scenario: Scenario, n: usize) -> Result<Ran, BenchError> {
         elapsed,
         resume: None,
         journal_bytes: None,
+        wal_bytes: None,
     };
     match scenario {
         Scenario::Latency => latency::run(engine, n).map(|(result, elapsed)| ran(result, elapsed)),
@@ -341,11 +406,20 @@ fn run_scenario(scenario: Scenario, n: usize) -> Result<Ran, BenchError> {
             journal_bytes: Some(run.bytes),
             ..ran(run.result, run.elapsed)
         }),
-        Scenario::Journal => journal::run(engine).map(|run| Ran {
-            resume: Some(run.resume),
-            journal_bytes: Some(run.bytes),
-            ..ran(run.result, run.elapsed)
-        }),
+        Scenario::Journal | Scenario::PgJournal => {
+            let run = if scenario == Scenario::Journal {
+                journal::run(engine)?
+            } else {
+                pg_journal::run(engine)?
+            };
+            Ok(Ran {
+                resume: Some(run.resume),
+                journal_bytes: Some(run.bytes),
+                wal_bytes: run.wal_bytes,
+                ..ran(run.result, run.elapsed)
+            })
+        }
+        Scenario::PgRuns => Err(BenchError::Several { scenario }),
         _ => {
             let mut engine = engine;
             let start = Instant::now();
@@ -363,6 +437,7 @@ pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> 
         elapsed,
         resume,
         journal_bytes,
+        wal_bytes,
     } = run_scenario(scenario, n)?;
     let (cycles, facts) = (result.cycles as usize, result.context.len());
     let expected = scenario.expected(n);
@@ -385,7 +460,21 @@ pub fn measure(scenario: Scenario, n: usize) -> Result<Measurement, BenchError> 
         ms: elapsed.as_secs_f64() * 1000.0,
         resume_ms: resume.map(|resume| resume.as_secs_f64() * 1000.0),
         journal_bytes,
+        wal_bytes,
     })
+}
+
+/// Measures a scenario and returns its JSON lines: one for most, one per worker count for
+/// `pg-runs`.
+pub fn lines(scenario: Scenario, n: usize) -> Result<Vec<String>, BenchError> {
+    if scenario == Scenario::PgRuns {
+        check_n(n)?;
+        return Ok(pg_runs::measure(n)?
+            .iter()
+            .map(RunsMeasurement::json_line)
+            .collect());
+    }
+    measure(scenario, n).map(|measurement| vec![measurement.json_line()])
 }
 
 fn check_n(n: usize) -> Result<(), BenchError> {

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use converge_bench::{BenchError, DEFAULT_SET, N_MAX, Scenario, measure};
+use converge_bench::{BenchError, DEFAULT_SET, N_MAX, Scenario, lines};
 
 const USAGE: &str = "\
 usage: converge-bench <scenario> <N>
@@ -19,8 +19,14 @@ scenarios:
   latency-journal N
                  latency N with every outcome and cycle committed to a SQLite journal
   journal N      fanout N committed to a SQLite journal, then resumed from it
+  pg-journal N   journal N on PostgreSQL (synchronous_commit=on, fsync on)
+  pg-runs N      N small runs submitted to PostgreSQL, driven by 1, 2 and 4 workers
+                 (one line per worker count)
   all            chain-id 1000, chain-id 2000, chain-count 4000, fanout 10000, fanout 100000,
-                 latency 16, latency-journal 16, journal 100000
+                 latency 16, latency-journal 16, journal 100000 (not the pg- scenarios)
+
+The pg- scenarios use the server CONVERGE_BENCH_POSTGRES names (a role that may create
+databases), or start a throwaway cluster.
 
 Prints one JSON line per run: {\"scenario\",\"n\",\"cycles\",\"facts\",\"ms\"}, where ms is the
 wall time of the run alone.";
@@ -40,13 +46,15 @@ fn main() -> ExitCode {
     };
     let mut stdout = std::io::stdout().lock();
     for (scenario, n) in runs {
-        match measure(scenario, n) {
-            Ok(measurement) => {
-                if writeln!(stdout, "{}", measurement.json_line())
-                    .and_then(|()| stdout.flush())
-                    .is_err()
-                {
-                    return ExitCode::FAILURE;
+        match lines(scenario, n) {
+            Ok(lines) => {
+                for line in lines {
+                    if writeln!(stdout, "{line}")
+                        .and_then(|()| stdout.flush())
+                        .is_err()
+                    {
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
             Err(error) => {

@@ -44,7 +44,7 @@ fn fanout_converges_in_one_cycle_with_n_facts() {
 
 #[test]
 fn every_scenario_works_with_a_single_agent() {
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::IN_PROCESS {
         let result = execute(scenario, 1).expect("runs");
         let expected = scenario.expected(1);
         assert!(result.converged, "{scenario}");
@@ -55,7 +55,7 @@ fn every_scenario_works_with_a_single_agent() {
 
 #[test]
 fn measure_verifies_and_reports_the_counts() {
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::IN_PROCESS {
         let measurement = measure(scenario, N).expect("verifies");
         let expected = scenario.expected(N);
         assert_eq!(measurement.cycles, expected.cycles);
@@ -80,6 +80,7 @@ fn json_line_has_the_documented_shape() {
         ms: 12.0,
         resume_ms: None,
         journal_bytes: None,
+        wal_bytes: None,
     };
     assert_eq!(
         measurement.json_line(),
@@ -130,9 +131,32 @@ fn journal_lines_carry_throughput_and_resume_time() {
         ms: 50.0,
         resume_ms: Some(20.0),
         journal_bytes: Some(21_050),
+        wal_bytes: None,
     };
     assert_eq!(
         measurement.json_line(),
         r#"{"scenario":"journal","n":100,"cycles":1,"facts":100,"ms":50.000,"facts_per_s":2000,"resume_ms":20.000,"journal_bytes":21050,"bytes_per_fact":210.5}"#
     );
+}
+
+/// Both PostgreSQL scenarios on a small size: a server (CONVERGE_BENCH_POSTGRES, or a
+/// throwaway cluster), every run verified.
+#[test]
+fn the_postgres_scenarios_measure_their_server() {
+    let line = measure(Scenario::PgJournal, 50)
+        .expect("measures")
+        .json_line();
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["facts"], 50, "{line}");
+    assert!(line["journal_bytes"].as_u64().unwrap() > 0, "{line}");
+    assert!(line["wal_bytes"].as_u64().unwrap() > 0, "{line}");
+
+    let lines = converge_bench::lines(Scenario::PgRuns, 8).expect("measures");
+    assert_eq!(lines.len(), converge_bench::WORKER_COUNTS.len());
+    for line in lines {
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line["n"], 8, "{line}");
+        assert!(line["runs_per_s"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(line["commits_per_run"].as_f64().unwrap() >= 1.0, "{line}");
+    }
 }

@@ -45,7 +45,7 @@ pub(crate) fn load(path: &Path, calls: Calls<'_>) -> Result<Loaded, CliError> {
 
 /// The runtime of an existing run, rebuilt from the spec in its header.
 pub(crate) fn runtime_of(
-    journal: &impl Journal,
+    journal: &(impl Journal + ?Sized),
     run: &RunId,
     calls: Calls<'_>,
 ) -> Result<Runtime, CliError> {

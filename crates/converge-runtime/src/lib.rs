@@ -5,7 +5,8 @@
 //! per-agent timeout and a wall-clock budget read from an injected [`Clock`], and halts a run
 //! when its [`Cancel`] handle is cancelled (journaled, so replay reproduces it); a journal stores
 //! every input of a run and its event hash chain in SQLite so a run can be resumed after a
-//! crash, replayed without calling any agent, and verified.
+//! crash, replayed without calling any agent, and verified. A [`Worker`] claims the runs no
+//! one drives from a shared journal and drives them, any number of workers on one database.
 
 mod agent;
 mod cancel;
@@ -15,6 +16,7 @@ mod durable;
 pub mod limits;
 mod observations;
 pub mod spec;
+mod worker;
 
 pub use agent::{AgentFuture, AsyncAgent};
 pub use cancel::{Cancel, Cancellation};
@@ -33,3 +35,6 @@ pub use converge_journal::{
 pub use driver::{DriverConfig, Runtime};
 pub use durable::{Divergence, DurableError, Inspection, ReplayReport};
 pub use observations::RecordedObservation;
+pub use worker::{
+    Build, Control, IDLE_LOOK, RETRY_AFTER, Report, Reporter, Worker, WorkerConfig, WorkerError,
+};

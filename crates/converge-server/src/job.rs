@@ -103,7 +103,7 @@ fn build_loaded(loaded: Loaded, record: &JobRecord, calls: Calls<'_>) -> Result<
 /// as recorded (`JobSpec::parse_recorded`): checks added since the run started refuse new
 /// runs, not this one.
 pub fn runtime_of(
-    journal: &impl Journal,
+    journal: &(impl Journal + ?Sized),
     run: &RunId,
     calls: Calls<'_>,
 ) -> Result<Runtime, BuildError> {

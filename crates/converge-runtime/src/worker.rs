@@ -1,0 +1,332 @@
+//! A worker: drives the runs no one drives, any number of workers on one journal.
+//!
+//! A [`Worker`] runs [`WorkerConfig::concurrency`] slots, each a thread with a journal
+//! connection of its own. A slot claims one run ([`Journal::claim`]: submitted, released by
+//! its driver, or whose driver's lease expired; on PostgreSQL `FOR UPDATE SKIP LOCKED`, so no
+//! two slots of any workers get one run), rebuilds its runtime with the [`Build`] callback,
+//! drives it to its next stop with [`Runtime::resume_durable`] — re-deriving what was
+//! committed, executing only what was not, every commit fenced by the lease — reports how it
+//! stands and claims the next. With nothing to claim it waits for news ([`Wakeups`]:
+//! LISTEN/NOTIFY on PostgreSQL) or [`IDLE_LOOK`], whichever comes first: a dead worker's
+//! runs are free once their leases expire, which no notification announces.
+//!
+//! A run a slot cannot build (its spec no longer builds here: a missing program, provider or
+//! key) keeps the slot's lease until it expires, so the slot moves on to other runs and any
+//! worker tries it again later; each attempt is reported.
+//!
+//! [`Control::drain`] stops claiming: the runs in flight go on to their next stop.
+//! [`Control::stop_now`] drops the drives at once (killing their agents' processes); their
+//! committed steps are kept, and their runs are taken over by another worker once their
+//! leases expire.
+//!
+//! What this module does not do: build runtimes from job specs (that lives with the spec's
+//! models, in `converge-server`, and arrives here as a callback), read signals or print
+//! anything (the caller turns each [`Report`] into words).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use converge_core::StopReason;
+use converge_journal::{Holder, Journal, Lease, Location, News, RunId, Wakeups, wall_clock_ms};
+use tokio::sync::watch;
+
+use crate::{DurableError, Runtime};
+
+/// How long an idle slot waits for news before it looks for runs anyway.
+pub const IDLE_LOOK: Duration = Duration::from_secs(2);
+
+/// How long a slot waits before trying again after the journal failed.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Rebuilds the runtime of a claimed run (from the spec its journal header keeps); the error
+/// is a sentence for people.
+pub type Build = Arc<dyn Fn(&dyn Journal, &RunId) -> Result<Runtime, String> + Send + Sync>;
+
+/// Receives what the slots have to say, from their threads.
+pub type Reporter = Arc<dyn Fn(Report) + Send + Sync>;
+
+/// What a worker does.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The journal.
+    pub location: Location,
+    /// Who holds the leases of the runs it drives.
+    pub holder: Holder,
+    /// Slots: runs driven at once, each with a journal connection and a listening one.
+    pub concurrency: u16,
+    /// Whether a slot ends when it finds nothing to claim, instead of waiting for news.
+    pub until_idle: bool,
+}
+
+/// What a slot has to say.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Report {
+    /// A slot met trouble: it tries again after [`RETRY_AFTER`] if `retrying`, or else it
+    /// has ended.
+    Trouble {
+        /// The slot's index.
+        slot: u16,
+        /// What went wrong.
+        problem: String,
+        /// Whether the slot tries again.
+        retrying: bool,
+    },
+    /// A claimed run's runtime cannot be built here; its lease is kept until it expires.
+    Unbuildable {
+        /// The run.
+        run: RunId,
+        /// Why.
+        error: String,
+    },
+    /// A run was driven to its next stop.
+    Reached {
+        /// The run.
+        run: RunId,
+        /// Where it stopped.
+        stop_reason: StopReason,
+        /// Facts in its context.
+        facts: usize,
+    },
+    /// Driving a run failed.
+    Failed {
+        /// The run.
+        run: RunId,
+        /// Why.
+        error: DurableError,
+    },
+    /// A drive was dropped by [`Control::stop_now`]; its committed steps are kept.
+    Interrupted {
+        /// The run.
+        run: RunId,
+    },
+}
+
+impl fmt::Display for Report {
+    /// One line for people; a reached stop is shown by its reason's debug form (callers
+    /// usually word it themselves).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Report::Trouble {
+                slot,
+                problem,
+                retrying,
+            } => {
+                write!(f, "slot {slot}: {problem}")?;
+                if *retrying {
+                    f.write_str("; trying again")?;
+                }
+                Ok(())
+            }
+            Report::Unbuildable { run, error } => write!(
+                f,
+                "run {run}: cannot be driven here ({error}); another attempt once its lease \
+                 expires"
+            ),
+            Report::Reached {
+                run,
+                stop_reason,
+                facts,
+            } => write!(f, "run {run}: {stop_reason:?} with {facts} facts"),
+            Report::Failed { run, error } => write!(f, "run {run}: {error}"),
+            Report::Interrupted { run } => write!(
+                f,
+                "run {run}: stopped with the worker; its committed steps are kept"
+            ),
+        }
+    }
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A slot's thread could not be started.
+    #[error("cannot start a worker slot: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Drains or stops a running [`Worker`] from any thread.
+#[derive(Clone)]
+pub struct Control {
+    draining: Arc<AtomicBool>,
+    stop_now: Arc<watch::Sender<bool>>,
+}
+
+impl Control {
+    /// No slot claims again; the runs in flight go on to their next stop.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Drains, and drops the drives in flight at once.
+    pub fn stop_now(&self) {
+        self.drain();
+        let _ = self.stop_now.send(true);
+    }
+}
+
+/// Slots driving runs of one journal, until drained, stopped, or (with
+/// [`WorkerConfig::until_idle`]) out of runs.
+pub struct Worker {
+    slots: Vec<JoinHandle<()>>,
+    control: Control,
+}
+
+impl Worker {
+    /// Starts the slots.
+    pub fn start(
+        config: &WorkerConfig,
+        build: Build,
+        report: Reporter,
+    ) -> Result<Worker, WorkerError> {
+        let control = Control {
+            draining: Arc::new(AtomicBool::new(false)),
+            stop_now: Arc::new(watch::channel(false).0),
+        };
+        let mut slots = Vec::with_capacity(usize::from(config.concurrency));
+        for index in 0..config.concurrency {
+            let slot = Slot {
+                index,
+                config: config.clone(),
+                build: build.clone(),
+                report: report.clone(),
+                draining: control.draining.clone(),
+                stopped: control.stop_now.subscribe(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("converge-worker-{index}"))
+                .spawn(move || slot.run());
+            match spawned {
+                Ok(handle) => slots.push(handle),
+                Err(error) => {
+                    // The slots already started must not outlive a worker that failed.
+                    control.stop_now();
+                    slots.into_iter().for_each(|slot| drop(slot.join()));
+                    return Err(WorkerError::Thread(error));
+                }
+            }
+        }
+        Ok(Worker { slots, control })
+    }
+
+    /// A handle to drain or stop the worker.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Waits for every slot to end.
+    pub fn join(self) {
+        for slot in self.slots {
+            let _ = slot.join();
+        }
+    }
+}
+
+/// One slot: claims and drives one run at a time.
+struct Slot {
+    index: u16,
+    config: WorkerConfig,
+    build: Build,
+    report: Reporter,
+    draining: Arc<AtomicBool>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Slot {
+    fn trouble(&self, problem: impl fmt::Display, retrying: bool) {
+        (self.report)(Report::Trouble {
+            slot: self.index,
+            problem: problem.to_string(),
+            retrying,
+        });
+    }
+
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => return self.trouble(format_args!("no async runtime: {error}"), false),
+        };
+        let mut wakeups = match Wakeups::new(&self.config.location, News::Runnable) {
+            Ok(wakeups) => wakeups,
+            Err(error) => return self.trouble(error, false),
+        };
+        let mut journal: Option<Box<dyn Journal + Send>> = None;
+        while !self.draining.load(Ordering::SeqCst) && !*self.stopped.borrow() {
+            let open = match journal.as_mut() {
+                Some(open) => open,
+                None => match self.config.location.open() {
+                    Ok(opened) => journal.insert(opened),
+                    Err(error) => {
+                        self.trouble(error, true);
+                        std::thread::sleep(RETRY_AFTER);
+                        continue;
+                    }
+                },
+            };
+            match open.claim(&self.config.holder, wall_clock_ms(), 1) {
+                Ok(leases) if leases.is_empty() => {
+                    if self.config.until_idle {
+                        return;
+                    }
+                    if let Err(error) = wakeups.wait(IDLE_LOOK) {
+                        self.trouble(error, true);
+                        std::thread::sleep(RETRY_AFTER);
+                    }
+                }
+                Ok(leases) => {
+                    for lease in leases {
+                        self.drive(open, &runtime, &lease);
+                    }
+                }
+                Err(error) => {
+                    // A failed write poisons the handle: open the journal again.
+                    self.trouble(error, true);
+                    journal = None;
+                    std::thread::sleep(RETRY_AFTER);
+                }
+            }
+        }
+    }
+
+    /// Drives one claimed run to its next stop and reports how it stands.
+    fn drive(
+        &self,
+        journal: &mut Box<dyn Journal + Send>,
+        runtime: &tokio::runtime::Runtime,
+        lease: &Lease,
+    ) {
+        let run: RunId = lease.run().clone();
+        let driver = match (self.build)(&**journal, &run) {
+            Ok(driver) => driver,
+            Err(error) => {
+                // Keep the claim until it expires: other runs go first, and any worker tries
+                // this one again later.
+                return (self.report)(Report::Unbuildable { run, error });
+            }
+        };
+        let mut driver = driver.with_holder(self.config.holder.clone());
+        let mut stopped = self.stopped.clone();
+        let outcome = runtime.block_on(async {
+            tokio::select! {
+                outcome = driver.resume_durable(journal, &run) => Some(outcome),
+                _ = stopped.wait_for(|stop| *stop) => None,
+            }
+        });
+        (self.report)(match outcome {
+            Some(Ok(result)) => Report::Reached {
+                run,
+                facts: result.context.len(),
+                stop_reason: result.stop_reason,
+            },
+            Some(Err(error)) => Report::Failed { run, error },
+            None => Report::Interrupted { run },
+        });
+    }
+}
