@@ -10,7 +10,6 @@
 mod cluster;
 mod common;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -234,9 +233,7 @@ fn a_file_is_copied_to_postgres_and_runs_on_there(cluster: &Cluster) {
     );
 }
 
-type Case = (&'static str, fn(&Cluster));
-
-const CASES: &[Case] = &[
+const CASES: &[cluster::Case] = &[
     (
         "the_quick_start_works_on_postgres_with_the_hashes_of_a_file",
         the_quick_start_works_on_postgres_with_the_hashes_of_a_file,
@@ -256,37 +253,5 @@ const CASES: &[Case] = &[
 ];
 
 fn main() {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .collect();
-    let cluster = match Cluster::start() {
-        Ok(cluster) => cluster,
-        Err(error) => {
-            eprintln!("postgres: cannot start PostgreSQL: {error}");
-            std::process::exit(1);
-        }
-    };
-    let mut failed = Vec::new();
-    let mut passed = 0;
-    for (name, case) in CASES {
-        if !filter.is_empty() && !filter.iter().any(|wanted| name.contains(wanted.as_str())) {
-            continue;
-        }
-        match catch_unwind(AssertUnwindSafe(|| case(&cluster))) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok");
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
-    drop(cluster);
-    println!("postgres: {passed} passed, {} failed", failed.len());
-    if !failed.is_empty() {
-        std::process::exit(1);
-    }
+    cluster::run_cases("postgres", CASES);
 }

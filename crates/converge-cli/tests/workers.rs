@@ -12,7 +12,6 @@
 mod cluster;
 mod common;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -267,9 +266,7 @@ fn a_worker_paused_past_its_lease_cannot_commit(cluster: &Cluster) {
     ));
 }
 
-type Case = (&'static str, fn(&Cluster));
-
-const CASES: &[Case] = &[
+const CASES: &[cluster::Case] = &[
     (
         "workers_killed_again_and_again_lose_nothing",
         workers_killed_again_and_again_lose_nothing,
@@ -281,41 +278,5 @@ const CASES: &[Case] = &[
 ];
 
 fn main() {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .collect();
-    let cluster = match Cluster::start() {
-        Ok(cluster) => cluster,
-        Err(error) => {
-            eprintln!("workers: cannot start PostgreSQL: {error}");
-            std::process::exit(1);
-        }
-    };
-    let mut failed = Vec::new();
-    let mut passed = 0;
-    for (name, case) in CASES {
-        if !filter.is_empty() && !filter.iter().any(|wanted| name.contains(wanted.as_str())) {
-            continue;
-        }
-        let started = Instant::now();
-        match catch_unwind(AssertUnwindSafe(|| case(&cluster))) {
-            Ok(()) => {
-                passed += 1;
-                println!(
-                    "test {name} ... ok ({:.1} s)",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(*name);
-            }
-        }
-    }
-    drop(cluster);
-    println!("workers: {passed} passed, {} failed", failed.len());
-    if !failed.is_empty() {
-        std::process::exit(1);
-    }
+    cluster::run_cases("workers", CASES);
 }

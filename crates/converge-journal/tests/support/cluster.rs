@@ -205,3 +205,52 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
 }
+
+/// A test binary's cases, each given the cluster.
+#[allow(dead_code)] // the conformance suite runs its cases over two backends itself
+pub(crate) type Case = (&'static str, fn(&Cluster));
+
+/// Runs a test binary's `cases` (those whose names contain a command-line argument, when
+/// any is given) against one cluster, started first and stopped last whatever fails, and
+/// exits with 1 if any case failed. `binary` names the suite in its summary line.
+#[allow(dead_code)]
+pub(crate) fn run_cases(binary: &str, cases: &[Case]) {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let cluster = match Cluster::start() {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            eprintln!("{binary}: cannot start PostgreSQL: {error}");
+            std::process::exit(1);
+        }
+    };
+    let mut failed = Vec::new();
+    let mut passed = 0;
+    for (name, case) in cases {
+        if !filter.is_empty() && !filter.iter().any(|wanted| name.contains(wanted.as_str())) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&cluster)));
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                println!(
+                    "test {name} ... ok ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    drop(cluster);
+    println!("{binary}: {passed} passed, {} failed", failed.len());
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}
