@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use converge_core::{ConvergeResult, Engine};
-use converge_runtime::{DurableError, RunId, Runtime, SqliteJournal};
+use converge_runtime::{DurableError, JournalError, Location, RunId, Runtime};
 
 use crate::BenchError;
 
@@ -34,15 +34,36 @@ pub(crate) fn run(engine: Engine) -> Result<Journaled, BenchError> {
 }
 
 fn run_in(dir: &std::path::Path, engine: Engine) -> Result<Journaled, BenchError> {
+    let path = dir.join("journal.db");
+    let (result, elapsed, resume, bytes) =
+        drive_then_resume(engine, &Location::Sqlite(path.clone()), || {
+            Ok(file_bytes(&path))
+        })?;
+    Ok(Journaled {
+        result,
+        elapsed,
+        resume,
+        bytes,
+        wal_bytes: None,
+    })
+}
+
+/// Runs `engine` durably in the journal at `location` (timed), calls `stored` once the run's
+/// handle is closed, then resumes the finished run from a fresh handle (timed): the result,
+/// both times and what `stored` measured.
+pub(crate) fn drive_then_resume<T>(
+    engine: Engine,
+    location: &Location,
+    stored: impl FnOnce() -> Result<T, BenchError>,
+) -> Result<(ConvergeResult, Duration, Duration, T), BenchError> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(BenchError::Runtime)?;
-    let path = dir.join("journal.db");
     let run_id = RunId::new("fanout").map_err(|error| BenchError::Durable(error.to_string()))?;
+    let journal_error = |error: JournalError| BenchError::Durable(error.to_string());
     let durable = |error: DurableError| BenchError::Durable(error.to_string());
-    let mut journal =
-        SqliteJournal::open(&path).map_err(|error| BenchError::Durable(error.to_string()))?;
+    let mut journal = location.open().map_err(journal_error)?;
     let mut runtime = Runtime::new(engine);
     let start = Instant::now();
     let result = tokio
@@ -50,10 +71,9 @@ fn run_in(dir: &std::path::Path, engine: Engine) -> Result<Journaled, BenchError
         .map_err(durable)?;
     let elapsed = start.elapsed();
     drop(journal);
-    let bytes = file_bytes(&path);
+    let measured = stored()?;
 
-    let mut journal =
-        SqliteJournal::open(&path).map_err(|error| BenchError::Durable(error.to_string()))?;
+    let mut journal = location.open().map_err(journal_error)?;
     let start = Instant::now();
     match tokio.block_on(runtime.resume_durable(&mut journal, &run_id)) {
         Err(DurableError::Finished { .. }) => {}
@@ -64,14 +84,7 @@ fn run_in(dir: &std::path::Path, engine: Engine) -> Result<Journaled, BenchError
         }
         Err(error) => return Err(durable(error)),
     }
-    let resume = start.elapsed();
-    Ok(Journaled {
-        result,
-        elapsed,
-        resume,
-        bytes,
-        wal_bytes: None,
-    })
+    Ok((result, elapsed, start.elapsed(), measured))
 }
 
 /// The bytes of a journal file and its write-ahead log, if one is left.
