@@ -159,6 +159,52 @@ pub(crate) trait Tx {
     fn advance(&mut self, run: &str, head: &NewHead<'_>) -> Result<(), JournalError>;
 }
 
+/// Whether a backend's handle may write: not when it was opened for reading only, nor once a
+/// write failed in storage (whether that write committed is unknown, so the handle never
+/// retries; reopening and loading tells). Refusals (out of order, unknown run…) do not
+/// poison it.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    /// Opened for reading only: where, for the refusal.
+    read_only: Option<std::path::PathBuf>,
+    /// The storage failure that poisoned the handle.
+    poisoned: Option<String>,
+}
+
+impl Writes {
+    /// A handle opened for reading only, at `place`.
+    pub(crate) fn read_only(place: impl Into<std::path::PathBuf>) -> Writes {
+        Writes {
+            read_only: Some(place.into()),
+            poisoned: None,
+        }
+    }
+
+    /// Refuses a write the handle may not make.
+    pub(crate) fn admit(&self) -> Result<(), JournalError> {
+        if let Some(path) = &self.read_only {
+            return Err(JournalError::ReadOnly { path: path.clone() });
+        }
+        match &self.poisoned {
+            Some(detail) => Err(JournalError::Poisoned {
+                detail: detail.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Passes a write's outcome on, poisoning the handle if it failed in storage.
+    pub(crate) fn settle<T>(
+        &mut self,
+        outcome: Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        if let Err(error @ JournalError::Storage { .. }) = &outcome {
+            self.poisoned = Some(error.to_string());
+        }
+        outcome
+    }
+}
+
 /// The columns of a `runs` row, in [`RunRow`] order.
 pub(crate) const RUN_COLUMNS: &str = "id, header, header_link, status, stop_reason, steps, \
                                       events, root_hash, record_hash, lease_token, \

@@ -38,8 +38,8 @@ use crate::JournalError;
 use crate::check::{StepRow, StepSpan};
 use crate::lease::Lease;
 use crate::store::{
-    Backend, ChunkHead, ChunkRow, NewHead, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx, signed,
-    unsigned,
+    Backend, ChunkHead, ChunkRow, NewHead, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx, Writes,
+    signed, unsigned,
 };
 use schema::storage;
 
@@ -60,10 +60,8 @@ pub struct PostgresJournal {
     thread: Option<JoinHandle<()>>,
     /// The database's URL without its password, for messages.
     place: String,
-    /// Set when a write failed in storage: the handle then refuses writes.
-    poisoned: Option<String>,
-    /// Opened with [`PostgresJournal::open_read_only`]: every write is refused.
-    read_only: bool,
+    /// Whether it may write ([`PostgresJournal::open_read_only`], or poisoned by a failure).
+    writes: Writes,
 }
 
 /// One operation for the connection's thread.
@@ -101,7 +99,7 @@ impl std::fmt::Debug for PostgresJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresJournal")
             .field("place", &self.place)
-            .field("poisoned", &self.poisoned)
+            .field("writes", &self.writes)
             .finish_non_exhaustive()
     }
 }
@@ -141,12 +139,16 @@ impl PostgresJournal {
             .map_err(|error| JournalError::Unsupported {
                 detail: format!("cannot start the database connection's thread: {error}"),
             })?;
+        let writes = if read_only {
+            Writes::read_only(&place)
+        } else {
+            Writes::default()
+        };
         let journal = PostgresJournal {
             jobs: Some(jobs),
             thread: Some(thread),
             place,
-            poisoned: None,
-            read_only,
+            writes,
         };
         let place = journal.place.clone();
         journal.call(move |session| {
@@ -201,16 +203,7 @@ impl Backend for PostgresJournal {
         &mut self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
-        if self.read_only {
-            return Err(JournalError::ReadOnly {
-                path: self.place.clone().into(),
-            });
-        }
-        if let Some(detail) = &self.poisoned {
-            return Err(JournalError::Poisoned {
-                detail: detail.clone(),
-            });
-        }
+        self.writes.admit()?;
         let outcome = self.call(move |session| {
             let (client, statements) = session.client()?;
             let mut tx = client
@@ -224,10 +217,7 @@ impl Backend for PostgresJournal {
             tx.commit().map_err(storage("committing"))?;
             Ok(value)
         });
-        if let Err(error @ JournalError::Storage { .. }) = &outcome {
-            self.poisoned = Some(error.to_string());
-        }
-        outcome
+        self.writes.settle(outcome)
     }
 
     /// One `REPEATABLE READ READ ONLY` transaction: one snapshot for every row it reads.

@@ -17,7 +17,8 @@ use crate::JournalError;
 use crate::check::{StepRow, StepSpan};
 use crate::lease::Lease;
 use crate::store::{
-    Backend, ChunkHead, ChunkRow, NewHead, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx, unsigned,
+    Backend, ChunkHead, ChunkRow, NewHead, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx, Writes,
+    unsigned,
 };
 use schema::storage;
 
@@ -76,10 +77,8 @@ use schema::storage;
 pub struct SqliteJournal {
     conn: Connection,
     path: PathBuf,
-    /// Set when a write failed in storage: the handle then refuses writes.
-    poisoned: Option<String>,
-    /// Opened with [`SqliteJournal::open_read_only`]: every write is refused.
-    read_only: bool,
+    /// Whether it may write ([`SqliteJournal::open_read_only`], or poisoned by a failure).
+    writes: Writes,
 }
 
 impl SqliteJournal {
@@ -95,8 +94,7 @@ impl SqliteJournal {
         Ok(SqliteJournal {
             conn,
             path,
-            poisoned: None,
-            read_only: false,
+            writes: Writes::default(),
         })
     }
 
@@ -109,9 +107,8 @@ impl SqliteJournal {
         let conn = schema::open_read_only(&path)?;
         Ok(SqliteJournal {
             conn,
+            writes: Writes::read_only(&path),
             path,
-            poisoned: None,
-            read_only: true,
         })
     }
 
@@ -128,16 +125,7 @@ impl Backend for SqliteJournal {
         &mut self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
-        if self.read_only {
-            return Err(JournalError::ReadOnly {
-                path: self.path.clone(),
-            });
-        }
-        if let Some(detail) = &self.poisoned {
-            return Err(JournalError::Poisoned {
-                detail: detail.clone(),
-            });
-        }
+        self.writes.admit()?;
         let outcome = (|| {
             let tx = self
                 .conn
@@ -147,10 +135,7 @@ impl Backend for SqliteJournal {
             tx.commit().map_err(storage("committing"))?;
             Ok(value)
         })();
-        if let Err(error @ JournalError::Storage { .. }) = &outcome {
-            self.poisoned = Some(error.to_string());
-        }
-        outcome
+        self.writes.settle(outcome)
     }
 
     /// One deferred transaction: every row comes from the same snapshot even while another
