@@ -139,6 +139,7 @@ pub(crate) enum Command {
     #[command(after_help = "Examples:
   converge serve
   converge serve --listen 0.0.0.0:7700 --allow-commands
+  converge serve --db postgresql://converge@db.internal/converge --drive workers
   converge token create --tenant acme --name alice --role approver")]
     Serve(ServeArgs),
 
@@ -291,6 +292,20 @@ pub(crate) struct ServeArgs {
     /// (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub(crate) jobs_dir: Option<PathBuf>,
+    /// Who drives submitted runs: this server (the default on a SQLite file), or
+    /// `converge worker` processes sharing the database (the default on PostgreSQL; any
+    /// number of servers can then answer for the same runs).
+    #[arg(long, value_enum, value_name = "WHO")]
+    pub(crate) drive: Option<DriveArg>,
+}
+
+/// Who drives a server's runs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum DriveArg {
+    /// This server process.
+    Server,
+    /// `converge worker` processes.
+    Workers,
 }
 
 #[derive(Debug, Subcommand)]

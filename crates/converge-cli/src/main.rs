@@ -28,10 +28,11 @@ use converge_runtime::{
 };
 use serde_json::json;
 
-use converge_server::{Role, Server, ServerConfig, Tokens};
+use converge_server::{Drivers, Role, Server, ServerConfig, Tokens};
 
 use crate::cli::{
-    Cli, Command, CopyArgs, DecideArgs, Format, JournalCommand, RoleArg, ServeArgs, TokenCommand,
+    Cli, Command, CopyArgs, DecideArgs, DriveArg, Format, JournalCommand, RoleArg, ServeArgs,
+    TokenCommand,
 };
 use crate::job::Calls;
 use crate::progress::Progress;
@@ -183,19 +184,6 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             "there is no journal at {}: nothing has run there yet (run a job first, or point \
              --db at the journal to read)",
             location
-        )));
-    }
-    if let (Location::Postgres(_), Command::Serve(_) | Command::Token(_)) =
-        (&location, &cli.command)
-    {
-        return Err(CliError::Other(format!(
-            "`converge {}` keeps its tokens and tenants beside a SQLite journal; it cannot \
-             use the PostgreSQL journal {location} yet. Point --db at a file",
-            if let Command::Serve(_) = cli.command {
-                "serve"
-            } else {
-                "token"
-            }
         )));
     }
     let mut journal = if cli.command.only_reads() {
@@ -379,8 +367,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             Ok(code)
         }
         Command::Journal(JournalCommand::Copy(args)) => copy_journal(cli, args),
-        Command::Serve(args) => serve(&sqlite_path(&location)?, cli, args),
-        Command::Token(command) => token(&sqlite_path(&location)?, cli, command),
+        Command::Serve(args) => serve(&location, cli, args),
+        Command::Token(command) => token(&location, cli, command),
         Command::Export(args) => {
             let run_id = run_id(&args.run)?;
             let runtime = job::runtime_of(&journal, &run_id, Calls::Offline)?;
@@ -505,18 +493,8 @@ fn copy_journal(cli: &Cli, args: &CopyArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// The file of a SQLite journal.
-fn sqlite_path(location: &Location) -> Result<std::path::PathBuf, CliError> {
-    match location {
-        Location::Sqlite(path) => Ok(path.clone()),
-        Location::Postgres(_) => Err(CliError::Other(format!(
-            "{location} is a PostgreSQL database, not a SQLite file"
-        ))),
-    }
-}
-
 /// `converge serve`: the HTTP API and web viewer until Ctrl-C or SIGTERM.
-fn serve(db: &std::path::Path, cli: &Cli, args: &ServeArgs) -> Result<u8, CliError> {
+fn serve(db: &Location, cli: &Cli, args: &ServeArgs) -> Result<u8, CliError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONVERGE_LOG")
@@ -524,7 +502,13 @@ fn serve(db: &std::path::Path, cli: &Cli, args: &ServeArgs) -> Result<u8, CliErr
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut config = ServerConfig::new(db.to_path_buf());
+    let mut config = ServerConfig::new(db.clone());
+    if let Some(drivers) = args.drive {
+        config.drivers = match drivers {
+            DriveArg::Server => Drivers::Server,
+            DriveArg::Workers => Drivers::Workers,
+        };
+    }
     config.listen = args.listen;
     config.max_body = args.max_body;
     config.header_timeout = std::time::Duration::from_secs(args.header_timeout);
@@ -536,15 +520,19 @@ fn serve(db: &std::path::Path, cli: &Cli, args: &ServeArgs) -> Result<u8, CliErr
         config.jobs_dir = std::path::absolute(dir)
             .map_err(|error| CliError::Other(format!("{}: {error}", dir.display())))?;
     }
+    let drivers = config.drivers;
     block_on(async move {
         let server = Server::bind(config)
             .await
             .map_err(|error| CliError::Other(format!("cannot start the server: {error}")))?;
         let _ = writeln!(
             std::io::stderr(),
-            "converge: serving http://{} (journal {})",
+            "converge: serving http://{} (journal {db}; {})",
             server.local_addr(),
-            db.display()
+            match drivers {
+                Drivers::Server => "runs driven here",
+                Drivers::Workers => "runs driven by `converge worker`",
+            }
         );
         server
             .serve(shutdown_signal())
@@ -576,8 +564,9 @@ async fn shutdown_signal() {
 }
 
 /// `converge token create | list | revoke`.
-fn token(db: &std::path::Path, cli: &Cli, command: &TokenCommand) -> Result<u8, CliError> {
-    let tokens = Tokens::open(db).map_err(|error| CliError::Other(error.to_string()))?;
+fn token(db: &Location, cli: &Cli, command: &TokenCommand) -> Result<u8, CliError> {
+    let mut tokens =
+        Tokens::open(db.clone()).map_err(|error| CliError::Other(error.to_string()))?;
     let failed = |error: converge_server::StoreError| CliError::Other(error.to_string());
     match command {
         TokenCommand::Create(args) => {

@@ -37,7 +37,7 @@ mod wakeups;
 pub use copy::{Copied, copy};
 pub use failing::FailingJournal;
 pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease, wall_clock_ms};
-pub use postgres::PostgresJournal;
+pub use postgres::{PostgresJournal, client_config as postgres_client_config};
 pub use record::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
     OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader,
@@ -171,6 +171,20 @@ impl Location {
             Location::Sqlite(path) => path.exists(),
             Location::Postgres(_) => true,
         }
+    }
+}
+
+impl From<PathBuf> for Location {
+    /// A file path, as given: never read as a URL.
+    fn from(path: PathBuf) -> Location {
+        Location::Sqlite(path)
+    }
+}
+
+impl From<&str> for Location {
+    /// As [`Location::parse`] reads it.
+    fn from(text: &str) -> Location {
+        Location::parse(text)
     }
 }
 

@@ -333,6 +333,60 @@ impl Runtime {
         drive_leased(parts, journal, lease, next_step, None, Some(input), run).await
     }
 
+    /// Applies human decisions to a durable run awaiting approval and commits them as one
+    /// step, without driving the run on: its lease is released at once, so a worker claims
+    /// it ([`Journal::claim`]) and continues with [`Runtime::resume_durable`]. This is how a
+    /// server whose runs workers drive decides: the decision is exactly once (the run's
+    /// lease and its step order make a second decision on the same parked run fail with
+    /// [`DurableError::NotAwaitingApproval`] or a lease refusal), and no agent executes here.
+    pub fn record_decisions<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        run_id: &RunId,
+        decisions: Vec<Decision>,
+    ) -> Result<(), DurableError> {
+        let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
+        let outcome = self.record_decisions_leased(journal, &lease, decisions);
+        release(journal, &lease, outcome)
+    }
+
+    fn record_decisions_leased<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        lease: &Lease,
+        decisions: Vec<Decision>,
+    ) -> Result<(), DurableError> {
+        let run_id = lease.run();
+        let recorded = journal.load(run_id)?;
+        let next_step = recorded.steps.len() as u64;
+        let result = match redrive(&self.engine, &recorded)? {
+            Position::Stopped(result) => awaiting(run_id, result)?,
+            Position::Running(_) | Position::Unstarted(_) => {
+                return Err(DurableError::NotAwaitingApproval {
+                    run: run_id.clone(),
+                });
+            }
+        };
+        let input = StepInput::decisions(&decisions);
+        let mut run = self.engine.resume_run(result, decisions)?;
+        run.keep_encoded_events();
+        let mut observer = Deliver(&mut self.observers);
+        let mut live = Live {
+            journal,
+            lease: lease.clone(),
+            next_step,
+            observer: &mut observer,
+            open: None,
+            clock: &*self.clock,
+            renewed_ms: self.clock.now_ms(),
+            stop_committed: false,
+        };
+        live.commit(&input, &mut run)?;
+        // The run goes on in whichever process claims it; this one only recorded.
+        drop(run);
+        Ok(())
+    }
+
     /// Cancels a durable run that is stopped awaiting approval — nobody is driving it — so it
     /// stops for good, possibly in another process than the one that ran it. No agent
     /// executes.
@@ -397,7 +451,7 @@ impl Runtime {
 
     /// Re-derives a recorded run up to its last committed step without executing any agent:
     /// its facts with their provenance, rejections, failures and pending approvals.
-    pub fn inspect<J: Journal>(
+    pub fn inspect<J: Journal + ?Sized>(
         &self,
         journal: &J,
         run_id: &RunId,
@@ -407,7 +461,7 @@ impl Runtime {
 
     /// Re-derives a recorded run from its journal without executing any agent and reports
     /// whether every event is identical, or the first that is not.
-    pub fn replay<J: Journal>(
+    pub fn replay<J: Journal + ?Sized>(
         &self,
         journal: &J,
         run_id: &RunId,

@@ -25,7 +25,7 @@ pub use converge_journal::{
     BreakReason, Copied, FailingJournal, Holder, Journal, JournalError, LEASE_RENEW_MS,
     LEASE_TTL_MS, Lease, Location, News, OpenCycle, Place, PostgresJournal, RUN_ID_LEN_MAX,
     RecordedRun, RecordedStep, RunId, RunIdError, RunStatus, RunSummary, SQLITE_POLL,
-    SqliteJournal, StoredEvent, Verification, Wakeups, copy, wall_clock_ms,
+    SqliteJournal, StoredEvent, Verification, Wakeups, copy, postgres_client_config, wall_clock_ms,
 };
 pub use converge_journal::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,

@@ -64,7 +64,14 @@ impl Server {
     /// process left running are driven on once serving starts.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         let listen = config.listen;
-        let service = Arc::new(Service::open(config)?);
+        // Opening connects to the database, which blocks: off the asynchronous threads.
+        let opened = tokio::task::spawn_blocking(move || Service::open(config))
+            .await
+            .map_err(std::io::Error::other)?;
+        let service = Arc::new(opened?);
+        service
+            .follow_news()
+            .map_err(|error| std::io::Error::other(error.message))?;
         let listener = TcpListener::bind(listen).await?;
         let router = router(service.clone());
         Ok(Server {
@@ -90,7 +97,12 @@ impl Server {
             router,
         } = self;
         let resumer = service.clone();
+        // Workers take over runs left running; a server that drives its runs resumes them.
+        let resumes = service.config.drivers == crate::Drivers::Server;
         tokio::spawn(async move {
+            if !resumes {
+                return;
+            }
             match resumer.resume_interrupted().await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!("resumed {count} interrupted runs"),

@@ -14,25 +14,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_core::{Actor, ConvergeResult, Decision, EventRecord, Observer, ProposalId};
+use converge_core::{Actor, Decision, EventRecord, Observer, ProposalId};
 use converge_runtime::{
     Cancel, DurableError, Holder, Inspection, Journal, JournalError, RunId, RunStatus, RunSummary,
-    Runtime, SqliteJournal, StoredEvent,
+    Runtime, StoredEvent,
 };
 use serde::Deserialize;
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
-use crate::ServerConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{self, BuildError, Calls};
 use crate::metrics::Metrics;
 use crate::store::{Ownership, Store, StoreError};
+use crate::{Drivers, ServerConfig};
 
 /// The server's state, shared by every request.
 pub(crate) struct Service {
     pub(crate) config: ServerConfig,
     stores: Pool<Store>,
-    journals: Pool<SqliteJournal>,
+    journals: Pool<Box<dyn Journal + Send>>,
     slots: Mutex<HashMap<RunId, Arc<Slot>>>,
     pub(crate) metrics: Metrics,
     /// Runs driven at once: more would only contend for the cores and the journal's writer
@@ -85,11 +85,11 @@ impl Service {
     pub(crate) fn open(config: ServerConfig) -> Result<Service, StoreError> {
         // Creating the store creates the journal and the server's tables.
         let stores = Pool::new(Store::open(&config.db)?);
-        let journals = Pool::new(SqliteJournal::open(&config.db)?);
+        let journals = Pool::new(config.db.open()?);
         // Connections are opened up front and kept: a request never waits for one to open.
         for _ in 1..POOL_WARM {
             stores.give(Store::connect(&config.db)?);
-            journals.give(SqliteJournal::open(&config.db)?);
+            journals.give(config.db.open()?);
         }
         let drives = std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2));
         Ok(Service {
@@ -107,15 +107,15 @@ impl Service {
     /// Runs `f` on a pooled store connection, on a blocking thread.
     pub(crate) async fn store<R: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, ApiError> {
         let service = self.clone();
         blocking(move || {
-            let store = match service.stores.take() {
+            let mut store = match service.stores.take() {
                 Some(store) => store,
                 None => Store::connect(&service.config.db).map_err(ApiError::internal)?,
             };
-            let result = f(&store);
+            let result = f(&mut store);
             service.stores.give(store);
             result.map_err(store_error)
         })
@@ -125,15 +125,15 @@ impl Service {
     /// Runs `f` on a pooled journal connection, on a blocking thread.
     pub(crate) async fn journal<R: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&SqliteJournal) -> Result<R, ApiError> + Send + 'static,
+        f: impl FnOnce(&dyn Journal) -> Result<R, ApiError> + Send + 'static,
     ) -> Result<R, ApiError> {
         let service = self.clone();
         blocking(move || {
             let journal = match service.journals.take() {
                 Some(journal) => journal,
-                None => SqliteJournal::open(&service.config.db).map_err(ApiError::internal)?,
+                None => service.config.db.open().map_err(ApiError::internal)?,
             };
-            let result = f(&journal);
+            let result = f(&*journal);
             service.journals.give(journal);
             result
         })
@@ -156,6 +156,48 @@ impl Service {
                 })
             })
             .clone()
+    }
+
+    /// On a shared database, wakes the readers of each run another process commits to
+    /// (a worker, another replica) as soon as the database announces it, so that event
+    /// streams follow within milliseconds rather than at the next look. A thread of its own
+    /// with one listening connection; it ends with the service.
+    pub(crate) fn follow_news(self: &Arc<Self>) -> Result<(), ApiError> {
+        if let converge_runtime::Location::Sqlite(_) = self.config.db {
+            return Ok(());
+        }
+        let mut wakeups =
+            converge_runtime::Wakeups::new(&self.config.db, converge_runtime::News::Events)
+                .map_err(ApiError::internal)?;
+        let service = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("converge-news".to_owned())
+            .spawn(move || {
+                loop {
+                    let news = wakeups.wait(NEWS_WAIT);
+                    let Some(service) = service.upgrade() else {
+                        return;
+                    };
+                    match news {
+                        Ok(runs) => {
+                            let slots = lock(&service.slots);
+                            for run in runs {
+                                if let Some(slot) = slots.get(&run) {
+                                    // Readers look at the journal again.
+                                    slot.committed.send_modify(|_| {});
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!("not hearing of other processes' commits: {error}");
+                            drop(service);
+                            std::thread::sleep(NEWS_WAIT);
+                        }
+                    }
+                }
+            })
+            .map_err(ApiError::internal)?;
+        Ok(())
     }
 
     /// The journal summary of a run.
@@ -379,13 +421,43 @@ impl Op {
     }
 }
 
-/// Drives one operation to its end on the calling (blocking) thread.
+/// Drives one operation to its end on the calling (blocking) thread; when workers drive
+/// the server's runs, only records it (a submission, a decision) and leaves the run to them.
 fn drive_on_this_thread(
     service: &Service,
     mut runtime: Runtime,
     op: Op,
     cancel: &Cancel,
-) -> Result<ConvergeResult, ApiError> {
+) -> Result<(), ApiError> {
+    let mut journal = match service.journals.take() {
+        Some(journal) => journal,
+        None => service.config.db.open().map_err(ApiError::internal)?,
+    };
+    runtime.set_holder(Holder::this_process("converge serve"));
+    let outcome = match (service.config.drivers, op) {
+        (Drivers::Workers, Op::Start(run)) => runtime
+            .submit_durable(&mut journal, &run)
+            .map_err(durable_error),
+        (Drivers::Workers, Op::Decide(run, decision)) => runtime
+            .record_decisions(&mut journal, &run, vec![decision])
+            .map_err(durable_error),
+        (_, op) => drive_here(service, &mut runtime, &mut journal, op, cancel),
+    };
+    // A journal that failed in storage may be poisoned: it is not handed to anyone else.
+    if outcome.is_ok() {
+        service.journals.give(journal);
+    }
+    outcome
+}
+
+/// Drives `op` in this process, once a turn is free.
+fn drive_here(
+    service: &Service,
+    runtime: &mut Runtime,
+    journal: &mut Box<dyn Journal + Send>,
+    op: Op,
+    cancel: &Cancel,
+) -> Result<(), ApiError> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -394,11 +466,7 @@ fn drive_on_this_thread(
     let _turn = tokio
         .block_on(service.drives.clone().acquire_owned())
         .map_err(ApiError::internal)?;
-    let mut journal = SqliteJournal::open(&service.config.db).map_err(ApiError::internal)?;
-    let journal = &mut journal;
     let run = op.run().clone();
-    let runtime = &mut runtime;
-    runtime.set_holder(Holder::this_process("converge serve"));
     let result = tokio.block_on(async {
         match op {
             Op::Start(run) => runtime.run_durable(journal, &run).await,
@@ -414,12 +482,14 @@ fn drive_on_this_thread(
     let result = result.map_err(durable_error)?;
     // A cancellation that came after the drive's last check found the run parked: it still
     // stops the run, as the 202 that accepted it promised.
-    match (&result.stop_reason, cancel.cancellation()) {
-        (converge_core::StopReason::AwaitingApproval { .. }, Some(cancelled)) => runtime
+    if let (converge_core::StopReason::AwaitingApproval { .. }, Some(cancelled)) =
+        (&result.stop_reason, cancel.cancellation())
+    {
+        runtime
             .cancel_durable(journal, &run, &cancelled.by, &cancelled.reason)
-            .map_err(durable_error),
-        _ => Ok(result),
+            .map_err(durable_error)?;
     }
+    Ok(())
 }
 
 /// Tells the slot about each committed event, and answers the request that started the drive
@@ -574,6 +644,10 @@ pub(crate) fn durable_error(error: DurableError) -> ApiError {
 /// most a server takes at once. With bounded evaluations a drive's first step takes at most
 /// a few seconds of work, so the last admitted waits a few seconds, not minutes.
 const DRIVES_QUEUED_PER_TURN: usize = 4;
+
+/// How long the news thread waits for an announcement before checking the service is
+/// still there.
+const NEWS_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a reader waits between looks at a run driven by another process.
 pub(crate) const POLL: Duration = Duration::from_millis(500);

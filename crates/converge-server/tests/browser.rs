@@ -38,7 +38,7 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
 
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("journal.db");
-    let tokens = Tokens::open(&db)?;
+    let mut tokens = Tokens::open(db.clone())?;
     let submitter = tokens.create("acme", "sam", Role::Submitter)?.secret;
     let approver = tokens.create("acme", "alice", Role::Approver)?.secret;
     let viewer = tokens.create("acme", "vic", Role::Viewer)?.secret;

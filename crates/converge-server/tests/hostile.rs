@@ -92,7 +92,7 @@ fn the_server_stays_up_under_the_hostile_set() {
     assert!(cases.len() >= 10, "the hostile set is missing");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("journal.db");
-    let token = Tokens::open(&db)
+    let token = Tokens::open(db.clone())
         .unwrap()
         .create("acme", "sam", Role::Submitter)
         .unwrap()

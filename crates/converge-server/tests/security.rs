@@ -107,7 +107,7 @@ async fn requests_without_a_live_token_answer_401() -> TestResult {
     server.submit(SEEDS_ONLY, Some("mine")).await?;
     let unknown = format!("cvg_{}", "A".repeat(43));
     let revoked = {
-        let tokens = Tokens::open(&server.db)?;
+        let mut tokens = Tokens::open(server.db.clone())?;
         let issued = tokens.create("acme", "carol", Role::Admin)?;
         // Live first: the same token works until it is revoked.
         let whoami = server.get_ok("/v1/whoami", &issued.secret).await?;
@@ -1211,7 +1211,7 @@ async fn error_answers_never_contain_a_token() -> TestResult {
         &server.olga,
     ];
     let revoked = {
-        let tokens = Tokens::open(&server.db)?;
+        let mut tokens = Tokens::open(server.db.clone())?;
         let issued = tokens.create("acme", "dave", Role::Approver)?;
         tokens.revoke(&issued.info.id)?;
         issued.secret

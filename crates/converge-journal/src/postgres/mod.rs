@@ -244,6 +244,20 @@ impl Backend for PostgresJournal {
 
 crate::store::journal_through_backend!(PostgresJournal);
 
+/// A database URL read as a connection configuration, with the journal's defaults: a
+/// connect timeout, `application_name=converge`, and transactions left idle ended after 5 s.
+/// Other tables kept in the journal's database (a server's tokens) connect with it too.
+///
+/// ```
+/// let config = converge_journal::postgres_client_config("postgresql://converge@db:5432/runs")
+///     .unwrap();
+/// assert_eq!(config.get_dbname(), Some("runs"));
+/// assert!(converge_journal::postgres_client_config("postgresql://a b").is_err());
+/// ```
+pub fn client_config(url: &str) -> Result<Config, JournalError> {
+    config(url)
+}
+
 /// A database URL read as a connection configuration, with this crate's defaults.
 pub(crate) fn config(url: &str) -> Result<Config, JournalError> {
     let mut config: Config = url.parse().map_err(|error| JournalError::Unsupported {

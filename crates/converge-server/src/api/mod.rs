@@ -266,7 +266,7 @@ pub(super) async fn view_of(
 
 /// The objective of the run's job spec, if it has one and its header can be read (a run is
 /// listed whether or not it says what it is for).
-pub(super) fn objective_of(journal: &impl Journal, run: &RunId) -> Option<String> {
+pub(super) fn objective_of(journal: &(impl Journal + ?Sized), run: &RunId) -> Option<String> {
     let job = journal.header(run).ok()?.job?;
     converge_runtime::spec::JobSpec::objective_of(&job.source)
 }

@@ -90,7 +90,7 @@ impl TestServer {
     ) -> TestResult<TestServer> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("journal.db");
-        let tokens = Tokens::open(&db)?;
+        let mut tokens = Tokens::open(db.clone())?;
         let sam = tokens.create("acme", "sam", Role::Submitter)?.secret;
         let alice = tokens.create("acme", "alice", Role::Approver)?.secret;
         let bob = tokens.create("acme", "bob", Role::Approver)?.secret;
@@ -124,7 +124,9 @@ impl TestServer {
 
     /// A new token.
     pub(crate) fn token(&self, tenant: &str, name: &str, role: Role) -> TestResult<String> {
-        Ok(Tokens::open(&self.db)?.create(tenant, name, role)?.secret)
+        Ok(Tokens::open(self.db.clone())?
+            .create(tenant, name, role)?
+            .secret)
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
