@@ -161,9 +161,17 @@ fn reading_an_empty_database_creates_nothing_and_hides_the_password(cluster: &Cl
         .expect("query")
         .get(0);
     assert_eq!(schema, None, "reading created the journal");
-    let serve = converge(Path::new(&with_password), &["serve"]);
-    assert_eq!(code(&serve), 1);
-    assert!(!text(&serve.stderr).contains("hunter2"));
+    // A database that cannot be reached: the server's tables are not opened, and the message
+    // names the database without its password.
+    let unreachable = "postgresql://postgres:hunter2@127.0.0.1:1/converge";
+    let tokens = converge(Path::new(unreachable), &["token", "list"]);
+    assert_eq!(code(&tokens), 1);
+    let message = text(&tokens.stderr);
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(
+        !message.contains("hunter2"),
+        "the password was printed: {message}"
+    );
 }
 
 fn a_file_is_copied_to_postgres_and_runs_on_there(cluster: &Cluster) {

@@ -80,10 +80,9 @@ impl Session {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             self.client = None;
-            let client = self
-                .config
-                .connect(NoTls)
-                .map_err(storage("connecting to the database"))?;
+            let client = self.config.connect(NoTls).map_err(|source| {
+                schema::storage_while(format!("connecting to {}", describe(&self.config)), source)
+            })?;
             self.client = Some(client);
         }
         match self.client.as_mut() {

@@ -204,8 +204,24 @@ fn version_in(tx: &mut postgres::Transaction<'_>) -> Result<Option<i64>, Journal
 
 /// Maps a client error to [`JournalError::Storage`] with what the journal was doing.
 pub(crate) fn storage(context: &'static str) -> impl Fn(postgres::Error) -> JournalError {
-    move |source| JournalError::Storage {
-        context: context.to_owned(),
-        source: Box::new(source),
+    move |source| storage_while(context.to_owned(), source)
+}
+
+/// [`JournalError::Storage`] for `source`, whose message names its cause too: the client's
+/// own says "error connecting to server" and keeps why (connection refused, a bad password)
+/// in its source.
+pub(crate) fn storage_while(context: String, source: postgres::Error) -> JournalError {
+    let mut message = source.to_string();
+    let mut cause = std::error::Error::source(&source);
+    while let Some(error) = cause {
+        let said = error.to_string();
+        if !message.contains(&said) {
+            message = format!("{message}: {said}");
+        }
+        cause = error.source();
+    }
+    JournalError::Storage {
+        context,
+        source: message.into(),
     }
 }

@@ -113,6 +113,28 @@ impl Cluster {
         Ok(format!("{base}/{name}"))
     }
 
+    /// Restarts the started cluster the way an operator would (`pg_ctl restart -m fast`):
+    /// sessions are ended, and the server comes back on the same port with the same data.
+    #[allow(dead_code)] // only some suites restart
+    pub(crate) fn restart(&self) -> Result<(), String> {
+        let Some(started) = &self.started else {
+            return Err("the cluster was not started by the tests".to_owned());
+        };
+        // The restarted server logs to the file, not to the pipe `pg_ctl` is read through
+        // (which would then never close).
+        let log = started.dir.path().join("server.log");
+        self.pg_ctl(&[
+            "-l",
+            &log.to_string_lossy(),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "restart",
+        ])
+    }
+
     /// Runs `pg_ctl` with `args` on the started cluster (for restarts in tests).
     pub(crate) fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
         let Some(started) = &self.started else {

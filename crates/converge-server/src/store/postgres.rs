@@ -142,9 +142,16 @@ fn database(place: &str, source: postgres::Error) -> StoreError {
     if source.code() == Some(&SqlState::UNIQUE_VIOLATION) {
         return StoreError::Conflict(source.to_string());
     }
+    // The client's own message ("error connecting to server") keeps why in its sources.
+    let mut message = source.to_string();
+    let mut cause = std::error::Error::source(&source);
+    while let Some(error) = cause {
+        message = format!("{message}: {error}");
+        cause = error.source();
+    }
     StoreError::Database {
         place: place.to_owned(),
-        source: Box::new(source),
+        source: message.into(),
     }
 }
 
