@@ -575,6 +575,57 @@ fn a_stream_on_one_replica_follows_a_worker_started_after_it(cluster: &Cluster) 
     );
 }
 
+fn a_cancel_on_a_replica_stops_a_run_a_worker_drives(cluster: &Cluster) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir(&jobs).expect("a jobs directory");
+    let log = dir.path().join("executions.log");
+    let url = cluster.database("cancel").expect("a database");
+    let sam = token(&url, "sam", "submitter");
+    let mut processes = Processes::default();
+    let base = server(&mut processes, &url, &dir.path().join("server.log"), &jobs);
+    assert_eq!(submit(&base, &sam, "long", &job(&log)), 201);
+    let worker_log = dir.path().join("worker.log");
+    processes.0.push(worker(&url, &worker_log, "4"));
+    let journal = PostgresJournal::open_read_only(&url).expect("the journal opens");
+    let run = RunId::new("acme-long").expect("valid");
+    // The worker is inside the second cycle: its agent sleeps.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journal.summary(&run).expect("the run").steps < 2 {
+        assert!(Instant::now() < deadline, "the worker never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = client()
+        .post(format!("{base}/v1/runs/long/cancel"))
+        .bearer_auth(&sam)
+        .json(&json!({"reason": "no longer needed"}))
+        .send()
+        .expect("the server answers");
+    assert_eq!(answer.status().as_u16(), 202);
+    let summary = journal.summary(&run).expect("the run");
+    assert_eq!(
+        summary.status,
+        RunStatus::Stopped {
+            reason: json!({"stop": "halted", "reason": "cancelled by sam: no longer needed"})
+        },
+        "{summary:?}"
+    );
+    // The worker finds its lease gone and commits nothing more; the last agent never runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let said = loop {
+        let said = std::fs::read_to_string(&worker_log).unwrap_or_default();
+        if said.contains("run acme-long:") || Instant::now() > deadline {
+            break said;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(said.contains("no longer holds its lease"), "{said}");
+    assert_eq!(journal.summary(&run).expect("the run").steps, summary.steps);
+    let executed = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!executed.contains("third"), "{executed}");
+    all_verify(&journal);
+}
+
 fn postgres_restarted_mid_load_loses_nothing(cluster: &Cluster) {
     let dir = tempfile::tempdir().expect("a directory");
     let jobs = dir.path().join("jobs");
@@ -676,6 +727,10 @@ const CASES: &[cluster::Case] = &[
     (
         "a_stream_on_one_replica_follows_a_worker_started_after_it",
         a_stream_on_one_replica_follows_a_worker_started_after_it,
+    ),
+    (
+        "a_cancel_on_a_replica_stops_a_run_a_worker_drives",
+        a_cancel_on_a_replica_stops_a_run_a_worker_drives,
     ),
     (
         "postgres_restarted_mid_load_loses_nothing",

@@ -92,6 +92,15 @@ impl<J: Journal> Journal for FailingJournal<J> {
         self.inner.acquire(run, holder, now_ms)
     }
 
+    fn preempt(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        self.inner.preempt(run, holder, now_ms)
+    }
+
     fn claim(
         &mut self,
         holder: &Holder,

@@ -754,6 +754,14 @@ pub trait Journal {
     fn acquire(&mut self, run: &RunId, holder: &Holder, now_ms: u64)
     -> Result<Lease, JournalError>;
 
+    /// Takes the run's lease for `holder` from whoever holds it, live or not: how a run
+    /// another process drives is stopped (a cancellation from another machine). From then
+    /// on the previous holder's commits, renewals and releases are refused
+    /// ([`JournalError::LeaseLost`]), so it stops at its next write, and nothing it had not
+    /// committed is kept.
+    fn preempt(&mut self, run: &RunId, holder: &Holder, now_ms: u64)
+    -> Result<Lease, JournalError>;
+
     /// Extends a held lease to `now_ms` plus its time to live.
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError>;
 
@@ -871,6 +879,15 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         (**self).acquire(run, holder, now_ms)
     }
 
+    fn preempt(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        (**self).preempt(run, holder, now_ms)
+    }
+
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
         (**self).renew(lease, now_ms)
     }
@@ -960,6 +977,15 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
         now_ms: u64,
     ) -> Result<Lease, JournalError> {
         (**self).acquire(run, holder, now_ms)
+    }
+
+    fn preempt(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        (**self).preempt(run, holder, now_ms)
     }
 
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {

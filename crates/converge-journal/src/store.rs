@@ -353,6 +353,13 @@ pub(crate) fn acquire(tx: &mut dyn Tx, lease: &Lease, now_ms: u64) -> Result<(),
     tx.store_lease(lease)
 }
 
+/// Takes the run's lease whoever holds it: [`crate::Journal::preempt`]. The row is locked
+/// first, so a commit of the previous holder is either before (and kept) or refused.
+pub(crate) fn preempt(tx: &mut dyn Tx, lease: &Lease) -> Result<(), JournalError> {
+    read_run(tx, &lease.run)?;
+    tx.store_lease(lease)
+}
+
 /// How many runs leased by processes of this host a claim looks through for dead ones.
 const LEASED_HERE_SCAN_MAX: i64 = 1024;
 
@@ -694,6 +701,18 @@ macro_rules! journal_through_backend {
                 let lease = $crate::Lease::new(run, holder, now_ms);
                 let taken = lease.clone();
                 self.write(move |tx| $crate::store::acquire(tx, &taken, now_ms))?;
+                Ok(lease)
+            }
+
+            fn preempt(
+                &mut self,
+                run: &$crate::RunId,
+                holder: &$crate::Holder,
+                now_ms: u64,
+            ) -> Result<$crate::Lease, $crate::JournalError> {
+                let lease = $crate::Lease::new(run, holder, now_ms);
+                let taken = lease.clone();
+                self.write(move |tx| $crate::store::preempt(tx, &taken))?;
                 Ok(lease)
             }
 

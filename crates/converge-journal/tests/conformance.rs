@@ -424,6 +424,54 @@ fn leases(store: &Store) {
     mine.acquire(&id, &holder(), 0).expect("free again");
 }
 
+fn a_live_lease_is_preempted(store: &Store) {
+    let mut mine = store.open();
+    let mut theirs = store.open();
+    let id = run_id("preempted");
+    let mut lease = mine
+        .create_run(&id, &header(), &holder(), 1_000)
+        .expect("created");
+    let engine = gated_engine();
+    let mut run = engine.start(Context::new()).expect("valid");
+    let events = run.take_events();
+    let start = StepInput::Start { header: header() };
+    mine.append(&lease, 0, &start, &events)
+        .expect("the holder writes");
+    // Live and unexpired, yet taken: a cancellation from elsewhere.
+    let taken = theirs
+        .preempt(&id, &elsewhere(), 2_000)
+        .expect("preempted while live");
+    let summary = theirs.summary(&id).expect("summary");
+    assert_eq!(
+        summary.lease.as_ref().map(|(holder, _)| holder),
+        Some(&elsewhere())
+    );
+    // The previous holder's commits and renewals are refused and write nothing.
+    let halt = StepInput::Halt {
+        reason: serde_json::json!({"halt": "cancelled"}),
+    };
+    let _ = run.halt(converge_core::StopReason::Halted {
+        reason: "cancelled".to_owned(),
+    });
+    let halted = run.take_events();
+    assert!(matches!(
+        mine.append(&lease, 1, &halt, &halted),
+        Err(JournalError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        mine.renew(&mut lease, 3_000),
+        Err(JournalError::LeaseLost { .. })
+    ));
+    assert_eq!(theirs.summary(&id).expect("summary").steps, 1);
+    theirs.release(&taken).expect("released");
+    assert_eq!(theirs.summary(&id).expect("summary").lease, None);
+    // A run that does not exist cannot be preempted.
+    assert!(matches!(
+        theirs.preempt(&run_id("nowhere"), &elsewhere(), 2_000),
+        Err(JournalError::UnknownRun { .. })
+    ));
+}
+
 fn outcomes_ahead_of_their_step(store: &Store) {
     let mut journal = store.open();
     let id = run_id("ahead");
@@ -896,6 +944,7 @@ const CASES: &[Case] = &[
     ("many_events_span_chunks", many_events_span_chunks),
     ("refusals_write_nothing", refusals_write_nothing),
     ("leases", leases),
+    ("a_live_lease_is_preempted", a_live_lease_is_preempted),
     ("outcomes_ahead_of_their_step", outcomes_ahead_of_their_step),
     ("injected_failures", injected_failures),
     ("concurrent_writers", concurrent_writers),

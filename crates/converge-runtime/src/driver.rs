@@ -449,6 +449,30 @@ impl Runtime {
         Ok(live.close(run))
     }
 
+    /// Cancels a durable run that is going — whichever process drives it, on whichever
+    /// machine — so it stops for good. The run's lease is taken from its holder
+    /// ([`Journal::preempt`]): the holder's next commit or renewal is refused, so it stops
+    /// within a lease renewal period and commits nothing more. The run is then re-derived
+    /// here, and halted `cancelled by <by>: <reason>` before anything executes. Outcomes the
+    /// holder committed ahead of an unfinished cycle are left unused.
+    ///
+    /// A run parked for approval is [`Runtime::cancel_durable`]'s; one that stopped for good
+    /// is [`DurableError::Finished`].
+    pub async fn cancel_going_durable<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        run_id: &RunId,
+        by: &str,
+        reason: &str,
+    ) -> Result<ConvergeResult, DurableError> {
+        let cancel = Cancel::new();
+        cancel.cancel(by, reason);
+        self.cancel = cancel;
+        let lease = journal.preempt(run_id, &self.holder, wall_clock_ms())?;
+        let outcome = self.resume_leased(journal, &lease).await;
+        release(journal, &lease, outcome)
+    }
+
     /// Re-derives a recorded run up to its last committed step without executing any agent:
     /// its facts with their provenance, rejections, failures and pending approvals.
     pub fn inspect<J: Journal + ?Sized>(

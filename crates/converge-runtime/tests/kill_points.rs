@@ -167,6 +167,15 @@ impl<J: Journal> Journal for KillAt<J> {
         self.inner.acquire(run, holder, now_ms)
     }
 
+    fn preempt(
+        &mut self,
+        run: &RunId,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<Lease, JournalError> {
+        self.inner.preempt(run, holder, now_ms)
+    }
+
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
         self.inner.renew(lease, now_ms)
     }

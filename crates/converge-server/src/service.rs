@@ -79,6 +79,12 @@ pub(crate) enum Op {
         by: String,
         reason: String,
     },
+    /// Cancels a run that is going, whoever drives it: its lease is taken over.
+    CancelGoing {
+        run: RunId,
+        by: String,
+        reason: String,
+    },
 }
 
 impl Service {
@@ -416,7 +422,7 @@ impl Op {
     fn run(&self) -> &RunId {
         match self {
             Op::Start(run) | Op::Resume(run) | Op::Decide(run, _) => run,
-            Op::CancelParked { run, .. } => run,
+            Op::CancelParked { run, .. } | Op::CancelGoing { run, .. } => run,
         }
     }
 }
@@ -476,6 +482,12 @@ fn drive_here(
             }
             Op::CancelParked { run, by, reason } => {
                 runtime.cancel_durable(journal, &run, &by, &reason)
+            }
+            Op::CancelGoing { run, by, reason } => {
+                cancel.cancel(&by, &reason);
+                runtime
+                    .cancel_going_durable(journal, &run, &by, &reason)
+                    .await
             }
         }
     });

@@ -356,13 +356,13 @@ pub(crate) async fn get_run(
     request_body(content = CancelRequest, content_type = "application/json",
         description = "Optional: an empty body cancels with a default reason",
         example = json!({"reason": "no longer needed"})),
-    responses((status = 202, body = RunView, description = "The run halts (a running one at once; a parked one stops for good)",
+    responses((status = 202, body = RunView, description = "The run halts: a running one at once, whichever process drives it (its lease is taken over, so its driver commits nothing more); a parked one stops for good",
             example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "stopped", "stop_reason": {"stop": "halted", "reason": "cancelled by sam: no longer needed"}, "steps": 4, "events": 23, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false})),
         (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot do this"),
         (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`: the body is not application/json"),
         (status = 422, body = ErrorBody, description = "`invalid`: the body does not parse, nests too deep or has an unknown field"),
-        (status = 409, body = ErrorBody, description = "`stopped`: the run has already stopped; `run_busy`: another request or process drives it"),
+        (status = 409, body = ErrorBody, description = "`stopped`: the run has already stopped; `run_busy`: another request on this server is deciding or cancelling it"),
         (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn cancel(
     State(service): Api,
@@ -406,12 +406,13 @@ pub(crate) async fn cancel(
             by: principal.name.clone(),
             reason,
         },
-        // Left running by a process that stopped: resumed already cancelled, so it halts
-        // before executing anything.
-        RunStatus::Running => {
-            cancel.cancel(&principal.name, &reason);
-            Op::Resume(owner.run.clone())
-        }
+        // Driven by another process (a worker, another replica), or left running by one that
+        // stopped: its lease is taken over and it halts before executing anything more.
+        RunStatus::Running => Op::CancelGoing {
+            run: owner.run.clone(),
+            by: principal.name.clone(),
+            reason,
+        },
     };
     service.drive(guard, runtime, op, cancel).await?;
     let view = view_of(&service, &owner).await?;
