@@ -211,6 +211,11 @@ pub(crate) struct RunArgs {
     /// The new run's id (default: the spec's file stem and the next free number).
     #[arg(long)]
     pub(crate) id: Option<String>,
+    /// Make the run this tenant's, as if submitted over the HTTP API: its id starts with the
+    /// tenant's prefix (`acme-release-approval-1`), and `converge serve` lists and serves it
+    /// to the tenant's tokens.
+    #[arg(long, value_name = "TENANT")]
+    pub(crate) tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]

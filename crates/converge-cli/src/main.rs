@@ -202,10 +202,13 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             for warning in &loaded.warnings {
                 let _ = writeln!(std::io::stderr(), "warning: {warning}");
             }
-            let run_id = match &args.id {
-                Some(id) => RunId::new(id).map_err(|error| CliError::Other(error.to_string()))?,
-                None => store::next_run_id(&journal, &args.spec)?,
-            };
+            let run_id = store::new_run_id(
+                &journal,
+                &args.spec,
+                args.id.as_deref(),
+                args.tenant.as_deref(),
+            )?;
+            let owned = store::own(&location, &journal, &run_id, args.tenant.as_deref())?;
             let mut runtime = loaded
                 .runtime
                 .with_holder(Holder::this_process("converge run"));
@@ -219,7 +222,8 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                 );
             }
             let drive = runtime.run_durable(&mut journal, &run_id);
-            let result = block_on(signals::unless_interrupted(&run_id, drive))???;
+            let result = block_on(signals::unless_interrupted(&run_id, drive))?;
+            let result = owned.settle(&journal, result)???;
             let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
             output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
             Ok(stop_code(&result))
@@ -229,14 +233,18 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             for warning in &loaded.warnings {
                 let _ = writeln!(std::io::stderr(), "warning: {warning}");
             }
-            let run_id = match &args.id {
-                Some(id) => RunId::new(id).map_err(|error| CliError::Other(error.to_string()))?,
-                None => store::next_run_id(&journal, &args.spec)?,
-            };
+            let run_id = store::new_run_id(
+                &journal,
+                &args.spec,
+                args.id.as_deref(),
+                args.tenant.as_deref(),
+            )?;
+            let owned = store::own(&location, &journal, &run_id, args.tenant.as_deref())?;
             let runtime = loaded
                 .runtime
                 .with_holder(Holder::this_process("converge submit"));
-            runtime.submit_durable(&mut journal, &run_id)?;
+            let submitted = runtime.submit_durable(&mut journal, &run_id);
+            owned.settle(&journal, submitted)??;
             if cli.json {
                 output::line(json!({"run": run_id.as_str(), "status": "submitted"}))?;
             } else {

@@ -651,7 +651,80 @@ fn converge_serve_runs_a_job_an_approver_approves_it_and_the_cli_audits_it() {
     };
     assert_eq!(run["stop_reason"]["stop"], "converged", "{run}");
 
-    // The CLI sees the same run in the same journal (under its tenant-qualified id).
+    // One id everywhere: the API names the run as the CLI does, and either form finds it.
+    assert_eq!(run["id"], "acme-rel");
+    let (status, same) = http(&addr, "GET", "/v1/runs/acme-rel", &alice, "", "text/plain");
+    assert_eq!((status, &same["id"]), (200, &run["id"]));
+
+    // A run the CLI makes for the tenant is the tenant's in the API and the viewer too.
+    let made = converge(
+        &db,
+        &["run", &example("budget-review.yaml"), "--tenant", "acme"],
+    );
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    assert!(
+        stdout(&made).contains("acme-budget-review-1"),
+        "{}",
+        stdout(&made)
+    );
+    let (status, listed) = http(&addr, "GET", "/v1/runs", &alice, "", "text/plain");
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|run| run["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["acme-budget-review-1", "acme-rel"], "{listed}");
+    let (status, cli_run) = http(
+        &addr,
+        "GET",
+        "/v1/runs/budget-review-1",
+        &alice,
+        "",
+        "text/plain",
+    );
+    assert_eq!(
+        (status, &cli_run["status"]),
+        (200, &Value::from("stopped")),
+        "{cli_run}"
+    );
+    // Another tenant's tokens do not see it, and the id cannot be taken twice.
+    let other = converge(
+        &db,
+        &[
+            "token", "create", "--tenant", "zeta", "--name", "zoe", "--role", "viewer",
+        ],
+    );
+    let zoe = stdout(&other).trim().to_owned();
+    let (status, _) = http(
+        &addr,
+        "GET",
+        "/v1/runs/acme-budget-review-1",
+        &zoe,
+        "",
+        "text/plain",
+    );
+    assert_eq!(status, 404);
+    let again = converge(
+        &db,
+        &[
+            "run",
+            &example("budget-review.yaml"),
+            "--tenant",
+            "acme",
+            "--id",
+            "budget-review-1",
+        ],
+    );
+    assert_eq!(code(&again), 1, "{}", stdout(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    // The CLI sees the same run in the same journal under the same id.
     let why = converge(&db, &["why", "acme-rel", "release-2-4-0"]);
     assert_eq!(code(&why), 0, "{}", stderr(&why));
     assert!(stdout(&why).contains("alice"), "{}", stdout(&why));

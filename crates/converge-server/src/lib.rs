@@ -31,7 +31,7 @@ use converge_runtime::Location;
 
 pub use auth::Role;
 pub use server::{Server, ServerError};
-pub use store::{DecisionAttempt, IssuedToken, StoreError, TokenInfo, Tokens};
+pub use store::{DecisionAttempt, IssuedToken, Owners, StoreError, TokenInfo, Tokens};
 
 /// How a server runs. [`ServerConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]

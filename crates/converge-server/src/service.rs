@@ -664,13 +664,15 @@ const NEWS_WAIT: Duration = Duration::from_secs(1);
 /// How long a reader waits between looks at a run driven by another process.
 pub(crate) const POLL: Duration = Duration::from_millis(500);
 
-/// The run a tenant knows as `id`, or the 404 every tenant gets for a run that is not theirs.
+/// The run a tenant names `id` — its run id (`acme-release-1`) or the part after the
+/// tenant's prefix (`release-1`) — or the 404 every tenant gets for a run that is not theirs.
 pub(crate) async fn owned(
     service: &Arc<Service>,
     tenant: &str,
     id: &str,
 ) -> Result<Ownership, ApiError> {
-    let (tenant, key) = (tenant.to_owned(), id.to_owned());
+    let key = crate::store::within(tenant, id).to_owned();
+    let tenant = tenant.to_owned();
     service
         .store(move |store| store.owned(&tenant, &key))
         .await?

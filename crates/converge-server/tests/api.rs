@@ -52,10 +52,10 @@ async fn submits_yaml_and_json_lists_newest_first_and_gets_status() -> TestResul
         .submit_as(&server.sam, "application/yaml", SEEDS_ONLY, None)
         .await?;
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(response.headers()["location"], "/v1/runs/run-1");
+    assert_eq!(response.headers()["location"], "/v1/runs/acme-run-1");
     assert!(response.headers().contains_key("x-request-id"));
     let (_, first) = answer(response).await?;
-    assert_eq!(first["id"], "run-1");
+    assert_eq!(first["id"], "acme-run-1");
     assert_eq!(first["tenant"], "acme");
     assert_eq!(first["submitted_by"], "sam");
     assert!(
@@ -77,9 +77,9 @@ async fn submits_yaml_and_json_lists_newest_first_and_gets_status() -> TestResul
         )
         .await?;
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(response.headers()["location"], "/v1/runs/run-2");
+    assert_eq!(response.headers()["location"], "/v1/runs/acme-run-2");
     let (_, second) = answer(response).await?;
-    assert_eq!(second["id"], "run-2");
+    assert_eq!(second["id"], "acme-run-2");
 
     let mut settled = Vec::new();
     for id in ["run-1", "run-2"] {
@@ -106,12 +106,12 @@ async fn submits_yaml_and_json_lists_newest_first_and_gets_status() -> TestResul
         .iter()
         .filter_map(|run| run["id"].as_str())
         .collect();
-    assert_eq!(ids, ["run-2", "run-1"], "newest first: {listed}");
+    assert_eq!(ids, ["acme-run-2", "acme-run-1"], "newest first: {listed}");
     assert_eq!(listed["runs"][1], settled[0]);
 
     let limited = server.get_ok("/v1/runs?limit=1", &server.vic).await?;
     assert_eq!(limited["runs"].as_array().map(Vec::len), Some(1));
-    assert_eq!(limited["runs"][0]["id"], "run-2");
+    assert_eq!(limited["runs"][0]["id"], "acme-run-2");
 
     let whoami = server.get_ok("/v1/whoami", &server.sam).await?;
     assert_eq!(
@@ -179,7 +179,7 @@ async fn a_refused_spec_answers_422_with_its_located_message_and_starts_nothing(
     let listed = server.get_ok("/v1/runs", &server.vic).await?;
     assert_eq!(listed["runs"], json!([]), "{listed}");
     let id = server.submit(SEEDS_ONLY, None).await?;
-    assert_eq!(id, "run-1");
+    assert_eq!(id, "acme-run-1");
     Ok(())
 }
 
@@ -220,14 +220,25 @@ async fn an_unsupported_content_type_answers_415() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_ids_are_chosen_with_id_or_numbered_and_never_reused() -> TestResult {
     let server = TestServer::start().await?;
-    assert_eq!(server.submit(SEEDS_ONLY, None).await?, "run-1");
-    assert_eq!(server.submit(SEEDS_ONLY, None).await?, "run-2");
+    // The run id is the tenant's prefix and the given id (or `run-N`); either form names it.
+    assert_eq!(server.submit(SEEDS_ONLY, None).await?, "acme-run-1");
+    assert_eq!(server.submit(SEEDS_ONLY, None).await?, "acme-run-2");
     assert_eq!(
         server.submit(SEEDS_ONLY, Some("nightly_2-4")).await?,
-        "nightly_2-4"
+        "acme-nightly_2-4"
     );
+    assert_eq!(
+        server.submit(SEEDS_ONLY, Some("acme-weekly")).await?,
+        "acme-weekly"
+    );
+    for named in ["weekly", "acme-weekly"] {
+        let run = server
+            .get_ok(&format!("/v1/runs/{named}"), &server.vic)
+            .await?;
+        assert_eq!(run["id"], "acme-weekly");
+    }
 
-    for taken in ["nightly_2-4", "run-1"] {
+    for taken in ["nightly_2-4", "run-1", "acme-run-2", "weekly"] {
         let response = server
             .submit_as(&server.sam, "application/yaml", SEEDS_ONLY, Some(taken))
             .await?;
@@ -252,7 +263,7 @@ async fn run_ids_are_chosen_with_id_or_numbered_and_never_reused() -> TestResult
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     let listed = server.get_ok("/v1/runs", &server.vic).await?;
-    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(4), "{listed}");
     Ok(())
 }
 
@@ -262,9 +273,9 @@ async fn run_ids_are_chosen_with_id_or_numbered_and_never_reused() -> TestResult
 async fn a_default_id_skips_ids_already_taken() -> TestResult {
     let server = TestServer::start().await?;
     // One run in the tenant, explicitly named what the next default would be.
-    assert_eq!(server.submit(SEEDS_ONLY, Some("run-2")).await?, "run-2");
+    assert_eq!(server.submit(SEEDS_ONLY, Some("run-2")).await?, "acme-run-2");
     let id = server.submit(SEEDS_ONLY, None).await?;
-    assert_ne!(id, "run-2");
+    assert_ne!(id, "acme-run-2");
     Ok(())
 }
 
@@ -447,7 +458,7 @@ async fn an_approval_of_the_listed_hash_promotes_the_fact_with_its_approver() ->
     assert_eq!(accepted["decision"]["verdict"], "approve");
     assert_eq!(accepted["decision"]["proposal"], proposal.as_str());
     assert_eq!(accepted["decision"]["hash"], hash.as_str());
-    assert_eq!(accepted["run"]["id"], "release-1");
+    assert_eq!(accepted["run"]["id"], "acme-release-1");
 
     let run = server.settle("release-1").await?;
     assert_eq!(run["status"], "stopped");
@@ -1001,7 +1012,7 @@ async fn cancelling_a_run_awaiting_approval_halts_it_for_good() -> TestResult {
         .await?;
     let (status, body) = answer(response).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["id"], "release-1");
+    assert_eq!(body["id"], "acme-release-1");
     let run = server.settle("release-1").await?;
     assert_eq!(run["status"], "stopped");
     assert_eq!(run["stop_reason"]["stop"], "halted", "{run}");

@@ -59,7 +59,7 @@ pub(crate) struct DecisionList {
 /// The proposals waiting for a human, with what each would become and the hash a decision
 /// must name.
 #[utoipa::path(get, path = "/v1/runs/{run}/approvals", tag = "approvals", operation_id = "approvals",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1")),
     responses((status = 200, body = schema::PendingList, description = "The proposals waiting for a human (empty unless the run awaits approval)",
         links(
             ("approve" = (operation_id = "approve", parameters(("run" = "$request.path.run"), ("proposal" = "$response.body#/pending/0/proposal")),
@@ -91,11 +91,11 @@ pub(crate) async fn approvals(
 
 /// Approve one pending proposal: bound to the run, the proposal and its hash; used once.
 #[utoipa::path(post, path = "/v1/runs/{run}/approvals/{proposal}/approve", tag = "approvals", operation_id = "approve",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1"),
         ("proposal" = String, Path, description = "The pending proposal's id", example = "c2.a2.p0")),
     request_body(content = ApproveRequest, content_type = "application/json", example = json!({"hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"})),
     responses((status = 200, body = DecisionAccepted, description = "Accepted: the proposal is promoted and the run goes on",
-            example = json!({"decision": {"seq": 1, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "alice", "verdict": "approve", "reason": null, "outcome": "accepted", "refusal": null, "at_ms": 1764250060000_u64}, "run": {"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true}})),
+            example = json!({"decision": {"seq": 1, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "alice", "verdict": "approve", "reason": null, "outcome": "accepted", "refusal": null, "at_ms": 1764250060000_u64}, "run": {"id": "acme-release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true}})),
         (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot decide, or the approver submitted the run"),
         (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`: the body is not application/json"),
@@ -113,11 +113,11 @@ pub(crate) async fn approve(
 
 /// Reject one pending proposal, with a reason: bound like an approval.
 #[utoipa::path(post, path = "/v1/runs/{run}/approvals/{proposal}/reject", tag = "approvals", operation_id = "reject",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1"),
         ("proposal" = String, Path, description = "The pending proposal's id", example = "c2.a2.p0")),
     request_body(content = RejectRequest, content_type = "application/json", example = json!({"hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "reason": "no rollback plan"})),
     responses((status = 200, body = DecisionAccepted, description = "Accepted: the proposal is rejected and the run goes on",
-            example = json!({"decision": {"seq": 2, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "alice", "verdict": "reject", "reason": "no rollback plan", "outcome": "accepted", "refusal": null, "at_ms": 1764250060000_u64}, "run": {"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true}})),
+            example = json!({"decision": {"seq": 2, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "alice", "verdict": "reject", "reason": "no rollback plan", "outcome": "accepted", "refusal": null, "at_ms": 1764250060000_u64}, "run": {"id": "acme-release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true}})),
         (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot decide, or the approver submitted the run"),
         (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`: the body is not application/json"),
@@ -283,7 +283,7 @@ async fn record(
 
 /// Every decision attempt on the run, accepted or refused, in order.
 #[utoipa::path(get, path = "/v1/runs/{run}/decisions", tag = "approvals", operation_id = "decisions",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1")),
     responses((status = 200, body = DecisionList, description = "Every decision attempt on the run, accepted or refused, in order",
         example = json!({"decisions": [{"seq": 1, "proposal": "c2.a2.p0", "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "actor": "sam", "verdict": "approve", "reason": null, "outcome": "refused", "refusal": "self_approval", "at_ms": 1764250050000_u64}]}))))]
 pub(crate) async fn decisions(

@@ -16,7 +16,7 @@ use super::{Api, EVENTS_PAGE_MAX, PageQuery, Params, Read, Run, joined, page_lim
 
 /// Re-derive the run from its journal without executing any agent or calling any model.
 #[utoipa::path(get, path = "/v1/runs/{run}/replay", tag = "audit", operation_id = "replay",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1")),
     responses((status = 200, body = schema::Replay, description = "Every step re-derived without executing any agent: identical, or the first divergence",
         example = json!({"replay": "identical", "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"}))))]
 pub(crate) async fn replay(
@@ -37,7 +37,7 @@ pub(crate) async fn replay(
 
 /// Check the stored hash chain; name the first altered or missing entry.
 #[utoipa::path(get, path = "/v1/runs/{run}/verify", tag = "audit", operation_id = "verify",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1")),
     responses((status = 200, body = schema::Verification, description = "Both stored chains recomputed: intact, or the first altered entry",
         example = json!({"intact": true, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "record_hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}))))]
 pub(crate) async fn verify(
@@ -57,7 +57,7 @@ pub(crate) async fn verify(
 /// hash (zeros before the first), the seq as 8 little-endian bytes and the event's exact
 /// bytes, each part preceded by its length as 8 little-endian bytes.
 #[utoipa::path(get, path = "/v1/runs/{run}/audit", tag = "audit", operation_id = "audit",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"), PageQuery),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1"), PageQuery),
     responses((status = 200, body = schema::AuditPage, description = "The chain's head and a page of its entries",
         example = json!({"root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "steps": 3, "events": 21, "next": 1, "entries": [{"seq": 0, "step": 0, "hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "event": {"event": "run_started", "initial_facts": 0}}]}))))]
 pub(crate) async fn audit(

@@ -38,7 +38,7 @@ pub(crate) struct ResumeHeader {
 /// The run's events: a server-sent event stream (`Accept: text/event-stream`, resumable
 /// with `Last-Event-ID`) or a JSON page.
 #[utoipa::path(get, path = "/v1/runs/{run}/events", tag = "events", operation_id = "events",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1"), PageQuery, ResumeHeader),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1"), PageQuery, ResumeHeader),
     responses((status = 200, description = "With `Accept: text/event-stream`, server-sent events: `id: <seq>`, `event: <kind>`, `data: <EventEntry as JSON>`, ending with `event: end` (`data: {\"status\": \"stopped\", \"stop_reason\": …}`) once the run stops for good. Otherwise a JSON page.",
         content(
             (schema::EventPage = "application/json", example = json!({"events": [{"seq": 0, "step": 0, "hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "event": {"event": "run_started", "initial_facts": 0}}], "next": 1, "stopped": false})),

@@ -235,7 +235,7 @@ pub(super) fn run_view(
         RunStatus::Stopped { .. } => RunState::Stopped,
     };
     RunView {
-        id: owner.id.clone(),
+        id: owner.run.to_string(),
         tenant: owner.tenant.clone(),
         objective,
         submitted_by: owner.submitted_by.clone(),

@@ -38,8 +38,10 @@ pub(crate) struct RunList {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitQuery {
-    /// The new run's id (1 to 48 letters, digits, `_` or `-`); default `run-N`.
-    #[param(pattern = "^[A-Za-z0-9_-]{1,48}$", example = "release-1")]
+    /// The new run's id (1 to 48 letters, digits, `_` or `-`), with or without the tenant's
+    /// prefix: `release-1` and `acme-release-1` both make the run `acme-release-1`; default
+    /// `run-N`.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,48}$", example = "acme-release-1")]
     id: Option<String>,
 }
 
@@ -130,7 +132,7 @@ pub(crate) struct CancelRequest {
                 ("verify" = (operation_id = "verify", parameters(("run" = "$response.body#/id")), description = "Verify it")),
                 ("audit" = (operation_id = "audit", parameters(("run" = "$response.body#/id")), description = "Its audit proof"))
             ),
-            example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true})),
+            example = json!({"id": "acme-release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true})),
         (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot do this"),
         (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
         (status = 409, body = ErrorBody, description = "`run_exists`: the id is taken"),
@@ -147,6 +149,12 @@ pub(crate) async fn submit(
     authorize(&caller, Action::Drive)?;
     let principal = caller;
     let source = spec_text(&headers, &body)?;
+    // The tenant's prefix is the run id's own: `acme-nightly` and `nightly` are one run.
+    let query = SubmitQuery {
+        id: query
+            .id
+            .map(|id| crate::store::within(&principal.tenant, &id).to_owned()),
+    };
     if let Some(id) = &query.id {
         check_run_id(id)?;
     }
@@ -186,11 +194,11 @@ pub(crate) async fn submit(
     })
     .await?;
     let owner = claim(&service, &principal, query.id).await?;
-    let (run, id) = (owner.run.clone(), owner.id.clone());
+    let run = owner.run.clone();
     let Some(guard) = service.try_drive(&run) else {
         return Err(ApiError::conflict(
             ErrorCode::RunExists,
-            format!("run {id:?} already exists"),
+            format!("run {:?} already exists", run.as_str()),
         ));
     };
     let started = service.drive(guard, runtime, Op::Start(run.clone()), Cancel::new());
@@ -200,7 +208,7 @@ pub(crate) async fn submit(
         return Err(error);
     }
     let view = view_of(&service, &owner).await?;
-    let location = format!("/v1/runs/{id}");
+    let location = format!("/v1/runs/{run}");
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -295,7 +303,7 @@ fn check_run_id(id: &str) -> Result<(), ApiError> {
 /// The tenant's runs, newest first.
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", operation_id = "list", params(ListQuery),
     responses((status = 200, body = RunList, description = "The tenant's runs, newest first",
-        example = json!({"runs": [{"id": "release-1", "tenant": "acme", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}], "next": "1764250000000.release-1"}))))]
+        example = json!({"runs": [{"id": "acme-release-1", "tenant": "acme", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}], "next": "1764250000000.release-1"}))))]
 pub(crate) async fn list(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -340,8 +348,8 @@ pub(crate) async fn list(
 
 /// One run.
 #[utoipa::path(get, path = "/v1/runs/{run}", tag = "runs", operation_id = "get_run",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
-    responses((status = 200, body = RunView, description = "The run", example = json!({"id": "release-1", "tenant": "acme", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}))))]
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1")),
+    responses((status = 200, body = RunView, description = "The run", example = json!({"id": "acme-release-1", "tenant": "acme", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}))))]
 pub(crate) async fn get_run(
     State(service): Api,
     Run { owner, .. }: Run<Read>,
@@ -352,12 +360,12 @@ pub(crate) async fn get_run(
 /// Cancel a run: a run being driven halts at once (agents still running are stopped and
 /// recorded as failed), a run awaiting approval stops for good. Journaled as a halt.
 #[utoipa::path(post, path = "/v1/runs/{run}/cancel", tag = "runs", operation_id = "cancel",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1")),
     request_body(content = CancelRequest, content_type = "application/json",
         description = "Optional: an empty body cancels with a default reason",
         example = json!({"reason": "no longer needed"})),
     responses((status = 202, body = RunView, description = "The run halts: a running one at once, whichever process drives it (its lease is taken over, so its driver commits nothing more); a parked one stops for good",
-            example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "stopped", "stop_reason": {"stop": "halted", "reason": "cancelled by sam: no longer needed"}, "steps": 4, "events": 23, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false})),
+            example = json!({"id": "acme-release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "stopped", "stop_reason": {"stop": "halted", "reason": "cancelled by sam: no longer needed"}, "steps": 4, "events": 23, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false})),
         (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot do this"),
         (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`: the body is not application/json"),
@@ -421,8 +429,8 @@ pub(crate) async fn cancel(
 
 /// Resume a run whose driver stopped before the run did (a crash or a restart).
 #[utoipa::path(post, path = "/v1/runs/{run}/resume", tag = "runs", operation_id = "resume",
-    params(("run" = String, Path, description = "The run's id within the token's tenant", example = "release-1")),
-    responses((status = 202, body = RunView, description = "The run goes on from its journal", example = json!({"id": "release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true})),
+    params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1")),
+    responses((status = 202, body = RunView, description = "The run goes on from its journal", example = json!({"id": "acme-release-1", "tenant": "acme", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "running", "stop_reason": null, "steps": 1, "events": 9, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": true})),
         (status = 403, body = ErrorBody, description = "`forbidden`: the token's role cannot do this"),
         (status = 409, body = ErrorBody, description = "`stopped`, `awaiting_approval` or `run_busy`: the run's state does not allow it"),
         (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]

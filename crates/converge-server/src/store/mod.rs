@@ -219,6 +219,66 @@ impl Tokens {
     }
 }
 
+/// Runs made outside the server (`converge run --tenant`, `converge submit --tenant`)
+/// recorded as a tenant's, so the server lists and serves them like its own submissions.
+///
+/// ```
+/// use converge_server::Owners;
+/// use converge_runtime::RunId;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut owners = Owners::open(dir.path().join("journal.db")).unwrap();
+/// let run = RunId::new("acme-release-approval-1").unwrap();
+/// owners.record("acme", &run, "sam").unwrap();
+/// assert!(owners.record("acme", &run, "sam").is_err()); // once
+/// assert!(owners.record("other", &run, "sam").is_err()); // not the tenant's prefix
+/// owners.forget(&run).unwrap();
+/// ```
+pub struct Owners {
+    store: Store,
+}
+
+impl std::fmt::Debug for Owners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owners")
+            .field("place", &self.store.sql.place())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Owners {
+    /// Opens the journal at `location` (creating it if missing) and the server's tables.
+    pub fn open(location: impl Into<Location>) -> Result<Owners, StoreError> {
+        Ok(Owners {
+            store: Store::open(&location.into())?,
+        })
+    }
+
+    /// Records that `by` made run `run` for `tenant`. The run's id must start with the
+    /// tenant's prefix (`acme-…`), as the server's own runs do.
+    pub fn record(&mut self, tenant: &str, run: &RunId, by: &str) -> Result<(), StoreError> {
+        check_tenant(tenant)?;
+        let id = within(tenant, run.as_str());
+        if id == run.as_str() {
+            return Err(StoreError::Invalid(format!(
+                "run {run} is not tenant {tenant}'s: its id must start with `{tenant}-`"
+            )));
+        }
+        self.store.claim(&Ownership {
+            run: run.clone(),
+            tenant: tenant.to_owned(),
+            id: id.to_owned(),
+            submitted_by: by.to_owned(),
+            submitted_ms: now_ms(),
+        })
+    }
+
+    /// Forgets a run recorded by [`Owners::record`] that was never created.
+    pub fn forget(&mut self, run: &RunId) -> Result<(), StoreError> {
+        self.store.unclaim(run)
+    }
+}
+
 fn token_row(row: &Row) -> Result<TokenInfo, StoreError> {
     Ok(TokenInfo {
         id: row.text(0)?,
@@ -291,7 +351,9 @@ impl Store {
             ],
         );
         match inserted {
-            Ok(0) | Err(StoreError::Conflict(_)) => Err(StoreError::RunExists(owner.id.clone())),
+            Ok(0) | Err(StoreError::Conflict(_)) => {
+                Err(StoreError::RunExists(owner.run.to_string()))
+            }
             Ok(_) => Ok(()),
             Err(other) => Err(other),
         }
@@ -445,6 +507,15 @@ fn ownerships(rows: &[Row]) -> Result<Vec<Ownership>, StoreError> {
         });
     }
     Ok(owned)
+}
+
+/// The part of a run's id after `tenant`'s prefix: `acme-release-1` and `release-1` are both
+/// `release-1` to tenant `acme` (whose runs are `acme-…` in the journal).
+pub(crate) fn within<'a>(tenant: &str, id: &'a str) -> &'a str {
+    id.strip_prefix(tenant)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(id)
 }
 
 /// A tenant: 1 to 32 lowercase letters, digits or `_` (no `-`, so that `TENANT-ID` journal
