@@ -416,7 +416,11 @@ pub(crate) fn header_of(engine: &Engine, job: Option<&JobRecord>) -> RunHeader {
     RunHeader {
         agents: engine.agent_names().map(str::to_owned).collect(),
         created_by: CREATED_BY.to_owned(),
-        intent: None,
+        // What the run is for, readable without parsing the job's spec (a runtime built by
+        // hand has an intent but no spec).
+        intent: engine
+            .intent()
+            .and_then(|intent| serde_json::to_value(intent).ok()),
         job: job.cloned(),
     }
 }

@@ -166,7 +166,8 @@ async fn submit(client: &reqwest::Client, base: &str, token: &str) -> TestResult
     submit_example(client, base, token, "release-approval.yaml").await
 }
 
-/// Submits `examples/<name>` as the submitter; answers the new run's id.
+/// Submits `examples/<name>` as the submitter, naming the job after the file; answers the new
+/// run's id.
 async fn submit_example(
     client: &reqwest::Client,
     base: &str,
@@ -176,6 +177,7 @@ async fn submit_example(
     let spec = workspace().join("examples").join(name);
     let response = client
         .post(format!("{base}/v1/runs"))
+        .query(&[("job", name)])
         .bearer_auth(token)
         .header(reqwest::header::CONTENT_TYPE, "application/yaml")
         .body(std::fs::read_to_string(&spec)?)

@@ -337,8 +337,9 @@ function runRow(run, now) {
       h(
         "span",
         { class: "muted small" },
-        [run.job, `by ${run.submitted_by}`].filter(Boolean).join(" · "),
-        " · ",
+        run.job ? h("span", { class: "run-job", testid: "run-row-job" }, run.job) : null,
+        run.job ? " · " : null,
+        `by ${run.submitted_by} · `,
         h("time", { datetime: new Date(run.submitted_at_ms).toISOString(), title: time(run.submitted_at_ms) }, age(now - run.submitted_at_ms)),
       ),
     ),

@@ -163,11 +163,13 @@ async function untilListed(what, ids) {
   );
 }
 
-await stage("the runs list shows objectives and ages, filtered by status and searched", async () => {
+await stage("the runs list shows job names, objectives and ages, filtered by status and searched", async () => {
   await untilListed("all four runs", [runId, otherRunId, payoutsRunId, churnRunId]);
   const objective = await byTestId("run-row-objective", runRow).innerText();
   if (!objective.includes("payments-service 2.4.0"))
     throw new Error(`the run's row shows the objective ${JSON.stringify(objective)}`);
+  const job = await byTestId("run-row-job", runRow).innerText();
+  if (job !== "release-approval.yaml") throw new Error(`the run's row shows the job ${JSON.stringify(job)}`);
   const age = await runRow.locator("time").innerText();
   if (!/just now|min ago/.test(age)) throw new Error(`the run's age reads ${JSON.stringify(age)}`);
 
@@ -184,6 +186,8 @@ await stage("the runs list shows objectives and ages, filtered by status and sea
   if (counted !== "1 of 4 runs") throw new Error(`the count reads ${JSON.stringify(counted)}`);
   await byTestId("runs-search").fill(runId);
   await untilListed("only the run whose id matches", [runId]);
+  await byTestId("runs-search").fill("weekly-payouts");
+  await untilListed("only the run whose job matches", [payoutsRunId]);
   await byTestId("runs-search").fill("no such run anywhere");
   await byTestId("runs-none").waitFor();
   if ((await listedRuns()).length) throw new Error("a run is listed for a search nothing matches");
