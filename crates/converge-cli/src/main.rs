@@ -212,7 +212,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
             let mut runtime = loaded
                 .runtime
                 .with_holder(Holder::this_process("converge run"));
-            runtime.observe(Progress::new(cli.json));
+            runtime.observe_activity(Progress::new(cli.json));
             if !cli.json {
                 let _ = writeln!(
                     std::io::stderr(),
@@ -302,7 +302,7 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                 .with_holder(Holder::this_process("converge resume"));
             // Where the run stands, so the progress lines go on from there.
             let seen = runtime.inspect(&journal, &run_id)?;
-            runtime.observe(Progress::new(cli.json).continuing(&seen.result));
+            runtime.observe_activity(Progress::new(cli.json).continuing(&seen.result));
             let drive = runtime.resume_durable(&mut journal, &run_id);
             let result = block_on(signals::unless_interrupted(&run_id, drive))???;
             let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
@@ -449,7 +449,7 @@ fn decide(
         };
         Decision::reject(proposal, pending.hash, actor, reason)
     };
-    runtime.observe(Progress::new(cli.json).continuing(&seen.result));
+    runtime.observe_activity(Progress::new(cli.json).continuing(&seen.result));
     let drive = runtime.decide_durable(journal, &run_id, vec![decision]);
     let result = block_on(signals::unless_interrupted(&run_id, drive))???;
     let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();

@@ -1,12 +1,15 @@
 //! Live progress of a run on stderr: a spinner line on a terminal, one plain line per cycle
 //! otherwise (logs, pipes, CI).
 //!
-//! Progress only reads the core's events as they are committed; it never changes a run.
+//! Progress reads the core's events as they are committed, and the runtime's word of each
+//! agent starting and finishing (before its outcome is committed), so the line counts the
+//! agents running while a cycle runs; it never changes a run.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use converge_core::{Event, EventRecord, Observer};
+use converge_runtime::ActivityObserver;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Counts what a run does and shows it.
@@ -14,7 +17,7 @@ pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     quiet: bool,
     cycle: u32,
-    running: usize,
+    running: u64,
     facts: u64,
     rejected: u64,
     failed: u64,
@@ -63,9 +66,20 @@ impl Progress {
 
     fn status(&self) -> String {
         format!(
-            "cycle {} · {} agents running · {} facts · {} rejected · {} failed · {} awaiting approval",
-            self.cycle, self.running, self.facts, self.rejected, self.failed, self.awaiting
+            "cycle {} · {} running · {} · {} rejected · {} failed · {} awaiting approval",
+            self.cycle,
+            crate::show::count(self.running, "agent"),
+            crate::show::count(self.facts, "fact"),
+            self.rejected,
+            self.failed,
+            self.awaiting
         )
+    }
+
+    fn redraw(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.status());
+        }
     }
 
     fn line(&self, text: &str) {
@@ -84,10 +98,9 @@ impl Progress {
 impl Observer for Progress {
     fn on_event(&mut self, record: &EventRecord) {
         match &record.event {
-            Event::CycleStarted { cycle, agents } => {
-                self.cycle = *cycle;
-                self.running = agents.len();
-            }
+            // Running agents are counted as the runtime starts and finishes them: a cycle's
+            // events are committed only once its agents have finished.
+            Event::CycleStarted { cycle, .. } => self.cycle = *cycle,
             Event::FactPromoted { .. } => self.facts += 1,
             Event::ProposalRejected { .. } => self.rejected += 1,
             Event::AgentFailed { .. } => self.failed += 1,
@@ -99,7 +112,6 @@ impl Observer for Progress {
                 rejected,
                 parked,
             } => {
-                self.running = 0;
                 self.line(&format!(
                     "cycle {cycle}: {promoted} promoted, {rejected} rejected, {parked} awaiting approval ({} in all)",
                     crate::show::count(self.facts, "fact")
@@ -113,9 +125,20 @@ impl Observer for Progress {
             }
             _ => {}
         }
-        if let Some(bar) = &self.bar {
-            bar.set_message(self.status());
-        }
+        self.redraw();
+    }
+}
+
+impl ActivityObserver for Progress {
+    fn agent_started(&mut self, cycle: u32, _agent: &str) {
+        self.cycle = cycle;
+        self.running += 1;
+        self.redraw();
+    }
+
+    fn agent_finished(&mut self, _cycle: u32, _agent: &str) {
+        self.running = self.running.saturating_sub(1);
+        self.redraw();
     }
 }
 

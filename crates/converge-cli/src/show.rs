@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use converge_core::{
     ContextKey, ConvergeResult, Exhausted, PendingApproval, ProposalId, StopReason,
 };
-use converge_runtime::spec::{Loaded, Problem};
+use converge_runtime::spec::{JobSpec, Loaded, Problem};
 use converge_runtime::{Inspection, RunId, RunStatus, RunSummary};
 use converge_server::view::{fact_json, pending_json};
 use serde_json::{Value, json};
@@ -211,14 +211,12 @@ pub(crate) struct Job {
 impl Job {
     /// The job of a run, from its journal header (nothing when the header is unreadable).
     pub(crate) fn of(header: Option<&converge_runtime::RunHeader>) -> Job {
-        let Some(job) = header.and_then(|header| header.job.as_ref()) else {
+        let Some(header) = header else {
             return Job::default();
         };
         Job {
-            name: std::path::Path::new(&job.path)
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned()),
-            objective: converge_runtime::spec::JobSpec::objective_of(&job.source),
+            name: JobSpec::name_of_run(header),
+            objective: JobSpec::objective_of_run(header),
         }
     }
 }

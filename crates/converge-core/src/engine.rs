@@ -126,6 +126,8 @@ pub enum EngineError {
 /// ```
 pub struct Engine {
     setup: Setup,
+    /// The root intent last applied, as given (its agent and invariants are in `setup`).
+    intent: Option<RootIntent>,
     observers: Vec<Box<dyn Observer + Send>>,
 }
 
@@ -148,6 +150,7 @@ impl Engine {
         };
         Engine {
             setup,
+            intent: None,
             observers: Vec::new(),
         }
     }
@@ -226,7 +229,13 @@ impl Engine {
         if let Some(budget) = intent.budget {
             self.set_budget(budget);
         }
+        self.intent = Some(intent.clone());
         self.register(IntentAgent::new(intent))
+    }
+
+    /// The root intent applied with [`Engine::set_intent`], if any: what the job is for.
+    pub fn intent(&self) -> Option<&RootIntent> {
+        self.intent.as_ref()
     }
 
     /// Adds an observer that receives every event of every run of this engine.

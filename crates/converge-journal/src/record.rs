@@ -424,6 +424,13 @@ pub struct RunHeader {
     pub job: Option<JobRecord>,
 }
 
+impl RunHeader {
+    /// What the run is for: its root intent's objective, when the header records one.
+    pub fn objective(&self) -> Option<&str> {
+        self.intent.as_ref()?.get("objective")?.as_str()
+    }
+}
+
 /// A job spec as a run's header keeps it: its exact text and where it was read from.
 ///
 /// Relative paths inside the spec (the programs of `command` agents) are resolved against

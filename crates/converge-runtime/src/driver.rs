@@ -22,6 +22,7 @@ use converge_core::{
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
+use crate::activity::{ActivityObserver, EventsOnly};
 use crate::agent::{AsyncAgent, AsyncStandIn};
 use crate::cancel::{Cancel, Cancellation};
 use crate::clock::{Clock, SystemClock};
@@ -72,7 +73,7 @@ impl Default for DriverConfig {
 pub struct Runtime {
     engine: Engine,
     async_agents: BTreeMap<AgentId, Arc<dyn AsyncAgent>>,
-    observers: Vec<Box<dyn Observer + Send>>,
+    observers: Vec<Box<dyn ActivityObserver>>,
     config: DriverConfig,
     clock: Arc<dyn Clock>,
     job: Option<JobRecord>,
@@ -178,6 +179,12 @@ impl Runtime {
 
     /// Adds an observer of every event.
     pub fn observe(&mut self, observer: impl Observer + Send + 'static) {
+        self.observers.push(Box::new(EventsOnly(observer)));
+    }
+
+    /// Adds an observer of every event that is also told when each agent starts and
+    /// finishes executing, before its outcome is committed (see [`ActivityObserver`]).
+    pub fn observe_activity(&mut self, observer: impl ActivityObserver + 'static) {
         self.observers.push(Box::new(observer));
     }
 
@@ -501,7 +508,7 @@ impl Runtime {
         config: DriverConfig,
         clock: &'r dyn Clock,
         cancel: &'r Cancel,
-        observers: &'r mut Vec<Box<dyn Observer + Send>>,
+        observers: &'r mut Vec<Box<dyn ActivityObserver>>,
     ) -> (Executor<'r>, Deliver<'r>, &'r dyn Clock) {
         (
             Executor::new(async_agents, config, clock, cancel),
@@ -554,13 +561,27 @@ fn release<J: Journal, T>(
     Ok(value)
 }
 
-/// Delivers each event to every observer.
-struct Deliver<'a>(&'a mut Vec<Box<dyn Observer + Send>>);
+/// Delivers each event, and each agent's start and finish, to every observer.
+struct Deliver<'a>(&'a mut Vec<Box<dyn ActivityObserver>>);
 
 impl Observer for Deliver<'_> {
     fn on_event(&mut self, record: &EventRecord) {
         for observer in self.0.iter_mut() {
             observer.on_event(record);
+        }
+    }
+}
+
+impl ActivityObserver for Deliver<'_> {
+    fn agent_started(&mut self, cycle: u32, agent: &str) {
+        for observer in self.0.iter_mut() {
+            observer.agent_started(cycle, agent);
+        }
+    }
+
+    fn agent_finished(&mut self, cycle: u32, agent: &str) {
+        for observer in self.0.iter_mut() {
+            observer.agent_finished(cycle, agent);
         }
     }
 }
@@ -598,11 +619,12 @@ impl<'a> Executor<'a> {
         self.cancel.cancellation()
     }
 
-    /// Drives a run to its stop, delivering every event to `observer`.
+    /// Drives a run to its stop, delivering every event, and each agent's start and finish,
+    /// to `observer`.
     pub(crate) async fn drive(
         &self,
         mut run: Run<'_>,
-        observer: &mut (dyn Observer + Send),
+        observer: &mut dyn ActivityObserver,
     ) -> ConvergeResult {
         self.start();
         loop {
@@ -616,7 +638,7 @@ impl<'a> Executor<'a> {
             let step = run.next_step();
             drain(&mut run, observer);
             let Step::Execute(batch) = step else { break };
-            let outcomes = self.execute(&run, &batch).await;
+            let outcomes = self.execute(&run, &batch, observer).await;
             if let Err(error) = run.submit(outcomes) {
                 // Cannot happen for a complete batch; stop honestly rather than loop.
                 let _ = run.halt(StopReason::Halted {
@@ -681,9 +703,10 @@ impl<'a> Executor<'a> {
         &self,
         run: &Run<'_>,
         batch: &Batch,
+        observer: &mut dyn ActivityObserver,
     ) -> Vec<(AgentId, AgentOutcome)> {
-        // `NoProgress` never fails.
-        self.execute_with(run, batch, Vec::new(), &mut NoProgress)
+        // `Watching` never fails.
+        self.execute_with(run, batch, Vec::new(), &mut Watching(observer))
             .await
             .unwrap_or_default()
     }
@@ -702,11 +725,15 @@ impl<'a> Executor<'a> {
         progress: &mut P,
     ) -> Result<Vec<(AgentId, AgentOutcome)>, P::Error> {
         let ctx = run.context();
+        let cycle = batch.cycle();
+        let name = |id: AgentId| run.agent_name(id).unwrap_or("agent");
         let done: BTreeSet<AgentId> = known.iter().map(|(id, _)| *id).collect();
         let mut outcomes = known;
         outcomes.reserve(batch.agents().len().saturating_sub(outcomes.len()));
         // Outcomes not yet handed to `progress`: from `outcomes[handed..]`.
         let mut handed = outcomes.len();
+        // Agents started and not yet finished, so each one started is finished once.
+        let mut running = BTreeSet::new();
         let mut in_flight = FuturesUnordered::new();
         let mut queue = batch
             .agents()
@@ -716,48 +743,66 @@ impl<'a> Executor<'a> {
             .peekable();
         let limit = self.config.concurrency_max.max(1);
         let every = progress.waiting_every();
-        loop {
+        let ended = loop {
             while in_flight.len() < limit && !self.cancel.is_cancelled() {
                 let Some(id) = queue.next() else { break };
+                progress.agent_started(cycle, name(id));
                 match self.async_agents.get(&id) {
-                    Some(agent) => in_flight.push(self.execute_async(id, &**agent, ctx)),
+                    Some(agent) => {
+                        running.insert(id);
+                        in_flight.push(self.execute_async(id, &**agent, ctx));
+                    }
                     None => {
                         let agent = run.agent(id);
                         let outcome = crate::spec::with_deadline(self.deadline(), || {
                             execute_isolated(agent, ctx)
                         });
                         outcomes.push((id, admit(run, id, outcome)));
+                        progress.agent_finished(cycle, name(id));
                     }
                 }
             }
             if in_flight.is_empty() {
-                break;
+                break Ok(());
             }
             let next = tokio::select! {
                 // An agent that finished is kept even when the cancellation arrived with it.
                 biased;
                 next = in_flight.next() => next,
                 () = self.cancel.cancelled() => None,
-                () = wait(every) => {
-                    progress.waiting()?;
-                    continue;
-                }
+                () = wait(every) => match progress.waiting() {
+                    Ok(()) => continue,
+                    Err(error) => break Err(error),
+                },
             };
-            let Some((id, outcome)) = next else { break };
-            outcomes.push((id, admit(run, id, outcome)));
+            let Some((id, outcome)) = next else {
+                break Ok(());
+            };
+            let mut finished = vec![(id, outcome)];
             // Whatever else has finished by now is committed with it.
-            while let Some(Some((id, outcome))) = in_flight.next().now_or_never() {
+            while let Some(Some(more)) = in_flight.next().now_or_never() {
+                finished.push(more);
+            }
+            for (id, outcome) in finished {
                 outcomes.push((id, admit(run, id, outcome)));
+                running.remove(&id);
+                progress.agent_finished(cycle, name(id));
             }
             let more_to_come = !in_flight.is_empty() || queue.peek().is_some();
             if more_to_come && !self.cancel.is_cancelled() {
-                progress.finished(batch.cycle(), &outcomes[handed..])?;
+                if let Err(error) = progress.finished(cycle, &outcomes[handed..]) {
+                    break Err(error);
+                }
                 handed = outcomes.len();
             }
-        }
+        };
         // Agents cut short are never polled again: dropping their futures ends them (a
         // command agent's process is killed on drop).
         drop(in_flight);
+        for id in running {
+            progress.agent_finished(cycle, name(id));
+        }
+        ended?;
         if let Some(cancellation) = self.cancellation()
             && outcomes.len() < batch.agents().len()
         {
@@ -815,12 +860,20 @@ pub(crate) trait Progress {
 
     /// Time passed while agents run.
     fn waiting(&mut self) -> Result<(), Self::Error>;
+
+    /// An agent of the batch starts executing.
+    fn agent_started(&mut self, cycle: u32, agent: &str);
+
+    /// An agent of the batch stopped executing (finished, or cut short by a cancellation or
+    /// an error from this progress); its outcome is not committed yet.
+    fn agent_finished(&mut self, cycle: u32, agent: &str);
 }
 
-/// Progress nobody follows: the in-memory driver's.
-struct NoProgress;
+/// The in-memory driver's progress: only its observers follow it, told each agent's start
+/// and finish.
+struct Watching<'o>(&'o mut dyn ActivityObserver);
 
-impl Progress for NoProgress {
+impl Progress for Watching<'_> {
     type Error = std::convert::Infallible;
 
     fn finished(&mut self, _: u32, _: &[(AgentId, AgentOutcome)]) -> Result<(), Self::Error> {
@@ -833,6 +886,14 @@ impl Progress for NoProgress {
 
     fn waiting(&mut self) -> Result<(), Self::Error> {
         Ok(())
+    }
+
+    fn agent_started(&mut self, cycle: u32, agent: &str) {
+        self.0.agent_started(cycle, agent);
+    }
+
+    fn agent_finished(&mut self, cycle: u32, agent: &str) {
+        self.0.agent_finished(cycle, agent);
     }
 }
 

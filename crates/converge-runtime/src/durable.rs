@@ -14,10 +14,11 @@
 
 use converge_core::{
     AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError, Event,
-    EventRecord, Exhausted, ObservationId, Observer, Run, Step, StopReason,
+    EventRecord, Exhausted, ObservationId, Run, Step, StopReason,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::activity::ActivityObserver;
 use crate::cancel::Cancellation;
 use crate::clock::Clock;
 use crate::driver::{Executor, Progress, drain};
@@ -416,7 +417,11 @@ pub(crate) fn header_of(engine: &Engine, job: Option<&JobRecord>) -> RunHeader {
     RunHeader {
         agents: engine.agent_names().map(str::to_owned).collect(),
         created_by: CREATED_BY.to_owned(),
-        intent: None,
+        // What the run is for, readable without parsing the job's spec (a runtime built by
+        // hand has an intent but no spec).
+        intent: engine
+            .intent()
+            .and_then(|intent| serde_json::to_value(intent).ok()),
         job: job.cloned(),
     }
 }
@@ -427,7 +432,7 @@ pub(crate) struct Live<'a, J: Journal> {
     pub(crate) journal: &'a mut J,
     pub(crate) lease: Lease,
     pub(crate) next_step: u64,
-    pub(crate) observer: &'a mut (dyn Observer + Send),
+    pub(crate) observer: &'a mut dyn ActivityObserver,
     /// Outcomes committed ahead of step `next_step` before a crash.
     pub(crate) open: Option<OpenCycle>,
     pub(crate) clock: &'a dyn Clock,
@@ -649,6 +654,14 @@ impl<J: Journal> Progress for Commits<'_, '_, J> {
 
     fn waiting(&mut self) -> Result<(), DurableError> {
         self.live.renew_if_due()
+    }
+
+    fn agent_started(&mut self, cycle: u32, agent: &str) {
+        self.live.observer.agent_started(cycle, agent);
+    }
+
+    fn agent_finished(&mut self, cycle: u32, agent: &str) {
+        self.live.observer.agent_finished(cycle, agent);
     }
 }
 

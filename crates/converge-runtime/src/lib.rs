@@ -5,9 +5,12 @@
 //! per-agent timeout and a wall-clock budget read from an injected [`Clock`], and halts a run
 //! when its [`Cancel`] handle is cancelled (journaled, so replay reproduces it); a journal stores
 //! every input of a run and its event hash chain in SQLite so a run can be resumed after a
-//! crash, replayed without calling any agent, and verified. A [`Worker`] claims the runs no
-//! one drives from a shared journal and drives them, any number of workers on one database.
+//! crash, replayed without calling any agent, and verified. An [`ActivityObserver`] is told,
+//! besides the committed events, when each agent starts and finishes executing. A [`Worker`]
+//! claims the runs no one drives from a shared journal and drives them, any number of
+//! workers on one database.
 
+mod activity;
 mod agent;
 mod cancel;
 mod clock;
@@ -18,6 +21,7 @@ mod observations;
 pub mod spec;
 mod worker;
 
+pub use activity::ActivityObserver;
 pub use agent::{AgentFuture, AsyncAgent};
 pub use cancel::{Cancel, Cancellation};
 pub use clock::{Clock, ManualClock, SystemClock};

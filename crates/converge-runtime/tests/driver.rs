@@ -11,7 +11,9 @@ use converge_core::{
     Agent, AgentEffect, AuthorityScope, Budget, Context, ContextKey, CycleBudget, Engine,
     EventRecord, Exhausted, Observer, Proposal, StopReason,
 };
-use converge_runtime::{AgentFuture, AsyncAgent, DriverConfig, ManualClock, Runtime};
+use converge_runtime::{
+    ActivityObserver, AgentFuture, AsyncAgent, DriverConfig, ManualClock, Runtime,
+};
 use proptest::prelude::*;
 
 /// Agent `j` of layer `layer`: waits until `Signals` holds `layer * width` facts, then after
@@ -167,6 +169,88 @@ async fn the_concurrency_limit_bounds_agents_in_flight() {
         Duration::from_millis(200),
         "16 agents, 4 at a time, 50 ms each"
     );
+}
+
+/// What an activity observer saw, in order: `started <agent>`, `finished <agent>`, and
+/// `event <kind>` for each committed event.
+#[derive(Clone, Default)]
+struct Activity(Arc<Mutex<Vec<String>>>);
+
+impl Observer for Activity {
+    fn on_event(&mut self, record: &EventRecord) {
+        let kind = serde_json::to_value(&record.event).unwrap()["event"]
+            .as_str()
+            .unwrap_or("event")
+            .to_owned();
+        self.0.lock().unwrap().push(format!("event {kind}"));
+    }
+}
+
+impl ActivityObserver for Activity {
+    fn agent_started(&mut self, _cycle: u32, agent: &str) {
+        self.0.lock().unwrap().push(format!("started {agent}"));
+    }
+
+    fn agent_finished(&mut self, _cycle: u32, agent: &str) {
+        self.0.lock().unwrap().push(format!("finished {agent}"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_activity_observer_is_told_each_agent_start_and_finish_before_the_cycle_events() {
+    let agents = layers(1, 8, |_, j| 10 + 10 * j as u64);
+    let config = DriverConfig {
+        concurrency_max: 3,
+        ..DriverConfig::default()
+    };
+    let mut runtime = Runtime::new(Engine::new()).with_config(config);
+    for agent in &agents {
+        runtime.register_async(agent.clone());
+    }
+    let seen = Activity::default();
+    runtime.observe_activity(seen.clone());
+    let result = runtime.run(Context::new()).await.unwrap();
+    assert_eq!(result.context.count(ContextKey::Signals), 8);
+
+    let seen = seen.0.lock().unwrap().clone();
+    let (mut running, mut most) = (0usize, 0usize);
+    for line in &seen {
+        if line.starts_with("started ") {
+            running += 1;
+            most = most.max(running);
+        } else if line.starts_with("finished ") {
+            running -= 1;
+        }
+    }
+    assert_eq!(
+        (running, most),
+        (0, 3),
+        "at most 3 at once, none left: {seen:?}"
+    );
+    for agent in &agents {
+        let name = agent.name.as_str();
+        let started = seen
+            .iter()
+            .filter(|line| **line == format!("started {name}"));
+        let finished = seen
+            .iter()
+            .filter(|line| **line == format!("finished {name}"));
+        assert_eq!(
+            (started.count(), finished.count()),
+            (1, 1),
+            "{name}: {seen:?}"
+        );
+    }
+    // The in-memory driver delivers a cycle's events once its batch is done.
+    let last_finish = seen
+        .iter()
+        .rposition(|line| line.starts_with("finished "))
+        .unwrap();
+    let cycle_finished = seen
+        .iter()
+        .position(|line| line == "event cycle_finished")
+        .unwrap();
+    assert!(last_finish < cycle_finished, "{seen:?}");
 }
 
 fn sequential_events(agents: &[Layered]) -> (Vec<EventRecord>, converge_core::Digest) {

@@ -386,3 +386,26 @@ fn the_job_a_runtime_was_built_from_is_kept_in_the_run_header() {
         Verification::Intact { .. }
     ));
 }
+
+#[test]
+fn the_intent_a_runtime_was_built_with_is_kept_in_the_run_header() {
+    let dir = TempDir::new().unwrap();
+    let mut journal = journal_at(&dir);
+    let (mut runtime, _) = job(false);
+    let intent: converge_core::RootIntent =
+        serde_json::from_value(serde_json::json!({"objective": "plan the inventory"})).unwrap();
+    runtime.engine_mut().set_intent(intent.clone());
+    block_on(runtime.run_durable(&mut journal, &run_id())).unwrap();
+
+    // No job spec: the header alone says what the run is for.
+    let header = journal.header(&run_id()).unwrap();
+    assert_eq!(header.job, None);
+    assert_eq!(header.objective(), Some("plan the inventory"));
+    let recorded: converge_core::RootIntent =
+        serde_json::from_value(header.intent.clone().unwrap()).unwrap();
+    assert_eq!(recorded, intent);
+    assert_eq!(
+        converge_runtime::spec::JobSpec::objective_of_run(&header).as_deref(),
+        Some("plan the inventory")
+    );
+}

@@ -267,13 +267,76 @@ async fn run_ids_are_chosen_with_id_or_numbered_and_never_reused() -> TestResult
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_with_their_job_name_and_objective() -> TestResult {
+    let server = TestServer::start().await?;
+    let named = server
+        .request(Method::POST, "/v1/runs", &server.sam)
+        .query(&[("job", "greeting.yaml")])
+        .header("content-type", "application/yaml")
+        .body(SEEDS_ONLY)
+        .send()
+        .await?;
+    let (status, body) = answer(named).await?;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (&body["job"], &body["objective"]),
+        (&json!("greeting.yaml"), &json!("greet")),
+        "{body}"
+    );
+    server.submit(REJECTING, Some("nightly")).await?;
+    server.submit(SEEDS_ONLY, None).await?;
+
+    let listed = server.get_ok("/v1/runs", &server.vic).await?;
+    let rows: Vec<(&str, &str, &str)> = listed["runs"]
+        .as_array()
+        .ok_or("no runs")?
+        .iter()
+        .map(|run| {
+            let text = |name: &str| run[name].as_str().unwrap_or("(none)");
+            (text("id"), text("job"), text("objective"))
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("acme-run-3", "job.yaml", "greet"),
+            ("acme-nightly", "nightly.yaml", "reject a note"),
+            ("acme-run-1", "greeting.yaml", "greet"),
+        ],
+        "newest first, each with the name its spec goes by: {listed}"
+    );
+    let one = server.get_ok("/v1/runs/nightly", &server.vic).await?;
+    assert_eq!(one["job"], "nightly.yaml", "{one}");
+
+    // A job name is a file name: no paths, nothing hidden, nothing past 64 bytes.
+    let long = "x".repeat(65);
+    for invalid in ["../escape.yaml", "a/b.yaml", ".hidden", "", long.as_str()] {
+        let response = server
+            .request(Method::POST, "/v1/runs", &server.sam)
+            .query(&[("job", invalid)])
+            .header("content-type", "application/yaml")
+            .body(SEEDS_ONLY)
+            .send()
+            .await?;
+        let (status, body) = answer(response).await?;
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    }
+    let listed = server.get_ok("/v1/runs", &server.vic).await?;
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(3), "{listed}");
+    Ok(())
+}
+
 /// A default id that a client already chose explicitly must not make the next default
 /// submission fail: ids are numbered by counting the tenant's runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_id_skips_ids_already_taken() -> TestResult {
     let server = TestServer::start().await?;
     // One run in the tenant, explicitly named what the next default would be.
-    assert_eq!(server.submit(SEEDS_ONLY, Some("run-2")).await?, "acme-run-2");
+    assert_eq!(
+        server.submit(SEEDS_ONLY, Some("run-2")).await?,
+        "acme-run-2"
+    );
     let id = server.submit(SEEDS_ONLY, None).await?;
     assert_ne!(id, "acme-run-2");
     Ok(())

@@ -1,15 +1,17 @@
 //! The run viewer in a real browser.
 //!
 //! Starts a server in-process, submits `examples/release-approval.yaml` as sam (it stops
-//! awaiting approval of the release), a one-seed job that converges at once and
-//! `examples/weekly-payouts.yaml` (awaiting approval of four payouts), then runs
-//! `tests/browser/viewer.mjs`: Playwright driving headless Chromium signs in as alice, filters
-//! and searches the runs list, checks the run's timeline, facts, details beside the fact,
-//! provenance list and graph, and pending approval, approves the release from the page, sees
-//! the card give way to the decision, and follows the live event stream until the run
-//! converges; then rejects a payout and sees its card give way to the refusal; last, signed
-//! in as sam (a submitter, the only role here offered Cancel), cancels the payouts run. Finally checks over HTTP that the run converged and that alice's
-//! decision was recorded.
+//! awaiting approval of the release), a one-seed job that converges at once,
+//! `examples/weekly-payouts.yaml` (awaiting approval of four payouts) and
+//! `examples/churn-explainer.yaml` (its `llm` agent answered by a scripted model server), then
+//! runs `tests/browser/viewer.mjs`: Playwright driving headless Chromium signs in as alice,
+//! filters and searches the runs list, checks the run's timeline, facts, details beside the
+//! fact, provenance list and graph, and pending approval, approves the release from the page,
+//! sees the card give way to the decision, and follows the live event stream until the run
+//! converges; then rejects a payout and sees its card give way to the refusal; signed in as
+//! sam (a submitter, the only role here offered Cancel), cancels the payouts run; then, as
+//! alice again, reads the model exchange a hypothesis of the churn run cites. Finally checks
+//! over HTTP that the run converged and that alice's decision was recorded.
 //!
 //! Needs `node`, `npm` and Chromium (`CONVERGE_CHROMIUM`, or `chromium` on `PATH`); without
 //! them the test fails, it never skips. `npm ci` installs the pinned `playwright-core` into
@@ -22,6 +24,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use converge_llm::scripted::{Reply, ScriptedServer, Wire};
 use converge_server::{Role, Server, ServerConfig, Tokens};
 use serde_json::Value;
 
@@ -42,7 +45,18 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
     let submitter = tokens.create("acme", "sam", Role::Submitter)?.secret;
     let approver = tokens.create("acme", "alice", Role::Approver)?.secret;
     let viewer = tokens.create("acme", "vic", Role::Viewer)?.secret;
-    let server = Server::bind(ServerConfig::new(db.clone())).await?;
+    // `examples/churn-explainer.yaml`'s `ollama` provider points at a scripted model server
+    // through the server's provider file alone.
+    let model = ScriptedServer::start(Wire::OpenAi).await?;
+    model.push(Reply::answer(churn_answer(), 412, 96).answered_by(SERVED_MODEL));
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!("[providers.ollama]\nbase_url = \"{}\"\n", model.base_url()),
+    )?;
+    let mut config = ServerConfig::new(db.clone());
+    config.providers = Some(providers);
+    let server = Server::bind(config).await?;
     let base = format!("http://{}", server.local_addr());
     let serving = tokio::spawn(server.serve(std::future::pending::<()>()));
 
@@ -61,6 +75,14 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
     )
     .await?;
 
+    let churn_run_id = submit_example(&client, &base, &submitter, "churn-explainer.yaml").await?;
+    wait_for_status(&client, &base, &submitter, &churn_run_id, "stopped").await?;
+    assert_eq!(
+        model.request_count(),
+        1,
+        "the churn run asks its model once"
+    );
+
     let artifacts = target_dir().join("browser-artifacts");
     let mut script = Command::new("node");
     script
@@ -73,6 +95,8 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
         .env("RUN_ID", &run_id)
         .env("OTHER_RUN_ID", &other_run_id)
         .env("PAYOUTS_RUN_ID", &payouts_run_id)
+        .env("CHURN_RUN_ID", &churn_run_id)
+        .env("SERVED_MODEL", SERVED_MODEL)
         .env("CHROMIUM", &chromium)
         .env("ARTIFACTS", &artifacts);
     let (status, output) =
@@ -120,12 +144,30 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
     Ok(())
 }
 
+/// The model that answers the churn run, unlike the `llama3.2` its spec asks for.
+const SERVED_MODEL: &str = "llama3.2:3b-instruct-q4_K_M";
+
+/// The scripted model's answer to the churn run: two hypotheses, the first with markup in its
+/// claim (the viewer must show it as text).
+fn churn_answer() -> String {
+    serde_json::json!({"proposals": [
+        {"key": "hypotheses", "id": "competitor-pull", "confidence": 0.8,
+         "content": {"claim": "<b>The competitor's new stores</b> draw customers away",
+                     "signals": ["churn-north", "competitor-launch"]}},
+        {"key": "hypotheses", "id": "support-friction", "confidence": 0.4,
+         "content": {"claim": "Long support waits push customers out",
+                     "signals": ["support-wait"]}}
+    ]})
+    .to_string()
+}
+
 /// Submits the release job as the submitter; answers the new run's id.
 async fn submit(client: &reqwest::Client, base: &str, token: &str) -> TestResult<String> {
     submit_example(client, base, token, "release-approval.yaml").await
 }
 
-/// Submits `examples/<name>` as the submitter; answers the new run's id.
+/// Submits `examples/<name>` as the submitter, naming the job after the file; answers the new
+/// run's id.
 async fn submit_example(
     client: &reqwest::Client,
     base: &str,
@@ -135,6 +177,7 @@ async fn submit_example(
     let spec = workspace().join("examples").join(name);
     let response = client
         .post(format!("{base}/v1/runs"))
+        .query(&[("job", name)])
         .bearer_auth(token)
         .header(reqwest::header::CONTENT_TYPE, "application/yaml")
         .body(std::fs::read_to_string(&spec)?)

@@ -178,9 +178,14 @@ fn the_server_stays_up_under_the_hostile_set() {
     eprintln!("{report}");
 
     let mut problems: Vec<String> = outcomes.iter().flat_map(Outcome::problems).collect();
+    // A run's id is its tenant's prefix and the name it was submitted under.
     let stopped = |id: &str| {
-        runs.iter()
-            .any(|run| run["id"] == id && run["status"] != "running")
+        runs.iter().any(|run| {
+            run["id"]
+                .as_str()
+                .is_some_and(|listed| listed == id || listed.ends_with(&format!("-{id}")))
+                && run["status"] != "running"
+        })
     };
     for outcome in &outcomes {
         let id = outcome.run.as_deref().unwrap_or(&outcome.name);
@@ -381,7 +386,7 @@ fn submit_and_follow(addr: SocketAddr, token: &str, case: &Path, copy: usize) ->
         );
         return outcome;
     }
-    outcome.run = Some(name.clone());
+    outcome.run = Some(answer["id"].as_str().unwrap_or(&name).to_owned());
     let mut run = answer;
     while run["status"] == "running" && submitted.elapsed() < RUN_DURATION_MAX {
         std::thread::sleep(POLL_INTERVAL);

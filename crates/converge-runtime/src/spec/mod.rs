@@ -80,6 +80,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use converge_core::{ContextKey, FailurePolicy, RootIntent};
+use converge_journal::RunHeader;
 
 pub use build::{Builder, LlmFactory};
 pub use check::{AGENT_NAME_LEN_MAX, SPEC_VERSION};
@@ -270,6 +271,24 @@ impl JobSpec {
             .get("objective")?
             .as_str()
             .map(str::to_owned)
+    }
+
+    /// What a recorded run is for: the objective its header records, or, for a run recorded
+    /// before headers kept the intent, its job spec's.
+    pub fn objective_of_run(header: &RunHeader) -> Option<String> {
+        match header.objective() {
+            Some(objective) => Some(objective.to_owned()),
+            None => JobSpec::objective_of(&header.job.as_ref()?.source),
+        }
+    }
+
+    /// The name a recorded run's job goes by: the file name of its spec
+    /// (`release-approval.yaml`), when the run was built from one.
+    pub fn name_of_run(header: &RunHeader) -> Option<String> {
+        let job = header.job.as_ref()?;
+        Path::new(&job.path)
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
     }
 
     /// Reads the file at `path` and parses it (see [`JobSpec::parse`]).

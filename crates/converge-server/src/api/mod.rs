@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
+use converge_runtime::spec::JobSpec;
 use converge_runtime::{Journal, RunId, RunStatus, RunSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -37,6 +38,11 @@ pub(crate) struct RunView {
     id: String,
     /// The tenant.
     tenant: String,
+    /// The name the run's job spec was submitted under (`?job=` of the submission), or its
+    /// file name when it was run from the command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "release-approval.yaml")]
+    job: Option<String>,
     /// What the job is for: its intent's objective, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     objective: Option<String>,
@@ -221,7 +227,7 @@ pub(super) fn run_view(
     driving: bool,
     owner: &Ownership,
     summary: &RunSummary,
-    objective: Option<String>,
+    job: JobNames,
 ) -> RunView {
     let stop_reason = match &summary.status {
         RunStatus::Stopped { reason } => Some(reason.clone()),
@@ -237,7 +243,8 @@ pub(super) fn run_view(
     RunView {
         id: owner.run.to_string(),
         tenant: owner.tenant.clone(),
-        objective,
+        job: job.name,
+        objective: job.objective,
         submitted_by: owner.submitted_by.clone(),
         submitted_at_ms: owner.submitted_ms,
         status,
@@ -255,20 +262,32 @@ pub(super) async fn view_of(
 ) -> Result<RunView, ApiError> {
     let driving = service.driving(&owner.run);
     let run = owner.run.clone();
-    let (summary, objective) = service
+    let (summary, job) = service
         .journal(move |journal| {
             let summary = journal.summary(&run).map_err(journal_error)?;
-            Ok((summary, objective_of(journal, &run)))
+            Ok((summary, job_of(journal, &run)))
         })
         .await?;
-    Ok(run_view(driving, owner, &summary, objective))
+    Ok(run_view(driving, owner, &summary, job))
 }
 
-/// The objective of the run's job spec, if it has one and its header can be read (a run is
-/// listed whether or not it says what it is for).
-pub(super) fn objective_of(journal: &(impl Journal + ?Sized), run: &RunId) -> Option<String> {
-    let job = journal.header(run).ok()?.job?;
-    converge_runtime::spec::JobSpec::objective_of(&job.source)
+/// What a run's job goes by: its name and its objective.
+#[derive(Debug, Default)]
+pub(super) struct JobNames {
+    name: Option<String>,
+    objective: Option<String>,
+}
+
+/// The run's job name and objective, as far as its header says (a run is listed whether or
+/// not its header can be read).
+pub(super) fn job_of(journal: &(impl Journal + ?Sized), run: &RunId) -> JobNames {
+    let Ok(header) = journal.header(run) else {
+        return JobNames::default();
+    };
+    JobNames {
+        name: JobSpec::name_of_run(&header),
+        objective: JobSpec::objective_of_run(&header),
+    }
 }
 
 /// Encoded events as the inside of a JSON array.

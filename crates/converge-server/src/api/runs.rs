@@ -21,7 +21,7 @@ use crate::service::{self, Op, Service, build_error, journal_error};
 use crate::store::{Ownership, StoreError, now_ms};
 
 use super::{
-    Api, Drive, Params, Read, Run, RunView, authorize, objective_of, page_limit, run_view, view_of,
+    Api, Drive, Params, Read, Run, RunView, authorize, job_of, page_limit, run_view, view_of,
 };
 
 /// A page of a tenant's runs, newest first.
@@ -43,6 +43,38 @@ pub(crate) struct SubmitQuery {
     /// `run-N`.
     #[param(pattern = "^[A-Za-z0-9_-]{1,48}$", example = "acme-release-1")]
     id: Option<String>,
+    /// The name the job spec goes by in listings and in refusals (1 to 64 letters, digits,
+    /// `.`, `_` or `-`, not starting with `.`); default `<id>.yaml`, or `job.yaml` without
+    /// an id.
+    #[param(
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$",
+        example = "release-approval.yaml"
+    )]
+    job: Option<String>,
+}
+
+/// Most bytes of a job's name.
+const JOB_NAME_LEN_MAX: usize = 64;
+
+/// The file name a submitted spec is recorded under: the `?job=` given, else `<id>.yaml`,
+/// else `job.yaml`.
+fn job_name(query: &SubmitQuery) -> Result<String, ApiError> {
+    let Some(name) = &query.job else {
+        return Ok(format!("{}.yaml", query.id.as_deref().unwrap_or("job")));
+    };
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty()
+        || name.len() > JOB_NAME_LEN_MAX
+        || name.starts_with('.')
+        || !name.chars().all(valid)
+    {
+        return Err(ApiError::invalid(format!(
+            "job name {:?} must be 1 to {JOB_NAME_LEN_MAX} letters, digits, `.`, `_` or `-`, \
+             not starting with `.`",
+            name.chars().take(JOB_NAME_LEN_MAX + 1).collect::<String>()
+        )));
+    }
+    Ok(name.clone())
 }
 
 /// A build refusal with the server's paths replaced: the spec's own path by the name the
@@ -137,7 +169,7 @@ pub(crate) struct CancelRequest {
         (status = 408, body = ErrorBody, description = "`timeout`: the body did not arrive in time"),
         (status = 409, body = ErrorBody, description = "`run_exists`: the id is taken"),
         (status = 415, body = ErrorBody, description = "`unsupported_media_type`: not YAML or JSON"),
-        (status = 422, body = ErrorBody, description = "`invalid`: the spec was refused, or the id is not valid"),
+        (status = 422, body = ErrorBody, description = "`invalid`: the spec was refused, or the id or job name is not valid"),
         (status = 429, body = ErrorBody, description = "`server_busy`: the server already drives or queues its most runs; nothing was started")))]
 pub(crate) async fn submit(
     State(service): Api,
@@ -154,14 +186,13 @@ pub(crate) async fn submit(
         id: query
             .id
             .map(|id| crate::store::within(&principal.tenant, &id).to_owned()),
+        ..query
     };
     if let Some(id) = &query.id {
         check_run_id(id)?;
     }
-    let origin = service
-        .config
-        .jobs_dir
-        .join(format!("{}.yaml", query.id.as_deref().unwrap_or("job")));
+    let shown = job_name(&query)?;
+    let origin = service.config.jobs_dir.join(&shown);
     let record = converge_runtime::JobRecord {
         path: origin.to_string_lossy().into_owned(),
         source,
@@ -171,7 +202,6 @@ pub(crate) async fn submit(
         record.path.clone(),
         service.config.jobs_dir.to_string_lossy().into_owned(),
     );
-    let shown = format!("{}.yaml", query.id.as_deref().unwrap_or("job"));
     let providers = service.config.providers.clone();
     let allow_commands = service.config.allow_commands;
     let runtime = service::blocking(move || {
@@ -303,7 +333,7 @@ fn check_run_id(id: &str) -> Result<(), ApiError> {
 /// The tenant's runs, newest first.
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", operation_id = "list", params(ListQuery),
     responses((status = 200, body = RunList, description = "The tenant's runs, newest first",
-        example = json!({"runs": [{"id": "acme-release-1", "tenant": "acme", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}], "next": "1764250000000.release-1"}))))]
+        example = json!({"runs": [{"id": "acme-release-1", "tenant": "acme", "job": "release-approval.yaml", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}], "next": "1764250000000.release-1"}))))]
 pub(crate) async fn list(
     State(service): Api,
     Extension(caller): Extension<Principal>,
@@ -332,8 +362,8 @@ pub(crate) async fn list(
                 let driving = reader.driving(&owner.run);
                 match converge_runtime::Journal::summary(journal, &owner.run) {
                     Ok(summary) => {
-                        let objective = objective_of(journal, &owner.run);
-                        views.push(run_view(driving, owner, &summary, objective));
+                        let job = job_of(journal, &owner.run);
+                        views.push(run_view(driving, owner, &summary, job));
                     }
                     // Claimed but never created (its submission failed mid-way).
                     Err(converge_runtime::JournalError::UnknownRun { .. }) => {}
@@ -349,7 +379,7 @@ pub(crate) async fn list(
 /// One run.
 #[utoipa::path(get, path = "/v1/runs/{run}", tag = "runs", operation_id = "get_run",
     params(("run" = String, Path, description = "The run's id, as every Converge command shows it (`acme-release-1`); the part after the token's tenant (`release-1`) names it too", example = "acme-release-1")),
-    responses((status = 200, body = RunView, description = "The run", example = json!({"id": "acme-release-1", "tenant": "acme", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}))))]
+    responses((status = 200, body = RunView, description = "The run", example = json!({"id": "acme-release-1", "tenant": "acme", "job": "release-approval.yaml", "objective": "Decide whether payments-service 2.4.0 can ship this week", "submitted_by": "sam", "submitted_at_ms": 1764250000000_u64, "status": "awaiting_approval", "stop_reason": null, "steps": 3, "events": 21, "root_hash": "4b9c6a1d0e7f2a3b5c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b", "driving": false}))))]
 pub(crate) async fn get_run(
     State(service): Api,
     Run { owner, .. }: Run<Read>,

@@ -1,7 +1,7 @@
 // The Converge run viewer (served at /viewer.js): sign-in, the tenant's runs (filtered by
 // status, searched, paged), and one run's timeline, facts with their provenance as a list and
-// as an SVG graph, rejections, approvals and their decisions, audit and cancel, following the
-// run live over its server-sent event stream.
+// as an SVG graph and the model exchanges they cite, rejections, approvals and their
+// decisions, audit and cancel, following the run live over its server-sent event stream.
 //
 // Everything shown comes from a run and is untrusted: it reaches the page only as text nodes
 // (`textContent`, `append(string)`), never as HTML. The token lives in sessionStorage and
@@ -337,8 +337,9 @@ function runRow(run, now) {
       h(
         "span",
         { class: "muted small" },
-        [run.job, `by ${run.submitted_by}`].filter(Boolean).join(" · "),
-        " · ",
+        run.job ? h("span", { class: "run-job", testid: "run-row-job" }, run.job) : null,
+        run.job ? " · " : null,
+        `by ${run.submitted_by} · `,
         h("time", { datetime: new Date(run.submitted_at_ms).toISOString(), title: time(run.submitted_at_ms) }, age(now - run.submitted_at_ms)),
       ),
     ),
@@ -751,6 +752,128 @@ function provenanceGraph(fact) {
       h("span", { class: "legend legend-approved" }, "approved by"),
       truncated ? ` Cut at ${GRAPH_DEPTH_MAX} levels or ${GRAPH_NODES_MAX} nodes; the list below has the rest.` : null,
     ),
+  );
+}
+
+// ----------------------------------------------------------------------------------------
+// The observations a fact cites: a model exchange as its provider, models, tokens, latency,
+// prompts and answer; any other observation as its kind and payload
+
+const EXCHANGE_KIND = "llm.exchange";
+// A prompt this long or longer starts folded; the answer always starts open.
+const TEXT_OPEN_CHARS_MAX = 600;
+
+/** The observations a fact's evidence names, each readable; nothing when it cites none. */
+function observationsView(observations) {
+  if (!observations?.length) return null;
+  return h(
+    "div",
+    { class: "observations" },
+    observations.map((observed) =>
+      observed.kind === EXCHANGE_KIND ? exchangeView(observed) : otherObservation(observed),
+    ),
+  );
+}
+
+/** One exchange with a model, read from its recorded payload (never recomputed). */
+function exchangeView(observed) {
+  const payload = observed.payload;
+  const box = h(
+    "section",
+    { class: "exchange", testid: "exchange", "data-observation": observed.id },
+    h("h5", {}, `Model exchange ${observed.id}`, h("span", { class: "muted small" }, ` by ${observed.agent}`)),
+  );
+  if (payload === null || payload === undefined) {
+    box.append(h("p", { class: "muted small" }, "Its payload was withheld (audit only)."));
+    return box;
+  }
+  const answer = payload.answer ?? null;
+  box.append(
+    fields([
+      ["provider", h("span", { testid: "exchange-provider" }, providerText(payload))],
+      ["model asked", h("span", { testid: "exchange-model" }, payload.model ?? "unrecorded")],
+      ["answered by", h("span", { testid: "exchange-served" }, servedText(payload))],
+      ["tokens", h("span", { testid: "exchange-tokens" }, exchangeTokens(payload))],
+      ["latency", h("span", { testid: "exchange-latency" }, latencyText(payload))],
+      ["attempt", payload.attempt && payload.attempt > 1 ? String(payload.attempt) : ""],
+      ["finish", answer?.finish ?? ""],
+      ["error", payload.error ? h("span", { class: "exchange-error" }, exchangeError(payload.error)) : ""],
+    ]),
+    textBlock("System prompt", "exchange-system", payload.system, false),
+    textBlock("User prompt", "exchange-prompt", payload.prompt, false),
+    typeof answer?.text === "string"
+      ? textBlock("Answer", "exchange-answer", readableAnswer(answer.text), true)
+      : h("p", { class: "muted small", testid: "exchange-answer" }, "No answer came."),
+  );
+  return box;
+}
+
+function providerText(payload) {
+  const parts = [payload.provider ?? "unrecorded"];
+  if (payload.wire) parts.push(`${payload.wire} wire`);
+  if (payload.base_url) parts.push(payload.base_url);
+  return parts.join(" · ");
+}
+
+/** The model that answered; older records name it only inside the answer. */
+function servedText(payload) {
+  const served = payload.served_model ?? payload.answer?.model ?? null;
+  if (served) return served === payload.model ? `${served} (the model asked for)` : served;
+  return payload.answer ? "not named in the answer" : "no answer came";
+}
+
+function exchangeTokens(payload) {
+  const usage = (payload.answer ? payload.answer.usage : payload.error?.usage) ?? null;
+  if (typeof usage?.input !== "number" || typeof usage?.output !== "number") return "none reported";
+  const cached = payload.answer?.cached;
+  const cache =
+    cached && (typeof cached.read === "number" || typeof cached.written === "number")
+      ? ` (${cached.read ?? 0} read from the prompt cache, ${cached.written ?? 0} written to it)`
+      : "";
+  return `${usage.input} in${cache}, ${usage.output} out`;
+}
+
+function latencyText(payload) {
+  return typeof payload.latency_ms === "number" ? `${payload.latency_ms} ms` : "not recorded";
+}
+
+function exchangeError(error) {
+  if (!error?.kind) return "";
+  const status = typeof error.status === "number" ? ` (HTTP ${error.status})` : "";
+  return `${words(error.kind)}${status}: ${error.message ?? ""}`;
+}
+
+/** An answer that is a JSON object or array, indented; anything else as written. */
+function readableAnswer(text) {
+  try {
+    const value = JSON.parse(text);
+    if (value && typeof value === "object") return JSON.stringify(value, null, 2);
+  } catch {
+    // Not JSON: shown as the model wrote it.
+  }
+  return text;
+}
+
+/** A long text, folded under its title and length, scrolling inside its box. */
+function textBlock(title, testid, text, open) {
+  if (typeof text !== "string" || !text) {
+    return h("p", { class: "muted small", testid }, `${title}: none recorded.`);
+  }
+  return h(
+    "details",
+    { class: "exchange-text", testid, open: open || text.length < TEXT_OPEN_CHARS_MAX },
+    h("summary", {}, title, h("span", { class: "muted small" }, ` ${count(text.length, "character")}`)),
+    h("pre", { class: "exchange-body" }, text),
+  );
+}
+
+/** An observation that is not a model exchange: its kind and payload. */
+function otherObservation(observed) {
+  return h(
+    "section",
+    { class: "exchange", testid: "observation", "data-observation": observed.id },
+    h("h5", {}, `Observation ${observed.id}`, h("span", { class: "muted small" }, ` ${observed.kind} by ${observed.agent}`)),
+    h("details", {}, h("summary", {}, "payload"), pretty(observed.payload)),
   );
 }
 
@@ -1199,6 +1322,7 @@ class RunView {
         ["content hash", shortHash(fact.content_hash)],
       ]),
       pretty(fact.content),
+      observationsView(fact.observations),
     );
     const sources = fact.sources ?? [];
     if (sources.length) {

@@ -5,7 +5,8 @@
 // not submit it), VIEWER_TOKEN (a viewer of the same tenant), SUBMITTER_TOKEN (the submitter), RUN_ID (a run of
 // examples/release-approval.yaml awaiting approval), OTHER_RUN_ID (a stopped run whose
 // objective is "Greet the world"), PAYOUTS_RUN_ID (a run of examples/weekly-payouts.yaml
-// awaiting approval), CHROMIUM (the browser executable),
+// awaiting approval), CHURN_RUN_ID (a converged run of examples/churn-explainer.yaml whose model
+// was SERVED_MODEL, not the llama3.2 it asked for), CHROMIUM (the browser executable),
 // ARTIFACTS (a directory for screenshots).
 //
 // First, as the viewer, checks that the pending approval is shown without Approve and Reject
@@ -13,8 +14,8 @@
 // searches the runs list, opens the run, checks its timeline, facts, the details beside a
 // fact with its provenance graph, and the pending approval, approves it, sees the card give
 // way to the decision, and follows the live event stream (no reload) until the run converges
-// with the release approved by alice and drawn in the release's provenance graph; last, the
-// page at a phone's width. Exits non-zero with a message on the first failed
+// with the release approved by alice and drawn in the release's provenance graph; reads the
+// model exchange a hypothesis of the churn run cites; last, the page at a phone's width. Exits non-zero with a message on the first failed
 // expectation, leaving a screenshot of the page as it was.
 
 import { mkdirSync } from "node:fs";
@@ -41,6 +42,8 @@ const submitterToken = env("SUBMITTER_TOKEN");
 const runId = env("RUN_ID");
 const otherRunId = env("OTHER_RUN_ID");
 const payoutsRunId = env("PAYOUTS_RUN_ID");
+const churnRunId = env("CHURN_RUN_ID");
+const servedModel = env("SERVED_MODEL");
 const executablePath = env("CHROMIUM");
 const artifacts = env("ARTIFACTS");
 mkdirSync(artifacts, { recursive: true });
@@ -160,16 +163,18 @@ async function untilListed(what, ids) {
   );
 }
 
-await stage("the runs list shows objectives and ages, filtered by status and searched", async () => {
-  await untilListed("all three runs", [runId, otherRunId, payoutsRunId]);
+await stage("the runs list shows job names, objectives and ages, filtered by status and searched", async () => {
+  await untilListed("all four runs", [runId, otherRunId, payoutsRunId, churnRunId]);
   const objective = await byTestId("run-row-objective", runRow).innerText();
   if (!objective.includes("payments-service 2.4.0"))
     throw new Error(`the run's row shows the objective ${JSON.stringify(objective)}`);
+  const job = await byTestId("run-row-job", runRow).innerText();
+  if (job !== "release-approval.yaml") throw new Error(`the run's row shows the job ${JSON.stringify(job)}`);
   const age = await runRow.locator("time").innerText();
   if (!/just now|min ago/.test(age)) throw new Error(`the run's age reads ${JSON.stringify(age)}`);
 
   await byTestId("runs-status").selectOption("stopped");
-  await untilListed("only the stopped run", [otherRunId]);
+  await untilListed("only the stopped runs", [otherRunId, churnRunId]);
   await byTestId("runs-status").selectOption("awaiting_approval");
   await untilListed("only the runs awaiting approval", [runId, payoutsRunId]);
   await screenshot("01a-runs-filtered.png");
@@ -178,15 +183,17 @@ await stage("the runs list shows objectives and ages, filtered by status and sea
   await byTestId("runs-search").fill("greet THE");
   await untilListed("only the run whose objective matches", [otherRunId]);
   const counted = await byTestId("runs-count").innerText();
-  if (counted !== "1 of 3 runs") throw new Error(`the count reads ${JSON.stringify(counted)}`);
+  if (counted !== "1 of 4 runs") throw new Error(`the count reads ${JSON.stringify(counted)}`);
   await byTestId("runs-search").fill(runId);
   await untilListed("only the run whose id matches", [runId]);
+  await byTestId("runs-search").fill("weekly-payouts");
+  await untilListed("only the run whose job matches", [payoutsRunId]);
   await byTestId("runs-search").fill("no such run anywhere");
   await byTestId("runs-none").waitFor();
   if ((await listedRuns()).length) throw new Error("a run is listed for a search nothing matches");
   await screenshot("01b-runs-searched.png");
   await byTestId("runs-search").fill("");
-  await untilListed("all three runs again", [runId, otherRunId, payoutsRunId]);
+  await untilListed("all four runs again", [runId, otherRunId, payoutsRunId, churnRunId]);
 });
 
 await stage("open the run", async () => {
@@ -441,6 +448,52 @@ await stage("a submitter cancels a parked run from the page", async () => {
   if (await byTestId("cancel-run", submitterPage).isVisible()) throw new Error("Cancel stays on a stopped run");
   await submitterPage.screenshot({ path: join(artifacts, "05b-cancelled.png"), fullPage: true });
   await context.close();
+});
+
+await stage("a hypothesis from the model shows the exchange it cites, as text", async () => {
+  await page.locator(`[data-testid="run-row"][data-run-id="${churnRunId}"]`).click();
+  await fact("hypotheses", "competitor-pull").click();
+  const detail = page.locator(
+    '[data-testid="fact-detail"][data-key="hypotheses"][data-id="competitor-pull"]',
+  );
+  await detail.waitFor();
+  await detailBesideFact("hypotheses", "competitor-pull");
+  const exchange = byTestId("exchange", detail).first();
+  await exchange.waitFor();
+  const cited = await byTestId("provenance", detail).locator("dd").allInnerTexts();
+  const observation = await exchange.getAttribute("data-observation");
+  if (!cited.some((text) => text.includes(observation)))
+    throw new Error(`the exchange ${observation} is not among the evidence ${JSON.stringify(cited)}`);
+  // Folded texts are read too: textContent includes a closed <details>' contents.
+  const expect = async (testid, check, what) => {
+    const text = await byTestId(testid, exchange).textContent();
+    if (!check(text)) throw new Error(`${testid} reads ${JSON.stringify(text)}, expected ${what}`);
+  };
+  await expect("exchange-provider", (t) => t.startsWith("ollama") && t.includes("127.0.0.1"), "ollama at the scripted server");
+  await expect("exchange-model", (t) => t === "llama3.2", "the model the spec asked for");
+  await expect("exchange-served", (t) => t === servedModel, `the model that answered, ${servedModel}`);
+  await expect("exchange-tokens", (t) => t === "412 in, 96 out", "412 in, 96 out");
+  await expect("exchange-latency", (t) => /^\d+ ms$/.test(t), "a latency in ms");
+  await expect("exchange-system", (t) => t.includes("You are a careful retention analyst."), "the spec's system prompt");
+  await expect(
+    "exchange-prompt",
+    (t) => t.includes("- competitor-launch: A competitor opened two stores in the north region in June"),
+    "the rendered user prompt",
+  );
+  // The answer is indented JSON, and its markup is text: no element was made from it.
+  await expect(
+    "exchange-answer",
+    (t) => t.includes('"claim": "<b>The competitor\'s new stores</b> draw customers away"'),
+    "the model's answer, indented, with its markup as text",
+  );
+  if (await exchange.locator("b").count()) throw new Error("the answer's markup became an element");
+  if (await exchange.locator(".exchange-error").count()) throw new Error("an error is shown for an exchange that worked");
+  const answer = byTestId("exchange-answer", exchange);
+  if (!(await answer.evaluate((node) => node.open))) throw new Error("the answer starts folded");
+  const overflow = await answer.locator("pre").evaluate((node) => getComputedStyle(node).overflowY);
+  if (overflow !== "auto") throw new Error(`a long answer does not scroll in its box (overflow-y ${overflow})`);
+  await exchange.scrollIntoViewIfNeeded();
+  await screenshot("07-model-exchange.png");
 });
 
 await stage("the page at a phone's width", async () => {
