@@ -146,7 +146,17 @@ pub struct ConvergeResult {
 impl ConvergeResult {
     /// Whether the run can be resumed with decisions (it stopped awaiting approval).
     pub fn is_resumable(&self) -> bool {
-        self.suspended.is_some()
+        self.suspended.is_some() && matches!(self.stop_reason, StopReason::AwaitingApproval { .. })
+    }
+
+    /// The failed agents a [`crate::Retry`] may name, in id order: agents whose last execution
+    /// failed and that were not retried since. Empty unless the run stopped in a way a retry
+    /// can continue ([`crate::RetryRefusal::FinalStop`] lists the others).
+    pub fn failed_agents(&self) -> Vec<AgentId> {
+        self.suspended
+            .as_ref()
+            .map(|state| state.failed_agents())
+            .unwrap_or_default()
     }
 
     /// A parked proposal, to show an approver exactly what they approve.

@@ -30,6 +30,7 @@ use crate::key::ContextKey;
 use crate::observation::{Observation, TraceLink};
 use crate::proposal::{Draft, FactRef, Proposal, Validated};
 use crate::result::{AgentFailure, ConvergeResult, RejectedProposal, RunStats, StopReason};
+use crate::retry::{Retry, RetryRefusal, final_stop};
 
 /// The agents to execute in one cycle, in `AgentId` order, all against the same context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,9 @@ pub(crate) struct RunState {
     /// Agents to consider next cycle.
     dirty: AgentSet,
     quarantined: AgentSet,
+    /// Agents whose last execution failed and that were not retried since: what a retry may
+    /// name.
+    failed: AgentSet,
     pending: BTreeMap<ProposalId, Parked>,
     pending_by_fact: BTreeMap<FactRef, ProposalId>,
     decided: BTreeSet<ProposalId>,
@@ -113,6 +117,11 @@ pub(crate) struct RunState {
 impl RunState {
     pub(crate) fn pending_proposal(&self, id: ProposalId) -> Option<&Proposal<Validated>> {
         self.pending.get(&id).map(|parked| &parked.proposal)
+    }
+
+    /// Agents whose last execution failed and that were not retried since, in id order.
+    pub(crate) fn failed_agents(&self) -> Vec<AgentId> {
+        self.failed.iter_from(0).collect()
     }
 }
 
@@ -175,6 +184,7 @@ impl<'e> Run<'e> {
             cycle: 0,
             dirty: AgentSet::default(),
             quarantined: AgentSet::default(),
+            failed: AgentSet::default(),
             pending: BTreeMap::new(),
             pending_by_fact: BTreeMap::new(),
             decided: BTreeSet::new(),
@@ -229,10 +239,22 @@ impl<'e> Run<'e> {
     /// was produced by an engine with the same agents and its context is untouched.
     pub(crate) fn suspended(
         setup: &Setup,
+        result: ConvergeResult,
+    ) -> Result<(Context, Box<RunState>), (ConvergeResult, &'static str)> {
+        if !matches!(result.stop_reason, StopReason::AwaitingApproval { .. }) {
+            return Err((result, "the run did not stop awaiting approval"));
+        }
+        Run::kept_state(setup, result)
+    }
+
+    /// The state a stopped result kept, if it was produced by an engine with the same agents
+    /// and its context is untouched.
+    pub(crate) fn kept_state(
+        setup: &Setup,
         mut result: ConvergeResult,
     ) -> Result<(Context, Box<RunState>), (ConvergeResult, &'static str)> {
         let Some(mut state) = result.suspended.take() else {
-            return Err((result, "the run did not stop awaiting approval"));
+            return Err((result, "the run cannot be continued"));
         };
         let same_agents = state.agent_names.len() == setup.agents.len()
             && state
@@ -283,6 +305,95 @@ impl<'e> Run<'e> {
             run.decide(decision, &mut tally);
         }
         run.settle(tally);
+        run
+    }
+
+    /// Checks `retry` against a stopped result: a human, a retryable stop, and agents that
+    /// failed. On refusal the result is handed back unchanged.
+    pub(crate) fn check_retry(
+        setup: &Setup,
+        result: ConvergeResult,
+        retry: &Retry,
+    ) -> Result<(ConvergeResult, Vec<AgentId>), (ConvergeResult, RetryRefusal)> {
+        let failed: Vec<String> = result
+            .failed_agents()
+            .iter()
+            .map(|agent| setup.agents[agent.index()].name.to_string())
+            .collect();
+        let refusal = if retry.actor().kind() != ActorKind::Human {
+            Some(RetryRefusal::NotHuman {
+                actor: retry.actor().to_string(),
+            })
+        } else if let Some(stop) = final_stop(&result.stop_reason) {
+            Some(RetryRefusal::FinalStop { stop })
+        } else if failed.is_empty() {
+            Some(RetryRefusal::NothingFailed)
+        } else if retry.agents().is_empty() {
+            Some(RetryRefusal::NoAgents {
+                failed: failed.clone(),
+            })
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return Err((result, refusal));
+        }
+        let mut agents = Vec::with_capacity(retry.agents().len());
+        for name in retry.agents() {
+            let found = setup.agents.iter().position(|agent| *agent.name == **name);
+            let refusal = match found {
+                None => RetryRefusal::UnknownAgent {
+                    name: name.clone(),
+                    failed,
+                },
+                Some(_) if !failed.contains(name) => RetryRefusal::NotFailed {
+                    name: name.clone(),
+                    failed,
+                },
+                Some(index) => {
+                    agents.push(AgentId(index as u32));
+                    continue;
+                }
+            };
+            return Err((result, refusal));
+        }
+        agents.sort();
+        Ok((result, agents))
+    }
+
+    /// Continues a stopped run whose failed `agents` a human decided to retry: lifts their
+    /// quarantine, wakes exactly them, and behaves like any run from there.
+    pub(crate) fn retried(
+        setup: &'e Setup,
+        ctx: Context,
+        state: Box<RunState>,
+        retry: &Retry,
+        agents: Vec<AgentId>,
+    ) -> Run<'e> {
+        let taken_head = state.chain.head;
+        let mut run = Run {
+            setup,
+            ctx,
+            state: *state,
+            phase: Phase::Ready,
+            events: VecDeque::new(),
+            taken_head,
+            keep_encoded: false,
+        };
+        let mut lifted = AgentSet::default();
+        for &agent in &agents {
+            lifted.insert(agent);
+        }
+        run.state.quarantined.subtract(&lifted);
+        run.state.failed.subtract(&lifted);
+        run.state.dirty.union_with(&lifted);
+        let cycle = run.state.cycle;
+        run.emit(Event::RunRetried {
+            cycle,
+            actor: retry.actor().clone(),
+            agents,
+            reason: retry.reason().to_owned(),
+        });
         run
     }
 
@@ -492,7 +603,10 @@ impl<'e> Run<'e> {
         let stats = state.stats;
         let rejections = std::mem::take(&mut state.rejections);
         let failures = std::mem::take(&mut state.failures);
-        let resumable = matches!(reason, StopReason::AwaitingApproval { .. });
+        // A run awaiting approval can be resumed, and one its failures stopped retried: both
+        // keep what continuing needs.
+        let resumable = matches!(reason, StopReason::AwaitingApproval { .. })
+            || (!state.failed.is_empty() && final_stop(&reason).is_none());
         if resumable {
             state.context_digest = self.ctx.digest();
         }
@@ -833,6 +947,7 @@ impl<'e> Run<'e> {
         if quarantine {
             self.state.quarantined.insert(agent);
         }
+        self.state.failed.insert(agent);
         self.state.stats.agent_failures += 1;
         self.state.failures.push(AgentFailure {
             cycle,
