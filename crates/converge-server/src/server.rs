@@ -137,6 +137,7 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/runs/{run}", get(api::runs::get_run))
         .route("/v1/runs/{run}/cancel", post(api::runs::cancel))
         .route("/v1/runs/{run}/resume", post(api::runs::resume))
+        .route("/v1/runs/{run}/retry", post(api::retry::retry))
         .route("/v1/runs/{run}/facts", get(api::facts::facts))
         .route("/v1/runs/{run}/facts/{key}/{id}", get(api::facts::fact))
         .route("/v1/runs/{run}/rejections", get(api::facts::rejections))
