@@ -308,6 +308,10 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
                 .with_holder(Holder::this_process("converge resume"));
             // Where the run stands, so the progress lines go on from there.
             let seen = runtime.inspect(&journal, &run_id)?;
+            let parked = matches!(seen.result.stop_reason, StopReason::AwaitingApproval { .. });
+            if seen.stopped && !parked {
+                return Err(CliError::Other(already_stopped(&run_id, &seen)));
+            }
             runtime.observe(Progress::new(cli.json).continuing(&seen.result));
             let drive = runtime.resume_durable(&mut journal, &run_id);
             let result = block_on(signals::unless_interrupted(&run_id, drive))???;
@@ -464,6 +468,25 @@ fn decide(
     }
     output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
     Ok(stop_code(&result))
+}
+
+/// Why `resume` has nothing to do for a run that stopped, in words, and what may continue it.
+fn already_stopped(run_id: &RunId, seen: &converge_runtime::Inspection) -> String {
+    let failed: Vec<&str> = seen
+        .result
+        .failed_agents()
+        .iter()
+        .filter_map(|agent| seen.header.agents.get(agent.index()).map(String::as_str))
+        .collect();
+    let reason = show::reason_text(&seen.result.stop_reason);
+    match failed.as_slice() {
+        [] => format!("run {run_id} has already stopped ({reason}); there is nothing to resume"),
+        failed => format!(
+            "run {run_id} has already stopped ({reason}); once the cause is fixed, run its \
+             failed agents ({}) again with `converge retry {run_id} --as NAME --reason TEXT`",
+            failed.join(", ")
+        ),
+    }
 }
 
 /// `converge retry`: records a human's retry of failed agents and runs the job on.

@@ -106,6 +106,14 @@ fn a_retry_re_executes_only_the_failed_agent_and_replay_reproduces_it_without_ru
         (1, 1)
     );
 
+    // `resume` has nothing to do, and says what will.
+    let resume = said(&converge(&db, &["resume", "alerts-1"]), 1);
+    assert!(
+        resume.contains("run alerts-1 has already stopped (converged)")
+            && resume.contains("failed agents (score) again with `converge retry alerts-1"),
+        "{resume}"
+    );
+
     // Refusals name the cause and the agents that did fail, and run nothing.
     for (agent, expected) in [
         ("steady", "agent \"steady\" has not failed (failed: score)"),
