@@ -1,7 +1,8 @@
 //! Continuing a stopped run, through the real binary: a command agent fails until a marker
 //! file exists, the run stops with it failed, `converge retry` re-executes only that agent
-//! once the marker is there, and the run finishes; `replay` and `verify` reproduce the retry
-//! without running anything; an edited retry record is caught by `verify`. A second test does
+//! once the marker is there, and the run finishes; refusals (an agent that did not fail, a run
+//! another process holds) name the cause and run nothing; `replay` and `verify` reproduce the
+//! retry without running anything; an edited retry record is caught by `verify`. A second test does
 //! the same with an `llm` agent whose scripted model server first refuses, then answers.
 
 mod common;
@@ -131,6 +132,29 @@ fn a_retry_re_executes_only_the_failed_agent_and_replay_reproduces_it_without_ru
         let words = said(&refused, 1);
         assert!(words.contains(expected), "{expected:?} in: {words}");
     }
+    assert_eq!(calls(dir.path(), "score.calls"), 1);
+
+    // A run another live process holds is refused, naming the holder; nothing runs.
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    let lease = "UPDATE runs SET lease_token = 'held', lease_holder = 'converge worker', \
+                 lease_host = 'another-machine', lease_pid = 4242, \
+                 lease_expires_ms = 32503680000000 WHERE id = 'alerts-1'";
+    connection.execute_batch(lease).unwrap();
+    let busy = said(
+        &converge(
+            &db,
+            &["retry", "alerts-1", "--as", "alice", "--reason", "try"],
+        ),
+        1,
+    );
+    assert!(
+        busy.contains("converge worker (pid 4242 on another-machine)"),
+        "{busy}"
+    );
+    let free = "UPDATE runs SET lease_token = NULL, lease_holder = NULL, lease_host = NULL, \
+                lease_pid = NULL, lease_expires_ms = NULL WHERE id = 'alerts-1'";
+    connection.execute_batch(free).unwrap();
+    drop(connection);
     assert_eq!(calls(dir.path(), "score.calls"), 1);
 
     std::fs::write(dir.path().join("ready"), "").unwrap();
