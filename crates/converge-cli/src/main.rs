@@ -472,10 +472,12 @@ fn decide(
 
 /// Why `resume` has nothing to do for a run that stopped, in words, and what may continue it.
 fn already_stopped(run_id: &RunId, seen: &converge_runtime::Inspection) -> String {
+    let retryable = seen.result.is_retryable();
     let failed: Vec<&str> = seen
         .result
         .failed_agents()
         .iter()
+        .filter(|_| retryable)
         .filter_map(|agent| seen.header.agents.get(agent.index()).map(String::as_str))
         .collect();
     let reason = show::reason_text(&seen.result.stop_reason);
@@ -513,12 +515,11 @@ fn retry(cli: &Cli, journal: &mut impl Journal, args: &RetryArgs) -> Result<u8, 
     let result = block_on(signals::unless_interrupted(&run_id, drive))???;
     if !cli.json {
         let retried = match args.agents.is_empty() {
-            true => seen.result.failed_agents(),
+            true => seen.result.failed_agents().to_vec(),
             false => {
                 let named = |agent: &&String| args.agents.contains(agent);
-                let ids = seen.result.failed_agents();
-                ids.into_iter()
-                    .filter(|id| agents.get(id.index()).is_some_and(|name| named(&name)))
+                let ids = seen.result.failed_agents().iter().copied();
+                ids.filter(|id| agents.get(id.index()).is_some_and(|name| named(&name)))
                     .collect()
             }
         };

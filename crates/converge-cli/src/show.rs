@@ -196,7 +196,7 @@ pub(crate) fn summary(
         );
     }
     let failed = result.failed_agents();
-    if !failed.is_empty() && !json {
+    if result.is_retryable() && !json {
         let names: Vec<&str> = failed
             .iter()
             .filter_map(|agent| agents.get(agent.index()).map(String::as_str))
@@ -619,12 +619,25 @@ fn explained(result: &ConvergeResult, agents: &[String]) -> String {
             .cloned()
             .unwrap_or_else(|| format!("#{}", agent.index()))
     };
+    // A failure is still standing only if it is its agent's last and the agent was not
+    // retried since; the others were answered by a retry.
+    let standing = result.failed_agents();
+    let last = |index: usize, agent| {
+        !result.failures[index + 1..]
+            .iter()
+            .any(|later| later.agent == agent)
+    };
     let mut lines: Vec<String> = result
         .failures
         .iter()
-        .map(|failure| {
+        .enumerate()
+        .map(|(index, failure)| {
+            let retried = match standing.contains(&failure.agent) && last(index, failure.agent) {
+                true => "",
+                false => " (retried since)",
+            };
             format!(
-                "  failed: agent {} in cycle {}: {}",
+                "  failed: agent {} in cycle {}{retried}: {}",
                 name(failure.agent),
                 failure.cycle,
                 failure.message

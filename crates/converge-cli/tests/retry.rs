@@ -174,7 +174,9 @@ fn a_retry_re_executes_only_the_failed_agent_and_replay_reproduces_it_without_ru
     );
     assert!(
         retried.contains("retried agent score: no longer failing")
-            && retried.contains("run alerts-1: converged"),
+            && retried.contains("run alerts-1: converged")
+            && retried.contains("failed: agent score in cycle 2 (retried since):")
+            && !retried.contains("converge retry alerts-1"),
         "{retried}"
     );
     assert_eq!(

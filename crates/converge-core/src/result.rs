@@ -140,6 +140,8 @@ pub struct ConvergeResult {
     pub rejections: Vec<RejectedProposal>,
     /// Every agent failure, in order.
     pub failures: Vec<AgentFailure>,
+    /// Agents whose last execution failed and that were not retried since, in id order.
+    pub(crate) failed: Vec<AgentId>,
     pub(crate) suspended: Option<Box<RunState>>,
 }
 
@@ -149,14 +151,16 @@ impl ConvergeResult {
         self.suspended.is_some() && matches!(self.stop_reason, StopReason::AwaitingApproval { .. })
     }
 
-    /// The failed agents a [`crate::Retry`] may name, in id order: agents whose last execution
-    /// failed and that were not retried since. Empty unless the run stopped in a way a retry
-    /// can continue ([`crate::RetryRefusal::FinalStop`] lists the others).
-    pub fn failed_agents(&self) -> Vec<AgentId> {
-        self.suspended
-            .as_ref()
-            .map(|state| state.failed_agents())
-            .unwrap_or_default()
+    /// Agents whose last execution failed and that were not retried since, in id order,
+    /// whatever the stop. (Earlier failures stay in [`ConvergeResult::failures`].)
+    pub fn failed_agents(&self) -> &[AgentId] {
+        &self.failed
+    }
+
+    /// Whether a [`crate::Retry`] can continue the run: some agents failed, and it stopped in
+    /// a way they can explain (not a budget, a halt or a semantic or structural invariant).
+    pub fn is_retryable(&self) -> bool {
+        self.suspended.is_some() && !self.failed.is_empty()
     }
 
     /// A parked proposal, to show an approver exactly what they approve.

@@ -316,7 +316,7 @@ impl<'e> Run<'e> {
         retry: &Retry,
     ) -> Result<(ConvergeResult, Vec<AgentId>), (ConvergeResult, RetryRefusal)> {
         let failed: Vec<String> = result
-            .failed_agents()
+            .failed
             .iter()
             .map(|agent| setup.agents[agent.index()].name.to_string())
             .collect();
@@ -603,6 +603,7 @@ impl<'e> Run<'e> {
         let stats = state.stats;
         let rejections = std::mem::take(&mut state.rejections);
         let failures = std::mem::take(&mut state.failures);
+        let failed = state.failed_agents();
         // A run awaiting approval can be resumed, and one its failures stopped retried: both
         // keep what continuing needs.
         let resumable = matches!(reason, StopReason::AwaitingApproval { .. })
@@ -619,6 +620,7 @@ impl<'e> Run<'e> {
             root_hash,
             rejections,
             failures,
+            failed,
             suspended: resumable.then(|| Box::new(state)),
         }
     }

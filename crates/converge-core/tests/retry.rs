@@ -139,7 +139,7 @@ fn a_retry_re_executes_only_the_named_failed_agents_and_the_run_goes_on() {
     let (stopped, _) = drive(cast.engine.start(Context::new()).unwrap());
     assert_eq!(stopped.stop_reason, StopReason::Converged);
     assert_eq!(
-        names(&cast.engine, &stopped.failed_agents()),
+        names(&cast.engine, stopped.failed_agents()),
         ["fetch", "score"]
     );
 
@@ -156,7 +156,7 @@ fn a_retry_re_executes_only_the_named_failed_agents_and_the_run_goes_on() {
     );
     assert!(result.context.contains(ContextKey::Hypotheses, "fetch"));
     assert!(!result.context.contains(ContextKey::Hypotheses, "score"));
-    assert_eq!(names(&cast.engine, &result.failed_agents()), ["score"]);
+    assert_eq!(names(&cast.engine, result.failed_agents()), ["score"]);
     let Event::RunRetried {
         cycle,
         actor,
@@ -294,7 +294,8 @@ fn final_stops_and_runs_without_failures_are_not_retryable() {
         }
         cast.up[0].store(up, Ordering::SeqCst);
         let (stopped, _) = drive(cast.engine.start(Context::new()).unwrap());
-        assert!(stopped.failed_agents().is_empty());
+        assert!(!stopped.is_retryable());
+        assert_eq!(stopped.failed_agents().is_empty(), up);
         let retry = Retry::new(alice(), ["fetch"], "again");
         assert_eq!(refusal(&cast.engine, stopped, &retry).to_string(), expected);
     };
@@ -348,7 +349,7 @@ fn a_retried_agent_that_fails_again_can_be_retried_again() {
     let retry = Retry::new(alice(), ["fetch"], "maybe now");
     let (again, _) = drive(cast.engine.retry_run(stopped, &retry).unwrap());
     assert_eq!(again.failures.len(), 2);
-    assert_eq!(names(&cast.engine, &again.failed_agents()), ["fetch"]);
+    assert_eq!(names(&cast.engine, again.failed_agents()), ["fetch"]);
     cast.up[0].store(true, Ordering::SeqCst);
     let (result, _) = drive(cast.engine.retry_run(again, &retry).unwrap());
     assert!(result.converged && result.failed_agents().is_empty());
@@ -359,7 +360,7 @@ fn a_retried_agent_that_fails_again_can_be_retried_again() {
 fn decisions_cannot_resume_a_run_that_only_a_retry_can_continue() {
     let cast = cast(&["fetch"], EngineConfig::default());
     let (stopped, _) = drive(cast.engine.start(Context::new()).unwrap());
-    assert!(!stopped.is_resumable());
+    assert!(!stopped.is_resumable() && stopped.is_retryable());
     assert!(matches!(
         cast.engine.resume_run(stopped, Vec::new()),
         Err(EngineError::NotResumable { .. })
