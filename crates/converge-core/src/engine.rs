@@ -361,7 +361,7 @@ fn retried<'e>(
 ) -> Result<Run<'e>, EngineError> {
     setup.check_agents()?;
     let (result, agents) =
-        Run::check_retry(setup, previous, retry).map_err(|(result, refusal)| {
+        crate::retry::check(setup, previous, retry).map_err(|(result, refusal)| {
             EngineError::NotRetryable {
                 refusal,
                 result: Box::new(result),

@@ -18,9 +18,12 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::authority::Actor;
+use crate::authority::{Actor, ActorKind};
 use crate::budget::Exhausted;
+use crate::engine::Setup;
+use crate::id::AgentId;
 use crate::invariant::InvariantClass;
+use crate::result::ConvergeResult;
 use crate::result::StopReason;
 
 /// A human's decision to run failed agents again.
@@ -128,6 +131,59 @@ fn list(names: &[String]) -> String {
         return "none".to_owned();
     }
     names.join(", ")
+}
+
+/// Checks `retry` against a stopped result: a human, a retryable stop, and agents that
+/// failed. On refusal the result is handed back unchanged.
+pub(crate) fn check(
+    setup: &Setup,
+    result: ConvergeResult,
+    retry: &Retry,
+) -> Result<(ConvergeResult, Vec<AgentId>), (ConvergeResult, RetryRefusal)> {
+    let failed: Vec<String> = result
+        .failed
+        .iter()
+        .map(|agent| setup.agents[agent.index()].name.to_string())
+        .collect();
+    let refusal = if retry.actor().kind() != ActorKind::Human {
+        Some(RetryRefusal::NotHuman {
+            actor: retry.actor().to_string(),
+        })
+    } else if let Some(stop) = final_stop(&result.stop_reason) {
+        Some(RetryRefusal::FinalStop { stop })
+    } else if failed.is_empty() {
+        Some(RetryRefusal::NothingFailed)
+    } else if retry.agents().is_empty() {
+        Some(RetryRefusal::NoAgents {
+            failed: failed.clone(),
+        })
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        return Err((result, refusal));
+    }
+    let mut agents = Vec::with_capacity(retry.agents().len());
+    for name in retry.agents() {
+        let found = setup.agents.iter().position(|agent| *agent.name == **name);
+        let refusal = match found {
+            None => RetryRefusal::UnknownAgent {
+                name: name.clone(),
+                failed,
+            },
+            Some(_) if !failed.contains(name) => RetryRefusal::NotFailed {
+                name: name.clone(),
+                failed,
+            },
+            Some(index) => {
+                agents.push(AgentId(index as u32));
+                continue;
+            }
+        };
+        return Err((result, refusal));
+    }
+    agents.sort();
+    Ok((result, agents))
 }
 
 /// Why a run that stopped for `reason` cannot be retried, or `None` when it can (provided an

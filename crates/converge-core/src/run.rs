@@ -30,7 +30,7 @@ use crate::key::ContextKey;
 use crate::observation::{Observation, TraceLink};
 use crate::proposal::{Draft, FactRef, Proposal, Validated};
 use crate::result::{AgentFailure, ConvergeResult, RejectedProposal, RunStats, StopReason};
-use crate::retry::{Retry, RetryRefusal, final_stop};
+use crate::retry::{Retry, final_stop};
 
 /// The agents to execute in one cycle, in `AgentId` order, all against the same context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,59 +306,6 @@ impl<'e> Run<'e> {
         }
         run.settle(tally);
         run
-    }
-
-    /// Checks `retry` against a stopped result: a human, a retryable stop, and agents that
-    /// failed. On refusal the result is handed back unchanged.
-    pub(crate) fn check_retry(
-        setup: &Setup,
-        result: ConvergeResult,
-        retry: &Retry,
-    ) -> Result<(ConvergeResult, Vec<AgentId>), (ConvergeResult, RetryRefusal)> {
-        let failed: Vec<String> = result
-            .failed
-            .iter()
-            .map(|agent| setup.agents[agent.index()].name.to_string())
-            .collect();
-        let refusal = if retry.actor().kind() != ActorKind::Human {
-            Some(RetryRefusal::NotHuman {
-                actor: retry.actor().to_string(),
-            })
-        } else if let Some(stop) = final_stop(&result.stop_reason) {
-            Some(RetryRefusal::FinalStop { stop })
-        } else if failed.is_empty() {
-            Some(RetryRefusal::NothingFailed)
-        } else if retry.agents().is_empty() {
-            Some(RetryRefusal::NoAgents {
-                failed: failed.clone(),
-            })
-        } else {
-            None
-        };
-        if let Some(refusal) = refusal {
-            return Err((result, refusal));
-        }
-        let mut agents = Vec::with_capacity(retry.agents().len());
-        for name in retry.agents() {
-            let found = setup.agents.iter().position(|agent| *agent.name == **name);
-            let refusal = match found {
-                None => RetryRefusal::UnknownAgent {
-                    name: name.clone(),
-                    failed,
-                },
-                Some(_) if !failed.contains(name) => RetryRefusal::NotFailed {
-                    name: name.clone(),
-                    failed,
-                },
-                Some(index) => {
-                    agents.push(AgentId(index as u32));
-                    continue;
-                }
-            };
-            return Err((result, refusal));
-        }
-        agents.sort();
-        Ok((result, agents))
     }
 
     /// Continues a stopped run whose failed `agents` a human decided to retry: lifts their
