@@ -159,6 +159,16 @@ impl ConvergeResult {
 
     /// Whether a [`crate::Retry`] can continue the run: some agents failed, and it stopped in
     /// a way they can explain (not a budget, a halt or a semantic or structural invariant).
+    ///
+    /// ```
+    /// use converge_core::{Context, Engine};
+    /// use converge_core::agents::SeedAgent;
+    ///
+    /// let mut engine = Engine::new();
+    /// engine.register(SeedAgent::new("seed", "hello"));
+    /// let result = engine.run(Context::new()).unwrap();
+    /// assert!(result.failed_agents().is_empty() && !result.is_retryable());
+    /// ```
     pub fn is_retryable(&self) -> bool {
         self.suspended.is_some() && !self.failed.is_empty()
     }

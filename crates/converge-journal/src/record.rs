@@ -539,7 +539,18 @@ impl StepInput {
         }
     }
 
-    /// Records a retry of failed agents.
+    /// Records a retry of failed agents: a `decisions` step holding no decision and the retry.
+    ///
+    /// ```
+    /// use converge_core::{Actor, Retry};
+    /// use converge_journal::StepInput;
+    ///
+    /// let retry = Retry::new(Actor::human("alice").unwrap(), ["fetch"], "the server is back");
+    /// let input = StepInput::retry(&retry);
+    /// assert_eq!(input.kind(), "decisions");
+    /// assert_eq!(input.retry_into_core(), Some(retry));
+    /// assert!(input.decisions_into_core().is_empty());
+    /// ```
     pub fn retry(retry: &Retry) -> StepInput {
         StepInput::Decisions {
             decisions: Vec::new(),

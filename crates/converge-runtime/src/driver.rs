@@ -346,6 +346,29 @@ impl Runtime {
     /// semantic invariant), no failed agent, an agent that did not fail or does not exist, an
     /// actor who is not human. Takes the run's lease first, like
     /// [`Runtime::resume_durable`]: a run another live process drives is refused at once.
+    ///
+    /// ```
+    /// use converge_core::agents::SeedAgent;
+    /// use converge_core::{Actor, Engine, Retry, RetryRefusal};
+    /// use converge_runtime::{DurableError, RunId, Runtime, SqliteJournal};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut journal = SqliteJournal::open(dir.path().join("journal.db")).unwrap();
+    /// let mut engine = Engine::new();
+    /// engine.register(SeedAgent::new("seed", "hello"));
+    /// let mut runtime = Runtime::new(engine);
+    /// let run = RunId::new("greet-1").unwrap();
+    /// let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// tokio.block_on(runtime.run_durable(&mut journal, &run)).unwrap();
+    ///
+    /// // Nothing failed, so nothing is retried and nothing is written.
+    /// let retry = Retry::new(Actor::human("alice").unwrap(), ["seed"], "again");
+    /// let refused = tokio.block_on(runtime.retry_durable(&mut journal, &run, retry));
+    /// assert!(matches!(
+    ///     refused,
+    ///     Err(DurableError::NotRetryable { refusal: RetryRefusal::NothingFailed, .. })
+    /// ));
+    /// ```
     pub async fn retry_durable<J: Journal>(
         &mut self,
         journal: &mut J,
