@@ -47,7 +47,8 @@ Exit codes:
   4  a budget ran out
   5  an invariant was violated
   6  the run stopped otherwise (agent failure, halt, or divergence on replay / broken journal on verify)
-  7  the run reached its fixed point, but some of its agents failed (each is listed)
+  7  the run reached its fixed point, but some of its agents failed (each is listed;
+     `converge retry RUN` runs them again once the cause is fixed)
   8  an invariant could not be evaluated (its check failed on the facts, or reached a limit):
      nothing is known to be violated
   129, 130, 143  SIGHUP, SIGINT (Ctrl-C) or SIGTERM stopped a run, its agents were killed and its
