@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Run, watch, approve, resume and audit Converge jobs.
+/// Run, watch, approve, retry, resume and audit Converge jobs.
 ///
 /// Every run is journaled in an embedded SQLite file (by default in your user data directory;
 /// `--db` or `CONVERGE_DB` chooses another file, or a PostgreSQL database shared by many
@@ -47,7 +47,8 @@ Exit codes:
   4  a budget ran out
   5  an invariant was violated
   6  the run stopped otherwise (agent failure, halt, or divergence on replay / broken journal on verify)
-  7  the run reached its fixed point, but some of its agents failed (each is listed)
+  7  the run reached its fixed point, but some of its agents failed (each is listed;
+     `converge retry RUN` runs them again once the cause is fixed)
   8  an invariant could not be evaluated (its check failed on the facts, or reached a limit):
      nothing is known to be violated
   129, 130, 143  SIGHUP, SIGINT (Ctrl-C) or SIGTERM stopped a run, its agents were killed and its
@@ -119,6 +120,15 @@ pub(crate) enum Command {
     #[command(after_help = "Examples:
   converge reject payouts-1 c2.a2.p2 --as bob --reason \"invoice paid twice\"")]
     Reject(DecideArgs),
+
+    /// Run failed agents of a stopped run again, once the cause of their failure is fixed
+    /// (a model server back up, a token renewed), then run the job on to its next stop. The
+    /// retry is recorded in the journal: who, which agents, why.
+    #[command(after_help = "Examples:
+  converge run examples/churn-explainer.yaml --id churn-1
+  converge retry churn-1 --as alice --reason \"the model server is back\"
+  converge retry churn-1 --agent explainer --as alice --reason \"model pulled\" --json")]
+    Retry(RetryArgs),
 
     /// Continue a run whose process stopped before it did (crash, kill, power loss).
     #[command(after_help = "Examples:
@@ -252,6 +262,21 @@ pub(crate) struct DecideArgs {
     /// Why (required to reject).
     #[arg(long)]
     pub(crate) reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RetryArgs {
+    /// The run's id.
+    pub(crate) run: String,
+    /// A failed agent to run again, by name (repeat for more; default: every failed agent).
+    #[arg(long = "agent", value_name = "NAME")]
+    pub(crate) agents: Vec<String>,
+    /// Who decides: the name recorded in the journal with the retry.
+    #[arg(long = "as", value_name = "NAME")]
+    pub(crate) actor: String,
+    /// Why the agents can succeed now: recorded in the journal with the retry.
+    #[arg(long)]
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Args)]

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use converge_core::{Actor, ConvergeResult, Decision, ProposalId, StopReason};
+use converge_core::{Actor, ConvergeResult, Decision, ProposalId, Retry, StopReason};
 use converge_runtime::spec::{self, AGENT_LAUNCHER_ARG};
 use converge_runtime::{
     DurableError, Holder, Journal, JournalError, Location, ReplayReport, RunId, Verification,
@@ -31,8 +31,8 @@ use serde_json::json;
 use converge_server::{Drivers, Role, Server, ServerConfig, Tokens};
 
 use crate::cli::{
-    Cli, Command, CopyArgs, DecideArgs, DriveArg, Format, JournalCommand, RoleArg, ServeArgs,
-    TokenCommand,
+    Cli, Command, CopyArgs, DecideArgs, DriveArg, Format, JournalCommand, RetryArgs, RoleArg,
+    ServeArgs, TokenCommand,
 };
 use crate::job::Calls;
 use crate::progress::Progress;
@@ -296,12 +296,17 @@ fn execute(cli: &Cli) -> Result<u8, CliError> {
         }
         Command::Approve(args) => decide(cli, &mut journal, args, true),
         Command::Reject(args) => decide(cli, &mut journal, args, false),
+        Command::Retry(args) => retry(cli, &mut journal, args),
         Command::Resume(args) => {
             let run_id = run_id(&args.run)?;
             let mut runtime = job::runtime_of(&journal, &run_id, live)?
                 .with_holder(Holder::this_process("converge resume"));
             // Where the run stands, so the progress lines go on from there.
             let seen = runtime.inspect(&journal, &run_id)?;
+            let parked = matches!(seen.result.stop_reason, StopReason::AwaitingApproval { .. });
+            if seen.stopped && !parked {
+                return Err(CliError::Other(already_stopped(&run_id, &seen)));
+            }
             runtime.observe_activity(Progress::new(cli.json).continuing(&seen.result));
             let drive = runtime.resume_durable(&mut journal, &run_id);
             let result = block_on(signals::unless_interrupted(&run_id, drive))???;
@@ -455,6 +460,65 @@ fn decide(
     let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
     if !cli.json {
         output::line(show::decided(&result, proposal))?;
+    }
+    output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
+    Ok(stop_code(&result))
+}
+
+/// Why `resume` has nothing to do for a run that stopped, in words, and what may continue it.
+fn already_stopped(run_id: &RunId, seen: &converge_runtime::Inspection) -> String {
+    let retryable = seen.result.is_retryable();
+    let failed: Vec<&str> = seen
+        .result
+        .failed_agents()
+        .iter()
+        .filter(|_| retryable)
+        .filter_map(|agent| seen.header.agents.get(agent.index()).map(String::as_str))
+        .collect();
+    let reason = show::reason_text(&seen.result.stop_reason);
+    match failed.as_slice() {
+        [] => format!("run {run_id} has already stopped ({reason}); there is nothing to resume"),
+        failed => format!(
+            "run {run_id} has already stopped ({reason}); once the cause is fixed, run its \
+             failed agents ({}) again with `converge retry {run_id} --as NAME --reason TEXT`",
+            failed.join(", ")
+        ),
+    }
+}
+
+/// `converge retry`: records a human's retry of failed agents and runs the job on.
+fn retry(cli: &Cli, journal: &mut impl Journal, args: &RetryArgs) -> Result<u8, CliError> {
+    let run_id = run_id(&args.run)?;
+    let actor = Actor::human(&args.actor).map_err(|error| CliError::Other(error.to_string()))?;
+    let holder = Holder::this_process("converge retry");
+    if let Some(leased) = journal
+        .summary(&run_id)?
+        .driven_by(&holder, wall_clock_ms())
+    {
+        return Err(leased.into());
+    }
+    let live = Calls::Live {
+        providers: cli.providers.as_deref(),
+    };
+    let mut runtime = job::runtime_of(journal, &run_id, live)?.with_holder(holder);
+    let seen = runtime.inspect(journal, &run_id)?;
+    let agents: Vec<String> = runtime.engine().agent_names().map(str::to_owned).collect();
+    let before = seen.result.failures.len();
+    runtime.observe(Progress::new(cli.json).continuing(&seen.result));
+    let retry = Retry::new(actor, args.agents.iter().cloned(), args.reason.clone());
+    let drive = runtime.retry_durable(journal, &run_id, retry);
+    let result = block_on(signals::unless_interrupted(&run_id, drive))???;
+    if !cli.json {
+        let retried = match args.agents.is_empty() {
+            true => seen.result.failed_agents().to_vec(),
+            false => {
+                let named = |agent: &&String| args.agents.contains(agent);
+                let ids = seen.result.failed_agents().iter().copied();
+                ids.filter(|id| agents.get(id.index()).is_some_and(|name| named(&name)))
+                    .collect()
+            }
+        };
+        output::line(show::retried(&result, &retried, before, &agents).trim_end())?;
     }
     output::line(show::summary(&run_id, &result, cli.detail(), &agents).trim_end())?;
     Ok(stop_code(&result))
@@ -667,7 +731,10 @@ fn run_id(text: &str) -> Result<RunId, CliError> {
 /// The exit code a run's stop reason maps to.
 fn stop_code(result: &ConvergeResult) -> u8 {
     match &result.stop_reason {
-        StopReason::Converged if !result.failures.is_empty() => exit::CONVERGED_WITH_FAILURES,
+        // Failures that a retry since made good do not count: the agent ran after all.
+        StopReason::Converged if !result.failed_agents().is_empty() => {
+            exit::CONVERGED_WITH_FAILURES
+        }
         StopReason::Converged => exit::OK,
         StopReason::AwaitingApproval { .. } => exit::AWAITING_APPROVAL,
         StopReason::BudgetExhausted { .. } => exit::BUDGET,

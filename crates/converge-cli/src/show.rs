@@ -169,7 +169,7 @@ pub(crate) fn summary(
         .to_string();
     }
     let mut out = String::new();
-    let stop = match (&result.stop_reason, result.failures.len()) {
+    let stop = match (&result.stop_reason, result.failed_agents().len()) {
         (StopReason::Converged, failed @ 1..) => {
             format!("converged, but {} failed", count(failed as u64, "agent"))
         }
@@ -193,6 +193,19 @@ pub(crate) fn summary(
         let _ = writeln!(
             out,
             "  approve with: converge approve {run} <PROPOSAL> --as <NAME>"
+        );
+    }
+    let failed = result.failed_agents();
+    if result.is_retryable() && !json {
+        let names: Vec<&str> = failed
+            .iter()
+            .filter_map(|agent| agents.get(agent.index()).map(String::as_str))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  failed agents: {}; once the cause is fixed, run them again with: converge retry \
+             {run} --as <NAME> --reason <WHY>",
+            names.join(", ")
         );
     }
     out
@@ -397,6 +410,7 @@ pub(crate) fn inspect(seen: &Inspection, json: bool) -> String {
             );
         }
     }
+    out.push_str(&retries_text(seen));
     out.push_str(&observations_text(seen));
     if let StopReason::AwaitingApproval { pending } = &result.stop_reason {
         out.push('\n');
@@ -406,6 +420,30 @@ pub(crate) fn inspect(seen: &Inspection, json: bool) -> String {
 }
 
 /// The run's recorded observations, a line each, and how to print one whole.
+/// The run's retries of failed agents: who, which agents, why, and when.
+fn retries_text(seen: &Inspection) -> String {
+    if seen.retries.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\nretries ({}):\n", seen.retries.len());
+    for recorded in &seen.retries {
+        let _ = writeln!(out, "  {}", retry_text(recorded));
+    }
+    out
+}
+
+/// One retry in words: `after cycle 1, alice retried score: the feed is ready`.
+pub(crate) fn retry_text(recorded: &converge_runtime::RecordedRetry) -> String {
+    let retry = &recorded.retry;
+    format!(
+        "after cycle {}, {} retried {}: {}",
+        recorded.after_cycle,
+        retry.actor().name(),
+        retry.agents().join(", "),
+        retry.reason()
+    )
+}
+
 fn observations_text(seen: &Inspection) -> String {
     if seen.observations.is_empty() {
         return String::new();
@@ -451,6 +489,7 @@ pub(crate) fn export_json(seen: &Inspection) -> Value {
         "failures": result.failures,
         "pending": pending_json(result),
         "observations": seen.observations,
+        "retries": seen.retries,
     })
 }
 
@@ -510,6 +549,34 @@ fn escape(text: &str) -> String {
 
 /// What became of a decided proposal, in one line: promoted (with the fact it became), or
 /// refused (by the approver, or by a check the approval could not lift) and why.
+/// What became of each agent a retry ran again: failed again (and why), or no longer failing.
+/// `before` is how many failures the run had before the retry.
+pub(crate) fn retried(
+    result: &ConvergeResult,
+    retried: &[converge_core::AgentId],
+    before: usize,
+    agents: &[String],
+) -> String {
+    let still_failed = result.failed_agents();
+    let mut out = String::new();
+    for &agent in retried {
+        let name = agents.get(agent.index()).map_or("?", String::as_str);
+        let again = result.failures[before.min(result.failures.len())..]
+            .iter()
+            .rev()
+            .find(|failure| failure.agent == agent);
+        let line = match again {
+            Some(failure) if still_failed.contains(&agent) => format!(
+                "retried agent {name}: failed again in cycle {}: {}",
+                failure.cycle, failure.message
+            ),
+            _ => format!("retried agent {name}: no longer failing"),
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
 pub(crate) fn decided(result: &ConvergeResult, proposal: ProposalId) -> String {
     let promoted = result
         .context
@@ -550,12 +617,25 @@ fn explained(result: &ConvergeResult, agents: &[String]) -> String {
             .cloned()
             .unwrap_or_else(|| format!("#{}", agent.index()))
     };
+    // A failure is still standing only if it is its agent's last and the agent was not
+    // retried since; the others were answered by a retry.
+    let standing = result.failed_agents();
+    let last = |index: usize, agent| {
+        !result.failures[index + 1..]
+            .iter()
+            .any(|later| later.agent == agent)
+    };
     let mut lines: Vec<String> = result
         .failures
         .iter()
-        .map(|failure| {
+        .enumerate()
+        .map(|(index, failure)| {
+            let retried = match standing.contains(&failure.agent) && last(index, failure.agent) {
+                true => "",
+                false => " (retried since)",
+            };
             format!(
-                "  failed: agent {} in cycle {}: {}",
+                "  failed: agent {} in cycle {}{retried}: {}",
                 name(failure.agent),
                 failure.cycle,
                 failure.message

@@ -12,7 +12,7 @@ use converge_runtime::Inspection;
 use converge_server::view::{lookup, why_json};
 
 use crate::exchange;
-use crate::show::{content_text, fact_ref};
+use crate::show::{content_text, fact_ref, retry_text};
 
 /// Finds a fact by `KEY/ID`, or by `ID` alone when exactly one key holds it.
 pub(crate) fn find_fact<'r>(result: &'r ConvergeResult, name: &str) -> Result<&'r Fact, String> {
@@ -123,6 +123,17 @@ fn why_text(seen: &Inspection, fact: &Fact, indent: &str, shown: &mut Shown, out
             None => "no approval required".to_owned(),
         },
     ];
+    // A fact from an agent that failed first was made possible by a person's retry.
+    let agent = record.agent_name().to_string();
+    let retried = seen.retries.iter().rev().find(|recorded| {
+        recorded.after_cycle < record.cycle() && recorded.retry.agents().contains(&agent)
+    });
+    if let Some(recorded) = retried {
+        lines.push(format!(
+            "its agent ran again after failing: {}",
+            retry_text(recorded)
+        ));
+    }
     if let Some(correction) = record.correction() {
         lines.push(format!(
             "corrects version {} of {}/{} (content hash {}): {}",

@@ -35,6 +35,11 @@ impl AgentSet {
         }
     }
 
+    /// Whether the set has no member.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.words.iter().all(|&word| word == 0)
+    }
+
     /// Empties the set, returning what it held.
     pub(crate) fn take(&mut self) -> AgentSet {
         std::mem::take(self)

@@ -21,6 +21,7 @@ use crate::intent::{CriterionInvariant, IntentAgent, RootIntent};
 use crate::invariant::Invariant;
 use crate::key::ContextKey;
 use crate::result::{ConvergeResult, StopReason};
+use crate::retry::{Retry, RetryRefusal};
 use crate::run::{Run, Step};
 
 /// What happens to an agent that panics or fails.
@@ -106,6 +107,14 @@ pub enum EngineError {
     NotResumable {
         /// What is wrong.
         problem: &'static str,
+        /// The result, unchanged.
+        result: Box<ConvergeResult>,
+    },
+    /// A retry of failed agents was refused; the result is handed back untouched.
+    #[error("cannot retry: {refusal}")]
+    NotRetryable {
+        /// Why.
+        refusal: RetryRefusal,
         /// The result, unchanged.
         result: Box<ConvergeResult>,
     },
@@ -258,6 +267,49 @@ impl Engine {
         resumed(&self.setup, previous, decisions)
     }
 
+    /// Continues a run its failed agents stopped: lifts the quarantine of the agents `retry`
+    /// names and hands back the run, to be driven by the caller. A refused retry changes
+    /// nothing and hands the result back ([`EngineError::NotRetryable`]).
+    ///
+    /// ```
+    /// use converge_core::{Actor, AgentEffect, AuthorityScope, Context, ContextKey, Engine, Retry};
+    /// # use converge_core::{Agent, Proposal, Draft};
+    /// # struct Flaky;
+    /// # impl Agent for Flaky {
+    /// #     fn name(&self) -> &str { "flaky" }
+    /// #     fn dependencies(&self) -> &[ContextKey] { &[] }
+    /// #     fn requested_scope(&self) -> AuthorityScope { AuthorityScope::keys([ContextKey::Seeds]) }
+    /// #     fn accepts(&self, ctx: &Context) -> bool { !ctx.has(ContextKey::Seeds) }
+    /// #     fn execute(&self, _: &Context) -> AgentEffect { AgentEffect::failed("server down") }
+    /// # }
+    /// let mut engine = Engine::new();
+    /// engine.register(Flaky);
+    /// let stopped = engine.run(Context::new()).unwrap();
+    /// assert_eq!(stopped.failures.len(), 1);
+    ///
+    /// let retry = Retry::new(Actor::human("alice").unwrap(), ["flaky"], "server is back");
+    /// let result = engine.retry(stopped, &retry).unwrap();
+    /// assert_eq!(result.failures.len(), 2); // it ran again (and failed again)
+    /// ```
+    pub fn retry_run(
+        &self,
+        previous: ConvergeResult,
+        retry: &Retry,
+    ) -> Result<Run<'_>, EngineError> {
+        retried(&self.setup, previous, retry)
+    }
+
+    /// Retries failed agents of a stopped run ([`Engine::retry_run`]) and runs it to its
+    /// next stop in this thread.
+    pub fn retry(
+        &mut self,
+        previous: ConvergeResult,
+        retry: &Retry,
+    ) -> Result<ConvergeResult, EngineError> {
+        let run = retried(&self.setup, previous, retry)?;
+        Ok(drive(run, &mut self.observers))
+    }
+
     /// Runs to a stop, executing agents one after another in this thread.
     pub fn run(&mut self, ctx: Context) -> Result<ConvergeResult, EngineError> {
         self.setup.check_agents()?;
@@ -309,6 +361,27 @@ fn resumed<'e>(
             result: Box::new(result),
         })?;
     Ok(Run::resume(setup, ctx, state, decisions))
+}
+
+fn retried<'e>(
+    setup: &'e Setup,
+    previous: ConvergeResult,
+    retry: &Retry,
+) -> Result<Run<'e>, EngineError> {
+    setup.check_agents()?;
+    let (result, agents) =
+        crate::retry::check(setup, previous, retry).map_err(|(result, refusal)| {
+            EngineError::NotRetryable {
+                refusal,
+                result: Box::new(result),
+            }
+        })?;
+    let (ctx, state) =
+        Run::kept_state(setup, result).map_err(|(result, problem)| EngineError::NotResumable {
+            problem,
+            result: Box::new(result),
+        })?;
+    Ok(Run::retried(setup, ctx, state, retry, agents))
 }
 
 impl Default for Engine {

@@ -54,6 +54,18 @@ pub enum Event {
         /// Decisions supplied.
         decisions: usize,
     },
+    /// A stopped run was continued by a human's decision to retry failed agents: their
+    /// quarantine is lifted and they are considered in the next cycle.
+    RunRetried {
+        /// Cycles executed before.
+        cycle: u32,
+        /// Who decided.
+        actor: Actor,
+        /// The agents retried, in id order.
+        agents: Vec<AgentId>,
+        /// Why.
+        reason: String,
+    },
     /// A cycle started with these agents.
     CycleStarted {
         /// The cycle.

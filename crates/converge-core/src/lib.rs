@@ -50,6 +50,7 @@ mod key;
 mod observation;
 mod proposal;
 mod result;
+mod retry;
 mod run;
 
 pub use agent::{Agent, execute_isolated};
@@ -75,4 +76,5 @@ pub use key::{ContextKey, CustomKey, KEY_NAME_LEN_MAX, KeyError};
 pub use observation::{Observation, Replayability, TraceLink};
 pub use proposal::{Confidence, ConfidenceError, Draft, FactRef, KeyRef, Proposal, Validated};
 pub use result::{AgentFailure, ConvergeResult, RejectedProposal, RunStats, StopReason};
+pub use retry::{Retry, RetryRefusal};
 pub use run::{Batch, Run, Step, SubmitError};

@@ -140,13 +140,37 @@ pub struct ConvergeResult {
     pub rejections: Vec<RejectedProposal>,
     /// Every agent failure, in order.
     pub failures: Vec<AgentFailure>,
+    /// Agents whose last execution failed and that were not retried since, in id order.
+    pub(crate) failed: Vec<AgentId>,
     pub(crate) suspended: Option<Box<RunState>>,
 }
 
 impl ConvergeResult {
     /// Whether the run can be resumed with decisions (it stopped awaiting approval).
     pub fn is_resumable(&self) -> bool {
-        self.suspended.is_some()
+        self.suspended.is_some() && matches!(self.stop_reason, StopReason::AwaitingApproval { .. })
+    }
+
+    /// Agents whose last execution failed and that were not retried since, in id order,
+    /// whatever the stop. (Earlier failures stay in [`ConvergeResult::failures`].)
+    pub fn failed_agents(&self) -> &[AgentId] {
+        &self.failed
+    }
+
+    /// Whether a [`crate::Retry`] can continue the run: some agents failed, and it stopped in
+    /// a way they can explain (not a budget, a halt or a semantic or structural invariant).
+    ///
+    /// ```
+    /// use converge_core::{Context, Engine};
+    /// use converge_core::agents::SeedAgent;
+    ///
+    /// let mut engine = Engine::new();
+    /// engine.register(SeedAgent::new("seed", "hello"));
+    /// let result = engine.run(Context::new()).unwrap();
+    /// assert!(result.failed_agents().is_empty() && !result.is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        self.suspended.is_some() && !self.failed.is_empty()
     }
 
     /// A parked proposal, to show an approver exactly what they approve.

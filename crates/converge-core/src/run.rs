@@ -30,6 +30,7 @@ use crate::key::ContextKey;
 use crate::observation::{Observation, TraceLink};
 use crate::proposal::{Draft, FactRef, Proposal, Validated};
 use crate::result::{AgentFailure, ConvergeResult, RejectedProposal, RunStats, StopReason};
+use crate::retry::{Retry, final_stop};
 
 /// The agents to execute in one cycle, in `AgentId` order, all against the same context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,9 @@ pub(crate) struct RunState {
     /// Agents to consider next cycle.
     dirty: AgentSet,
     quarantined: AgentSet,
+    /// Agents whose last execution failed and that were not retried since: what a retry may
+    /// name.
+    failed: AgentSet,
     pending: BTreeMap<ProposalId, Parked>,
     pending_by_fact: BTreeMap<FactRef, ProposalId>,
     decided: BTreeSet<ProposalId>,
@@ -113,6 +117,11 @@ pub(crate) struct RunState {
 impl RunState {
     pub(crate) fn pending_proposal(&self, id: ProposalId) -> Option<&Proposal<Validated>> {
         self.pending.get(&id).map(|parked| &parked.proposal)
+    }
+
+    /// Agents whose last execution failed and that were not retried since, in id order.
+    pub(crate) fn failed_agents(&self) -> Vec<AgentId> {
+        self.failed.iter_from(0).collect()
     }
 }
 
@@ -175,6 +184,7 @@ impl<'e> Run<'e> {
             cycle: 0,
             dirty: AgentSet::default(),
             quarantined: AgentSet::default(),
+            failed: AgentSet::default(),
             pending: BTreeMap::new(),
             pending_by_fact: BTreeMap::new(),
             decided: BTreeSet::new(),
@@ -229,10 +239,22 @@ impl<'e> Run<'e> {
     /// was produced by an engine with the same agents and its context is untouched.
     pub(crate) fn suspended(
         setup: &Setup,
+        result: ConvergeResult,
+    ) -> Result<(Context, Box<RunState>), (ConvergeResult, &'static str)> {
+        if !matches!(result.stop_reason, StopReason::AwaitingApproval { .. }) {
+            return Err((result, "the run did not stop awaiting approval"));
+        }
+        Run::kept_state(setup, result)
+    }
+
+    /// The state a stopped result kept, if it was produced by an engine with the same agents
+    /// and its context is untouched.
+    pub(crate) fn kept_state(
+        setup: &Setup,
         mut result: ConvergeResult,
     ) -> Result<(Context, Box<RunState>), (ConvergeResult, &'static str)> {
         let Some(mut state) = result.suspended.take() else {
-            return Err((result, "the run did not stop awaiting approval"));
+            return Err((result, "the run cannot be continued"));
         };
         let same_agents = state.agent_names.len() == setup.agents.len()
             && state
@@ -283,6 +305,42 @@ impl<'e> Run<'e> {
             run.decide(decision, &mut tally);
         }
         run.settle(tally);
+        run
+    }
+
+    /// Continues a stopped run whose failed `agents` a human decided to retry: lifts their
+    /// quarantine, wakes exactly them, and behaves like any run from there.
+    pub(crate) fn retried(
+        setup: &'e Setup,
+        ctx: Context,
+        state: Box<RunState>,
+        retry: &Retry,
+        agents: Vec<AgentId>,
+    ) -> Run<'e> {
+        let taken_head = state.chain.head;
+        let mut run = Run {
+            setup,
+            ctx,
+            state: *state,
+            phase: Phase::Ready,
+            events: VecDeque::new(),
+            taken_head,
+            keep_encoded: false,
+        };
+        let mut lifted = AgentSet::default();
+        for &agent in &agents {
+            lifted.insert(agent);
+        }
+        run.state.quarantined.subtract(&lifted);
+        run.state.failed.subtract(&lifted);
+        run.state.dirty.union_with(&lifted);
+        let cycle = run.state.cycle;
+        run.emit(Event::RunRetried {
+            cycle,
+            actor: retry.actor().clone(),
+            agents,
+            reason: retry.reason().to_owned(),
+        });
         run
     }
 
@@ -492,7 +550,11 @@ impl<'e> Run<'e> {
         let stats = state.stats;
         let rejections = std::mem::take(&mut state.rejections);
         let failures = std::mem::take(&mut state.failures);
-        let resumable = matches!(reason, StopReason::AwaitingApproval { .. });
+        let failed = state.failed_agents();
+        // A run awaiting approval can be resumed, and one its failures stopped retried: both
+        // keep what continuing needs.
+        let resumable = matches!(reason, StopReason::AwaitingApproval { .. })
+            || (!state.failed.is_empty() && final_stop(&reason).is_none());
         if resumable {
             state.context_digest = self.ctx.digest();
         }
@@ -505,6 +567,7 @@ impl<'e> Run<'e> {
             root_hash,
             rejections,
             failures,
+            failed,
             suspended: resumable.then(|| Box::new(state)),
         }
     }
@@ -833,6 +896,7 @@ impl<'e> Run<'e> {
         if quarantine {
             self.state.quarantined.insert(agent);
         }
+        self.state.failed.insert(agent);
         self.state.stats.agent_failures += 1;
         self.state.failures.push(AgentFailure {
             cycle,

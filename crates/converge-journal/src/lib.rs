@@ -40,8 +40,8 @@ pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease, wall_clock_ms};
 pub use postgres::{PostgresJournal, client_config as postgres_client_config};
 pub use record::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
-    OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RunHeader,
-    StepInput, VerdictRecord,
+    OutcomeRecord, ProposalRecord, RecordError, RemoteRecord, ReplayabilityRecord, RetryRecord,
+    RunHeader, StepInput, VerdictRecord,
 };
 pub use sqlite::SqliteJournal;
 pub use wakeups::{News, SQLITE_POLL, Wakeups};

@@ -14,7 +14,7 @@
 
 use converge_core::{
     Actor, AgentEffect, AgentId, AgentOutcome, Batch, ContextKey, Decision, Digest, KeyRef,
-    Observation, Proposal, ProposalId, Replayability, TokenUsage, Verdict,
+    Observation, Proposal, ProposalId, Replayability, Retry, TokenUsage, Verdict,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -408,6 +408,34 @@ impl DecisionRecord {
     }
 }
 
+/// A human's decision to run failed agents of a stopped run again ([`Retry`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRecord {
+    /// Who decided (name and kind; validated when read).
+    pub actor: Actor,
+    /// The agents retried, by name, sorted.
+    pub agents: Vec<String>,
+    /// Why.
+    pub reason: String,
+}
+
+impl RetryRecord {
+    /// Copies a retry.
+    pub fn from_core(retry: &Retry) -> RetryRecord {
+        RetryRecord {
+            actor: retry.actor().clone(),
+            agents: retry.agents().to_vec(),
+            reason: retry.reason().to_owned(),
+        }
+    }
+
+    /// Rebuilds the exact retry.
+    pub fn into_core(self) -> Retry {
+        Retry::new(self.actor, self.agents, self.reason)
+    }
+}
+
 /// What a run was created with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -465,10 +493,14 @@ pub enum StepInput {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         outcomes: Vec<(u32, OutcomeRecord)>,
     },
-    /// Human decisions applied when a run awaiting approval resumed.
+    /// Human decisions applied when a stopped run went on: decisions on the proposals of a
+    /// run awaiting approval, or a retry of the failed agents of a run they stopped.
     Decisions {
-        /// The decisions, in the order they were applied.
+        /// The decisions, in the order they were applied (none with a retry).
         decisions: Vec<DecisionRecord>,
+        /// The retry, when the step retried failed agents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry: Option<RetryRecord>,
     },
     /// The driver halted the run (a time budget, a cancellation, a failure).
     Halt {
@@ -510,6 +542,36 @@ impl StepInput {
     pub fn decisions(decisions: &[Decision]) -> StepInput {
         StepInput::Decisions {
             decisions: decisions.iter().map(DecisionRecord::from_core).collect(),
+            retry: None,
+        }
+    }
+
+    /// Records a retry of failed agents: a `decisions` step holding no decision and the retry.
+    ///
+    /// ```
+    /// use converge_core::{Actor, Retry};
+    /// use converge_journal::StepInput;
+    ///
+    /// let retry = Retry::new(Actor::human("alice").unwrap(), ["fetch"], "the server is back");
+    /// let input = StepInput::retry(&retry);
+    /// assert_eq!(input.kind(), "decisions");
+    /// assert_eq!(input.retry_into_core(), Some(retry));
+    /// assert!(input.decisions_into_core().is_empty());
+    /// ```
+    pub fn retry(retry: &Retry) -> StepInput {
+        StepInput::Decisions {
+            decisions: Vec::new(),
+            retry: Some(RetryRecord::from_core(retry)),
+        }
+    }
+
+    /// The retry of a recorded `Decisions` step that retried failed agents.
+    pub fn retry_into_core(&self) -> Option<Retry> {
+        match self {
+            StepInput::Decisions {
+                retry: Some(retry), ..
+            } => Some(retry.clone().into_core()),
+            _ => None,
         }
     }
 
@@ -559,7 +621,7 @@ impl StepInput {
     /// The decisions of a recorded `Decisions` step, in order; empty for any other step.
     pub fn decisions_into_core(&self) -> Vec<Decision> {
         match self {
-            StepInput::Decisions { decisions } => decisions
+            StepInput::Decisions { decisions, .. } => decisions
                 .iter()
                 .cloned()
                 .map(DecisionRecord::into_core)

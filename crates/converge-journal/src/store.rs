@@ -471,6 +471,8 @@ pub(crate) struct Append {
     kind: &'static str,
     /// The start's header, checked against the run's.
     start: Option<RunHeader>,
+    /// Whether the step retries failed agents: the one step a stopped run accepts.
+    retry: bool,
     stored_input: String,
     cycle: Option<u32>,
     encoded: Vec<(u32, Vec<u8>)>,
@@ -517,6 +519,7 @@ impl Append {
                 StepInput::Start { header } => Some(header.clone()),
                 _ => None,
             },
+            retry: input.retry_into_core().is_some(),
             stored_input,
             cycle,
             encoded,
@@ -600,12 +603,13 @@ impl Append {
     }
 
     /// Checks everything about the step that does not depend on storage beyond the run's
-    /// row: the run is not stopped, the step is its next one, a start is step 0 with the
-    /// run's header, and the events continue its chain.
+    /// row: the run is not stopped (unless the step retries its failed agents), the step is
+    /// its next one, a start is step 0 with the run's header, and the events continue its
+    /// chain.
     fn check(&self, row: &RunRow, head: &Head) -> Result<(), JournalError> {
         let run = &self.lease.run;
         let step = self.step;
-        if row.status == "stopped" {
+        if row.status == "stopped" && !self.retry {
             return Err(JournalError::RunStopped { run: run.clone() });
         }
         if step != head.steps {

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use converge_core::agents::{ReactOnceAgent, SeedAgent};
 use converge_core::{
-    Actor, Context, ContextKey, ConvergeResult, Decision, Digest, Engine, EventBatch, Run, Step,
-    StopReason, ValidationPolicy, execute_isolated,
+    Actor, Agent, AgentEffect, AuthorityScope, Context, ContextKey, ConvergeResult, Decision,
+    Digest, Engine, EventBatch, Retry, Run, Step, StopReason, ValidationPolicy, execute_isolated,
 };
 use converge_journal::{
     FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News, Place,
-    PostgresJournal, RunHeader, RunId, SQLITE_POLL, SqliteJournal, StepInput, Verification,
-    Wakeups, wall_clock_ms,
+    PostgresJournal, RunHeader, RunId, RunStatus, SQLITE_POLL, SqliteJournal, StepInput,
+    Verification, Wakeups, wall_clock_ms,
 };
 use serde_json::json;
 
@@ -366,6 +366,83 @@ fn refusals_write_nothing(store: &Store) {
     assert_eq!(journal.summary(&other).expect("summary").steps, 1);
     intact(journal.as_ref(), &id);
     intact(journal.as_ref(), &other);
+}
+
+/// An agent whose server is down: it always fails.
+struct Down;
+
+impl Agent for Down {
+    fn name(&self) -> &str {
+        "down"
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        &[]
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Signals])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        !ctx.has(ContextKey::Signals)
+    }
+
+    fn execute(&self, _: &Context) -> AgentEffect {
+        AgentEffect::failed("connection refused")
+    }
+}
+
+fn a_stopped_run_takes_only_a_retry(store: &Store) {
+    let mut journal = store.open();
+    let id = run_id("run-1");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .expect("created");
+    let mut engine = engine();
+    engine.register(Down);
+    let (recording, outcome) = record_with(journal.as_mut(), &engine, &lease);
+    outcome.expect("recorded");
+    let result = recording.result.expect("stopped");
+    assert_eq!(result.failures.len(), 1, "{:?}", result.stop_reason);
+    let before = journal.summary(&id).expect("summary");
+    assert!(matches!(before.status, RunStatus::Stopped { .. }));
+
+    // Decisions without a retry are refused: a stopped run is closed but for a retry.
+    let mut parked = engine.start(Context::new()).expect("valid agents");
+    let unrelated = journal.append(
+        &lease,
+        before.steps,
+        &StepInput::Stop,
+        &parked.take_events(),
+    );
+    assert!(matches!(unrelated, Err(JournalError::RunStopped { .. })));
+
+    let retry = Retry::new(
+        Actor::human("alice").expect("valid"),
+        ["down"],
+        "server is up",
+    );
+    let mut run = engine.retry_run(result, &retry).expect("retryable");
+    let events = run.take_events();
+    journal
+        .append(&lease, before.steps, &StepInput::retry(&retry), &events)
+        .expect("a retry continues a stopped run");
+    assert_eq!(
+        journal.summary(&id).expect("summary").status,
+        RunStatus::Running
+    );
+    let mut next = before.steps + 1;
+    drive(&mut run, &mut |input, events| {
+        journal.append(&lease, next, &input, &events)?;
+        next += 1;
+        Ok(())
+    })
+    .expect("the retried run goes on");
+    intact(journal.as_ref(), &id);
+    let recorded = journal.load(&id).expect("loads");
+    let retried = &recorded.steps[before.steps as usize].input;
+    assert_eq!(retried.retry_into_core(), Some(retry));
 }
 
 fn leases(store: &Store) {
@@ -943,6 +1020,10 @@ const CASES: &[Case] = &[
     ("round_trip", round_trip),
     ("many_events_span_chunks", many_events_span_chunks),
     ("refusals_write_nothing", refusals_write_nothing),
+    (
+        "a_stopped_run_takes_only_a_retry",
+        a_stopped_run_takes_only_a_retry,
+    ),
     ("leases", leases),
     ("a_live_lease_is_preempted", a_live_lease_is_preempted),
     ("outcomes_ahead_of_their_step", outcomes_ahead_of_their_step),

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use converge_core::{
     AgentEffect, AgentId, AgentOutcome, AuthorityScope, Batch, Context, ConvergeResult, Decision,
-    Engine, EngineError, EventRecord, Exhausted, Observer, Run, Step, StopReason, execute_isolated,
+    Engine, EngineError, EventRecord, Exhausted, Observer, Retry, Run, Step, StopReason,
+    execute_isolated,
 };
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -392,6 +393,99 @@ impl Runtime {
         // The run goes on in whichever process claims it; this one only recorded.
         drop(run);
         Ok(())
+    }
+
+    /// Continues a durable run that its failed agents stopped, once the cause is fixed: re-drives
+    /// the run without executing anything, records `retry` (who, which agents, why) as a
+    /// `decisions` step, lifts those agents' quarantine and runs the run to its next stop.
+    /// Only the retried agents execute again (and whatever their new facts wake). A retry
+    /// naming no agent retries every failed agent; the step records them by name.
+    ///
+    /// Refused, with nothing written: a run whose last committed step left it going
+    /// ([`DurableError::NotStopped`]), and every [`converge_core::RetryRefusal`]
+    /// ([`DurableError::NotRetryable`]) — a stop a retry cannot change (a budget, a halt, a
+    /// semantic invariant), no failed agent, an agent that did not fail or does not exist, an
+    /// actor who is not human. Takes the run's lease first, like
+    /// [`Runtime::resume_durable`]: a run another live process drives is refused at once.
+    ///
+    /// ```
+    /// use converge_core::agents::SeedAgent;
+    /// use converge_core::{Actor, Engine, Retry, RetryRefusal};
+    /// use converge_runtime::{DurableError, RunId, Runtime, SqliteJournal};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut journal = SqliteJournal::open(dir.path().join("journal.db")).unwrap();
+    /// let mut engine = Engine::new();
+    /// engine.register(SeedAgent::new("seed", "hello"));
+    /// let mut runtime = Runtime::new(engine);
+    /// let run = RunId::new("greet-1").unwrap();
+    /// let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// tokio.block_on(runtime.run_durable(&mut journal, &run)).unwrap();
+    ///
+    /// // Nothing failed, so nothing is retried and nothing is written.
+    /// let retry = Retry::new(Actor::human("alice").unwrap(), ["seed"], "again");
+    /// let refused = tokio.block_on(runtime.retry_durable(&mut journal, &run, retry));
+    /// assert!(matches!(
+    ///     refused,
+    ///     Err(DurableError::NotRetryable { refusal: RetryRefusal::NothingFailed, .. })
+    /// ));
+    /// ```
+    pub async fn retry_durable<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        run_id: &RunId,
+        retry: Retry,
+    ) -> Result<ConvergeResult, DurableError> {
+        let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
+        let outcome = self.retry_leased(journal, &lease, retry).await;
+        release(journal, &lease, outcome)
+    }
+
+    async fn retry_leased<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        lease: &Lease,
+        retry: Retry,
+    ) -> Result<ConvergeResult, DurableError> {
+        let run_id = lease.run();
+        let recorded = journal.load(run_id)?;
+        let next_step = recorded.steps.len() as u64;
+        let result = match redrive(&self.engine, &recorded)? {
+            Position::Stopped(result) => result,
+            Position::Running(_) | Position::Unstarted(_) => {
+                return Err(DurableError::NotStopped {
+                    run: run_id.clone(),
+                });
+            }
+        };
+        let retry = match retry.agents().is_empty() {
+            true => {
+                let names: Vec<&str> = self.engine.agent_names().collect();
+                let failed = result.failed_agents();
+                let failed = failed.iter().map(|agent| names[agent.index()]);
+                Retry::new(retry.actor().clone(), failed, retry.reason())
+            }
+            false => retry,
+        };
+        let run = match self.engine.retry_run(result, &retry) {
+            Ok(run) => run,
+            Err(EngineError::NotRetryable { refusal, .. }) => {
+                return Err(DurableError::NotRetryable {
+                    run: run_id.clone(),
+                    refusal,
+                });
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let parts = Runtime::parts(
+            &self.async_agents,
+            self.config,
+            &*self.clock,
+            &self.cancel,
+            &mut self.observers,
+        );
+        let input = StepInput::retry(&retry);
+        drive_leased(parts, journal, lease, next_step, None, Some(input), run).await
     }
 
     /// Cancels a durable run that is stopped awaiting approval — nobody is driving it — so it

@@ -14,7 +14,7 @@
 
 use converge_core::{
     AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError, Event,
-    EventRecord, Exhausted, ObservationId, Run, Step, StopReason,
+    EventRecord, Exhausted, ObservationId, Retry, RetryRefusal, Run, Step, StopReason,
 };
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +98,14 @@ pub enum DurableError {
     NotAwaitingApproval {
         /// The run.
         run: RunId,
+    },
+    /// A retry of failed agents was refused; nothing was written.
+    #[error("run {run} cannot be retried: {refusal}")]
+    NotRetryable {
+        /// The run.
+        run: RunId,
+        /// Why.
+        refusal: RetryRefusal,
     },
 }
 
@@ -293,7 +301,12 @@ fn redrive_step<'e>(
             }
         },
         (Position::Stopped(result), StepInput::Decisions { .. }) => {
-            let mut run = engine.resume_run(result, step.input.decisions_into_core())?;
+            let mut run = match step.input.retry_into_core() {
+                Some(retry) => engine.retry_run(result, &retry).map_err(|error| {
+                    diverged(run_id, step.step, &format!("the recorded retry: {error}"))
+                })?,
+                None => engine.resume_run(result, step.input.decisions_into_core())?,
+            };
             if compare(run_id, step, &mut run)? {
                 return finished(run_id, step, run);
             }
@@ -702,6 +715,39 @@ pub struct Inspection {
     /// Every observation of the committed steps, payload included, in id order: what facts
     /// cite as evidence (a model's prompt and answer, a command's output).
     pub observations: Vec<RecordedObservation>,
+    /// Every retry of failed agents, in the order they were applied.
+    pub retries: Vec<RecordedRetry>,
+}
+
+/// A retry of failed agents as the journal recorded it: who, which agents, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RecordedRetry {
+    /// The journal step that holds it.
+    pub step: u64,
+    /// The cycles the run had executed before it (the retried agents ran from the next one).
+    pub after_cycle: u32,
+    /// The retry: actor, agents by name, reason.
+    pub retry: Retry,
+}
+
+/// The retries recorded among `steps`, each with the cycles executed before it.
+fn retries<'s>(steps: impl IntoIterator<Item = &'s RecordedStep>) -> Vec<RecordedRetry> {
+    let mut cycle = 0;
+    let mut found = Vec::new();
+    for step in steps {
+        if let StepInput::Cycle { cycle: number, .. } = &step.input {
+            cycle = *number;
+        }
+        if let Some(retry) = step.input.retry_into_core() {
+            found.push(RecordedRetry {
+                step: step.step,
+                after_cycle: cycle,
+                retry,
+            });
+        }
+    }
+    found
 }
 
 impl Inspection {
@@ -726,6 +772,7 @@ pub(crate) fn inspect(engine: &Engine, recorded: RecordedRun) -> Result<Inspecti
             false,
         ),
     };
+    let retries = retries(&recorded.steps);
     let inputs = recorded.steps.into_iter().map(|step| step.input);
     let observations = observations::recorded(inputs, &recorded.header.agents);
     Ok(Inspection {
@@ -734,6 +781,7 @@ pub(crate) fn inspect(engine: &Engine, recorded: RecordedRun) -> Result<Inspecti
         result,
         stopped,
         observations,
+        retries,
     })
 }
 

@@ -37,7 +37,7 @@ pub use converge_journal::{
     StepInput, VerdictRecord,
 };
 pub use driver::{DriverConfig, Runtime};
-pub use durable::{Divergence, DurableError, Inspection, ReplayReport};
+pub use durable::{Divergence, DurableError, Inspection, RecordedRetry, ReplayReport};
 pub use observations::RecordedObservation;
 pub use worker::{
     Build, Control, IDLE_LOOK, RETRY_AFTER, Report, Reporter, Worker, WorkerConfig, WorkerError,

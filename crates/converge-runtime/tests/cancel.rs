@@ -499,7 +499,8 @@ fn a_run_awaiting_approval_is_cancelled_for_good_without_executing_anything() {
         added,
         [
             StepInput::Decisions {
-                decisions: Vec::new()
+                decisions: Vec::new(),
+                retry: None,
             },
             StepInput::Halt {
                 reason: json!({"halt": "cancelled", "by": BY, "reason": WHY})

@@ -77,6 +77,9 @@ pub(crate) enum ErrorCode {
     NotPending,
     /// A decision whose hash is not the pending proposal's (409).
     HashMismatch,
+    /// A retry of failed agents the run's state does not allow: not stopped, stopped for a
+    /// reason a retry cannot change, or an agent that did not fail (409).
+    NotRetryable,
     /// The request body is larger than the server accepts (413).
     TooLarge,
     /// The body's content type is not one the route takes (415).
@@ -106,6 +109,7 @@ impl ErrorCode {
             ErrorCode::NotAwaitingApproval => "not_awaiting_approval",
             ErrorCode::NotPending => "not_pending",
             ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::NotRetryable => "not_retryable",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Invalid => "invalid",

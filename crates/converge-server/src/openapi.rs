@@ -29,14 +29,14 @@ use crate::api;
     info(title = "Converge", description = "Run, watch, approve and audit Converge jobs. \
         Every request carries `Authorization: Bearer <token>`; see docs/http-api.md."),
     paths(
-        api::whoami::whoami, api::runs::submit, api::runs::list, api::runs::get_run, api::runs::cancel, api::runs::resume,
+        api::whoami::whoami, api::runs::submit, api::runs::list, api::runs::get_run, api::runs::cancel, api::runs::resume, api::retry::retry,
         api::facts::facts, api::facts::fact, api::facts::rejections, api::approvals::approvals, api::approvals::approve, api::approvals::reject,
         api::approvals::decisions, api::events::events, api::audit::replay, api::audit::verify, api::audit::audit
     ),
     components(schemas(crate::error::ErrorCode, crate::schema::Seq)),
     modifiers(&Bearer, &Errors, &OptionalCancelBody),
     tags(
-        (name = "runs", description = "Submit, list, cancel and resume runs"),
+        (name = "runs", description = "Submit, list, cancel, resume and retry runs"),
         (name = "facts", description = "Facts with provenance, and rejections"),
         (name = "approvals", description = "Human decisions on parked proposals"),
         (name = "events", description = "The typed event stream"),

@@ -119,6 +119,7 @@ pub(crate) struct Event {
 pub(crate) enum EventKind {
     RunStarted,
     RunResumed,
+    RunRetried,
     CycleStarted,
     AgentExecuted,
     AgentFailed,

@@ -36,7 +36,7 @@ use crate::{ServerConfig, openapi};
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use converge_server::{Server, ServerConfig};
 ///
-/// let server = Server::bind(ServerConfig::new("journal.db".into())).await?;
+/// let server = Server::bind(ServerConfig::new("journal.db")).await?;
 /// println!("listening on http://{}", server.local_addr());
 /// server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
 /// # Ok(()) }
@@ -149,6 +149,7 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/runs/{run}", get(api::runs::get_run))
         .route("/v1/runs/{run}/cancel", post(api::runs::cancel))
         .route("/v1/runs/{run}/resume", post(api::runs::resume))
+        .route("/v1/runs/{run}/retry", post(api::retry::retry))
         .route("/v1/runs/{run}/facts", get(api::facts::facts))
         .route("/v1/runs/{run}/facts/{key}/{id}", get(api::facts::fact))
         .route("/v1/runs/{run}/rejections", get(api::facts::rejections))

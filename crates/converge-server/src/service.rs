@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_core::{Actor, Decision, EventRecord, Observer, ProposalId};
+use converge_core::{Actor, Decision, EventRecord, Observer, ProposalId, Retry};
 use converge_runtime::{
     Cancel, DurableError, Holder, Inspection, Journal, JournalError, RunId, RunStatus, RunSummary,
     Runtime, StoredEvent,
@@ -74,6 +74,7 @@ pub(crate) enum Op {
     Start(RunId),
     Resume(RunId),
     Decide(RunId, Decision),
+    Retry(RunId, Retry),
     CancelParked {
         run: RunId,
         by: String,
@@ -421,7 +422,7 @@ impl Service {
 impl Op {
     fn run(&self) -> &RunId {
         match self {
-            Op::Start(run) | Op::Resume(run) | Op::Decide(run, _) => run,
+            Op::Start(run) | Op::Resume(run) | Op::Decide(run, _) | Op::Retry(run, _) => run,
             Op::CancelParked { run, .. } | Op::CancelGoing { run, .. } => run,
         }
     }
@@ -480,6 +481,7 @@ fn drive_here(
             Op::Decide(run, decision) => {
                 runtime.decide_durable(journal, &run, vec![decision]).await
             }
+            Op::Retry(run, retry) => runtime.retry_durable(journal, &run, retry).await,
             Op::CancelParked { run, by, reason } => {
                 runtime.cancel_durable(journal, &run, &by, &reason)
             }
@@ -646,6 +648,14 @@ pub(crate) fn durable_error(error: DurableError) -> ApiError {
         DurableError::NotAwaitingApproval { .. } => ApiError::conflict(
             ErrorCode::NotAwaitingApproval,
             "the run is not awaiting approval",
+        ),
+        DurableError::NotRetryable { refusal, .. } => {
+            ApiError::conflict(ErrorCode::NotRetryable, refusal.to_string())
+        }
+        DurableError::NotStopped { .. } => ApiError::conflict(
+            ErrorCode::NotRetryable,
+            "the run has not stopped: it is being driven, or its driver stopped before it did \
+             (resume it)",
         ),
         DurableError::Engine(error) => ApiError::invalid(error.to_string()),
         other => ApiError::internal(other),

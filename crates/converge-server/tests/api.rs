@@ -1378,3 +1378,98 @@ async fn a_fact_from_a_model_carries_the_exchange_it_cites() -> TestResult {
     assert_eq!(fact["trace"]["system"], "ollama:small:q4");
     Ok(())
 }
+
+/// A job whose `score` command fails until the file `ready` exists beside the journal.
+fn flaky_spec(ready: &std::path::Path) -> String {
+    format!(
+        r#"version: 1
+intent: {{objective: score the alerts once the feed is ready}}
+seeds:
+  - {{key: signals, id: disk, content: "disk 91% full"}}
+agents:
+  - name: score
+    kind: command
+    reads: [signals]
+    writes: [evaluations]
+    command: [sh, -c, 'cat > /dev/null; test -f "{}" || {{ echo "the feed is not ready" >&2; exit 3; }}; echo "{{\"proposals\":[{{\"key\":\"evaluations\",\"id\":\"disk-p2\",\"content\":\"P2\"}}]}}"']
+    timeout_ms: 10000
+"#,
+        ready.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_an_approvers_recorded_decision_that_re_executes_the_failed_agent() -> TestResult
+{
+    let server = TestServer::start_with(|config| config.allow_commands = true).await?;
+    let ready = server.dir.path().join("ready");
+    let id = server.submit(&flaky_spec(&ready), Some("alerts")).await?;
+    let run = server.settle(&id).await?;
+    assert_eq!(run["status"], "stopped", "{run}");
+    let path = format!("/v1/runs/{id}/retry");
+    let why = json!({"reason": "the feed is ready"});
+
+    // A submitter may resume and cancel, not decide; a blank reason and unknown fields are
+    // refused; an agent that did not fail is named with those that did.
+    let (status, body) = server.post(&path, &server.sam, &why).await?;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    for refused in [
+        json!({"reason": "  "}),
+        json!({"reason": "x", "agent": "score"}),
+    ] {
+        let (status, body) = server.post(&path, &server.alice, &refused).await?;
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    }
+    let (status, body) = server
+        .post(
+            &path,
+            &server.alice,
+            &json!({"agents": ["seed"], "reason": "x"}),
+        )
+        .await?;
+    let message = assert_error(status, &body, StatusCode::CONFLICT, "not_retryable");
+    assert!(message.contains("(failed: score)"), "{message}");
+
+    std::fs::write(&ready, "")?;
+    let (status, body) = server.post(&path, &server.alice, &why).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        (&body["actor"], &body["agents"], &body["reason"]),
+        (
+            &json!("alice"),
+            &json!(["score"]),
+            &json!("the feed is ready")
+        )
+    );
+    let run = server.settle(&id).await?;
+    assert_eq!(run["stop_reason"], json!({"stop": "converged"}), "{run}");
+    let facts = server
+        .get_ok(&format!("/v1/runs/{id}/facts"), &server.vic)
+        .await?;
+    assert!(facts.to_string().contains("disk-p2"), "{facts}");
+
+    let events = server.events(&id).await?;
+    let retried = events
+        .iter()
+        .find(|entry| entry["event"]["event"] == "run_retried")
+        .ok_or("no run_retried event")?;
+    assert_eq!(
+        retried["event"]["actor"],
+        json!({"name": "alice", "kind": "human"})
+    );
+    assert_eq!(retried["event"]["reason"], "the feed is ready");
+    let verify = server
+        .get_ok(&format!("/v1/runs/{id}/verify"), &server.vic)
+        .await?;
+    assert_eq!(verify["intact"], true, "{verify}");
+    let replay = server
+        .get_ok(&format!("/v1/runs/{id}/replay"), &server.vic)
+        .await?;
+    assert_eq!(replay["replay"], "identical", "{replay}");
+
+    // Nothing failed any more: there is nothing to retry.
+    let (status, body) = server.post(&path, &server.alice, &why).await?;
+    let message = assert_error(status, &body, StatusCode::CONFLICT, "not_retryable");
+    assert!(message.contains("nothing to retry"), "{message}");
+    Ok(())
+}

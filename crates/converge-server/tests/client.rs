@@ -13,13 +13,14 @@ use common::{RELEASE_SPEC_PATH, TestResult, TestServer};
 
 /// The operations the generated client must have, by the document's operation ids (one
 /// module each, under their tag).
-const OPERATIONS: [&str; 17] = [
+const OPERATIONS: [&str; 18] = [
     "auth/whoami",
     "runs/submit",
     "runs/list_",
     "runs/get_run",
     "runs/cancel",
     "runs/resume",
+    "runs/retry",
     "facts/facts",
     "facts/fact",
     "facts/rejections",

@@ -251,7 +251,7 @@ crate::store::journal_through_backend!(PostgresJournal);
 /// let config = converge_journal::postgres_client_config("postgresql://converge@db:5432/runs")
 ///     .unwrap();
 /// assert_eq!(config.get_dbname(), Some("runs"));
-/// assert!(converge_journal::postgres_client_config("postgresql://a b").is_err());
+/// assert!(converge_journal::postgres_client_config("postgresql://host:port-is-no-number/db").is_err());
 /// ```
 pub fn client_config(url: &str) -> Result<Config, JournalError> {
     config(url)

@@ -1,5 +1,5 @@
-//! The `/v1` routes, one module per resource: runs, facts, approvals, events, audit, and who
-//! a token is. Every route has been authenticated by the middleware in `server.rs` before a
+//! The `/v1` routes, one module per resource: runs, retries of their failed agents, facts,
+//! approvals, events, audit, and who a token is. Every route has been authenticated by the middleware in `server.rs` before a
 //! handler runs. An operation on a run starts from the [`Run`] extractor, which checks the
 //! token's role and finds the run within the token's tenant (another tenant's run is a 404,
 //! as one that does not exist); the others check the role with [`authorize`].
@@ -9,6 +9,7 @@ pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod events;
 pub(crate) mod facts;
+pub(crate) mod retry;
 pub(crate) mod runs;
 pub(crate) mod whoami;
 

@@ -486,7 +486,8 @@ pub(crate) async fn resume(
         RunStatus::Stopped { .. } => {
             return Err(ApiError::conflict(
                 ErrorCode::Stopped,
-                "the run has already stopped",
+                "the run has already stopped; if agents of it failed, an approver can run \
+                 them again with POST /v1/runs/{run}/retry",
             ));
         }
     }
