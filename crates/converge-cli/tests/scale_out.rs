@@ -626,6 +626,89 @@ fn a_cancel_on_a_replica_stops_a_run_a_worker_drives(cluster: &Cluster) {
     all_verify(&journal);
 }
 
+fn a_retry_on_a_replica_is_driven_by_a_worker(cluster: &Cluster) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir(&jobs).expect("a jobs directory");
+    let ready = dir.path().join("ready");
+    let calls = dir.path().join("score.calls");
+    let script = dir.path().join("score.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "cut -d' ' -f4 /proc/$PPID/stat >> {calls}\ncat > /dev/null\n[ -f {ready} ] || {{ echo 'the feed is not ready' >&2; exit 3; }}\necho '{{\"proposals\":[{{\"key\":\"evaluations\",\"id\":\"p2\",\"content\":\"P2\"}}]}}'\n",
+            calls = calls.display(),
+            ready = ready.display()
+        ),
+    )
+    .expect("the script written");
+    let spec = format!(
+        "version: 1\nintent:\n  objective: Score once the feed is ready\nagents:\n  - name: score\n    kind: command\n    writes: [evaluations]\n    command: [sh, {}]\n    timeout_ms: 10000\n",
+        script.display()
+    );
+    let url = cluster.database("retry").expect("a database");
+    let sam = token(&url, "sam", "submitter");
+    let alice = token(&url, "alice", "approver");
+    let mut processes = Processes::default();
+    let base = server(&mut processes, &url, &dir.path().join("server.log"), &jobs);
+    assert_eq!(submit(&base, &sam, "score", &spec), 201);
+    processes
+        .0
+        .push(worker(&url, &dir.path().join("worker.log"), "0"));
+    let journal = PostgresJournal::open_read_only(&url).expect("the journal opens");
+    let run = RunId::new("acme-score").expect("valid");
+    let stopped = |journal: &PostgresJournal| {
+        matches!(
+            journal.summary(&run).map(|summary| summary.status),
+            Ok(RunStatus::Stopped { .. })
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stopped(&journal) {
+        assert!(Instant::now() < deadline, "the run never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let steps = journal.summary(&run).expect("the run").steps;
+    std::fs::write(&ready, "").expect("the feed is ready");
+    let answer = client()
+        .post(format!("{base}/v1/runs/score/retry"))
+        .bearer_auth(&alice)
+        .json(&json!({"agents": ["score"], "reason": "the feed is back"}))
+        .send()
+        .expect("the server answers");
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().unwrap_or(Value::Null);
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let summary = journal.summary(&run).expect("the run");
+        if summary.steps > steps + 1 && matches!(summary.status, RunStatus::Stopped { .. }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried run did not finish: {summary:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, facts) = get(&base, &alice, "/v1/runs/score/facts");
+    assert!(facts.to_string().contains("\"p2\""), "{facts}");
+    // Both executions were the worker's: the server only recorded the retry. (Each agent
+    // runs under a launcher, whose parent is the process driving the run.)
+    let drivers: Vec<String> = std::fs::read_to_string(&calls)
+        .expect("calls")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let worker_pid = processes.0[1].id().to_string();
+    assert_eq!(
+        drivers,
+        [worker_pid.clone(), worker_pid],
+        "who executed the agent"
+    );
+    all_verify(&journal);
+}
+
 fn postgres_restarted_mid_load_loses_nothing(cluster: &Cluster) {
     let dir = tempfile::tempdir().expect("a directory");
     let jobs = dir.path().join("jobs");
@@ -731,6 +814,10 @@ const CASES: &[cluster::Case] = &[
     (
         "a_cancel_on_a_replica_stops_a_run_a_worker_drives",
         a_cancel_on_a_replica_stops_a_run_a_worker_drives,
+    ),
+    (
+        "a_retry_on_a_replica_is_driven_by_a_worker",
+        a_retry_on_a_replica_is_driven_by_a_worker,
     ),
     (
         "postgres_restarted_mid_load_loses_nothing",

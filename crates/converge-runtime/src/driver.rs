@@ -376,23 +376,16 @@ impl Runtime {
             }
         };
         let input = StepInput::decisions(&decisions);
-        let mut run = self.engine.resume_run(result, decisions)?;
-        run.keep_encoded_events();
-        let mut observer = Deliver(&mut self.observers);
-        let mut live = Live {
+        let run = self.engine.resume_run(result, decisions)?;
+        commit_alone(
+            &mut self.observers,
+            &*self.clock,
             journal,
-            lease: lease.clone(),
+            lease,
             next_step,
-            observer: &mut observer,
-            open: None,
-            clock: &*self.clock,
-            renewed_ms: self.clock.now_ms(),
-            stop_committed: false,
-        };
-        live.commit(&input, &mut run)?;
-        // The run goes on in whichever process claims it; this one only recorded.
-        drop(run);
-        Ok(())
+            &input,
+            run,
+        )
     }
 
     /// Continues a durable run that its failed agents stopped, once the cause is fixed: re-drives
@@ -447,36 +440,8 @@ impl Runtime {
         lease: &Lease,
         retry: Retry,
     ) -> Result<ConvergeResult, DurableError> {
-        let run_id = lease.run();
-        let recorded = journal.load(run_id)?;
-        let next_step = recorded.steps.len() as u64;
-        let result = match redrive(&self.engine, &recorded)? {
-            Position::Stopped(result) => result,
-            Position::Running(_) | Position::Unstarted(_) => {
-                return Err(DurableError::NotStopped {
-                    run: run_id.clone(),
-                });
-            }
-        };
-        let retry = match retry.agents().is_empty() {
-            true => {
-                let names: Vec<&str> = self.engine.agent_names().collect();
-                let failed = result.failed_agents();
-                let failed = failed.iter().map(|agent| names[agent.index()]);
-                Retry::new(retry.actor().clone(), failed, retry.reason())
-            }
-            false => retry,
-        };
-        let run = match self.engine.retry_run(result, &retry) {
-            Ok(run) => run,
-            Err(EngineError::NotRetryable { refusal, .. }) => {
-                return Err(DurableError::NotRetryable {
-                    run: run_id.clone(),
-                    refusal,
-                });
-            }
-            Err(other) => return Err(other.into()),
-        };
+        let (next_step, result) = stopped_run(&self.engine, journal, lease.run())?;
+        let (input, run) = retried(&self.engine, lease.run(), result, retry)?;
         let parts = Runtime::parts(
             &self.async_agents,
             self.config,
@@ -484,8 +449,32 @@ impl Runtime {
             &self.cancel,
             &mut self.observers,
         );
-        let input = StepInput::retry(&retry);
         drive_leased(parts, journal, lease, next_step, None, Some(input), run).await
+    }
+
+    /// Records a retry as [`Runtime::retry_durable`] does, without driving the run on: the
+    /// step is committed and the lease released, so a worker claims the run and executes the
+    /// retried agents. This is how a server whose runs workers drive retries.
+    pub fn record_retry<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        run_id: &RunId,
+        retry: Retry,
+    ) -> Result<(), DurableError> {
+        let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
+        let outcome = stopped_run(&self.engine, journal, run_id).and_then(|(next, result)| {
+            let (input, run) = retried(&self.engine, run_id, result, retry)?;
+            commit_alone(
+                &mut self.observers,
+                &*self.clock,
+                journal,
+                &lease,
+                next,
+                &input,
+                run,
+            )
+        });
+        release(journal, &lease, outcome)
     }
 
     /// Cancels a durable run that is stopped awaiting approval — nobody is driving it — so it
@@ -615,6 +604,76 @@ impl Runtime {
 /// Drives `run` from journal step `next_step` under `lease`, committing `first` (a start or
 /// decisions step whose events the run already emitted) before anything executes.
 #[allow(clippy::too_many_arguments)]
+/// The stopped run `run_id` re-derived from its journal, and the step its next input will
+/// be; a run whose last committed step left it going is [`DurableError::NotStopped`].
+fn stopped_run<J: Journal>(
+    engine: &Engine,
+    journal: &mut J,
+    run_id: &RunId,
+) -> Result<(u64, ConvergeResult), DurableError> {
+    let recorded = journal.load(run_id)?;
+    let next_step = recorded.steps.len() as u64;
+    match redrive(engine, &recorded)? {
+        Position::Stopped(result) => Ok((next_step, result)),
+        Position::Running(_) | Position::Unstarted(_) => Err(DurableError::NotStopped {
+            run: run_id.clone(),
+        }),
+    }
+}
+
+/// The run `retry` continues, and the step input that records it: a retry naming no agent
+/// is recorded with every failed agent's name.
+fn retried<'e>(
+    engine: &'e Engine,
+    run_id: &RunId,
+    result: ConvergeResult,
+    retry: Retry,
+) -> Result<(StepInput, Run<'e>), DurableError> {
+    let retry = match retry.agents().is_empty() {
+        true => {
+            let names: Vec<&str> = engine.agent_names().collect();
+            let failed = result.failed_agents();
+            let failed = failed.iter().map(|agent| names[agent.index()]);
+            Retry::new(retry.actor().clone(), failed, retry.reason())
+        }
+        false => retry,
+    };
+    match engine.retry_run(result, &retry) {
+        Ok(run) => Ok((StepInput::retry(&retry), run)),
+        Err(EngineError::NotRetryable { refusal, .. }) => Err(DurableError::NotRetryable {
+            run: run_id.clone(),
+            refusal,
+        }),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Commits `input` as one step under `lease` with what `run` emitted taking it, and drives
+/// nothing further: the run goes on in whichever process claims it next.
+fn commit_alone<J: Journal>(
+    observers: &mut Vec<Box<dyn ActivityObserver>>,
+    clock: &dyn Clock,
+    journal: &mut J,
+    lease: &Lease,
+    next_step: u64,
+    input: &StepInput,
+    mut run: Run<'_>,
+) -> Result<(), DurableError> {
+    run.keep_encoded_events();
+    let mut observer = Deliver(observers);
+    let mut live = Live {
+        journal,
+        lease: lease.clone(),
+        next_step,
+        observer: &mut observer,
+        open: None,
+        clock,
+        renewed_ms: clock.now_ms(),
+        stop_committed: false,
+    };
+    live.commit(input, &mut run)
+}
+
 async fn drive_leased<J: Journal>(
     (executor, mut observer, clock): (Executor<'_>, Deliver<'_>, &dyn Clock),
     journal: &mut J,

@@ -429,7 +429,8 @@ impl Op {
 }
 
 /// Drives one operation to its end on the calling (blocking) thread; when workers drive
-/// the server's runs, only records it (a submission, a decision) and leaves the run to them.
+/// the server's runs, only records it (a submission, a decision, a retry) and leaves the run
+/// to them.
 fn drive_on_this_thread(
     service: &Service,
     mut runtime: Runtime,
@@ -447,6 +448,9 @@ fn drive_on_this_thread(
             .map_err(durable_error),
         (Drivers::Workers, Op::Decide(run, decision)) => runtime
             .record_decisions(&mut journal, &run, vec![decision])
+            .map_err(durable_error),
+        (Drivers::Workers, Op::Retry(run, retry)) => runtime
+            .record_retry(&mut journal, &run, retry)
             .map_err(durable_error),
         (_, op) => drive_here(service, &mut runtime, &mut journal, op, cancel),
     };
