@@ -370,6 +370,8 @@ struct PgTx<'t, 'c> {
 #[derive(Default)]
 struct Pending {
     run: String,
+    /// The bytes of the rows held (their blobs and texts).
+    bytes: usize,
     parts: Vec<PartRow>,
     steps: Vec<OwnedStep>,
     chunks: Vec<OwnedChunk>,
@@ -393,6 +395,12 @@ struct OwnedChunk {
     ends: Vec<u8>,
     bodies: Vec<u8>,
 }
+
+/// How many bytes of rows a transaction holds back before it sends them: small steps go in
+/// one statement with their head, a large one's chunks in statements of about this size (a
+/// statement's arrays are copied more than once on the server, which costs more than a round
+/// trip past this size).
+const PENDING_BYTES_MAX: usize = 64 * 1024;
 
 impl Pending {
     fn is_empty(&self) -> bool {
@@ -491,12 +499,15 @@ impl PgTx<'_, '_> {
         self.execute(&sql, &params, "writing the step")
     }
 
-    /// Pending rows of `run`: those of another run are sent first.
-    fn pending_for(&mut self, run: &str) -> Result<&mut Pending, JournalError> {
-        if self.pending.run != run {
+    /// Room in the pending rows for `bytes` more of `run`'s: those held are sent first when
+    /// they are another run's or the new row would take them past [`PENDING_BYTES_MAX`].
+    fn pending_for(&mut self, run: &str, bytes: usize) -> Result<&mut Pending, JournalError> {
+        let full = self.pending.bytes.saturating_add(bytes) > PENDING_BYTES_MAX;
+        if self.pending.run != run || (full && !self.pending.is_empty()) {
             self.send(None)?;
             self.pending.run = run.to_owned();
         }
+        self.pending.bytes = self.pending.bytes.saturating_add(bytes);
         Ok(&mut self.pending)
     }
 
@@ -863,7 +874,8 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn insert_part(&mut self, run: &str, part: &PartRow) -> Result<(), JournalError> {
-        self.pending_for(run)?.parts.push(PartRow {
+        let bytes = part.agents.len() + part.ends.len() + part.bodies.len();
+        self.pending_for(run, bytes)?.parts.push(PartRow {
             step: part.step,
             part: part.part,
             cycle: part.cycle,
@@ -875,7 +887,8 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn insert_step(&mut self, run: &str, step: &NewStep<'_>) -> Result<(), JournalError> {
-        self.pending_for(run)?.steps.push(OwnedStep {
+        let bytes = step.kind.len() + step.input.len() + 64;
+        self.pending_for(run, bytes)?.steps.push(OwnedStep {
             step: step.step,
             kind: step.kind.to_owned(),
             input: step.input.to_owned(),
@@ -888,7 +901,10 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn insert_chunk(&mut self, run: &str, chunk: &ChunkRow<'_>) -> Result<(), JournalError> {
-        self.pending_for(run)?.chunks.push(OwnedChunk {
+        let bytes = chunk.hashes.len()
+            + chunk.ends.map_or(0, <[u8]>::len)
+            + chunk.bodies.map_or(0, <[u8]>::len);
+        self.pending_for(run, bytes)?.chunks.push(OwnedChunk {
             first_seq: chunk.first_seq,
             step: chunk.step,
             count: chunk.count,
@@ -903,8 +919,8 @@ impl Tx for PgTx<'_, '_> {
         if self.news.statuses.get(run).map(String::as_str) != Some(head.status) {
             self.news.add(EVENTS_CHANNEL, run);
         }
-        // The run's rows go with its new head, in one statement.
-        self.pending_for(run)?;
+        // The run's (last) rows go with its new head, in one statement.
+        self.pending_for(run, 0)?;
         self.send(Some(head))
     }
 }
