@@ -77,6 +77,9 @@ pub struct RunsMeasurement {
     pub cpu_busy_pct: f64,
     /// CPU of this process (the workers) per run, in milliseconds.
     pub worker_cpu_ms_per_run: f64,
+    /// CPU of the PostgreSQL server per run, in milliseconds, when it runs on this machine
+    /// (its processes read from `/proc`); `None` otherwise.
+    pub server_cpu_ms_per_run: Option<f64>,
     /// Share of sampled non-idle sessions in each state, in percent, largest first.
     pub sessions: Vec<(String, f64)>,
 }
@@ -103,6 +106,7 @@ impl RunsMeasurement {
             "bytes_per_run": round(self.bytes_per_run, 0),
             "cpu_busy_pct": round(self.cpu_busy_pct, 1),
             "worker_cpu_ms_per_run": round(self.worker_cpu_ms_per_run, 2),
+            "server_cpu_ms_per_run": self.server_cpu_ms_per_run.map(|ms| round(ms, 2)),
             "sessions_pct": sessions,
         })
         .to_string()
@@ -129,6 +133,8 @@ fn measure_with(server: &Server, n: usize, workers: u16) -> Result<RunsMeasureme
     let mut figures = connect(&url)?;
     let submit = submit(&url, n, &mut figures)?;
     let cpu_before = Cpu::now();
+    let postmaster = postmaster_of(&mut figures);
+    let server_before = postmaster.and_then(server_cpu_ms);
     let before = Load::now(&mut figures)?;
     let sampler = Sampler::start(&url)?;
     let start = Instant::now();
@@ -139,6 +145,10 @@ fn measure_with(server: &Server, n: usize, workers: u16) -> Result<RunsMeasureme
     // The workers' sessions flush their statistics as they end.
     std::thread::sleep(Duration::from_millis(1200));
     let drove = before.until(Load::now(&mut figures)?);
+    let server_ms = match (server_before, postmaster.and_then(server_cpu_ms)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let converged = counts.converged.load(Ordering::SeqCst);
     if converged != n {
         return Err(BenchError::Durable(format!(
@@ -160,6 +170,7 @@ fn measure_with(server: &Server, n: usize, workers: u16) -> Result<RunsMeasureme
         bytes_per_run: per_run(submit.before.until(Load::now(&mut figures)?).database_bytes),
         cpu_busy_pct: cpu.busy_pct(),
         worker_cpu_ms_per_run: cpu.process_ms / n as f64,
+        server_cpu_ms_per_run: server_ms.map(|ms| ms / n as f64),
         sessions,
     })
 }
@@ -306,6 +317,55 @@ impl Cpu {
     fn busy_pct(self) -> f64 {
         100.0 * self.busy_ticks / self.total_ticks.max(1.0)
     }
+}
+
+/// The process id of the server `client` is connected to, when it runs on this machine: the
+/// parent of the client's backend.
+fn postmaster_of(client: &mut postgres::Client) -> Option<u32> {
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .and_then(|row| row.try_get(0))
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).ok()?;
+    // After the command's closing parenthesis: state, then the parent's pid.
+    let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+    parent.parse().ok()
+}
+
+/// CPU used so far by the server whose main process is `postmaster`, in milliseconds: its
+/// own, its ended children's (backends that closed, counted by the kernel in the parent), and
+/// its live children's. `None` when `/proc` does not show it.
+fn server_cpu_ms(postmaster: u32) -> Option<f64> {
+    let ticks = |pid: &str, with_children: bool| -> Option<(f64, u32)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // Fields 4, 14–17 of stat: ppid, utime, stime, cutime, cstime.
+        let number = |index: usize| fields.get(index).and_then(|f| f.parse::<f64>().ok());
+        let own = number(11)? + number(12)?;
+        let children = if with_children {
+            number(13)? + number(14)?
+        } else {
+            0.0
+        };
+        Some((own + children, number(1)? as u32))
+    };
+    let mut total = ticks(&postmaster.to_string(), true)?.0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some((used, parent)) = ticks(pid, false)
+            && parent == postmaster
+        {
+            total += used;
+        }
+    }
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Some(total * 10.0)
 }
 
 /// Samples what the database's other sessions are doing, on a thread of its own.

@@ -44,7 +44,7 @@ pub use record::{
     RunHeader, StepInput, VerdictRecord,
 };
 pub use sqlite::SqliteJournal;
-pub use wakeups::{News, SQLITE_POLL, Wakeups};
+pub use wakeups::{EVENTS_LOOK, News, SQLITE_POLL, Wakeups};
 
 /// Longest accepted run id, in bytes.
 pub const RUN_ID_LEN_MAX: usize = 64;

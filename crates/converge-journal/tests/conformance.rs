@@ -823,7 +823,7 @@ fn claims_never_overlap(store: &Store) {
 }
 
 /// A waiter for runnable runs hears of a submission at once on PostgreSQL (and looks again
-/// within its poll on SQLite); a waiter for events hears of each committed step.
+/// within its poll on SQLite); a waiter for events hears of the creation.
 fn news_wakes_a_waiter(store: &Store) {
     let location = match store {
         Store::Sqlite(path) => Location::Sqlite(path.clone()),
@@ -858,6 +858,124 @@ fn news_wakes_a_waiter(store: &Store) {
             assert!(started.elapsed() <= SQLITE_POLL + Duration::from_millis(50));
         }
     }
+}
+
+/// On PostgreSQL a step commits without notifying anyone (every commit that notifies queues
+/// on one lock of the whole database), yet a follower of events hears of it within its look;
+/// a running run let go by its driver is news for workers and followers alike. On SQLite a
+/// follower looks again within its poll.
+fn followers_hear_of_steps_without_notifications(store: &Store) {
+    let location = match store {
+        Store::Sqlite(path) => Location::Sqlite(path.clone()),
+        Store::Postgres(url) => Location::Postgres(url.clone()),
+    };
+    let mut journal = store.open();
+    drop(journal.runs());
+    let mut follower = Wakeups::new(&location, News::Events).expect("a waiter");
+    // Connect, listen and take note of the runs being driven before the news is made.
+    follower.wait(Duration::from_millis(10)).expect("waits");
+    let Store::Postgres(url) = store else {
+        let started = Instant::now();
+        assert!(
+            follower
+                .wait(Duration::from_secs(5))
+                .expect("waits")
+                .is_empty()
+        );
+        assert!(started.elapsed() <= SQLITE_POLL + Duration::from_millis(50));
+        return;
+    };
+    let mut raw = postgres::Client::connect(url, postgres::NoTls).expect("raw");
+    raw.batch_execute("LISTEN converge_events; LISTEN converge_runnable")
+        .expect("listens");
+    let id = run_id("followed");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), wall_clock_ms())
+        .expect("created");
+    let heard = follower.wait(Duration::from_secs(5)).expect("waits");
+    assert!(heard.contains(&id), "the creation is news: {heard:?}");
+    assert_eq!(
+        notified(&mut raw),
+        vec![("converge_events".to_owned(), "followed".to_owned())]
+    );
+
+    let engine = engine();
+    let mut run = engine.start(Context::new()).expect("valid agents");
+    journal
+        .append(
+            &lease,
+            0,
+            &StepInput::Start { header: header() },
+            &run.take_events(),
+        )
+        .expect("appended");
+    let started = Instant::now();
+    let heard = follower.wait(Duration::from_secs(5)).expect("waits");
+    assert_eq!(heard, vec![id.clone()], "the step is heard of by looking");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "heard within a look, not at the timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(notified(&mut raw), Vec::new(), "a step notifies no one");
+
+    journal.release(&lease).expect("released");
+    let mut heard = notified(&mut raw);
+    heard.sort();
+    assert_eq!(
+        heard,
+        vec![
+            ("converge_events".to_owned(), "followed".to_owned()),
+            ("converge_runnable".to_owned(), "followed".to_owned()),
+        ],
+        "a running run let go is news on both channels"
+    );
+}
+
+/// The notifications a raw listener received within 300 ms, as (channel, payload).
+fn notified(client: &mut postgres::Client) -> Vec<(String, String)> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut heard = Vec::new();
+    let mut notifications = client.notifications();
+    let mut waiting = notifications.timeout_iter(Duration::from_millis(300));
+    while let Some(note) = waiting.next().expect("notifications") {
+        heard.push((note.channel().to_owned(), note.payload().to_owned()));
+    }
+    heard
+}
+
+/// Opening a journal for writing drops the trigger earlier builds created to notify on every
+/// change of a run's row (its commits queued on PostgreSQL's notification lock); nothing else
+/// changes. SQLite has no such trigger.
+fn the_old_notify_trigger_is_dropped(store: &Store) {
+    let Store::Postgres(url) = store else {
+        return;
+    };
+    drop(store.open());
+    let mut raw = postgres::Client::connect(url, postgres::NoTls).expect("raw");
+    let count = |raw: &mut postgres::Client| -> i64 {
+        raw.query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'runs_notify'",
+            &[],
+        )
+        .and_then(|row| row.try_get(0))
+        .expect("counted")
+    };
+    assert_eq!(count(&mut raw), 0, "a new journal has no notify trigger");
+    raw.batch_execute(
+        "CREATE FUNCTION converge.notify() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_notify('converge_events', NEW.id); RETURN NULL; END $$;
+         CREATE TRIGGER runs_notify AFTER INSERT OR UPDATE ON converge.runs
+             FOR EACH ROW EXECUTE FUNCTION converge.notify();",
+    )
+    .expect("an earlier build's trigger");
+    assert_eq!(count(&mut raw), 1);
+    drop(PostgresJournal::open_read_only(url).expect("opens"));
+    assert_eq!(count(&mut raw), 1, "a reader changes nothing");
+    let mut journal = store.open();
+    assert_eq!(count(&mut raw), 0, "a writer drops it");
+    let (_, outcome) = record(journal.as_mut(), &run_id("run-1"));
+    outcome.expect("recorded");
 }
 
 /// A run whose driver died on this host is claimed at once, not after its lease expires; one
@@ -1041,6 +1159,14 @@ const CASES: &[Case] = &[
         a_dead_drivers_run_is_claimed_at_once,
     ),
     ("news_wakes_a_waiter", news_wakes_a_waiter),
+    (
+        "followers_hear_of_steps_without_notifications",
+        followers_hear_of_steps_without_notifications,
+    ),
+    (
+        "the_old_notify_trigger_is_dropped",
+        the_old_notify_trigger_is_dropped,
+    ),
 ];
 
 fn main() {

@@ -269,6 +269,19 @@ impl Runtime {
         release(journal, &lease, outcome)
     }
 
+    /// Continues a run under the lease [`Journal::claim`] handed this runtime's holder, as
+    /// [`Runtime::resume_durable`] does under a lease it takes itself, and releases it at
+    /// the next stop. A worker's slot drives what it claimed this way: taking the lease a
+    /// second time would cost a write for nothing.
+    pub async fn resume_claimed<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        lease: &Lease,
+    ) -> Result<ConvergeResult, DurableError> {
+        let outcome = self.resume_leased(journal, lease).await;
+        release(journal, lease, outcome)
+    }
+
     async fn resume_leased<J: Journal>(
         &mut self,
         journal: &mut J,

@@ -4,11 +4,11 @@
 //! connection of its own. A slot claims one run ([`Journal::claim`]: submitted, released by
 //! its driver, or whose driver's lease expired; on PostgreSQL `FOR UPDATE SKIP LOCKED`, so no
 //! two slots of any workers get one run), rebuilds its runtime with the [`Build`] callback,
-//! drives it to its next stop with [`Runtime::resume_durable`] — re-deriving what was
-//! committed, executing only what was not, every commit fenced by the lease — reports how it
-//! stands and claims the next. With nothing to claim it waits for news ([`Wakeups`]:
-//! LISTEN/NOTIFY on PostgreSQL) or [`IDLE_LOOK`], whichever comes first: a dead worker's
-//! runs are free once their leases expire, which no notification announces.
+//! drives it to its next stop under the claim's lease with [`Runtime::resume_claimed`] —
+//! re-deriving what was committed, executing only what was not, every commit fenced by the
+//! lease — reports how it stands and claims the next. With nothing to claim it waits for
+//! news ([`Wakeups`]: LISTEN/NOTIFY on PostgreSQL) or [`IDLE_LOOK`], whichever comes first:
+//! a dead worker's runs are free once their leases expire, which no notification announces.
 //!
 //! A run a slot cannot build (its spec no longer builds here: a missing program, provider or
 //! key) keeps the slot's lease until it expires, so the slot moves on to other runs and any
@@ -315,7 +315,7 @@ impl Slot {
         let mut stopped = self.stopped.clone();
         let outcome = runtime.block_on(async {
             tokio::select! {
-                outcome = driver.resume_durable(journal, &run) => Some(outcome),
+                outcome = driver.resume_claimed(journal, lease) => Some(outcome),
                 _ = stopped.wait_for(|stop| *stop) => None,
             }
         });

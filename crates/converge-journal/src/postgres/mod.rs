@@ -17,6 +17,15 @@
 //! waits for SQLite's `fsync`. A connection that broke (the server restarted) is opened again
 //! for the next operation; a write that failed in storage poisons the handle, as in SQLite,
 //! because its commit may or may not have happened: reopen and load to know.
+//!
+//! News: a write that makes news for listeners (a run created, its status changed, a running
+//! run let go by its driver) sends its notifications after its commit, in a transaction of
+//! their own that carries no data and so waits for no WAL flush (`synchronous_commit` off
+//! for it alone). PostgreSQL serializes every committing transaction that notifies, from
+//! its notification until its commit is flushed; a write that notified itself would hold
+//! that lock through its own flush and no two such writes could share one. Steps make no
+//! news: followers of events look at the runs being driven instead (`listen.rs`). A process
+//! that dies between a commit and its news leaves waiters to their periodic looks.
 
 mod listen;
 mod schema;
@@ -208,12 +217,18 @@ impl Backend for PostgresJournal {
             let mut tx = client
                 .transaction()
                 .map_err(storage("beginning a write transaction"))?;
-            let value = op(&mut PgTx {
+            let mut news = News::default();
+            let mut rows = PgTx {
                 tx: &mut tx,
                 statements,
                 write: true,
-            })?;
+                news: &mut news,
+                pending: Pending::default(),
+            };
+            let value = op(&mut rows)?;
+            rows.send(None)?;
             tx.commit().map_err(storage("committing"))?;
+            news.announce(client);
             Ok(value)
         });
         self.writes.settle(outcome)
@@ -236,6 +251,8 @@ impl Backend for PostgresJournal {
                 tx: &mut tx,
                 statements,
                 write: false,
+                news: &mut News::default(),
+                pending: Pending::default(),
             })
         })
     }
@@ -302,6 +319,51 @@ fn describe(config: &Config) -> String {
     format!("postgresql://{user}{at}{host}:{port}/{database}")
 }
 
+/// The channel followers of events listen on: a run was created, its status changed, or its
+/// driver let it go while it runs.
+pub(crate) const EVENTS_CHANNEL: &str = "converge_events";
+
+/// The channel idle workers listen on: a running run has no driver (submitted, or let go).
+pub(crate) const RUNNABLE_CHANNEL: &str = "converge_runnable";
+
+/// The notifications a write transaction sends once it committed: each run once per
+/// channel, the status it last read for each run it locked.
+#[derive(Default)]
+struct News {
+    sent: Vec<(&'static str, String)>,
+    statuses: HashMap<String, String>,
+}
+
+impl News {
+    fn add(&mut self, channel: &'static str, run: &str) {
+        if !self.sent.iter().any(|(c, r)| *c == channel && r == run) {
+            self.sent.push((channel, run.to_owned()));
+        }
+    }
+
+    /// Sends the notifications in a transaction of their own, without waiting for a WAL flush
+    /// (it stores nothing). A failure is dropped: the data is committed, and waiters look
+    /// again on their own.
+    fn announce(&self, client: &mut Client) {
+        if self.sent.is_empty() {
+            return;
+        }
+        let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = off;");
+        for (channel, run) in &self.sent {
+            // Run ids are letters, digits, `-` and `_`; quotes are doubled all the same.
+            sql.push_str(&format!(
+                " NOTIFY {channel}, '{}';",
+                run.replace('\'', "''")
+            ));
+        }
+        sql.push_str(" COMMIT");
+        if client.batch_execute(&sql).is_err() {
+            // Leave no transaction open behind a failed notification.
+            let _ = client.batch_execute("ROLLBACK");
+        }
+    }
+}
+
 /// The row operations inside one PostgreSQL transaction, with statements prepared once per
 /// connection.
 struct PgTx<'t, 'c> {
@@ -309,9 +371,159 @@ struct PgTx<'t, 'c> {
     statements: &'t mut HashMap<String, Statement>,
     /// A write transaction: reading a run locks its row.
     write: bool,
+    /// What the transaction will announce once committed.
+    news: &'t mut News,
+    /// Rows inserted but not sent yet.
+    pending: Pending,
 }
 
+/// Rows a write transaction inserts, held back and sent in one statement with the run's new
+/// head ([`Tx::advance`]), or before anything else the transaction does: a step's outcomes,
+/// its row and its events cost one round trip instead of one per row.
+#[derive(Default)]
+struct Pending {
+    run: String,
+    /// The bytes of the rows held (their blobs and texts).
+    bytes: usize,
+    parts: Vec<PartRow>,
+    steps: Vec<OwnedStep>,
+    chunks: Vec<OwnedChunk>,
+}
+
+struct OwnedStep {
+    step: i64,
+    kind: String,
+    input: String,
+    first_seq: i64,
+    events: i64,
+    input_link: Vec<u8>,
+    link: Vec<u8>,
+}
+
+struct OwnedChunk {
+    first_seq: i64,
+    step: i64,
+    count: i64,
+    hashes: Vec<u8>,
+    ends: Vec<u8>,
+    bodies: Vec<u8>,
+}
+
+/// How many bytes of rows a transaction holds back before it sends them: small steps go in
+/// one statement with their head, a large one's chunks in statements of about this size (a
+/// statement's arrays are copied more than once on the server, which costs more than a round
+/// trip past this size).
+const PENDING_BYTES_MAX: usize = 64 * 1024;
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty() && self.steps.is_empty() && self.chunks.is_empty()
+    }
+}
+
+/// Inserts the pending rows: outcome parts, steps and event chunks, each as arrays, one
+/// element per row. The statement it begins ends with [`SEND_ROWS`] alone or with
+/// [`SEND_ROWS_AND_HEAD`]; the foreign keys are checked once the whole statement is done.
+const INSERT_ROWS: &str = "WITH parts AS (\
+     INSERT INTO converge.outcomes (run, step, part, cycle, agents, ends, bodies) \
+     SELECT $1::text, * FROM unnest($2::int8[], $3::int8[], $4::int8[], \
+     $5::bytea[], $6::bytea[], $7::bytea[])), \
+     steps AS (\
+     INSERT INTO converge.steps (run, step, kind, input, first_seq, events, input_link, link) \
+     SELECT $1::text, * FROM unnest($8::int8[], $9::text[], $10::text[], $11::int8[], \
+     $12::int8[], $13::bytea[], $14::bytea[])), \
+     chunks AS (\
+     INSERT INTO converge.events (run, first_seq, step, count, hashes, ends, bodies) \
+     SELECT $1::text, * FROM unnest($15::int8[], $16::int8[], $17::int8[], \
+     $18::bytea[], $19::bytea[], $20::bytea[])) ";
+
+/// Ends [`INSERT_ROWS`] when the rows go alone.
+const SEND_ROWS: &str = "SELECT 1";
+
+/// Ends [`INSERT_ROWS`] with the run's new head.
+const SEND_ROWS_AND_HEAD: &str = "UPDATE converge.runs SET steps = $21, events = $22, \
+     root_hash = $23, record_hash = $24, status = $25, stop_reason = $26 WHERE id = $1";
+
 impl PgTx<'_, '_> {
+    /// Sends the pending rows (with `head`, the run's new head), in one statement.
+    fn send(&mut self, head: Option<&NewHead<'_>>) -> Result<(), JournalError> {
+        if self.pending.is_empty() && head.is_none() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let parts = &pending.parts;
+        let steps = &pending.steps;
+        let chunks = &pending.chunks;
+        let part_step: Vec<i64> = parts.iter().map(|row| row.step).collect();
+        let part_part: Vec<i64> = parts.iter().map(|row| row.part).collect();
+        let part_cycle: Vec<i64> = parts.iter().map(|row| row.cycle).collect();
+        let part_agents: Vec<&[u8]> = parts.iter().map(|p| p.agents.as_slice()).collect();
+        let part_ends: Vec<&[u8]> = parts.iter().map(|p| p.ends.as_slice()).collect();
+        let part_bodies: Vec<&[u8]> = parts.iter().map(|p| p.bodies.as_slice()).collect();
+        let step_step: Vec<i64> = steps.iter().map(|row| row.step).collect();
+        let step_kind: Vec<&str> = steps.iter().map(|s| s.kind.as_str()).collect();
+        let step_input: Vec<&str> = steps.iter().map(|s| s.input.as_str()).collect();
+        let step_first: Vec<i64> = steps.iter().map(|row| row.first_seq).collect();
+        let step_events: Vec<i64> = steps.iter().map(|row| row.events).collect();
+        let step_input_link: Vec<&[u8]> = steps.iter().map(|s| s.input_link.as_slice()).collect();
+        let step_link: Vec<&[u8]> = steps.iter().map(|s| s.link.as_slice()).collect();
+        let chunk_first: Vec<i64> = chunks.iter().map(|row| row.first_seq).collect();
+        let chunk_step: Vec<i64> = chunks.iter().map(|row| row.step).collect();
+        let chunk_count: Vec<i64> = chunks.iter().map(|row| row.count).collect();
+        let chunk_hashes: Vec<&[u8]> = chunks.iter().map(|c| c.hashes.as_slice()).collect();
+        let chunk_ends: Vec<&[u8]> = chunks.iter().map(|c| c.ends.as_slice()).collect();
+        let chunk_bodies: Vec<&[u8]> = chunks.iter().map(|c| c.bodies.as_slice()).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &pending.run,
+            &part_step,
+            &part_part,
+            &part_cycle,
+            &part_agents,
+            &part_ends,
+            &part_bodies,
+            &step_step,
+            &step_kind,
+            &step_input,
+            &step_first,
+            &step_events,
+            &step_input_link,
+            &step_link,
+            &chunk_first,
+            &chunk_step,
+            &chunk_count,
+            &chunk_hashes,
+            &chunk_ends,
+            &chunk_bodies,
+        ];
+        let sql = match head {
+            Some(head) => {
+                params.extend_from_slice(&[
+                    &head.steps,
+                    &head.events,
+                    &head.root_hash,
+                    &head.record_hash,
+                    &head.status,
+                    &head.stop_reason,
+                ]);
+                format!("{INSERT_ROWS}{SEND_ROWS_AND_HEAD}")
+            }
+            None => format!("{INSERT_ROWS}{SEND_ROWS}"),
+        };
+        self.execute(&sql, &params, "writing the step")
+    }
+
+    /// Room in the pending rows for `bytes` more of `run`'s: those held are sent first when
+    /// they are another run's or the new row would take them past [`PENDING_BYTES_MAX`].
+    fn pending_for(&mut self, run: &str, bytes: usize) -> Result<&mut Pending, JournalError> {
+        let full = self.pending.bytes.saturating_add(bytes) > PENDING_BYTES_MAX;
+        if self.pending.run != run || (full && !self.pending.is_empty()) {
+            self.send(None)?;
+            self.pending.run = run.to_owned();
+        }
+        self.pending.bytes = self.pending.bytes.saturating_add(bytes);
+        Ok(&mut self.pending)
+    }
+
     fn statement(&mut self, sql: &str, context: &'static str) -> Result<Statement, JournalError> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
@@ -327,6 +539,7 @@ impl PgTx<'_, '_> {
         params: &[&(dyn ToSql + Sync)],
         context: &'static str,
     ) -> Result<(), JournalError> {
+        self.send(None)?;
         let statement = self.statement(sql, context)?;
         self.tx
             .execute(&statement, params)
@@ -340,6 +553,7 @@ impl PgTx<'_, '_> {
         params: &[&(dyn ToSql + Sync)],
         context: &'static str,
     ) -> Result<Vec<postgres::Row>, JournalError> {
+        self.send(None)?;
         let statement = self.statement(sql, context)?;
         self.tx.query(&statement, params).map_err(storage(context))
     }
@@ -379,7 +593,13 @@ impl Tx for PgTx<'_, '_> {
         let lock = if self.write { " FOR UPDATE" } else { "" };
         let sql = format!("SELECT {RUN_COLUMNS} FROM converge.runs WHERE id = $1{lock}");
         let rows = self.query(&sql, &[&run], "reading the run")?;
-        rows.first().map(run_row).transpose()
+        let row = rows.first().map(run_row).transpose()?;
+        if let Some(row) = &row {
+            self.news
+                .statuses
+                .insert(row.id.clone(), row.status.clone());
+        }
+        Ok(row)
     }
 
     fn runs(&mut self) -> Result<Vec<RunRow>, JournalError> {
@@ -399,11 +619,15 @@ impl Tx for PgTx<'_, '_> {
                    steps, events, root_hash, record_hash) \
                    VALUES ($1, $2, $3, 'running', NULL, 0, 0, $4, $3)";
         let statement = self.statement(sql, "creating the run")?;
+        self.send(None)?;
         match self
             .tx
             .execute(&statement, &[&run, &header, &header_link, &zero])
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.news.add(EVENTS_CHANNEL, run);
+                Ok(())
+            }
             // Another process created it since this transaction looked.
             Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 Err(JournalError::RunExists {
@@ -470,13 +694,22 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn clear_lease(&mut self, run: &str, token: &str) -> Result<(), JournalError> {
-        self.execute(
+        let rows = self.query(
             "UPDATE converge.runs SET lease_token = NULL, lease_holder = NULL, \
              lease_host = NULL, lease_pid = NULL, lease_expires_ms = NULL \
-             WHERE id = $1 AND lease_token = $2",
+             WHERE id = $1 AND lease_token = $2 RETURNING status",
             &[&run, &token],
             "releasing the lease",
-        )
+        )?;
+        // A running run let go is free to claim, and its last steps are news to followers
+        // who look only at the runs being driven.
+        if let Some(row) = rows.first()
+            && get::<String>(row, 0)? == "running"
+        {
+            self.news.add(RUNNABLE_CHANNEL, run);
+            self.news.add(EVENTS_CHANNEL, run);
+        }
+        Ok(())
     }
 
     fn steps(&mut self, run: &str) -> Result<Vec<StepRow>, JournalError> {
@@ -515,6 +748,7 @@ impl Tx for PgTx<'_, '_> {
             context,
         )?;
         let params: [&dyn ToSql; 2] = [&run, &from];
+        self.send(None)?;
         let mut rows = self
             .tx
             .query_raw(&statement, params)
@@ -590,6 +824,7 @@ impl Tx for PgTx<'_, '_> {
         };
         let statement = self.statement(sql, context)?;
         let params: [&dyn ToSql; 2] = [&run, &from];
+        self.send(None)?;
         let mut rows = self
             .tx
             .query_raw(&statement, params)
@@ -652,72 +887,53 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn insert_part(&mut self, run: &str, part: &PartRow) -> Result<(), JournalError> {
-        self.execute(
-            "INSERT INTO converge.outcomes (run, step, part, cycle, agents, ends, bodies) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &run,
-                &part.step,
-                &part.part,
-                &part.cycle,
-                &part.agents,
-                &part.ends,
-                &part.bodies,
-            ],
-            "writing outcomes",
-        )
+        let bytes = part.agents.len() + part.ends.len() + part.bodies.len();
+        self.pending_for(run, bytes)?.parts.push(PartRow {
+            step: part.step,
+            part: part.part,
+            cycle: part.cycle,
+            agents: part.agents.clone(),
+            ends: part.ends.clone(),
+            bodies: part.bodies.clone(),
+        });
+        Ok(())
     }
 
     fn insert_step(&mut self, run: &str, step: &NewStep<'_>) -> Result<(), JournalError> {
-        self.execute(
-            "INSERT INTO converge.steps \
-             (run, step, kind, input, first_seq, events, input_link, link) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &run,
-                &step.step,
-                &step.kind,
-                &step.input,
-                &step.first_seq,
-                &step.events,
-                &step.input_link.as_bytes().as_slice(),
-                &step.link.as_bytes().as_slice(),
-            ],
-            "writing the step",
-        )
+        let bytes = step.kind.len() + step.input.len() + 64;
+        self.pending_for(run, bytes)?.steps.push(OwnedStep {
+            step: step.step,
+            kind: step.kind.to_owned(),
+            input: step.input.to_owned(),
+            first_seq: step.first_seq,
+            events: step.events,
+            input_link: step.input_link.as_bytes().to_vec(),
+            link: step.link.as_bytes().to_vec(),
+        });
+        Ok(())
     }
 
     fn insert_chunk(&mut self, run: &str, chunk: &ChunkRow<'_>) -> Result<(), JournalError> {
-        self.execute(
-            "INSERT INTO converge.events (run, first_seq, step, count, hashes, ends, bodies) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &run,
-                &chunk.first_seq,
-                &chunk.step,
-                &chunk.count,
-                &chunk.hashes,
-                &chunk.ends.unwrap_or_default(),
-                &chunk.bodies.unwrap_or_default(),
-            ],
-            "writing events",
-        )
+        let bytes = chunk.hashes.len()
+            + chunk.ends.map_or(0, <[u8]>::len)
+            + chunk.bodies.map_or(0, <[u8]>::len);
+        self.pending_for(run, bytes)?.chunks.push(OwnedChunk {
+            first_seq: chunk.first_seq,
+            step: chunk.step,
+            count: chunk.count,
+            hashes: chunk.hashes.to_vec(),
+            ends: chunk.ends.unwrap_or_default().to_vec(),
+            bodies: chunk.bodies.unwrap_or_default().to_vec(),
+        });
+        Ok(())
     }
 
     fn advance(&mut self, run: &str, head: &NewHead<'_>) -> Result<(), JournalError> {
-        self.execute(
-            "UPDATE converge.runs SET steps = $2, events = $3, root_hash = $4, \
-             record_hash = $5, status = $6, stop_reason = $7 WHERE id = $1",
-            &[
-                &run,
-                &head.steps,
-                &head.events,
-                &head.root_hash,
-                &head.record_hash,
-                &head.status,
-                &head.stop_reason,
-            ],
-            "advancing the run's head",
-        )
+        if self.news.statuses.get(run).map(String::as_str) != Some(head.status) {
+            self.news.add(EVENTS_CHANNEL, run);
+        }
+        // The run's (last) rows go with its new head, in one statement.
+        self.pending_for(run, 0)?;
+        self.send(Some(head))
     }
 }

@@ -14,7 +14,8 @@ pub(crate) const SCHEMA_VERSION: i64 = 2;
 const SCHEMA_LOCK: i64 = 0x436E_7667;
 
 /// The tables, the same four as SQLite's with PostgreSQL's types, and triggers that keep
-/// steps, events and outcomes append-only and runs undeletable.
+/// steps, events and outcomes append-only and runs undeletable. (Notifications are sent by
+/// the journal after its commits, not by a trigger: `postgres/mod.rs`, "News".)
 const SCHEMA: &str = r"
 CREATE SCHEMA IF NOT EXISTS converge;
 
@@ -81,24 +82,6 @@ CREATE INDEX runs_runnable ON converge.runs (created) WHERE status = 'running';
 ALTER TABLE converge.events ALTER COLUMN bodies SET STORAGE EXTERNAL;
 ALTER TABLE converge.outcomes ALTER COLUMN bodies SET STORAGE EXTERNAL;
 
--- News for listeners, sent when the transaction commits: `converge_events` when a run's
--- events or status change (followers read the journal for the data), `converge_runnable`
--- when a running run has no driver (submitted, or released by its driver).
-CREATE FUNCTION converge.notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' OR NEW.events <> OLD.events OR NEW.status <> OLD.status THEN
-        PERFORM pg_notify('converge_events', NEW.id);
-    END IF;
-    -- (A run is created leased to its creator: its insert is not such news.)
-    IF TG_OP = 'UPDATE' AND NEW.status = 'running' AND NEW.lease_token IS NULL
-       AND (OLD.lease_token IS NOT NULL OR OLD.status <> 'running') THEN
-        PERFORM pg_notify('converge_runnable', NEW.id);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER runs_notify AFTER INSERT OR UPDATE ON converge.runs
-    FOR EACH ROW EXECUTE FUNCTION converge.notify();
-
 CREATE FUNCTION converge.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'converge journal: % is append-only', TG_TABLE_NAME;
@@ -117,7 +100,8 @@ CREATE TRIGGER outcomes_append_only BEFORE UPDATE OR DELETE ON converge.outcomes
 /// names the database in errors (its URL without a password).
 pub(crate) fn prepare(client: &mut Client, place: &str) -> Result<(), JournalError> {
     if let Some(found) = version(client)? {
-        return check(found, place);
+        check(found, place)?;
+        return drop_notify_trigger(client);
     }
     let mut tx = client
         .transaction()
@@ -139,6 +123,38 @@ pub(crate) fn prepare(client: &mut Client, place: &str) -> Result<(), JournalErr
     )
     .map_err(storage("writing the schema version"))?;
     tx.commit().map_err(storage("committing the schema"))
+}
+
+/// Whether the journal still has the trigger earlier builds created to notify listeners on
+/// every change of a run's row.
+const HAS_NOTIFY_TRIGGER: &str = "SELECT EXISTS (SELECT 1 FROM pg_trigger \
+     WHERE tgname = 'runs_notify' AND tgrelid = 'converge.runs'::regclass)";
+
+/// Removes the notification trigger of earlier builds of this schema version, once: it
+/// notified on every step, and every commit that notifies queues on one lock for the whole
+/// database. The tables and their bytes are unchanged; this build notifies by itself.
+fn drop_notify_trigger(client: &mut Client) -> Result<(), JournalError> {
+    let present = |client: &mut Client| {
+        client
+            .query_one(HAS_NOTIFY_TRIGGER, &[])
+            .and_then(|row| row.try_get::<_, bool>(0))
+            .map_err(storage("looking for the notification trigger"))
+    };
+    if !present(client)? {
+        return Ok(());
+    }
+    let mut tx = client
+        .transaction()
+        .map_err(storage("beginning the trigger's removal"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .map_err(storage("locking the schema"))?;
+    tx.batch_execute(
+        "DROP TRIGGER IF EXISTS runs_notify ON converge.runs; \
+         DROP FUNCTION IF EXISTS converge.notify()",
+    )
+    .map_err(storage("removing the notification trigger"))?;
+    tx.commit()
+        .map_err(storage("committing the trigger's removal"))
 }
 
 /// Checks that the database holds a journal of this build's version, creating nothing.
