@@ -148,6 +148,46 @@ fn server(processes: &mut Processes, url: &str, log: &Path, jobs: &Path) -> Stri
     }
 }
 
+/// One database with server replicas on it, and tokens of tenant `acme` for sam (a
+/// submitter) and alice (an approver), in a directory of its own.
+struct Deployment {
+    dir: tempfile::TempDir,
+    /// Where the servers place submitted specs.
+    jobs: PathBuf,
+    url: String,
+    sam: String,
+    alice: String,
+    /// The servers first, then whatever the case starts.
+    processes: Processes,
+    /// Each replica's base URL.
+    bases: Vec<String>,
+}
+
+fn deploy(cluster: &Cluster, purpose: &str, replicas: usize) -> Deployment {
+    let dir = tempfile::tempdir().expect("a directory");
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir(&jobs).expect("a jobs directory");
+    let url = cluster.database(purpose).expect("a database");
+    let sam = token(&url, "sam", "submitter");
+    let alice = token(&url, "alice", "approver");
+    let mut processes = Processes::default();
+    let bases = (0..replicas)
+        .map(|replica| {
+            let log = dir.path().join(format!("server-{replica}.log"));
+            server(&mut processes, &url, &log, &jobs)
+        })
+        .collect();
+    Deployment {
+        dir,
+        jobs,
+        url,
+        sam,
+        alice,
+        processes,
+        bases,
+    }
+}
+
 /// A token made with `converge token create` on the shared database.
 fn token(url: &str, name: &str, role: &str) -> String {
     let output = converge(
@@ -261,25 +301,17 @@ fn all_verify(journal: &PostgresJournal) {
 }
 
 fn two_servers_and_three_workers_killed_again_and_again_lose_nothing(cluster: &Cluster) {
-    let dir = tempfile::tempdir().expect("a directory");
-    let jobs = dir.path().join("jobs");
-    std::fs::create_dir(&jobs).expect("a jobs directory");
+    let Deployment {
+        dir,
+        jobs,
+        url,
+        sam,
+        mut processes,
+        bases,
+        ..
+    } = deploy(cluster, "scale", 2);
     let log = dir.path().join("executions.log");
     let spec = job(&log);
-    let url = cluster.database("scale").expect("a database");
-    let sam = token(&url, "sam", "submitter");
-
-    let mut processes = Processes::default();
-    let mut bases = Vec::new();
-    for replica in ["a", "b"] {
-        let base = server(
-            &mut processes,
-            &url,
-            &dir.path().join(format!("server-{replica}.log")),
-            &jobs,
-        );
-        bases.push(base);
-    }
     for index in 0..RUNS {
         let base = &bases[index % 2];
         let status = submit(base, &sam, &format!("count-{index}"), &spec);
@@ -363,25 +395,19 @@ fn two_servers_and_three_workers_killed_again_and_again_lose_nothing(cluster: &C
 }
 
 fn approvals_raced_from_both_replicas_one_wins(cluster: &Cluster) {
-    let dir = tempfile::tempdir().expect("a directory");
-    let url = cluster.database("race").expect("a database");
-    let sam = token(&url, "sam", "submitter");
-    let alice = token(&url, "alice", "approver");
+    let Deployment {
+        dir,
+        url,
+        sam,
+        alice,
+        mut processes,
+        bases,
+        ..
+    } = deploy(cluster, "race", 2);
     let spec = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/release-approval.yaml"),
     )
     .expect("the example");
-    let mut processes = Processes::default();
-    let mut bases = Vec::new();
-    for replica in ["a", "b"] {
-        let base = server(
-            &mut processes,
-            &url,
-            &dir.path().join(format!("server-{replica}.log")),
-            dir.path(),
-        );
-        bases.push(base);
-    }
     const RACES: usize = 8;
     for index in 0..RACES {
         assert_eq!(
@@ -484,26 +510,17 @@ fn approvals_raced_from_both_replicas_one_wins(cluster: &Cluster) {
 }
 
 fn a_stream_on_one_replica_follows_a_worker_started_after_it(cluster: &Cluster) {
-    let dir = tempfile::tempdir().expect("a directory");
-    let jobs = dir.path().join("jobs");
-    std::fs::create_dir(&jobs).expect("a jobs directory");
-    let url = cluster.database("stream").expect("a database");
-    let sam = token(&url, "sam", "submitter");
-    let mut processes = Processes::default();
-    let base_a = server(
-        &mut processes,
-        &url,
-        &dir.path().join("server-a.log"),
-        &jobs,
-    );
-    let base_b = server(
-        &mut processes,
-        &url,
-        &dir.path().join("server-b.log"),
-        &jobs,
-    );
+    let Deployment {
+        dir,
+        url,
+        sam,
+        mut processes,
+        bases,
+        ..
+    } = deploy(cluster, "stream", 2);
+    let (base_a, base_b) = (&bases[0], &bases[1]);
     let spec = job(&dir.path().join("executions.log"));
-    assert_eq!(submit(&base_b, &sam, "followed", &spec), 201);
+    assert_eq!(submit(base_b, &sam, "followed", &spec), 201);
 
     let stream = client()
         .get(format!("{base_a}/v1/runs/followed/events"))
@@ -576,15 +593,17 @@ fn a_stream_on_one_replica_follows_a_worker_started_after_it(cluster: &Cluster) 
 }
 
 fn a_cancel_on_a_replica_stops_a_run_a_worker_drives(cluster: &Cluster) {
-    let dir = tempfile::tempdir().expect("a directory");
-    let jobs = dir.path().join("jobs");
-    std::fs::create_dir(&jobs).expect("a jobs directory");
+    let Deployment {
+        dir,
+        url,
+        sam,
+        mut processes,
+        bases,
+        ..
+    } = deploy(cluster, "cancel", 1);
+    let base = &bases[0];
     let log = dir.path().join("executions.log");
-    let url = cluster.database("cancel").expect("a database");
-    let sam = token(&url, "sam", "submitter");
-    let mut processes = Processes::default();
-    let base = server(&mut processes, &url, &dir.path().join("server.log"), &jobs);
-    assert_eq!(submit(&base, &sam, "long", &job(&log)), 201);
+    assert_eq!(submit(base, &sam, "long", &job(&log)), 201);
     let worker_log = dir.path().join("worker.log");
     processes.0.push(worker(&url, &worker_log, "4"));
     let journal = PostgresJournal::open_read_only(&url).expect("the journal opens");
@@ -627,9 +646,16 @@ fn a_cancel_on_a_replica_stops_a_run_a_worker_drives(cluster: &Cluster) {
 }
 
 fn a_retry_on_a_replica_is_driven_by_a_worker(cluster: &Cluster) {
-    let dir = tempfile::tempdir().expect("a directory");
-    let jobs = dir.path().join("jobs");
-    std::fs::create_dir(&jobs).expect("a jobs directory");
+    let Deployment {
+        dir,
+        url,
+        alice,
+        sam,
+        mut processes,
+        bases,
+        ..
+    } = deploy(cluster, "retry", 1);
+    let base = &bases[0];
     let ready = dir.path().join("ready");
     let calls = dir.path().join("score.calls");
     let script = dir.path().join("score.sh");
@@ -646,12 +672,7 @@ fn a_retry_on_a_replica_is_driven_by_a_worker(cluster: &Cluster) {
         "version: 1\nintent:\n  objective: Score once the feed is ready\nagents:\n  - name: score\n    kind: command\n    writes: [evaluations]\n    command: [sh, {}]\n    timeout_ms: 10000\n",
         script.display()
     );
-    let url = cluster.database("retry").expect("a database");
-    let sam = token(&url, "sam", "submitter");
-    let alice = token(&url, "alice", "approver");
-    let mut processes = Processes::default();
-    let base = server(&mut processes, &url, &dir.path().join("server.log"), &jobs);
-    assert_eq!(submit(&base, &sam, "score", &spec), 201);
+    assert_eq!(submit(base, &sam, "score", &spec), 201);
     processes
         .0
         .push(worker(&url, &dir.path().join("worker.log"), "0"));
@@ -691,7 +712,7 @@ fn a_retry_on_a_replica_is_driven_by_a_worker(cluster: &Cluster) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (_, facts) = get(&base, &alice, "/v1/runs/score/facts");
+    let (_, facts) = get(base, &alice, "/v1/runs/score/facts");
     assert!(facts.to_string().contains("\"p2\""), "{facts}");
     // Both executions were the worker's: the server only recorded the retry. (Each agent
     // runs under a launcher, whose parent is the process driving the run.)
@@ -710,24 +731,16 @@ fn a_retry_on_a_replica_is_driven_by_a_worker(cluster: &Cluster) {
 }
 
 fn postgres_restarted_mid_load_loses_nothing(cluster: &Cluster) {
-    let dir = tempfile::tempdir().expect("a directory");
-    let jobs = dir.path().join("jobs");
-    std::fs::create_dir(&jobs).expect("a jobs directory");
+    let Deployment {
+        dir,
+        url,
+        sam,
+        mut processes,
+        bases,
+        ..
+    } = deploy(cluster, "restart", 2);
     let log = dir.path().join("executions.log");
     let spec = job(&log);
-    let url = cluster.database("restart").expect("a database");
-    let sam = token(&url, "sam", "submitter");
-    let mut processes = Processes::default();
-    let mut bases = Vec::new();
-    for replica in ["a", "b"] {
-        let base = server(
-            &mut processes,
-            &url,
-            &dir.path().join(format!("server-{replica}.log")),
-            &jobs,
-        );
-        bases.push(base);
-    }
     const BEFORE: usize = 40;
     const AFTER: usize = 20;
     for index in 0..BEFORE {

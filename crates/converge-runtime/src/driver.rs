@@ -331,17 +331,7 @@ impl Runtime {
         lease: &Lease,
         decisions: Vec<Decision>,
     ) -> Result<ConvergeResult, DurableError> {
-        let run_id = lease.run();
-        let recorded = journal.load(run_id)?;
-        let next_step = recorded.steps.len() as u64;
-        let result = match redrive(&self.engine, &recorded)? {
-            Position::Stopped(result) => awaiting(run_id, result)?,
-            Position::Running(_) | Position::Unstarted(_) => {
-                return Err(DurableError::NotAwaitingApproval {
-                    run: run_id.clone(),
-                });
-            }
-        };
+        let (next_step, result) = parked_run(&self.engine, journal, lease.run())?;
         let input = StepInput::decisions(&decisions);
         let run = self.engine.resume_run(result, decisions)?;
         let parts = Runtime::parts(
@@ -377,17 +367,7 @@ impl Runtime {
         lease: &Lease,
         decisions: Vec<Decision>,
     ) -> Result<(), DurableError> {
-        let run_id = lease.run();
-        let recorded = journal.load(run_id)?;
-        let next_step = recorded.steps.len() as u64;
-        let result = match redrive(&self.engine, &recorded)? {
-            Position::Stopped(result) => awaiting(run_id, result)?,
-            Position::Running(_) | Position::Unstarted(_) => {
-                return Err(DurableError::NotAwaitingApproval {
-                    run: run_id.clone(),
-                });
-            }
-        };
+        let (next_step, result) = parked_run(&self.engine, journal, lease.run())?;
         let input = StepInput::decisions(&decisions);
         let run = self.engine.resume_run(result, decisions)?;
         commit_alone(
@@ -617,6 +597,24 @@ impl Runtime {
 /// Drives `run` from journal step `next_step` under `lease`, committing `first` (a start or
 /// decisions step whose events the run already emitted) before anything executes.
 #[allow(clippy::too_many_arguments)]
+/// The run `run_id`, parked awaiting approval, re-derived from its journal, and the step
+/// its next input will be; a run that is going is [`DurableError::NotAwaitingApproval`], one
+/// that stopped for good [`DurableError::Finished`].
+fn parked_run<J: Journal>(
+    engine: &Engine,
+    journal: &mut J,
+    run_id: &RunId,
+) -> Result<(u64, ConvergeResult), DurableError> {
+    let recorded = journal.load(run_id)?;
+    let next_step = recorded.steps.len() as u64;
+    match redrive(engine, &recorded)? {
+        Position::Stopped(result) => Ok((next_step, awaiting(run_id, result)?)),
+        Position::Running(_) | Position::Unstarted(_) => Err(DurableError::NotAwaitingApproval {
+            run: run_id.clone(),
+        }),
+    }
+}
+
 /// The stopped run `run_id` re-derived from its journal, and the step its next input will
 /// be; a run whose last committed step left it going is [`DurableError::NotStopped`].
 fn stopped_run<J: Journal>(
