@@ -428,7 +428,7 @@ fn decide(
     let StopReason::AwaitingApproval { pending } = &seen.result.stop_reason else {
         return Err(CliError::Other(format!(
             "run {run_id} is not awaiting approval ({})",
-            show::reason_text(&seen.result.stop_reason)
+            show::reason_text(&seen.result.stop_reason, &seen.header.agents)
         )));
     };
     let Some(pending) = pending.iter().find(|pending| pending.proposal == proposal) else {
@@ -475,7 +475,7 @@ fn already_stopped(run_id: &RunId, seen: &converge_runtime::Inspection) -> Strin
         .filter(|_| retryable)
         .filter_map(|agent| seen.header.agents.get(agent.index()).map(String::as_str))
         .collect();
-    let reason = show::reason_text(&seen.result.stop_reason);
+    let reason = show::reason_text(&seen.result.stop_reason, &seen.header.agents);
     match failed.as_slice() {
         [] => format!("run {run_id} has already stopped ({reason}); there is nothing to resume"),
         failed => format!(

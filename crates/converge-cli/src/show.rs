@@ -71,8 +71,9 @@ pub(crate) fn spec_problems(problems: &[Problem], path: &std::path::Path) -> Str
     json!({"spec": path.display().to_string(), "valid": false, "problems": problems}).to_string()
 }
 
-/// A stop reason in a few words.
-pub(crate) fn reason_text(reason: &StopReason) -> String {
+/// A stop reason in a few words, agents named by their names in `agents` (registration
+/// order; an agent not in it by its index).
+pub(crate) fn reason_text(reason: &StopReason, agents: &[String]) -> String {
     match reason {
         StopReason::Converged => "converged".to_owned(),
         StopReason::AwaitingApproval { pending } => {
@@ -92,9 +93,10 @@ pub(crate) fn reason_text(reason: &StopReason) -> String {
         } => format!(
             "invariant `{invariant}` could not be evaluated (nothing is known to be violated): {detail}"
         ),
-        StopReason::AgentFailed { agent, message } => {
-            format!("agent {agent} failed: {message}")
-        }
+        StopReason::AgentFailed { agent, message } => match agents.get(agent.index()) {
+            Some(name) => format!("agent {name} failed: {message}"),
+            None => format!("agent {agent} failed: {message}"),
+        },
         StopReason::Halted { reason } => format!("halted: {reason}"),
     }
 }
@@ -173,7 +175,7 @@ pub(crate) fn summary(
         (StopReason::Converged, failed @ 1..) => {
             format!("converged, but {} failed", count(failed as u64, "agent"))
         }
-        (reason, _) => reason_text(reason),
+        (reason, _) => reason_text(reason, agents),
     };
     let _ = writeln!(out, "run {run}: {stop}");
     let _ = writeln!(
@@ -351,7 +353,11 @@ pub(crate) fn inspect(seen: &Inspection, json: bool) -> String {
         summary.events
     );
     if seen.stopped {
-        let _ = writeln!(out, "stopped: {}", reason_text(&result.stop_reason));
+        let _ = writeln!(
+            out,
+            "stopped: {}",
+            reason_text(&result.stop_reason, &seen.header.agents)
+        );
     } else {
         let _ = writeln!(
             out,

@@ -91,7 +91,8 @@ fn words(report: &Report) -> String {
                 StopReason::Converged => {
                     format!("converged with {}", show::count(*facts as u64, "fact"))
                 }
-                other => show::reason_text(other),
+                // A report carries no agent names: a failed agent is named by its index.
+                other => show::reason_text(other, &[]),
             };
             format!("run {run}: {state}")
         }

@@ -837,3 +837,43 @@ agents:
         "{run}"
     );
 }
+
+#[test]
+fn a_run_stopped_by_a_failed_agent_names_it_by_its_name() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("journal.db");
+    let spec = dir.path().join("stops.yaml");
+    std::fs::write(
+        &spec,
+        r#"version: 1
+intent:
+  objective: Stop at the first failure
+runtime:
+  on_agent_failure: stop_run
+agents:
+  - name: seed
+    kind: rule
+    writes: [signals]
+    when: "true"
+    propose: {key: signals, id: one, content: 1}
+  - name: flaky-scorer
+    kind: command
+    reads: [signals]
+    writes: [evaluations]
+    command: [sh, -c, "cat > /dev/null; echo 'the feed is down' >&2; exit 3"]
+    timeout_ms: 10000
+"#,
+    )
+    .unwrap();
+    let run = converge(&db, &["run", &spec.to_string_lossy()]);
+    assert_eq!(code(&run), 6, "{}{}", stdout(&run), stderr(&run));
+    let said = stdout(&run);
+    assert!(said.contains("agent flaky-scorer failed"), "{said}");
+    assert!(!said.contains("agent a1"), "{said}");
+    let inspect = converge(&db, &["inspect", "stops-1"]);
+    assert!(
+        stdout(&inspect).contains("stopped: agent flaky-scorer failed"),
+        "{}",
+        stdout(&inspect)
+    );
+}
