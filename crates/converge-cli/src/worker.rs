@@ -86,13 +86,13 @@ fn words(report: &Report) -> String {
             run,
             stop_reason,
             facts,
+            agents,
         } => {
             let state = match stop_reason {
                 StopReason::Converged => {
                     format!("converged with {}", show::count(*facts as u64, "fact"))
                 }
-                // A report carries no agent names: a failed agent is named by its index.
-                other => show::reason_text(other, &[]),
+                other => show::reason_text(other, agents),
             };
             format!("run {run}: {state}")
         }

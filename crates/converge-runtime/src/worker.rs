@@ -90,6 +90,9 @@ pub enum Report {
         stop_reason: StopReason,
         /// Facts in its context.
         facts: usize,
+        /// The run's agents by name, in registration order (what the stop reason's agent
+        /// indexes name).
+        agents: Vec<String>,
     },
     /// Driving a run failed.
     Failed {
@@ -130,7 +133,20 @@ impl fmt::Display for Report {
                 run,
                 stop_reason,
                 facts,
-            } => write!(f, "run {run}: {stop_reason:?} with {facts} facts"),
+                ..
+            } => {
+                // The stop's kind as the journal names it (`agent_failed`), in words.
+                let kind = serde_json::to_value(stop_reason)
+                    .ok()
+                    .and_then(|value| {
+                        value
+                            .get("stop")?
+                            .as_str()
+                            .map(|kind| kind.replace('_', " "))
+                    })
+                    .unwrap_or_else(|| "stopped".to_owned());
+                write!(f, "run {run}: {kind} with {facts} facts")
+            }
             Report::Failed { run, error } => write!(f, "run {run}: {error}"),
             Report::Interrupted { run } => write!(
                 f,
@@ -324,9 +340,28 @@ impl Slot {
                 run,
                 facts: result.context.len(),
                 stop_reason: result.stop_reason,
+                agents: driver.engine().agent_names().map(str::to_owned).collect(),
             },
             Some(Err(error)) => Report::Failed { run, error },
             None => Report::Interrupted { run },
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reached_report_reads_as_words() {
+        let report = Report::Reached {
+            run: RunId::new("acme-score").expect("valid"),
+            stop_reason: StopReason::Halted {
+                reason: "cancelled by sam: no longer needed".to_owned(),
+            },
+            facts: 2,
+            agents: vec!["score".to_owned()],
+        };
+        assert_eq!(report.to_string(), "run acme-score: halted with 2 facts");
     }
 }
