@@ -278,15 +278,10 @@ impl<'e> Run<'e> {
         Ok((result.context, state))
     }
 
-    /// Continues a suspended run: applies `decisions`, then behaves like any run.
-    pub(crate) fn resume(
-        setup: &'e Setup,
-        ctx: Context,
-        state: Box<RunState>,
-        decisions: Vec<Decision>,
-    ) -> Run<'e> {
+    /// A stopped run, ready to take its next input: its chain goes on from where it stood.
+    fn continuing(setup: &'e Setup, ctx: Context, state: Box<RunState>) -> Run<'e> {
         let taken_head = state.chain.head;
-        let mut run = Run {
+        Run {
             setup,
             ctx,
             state: *state,
@@ -294,7 +289,17 @@ impl<'e> Run<'e> {
             events: VecDeque::new(),
             taken_head,
             keep_encoded: false,
-        };
+        }
+    }
+
+    /// Continues a suspended run: applies `decisions`, then behaves like any run.
+    pub(crate) fn resume(
+        setup: &'e Setup,
+        ctx: Context,
+        state: Box<RunState>,
+        decisions: Vec<Decision>,
+    ) -> Run<'e> {
+        let mut run = Run::continuing(setup, ctx, state);
         let cycle = run.state.cycle;
         run.emit(Event::RunResumed {
             cycle,
@@ -317,16 +322,7 @@ impl<'e> Run<'e> {
         retry: &Retry,
         agents: Vec<AgentId>,
     ) -> Run<'e> {
-        let taken_head = state.chain.head;
-        let mut run = Run {
-            setup,
-            ctx,
-            state: *state,
-            phase: Phase::Ready,
-            events: VecDeque::new(),
-            taken_head,
-            keep_encoded: false,
-        };
+        let mut run = Run::continuing(setup, ctx, state);
         let mut lifted = AgentSet::default();
         for &agent in &agents {
             lifted.insert(agent);
