@@ -7,6 +7,10 @@ use std::process::ExitCode;
 
 use converge_bench::{BenchError, DEFAULT_SET, N_MAX, Scenario, lines};
 
+/// The allocator the `converge` binary runs with, so that the scenarios measure what it does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 usage: converge-bench <scenario> <N>
        converge-bench all

@@ -16,6 +16,10 @@ mod store;
 mod why;
 mod worker;
 
+/// Many small values come and go in a cycle of many agents; mimalloc keeps that cheap.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::process::ExitCode;
 

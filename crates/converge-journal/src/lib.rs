@@ -28,6 +28,7 @@ mod failing;
 mod lease;
 mod link;
 mod pack;
+mod parallel;
 mod postgres;
 mod record;
 mod sqlite;

@@ -23,6 +23,7 @@ use crate::check::{
 use crate::lease::{Holder, LEASE_TTL_MS, Lease};
 use crate::link::{header_link, input_link, outcomes_digest, step_link};
 use crate::pack::{Group, Unpacked};
+use crate::parallel;
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
 use crate::{
     BreakReason, JournalError, OpenCycle, Place, RecordedRun, RecordedStep, RunId, RunStatus,
@@ -476,6 +477,8 @@ pub(crate) struct Append {
     stored_input: String,
     cycle: Option<u32>,
     encoded: Vec<(u32, Vec<u8>)>,
+    /// Every outcome packed, for the usual case that none was committed ahead of the step.
+    parts: Vec<PartRow>,
     digest: Digest,
     chunks: Vec<Chunk>,
     first_seq: u64,
@@ -501,6 +504,7 @@ impl Append {
                 .iter()
                 .map(|(agent, body)| (*agent, body.as_slice())),
         );
+        let parts = pack_outcomes(encoded.iter())?;
         let chunks = chunks(events).map_err(|seq| JournalError::ChainMismatch {
             run: run.clone(),
             seq,
@@ -523,6 +527,7 @@ impl Append {
             stored_input,
             cycle,
             encoded,
+            parts,
             digest,
             chunks,
             first_seq: events.first_seq(),
@@ -551,11 +556,15 @@ impl Append {
         let link = step_link(input_link, head.events, self.count, self.head);
         if let Some(cycle) = self.cycle {
             let committed = committed_agents(tx, run, step, Some(cycle))?;
-            let fresh = self
-                .encoded
-                .iter()
-                .filter(|(agent, _)| !committed.agents.contains(agent));
-            insert_outcomes(tx, run, step, cycle, committed.next_part, fresh)?;
+            if committed.agents.is_empty() {
+                insert_parts(tx, run, step, cycle, committed.next_part, self.parts)?;
+            } else {
+                let fresh = self
+                    .encoded
+                    .iter()
+                    .filter(|(agent, _)| !committed.agents.contains(agent));
+                insert_outcomes(tx, run, step, cycle, committed.next_part, fresh)?;
+            }
         } else if !committed_agents(tx, run, step, None)?.agents.is_empty() {
             return Err(JournalError::InvalidStep {
                 run: run.clone(),
@@ -575,8 +584,8 @@ impl Append {
                 link,
             },
         )?;
-        for chunk in self.chunks {
-            let (ends, bodies) = chunk.group.seal();
+        for chunk in &self.chunks {
+            let (ends, bodies) = &chunk.sealed;
             tx.insert_chunk(
                 run.as_str(),
                 &ChunkRow {
@@ -584,8 +593,8 @@ impl Append {
                     step: signed(step)?,
                     count: signed(chunk.count as u64)?,
                     hashes: &chunk.hashes,
-                    ends: Some(&ends),
-                    bodies: Some(&bodies),
+                    ends: Some(ends),
+                    bodies: Some(bodies),
                 },
             )?;
         }
@@ -1208,34 +1217,40 @@ fn stored_hash(
 /// every stored group ([`Group::fits`]), each with at least one event. `Err(seq)` names an
 /// event too large for a chunk's 32-bit offsets (over 4 GiB).
 fn chunks(events: &EventBatch) -> Result<Vec<Chunk>, u64> {
-    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut packing: Vec<(u64, usize, Vec<u8>, Group)> = Vec::new();
     for (record, body) in events.iter() {
-        if !chunks
+        if !packing
             .last()
-            .is_some_and(|chunk| chunk.group.fits(body.len()))
+            .is_some_and(|(_, _, _, group)| group.fits(body.len()))
         {
-            chunks.push(Chunk {
-                first_seq: record.seq,
-                count: 0,
-                hashes: Vec::new(),
-                group: Group::default(),
-            });
+            packing.push((record.seq, 0, Vec::new(), Group::default()));
         }
-        if let Some(chunk) = chunks.last_mut() {
-            chunk.count += 1;
-            chunk.hashes.extend_from_slice(record.hash.as_bytes());
-            chunk.group.push(body).map_err(|()| record.seq)?;
+        if let Some((_, count, hashes, group)) = packing.last_mut() {
+            *count += 1;
+            hashes.extend_from_slice(record.hash.as_bytes());
+            group.push(body).map_err(|()| record.seq)?;
         }
     }
-    Ok(chunks)
+    // A second group starts only once the first is full, so groups are worth a thread each.
+    Ok(parallel::map(
+        packing,
+        1,
+        |(first_seq, count, hashes, group)| Chunk {
+            first_seq,
+            count,
+            hashes,
+            sealed: group.seal(),
+        },
+    ))
 }
 
-/// Consecutive events as one `events` row.
+/// Consecutive events as one `events` row, their bodies compressed.
 struct Chunk {
     first_seq: u64,
     count: usize,
     hashes: Vec<u8>,
-    group: Group,
+    /// The group's end offsets and compressed bodies.
+    sealed: (Vec<u8>, Vec<u8>),
 }
 
 /// The status a run has after a step that emitted `events`: set by a `run_stopped` event,
@@ -1316,19 +1331,25 @@ fn split_outcomes(input: &StepInput) -> Result<SplitInput<'_>, JournalError> {
 
 /// Each outcome's stored bytes, by agent index, in increasing index order.
 fn encode_outcomes(outcomes: &[(u32, OutcomeRecord)]) -> Result<Vec<(u32, Vec<u8>)>, JournalError> {
-    let mut encoded = outcomes
-        .iter()
-        .map(|(agent, outcome)| {
+    let mut encoded = parallel::map(
+        outcomes.iter().collect(),
+        ENCODE_PER_THREAD_MIN,
+        |(agent, outcome)| {
             serde_json::to_vec(outcome)
                 .map(|body| (*agent, body))
                 .map_err(|error| JournalError::Corrupt {
                     detail: format!("cannot encode an outcome as JSON: {error}"),
                 })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
     encoded.sort_by_key(|(agent, _)| *agent);
     Ok(encoded)
 }
+
+/// Fewest outcomes worth encoding or reading on a thread of their own.
+const ENCODE_PER_THREAD_MIN: usize = 2048;
 
 /// The agents whose outcomes are already committed for a step, and the next part number.
 struct Committed {
@@ -1378,6 +1399,32 @@ fn insert_outcomes<'o>(
     first_part: i64,
     outcomes: impl Iterator<Item = &'o (u32, Vec<u8>)>,
 ) -> Result<(), JournalError> {
+    insert_parts(tx, run, step, cycle, first_part, pack_outcomes(outcomes)?)
+}
+
+/// Inserts packed outcome parts, numbered from `first_part`.
+fn insert_parts(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    step: u64,
+    cycle: u32,
+    first_part: i64,
+    parts: Vec<PartRow>,
+) -> Result<(), JournalError> {
+    for (index, mut part) in parts.into_iter().enumerate() {
+        part.step = signed(step)?;
+        part.part = first_part.saturating_add(index as i64);
+        part.cycle = i64::from(cycle);
+        tx.insert_part(run.as_str(), &part)?;
+    }
+    Ok(())
+}
+
+/// Encoded outcomes packed into parts, each compressed (on as many cores as there are full
+/// parts); [`insert_parts`] numbers them.
+fn pack_outcomes<'o>(
+    outcomes: impl Iterator<Item = &'o (u32, Vec<u8>)>,
+) -> Result<Vec<PartRow>, JournalError> {
     let mut parts: Vec<(Vec<u8>, Group)> = Vec::new();
     for (agent, body) in outcomes {
         if !parts
@@ -1393,21 +1440,17 @@ fn insert_outcomes<'o>(
             })?;
         }
     }
-    for (index, (agents, group)) in parts.into_iter().enumerate() {
+    Ok(parallel::map(parts, 1, |(agents, group)| {
         let (ends, bodies) = group.seal();
-        tx.insert_part(
-            run.as_str(),
-            &PartRow {
-                step: signed(step)?,
-                part: first_part.saturating_add(index as i64),
-                cycle: i64::from(cycle),
-                agents,
-                ends,
-                bodies,
-            },
-        )?;
-    }
-    Ok(())
+        PartRow {
+            step: 0,
+            part: 0,
+            cycle: 0,
+            agents,
+            ends,
+            bodies,
+        }
+    }))
 }
 
 /// One stored part of outcomes, unpacked.
@@ -1423,33 +1466,41 @@ fn read_outcomes(
     tx: &mut dyn Tx,
     run: &RunId,
 ) -> Result<Result<Vec<StoredPart>, (Place, BreakReason)>, JournalError> {
-    let mut parts = Vec::new();
-    for row in tx.parts(run.as_str())? {
+    let rows = tx.parts(run.as_str())?;
+    // Parts are split only when full, so two or more are worth a thread each.
+    let unpacked = parallel::map(rows, 1, |row| {
         let step = unsigned(row.step, "step number")?;
         let unreadable = |detail: String| {
-            Err((
+            Ok(Err((
                 Place::Input { step },
                 BreakReason::Outcomes {
                     detail: format!("a stored part cannot be read: {detail}"),
                 },
-            ))
+            )))
         };
         if !row.agents.len().is_multiple_of(4) {
-            return Ok(unreadable("its agent list is cut short".to_owned()));
+            return unreadable("its agent list is cut short".to_owned());
         }
         let count = row.agents.len() / 4;
         let unpacked = match Unpacked::new(count, &row.ends, &row.bodies) {
             Ok(unpacked) => unpacked,
-            Err(detail) => return Ok(unreadable(detail)),
+            Err(detail) => return unreadable(detail),
         };
         let outcomes = agent_indices(&row.agents)
             .zip(unpacked.iter().map(<[u8]>::to_vec))
             .collect();
-        parts.push(StoredPart {
+        Ok(Ok(StoredPart {
             step,
             cycle: u32::try_from(row.cycle).unwrap_or(0),
             outcomes,
-        });
+        }))
+    });
+    let mut parts = Vec::with_capacity(unpacked.len());
+    for part in unpacked {
+        match part? {
+            Ok(part) => parts.push(part),
+            Err(broken) => return Ok(Err(broken)),
+        }
     }
     Ok(Ok(parts))
 }
@@ -1576,12 +1627,20 @@ fn attach_outcomes(
             continue;
         };
         let stored = outcomes.get(&step).map(Vec::as_slice).unwrap_or(&[]);
+        let read = parallel::map(
+            stored.iter().collect(),
+            ENCODE_PER_THREAD_MIN,
+            |(agent, body)| {
+                serde_json::from_slice::<OutcomeRecord>(body)
+                    .map(|record| (*agent, record))
+                    .map_err(|error| format!("agent {agent}'s outcome cannot be read: {error}"))
+            },
+        );
         let mut records = Vec::with_capacity(stored.len());
-        for (agent, body) in stored {
-            match serde_json::from_slice::<OutcomeRecord>(body) {
-                Ok(record) => records.push((*agent, record)),
-                Err(error) => {
-                    let detail = format!("agent {agent}'s outcome cannot be read: {error}");
+        for outcome in read {
+            match outcome {
+                Ok(outcome) => records.push(outcome),
+                Err(detail) => {
                     let at = (Place::Input { step }, BreakReason::Outcomes { detail });
                     return Err((attached, at));
                 }

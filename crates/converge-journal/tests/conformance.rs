@@ -300,7 +300,8 @@ fn round_trip(store: &Store) {
     assert_eq!(journal.header(&id).expect("header"), header());
 }
 
-/// A cycle of 5,000 agents emits more events than one stored chunk holds.
+/// A cycle of 5,000 agents emits more events than one stored chunk holds, and more outcomes
+/// than one stored part holds: both are packed (and read back) in several groups.
 fn many_events_span_chunks(store: &Store) {
     let mut journal = store.open();
     let mut engine = Engine::new();
@@ -321,6 +322,26 @@ fn many_events_span_chunks(store: &Store) {
         let tail = journal.events(&id, from).expect("reads");
         assert_eq!(tail, all[usize::try_from(from).unwrap()..], "from {from}");
     }
+    let loaded = journal.load(&id).expect("loads");
+    let cycle = loaded
+        .steps
+        .iter()
+        .find_map(|step| match &step.input {
+            StepInput::Cycle { outcomes, .. } => Some(outcomes),
+            _ => None,
+        })
+        .expect("a cycle step");
+    let agents: Vec<u32> = cycle.iter().map(|(agent, _)| *agent).collect();
+    assert_eq!(
+        agents,
+        (0..5000).collect::<Vec<u32>>(),
+        "every outcome, in agent order"
+    );
+    let recorded = recording.steps.iter().find_map(|(input, _)| match input {
+        StepInput::Cycle { outcomes, .. } => Some(outcomes),
+        _ => None,
+    });
+    assert_eq!(Some(cycle), recorded, "outcomes read back as appended");
 }
 
 fn refusals_write_nothing(store: &Store) {
