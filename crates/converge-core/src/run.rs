@@ -488,6 +488,9 @@ impl<'e> Run<'e> {
         check_complete(batch, &outcomes)?;
         let cycle = batch.cycle;
         let mut tally = Tally::default();
+        // Most outcomes emit one event (a promotion, a rejection, a failure); growing the
+        // queue once, not as they come, keeps a wide cycle from copying it over and over.
+        self.events.reserve(outcomes.len().saturating_add(1));
         for (agent, outcome) in outcomes {
             self.merge(cycle, agent, outcome, &mut tally);
         }
