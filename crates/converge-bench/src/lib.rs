@@ -32,6 +32,11 @@
 //! - `pg-runs N`: N small runs (five rule agents in a chain) submitted to a PostgreSQL journal,
 //!   then driven by 1, 2 and 4 in-process workers ([`converge_runtime::Worker`]); one line per
 //!   worker count with `runs_per_s` and what the server and the machine did per run.
+//! - `pg-serve N`: a `converge serve` replica on PostgreSQL (the built `converge` binary, as
+//!   a child process) with two `converge worker`s, N runs submitted over HTTP at 50 a second
+//!   while reads arrive at 1,000 a second in an open loop (`GET /v1/runs/{run}`, the runs
+//!   list, a run's facts); one line per endpoint with latency percentiles measured from each
+//!   request's scheduled send time.
 //!
 //! The `pg-` scenarios use the server `CONVERGE_BENCH_POSTGRES` names (a role that may create
 //! databases), or else start a throwaway cluster (which takes a few seconds, not timed). They
@@ -47,6 +52,7 @@ mod journal;
 mod latency;
 mod pg_journal;
 mod pg_runs;
+mod pg_serve;
 mod postgres;
 
 pub use pg_runs::{RunsMeasurement, SLOTS, SPEC, WORKER_COUNTS};
@@ -93,11 +99,13 @@ pub enum Scenario {
     PgJournal,
     /// Small runs submitted to PostgreSQL and driven by 1, 2 and 4 workers.
     PgRuns,
+    /// Reads of a server replica on PostgreSQL while workers drive runs submitted to it.
+    PgServe,
 }
 
 impl Scenario {
     /// Every scenario, in the order usage lists them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::ChainId,
         Scenario::ChainCount,
         Scenario::Fanout,
@@ -106,6 +114,7 @@ impl Scenario {
         Scenario::Journal,
         Scenario::PgJournal,
         Scenario::PgRuns,
+        Scenario::PgServe,
     ];
 
     /// The scenarios that need nothing outside this process.
@@ -129,6 +138,7 @@ impl Scenario {
             Scenario::Journal => "journal",
             Scenario::PgJournal => "pg-journal",
             Scenario::PgRuns => "pg-runs",
+            Scenario::PgServe => "pg-serve",
         }
     }
 
@@ -148,7 +158,7 @@ impl Scenario {
                 facts: latency::LAYERS * n,
             },
             // Per run; the runs are checked by the scenario itself.
-            Scenario::PgRuns => Expected {
+            Scenario::PgRuns | Scenario::PgServe => Expected {
                 cycles: 5,
                 facts: 5,
             },
@@ -183,7 +193,7 @@ impl Scenario {
             // Async agents live in the runtime, not in the engine; see `run_scenario`.
             Scenario::Latency | Scenario::LatencyJournal => {}
             // Its runs are built from a job spec by the workers.
-            Scenario::PgRuns => {}
+            Scenario::PgRuns | Scenario::PgServe => {}
         }
         Ok(engine)
     }
@@ -419,7 +429,7 @@ fn run_scenario(scenario: Scenario, n: usize) -> Result<Ran, BenchError> {
                 ..ran(run.result, run.elapsed)
             })
         }
-        Scenario::PgRuns => Err(BenchError::Several { scenario }),
+        Scenario::PgRuns | Scenario::PgServe => Err(BenchError::Several { scenario }),
         _ => {
             let mut engine = engine;
             let start = Instant::now();
@@ -473,6 +483,10 @@ pub fn lines(scenario: Scenario, n: usize) -> Result<Vec<String>, BenchError> {
             .iter()
             .map(RunsMeasurement::json_line)
             .collect());
+    }
+    if scenario == Scenario::PgServe {
+        check_n(n)?;
+        return pg_serve::measure(n);
     }
     measure(scenario, n).map(|measurement| vec![measurement.json_line()])
 }

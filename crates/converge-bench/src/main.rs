@@ -26,6 +26,9 @@ scenarios:
   pg-journal N   journal N on PostgreSQL (synchronous_commit=on, fsync on)
   pg-runs N      N small runs submitted to PostgreSQL, driven by 1, 2 and 4 workers
                  (one line per worker count)
+  pg-serve N     reads at 1,000/s of `converge serve` on PostgreSQL while N runs are
+                 submitted to it at 50/s and driven by two `converge worker`s (one line
+                 per endpoint; needs the `converge` binary beside this one or in CONVERGE_BIN)
   all            chain-id 1000, chain-id 2000, chain-count 4000, fanout 10000, fanout 100000,
                  latency 16, latency-journal 16, journal 100000 (not the pg- scenarios)
 

@@ -814,6 +814,19 @@ pub trait Journal {
     /// One run's summary.
     fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError>;
 
+    /// The summaries of `runs`, in their order, `None` for a run the journal does not hold:
+    /// what a listing shows. A backend reads them all in one read (one snapshot, one trip
+    /// to its storage's thread) rather than one read per run; this default asks each.
+    fn summaries(&self, runs: &[RunId]) -> Result<Vec<Option<RunSummary>>, JournalError> {
+        runs.iter()
+            .map(|run| match self.summary(run) {
+                Ok(summary) => Ok(Some(summary)),
+                Err(JournalError::UnknownRun { .. }) => Ok(None),
+                Err(error) => Err(error),
+            })
+            .collect()
+    }
+
     /// What one run was created with, without reading its steps.
     fn header(&self, run: &RunId) -> Result<RunHeader, JournalError>;
 
@@ -934,6 +947,10 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         (**self).summary(run)
     }
 
+    fn summaries(&self, runs: &[RunId]) -> Result<Vec<Option<RunSummary>>, JournalError> {
+        (**self).summaries(runs)
+    }
+
     fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
         (**self).header(run)
     }
@@ -1032,6 +1049,10 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
 
     fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
         (**self).summary(run)
+    }
+
+    fn summaries(&self, runs: &[RunId]) -> Result<Vec<Option<RunSummary>>, JournalError> {
+        (**self).summaries(runs)
     }
 
     fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {

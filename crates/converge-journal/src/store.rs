@@ -788,6 +788,14 @@ macro_rules! journal_through_backend {
                 self.read(move |tx| $crate::store::summary(tx, &run))
             }
 
+            fn summaries(
+                &self,
+                runs: &[$crate::RunId],
+            ) -> Result<Vec<Option<$crate::RunSummary>>, $crate::JournalError> {
+                let runs = runs.to_vec();
+                self.read(move |tx| $crate::store::summaries(tx, &runs))
+            }
+
             fn header(
                 &self,
                 run: &$crate::RunId,
@@ -837,6 +845,16 @@ pub(crate) use journal_through_backend;
 /// One run's summary.
 pub(crate) fn summary(tx: &mut dyn Tx, run: &RunId) -> Result<RunSummary, JournalError> {
     read_run(tx, run)?.summary()
+}
+
+/// The summaries of `runs`, in their order, in one read; `None` for a run not held.
+pub(crate) fn summaries(
+    tx: &mut dyn Tx,
+    runs: &[RunId],
+) -> Result<Vec<Option<RunSummary>>, JournalError> {
+    runs.iter()
+        .map(|run| tx.run(run.as_str())?.map(|row| row.summary()).transpose())
+        .collect()
 }
 
 /// What one run was created with.

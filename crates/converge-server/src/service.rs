@@ -57,6 +57,15 @@ pub(crate) struct Slot {
     driving: AtomicBool,
     events: Mutex<Vec<Arc<EventEntry>>>,
     view: Mutex<Option<(u64, Arc<Inspection>)>>,
+    /// What the run's job goes by, once read: a header never changes.
+    job: std::sync::OnceLock<JobNames>,
+}
+
+/// What a run's job goes by: its name and its objective, as far as its header says.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JobNames {
+    pub(crate) name: Option<String>,
+    pub(crate) objective: Option<String>,
 }
 
 /// One committed event, ready to send.
@@ -160,6 +169,7 @@ impl Service {
                     driving: AtomicBool::new(false),
                     events: Mutex::new(Vec::new()),
                     view: Mutex::new(None),
+                    job: std::sync::OnceLock::new(),
                 })
             })
             .clone()
@@ -205,6 +215,25 @@ impl Service {
             })
             .map_err(ApiError::internal)?;
         Ok(())
+    }
+
+    /// The run's job name and objective: read from its header the first time (a run is
+    /// listed whether or not its header can be read), then kept, since a header never
+    /// changes once written.
+    pub(crate) fn job_names(&self, journal: &(impl Journal + ?Sized), run: &RunId) -> JobNames {
+        let slot = self.slot(run);
+        if let Some(names) = slot.job.get() {
+            return names.clone();
+        }
+        let Ok(header) = journal.header(run) else {
+            return JobNames::default();
+        };
+        slot.job
+            .get_or_init(|| JobNames {
+                name: converge_runtime::spec::JobSpec::name_of_run(&header),
+                objective: converge_runtime::spec::JobSpec::objective_of_run(&header),
+            })
+            .clone()
     }
 
     /// The journal summary of a run.

@@ -18,8 +18,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
-use converge_runtime::spec::JobSpec;
-use converge_runtime::{Journal, RunId, RunStatus, RunSummary};
+use converge_runtime::{RunStatus, RunSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -27,7 +26,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Action, Principal};
 use crate::error::ApiError;
 use crate::schema;
-use crate::service::{EventEntry, Service, journal_error, owned};
+use crate::service::{EventEntry, JobNames, Service, journal_error, owned};
 use crate::store::Ownership;
 
 pub(super) type Api = State<Arc<Service>>;
@@ -263,32 +262,14 @@ pub(super) async fn view_of(
 ) -> Result<RunView, ApiError> {
     let driving = service.driving(&owner.run);
     let run = owner.run.clone();
+    let reader = service.clone();
     let (summary, job) = service
         .journal(move |journal| {
             let summary = journal.summary(&run).map_err(journal_error)?;
-            Ok((summary, job_of(journal, &run)))
+            Ok((summary, reader.job_names(journal, &run)))
         })
         .await?;
     Ok(run_view(driving, owner, &summary, job))
-}
-
-/// What a run's job goes by: its name and its objective.
-#[derive(Debug, Default)]
-pub(super) struct JobNames {
-    name: Option<String>,
-    objective: Option<String>,
-}
-
-/// The run's job name and objective, as far as its header says (a run is listed whether or
-/// not its header can be read).
-pub(super) fn job_of(journal: &(impl Journal + ?Sized), run: &RunId) -> JobNames {
-    let Ok(header) = journal.header(run) else {
-        return JobNames::default();
-    };
-    JobNames {
-        name: JobSpec::name_of_run(&header),
-        objective: JobSpec::objective_of_run(&header),
-    }
 }
 
 /// Encoded events as the inside of a JSON array.

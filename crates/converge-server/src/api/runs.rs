@@ -20,9 +20,7 @@ use crate::schema;
 use crate::service::{self, Op, Service, build_error, journal_error};
 use crate::store::{Ownership, StoreError, now_ms};
 
-use super::{
-    Api, Drive, Params, Read, Run, RunView, authorize, job_of, page_limit, run_view, view_of,
-};
+use super::{Api, Drive, Params, Read, Run, RunView, authorize, page_limit, run_view, view_of};
 
 /// A page of a tenant's runs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -354,21 +352,21 @@ pub(crate) async fn list(
                 .map(|last| format!("{}.{}", last.submitted_ms, last.id))
         })
         .flatten();
+    // One read of the journal for the whole page: every summary from one snapshot.
     let reader = service.clone();
     let views = service
         .journal(move |journal| {
+            let runs: Vec<RunId> = owners.iter().map(|owner| owner.run.clone()).collect();
+            // Whether each is driven here, before its summary (see `run_view`).
+            let driving: Vec<bool> = runs.iter().map(|run| reader.driving(run)).collect();
+            let summaries =
+                converge_runtime::Journal::summaries(journal, &runs).map_err(journal_error)?;
             let mut views = Vec::with_capacity(owners.len());
-            for owner in &owners {
-                let driving = reader.driving(&owner.run);
-                match converge_runtime::Journal::summary(journal, &owner.run) {
-                    Ok(summary) => {
-                        let job = job_of(journal, &owner.run);
-                        views.push(run_view(driving, owner, &summary, job));
-                    }
-                    // Claimed but never created (its submission failed mid-way).
-                    Err(converge_runtime::JournalError::UnknownRun { .. }) => {}
-                    Err(error) => return Err(journal_error(error)),
-                }
+            for ((owner, summary), driving) in owners.iter().zip(summaries).zip(driving) {
+                // Claimed but never created (its submission failed mid-way): not listed.
+                let Some(summary) = summary else { continue };
+                let job = reader.job_names(journal, &owner.run);
+                views.push(run_view(driving, owner, &summary, job));
             }
             Ok(views)
         })

@@ -2,11 +2,15 @@
 //! every replica of a server sees the same tokens, tenants, runs and decisions.
 //!
 //! The synchronous client blocks on a runtime of its own, so a connection is only ever used
-//! from a blocking thread (the service runs every store call on one).
+//! from a blocking thread (the service runs every store call on one). Each statement is
+//! prepared once per connection and kept: a read is then one round trip to the database,
+//! not two (prepare, then execute), which is most of its cost.
+
+use std::collections::HashMap;
 
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
 use converge_runtime::PostgresJournal;
 
@@ -55,6 +59,8 @@ CREATE INDEX IF NOT EXISTS server_decisions_by_run ON converge.server_decisions 
 pub(crate) struct PostgresTables {
     config: postgres::Config,
     client: Option<Client>,
+    /// The statements prepared on `client`, by their text (a handful: the store's own).
+    statements: HashMap<String, Statement>,
     place: String,
 }
 
@@ -91,6 +97,7 @@ impl PostgresTables {
         Ok(PostgresTables {
             config,
             client: None,
+            statements: HashMap::new(),
             place,
         })
     }
@@ -98,6 +105,7 @@ impl PostgresTables {
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
+            self.statements.clear();
             let client = self
                 .config
                 .connect(NoTls)
@@ -113,24 +121,55 @@ impl PostgresTables {
         &mut self,
         sql: &str,
         params: &[Value<'_>],
-        op: impl Fn(&mut Client, &str, &[&(dyn ToSql + Sync)]) -> Result<T, postgres::Error>,
+        op: impl Fn(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let owned: Vec<Param<'_>> = params.iter().map(|value| Param(*value)).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = owned
             .iter()
             .map(|param| param as &(dyn ToSql + Sync))
             .collect();
-        let first = op(self.client()?, sql, &refs);
+        let first = self.attempt(sql, &refs, &op)?;
         match first {
             Ok(value) => Ok(value),
             // A read on a connection the database closed (it restarted) is tried once more
             // on a new one; a write is not, since it may have committed.
             Err(error) if self.client.as_ref().is_some_and(Client::is_closed) && reads(sql) => {
                 drop(error);
-                op(self.client()?, sql, &refs).map_err(|source| database(&self.place, source))
+                self.attempt(sql, &refs, &op)?
+                    .map_err(|source| database(&self.place, source))
             }
             Err(source) => Err(database(&self.place, source)),
         }
+    }
+
+    /// Runs `op` with `sql`'s statement, prepared on this connection the first time.
+    fn attempt<T>(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        op: &impl Fn(&mut Client, &Statement, &[&(dyn ToSql + Sync)]) -> Result<T, postgres::Error>,
+    ) -> Result<Result<T, postgres::Error>, StoreError> {
+        self.client()?;
+        let PostgresTables {
+            client,
+            statements,
+            place,
+            ..
+        } = self;
+        let client = client
+            .as_mut()
+            .ok_or_else(|| StoreError::Invalid(format!("the connection to {place} is gone")))?;
+        let statement = match statements.get(sql) {
+            Some(statement) => statement.clone(),
+            None => match client.prepare(sql) {
+                Ok(statement) => {
+                    statements.insert(sql.to_owned(), statement.clone());
+                    statement
+                }
+                Err(error) => return Ok(Err(error)),
+            },
+        };
+        Ok(op(client, &statement, params))
     }
 }
 
@@ -182,13 +221,15 @@ impl ToSql for Param<'_> {
 
 impl Sql for PostgresTables {
     fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
-        self.run(sql, params, |client, sql, params| {
-            client.execute(sql, params)
+        self.run(sql, params, |client, statement, params| {
+            client.execute(statement, params)
         })
     }
 
     fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError> {
-        let rows = self.run(sql, params, |client, sql, params| client.query(sql, params))?;
+        let rows = self.run(sql, params, |client, statement, params| {
+            client.query(statement, params)
+        })?;
         rows.iter().map(|row| cells(row, &self.place)).collect()
     }
 
