@@ -244,8 +244,8 @@ fn drive(location: &Location, workers: u16) -> Result<Arc<Counts>, BenchError> {
             }
         })
     };
-    let build: converge_runtime::Build = Arc::new(|journal, run| {
-        job::runtime_of(journal, run, Calls::Offline).map_err(|error| error.to_string())
+    let build: converge_runtime::Build = Arc::new(|header, run| {
+        job::runtime_of_header(header, run, Calls::Offline).map_err(|error| error.to_string())
     });
     let started: Vec<Worker> = (0..workers)
         .map(|index| {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use converge_core::StopReason;
 use converge_runtime::{Holder, Location, Report, Worker, WorkerConfig};
 
-use crate::job::{self, Calls};
+use crate::job::Calls;
 use crate::{CliError, exit, show};
 
 /// Runs the worker until it is told to stop (or, with `--until-idle`, until no run is left).
@@ -37,11 +37,12 @@ pub(crate) fn work(
         until_idle: args.until_idle,
     };
     let providers: Option<PathBuf> = providers.map(Path::to_path_buf);
-    let build = Arc::new(move |journal: &dyn converge_runtime::Journal, run: &_| {
+    let build = Arc::new(move |header: &converge_runtime::RunHeader, run: &_| {
         let calls = Calls::Live {
             providers: providers.as_deref(),
         };
-        job::runtime_of(journal, run, calls).map_err(|error| error.to_string())
+        converge_server::job::runtime_of_header(header, run, calls)
+            .map_err(|error| error.to_string())
     });
     let worker = Worker::start(&config, build, Arc::new(|report| say(words(&report))))
         .map_err(|error| CliError::Other(error.to_string()))?;

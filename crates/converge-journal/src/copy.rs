@@ -207,6 +207,7 @@ fn write(tx: &mut dyn Tx, stored: &StoredRun) -> Result<(), JournalError> {
             record_hash: row.record_hash.clone(),
             status: &row.status,
             stop_reason: row.stop_reason.as_deref(),
+            release: None,
         },
     )
 }

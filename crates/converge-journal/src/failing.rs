@@ -2,17 +2,19 @@
 //!
 //! It exists so tests (of this crate and of drivers built on it) can check that a run stops
 //! with an error and leaves a journal that still verifies, whichever write fails. It injects
-//! nothing but failures of [`Journal::append`] and [`Journal::commit_outcomes`] and is not
+//! nothing but failures of [`Journal::append`], [`Journal::append_steps`] and
+//! [`Journal::commit_outcomes`] and is not
 //! meant for production use.
 
 use converge_core::EventBatch;
 
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
 use crate::{
-    Holder, Journal, JournalError, Lease, RecordedRun, RunId, RunSummary, StoredEvent, Verification,
+    AfterSteps, Holder, Journal, JournalError, Lease, PendingStep, RecordedRun, RunId, RunSummary,
+    StoredEvent, Verification,
 };
 
-/// Fault injection for tests: a journal whose `k`-th record write — [`Journal::append`] or
+/// Fault injection for tests: a journal whose `k`-th record write — [`Journal::append`], [`Journal::append_steps`] or
 /// [`Journal::commit_outcomes`] call, 0-based, counted across runs — fails with
 /// [`JournalError::Injected`]. Every other call goes through.
 ///
@@ -146,6 +148,22 @@ impl<J: Journal> Journal for FailingJournal<J> {
         };
         if self.write_first {
             self.inner.append(lease, step, input, events)?;
+        }
+        Err(JournalError::Injected { call })
+    }
+
+    fn append_steps(
+        &mut self,
+        lease: &Lease,
+        first: u64,
+        steps: &[PendingStep],
+        after: AfterSteps,
+    ) -> Result<(), JournalError> {
+        let Some(call) = self.count() else {
+            return self.inner.append_steps(lease, first, steps, after);
+        };
+        if self.write_first {
+            self.inner.append_steps(lease, first, steps, after)?;
         }
         Err(JournalError::Injected { call })
     }

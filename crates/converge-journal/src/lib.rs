@@ -339,6 +339,25 @@ pub struct RecordedRun {
     pub lease: Option<(Holder, u64)>,
 }
 
+/// One step for [`Journal::append_steps`]: its input and the events the core emitted taking
+/// it.
+#[derive(Debug)]
+pub struct PendingStep {
+    /// What the driver fed the core.
+    pub input: StepInput,
+    /// What the core emitted for it.
+    pub events: EventBatch,
+}
+
+/// What happens to the lease once [`Journal::append_steps`] has committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterSteps {
+    /// The writer keeps driving the run.
+    KeepLease,
+    /// The drive ends: the lease is given up in the same transaction.
+    Release,
+}
+
 /// Agent outcomes committed ahead of their cycle's step ([`Journal::commit_outcomes`]).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -808,6 +827,23 @@ pub trait Journal {
         events: &EventBatch,
     ) -> Result<(), JournalError>;
 
+    /// Commits consecutive steps of one run, from step `first` on, in one transaction: all
+    /// of them or none. Each is checked as [`Journal::append`] checks it, against the record
+    /// the steps before it leave; the run's heads and status are those after the last. With
+    /// [`AfterSteps::Release`] the lease is given up in the same transaction
+    /// ([`Journal::release`]), so a drive that ends costs one commit. No steps and
+    /// [`AfterSteps::Release`] only releases.
+    ///
+    /// This is how a driver commits the steps of agents that act on nothing outside the run
+    /// together: what a crash leaves is still a prefix of the run's steps, whole.
+    fn append_steps(
+        &mut self,
+        lease: &Lease,
+        first: u64,
+        steps: &[PendingStep],
+        after: AfterSteps,
+    ) -> Result<(), JournalError>;
+
     /// Every run, in creation order.
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError>;
 
@@ -939,6 +975,16 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         (**self).append(lease, step, input, events)
     }
 
+    fn append_steps(
+        &mut self,
+        lease: &Lease,
+        first: u64,
+        steps: &[PendingStep],
+        after: AfterSteps,
+    ) -> Result<(), JournalError> {
+        (**self).append_steps(lease, first, steps, after)
+    }
+
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
         (**self).runs()
     }
@@ -1041,6 +1087,16 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
         events: &EventBatch,
     ) -> Result<(), JournalError> {
         (**self).append(lease, step, input, events)
+    }
+
+    fn append_steps(
+        &mut self,
+        lease: &Lease,
+        first: u64,
+        steps: &[PendingStep],
+        after: AfterSteps,
+    ) -> Result<(), JournalError> {
+        (**self).append_steps(lease, first, steps, after)
     }
 
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {

@@ -25,6 +25,7 @@ use crate::link::{header_link, input_link, outcomes_digest, step_link};
 use crate::pack::{Group, Unpacked};
 use crate::parallel;
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
+use crate::{AfterSteps, PendingStep};
 use crate::{
     BreakReason, JournalError, OpenCycle, Place, RecordedRun, RecordedStep, RunId, RunStatus,
     RunSummary, StoredEvent, Verification,
@@ -81,6 +82,9 @@ pub(crate) struct NewHead<'a> {
     pub(crate) record_hash: String,
     pub(crate) status: &'a str,
     pub(crate) stop_reason: Option<&'a str>,
+    /// The token of the lease given up with the new head (checked under the row's lock
+    /// earlier in the transaction), if it is.
+    pub(crate) release: Option<&'a str>,
 }
 
 /// The row operations of one transaction. Numbers are SQL integers; the rules above check
@@ -156,7 +160,7 @@ pub(crate) trait Tx {
     fn insert_step(&mut self, run: &str, step: &NewStep<'_>) -> Result<(), JournalError>;
     /// Inserts one chunk of events.
     fn insert_chunk(&mut self, run: &str, chunk: &ChunkRow<'_>) -> Result<(), JournalError>;
-    /// Moves the run's heads and status.
+    /// Moves the run's heads and status, and clears the lease when the head says so.
     fn advance(&mut self, run: &str, head: &NewHead<'_>) -> Result<(), JournalError>;
 }
 
@@ -489,6 +493,105 @@ pub(crate) struct Append {
     stop_reason: Option<String>,
 }
 
+/// Where a run's record stands inside a write transaction, as the steps written so far in
+/// it left it: what the next step must continue, and the head the run is advanced to.
+struct Tip {
+    steps: u64,
+    events: u64,
+    /// The event chain's head.
+    root: Digest,
+    /// The record chain's head: the last step's link, or the header's link.
+    previous: Digest,
+    status: String,
+    stop_reason: Option<String>,
+}
+
+impl Tip {
+    /// Where the run's row stands.
+    fn of(row: &RunRow) -> Result<Tip, JournalError> {
+        let head = row.head()?;
+        let previous = if head.steps == 0 {
+            row.digest(&row.header_link, "header link")?
+        } else {
+            row.digest(&row.record_hash, "record hash")?
+        };
+        Ok(Tip {
+            steps: head.steps,
+            events: head.events,
+            root: head.root,
+            previous,
+            status: row.status.clone(),
+            stop_reason: row.stop_reason.clone(),
+        })
+    }
+
+    fn new_head(&self) -> Result<NewHead<'_>, JournalError> {
+        Ok(NewHead {
+            steps: signed(self.steps)?,
+            events: signed(self.events)?,
+            root_hash: self.root.to_string(),
+            record_hash: self.previous.to_string(),
+            status: &self.status,
+            stop_reason: self.stop_reason.as_deref(),
+            release: None,
+        })
+    }
+}
+
+/// Consecutive steps of one run, prepared for one transaction: [`crate::Journal::append_steps`].
+pub(crate) struct Appends {
+    lease: Lease,
+    appends: Vec<Append>,
+    /// Whether the lease is given up in the same transaction.
+    release: bool,
+}
+
+impl Appends {
+    pub(crate) fn prepare(
+        lease: &Lease,
+        first: u64,
+        steps: &[PendingStep],
+        after: AfterSteps,
+    ) -> Result<Appends, JournalError> {
+        let appends = steps
+            .iter()
+            .zip(first..)
+            .map(|(pending, step)| Append::prepare(lease, step, &pending.input, &pending.events))
+            .collect::<Result<_, _>>()?;
+        Ok(Appends {
+            lease: lease.clone(),
+            appends,
+            release: after == AfterSteps::Release,
+        })
+    }
+
+    /// Locks the run's row once, checks the lease once, writes every step in order (each
+    /// checked against the record the ones before it left) and the run's last head, then
+    /// gives the lease up if asked: all of it or, on any refusal or failure, none.
+    pub(crate) fn commit(self, tx: &mut dyn Tx) -> Result<(), JournalError> {
+        let run = self.lease.run.clone();
+        let row = read_run(tx, &run)?;
+        row.check_lease(&self.lease)?;
+        let mut tip = Tip::of(&row)?;
+        let wrote = !self.appends.is_empty();
+        for (index, append) in self.appends.into_iter().enumerate() {
+            append.write(tx, &row, &mut tip, index == 0)?;
+        }
+        let token = self.release.then_some(self.lease.token.as_str());
+        if wrote {
+            // The lease goes with the last head: one statement fewer.
+            let head = NewHead {
+                release: token,
+                ..tip.new_head()?
+            };
+            tx.advance(run.as_str(), &head)?;
+        } else if let Some(token) = token {
+            tx.clear_lease(run.as_str(), token)?;
+        }
+        Ok(())
+    }
+}
+
 impl Append {
     pub(crate) fn prepare(
         lease: &Lease,
@@ -539,23 +642,47 @@ impl Append {
         })
     }
 
+    /// Commits the step alone: [`crate::Journal::append`].
     pub(crate) fn commit(self, tx: &mut dyn Tx) -> Result<(), JournalError> {
+        let lease = self.lease.clone();
+        Appends {
+            lease,
+            appends: vec![self],
+            release: false,
+        }
+        .commit(tx)
+    }
+
+    /// Writes the step's rows after the steps `tip` stands at, and moves `tip` past it.
+    /// Only the transaction's first step can have outcomes committed ahead (they are
+    /// committed for the run's next step only), so only its are read.
+    fn write(
+        self,
+        tx: &mut dyn Tx,
+        row: &RunRow,
+        tip: &mut Tip,
+        first: bool,
+    ) -> Result<(), JournalError> {
         let run = &self.lease.run;
         let step = self.step;
-        let row = read_run(tx, run)?;
-        row.check_lease(&self.lease)?;
-        let head = row.head()?;
-        self.check(&row, &head)?;
-        let previous = if step == 0 {
-            row.digest(&row.header_link, "header link")?
-        } else {
-            row.digest(&row.record_hash, "record hash")?
+        self.check(row, tip)?;
+        let input_link = input_link(
+            tip.previous,
+            step,
+            self.kind,
+            &self.stored_input,
+            self.digest,
+        );
+        let next_seq = tip.events + self.count;
+        let link = step_link(input_link, tip.events, self.count, self.head);
+        let committed = match first {
+            true => committed_agents(tx, run, step, self.cycle)?,
+            false => Committed {
+                agents: BTreeSet::new(),
+                next_part: 0,
+            },
         };
-        let input_link = input_link(previous, step, self.kind, &self.stored_input, self.digest);
-        let next_seq = head.events + self.count;
-        let link = step_link(input_link, head.events, self.count, self.head);
         if let Some(cycle) = self.cycle {
-            let committed = committed_agents(tx, run, step, Some(cycle))?;
             if committed.agents.is_empty() {
                 insert_parts(tx, run, step, cycle, committed.next_part, self.parts)?;
             } else {
@@ -565,7 +692,7 @@ impl Append {
                     .filter(|(agent, _)| !committed.agents.contains(agent));
                 insert_outcomes(tx, run, step, cycle, committed.next_part, fresh)?;
             }
-        } else if !committed_agents(tx, run, step, None)?.agents.is_empty() {
+        } else if !committed.agents.is_empty() {
             return Err(JournalError::InvalidStep {
                 run: run.clone(),
                 step,
@@ -578,7 +705,7 @@ impl Append {
                 step: signed(step)?,
                 kind: self.kind,
                 input: &self.stored_input,
-                first_seq: signed(head.events)?,
+                first_seq: signed(tip.events)?,
                 events: signed(self.count)?,
                 input_link,
                 link,
@@ -598,27 +725,25 @@ impl Append {
                 },
             )?;
         }
-        tx.advance(
-            run.as_str(),
-            &NewHead {
-                steps: signed(step + 1)?,
-                events: signed(next_seq)?,
-                root_hash: self.head.to_string(),
-                record_hash: link.to_string(),
-                status: self.status,
-                stop_reason: self.stop_reason.as_deref(),
-            },
-        )
+        *tip = Tip {
+            steps: step + 1,
+            events: next_seq,
+            root: self.head,
+            previous: link,
+            status: self.status.to_owned(),
+            stop_reason: self.stop_reason,
+        };
+        Ok(())
     }
 
     /// Checks everything about the step that does not depend on storage beyond the run's
     /// row: the run is not stopped (unless the step retries its failed agents), the step is
     /// its next one, a start is step 0 with the run's header, and the events continue its
     /// chain.
-    fn check(&self, row: &RunRow, head: &Head) -> Result<(), JournalError> {
+    fn check(&self, row: &RunRow, head: &Tip) -> Result<(), JournalError> {
         let run = &self.lease.run;
         let step = self.step;
-        if row.status == "stopped" && !self.retry {
+        if head.status == "stopped" && !self.retry {
             return Err(JournalError::RunStopped { run: run.clone() });
         }
         if step != head.steps {
@@ -774,6 +899,17 @@ macro_rules! journal_through_backend {
             ) -> Result<(), $crate::JournalError> {
                 let append = $crate::store::Append::prepare(lease, step, input, events)?;
                 self.write(move |tx| append.commit(tx))
+            }
+
+            fn append_steps(
+                &mut self,
+                lease: &$crate::Lease,
+                first: u64,
+                steps: &[$crate::PendingStep],
+                after: $crate::AfterSteps,
+            ) -> Result<(), $crate::JournalError> {
+                let appends = $crate::store::Appends::prepare(lease, first, steps, after)?;
+                self.write(move |tx| appends.commit(tx))
             }
 
             fn runs(&self) -> Result<Vec<$crate::RunSummary>, $crate::JournalError> {

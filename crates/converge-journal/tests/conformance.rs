@@ -23,9 +23,9 @@ use converge_core::{
     Digest, Engine, EventBatch, Retry, Run, Step, StopReason, ValidationPolicy, execute_isolated,
 };
 use converge_journal::{
-    FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News, Place,
-    PostgresJournal, RunHeader, RunId, RunStatus, SQLITE_POLL, SqliteJournal, StepInput,
-    Verification, Wakeups, wall_clock_ms,
+    AfterSteps, FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News,
+    PendingStep, Place, PostgresJournal, RunHeader, RunId, RunStatus, SQLITE_POLL, SqliteJournal,
+    StepInput, Verification, Wakeups, wall_clock_ms,
 };
 use serde_json::json;
 
@@ -660,6 +660,120 @@ fn injected_failures(store: &Store) {
     );
 }
 
+/// Steps committed together ([`Journal::append_steps`]): the same record as one by one, all
+/// or nothing, fenced by the lease, and the lease given up in the same transaction.
+fn steps_commit_together(store: &Store) {
+    let mut journal = store.open();
+    let one_by_one = run_id("one-by-one");
+    let (recording, outcome) = record(journal.as_mut(), &one_by_one);
+    outcome.expect("recorded");
+    let steps: Vec<PendingStep> = recording
+        .steps
+        .iter()
+        .map(|(input, events)| PendingStep {
+            input: input.clone(),
+            events: events.clone(),
+        })
+        .collect();
+    assert!(steps.len() >= 4, "the scenario has several steps");
+
+    let id = run_id("together");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .expect("created");
+    // Out of place (the second step first), or a step out of order in the middle: refused,
+    // nothing written.
+    let refused = journal.append_steps(&lease, 1, &steps[1..], AfterSteps::KeepLease);
+    assert!(
+        matches!(refused, Err(JournalError::OutOfOrder { .. })),
+        "{refused:?}"
+    );
+    let mut shuffled: Vec<PendingStep> = steps
+        .iter()
+        .map(|step| PendingStep {
+            input: step.input.clone(),
+            events: step.events.clone(),
+        })
+        .collect();
+    shuffled.swap(1, 2);
+    let refused = journal.append_steps(&lease, 0, &shuffled, AfterSteps::KeepLease);
+    assert!(refused.is_err(), "a step that does not continue the chain");
+    assert_eq!(journal.summary(&id).expect("summary").steps, 0);
+
+    // The first two alone, then the rest with the lease given up: the record of the run
+    // appended step by step.
+    journal
+        .append_steps(&lease, 0, &steps[..2], AfterSteps::KeepLease)
+        .expect("two steps");
+    assert_eq!(journal.summary(&id).expect("summary").steps, 2);
+    journal
+        .append_steps(&lease, 2, &steps[2..], AfterSteps::Release)
+        .expect("the rest");
+    let together = journal.load(&id).expect("loads");
+    let reference = journal.load(&one_by_one).expect("loads");
+    assert_eq!(together.steps, reference.steps, "the same steps");
+    assert_eq!(together.root_hash, reference.root_hash);
+    let (events, root) = intact(journal.as_ref(), &id);
+    assert_eq!((events, root), intact(journal.as_ref(), &one_by_one));
+    let summary = journal.summary(&id).expect("summary");
+    assert_eq!(summary.lease, None, "given up with the last steps");
+    assert!(
+        matches!(summary.status, RunStatus::Stopped { .. }),
+        "{:?}",
+        summary.status
+    );
+
+    // A writer whose lease was taken commits nothing, however many steps it holds.
+    let fenced = run_id("fenced");
+    let mut theirs = store.open();
+    let lost = journal
+        .create_run(&fenced, &header(), &holder(), 0)
+        .expect("created");
+    let taken = theirs.preempt(&fenced, &elsewhere(), 0).expect("preempted");
+    let refused = journal.append_steps(&lost, 0, &steps, AfterSteps::Release);
+    assert!(
+        matches!(refused, Err(JournalError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    let summary = theirs.summary(&fenced).expect("summary");
+    assert_eq!(summary.steps, 0);
+    assert_eq!(
+        summary.lease.map(|(holder, _)| holder),
+        Some(elsewhere()),
+        "the lost lease's release let nothing go"
+    );
+    // No steps and a release: only the lease is given up.
+    theirs
+        .append_steps(&taken, 0, &[], AfterSteps::Release)
+        .expect("released");
+    assert_eq!(theirs.summary(&fenced).expect("summary").lease, None);
+    journal
+        .acquire(&fenced, &holder(), 0)
+        .expect("free once given up");
+
+    // A failed write of several steps is one write, and leaves all of them or none.
+    for after in [false, true] {
+        let id = run_id(&format!("failing-{after}"));
+        let inner = store.open();
+        let mut failing = if after {
+            FailingJournal::after_write(inner, 0)
+        } else {
+            FailingJournal::new(inner, 0)
+        };
+        let lease = failing
+            .create_run(&id, &header(), &holder(), 0)
+            .expect("created");
+        let failed = failing.append_steps(&lease, 0, &steps, AfterSteps::Release);
+        assert!(matches!(failed, Err(JournalError::Injected { call: 0 })));
+        assert_eq!(failing.writes(), 1);
+        let journal = failing.into_inner();
+        let stored = journal.summary(&id).expect("summary");
+        let committed = if after { steps.len() as u64 } else { 0 };
+        assert_eq!(stored.steps, committed, "after: {after}");
+        intact(journal.as_ref(), &id);
+    }
+}
+
 fn concurrent_writers(store: &Store) {
     let threads: Vec<_> = (0..4)
         .map(|index| {
@@ -1167,6 +1281,7 @@ const CASES: &[Case] = &[
     ("a_live_lease_is_preempted", a_live_lease_is_preempted),
     ("outcomes_ahead_of_their_step", outcomes_ahead_of_their_step),
     ("injected_failures", injected_failures),
+    ("steps_commit_together", steps_commit_together),
     ("concurrent_writers", concurrent_writers),
     ("racing_takeovers", racing_takeovers),
     ("edits_are_named", edits_are_named),

@@ -28,10 +28,10 @@ use crate::agent::{AsyncAgent, AsyncStandIn};
 use crate::cancel::{Cancel, Cancellation};
 use crate::clock::{Clock, SystemClock};
 use crate::durable::{
-    DurableError, HaltRecord, Inspection, Live, Position, ReplayReport, awaiting, header_of,
-    inspect, redrive, replay,
+    Commit, DurableError, HaltRecord, Inspection, Live, Position, ReplayReport, awaiting,
+    header_of, inspect, redrive, replay,
 };
-use converge_journal::{Holder, Journal, Lease, OpenCycle, RunId, wall_clock_ms};
+use converge_journal::{Holder, Journal, Lease, OpenCycle, RecordedRun, RunId, wall_clock_ms};
 use converge_journal::{JobRecord, StepInput};
 
 /// How the async driver executes batches.
@@ -80,6 +80,8 @@ pub struct Runtime {
     job: Option<JobRecord>,
     cancel: Cancel,
     holder: Holder,
+    /// The agents declared pure ([`Runtime::declare_pure`]).
+    pure: BTreeSet<AgentId>,
 }
 
 impl Runtime {
@@ -95,7 +97,25 @@ impl Runtime {
             job: None,
             cancel: Cancel::new(),
             holder: Holder::this_process("converge-runtime"),
+            pure: BTreeSet::new(),
         }
+    }
+
+    /// Declares that `agent` acts on nothing outside the run: its execution reads only the
+    /// context, calls nothing and changes nothing elsewhere, so executing it again gives the
+    /// same outcome and no other effect (a rule, a seed, the intent's agent). A durable drive
+    /// then holds back the steps of cycles that executed only pure agents and commits them
+    /// together with the next step that may not wait — before an agent with side effects
+    /// runs, or when the drive ends, with the lease given up in the same transaction (see
+    /// `docs/journal.md`, *Steps held back*). Agents are not pure unless declared: a command
+    /// or model agent's outcome is committed as soon as it has one.
+    pub fn declare_pure(&mut self, agent: AgentId) {
+        self.pure.insert(agent);
+    }
+
+    /// Whether `agent` was declared pure ([`Runtime::declare_pure`]).
+    pub fn is_pure(&self, agent: AgentId) -> bool {
+        self.pure.contains(&agent)
     }
 
     /// With another lease holder: who durable drives say is driving a run (a command line
@@ -229,12 +249,13 @@ impl Runtime {
                     &*self.clock,
                     &self.cancel,
                     &mut self.observers,
+                    &self.pure,
                 );
                 drive_leased(parts, journal, &lease, 0, None, first, run).await
             }
             Err(error) => Err(error.into()),
         };
-        release(journal, &lease, outcome)
+        end_drive(journal, &lease, outcome)
     }
 
     /// Records durable run `run_id` without driving it: created with this runtime's job and
@@ -266,29 +287,44 @@ impl Runtime {
     ) -> Result<ConvergeResult, DurableError> {
         let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
         let outcome = self.resume_leased(journal, &lease).await;
-        release(journal, &lease, outcome)
+        end_drive(journal, &lease, outcome)
     }
 
     /// Continues a run under the lease [`Journal::claim`] handed this runtime's holder, as
     /// [`Runtime::resume_durable`] does under a lease it takes itself, and releases it at
-    /// the next stop. A worker's slot drives what it claimed this way: taking the lease a
-    /// second time would cost a write for nothing.
+    /// the next stop. `recorded` is the run as [`Journal::load`] read it once claimed (a
+    /// worker reads it to build the runtime from its header). A worker's slot drives what
+    /// it claimed this way: taking the lease a second time, or reading the run twice, would
+    /// cost a transaction for nothing.
+    ///
+    /// A `recorded` read before the claim may be stale: the first commit then finds the
+    /// run's steps moved on and refuses it ([`JournalError::OutOfOrder`]), writing nothing.
     pub async fn resume_claimed<J: Journal>(
         &mut self,
         journal: &mut J,
         lease: &Lease,
+        recorded: RecordedRun,
     ) -> Result<ConvergeResult, DurableError> {
-        let outcome = self.resume_leased(journal, lease).await;
-        release(journal, lease, outcome)
+        let outcome = self.resume_recorded(journal, lease, recorded).await;
+        end_drive(journal, lease, outcome)
     }
 
     async fn resume_leased<J: Journal>(
         &mut self,
         journal: &mut J,
         lease: &Lease,
-    ) -> Result<ConvergeResult, DurableError> {
+    ) -> Result<(ConvergeResult, LeaseAfter), DurableError> {
+        let recorded = journal.load(lease.run())?;
+        self.resume_recorded(journal, lease, recorded).await
+    }
+
+    async fn resume_recorded<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        lease: &Lease,
+        recorded: RecordedRun,
+    ) -> Result<(ConvergeResult, LeaseAfter), DurableError> {
         let run_id = lease.run();
-        let recorded = journal.load(run_id)?;
         let next_step = recorded.steps.len() as u64;
         let (run, first) = match redrive(&self.engine, &recorded)? {
             // The process died before the start step committed: begin afresh.
@@ -299,7 +335,9 @@ impl Runtime {
                 }),
             ),
             Position::Running(run) => (run, None),
-            Position::Stopped(result) => return awaiting(run_id, result),
+            Position::Stopped(result) => {
+                return awaiting(run_id, result).map(|result| (result, LeaseAfter::Held));
+            }
         };
         let parts = Runtime::parts(
             &self.async_agents,
@@ -307,6 +345,7 @@ impl Runtime {
             &*self.clock,
             &self.cancel,
             &mut self.observers,
+            &self.pure,
         );
         drive_leased(parts, journal, lease, next_step, recorded.open, first, run).await
     }
@@ -322,7 +361,7 @@ impl Runtime {
     ) -> Result<ConvergeResult, DurableError> {
         let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
         let outcome = self.decide_leased(journal, &lease, decisions).await;
-        release(journal, &lease, outcome)
+        end_drive(journal, &lease, outcome)
     }
 
     async fn decide_leased<J: Journal>(
@@ -330,7 +369,7 @@ impl Runtime {
         journal: &mut J,
         lease: &Lease,
         decisions: Vec<Decision>,
-    ) -> Result<ConvergeResult, DurableError> {
+    ) -> Result<(ConvergeResult, LeaseAfter), DurableError> {
         let (next_step, result) = parked_run(&self.engine, journal, lease.run())?;
         let input = StepInput::decisions(&decisions);
         let run = self.engine.resume_run(result, decisions)?;
@@ -340,6 +379,7 @@ impl Runtime {
             &*self.clock,
             &self.cancel,
             &mut self.observers,
+            &self.pure,
         );
         drive_leased(parts, journal, lease, next_step, None, Some(input), run).await
     }
@@ -376,7 +416,7 @@ impl Runtime {
             journal,
             lease,
             next_step,
-            &input,
+            input,
             run,
         )
     }
@@ -424,7 +464,7 @@ impl Runtime {
     ) -> Result<ConvergeResult, DurableError> {
         let lease = journal.acquire(run_id, &self.holder, wall_clock_ms())?;
         let outcome = self.retry_leased(journal, &lease, retry).await;
-        release(journal, &lease, outcome)
+        end_drive(journal, &lease, outcome)
     }
 
     async fn retry_leased<J: Journal>(
@@ -432,7 +472,7 @@ impl Runtime {
         journal: &mut J,
         lease: &Lease,
         retry: Retry,
-    ) -> Result<ConvergeResult, DurableError> {
+    ) -> Result<(ConvergeResult, LeaseAfter), DurableError> {
         let (next_step, result) = stopped_run(&self.engine, journal, lease.run())?;
         let (input, run) = retried(&self.engine, lease.run(), result, retry)?;
         let parts = Runtime::parts(
@@ -441,6 +481,7 @@ impl Runtime {
             &*self.clock,
             &self.cancel,
             &mut self.observers,
+            &self.pure,
         );
         drive_leased(parts, journal, lease, next_step, None, Some(input), run).await
     }
@@ -463,7 +504,7 @@ impl Runtime {
                 journal,
                 &lease,
                 next,
-                &input,
+                input,
                 run,
             )
         });
@@ -525,8 +566,10 @@ impl Runtime {
             clock: &*self.clock,
             renewed_ms: self.clock.now_ms(),
             stop_committed: false,
+            pure: &NO_AGENTS,
+            pending: Vec::new(),
         };
-        live.commit(&StepInput::decisions(&[]), &mut run)?;
+        live.commit(StepInput::decisions(&[]), &mut run)?;
         let halt = HaltRecord::cancelled(&Cancellation::new(by, reason));
         live.halt(&halt, &mut run)?;
         Ok(live.close(run))
@@ -553,7 +596,7 @@ impl Runtime {
         self.cancel = cancel;
         let lease = journal.preempt(run_id, &self.holder, wall_clock_ms())?;
         let outcome = self.resume_leased(journal, &lease).await;
-        release(journal, &lease, outcome)
+        end_drive(journal, &lease, outcome)
     }
 
     /// Re-derives a recorded run up to its last committed step without executing any agent:
@@ -585,18 +628,35 @@ impl Runtime {
         clock: &'r dyn Clock,
         cancel: &'r Cancel,
         observers: &'r mut Vec<Box<dyn ActivityObserver>>,
-    ) -> (Executor<'r>, Deliver<'r>, &'r dyn Clock) {
-        (
-            Executor::new(async_agents, config, clock, cancel),
-            Deliver(observers),
+        pure: &'r BTreeSet<AgentId>,
+    ) -> Parts<'r> {
+        Parts {
+            executor: Executor::new(async_agents, config, clock, cancel),
+            observer: Deliver(observers),
             clock,
-        )
+            pure,
+        }
     }
 }
 
-/// Drives `run` from journal step `next_step` under `lease`, committing `first` (a start or
-/// decisions step whose events the run already emitted) before anything executes.
-#[allow(clippy::too_many_arguments)]
+/// What a durable drive borrows from its runtime.
+struct Parts<'r> {
+    executor: Executor<'r>,
+    observer: Deliver<'r>,
+    clock: &'r dyn Clock,
+    pure: &'r BTreeSet<AgentId>,
+}
+
+/// No agent: what a commit that executes nothing holds back nothing for.
+static NO_AGENTS: BTreeSet<AgentId> = BTreeSet::new();
+
+/// Whether a drive's last commit gave its lease up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseAfter {
+    Held,
+    Released,
+}
+
 /// The run `run_id`, parked awaiting approval, re-derived from its journal, and the step
 /// its next input will be; a run that is going is [`DurableError::NotAwaitingApproval`], one
 /// that stopped for good [`DurableError::Finished`].
@@ -667,7 +727,7 @@ fn commit_alone<J: Journal>(
     journal: &mut J,
     lease: &Lease,
     next_step: u64,
-    input: &StepInput,
+    input: StepInput,
     mut run: Run<'_>,
 ) -> Result<(), DurableError> {
     run.keep_encoded_events();
@@ -681,19 +741,30 @@ fn commit_alone<J: Journal>(
         clock,
         renewed_ms: clock.now_ms(),
         stop_committed: false,
+        pure: &NO_AGENTS,
+        pending: Vec::new(),
     };
     live.commit(input, &mut run)
 }
 
+/// Drives `run` from journal step `next_step` under `lease`, committing `first` (a start or
+/// decisions step whose events the run already emitted) before anything executes; the
+/// drive's last commit gives the lease up.
 async fn drive_leased<J: Journal>(
-    (executor, mut observer, clock): (Executor<'_>, Deliver<'_>, &dyn Clock),
+    parts: Parts<'_>,
     journal: &mut J,
     lease: &Lease,
     next_step: u64,
     open: Option<OpenCycle>,
     first: Option<StepInput>,
     mut run: Run<'_>,
-) -> Result<ConvergeResult, DurableError> {
+) -> Result<(ConvergeResult, LeaseAfter), DurableError> {
+    let Parts {
+        executor,
+        mut observer,
+        clock,
+        pure,
+    } = parts;
     // The journal stores the bytes the core hashed; keeping them spares encoding twice.
     run.keep_encoded_events();
     let mut live = Live {
@@ -705,11 +776,32 @@ async fn drive_leased<J: Journal>(
         clock,
         renewed_ms: clock.now_ms(),
         stop_committed: false,
+        pure,
+        pending: Vec::new(),
     };
-    if let Some(input) = first {
-        live.commit(&input, &mut run)?;
+    match first {
+        // A start executed nothing: it waits for the first step that may not.
+        Some(start @ StepInput::Start { .. }) => live.take(start, &mut run, Commit::Deferred)?,
+        // A person's decisions are committed as soon as they are taken.
+        Some(input) => live.commit(input, &mut run)?,
+        None => {}
     }
-    live.drive(&executor, run).await
+    let result = live.drive(&executor, run).await?;
+    Ok((result, LeaseAfter::Released))
+}
+
+/// Gives the lease up once a drive ends, unless its last commit did; the drive's own error
+/// wins over a failure to release (an unreleased lease expires, or dies with this process).
+fn end_drive<J: Journal, T>(
+    journal: &mut J,
+    lease: &Lease,
+    outcome: Result<(T, LeaseAfter), DurableError>,
+) -> Result<T, DurableError> {
+    match outcome {
+        Ok((value, LeaseAfter::Released)) => Ok(value),
+        Ok((value, LeaseAfter::Held)) => release(journal, lease, Ok(value)),
+        Err(error) => release(journal, lease, Err(error)),
+    }
 }
 
 /// Gives the lease up once a drive ends, whatever its outcome; the drive's own error wins

@@ -23,11 +23,12 @@ use crate::cancel::Cancellation;
 use crate::clock::Clock;
 use crate::driver::{Executor, Progress, drain};
 use crate::observations::{self, RecordedObservation};
-use converge_journal::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
 use converge_journal::{
-    Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, RecordedRun, RecordedStep, RunId,
-    RunSummary,
+    AfterSteps, Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, PendingStep, RecordedRun,
+    RecordedStep, RunId, RunSummary,
 };
+use converge_journal::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
+use std::collections::BTreeSet;
 
 /// Who creates durable runs, as recorded in their header.
 const CREATED_BY: &str = concat!("converge-runtime ", env!("CARGO_PKG_VERSION"));
@@ -439,11 +440,33 @@ pub(crate) fn header_of(engine: &Engine, job: Option<&JobRecord>) -> RunHeader {
     }
 }
 
+/// Most steps a drive holds back before it commits them (see [`Live::take`]): a run of pure
+/// agents that goes on for long still commits every this many steps.
+pub(crate) const PENDING_STEPS_MAX: usize = 64;
+
+/// Whether a step may wait to be committed with the ones after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// It executed no agent that acts outside the run (or none at all): it waits, and is
+    /// committed with the next step that may not wait, or when the drive ends.
+    Deferred,
+    /// It is committed now, with every step held back before it.
+    Now,
+}
+
 /// Drives a run live from journal step `next_step`, committing each step before going on,
 /// under the run's lease.
+///
+/// Steps that executed only pure agents (agents that act on nothing outside the run:
+/// re-executing one gives the same outcome and does nothing else) are held back and
+/// committed together with the next step that may not wait: a step of an agent with side
+/// effects is committed before that agent runs, and the drive's last step commits with the
+/// lease given up. What a crash leaves is still a prefix of the run's steps; the pure steps
+/// it loses are executed again on resume, with the same outcomes and events.
 pub(crate) struct Live<'a, J: Journal> {
     pub(crate) journal: &'a mut J,
     pub(crate) lease: Lease,
+    /// The step the run's next input will be (steps held back included).
     pub(crate) next_step: u64,
     pub(crate) observer: &'a mut dyn ActivityObserver,
     /// Outcomes committed ahead of step `next_step` before a crash.
@@ -451,8 +474,12 @@ pub(crate) struct Live<'a, J: Journal> {
     pub(crate) clock: &'a dyn Clock,
     /// When the lease was last renewed, by `clock`.
     pub(crate) renewed_ms: u64,
-    /// Whether a committed step held the run's `run_stopped` event.
+    /// Whether a step taken held the run's `run_stopped` event.
     pub(crate) stop_committed: bool,
+    /// The agents that act on nothing outside the run.
+    pub(crate) pure: &'a BTreeSet<AgentId>,
+    /// Steps taken and not committed yet, in order: they end at `next_step`.
+    pub(crate) pending: Vec<PendingStep>,
 }
 
 impl<J: Journal> Live<'_, J> {
@@ -461,22 +488,54 @@ impl<J: Journal> Live<'_, J> {
         self.lease.run().clone()
     }
 
-    /// Commits one step with the run's pending events; the events reach observers only once
-    /// committed.
+    /// Commits one step with the run's pending events, and every step held back before it;
+    /// the events reach observers only once committed.
     pub(crate) fn commit(
         &mut self,
-        input: &StepInput,
+        input: StepInput,
         run: &mut Run<'_>,
     ) -> Result<(), DurableError> {
+        self.take(input, run, Commit::Now)
+    }
+
+    /// Takes one step with the run's pending events: held back if `when` allows it (up to
+    /// [`PENDING_STEPS_MAX`]), else committed with the steps held back before it.
+    pub(crate) fn take(
+        &mut self,
+        input: StepInput,
+        run: &mut Run<'_>,
+        when: Commit,
+    ) -> Result<(), DurableError> {
         let events = run.take_events();
-        self.journal
-            .append(&self.lease, self.next_step, input, &events)?;
+        self.stop_committed |= events.records().iter().any(stops);
+        self.pending.push(PendingStep { input, events });
         self.next_step += 1;
-        for record in events.records() {
-            self.stop_committed |= stops(record);
-            self.observer.on_event(record);
+        if when == Commit::Now || self.pending.len() >= PENDING_STEPS_MAX {
+            self.flush(AfterSteps::KeepLease)?;
         }
         Ok(())
+    }
+
+    /// Commits the steps held back, in one transaction (giving the lease up in it with
+    /// [`AfterSteps::Release`]), then hands their events to the observer.
+    pub(crate) fn flush(&mut self, after: AfterSteps) -> Result<(), DurableError> {
+        if self.pending.is_empty() && after == AfterSteps::KeepLease {
+            return Ok(());
+        }
+        let first = self.next_step - self.pending.len() as u64;
+        self.journal
+            .append_steps(&self.lease, first, &self.pending, after)?;
+        for step in self.pending.drain(..) {
+            for record in step.events.records() {
+                self.observer.on_event(record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every agent of `batch` acts on nothing outside the run.
+    fn all_pure(&self, batch: &Batch) -> bool {
+        batch.agents().iter().all(|agent| self.pure.contains(agent))
     }
 
     /// Halts the run for `halt` and commits the halt step (its `run_stopped` event).
@@ -487,7 +546,7 @@ impl<J: Journal> Live<'_, J> {
     ) -> Result<(), DurableError> {
         let _ = run.halt(halt.stop_reason());
         let reason = serde_json::to_value(halt).unwrap_or_default();
-        self.commit(&StepInput::Halt { reason }, run)
+        self.commit(StepInput::Halt { reason }, run)
     }
 
     /// Renews the lease once a third of its time to live has passed.
@@ -598,13 +657,22 @@ impl<J: Journal> Live<'_, J> {
                 // A stop not yet committed (the fixed point) is a step of its own; a cycle
                 // that stopped the run committed its stop with it.
                 if !self.stop_committed {
-                    self.commit(&StepInput::Stop, &mut run)?;
+                    self.take(StepInput::Stop, &mut run, Commit::Deferred)?;
                 }
                 break;
             };
+            let pure = self.all_pure(&batch);
+            if !pure {
+                // What this batch's agents do outside the run follows every step before it.
+                self.flush(AfterSteps::KeepLease)?;
+            }
             let known = self.known_outcomes(&batch)?;
+            let mut progress = Commits {
+                live: self,
+                ahead: !pure,
+            };
             let outcomes = executor
-                .execute_with(&run, &batch, known, &mut Commits { live: self })
+                .execute_with(&run, &batch, known, &mut progress)
                 .await?;
             let input = StepInput::cycle(&batch, &outcomes);
             if let Err(error) = run.submit(outcomes) {
@@ -614,8 +682,11 @@ impl<J: Journal> Live<'_, J> {
                 drain(&mut run, self.observer);
                 break;
             }
-            self.commit(&input, &mut run)?;
+            let when = if pure { Commit::Deferred } else { Commit::Now };
+            self.take(input, &mut run, when)?;
         }
+        // The drive ends here: its last steps commit with the lease given up.
+        self.flush(AfterSteps::Release)?;
         Ok(self.close(run))
     }
 
@@ -633,6 +704,9 @@ impl<J: Journal> Live<'_, J> {
 /// the lease while agents run.
 struct Commits<'l, 'a, J: Journal> {
     live: &'l mut Live<'a, J>,
+    /// Whether outcomes are committed ahead of their cycle: not for a batch of pure agents,
+    /// whose step may be held back (executing them again costs nothing).
+    ahead: bool,
 }
 
 impl<J: Journal> Progress for Commits<'_, '_, J> {
@@ -643,7 +717,7 @@ impl<J: Journal> Progress for Commits<'_, '_, J> {
         cycle: u32,
         outcomes: &[(AgentId, AgentOutcome)],
     ) -> Result<(), DurableError> {
-        if outcomes.is_empty() {
+        if outcomes.is_empty() || !self.ahead {
             return Ok(());
         }
         let records: Vec<(u32, OutcomeRecord)> = outcomes

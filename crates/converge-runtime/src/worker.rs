@@ -30,7 +30,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use converge_core::StopReason;
-use converge_journal::{Holder, Journal, Lease, Location, News, RunId, Wakeups, wall_clock_ms};
+use converge_journal::{
+    Holder, Journal, Lease, Location, News, RunHeader, RunId, Wakeups, wall_clock_ms,
+};
 use tokio::sync::watch;
 
 use crate::{DurableError, Runtime};
@@ -41,9 +43,9 @@ pub const IDLE_LOOK: Duration = Duration::from_secs(2);
 /// How long a slot waits before trying again after the journal failed.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Rebuilds the runtime of a claimed run (from the spec its journal header keeps); the error
-/// is a sentence for people.
-pub type Build = Arc<dyn Fn(&dyn Journal, &RunId) -> Result<Runtime, String> + Send + Sync>;
+/// Rebuilds the runtime of a claimed run from its journal header (the spec it keeps); the
+/// error is a sentence for people.
+pub type Build = Arc<dyn Fn(&RunHeader, &RunId) -> Result<Runtime, String> + Send + Sync>;
 
 /// Receives what the slots have to say, from their threads.
 pub type Reporter = Arc<dyn Fn(Report) + Send + Sync>;
@@ -319,7 +321,18 @@ impl Slot {
         lease: &Lease,
     ) {
         let run: RunId = lease.run().clone();
-        let driver = match (self.build)(&**journal, &run) {
+        // One read of the run, under the claim: its header to build from, its steps to
+        // re-derive.
+        let recorded = match journal.load(&run) {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                // Let it go at once: another slot, or this one, tries again.
+                let _ = journal.release(lease);
+                let error = DurableError::Journal(error);
+                return (self.report)(Report::Failed { run, error });
+            }
+        };
+        let driver = match (self.build)(&recorded.header, &run) {
             Ok(driver) => driver,
             Err(error) => {
                 // Keep the claim until it expires: other runs go first, and any worker tries
@@ -331,7 +344,7 @@ impl Slot {
         let mut stopped = self.stopped.clone();
         let outcome = runtime.block_on(async {
             tokio::select! {
-                outcome = driver.resume_claimed(journal, lease) => Some(outcome),
+                outcome = driver.resume_claimed(journal, lease, recorded) => Some(outcome),
                 _ = stopped.wait_for(|stop| *stop) => None,
             }
         });

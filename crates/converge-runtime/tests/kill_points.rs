@@ -24,9 +24,9 @@ use converge_core::{
     AgentEffect, AuthorityScope, Context, ContextKey, Digest, EventBatch, Proposal,
 };
 use converge_runtime::{
-    AgentFuture, AsyncAgent, DriverConfig, DurableError, Holder, Journal, JournalError, Lease,
-    OutcomeRecord, RecordedRun, RunHeader, RunId, RunSummary, Runtime, SqliteJournal, StepInput,
-    StoredEvent, Verification,
+    AfterSteps, AgentFuture, AsyncAgent, DriverConfig, DurableError, Holder, Journal, JournalError,
+    Lease, OutcomeRecord, PendingStep, RecordedRun, RunHeader, RunId, RunSummary, Runtime,
+    SqliteJournal, StepInput, StoredEvent, Verification,
 };
 
 /// Cycles of the job.
@@ -116,8 +116,8 @@ enum Mode {
     After,
 }
 
-/// A journal that SIGKILLs its own process at write `at` (0-based, counting appends and
-/// outcome commits), and counts writes.
+/// A journal that SIGKILLs its own process at write `at` (0-based, counting appends, steps
+/// committed together and outcome commits), and counts writes.
 struct KillAt<J> {
     inner: J,
     at: Option<(u64, Mode)>,
@@ -211,6 +211,16 @@ impl<J: Journal> Journal for KillAt<J> {
         events: &EventBatch,
     ) -> Result<(), JournalError> {
         self.write(|inner| inner.append(lease, step, input, events))
+    }
+
+    fn append_steps(
+        &mut self,
+        lease: &Lease,
+        first: u64,
+        steps: &[PendingStep],
+        after: AfterSteps,
+    ) -> Result<(), JournalError> {
+        self.write(|inner| inner.append_steps(lease, first, steps, after))
     }
 
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {

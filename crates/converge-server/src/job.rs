@@ -7,7 +7,7 @@ use std::path::Path;
 
 use converge_llm::{Models, Providers};
 use converge_runtime::spec::{JobSpec, Loaded};
-use converge_runtime::{JobRecord, Journal, JournalError, RunId, Runtime};
+use converge_runtime::{JobRecord, Journal, JournalError, RunHeader, RunId, Runtime};
 
 /// Whether the runtime's `llm` agents may call their models.
 #[derive(Debug, Clone, Copy)]
@@ -107,16 +107,26 @@ pub fn runtime_of(
     run: &RunId,
     calls: Calls<'_>,
 ) -> Result<Runtime, BuildError> {
-    let header = journal.header(run)?;
-    let Some(record) = header.job else {
+    runtime_of_header(&journal.header(run)?, run, calls)
+}
+
+/// The runtime of run `run`, rebuilt from the spec in `header`, its journal header (as
+/// [`runtime_of`], for a caller that has read the header already: a worker that loaded the
+/// run it claimed).
+pub fn runtime_of_header(
+    header: &RunHeader,
+    run: &RunId,
+    calls: Calls<'_>,
+) -> Result<Runtime, BuildError> {
+    let Some(record) = &header.job else {
         return Err(BuildError::NoSpec {
             run: run.clone(),
-            created_by: header.created_by,
+            created_by: header.created_by.clone(),
         });
     };
     let loaded = JobSpec::parse_recorded(&record.source, &record.path)
         .map_err(|error| BuildError::Spec(error.to_string()))?;
-    Ok(build_loaded(loaded, &record, calls)?.runtime)
+    Ok(build_loaded(loaded, record, calls)?.runtime)
 }
 
 /// The provider profiles: the built-in ones with the provider file's on top (the given one,

@@ -441,8 +441,16 @@ const INSERT_ROWS: &str = "WITH parts AS (\
 const SEND_ROWS: &str = "SELECT 1";
 
 /// Ends [`INSERT_ROWS`] with the run's new head.
+/// With `$27`, the lease is given up with the head (its token was checked under the row's
+/// lock earlier in the transaction).
 const SEND_ROWS_AND_HEAD: &str = "UPDATE converge.runs SET steps = $21, events = $22, \
-     root_hash = $23, record_hash = $24, status = $25, stop_reason = $26 WHERE id = $1";
+     root_hash = $23, record_hash = $24, status = $25, stop_reason = $26, \
+     lease_token = CASE WHEN $27 THEN NULL ELSE lease_token END, \
+     lease_holder = CASE WHEN $27 THEN NULL ELSE lease_holder END, \
+     lease_host = CASE WHEN $27 THEN NULL ELSE lease_host END, \
+     lease_pid = CASE WHEN $27 THEN NULL ELSE lease_pid END, \
+     lease_expires_ms = CASE WHEN $27 THEN NULL ELSE lease_expires_ms END \
+     WHERE id = $1";
 
 impl PgTx<'_, '_> {
     /// Sends the pending rows (with `head`, the run's new head), in one statement.
@@ -495,6 +503,7 @@ impl PgTx<'_, '_> {
             &chunk_ends,
             &chunk_bodies,
         ];
+        let release = head.is_some_and(|head| head.release.is_some());
         let sql = match head {
             Some(head) => {
                 params.extend_from_slice(&[
@@ -504,6 +513,7 @@ impl PgTx<'_, '_> {
                     &head.record_hash,
                     &head.status,
                     &head.stop_reason,
+                    &release,
                 ]);
                 format!("{INSERT_ROWS}{SEND_ROWS_AND_HEAD}")
             }
@@ -930,6 +940,11 @@ impl Tx for PgTx<'_, '_> {
 
     fn advance(&mut self, run: &str, head: &NewHead<'_>) -> Result<(), JournalError> {
         if self.news.statuses.get(run).map(String::as_str) != Some(head.status) {
+            self.news.add(EVENTS_CHANNEL, run);
+        }
+        // A running run let go is free to claim, and news to followers (as `clear_lease`).
+        if head.release.is_some() && head.status == "running" {
+            self.news.add(RUNNABLE_CHANNEL, run);
             self.news.add(EVENTS_CHANNEL, run);
         }
         // The run's (last) rows go with its new head, in one statement.

@@ -537,7 +537,11 @@ impl Tx for SqliteTx<'_> {
                 head.stop_reason,
             ],
             "advancing the run's head",
-        )
+        )?;
+        match head.release {
+            Some(token) => self.clear_lease(run, token),
+            None => Ok(()),
+        }
     }
 }
 

@@ -105,16 +105,18 @@ impl<'s> Builder<'s> {
         for policy in &parts.policies {
             engine.set_policy(policy.key, policy.to_policy());
         }
-        engine.set_intent(parts.intent.clone());
+        let intent = engine.set_intent(parts.intent.clone());
         for invariant in &parts.invariants {
             engine.add_invariant(invariant.clone());
         }
         let mut runtime = Runtime::new(engine).with_config(parts.driver);
+        runtime.declare_pure(intent);
         if let Some(seeds) = &parts.seeds {
             let scope = scope(&seeds.writes);
-            runtime
+            let id = runtime
                 .engine_mut()
                 .register_with_scope(seeds.clone(), scope);
+            runtime.declare_pure(id);
         }
         let mut llm_agents = llm_agents.into_iter();
         for entry in &parts.agents {
@@ -163,17 +165,20 @@ fn register(
     llm_agents: &mut impl Iterator<Item = SpecBound>,
 ) {
     match entry {
+        // Seeds and rules read the context and propose; they act on nothing outside the run.
         AgentEntry::Seed(agent) => {
             let scope = scope(&agent.writes);
-            runtime
+            let id = runtime
                 .engine_mut()
                 .register_with_scope(agent.clone(), scope);
+            runtime.declare_pure(id);
         }
         AgentEntry::Rule(agent) => {
             let scope = scope(&agent.writes);
-            runtime
+            let id = runtime
                 .engine_mut()
                 .register_with_scope(agent.clone(), scope);
+            runtime.declare_pure(id);
         }
         AgentEntry::Command(agent) => {
             let scope = scope(&agent.wake.writes);
