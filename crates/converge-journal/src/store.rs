@@ -94,6 +94,9 @@ pub(crate) trait Tx {
     fn run(&mut self, run: &str) -> Result<Option<RunRow>, JournalError>;
     /// Every run's row, in creation order.
     fn runs(&mut self) -> Result<Vec<RunRow>, JournalError>;
+    /// The rows of those of `runs` that exist, in any order (one statement where a round
+    /// trip costs).
+    fn runs_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError>;
     /// Inserts a new, running run with no steps.
     fn insert_run(
         &mut self,
@@ -988,8 +991,14 @@ pub(crate) fn summaries(
     tx: &mut dyn Tx,
     runs: &[RunId],
 ) -> Result<Vec<Option<RunSummary>>, JournalError> {
+    let names: Vec<&str> = runs.iter().map(RunId::as_str).collect();
+    let rows: BTreeMap<String, RunRow> = tx
+        .runs_named(&names)?
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect();
     runs.iter()
-        .map(|run| tx.run(run.as_str())?.map(|row| row.summary()).transpose())
+        .map(|run| rows.get(run.as_str()).map(RunRow::summary).transpose())
         .collect()
 }
 

@@ -612,6 +612,19 @@ impl Tx for PgTx<'_, '_> {
         Ok(row)
     }
 
+    fn runs_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError> {
+        let lock = if self.write { " FOR UPDATE" } else { "" };
+        let sql = format!("SELECT {RUN_COLUMNS} FROM converge.runs WHERE id = ANY($1){lock}");
+        let rows = self.query(&sql, &[&runs], "reading runs")?;
+        let rows = rows.iter().map(run_row).collect::<Result<Vec<_>, _>>()?;
+        for row in &rows {
+            self.news
+                .statuses
+                .insert(row.id.clone(), row.status.clone());
+        }
+        Ok(rows)
+    }
+
     fn runs(&mut self) -> Result<Vec<RunRow>, JournalError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM converge.runs ORDER BY created");
         let rows = self.query(&sql, &[], "listing runs")?;

@@ -181,6 +181,15 @@ impl Tx for SqliteTx<'_> {
             .map_err(storage("reading the run"))
     }
 
+    fn runs_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError> {
+        // In-process: a statement per run costs no round trip.
+        let mut rows = Vec::with_capacity(runs.len());
+        for run in runs {
+            rows.extend(self.run(run)?);
+        }
+        Ok(rows)
+    }
+
     fn runs(&mut self) -> Result<Vec<RunRow>, JournalError> {
         let read = storage("listing runs");
         let mut statement = self
