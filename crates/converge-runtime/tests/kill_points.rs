@@ -20,14 +20,17 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_core::{
-    AgentEffect, AuthorityScope, Context, ContextKey, Digest, EventBatch, Proposal,
-};
+use converge_core::{AgentEffect, AuthorityScope, Context, ContextKey, Digest, Proposal};
 use converge_runtime::{
-    AfterSteps, AgentFuture, AsyncAgent, DriverConfig, DurableError, Holder, Journal, JournalError,
-    Lease, OutcomeRecord, PendingStep, RecordedRun, RunHeader, RunId, RunSummary, Runtime,
-    SqliteJournal, StepInput, StoredEvent, Verification,
+    AgentFuture, AsyncAgent, DriverConfig, DurableError, Journal, RecordedRun, RunId, Runtime,
+    SqliteJournal, StepInput,
 };
+
+#[path = "support/kill_at.rs"]
+mod kill_at;
+
+use converge_runtime::Verification;
+use kill_at::{KillAt, Mode, block_on};
 
 /// Cycles of the job.
 const LAYERS: usize = 9;
@@ -99,153 +102,6 @@ fn job(executed: &Arc<Mutex<Vec<String>>>) -> Runtime {
 
 fn run_id() -> RunId {
     RunId::new("kill-points").expect("valid run id")
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("tokio runtime")
-        .block_on(future)
-}
-
-/// When, relative to the chosen write, the child kills itself.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Before,
-    After,
-}
-
-/// A journal that SIGKILLs its own process at write `at` (0-based, counting appends, steps
-/// committed together and outcome commits), and counts writes.
-struct KillAt<J> {
-    inner: J,
-    at: Option<(u64, Mode)>,
-    writes: u64,
-}
-
-impl<J: Journal> KillAt<J> {
-    fn write<T>(
-        &mut self,
-        write: impl FnOnce(&mut J) -> Result<T, JournalError>,
-    ) -> Result<T, JournalError> {
-        let this = self.writes;
-        self.writes += 1;
-        let kill = || {
-            let me = rustix::process::getpid();
-            let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
-            std::thread::sleep(Duration::from_secs(60));
-        };
-        if self.at == Some((this, Mode::Before)) {
-            kill();
-        }
-        let written = write(&mut self.inner);
-        if self.at == Some((this, Mode::After)) {
-            kill();
-        }
-        written
-    }
-}
-
-impl<J: Journal> Journal for KillAt<J> {
-    fn create_run(
-        &mut self,
-        run: &RunId,
-        header: &RunHeader,
-        holder: &Holder,
-        now_ms: u64,
-    ) -> Result<Lease, JournalError> {
-        self.inner.create_run(run, header, holder, now_ms)
-    }
-
-    fn acquire(
-        &mut self,
-        run: &RunId,
-        holder: &Holder,
-        now_ms: u64,
-    ) -> Result<Lease, JournalError> {
-        self.inner.acquire(run, holder, now_ms)
-    }
-
-    fn preempt(
-        &mut self,
-        run: &RunId,
-        holder: &Holder,
-        now_ms: u64,
-    ) -> Result<Lease, JournalError> {
-        self.inner.preempt(run, holder, now_ms)
-    }
-
-    fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
-        self.inner.renew(lease, now_ms)
-    }
-
-    fn claim(
-        &mut self,
-        holder: &Holder,
-        now_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<Lease>, JournalError> {
-        self.inner.claim(holder, now_ms, limit)
-    }
-
-    fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
-        self.inner.release(lease)
-    }
-
-    fn commit_outcomes(
-        &mut self,
-        lease: &Lease,
-        step: u64,
-        cycle: u32,
-        outcomes: &[(u32, OutcomeRecord)],
-    ) -> Result<(), JournalError> {
-        self.write(|inner| inner.commit_outcomes(lease, step, cycle, outcomes))
-    }
-
-    fn append(
-        &mut self,
-        lease: &Lease,
-        step: u64,
-        input: &StepInput,
-        events: &EventBatch,
-    ) -> Result<(), JournalError> {
-        self.write(|inner| inner.append(lease, step, input, events))
-    }
-
-    fn append_steps(
-        &mut self,
-        lease: &Lease,
-        first: u64,
-        steps: &[PendingStep],
-        after: AfterSteps,
-    ) -> Result<(), JournalError> {
-        self.write(|inner| inner.append_steps(lease, first, steps, after))
-    }
-
-    fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
-        self.inner.runs()
-    }
-
-    fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
-        self.inner.summary(run)
-    }
-
-    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
-        self.inner.header(run)
-    }
-
-    fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
-        self.inner.load(run)
-    }
-
-    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
-        self.inner.events(run, from)
-    }
-
-    fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
-        self.inner.verify(run)
-    }
 }
 
 fn child(path: &str, at: u64, mode: Mode) -> ExitCode {
