@@ -665,13 +665,10 @@ fn parked_run<J: Journal>(
     journal: &mut J,
     run_id: &RunId,
 ) -> Result<(u64, ConvergeResult), DurableError> {
-    let recorded = journal.load(run_id)?;
-    let next_step = recorded.steps.len() as u64;
-    match redrive(engine, &recorded)? {
-        Position::Stopped(result) => Ok((next_step, awaiting(run_id, result)?)),
-        Position::Running(_) | Position::Unstarted(_) => Err(DurableError::NotAwaitingApproval {
-            run: run_id.clone(),
-        }),
+    match stopped_run(engine, journal, run_id) {
+        Ok((next_step, result)) => Ok((next_step, awaiting(run_id, result)?)),
+        Err(DurableError::NotStopped { run }) => Err(DurableError::NotAwaitingApproval { run }),
+        Err(error) => Err(error),
     }
 }
 
