@@ -169,6 +169,12 @@ impl Context {
         }
     }
 
+    /// Makes room for `additional` more facts, so that inserting them grows nothing.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.history.reserve(additional);
+        self.previous.reserve(additional);
+    }
+
     /// Appends a fact: a new slot for a new id, or a new current version for a known one.
     pub(crate) fn insert(&mut self, fact: Fact) -> Undo {
         let index = self.history.len();

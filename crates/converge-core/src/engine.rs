@@ -332,7 +332,9 @@ impl Engine {
 impl Setup {
     /// Agent names must be non-blank and unique: journals and approvals refer to them.
     fn check_agents(&self) -> Result<(), EngineError> {
-        let mut names = BTreeSet::new();
+        // Looked up only, never iterated: no hash order reaches an output.
+        let mut names = rustc_hash::FxHashSet::default();
+        names.reserve(self.agents.len());
         for (index, registered) in self.agents.iter().enumerate() {
             if registered.name.trim().is_empty() {
                 return Err(EngineError::BlankAgentName {

@@ -277,19 +277,29 @@ pub struct EventBatch {
 }
 
 impl EventBatch {
-    /// Seals taken records; `bodies[i]` is `records[i]`'s encoding when it was kept.
+    /// Seals taken records; `bodies[i]` is `records[i]`'s encoding when it was kept. Both
+    /// buffers are reused as they are, so a wide batch is not copied.
     pub(crate) fn new(
         previous: Digest,
         first_seq: u64,
-        sealed: impl IntoIterator<Item = (EventRecord, Option<Vec<u8>>)>,
+        records: Vec<EventRecord>,
+        bodies: Vec<Option<Vec<u8>>>,
     ) -> EventBatch {
-        let (records, bodies) = sealed
+        let encode = |index: usize| {
+            records
+                .get(index)
+                .map(|record| EventRecord::encode(&record.event))
+                .unwrap_or_default()
+        };
+        let mut bodies: Vec<Vec<u8>> = bodies
             .into_iter()
-            .map(|(record, body)| {
-                let body = body.unwrap_or_else(|| EventRecord::encode(&record.event));
-                (record, body)
-            })
-            .unzip();
+            .enumerate()
+            .map(|(index, body)| body.unwrap_or_else(|| encode(index)))
+            .collect();
+        // One body per record, whatever was handed in.
+        bodies.truncate(records.len());
+        let encoded = bodies.len();
+        bodies.extend((encoded..records.len()).map(encode));
         EventBatch {
             previous,
             first_seq,

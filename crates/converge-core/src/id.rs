@@ -198,8 +198,19 @@ macro_rules! positional_id {
         }
 
         impl Serialize for $name {
+            /// The same text as its `Display`, written without the formatting machinery:
+            /// every event names one, so this is on the engine's hot path.
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_str(self)
+                let mut text = PositionalText::default();
+                text.push(b'c');
+                text.number(self.cycle);
+                text.push(b'.');
+                text.push(b'a');
+                text.number(self.agent.0);
+                text.push(b'.');
+                text.push_char($prefix);
+                text.number(self.seq);
+                serializer.serialize_str(text.as_str())
             }
         }
 
@@ -235,6 +246,59 @@ positional_id!(
     'o',
     "observation"
 );
+
+/// The text of a positional id, built on the stack: `c`, `.a`, `.`, a prefix and three
+/// numbers of at most ten digits fit 36 bytes.
+struct PositionalText {
+    bytes: [u8; 36],
+    len: usize,
+}
+
+impl Default for PositionalText {
+    fn default() -> Self {
+        PositionalText {
+            bytes: [0; 36],
+            len: 0,
+        }
+    }
+}
+
+impl PositionalText {
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn push_char(&mut self, letter: char) {
+        let mut bytes = [0u8; 4];
+        letter
+            .encode_utf8(&mut bytes)
+            .bytes()
+            .for_each(|byte| self.push(byte));
+    }
+
+    fn number(&mut self, mut value: u32) {
+        let mut digits = [0u8; 10];
+        let mut count = 0;
+        loop {
+            digits[count] = b'0' + (value % 10) as u8;
+            count += 1;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        digits[..count]
+            .iter()
+            .rev()
+            .for_each(|&digit| self.push(digit));
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII letters, digits and dots are pushed.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
 
 fn parse_positional(text: &str, prefix: char) -> Option<(u32, u32, u32)> {
     let mut parts = text.split('.');
@@ -274,5 +338,28 @@ mod tests {
         assert!("c1.a0.p0".parse::<ObservationId>().is_err());
         assert!("c1.a0.p0.x".parse::<ProposalId>().is_err());
         assert!("c-1.a0.p0".parse::<ProposalId>().is_err());
+    }
+
+    #[test]
+    fn positional_ids_serialize_as_their_display() {
+        for (cycle, agent, seq) in [
+            (0, 0, 0),
+            (7, 12, 3),
+            (10, 100, 1000),
+            (u32::MAX, u32::MAX, u32::MAX),
+        ] {
+            let proposal = ProposalId::new(cycle, AgentId(agent), seq);
+            let observation = ObservationId::new(cycle, AgentId(agent), seq);
+            for (json, text) in [
+                (serde_json::to_string(&proposal), proposal.to_string()),
+                (serde_json::to_string(&observation), observation.to_string()),
+            ] {
+                assert_eq!(json.unwrap(), format!("\"{text}\""));
+            }
+        }
+        assert_eq!(
+            serde_json::to_string(&ProposalId::new(u32::MAX, AgentId(u32::MAX), u32::MAX)).unwrap(),
+            "\"c4294967295.a4294967295.p4294967295\""
+        );
     }
 }

@@ -164,8 +164,11 @@ pub struct Run<'e> {
     ctx: Context,
     state: RunState,
     phase: Phase,
-    /// Emitted events not yet taken, with their encodings when kept.
-    events: VecDeque<(EventRecord, Option<Vec<u8>>)>,
+    /// Emitted events not yet taken.
+    events: VecDeque<EventRecord>,
+    /// Their encodings, when kept: `bodies[i]` is `events[i]`'s. Kept apart from the records
+    /// so that taking them moves both buffers instead of copying them.
+    bodies: VecDeque<Option<Vec<u8>>>,
     /// The hash of the last event taken (the chain's head when none is pending).
     taken_head: Digest,
     /// Whether sealing keeps each event's encoding for [`Run::take_events`].
@@ -200,6 +203,7 @@ impl<'e> Run<'e> {
             state,
             phase: Phase::Ready,
             events: VecDeque::new(),
+            bodies: VecDeque::new(),
             taken_head: Digest::zero(),
             keep_encoded: false,
         };
@@ -287,6 +291,7 @@ impl<'e> Run<'e> {
             state: *state,
             phase: Phase::Ready,
             events: VecDeque::new(),
+            bodies: VecDeque::new(),
             taken_head,
             keep_encoded: false,
         }
@@ -451,9 +456,35 @@ impl<'e> Run<'e> {
 
     /// The next event not yet taken, in order.
     pub fn poll_event(&mut self) -> Option<EventRecord> {
-        let (record, _) = self.events.pop_front()?;
+        let record = self.events.pop_front()?;
+        self.bodies.pop_front();
         self.taken_head = record.hash;
         Some(record)
+    }
+
+    /// Takes every event not yet taken, without their encodings: what a driver re-deriving a
+    /// recorded step compares with the record. Nothing is encoded or copied.
+    ///
+    /// ```
+    /// use converge_core::agents::SeedAgent;
+    /// use converge_core::{Context, Engine, Event};
+    ///
+    /// let mut engine = Engine::new();
+    /// engine.register(SeedAgent::new("seed-1", "hello"));
+    /// let mut run = engine.start(Context::new())?;
+    /// let records = run.take_records();
+    /// assert!(matches!(records[0].event, Event::RunStarted { .. }));
+    /// assert!(run.take_records().is_empty());
+    /// assert_eq!(run.take_events().previous(), records.last().unwrap().hash);
+    /// # Ok::<(), converge_core::EngineError>(())
+    /// ```
+    pub fn take_records(&mut self) -> Vec<EventRecord> {
+        self.bodies.clear();
+        let records = Vec::from(std::mem::take(&mut self.events));
+        if let Some(last) = records.last() {
+            self.taken_head = last.hash;
+        }
+        records
     }
 
     /// Takes every event not yet taken, with the exact bytes the chain hashed: what a journal
@@ -462,8 +493,13 @@ impl<'e> Run<'e> {
         let first_seq = self
             .events
             .front()
-            .map_or(self.state.chain.next_seq, |(record, _)| record.seq);
-        let batch = EventBatch::new(self.taken_head, first_seq, self.events.drain(..));
+            .map_or(self.state.chain.next_seq, |record| record.seq);
+        let batch = EventBatch::new(
+            self.taken_head,
+            first_seq,
+            Vec::from(std::mem::take(&mut self.events)),
+            Vec::from(std::mem::take(&mut self.bodies)),
+        );
         self.taken_head = batch.head();
         batch
     }
@@ -488,9 +524,21 @@ impl<'e> Run<'e> {
         check_complete(batch, &outcomes)?;
         let cycle = batch.cycle;
         let mut tally = Tally::default();
-        // Most outcomes emit one event (a promotion, a rejection, a failure); growing the
-        // queue once, not as they come, keeps a wide cycle from copying it over and over.
-        self.events.reserve(outcomes.len().saturating_add(1));
+        // Growing the event queue and the context once, not as outcomes come, keeps a wide
+        // cycle from copying them over and over.
+        let (events, facts) = room_for(&outcomes, self.setup.config.proposals_per_effect_max);
+        self.events.reserve(events.saturating_add(1));
+        if self.keep_encoded {
+            self.bodies.reserve(events.saturating_add(1));
+        }
+        let facts_left = self
+            .setup
+            .budget
+            .facts
+            .limit()
+            .saturating_sub(self.state.stats.facts_promoted);
+        self.ctx
+            .reserve(facts.min(usize::try_from(facts_left).unwrap_or(usize::MAX)));
         for (agent, outcome) in outcomes {
             self.merge(cycle, agent, outcome, &mut tally);
         }
@@ -1037,9 +1085,34 @@ impl<'e> Run<'e> {
     }
 
     fn emit(&mut self, event: Event) {
-        let sealed = self.state.chain.seal(event, self.keep_encoded);
-        self.events.push_back(sealed);
+        let (record, body) = self.state.chain.seal(event, self.keep_encoded);
+        self.events.push_back(record);
+        self.bodies.push_back(body);
     }
+}
+
+/// The events merging `outcomes` emits, and the facts it can promote at most: an agent's
+/// event, one per observation and one per proposal considered.
+fn room_for(outcomes: &[(AgentId, AgentOutcome)], proposals_max: usize) -> (usize, usize) {
+    outcomes
+        .iter()
+        .fold((0usize, 0usize), |(events, facts), (_, outcome)| {
+            let (proposals, observations) = match outcome {
+                AgentOutcome::Completed(effect) if effect.failure().is_none() => (
+                    effect.proposals().len().min(proposals_max),
+                    effect.observations().len(),
+                ),
+                AgentOutcome::Completed(effect) => (0, effect.observations().len()),
+                AgentOutcome::Failed(_) => (0, 0),
+            };
+            (
+                events
+                    .saturating_add(1)
+                    .saturating_add(observations)
+                    .saturating_add(proposals),
+                facts.saturating_add(proposals),
+            )
+        })
 }
 
 fn check_complete(batch: &Batch, sorted: &[(AgentId, AgentOutcome)]) -> Result<(), SubmitError> {

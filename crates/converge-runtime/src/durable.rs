@@ -345,10 +345,7 @@ fn finished<'e>(
 /// Drains the run's new events and checks them against the step's recorded ones; says
 /// whether they stopped the run (a `run_stopped` event).
 fn compare(run_id: &RunId, step: &RecordedStep, run: &mut Run<'_>) -> Result<bool, DurableError> {
-    let mut derived = Vec::new();
-    while let Some(record) = run.poll_event() {
-        derived.push(record);
-    }
+    let derived = run.take_records();
     match first_difference(step, &derived) {
         None => Ok(derived.iter().any(stops)),
         Some(divergence) => Err(DurableError::Diverged {

@@ -5,7 +5,8 @@
 use converge_core::{Digest, EventBatch, EventRecord};
 
 fn forge(records: Vec<EventRecord>) -> EventBatch {
-    EventBatch::new(Digest::zero(), 0, records.into_iter().map(|record| (record, None)))
+    let bodies = records.iter().map(|_| None).collect();
+    EventBatch::new(Digest::zero(), 0, records, bodies)
 }
 
 fn main() {
