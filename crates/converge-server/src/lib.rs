@@ -19,6 +19,7 @@ pub mod openapi;
 mod schema;
 mod server;
 mod service;
+mod slots;
 mod store;
 pub mod view;
 mod viewer;

@@ -1,16 +1,15 @@
 //! The service behind the routes: who owns which run, which runs this process is driving,
 //! and cached reads of each run.
 //!
-//! Each run has a [`Slot`]: a lock held by whoever drives it (submit, resume, decide,
-//! cancel), the active drive's cancel handle, a watch of how many of its events are
-//! committed, and caches. Driving happens on a blocking thread with its own single-threaded
-//! async runtime and its own journal connection, so journal writes (fsync) never stall the
-//! threads answering requests. Reads go through small pools of connections and are cached by
+//! Each run in use or recently read has a [`Slot`] ([`crate::slots`]): a lock held by
+//! whoever drives it (submit, resume, decide, cancel), the active drive's cancel handle, a
+//! watch of how many of its events are committed, and caches. Driving happens on a blocking
+//! thread with its own single-threaded async runtime and its own journal connection, so
+//! journal writes (fsync) never stall the threads answering requests. Reads go through small pools of connections and are cached by
 //! the run's committed event count: a run's events never change once committed, so a cache
 //! keyed by that count is exact, whoever wrote them.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 use crate::error::{ApiError, ErrorCode};
 use crate::job::{self, BuildError, Calls};
 use crate::metrics::Metrics;
+use crate::slots::{Slot, Slots};
 use crate::store::{Ownership, Store, StoreError};
 use crate::{Drivers, ServerConfig};
 
@@ -33,7 +33,7 @@ pub(crate) struct Service {
     pub(crate) config: ServerConfig,
     stores: Pool<Store>,
     journals: Pool<Box<dyn Journal + Send>>,
-    slots: Mutex<HashMap<RunId, Arc<Slot>>>,
+    slots: Mutex<Slots>,
     pub(crate) metrics: Metrics,
     /// Runs driven at once: more would only contend for the cores and the journal's writer
     /// lock, and slow every reader down with them.
@@ -43,22 +43,6 @@ pub(crate) struct Service {
     /// Most drives taken at once: beyond, a drive is refused at once (429) rather than left
     /// to wait behind others' runs without an answer.
     admitted_max: usize,
-}
-
-/// One run as this process knows it.
-pub(crate) struct Slot {
-    /// Held for as long as anyone drives the run.
-    drive: Arc<tokio::sync::Mutex<()>>,
-    /// The cancel handle of the drive in progress.
-    cancel: Mutex<Option<Cancel>>,
-    /// Committed events, as far as this process has seen (drives here update it at once;
-    /// readers update it from the journal).
-    pub(crate) committed: watch::Sender<u64>,
-    driving: AtomicBool,
-    events: Mutex<Vec<Arc<EventEntry>>>,
-    view: Mutex<Option<(u64, Arc<Inspection>)>>,
-    /// What the run's job goes by, once read: a header never changes.
-    job: std::sync::OnceLock<JobNames>,
 }
 
 /// What a run's job goes by: its name and its objective, as far as its header says.
@@ -112,7 +96,7 @@ impl Service {
             config,
             stores,
             journals,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots::default()),
             metrics: Metrics::new(),
             drives: Arc::new(tokio::sync::Semaphore::new(drives)),
             admitted: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -158,21 +142,7 @@ impl Service {
 
     /// The slot of `run`, made on first use.
     pub(crate) fn slot(&self, run: &RunId) -> Arc<Slot> {
-        let mut slots = lock(&self.slots);
-        slots
-            .entry(run.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    drive: Arc::new(tokio::sync::Mutex::new(())),
-                    cancel: Mutex::new(None),
-                    committed: watch::Sender::new(0),
-                    driving: AtomicBool::new(false),
-                    events: Mutex::new(Vec::new()),
-                    view: Mutex::new(None),
-                    job: std::sync::OnceLock::new(),
-                })
-            })
-            .clone()
+        lock(&self.slots).get_or_make(run)
     }
 
     /// On a shared database, wakes the readers of each run another process commits to
