@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 mod journal;
 mod latency;
+mod open_loop;
 mod pg_journal;
 mod pg_runs;
 mod pg_serve;
