@@ -339,14 +339,39 @@ pub struct RecordedRun {
     pub lease: Option<(Holder, u64)>,
 }
 
+/// A run leased by [`Journal::claim_loaded`], with what re-deriving it needs, read under the
+/// claim.
+#[derive(Debug)]
+pub struct ClaimedRun {
+    /// The run's lease, held by the claimer.
+    pub lease: Lease,
+    /// The run as [`Journal::load`] reads it, or why it cannot be read (a broken run: its
+    /// lease is held all the same, for the claimer to release).
+    pub recorded: Result<RecordedRun, JournalError>,
+}
+
 /// One step for [`Journal::append_steps`]: its input and the events the core emitted taking
 /// it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PendingStep {
     /// What the driver fed the core.
     pub input: StepInput,
     /// What the core emitted for it.
     pub events: EventBatch,
+}
+
+/// One run's steps for [`Journal::append_steps_of_runs`]: what [`Journal::append_steps`]
+/// takes.
+#[derive(Debug, Clone)]
+pub struct RunSteps {
+    /// The lease the steps are written under.
+    pub lease: Lease,
+    /// The first step's number.
+    pub first: u64,
+    /// The steps, in order.
+    pub steps: Vec<PendingStep>,
+    /// Whether the lease is given up with them.
+    pub after: AfterSteps,
 }
 
 /// What happens to the lease once [`Journal::append_steps`] has committed.
@@ -796,6 +821,29 @@ pub trait Journal {
         limit: usize,
     ) -> Result<Vec<Lease>, JournalError>;
 
+    /// Claims as [`Journal::claim`] does and loads each claimed run as [`Journal::load`]
+    /// does: what a worker needs to drive them. A backend does both in one transaction
+    /// (the runs' rows are locked by the claim, so no one writes them meanwhile); this
+    /// default claims, then loads each.
+    ///
+    /// A run that cannot be loaded (broken, or its header unreadable) is claimed all the
+    /// same, with its error; a storage failure fails the whole claim.
+    fn claim_loaded(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>, JournalError> {
+        let leases = self.claim(holder, now_ms, limit)?;
+        Ok(leases
+            .into_iter()
+            .map(|lease| {
+                let recorded = self.load(lease.run());
+                ClaimedRun { lease, recorded }
+            })
+            .collect())
+    }
+
     /// Gives a held lease up; a lease already lost is not an error.
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError>;
 
@@ -843,6 +891,22 @@ pub trait Journal {
         steps: &[PendingStep],
         after: AfterSteps,
     ) -> Result<(), JournalError>;
+
+    /// Commits the steps of several runs, each exactly as [`Journal::append_steps`] would,
+    /// and returns each run's outcome in order: how a worker commits the runs its slots
+    /// finished at about the same time with one transaction, one commit and one flush.
+    ///
+    /// A backend writes them all in one transaction, each run's row locked (in the order of
+    /// the runs' ids, so two such transactions never wait on each other in a cycle) and its
+    /// lease checked in it; a crash leaves all of them or none. When any run is refused
+    /// (its lease lost, its steps out of order), nothing of the group is kept and each run
+    /// is committed on its own, so one refusal costs the others nothing but a retry. This
+    /// default commits each on its own.
+    fn append_steps_of_runs(&mut self, runs: &[RunSteps]) -> Vec<Result<(), JournalError>> {
+        runs.iter()
+            .map(|run| self.append_steps(&run.lease, run.first, &run.steps, run.after))
+            .collect()
+    }
 
     /// Every run, in creation order.
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError>;
@@ -951,6 +1015,15 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         (**self).claim(holder, now_ms, limit)
     }
 
+    fn claim_loaded(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>, JournalError> {
+        (**self).claim_loaded(holder, now_ms, limit)
+    }
+
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
         (**self).release(lease)
     }
@@ -983,6 +1056,10 @@ impl<J: Journal + ?Sized> Journal for &mut J {
         after: AfterSteps,
     ) -> Result<(), JournalError> {
         (**self).append_steps(lease, first, steps, after)
+    }
+
+    fn append_steps_of_runs(&mut self, runs: &[RunSteps]) -> Vec<Result<(), JournalError>> {
+        (**self).append_steps_of_runs(runs)
     }
 
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
@@ -1065,6 +1142,15 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
         (**self).claim(holder, now_ms, limit)
     }
 
+    fn claim_loaded(
+        &mut self,
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>, JournalError> {
+        (**self).claim_loaded(holder, now_ms, limit)
+    }
+
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError> {
         (**self).release(lease)
     }
@@ -1097,6 +1183,10 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
         after: AfterSteps,
     ) -> Result<(), JournalError> {
         (**self).append_steps(lease, first, steps, after)
+    }
+
+    fn append_steps_of_runs(&mut self, runs: &[RunSteps]) -> Vec<Result<(), JournalError>> {
+        (**self).append_steps_of_runs(runs)
     }
 
     fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {

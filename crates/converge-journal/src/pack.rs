@@ -7,11 +7,11 @@
 //! record, do not depend on it. Reading a group never inflates past the size its index
 //! announces, so a damaged or hostile blob cannot allocate without bound.
 
-use std::io::{Read, Write};
+use std::cell::RefCell;
+use std::io::Read;
 
-use flate2::Compression;
 use flate2::read::ZlibDecoder;
-use flate2::write::ZlibEncoder;
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 /// Most uncompressed bytes one group holds; a single larger record is a group of its own.
 pub(crate) const GROUP_BYTES_MAX: usize = 1 << 20;
@@ -22,6 +22,32 @@ pub(crate) const GROUP_RECORDS_MAX: usize = 4096;
 /// The compression level: the fastest, since most of what is stored is written once and
 /// read rarely, and the write is on the run's path.
 const LEVEL: u32 = 1;
+
+thread_local! {
+    /// One compressor per thread, reset for each group: a new one allocates and zeroes its
+    /// window and tables (hundreds of KiB) for a group that is often a few hundred bytes.
+    static COMPRESSOR: RefCell<Compress> =
+        RefCell::new(Compress::new(Compression::new(LEVEL), true));
+}
+
+/// `input` compressed as one zlib stream by `compress`, freshly reset; empty if the
+/// compressor fails, which it does not on memory it is given.
+fn deflate(compress: &mut Compress, input: &[u8]) -> Vec<u8> {
+    compress.reset();
+    let mut output = Vec::with_capacity(input.len() / 4 + 64);
+    loop {
+        if output.len() == output.capacity() {
+            output.reserve(output.capacity().max(64));
+        }
+        let consumed = usize::try_from(compress.total_in()).unwrap_or(input.len());
+        let rest = input.get(consumed..).unwrap_or_default();
+        match compress.compress_vec(rest, &mut output, FlushCompress::Finish) {
+            Ok(Status::StreamEnd) => return output,
+            Ok(Status::Ok | Status::BufError) => {}
+            Err(_) => return Vec::new(),
+        }
+    }
+}
 
 /// Records being packed into one group.
 #[derive(Default)]
@@ -49,15 +75,14 @@ impl Group {
 
     /// The stored blobs: the end offsets and the compressed bodies.
     pub(crate) fn seal(self) -> (Vec<u8>, Vec<u8>) {
-        let mut encoder = ZlibEncoder::new(
-            Vec::with_capacity(self.bodies.len() / 4 + 64),
-            Compression::new(LEVEL),
-        );
-        // Writing into memory cannot fail.
-        let compressed = encoder
-            .write_all(&self.bodies)
-            .and_then(|()| encoder.finish())
-            .unwrap_or_default();
+        let compressed = COMPRESSOR.with(|compressor| match compressor.try_borrow_mut() {
+            Ok(mut compress) => deflate(&mut compress, &self.bodies),
+            // Not reentrant; a second compressor would do the same work.
+            Err(_) => deflate(
+                &mut Compress::new(Compression::new(LEVEL), true),
+                &self.bodies,
+            ),
+        });
         (self.ends, compressed)
     }
 }
@@ -139,5 +164,24 @@ mod tests {
         let mut longer = ends.clone();
         longer[8] = 11;
         assert!(Unpacked::new(3, &longer, &bodies).is_err());
+    }
+
+    /// The thread's compressor, reused, gives each group the bytes a new one gives it,
+    /// whatever it compressed before: small groups, and one that outgrows its first buffer.
+    #[test]
+    fn a_reused_compressor_seals_as_a_new_one() {
+        let noise: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let inputs: [&[u8]; 4] = [b"alpha", &noise, b"", b"alpha"];
+        for input in inputs {
+            let mut group = Group::default();
+            group.push(input).unwrap();
+            let (ends, sealed) = group.seal();
+            let fresh = deflate(&mut Compress::new(Compression::new(LEVEL), true), input);
+            assert_eq!(sealed, fresh, "{} bytes", input.len());
+            let unpacked = Unpacked::new(1, &ends, &sealed).unwrap();
+            assert_eq!(unpacked.iter().next(), Some(input));
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::link::{header_link, input_link, outcomes_digest, step_link};
 use crate::pack::{Group, Unpacked};
 use crate::parallel;
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
-use crate::{AfterSteps, PendingStep};
+use crate::{AfterSteps, ClaimedRun, PendingStep};
 use crate::{
     BreakReason, JournalError, OpenCycle, Place, RecordedRun, RecordedStep, RunId, RunStatus,
     RunSummary, StoredEvent, Verification,
@@ -408,6 +408,26 @@ pub(crate) fn claim(
     Ok(leases)
 }
 
+/// Claims runs and loads each under the claim: [`crate::Journal::claim_loaded`]. A run that
+/// cannot be read is returned with its error; a storage failure ends the transaction.
+pub(crate) fn claim_loaded(
+    tx: &mut dyn Tx,
+    holder: &Holder,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<ClaimedRun>, JournalError> {
+    let leases = claim(tx, holder, now_ms, limit)?;
+    let mut claimed = Vec::with_capacity(leases.len());
+    for lease in leases {
+        let recorded = match load(tx, lease.run()) {
+            Err(error @ JournalError::Storage { .. }) => return Err(error),
+            loaded => loaded,
+        };
+        claimed.push(ClaimedRun { lease, recorded });
+    }
+    Ok(claimed)
+}
+
 /// Extends a held lease to `now_ms` plus its time to live; returns the new expiry.
 pub(crate) fn renew(tx: &mut dyn Tx, lease: &Lease, now_ms: u64) -> Result<u64, JournalError> {
     let expires_ms = now_ms.saturating_add(LEASE_TTL_MS);
@@ -572,8 +592,13 @@ impl Appends {
     /// checked against the record the ones before it left) and the run's last head, then
     /// gives the lease up if asked: all of it or, on any refusal or failure, none.
     pub(crate) fn commit(self, tx: &mut dyn Tx) -> Result<(), JournalError> {
+        let row = read_run(tx, &self.lease.run)?;
+        self.commit_locked(tx, row)
+    }
+
+    /// [`Appends::commit`], the run's row already read and locked.
+    fn commit_locked(self, tx: &mut dyn Tx, row: RunRow) -> Result<(), JournalError> {
         let run = self.lease.run.clone();
-        let row = read_run(tx, &run)?;
         row.check_lease(&self.lease)?;
         let mut tip = Tip::of(&row)?;
         let wrote = !self.appends.is_empty();
@@ -593,6 +618,37 @@ impl Appends {
         }
         Ok(())
     }
+}
+
+/// Commits the steps of several runs in one transaction:
+/// [`crate::Journal::append_steps_of_runs`]. Every row is locked first, in one read, in the
+/// order of the runs' ids; any refusal refuses the whole group.
+pub(crate) fn append_group(tx: &mut dyn Tx, group: Vec<Appends>) -> Result<(), JournalError> {
+    let mut names: Vec<&str> = group
+        .iter()
+        .map(|appends| appends.lease.run.as_str())
+        .collect();
+    names.sort_unstable();
+    if names.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(JournalError::InvalidStep {
+            run: group[0].lease.run.clone(),
+            step: 0,
+            detail: "a run appears twice in one group of runs",
+        });
+    }
+    let mut rows: BTreeMap<String, RunRow> = tx
+        .runs_named(&names)?
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect();
+    for appends in group {
+        let run = &appends.lease.run;
+        let row = rows
+            .remove(run.as_str())
+            .ok_or_else(|| JournalError::UnknownRun { run: run.clone() })?;
+        appends.commit_locked(tx, row)?;
+    }
+    Ok(())
 }
 
 impl Append {
@@ -877,6 +933,16 @@ macro_rules! journal_through_backend {
                 self.write(move |tx| $crate::store::claim(tx, &holder, now_ms, limit))
             }
 
+            fn claim_loaded(
+                &mut self,
+                holder: &$crate::Holder,
+                now_ms: u64,
+                limit: usize,
+            ) -> Result<Vec<$crate::ClaimedRun>, $crate::JournalError> {
+                let holder = holder.clone();
+                self.write(move |tx| $crate::store::claim_loaded(tx, &holder, now_ms, limit))
+            }
+
             fn release(&mut self, lease: &$crate::Lease) -> Result<(), $crate::JournalError> {
                 let held = lease.clone();
                 self.write(move |tx| $crate::store::release(tx, &held))
@@ -913,6 +979,38 @@ macro_rules! journal_through_backend {
             ) -> Result<(), $crate::JournalError> {
                 let appends = $crate::store::Appends::prepare(lease, first, steps, after)?;
                 self.write(move |tx| appends.commit(tx))
+            }
+
+            fn append_steps_of_runs(
+                &mut self,
+                runs: &[$crate::RunSteps],
+            ) -> Vec<Result<(), $crate::JournalError>> {
+                let each = |journal: &mut Self, run: &$crate::RunSteps| {
+                    $crate::Journal::append_steps(
+                        journal, &run.lease, run.first, &run.steps, run.after,
+                    )
+                };
+                if runs.len() < 2 {
+                    return runs.iter().map(|run| each(self, run)).collect();
+                }
+                let prepared = runs
+                    .iter()
+                    .map(|run| {
+                        $crate::store::Appends::prepare(
+                            &run.lease, run.first, &run.steps, run.after,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                let together = match prepared {
+                    Ok(group) => self.write(move |tx| $crate::store::append_group(tx, group)),
+                    Err(refused) => Err(refused),
+                };
+                match together {
+                    Ok(()) => runs.iter().map(|_| Ok(())).collect(),
+                    // Nothing of the group was kept: each on its own, for its own answer
+                    // (a handle a storage failure poisoned refuses each at once).
+                    Err(_) => runs.iter().map(|run| each(self, run)).collect(),
+                }
             }
 
             fn runs(&self) -> Result<Vec<$crate::RunSummary>, $crate::JournalError> {

@@ -24,8 +24,8 @@ use converge_core::{
 };
 use converge_journal::{
     AfterSteps, FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News,
-    PendingStep, Place, PostgresJournal, RunHeader, RunId, RunStatus, SQLITE_POLL, SqliteJournal,
-    StepInput, Verification, Wakeups, wall_clock_ms,
+    PendingStep, Place, PostgresJournal, RunHeader, RunId, RunStatus, RunSteps, SQLITE_POLL,
+    SqliteJournal, StepInput, Verification, Wakeups, wall_clock_ms,
 };
 use serde_json::json;
 
@@ -774,6 +774,84 @@ fn steps_commit_together(store: &Store) {
     }
 }
 
+/// Several runs' steps commit in one group, each exactly as `append_steps` commits it; a
+/// run refused in a group (its lease taken) costs the others nothing: they commit, and the
+/// refused one writes nothing.
+fn runs_commit_together(store: &Store) {
+    let mut journal = store.open();
+    let reference = run_id("reference");
+    let (recording, outcome) = record(journal.as_mut(), &reference);
+    outcome.expect("recorded");
+    let steps: Vec<PendingStep> = recording
+        .steps
+        .iter()
+        .map(|(input, events)| PendingStep {
+            input: input.clone(),
+            events: events.clone(),
+        })
+        .collect();
+    let group = |names: &[&str], journal: &mut Box<dyn Journal + Send>| -> Vec<RunSteps> {
+        names
+            .iter()
+            .map(|name| RunSteps {
+                lease: journal
+                    .create_run(&run_id(name), &header(), &holder(), 0)
+                    .expect("created"),
+                first: 0,
+                steps: steps.clone(),
+                after: AfterSteps::Release,
+            })
+            .collect()
+    };
+    let check = |journal: &(dyn Journal + Send), name: &str| {
+        let id = run_id(name);
+        let loaded = journal.load(&id).expect("loads");
+        let expected = journal.load(&reference).expect("loads");
+        assert_eq!(loaded.steps, expected.steps, "{name}: the same steps");
+        assert_eq!(intact(journal, &id), intact(journal, &reference));
+        assert_eq!(journal.summary(&id).expect("summary").lease, None, "{name}");
+    };
+
+    // Given in any order: each run is locked in the order of the ids.
+    let runs = group(&["group-c", "group-a", "group-b"], &mut journal);
+    let answers = journal.append_steps_of_runs(&runs);
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    for name in ["group-a", "group-b", "group-c"] {
+        check(journal.as_ref(), name);
+    }
+
+    // One lease taken by another process: that run is refused and writes nothing, the
+    // others commit.
+    let runs = group(&["mixed-a", "mixed-b", "mixed-c"], &mut journal);
+    let mut theirs = store.open();
+    theirs
+        .preempt(&run_id("mixed-b"), &elsewhere(), 0)
+        .expect("preempted");
+    let answers = journal.append_steps_of_runs(&runs);
+    assert!(answers[0].is_ok() && answers[2].is_ok(), "{answers:?}");
+    assert!(
+        matches!(answers[1], Err(JournalError::LeaseLost { .. })),
+        "{answers:?}"
+    );
+    check(journal.as_ref(), "mixed-a");
+    check(journal.as_ref(), "mixed-c");
+    let refused = journal.summary(&run_id("mixed-b")).expect("summary");
+    assert_eq!(refused.steps, 0);
+    assert_eq!(refused.lease.map(|(holder, _)| holder), Some(elsewhere()));
+
+    // The same run twice: the first commits and gives the lease up, so the second is
+    // refused.
+    let runs = group(&["twice"], &mut journal);
+    let twice = [runs[0].clone(), runs[0].clone()];
+    let answers = journal.append_steps_of_runs(&twice);
+    assert!(answers[0].is_ok(), "{answers:?}");
+    assert!(
+        matches!(answers[1], Err(JournalError::LeaseLost { .. })),
+        "{answers:?}"
+    );
+    check(journal.as_ref(), "twice");
+}
+
 fn concurrent_writers(store: &Store) {
     let threads: Vec<_> = (0..4)
         .map(|index| {
@@ -954,6 +1032,88 @@ fn claims_never_overlap(store: &Store) {
             .map(|lease| lease.run().clone())
             .collect::<Vec<_>>(),
         vec![live]
+    );
+}
+
+/// A claim that loads leases what `claim` would, oldest first, and gives each run as `load`
+/// reads it under the new lease: a run partway through with its committed steps, a
+/// submitted one with none. A run that cannot be read is claimed with its error, for the
+/// claimer to release.
+fn claims_load_what_they_lease(store: &Store) {
+    let mut journal = store.open();
+    let partway = run_id("partway");
+    let lease = journal
+        .create_run(&partway, &header(), &holder(), 0)
+        .expect("created");
+    let engine = gated_engine();
+    let mut run = engine.start(Context::new()).expect("valid");
+    let start = StepInput::Start { header: header() };
+    journal
+        .append(&lease, 0, &start, &run.take_events())
+        .expect("start");
+    journal.release(&lease).expect("released");
+    for id in ["submitted", "altered"] {
+        let lease = journal
+            .create_run(&run_id(id), &header(), &holder(), 0)
+            .expect("created");
+        journal.release(&lease).expect("released: submitted");
+    }
+    store.tamper(
+        "UPDATE runs SET header = replace(header, 'inventory', 'inventorY') \
+         WHERE id = 'altered'",
+    );
+
+    let worker = elsewhere();
+    let claimed = journal
+        .claim_loaded(&worker, 2_000, 2)
+        .expect("claims and loads");
+    let runs: Vec<&RunId> = claimed.iter().map(|claim| claim.lease.run()).collect();
+    assert_eq!(
+        runs,
+        [&partway, &run_id("submitted")],
+        "oldest first, at most 2"
+    );
+    for claim in &claimed {
+        let recorded = claim.recorded.as_ref().expect("loaded");
+        let loaded = journal.load(claim.lease.run()).expect("loads");
+        assert_eq!(recorded, &loaded, "as load reads it");
+        assert_eq!(
+            recorded.lease.as_ref().map(|(holder, _)| holder),
+            Some(&worker),
+            "under the claim's lease"
+        );
+    }
+    let steps: Vec<usize> = claimed
+        .iter()
+        .map(|claim| claim.recorded.as_ref().map_or(0, |run| run.steps.len()))
+        .collect();
+    assert_eq!(steps, [1, 0]);
+    // The leases are the runs' own: a step commits under one.
+    let mut run = engine.start(Context::new()).expect("valid");
+    journal
+        .append(&claimed[1].lease, 0, &start, &run.take_events())
+        .expect("a step under the claimed lease");
+
+    let rest = journal
+        .claim_loaded(&worker, 2_000, 10)
+        .expect("claims the rest");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].lease.run(), &run_id("altered"));
+    match &rest[0].recorded {
+        Err(JournalError::Broken { at, .. }) => assert_eq!(*at, Place::Header),
+        other => panic!("expected the altered header named, got {other:?}"),
+    }
+    journal
+        .release(&rest[0].lease)
+        .expect("its lease is held, and released");
+    assert!(
+        journal
+            .claim_loaded(&worker, 2_000, 10)
+            .expect("claims")
+            .iter()
+            .map(|claim| claim.lease.run())
+            .eq([&run_id("altered")]),
+        "released, it is claimable again"
     );
 }
 
@@ -1282,6 +1442,7 @@ const CASES: &[Case] = &[
     ("outcomes_ahead_of_their_step", outcomes_ahead_of_their_step),
     ("injected_failures", injected_failures),
     ("steps_commit_together", steps_commit_together),
+    ("runs_commit_together", runs_commit_together),
     ("concurrent_writers", concurrent_writers),
     ("racing_takeovers", racing_takeovers),
     ("edits_are_named", edits_are_named),
@@ -1290,6 +1451,7 @@ const CASES: &[Case] = &[
         a_newer_schema_is_refused_untouched,
     ),
     ("claims_never_overlap", claims_never_overlap),
+    ("claims_load_what_they_lease", claims_load_what_they_lease),
     (
         "a_dead_drivers_run_is_claimed_at_once",
         a_dead_drivers_run_is_claimed_at_once,

@@ -1,14 +1,19 @@
 //! A worker: drives the runs no one drives, any number of workers on one journal.
 //!
 //! A [`Worker`] runs [`WorkerConfig::concurrency`] slots, each a thread with a journal
-//! connection of its own. A slot claims one run ([`Journal::claim`]: submitted, released by
-//! its driver, or whose driver's lease expired; on PostgreSQL `FOR UPDATE SKIP LOCKED`, so no
-//! two slots of any workers get one run), rebuilds its runtime with the [`Build`] callback,
+//! connection of its own. A slot claims one run and reads it in the same transaction
+//! ([`Journal::claim_loaded`]: submitted, released by its driver, or whose driver's lease
+//! expired; on PostgreSQL `FOR UPDATE SKIP LOCKED`, so no two slots of any workers get one
+//! run), rebuilds its runtime with the [`Build`] callback,
 //! drives it to its next stop under the claim's lease with [`Runtime::resume_claimed`] —
 //! re-deriving what was committed, executing only what was not, every commit fenced by the
 //! lease — reports how it stands and claims the next. With nothing to claim it waits for
 //! news ([`Wakeups`]: LISTEN/NOTIFY on PostgreSQL) or [`IDLE_LOOK`], whichever comes first:
 //! a dead worker's runs are free once their leases expire, which no notification announces.
+//!
+//! The slots commit their steps through one committer (`group_commit.rs`): runs that
+//! several slots finish at about the same time are committed in one transaction, each still
+//! under its own lease, and each slot goes on only once its steps are committed.
 //!
 //! A run a slot cannot build (its spec no longer builds here: a missing program, provider or
 //! key) keeps the slot's lease until it expires, so the slot moves on to other runs and any
@@ -31,10 +36,11 @@ use std::time::Duration;
 
 use converge_core::StopReason;
 use converge_journal::{
-    Holder, Journal, Lease, Location, News, RunHeader, RunId, Wakeups, wall_clock_ms,
+    ClaimedRun, Holder, Journal, Location, News, RunHeader, RunId, Wakeups, wall_clock_ms,
 };
 use tokio::sync::watch;
 
+use crate::group_commit::{CommitHandle, Committer, Grouped};
 use crate::{DurableError, Runtime};
 
 /// How long an idle slot waits for news before it looks for runs anyway.
@@ -191,6 +197,8 @@ impl Control {
 /// [`WorkerConfig::until_idle`]) out of runs.
 pub struct Worker {
     slots: Vec<JoinHandle<()>>,
+    /// Commits the slots' steps, several runs in one transaction when they come together.
+    committer: Committer,
     control: Control,
 }
 
@@ -205,11 +213,16 @@ impl Worker {
             draining: Arc::new(AtomicBool::new(false)),
             stop_now: Arc::new(watch::channel(false).0),
         };
+        let committer = Committer::start(&config.location).map_err(WorkerError::Thread)?;
         let mut slots = Vec::with_capacity(usize::from(config.concurrency));
         for index in 0..config.concurrency {
+            let Some(commits) = committer.handle() else {
+                break;
+            };
             let slot = Slot {
                 index,
                 config: config.clone(),
+                commits,
                 build: build.clone(),
                 report: report.clone(),
                 draining: control.draining.clone(),
@@ -224,11 +237,16 @@ impl Worker {
                     // The slots already started must not outlive a worker that failed.
                     control.stop_now();
                     slots.into_iter().for_each(|slot| drop(slot.join()));
+                    committer.finish();
                     return Err(WorkerError::Thread(error));
                 }
             }
         }
-        Ok(Worker { slots, control })
+        Ok(Worker {
+            slots,
+            committer,
+            control,
+        })
     }
 
     /// A handle to drain or stop the worker.
@@ -241,6 +259,7 @@ impl Worker {
         for slot in self.slots {
             let _ = slot.join();
         }
+        self.committer.finish();
     }
 }
 
@@ -248,6 +267,7 @@ impl Worker {
 struct Slot {
     index: u16,
     config: WorkerConfig,
+    commits: CommitHandle,
     build: Build,
     report: Reporter,
     draining: Arc<AtomicBool>,
@@ -288,8 +308,8 @@ impl Slot {
                     }
                 },
             };
-            match open.claim(&self.config.holder, wall_clock_ms(), 1) {
-                Ok(leases) if leases.is_empty() => {
+            match open.claim_loaded(&self.config.holder, wall_clock_ms(), 1) {
+                Ok(claimed) if claimed.is_empty() => {
                     if self.config.until_idle {
                         return;
                     }
@@ -298,9 +318,9 @@ impl Slot {
                         std::thread::sleep(RETRY_AFTER);
                     }
                 }
-                Ok(leases) => {
-                    for lease in leases {
-                        self.drive(open, &runtime, &lease);
+                Ok(claimed) => {
+                    for claim in claimed {
+                        self.drive(open, &runtime, claim);
                     }
                 }
                 Err(error) => {
@@ -318,12 +338,14 @@ impl Slot {
         &self,
         journal: &mut Box<dyn Journal + Send>,
         runtime: &tokio::runtime::Runtime,
-        lease: &Lease,
+        claim: ClaimedRun,
     ) {
+        let ClaimedRun { lease, recorded } = claim;
+        let lease = &lease;
         let run: RunId = lease.run().clone();
-        // One read of the run, under the claim: its header to build from, its steps to
+        // Read with the claim, in its transaction: its header to build from, its steps to
         // re-derive.
-        let recorded = match journal.load(&run) {
+        let recorded = match recorded {
             Ok(recorded) => recorded,
             Err(error) => {
                 // Let it go at once: another slot, or this one, tries again.
@@ -342,9 +364,13 @@ impl Slot {
         };
         let mut driver = driver.with_holder(self.config.holder.clone());
         let mut stopped = self.stopped.clone();
+        let mut grouped = Grouped {
+            journal,
+            committer: &self.commits,
+        };
         let outcome = runtime.block_on(async {
             tokio::select! {
-                outcome = driver.resume_claimed(journal, lease, recorded) => Some(outcome),
+                outcome = driver.resume_claimed(&mut grouped, lease, recorded) => Some(outcome),
                 _ = stopped.wait_for(|stop| *stop) => None,
             }
         });
