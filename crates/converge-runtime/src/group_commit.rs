@@ -95,7 +95,10 @@ fn commit_all(location: &Location, queue: &mpsc::Receiver<Request>) {
                 }
             },
         };
-        let steps: Vec<RunSteps> = group.iter().map(|request| request.steps.clone()).collect();
+        let (steps, waiting): (Vec<RunSteps>, Vec<_>) = group
+            .into_iter()
+            .map(|request| (request.steps, request.answer))
+            .unzip();
         let answers = open.append_steps_of_runs(&steps);
         // A failed write poisons the handle: open the journal again for the next group.
         if answers.iter().any(|answer| {
@@ -106,9 +109,9 @@ fn commit_all(location: &Location, queue: &mpsc::Receiver<Request>) {
         }) {
             journal = None;
         }
-        for (request, answer) in group.into_iter().zip(answers) {
+        for (waiter, answer) in waiting.into_iter().zip(answers) {
             // A slot that is gone has no one to tell.
-            let _ = request.answer.send(answer);
+            let _ = waiter.send(answer);
         }
     }
 }
