@@ -9,10 +9,7 @@
 use converge_core::EventBatch;
 
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
-use crate::{
-    AfterSteps, Holder, Journal, JournalError, Lease, PendingStep, RecordedRun, RunId, RunSummary,
-    StoredEvent, Verification,
-};
+use crate::{AfterSteps, Holder, Journal, JournalError, Lease, PendingStep, RunId};
 
 /// Fault injection for tests: a journal whose `k`-th record write — [`Journal::append`], [`Journal::append_steps`] or
 /// [`Journal::commit_outcomes`] call, 0-based, counted across runs — fails with
@@ -168,36 +165,5 @@ impl<J: Journal> Journal for FailingJournal<J> {
         Err(JournalError::Injected { call })
     }
 
-    fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
-        self.inner.runs()
-    }
-
-    fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
-        self.inner.summary(run)
-    }
-
-    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
-        self.inner.header(run)
-    }
-
-    fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
-        self.inner.load(run)
-    }
-
-    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
-        self.inner.events(run, from)
-    }
-
-    fn events_page(
-        &self,
-        run: &RunId,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, JournalError> {
-        self.inner.events_page(run, from, limit)
-    }
-
-    fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
-        self.inner.verify(run)
-    }
+    crate::forward_journal!(reads to inner);
 }

@@ -21,8 +21,7 @@ use std::thread::JoinHandle;
 use converge_core::EventBatch;
 use converge_journal::{
     AfterSteps, ClaimedRun, Holder, Journal, JournalError, Lease, Location, OutcomeRecord,
-    PendingStep, RecordedRun, RunHeader, RunId, RunSteps, RunSummary, StepInput, StoredEvent,
-    Verification,
+    PendingStep, RunHeader, RunId, RunSteps, StepInput,
 };
 
 /// Most runs committed in one transaction.
@@ -245,40 +244,5 @@ impl Journal for Grouped<'_> {
         self.journal.append_steps_of_runs(runs)
     }
 
-    fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
-        self.journal.runs()
-    }
-
-    fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
-        self.journal.summary(run)
-    }
-
-    fn summaries(&self, runs: &[RunId]) -> Result<Vec<Option<RunSummary>>, JournalError> {
-        self.journal.summaries(runs)
-    }
-
-    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
-        self.journal.header(run)
-    }
-
-    fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
-        self.journal.load(run)
-    }
-
-    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
-        self.journal.events(run, from)
-    }
-
-    fn events_page(
-        &self,
-        run: &RunId,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, JournalError> {
-        self.journal.events_page(run, from, limit)
-    }
-
-    fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
-        self.journal.verify(run)
-    }
+    converge_journal::forward_journal!(reads to journal);
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use converge_core::EventBatch;
 use converge_runtime::{
-    AfterSteps, Holder, Journal, JournalError, Lease, OutcomeRecord, PendingStep, RecordedRun,
-    RunHeader, RunId, RunSummary, StepInput, StoredEvent, Verification,
+    AfterSteps, Holder, Journal, JournalError, Lease, OutcomeRecord, PendingStep, RunHeader, RunId,
+    StepInput,
 };
 
 /// Runs a future on a fresh single-threaded runtime.
@@ -135,27 +135,5 @@ impl<J: Journal> Journal for KillAt<J> {
         self.write(|inner| inner.append_steps(lease, first, steps, after))
     }
 
-    fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
-        self.inner.runs()
-    }
-
-    fn summary(&self, run: &RunId) -> Result<RunSummary, JournalError> {
-        self.inner.summary(run)
-    }
-
-    fn header(&self, run: &RunId) -> Result<RunHeader, JournalError> {
-        self.inner.header(run)
-    }
-
-    fn load(&self, run: &RunId) -> Result<RecordedRun, JournalError> {
-        self.inner.load(run)
-    }
-
-    fn events(&self, run: &RunId, from: u64) -> Result<Vec<StoredEvent>, JournalError> {
-        self.inner.events(run, from)
-    }
-
-    fn verify(&self, run: &RunId) -> Result<Verification, JournalError> {
-        self.inner.verify(run)
-    }
+    converge_journal::forward_journal!(reads to inner);
 }
