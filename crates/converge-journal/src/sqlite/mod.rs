@@ -7,6 +7,7 @@
 //! never creates anything in a file that is not already a Converge journal or an empty
 //! database, and never migrates a schema it does not know.
 
+mod checkpoint;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::store::{
     Backend, ChunkHead, ChunkRow, NewHead, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx, Writes,
     unsigned,
 };
+use checkpoint::Checkpointer;
 use schema::storage;
 
 /// A journal in one SQLite file.
@@ -75,6 +77,8 @@ use schema::storage;
 /// ```
 #[derive(Debug)]
 pub struct SqliteJournal {
+    /// Declared before `conn`: dropped (its thread joined) first, so `conn` closes last.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
     path: PathBuf,
     /// Whether it may write ([`SqliteJournal::open_read_only`], or poisoned by a failure).
@@ -90,8 +94,11 @@ impl SqliteJournal {
     /// it is first inspected through a read-only connection.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteJournal, JournalError> {
         let path = path.as_ref().to_path_buf();
-        let conn = schema::open(&path)?;
+        let mut conn = schema::open(&path)?;
+        let checkpointer = Checkpointer::install(&mut conn, &path)
+            .map_err(storage("installing the checkpointer"))?;
         Ok(SqliteJournal {
+            checkpointer: Some(checkpointer),
             conn,
             path,
             writes: Writes::default(),
@@ -106,6 +113,7 @@ impl SqliteJournal {
         let path = path.as_ref().to_path_buf();
         let conn = schema::open_read_only(&path)?;
         Ok(SqliteJournal {
+            checkpointer: None,
             conn,
             writes: Writes::read_only(&path),
             path,
@@ -135,6 +143,9 @@ impl Backend for SqliteJournal {
             tx.commit().map_err(storage("committing"))?;
             Ok(value)
         })();
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.committed(&self.conn);
+        }
         self.writes.settle(outcome)
     }
 

@@ -20,7 +20,7 @@ const APPLICATION_ID: i32 = 0x436E_7667;
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a write waits for another connection's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = r"
 CREATE TABLE meta (
@@ -393,6 +393,10 @@ fn needs_shared_memory(error: &rusqlite::Error) -> bool {
     )
 }
 
+/// How every connection that writes a journal, or checkpoints one, syncs: `synchronous=FULL`
+/// (the log is synced at each commit, the file at each checkpoint) and `fullfsync`.
+pub(crate) const DURABILITY: [(&str, &str); 2] = [("synchronous", "FULL"), ("fullfsync", "ON")];
+
 /// Sets the per-connection pragmas a journal relies on and checks they took effect.
 fn configure(conn: &Connection) -> Result<(), JournalError> {
     conn.busy_timeout(BUSY_TIMEOUT)
@@ -403,10 +407,11 @@ fn configure(conn: &Connection) -> Result<(), JournalError> {
             detail: format!("the file stays in journal mode {mode:?}; WAL is required"),
         });
     }
+    let [(synchronous, full), (fullfsync, on)] = DURABILITY;
     for (pragma, value, expected) in [
-        ("synchronous", "FULL", 2),
+        (synchronous, full, 2),
         ("foreign_keys", "ON", 1),
-        ("fullfsync", "ON", 1),
+        (fullfsync, on, 1),
     ] {
         conn.pragma_update(None, pragma, value)
             .map_err(storage("setting a pragma"))?;
