@@ -20,6 +20,13 @@ const APPLICATION_ID: i32 = 0x436E_7667;
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a write waits for another connection's write lock before failing.
+/// Page size of a new journal, in bytes. Most of a journal's bytes are compressed groups of
+/// events and outcomes of tens to hundreds of kilobytes, stored in chains of overflow pages:
+/// 16 KB pages write a wide cycle with a quarter of the page writes of SQLite's default 4 KB
+/// (`journal 100000` measured 10–15% faster), while a small commit still touches only a few
+/// pages. Existing journals keep the size they were created with.
+const PAGE_SIZE: i64 = 16384;
+
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = r"
@@ -152,6 +159,11 @@ pub(crate) fn open(path: &Path) -> Result<Connection, JournalError> {
         Connection::open_with_flags(path, flags).map_err(|source| open_error(path, source))?;
     // Checked again on the connection that will write, before anything is written.
     let identity = identify(&conn, path)?;
+    if let Identity::Empty = identity {
+        // Only an empty database takes a page size; it must be set before WAL mode is.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(storage("setting the page size"))?;
+    }
     configure(&conn)?;
     if let Identity::Empty = identity {
         initialize(&mut conn, path)?;
