@@ -867,6 +867,15 @@ pub(crate) trait Backend {
         &self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError>;
+
+    /// Runs `op`, which reads with exactly one statement, where a backend can do so without
+    /// a transaction (one statement sees one snapshot); by default, as [`Backend::read`].
+    fn read_one<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        self.read(op)
+    }
 }
 
 /// Implements [`Journal`] for a [`Backend`]: each operation prepared outside its transaction
@@ -1022,7 +1031,7 @@ macro_rules! journal_through_backend {
                 run: &$crate::RunId,
             ) -> Result<$crate::RunSummary, $crate::JournalError> {
                 let run = run.clone();
-                self.read(move |tx| $crate::store::summary(tx, &run))
+                self.read_one(move |tx| $crate::store::summary(tx, &run))
             }
 
             fn summaries(
@@ -1030,7 +1039,7 @@ macro_rules! journal_through_backend {
                 runs: &[$crate::RunId],
             ) -> Result<Vec<Option<$crate::RunSummary>>, $crate::JournalError> {
                 let runs = runs.to_vec();
-                self.read(move |tx| $crate::store::summaries(tx, &runs))
+                self.read_one(move |tx| $crate::store::summaries(tx, &runs))
             }
 
             fn header(
@@ -1038,7 +1047,7 @@ macro_rules! journal_through_backend {
                 run: &$crate::RunId,
             ) -> Result<$crate::RunHeader, $crate::JournalError> {
                 let run = run.clone();
-                self.read(move |tx| $crate::store::header(tx, &run))
+                self.read_one(move |tx| $crate::store::header(tx, &run))
             }
 
             fn load(

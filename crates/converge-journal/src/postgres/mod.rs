@@ -41,7 +41,7 @@ use postgres::config::Host;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, Config, IsolationLevel, NoTls, Statement};
+use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Statement};
 
 use crate::JournalError;
 use crate::check::{StepRow, StepSpan};
@@ -256,6 +256,25 @@ impl Backend for PostgresJournal {
             })
         })
     }
+
+    /// The statement alone, outside any transaction: PostgreSQL gives one statement one
+    /// snapshot, and a read of one row costs one round trip instead of three (`BEGIN`, the
+    /// row, `ROLLBACK`).
+    fn read_one<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        self.call(move |session| {
+            let (client, statements) = session.client()?;
+            op(&mut PgTx {
+                tx: client,
+                statements,
+                write: false,
+                news: &mut News::default(),
+                pending: Pending::default(),
+            })
+        })
+    }
 }
 
 crate::store::journal_through_backend!(PostgresJournal);
@@ -366,8 +385,8 @@ impl News {
 
 /// The row operations inside one PostgreSQL transaction, with statements prepared once per
 /// connection.
-struct PgTx<'t, 'c> {
-    tx: &'t mut postgres::Transaction<'c>,
+struct PgTx<'t> {
+    tx: &'t mut dyn Statements,
     statements: &'t mut HashMap<String, Statement>,
     /// A write transaction: reading a run locks its row.
     write: bool,
@@ -452,7 +471,7 @@ const SEND_ROWS_AND_HEAD: &str = "UPDATE converge.runs SET steps = $21, events =
      lease_expires_ms = CASE WHEN $27 THEN NULL ELSE lease_expires_ms END \
      WHERE id = $1";
 
-impl PgTx<'_, '_> {
+impl PgTx<'_> {
     /// Sends the pending rows (with `head`, the run's new head), in one statement.
     fn send(&mut self, head: Option<&NewHead<'_>>) -> Result<(), JournalError> {
         if self.pending.is_empty() && head.is_none() {
@@ -569,6 +588,57 @@ impl PgTx<'_, '_> {
     }
 }
 
+/// What [`PgTx`] needs of a connection: a transaction, or the client itself for a read of
+/// one statement ([`Backend::read_one`]).
+trait Statements {
+    fn prepare(&mut self, sql: &str) -> Result<Statement, postgres::Error>;
+    fn execute(
+        &mut self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error>;
+    fn query(
+        &mut self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error>;
+    fn query_raw(
+        &mut self,
+        statement: &Statement,
+        params: &[&dyn ToSql],
+    ) -> Result<postgres::RowIter<'_>, postgres::Error>;
+}
+
+impl<C: GenericClient> Statements for C {
+    fn prepare(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        GenericClient::prepare(self, sql)
+    }
+
+    fn execute(
+        &mut self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        GenericClient::execute(self, statement, params)
+    }
+
+    fn query(
+        &mut self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        GenericClient::query(self, statement, params)
+    }
+
+    fn query_raw(
+        &mut self,
+        statement: &Statement,
+        params: &[&dyn ToSql],
+    ) -> Result<postgres::RowIter<'_>, postgres::Error> {
+        GenericClient::query_raw(self, statement, params.iter().copied())
+    }
+}
+
 /// Reads column `index` of a row, mapping a type mismatch to a corrupt-journal error.
 fn get<'r, T: postgres::types::FromSql<'r>>(
     row: &'r postgres::Row,
@@ -598,7 +668,7 @@ fn run_row(row: &postgres::Row) -> Result<RunRow, JournalError> {
     })
 }
 
-impl Tx for PgTx<'_, '_> {
+impl Tx for PgTx<'_> {
     fn run(&mut self, run: &str) -> Result<Option<RunRow>, JournalError> {
         let lock = if self.write { " FOR UPDATE" } else { "" };
         let sql = format!("SELECT {RUN_COLUMNS} FROM converge.runs WHERE id = $1{lock}");
@@ -776,7 +846,7 @@ impl Tx for PgTx<'_, '_> {
         self.send(None)?;
         let mut rows = self
             .tx
-            .query_raw(&statement, params)
+            .query_raw(&statement, &params)
             .map_err(storage(context))?;
         while let Some(row) = rows.next().map_err(storage(context))? {
             let span = StepSpan {
@@ -852,7 +922,7 @@ impl Tx for PgTx<'_, '_> {
         self.send(None)?;
         let mut rows = self
             .tx
-            .query_raw(&statement, params)
+            .query_raw(&statement, &params)
             .map_err(storage(context))?;
         while let Some(row) = rows.next().map_err(storage(context))? {
             let chunk = ChunkRow {
