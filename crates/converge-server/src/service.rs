@@ -685,9 +685,31 @@ pub(crate) async fn owned(
     id: &str,
 ) -> Result<Ownership, ApiError> {
     let key = crate::store::within(tenant, id).to_owned();
+    // The journal run id a claim gives the tenant's `key` (see `api::runs`).
+    if let Ok(run) = RunId::new(&format!("{tenant}-{key}")) {
+        let slot = lock(&service.slots).get(&run).cloned();
+        if let Some(slot) = slot
+            && let Some(owner) = &*lock(&slot.owner)
+            && owner.tenant == tenant
+            && owner.id == key
+        {
+            return Ok(owner.clone());
+        }
+    }
     let tenant = tenant.to_owned();
-    service
+    let owner = service
         .store(move |store| store.owned(&tenant, &key))
         .await?
-        .ok_or_else(|| ApiError::no_run(id))
+        .ok_or_else(|| ApiError::no_run(id))?;
+    *lock(&service.slot(&owner.run).owner) = Some(owner.clone());
+    Ok(owner)
+}
+
+/// Forgets the ownership of a run whose submission failed, in the store and in its slot.
+pub(crate) async fn disown(service: &Arc<Service>, run: &RunId) {
+    if let Some(slot) = lock(&service.slots).get(run) {
+        *lock(&slot.owner) = None;
+    }
+    let forget = run.clone();
+    let _ = service.store(move |store| store.unclaim(&forget)).await;
 }

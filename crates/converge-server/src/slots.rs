@@ -17,6 +17,7 @@ use converge_runtime::{Cancel, Inspection, RunId};
 use tokio::sync::watch;
 
 use crate::service::{EventEntry, JobNames};
+use crate::store::Ownership;
 
 /// Slots kept before idle ones are evicted. An eviction goes down to half as many, so that
 /// its cost (a sort of the idle slots) is paid once per that many new slots.
@@ -36,6 +37,10 @@ pub(crate) struct Slot {
     pub(crate) view: Mutex<Option<(u64, Arc<Inspection>)>>,
     /// What the run's job goes by, once read: a header never changes.
     pub(crate) job: std::sync::OnceLock<JobNames>,
+    /// Who owns the run, once read: an ownership never changes while its run exists, and is
+    /// forgotten only when the run's submission fails (here, this is then cleared; on
+    /// another replica, the journal read that follows answers 404 all the same).
+    pub(crate) owner: Mutex<Option<Ownership>>,
     /// When it was last handed out, in [`Slots`]' ticks.
     used: AtomicU64,
 }
@@ -50,6 +55,7 @@ impl Slot {
             events: Mutex::new(Vec::new()),
             view: Mutex::new(None),
             job: std::sync::OnceLock::new(),
+            owner: Mutex::new(None),
             used: AtomicU64::new(tick),
         }
     }

@@ -231,8 +231,7 @@ pub(crate) async fn submit(
     };
     let started = service.drive(guard, runtime, Op::Start(run.clone()), Cancel::new());
     if let Err(error) = started.await {
-        let forget = run.clone();
-        let _ = service.store(move |store| store.unclaim(&forget)).await;
+        crate::service::disown(&service, &run).await;
         return Err(error);
     }
     let view = view_of(&service, &owner).await?;
