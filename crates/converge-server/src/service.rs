@@ -228,8 +228,9 @@ impl Service {
             {
                 return Ok(seen.clone());
             }
-            let runtime = job::runtime_of(journal, &run, Calls::Offline).map_err(build_error)?;
-            let seen = Arc::new(runtime.inspect(journal, &run).map_err(durable_error)?);
+            let seen = Arc::new(with_offline_runtime(&slot, journal, &run, |runtime| {
+                runtime.inspect(journal, &run).map_err(durable_error)
+            })?);
             *lock(&slot.view) = Some((seen.summary.events, seen.clone()));
             Ok(seen)
         })
@@ -596,6 +597,24 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `f` given the runtime that re-derives `run` without calling any model: built from its
+/// header's spec the first time, then kept in its slot.
+pub(crate) fn with_offline_runtime<R>(
+    slot: &Slot,
+    journal: &(impl Journal + ?Sized),
+    run: &RunId,
+    f: impl FnOnce(&Runtime) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    let kept = lock(&slot.offline).take();
+    let runtime = match kept {
+        Some(runtime) => runtime,
+        None => job::runtime_of(journal, run, Calls::Offline).map_err(build_error)?,
+    };
+    let result = f(&runtime);
+    *lock(&slot.offline) = Some(runtime);
+    result
 }
 
 /// Runs blocking work off the async threads.

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use converge_runtime::{Cancel, Inspection, RunId};
+use converge_runtime::{Cancel, Inspection, RunId, Runtime};
 use tokio::sync::watch;
 
 use crate::service::{EventEntry, JobNames};
@@ -41,6 +41,10 @@ pub(crate) struct Slot {
     /// forgotten only when the run's submission fails (here, this is then cleared; on
     /// another replica, the journal read that follows answers 404 all the same).
     pub(crate) owner: Mutex<Option<Ownership>>,
+    /// The runtime re-deriving the run (models never called), once built from its header's
+    /// spec: a header never changes. Taken out while in use; a concurrent reader builds its
+    /// own.
+    pub(crate) offline: Mutex<Option<Runtime>>,
     /// When it was last handed out, in [`Slots`]' ticks.
     used: AtomicU64,
 }
@@ -56,6 +60,7 @@ impl Slot {
             view: Mutex::new(None),
             job: std::sync::OnceLock::new(),
             owner: Mutex::new(None),
+            offline: Mutex::new(None),
             used: AtomicU64::new(tick),
         }
     }

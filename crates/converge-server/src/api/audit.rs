@@ -8,8 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::job::{self, Calls};
-use crate::service::{build_error, durable_error, journal_error};
+use crate::service::{durable_error, journal_error, with_offline_runtime};
 use crate::{schema, view};
 
 use super::{Api, EVENTS_PAGE_MAX, PageQuery, Params, Read, Run, joined, page_limit};
@@ -24,10 +23,12 @@ pub(crate) async fn replay(
     Run { owner, .. }: Run<Read>,
 ) -> Result<Json<Value>, ApiError> {
     let run = owner.run.clone();
+    let slot = service.slot(&run);
     let report = service
         .journal(move |journal| {
-            let runtime = job::runtime_of(journal, &run, Calls::Offline).map_err(build_error)?;
-            runtime.replay(journal, &run).map_err(durable_error)
+            with_offline_runtime(&slot, journal, &run, |runtime| {
+                runtime.replay(journal, &run).map_err(durable_error)
+            })
         })
         .await?;
     Ok(Json(
