@@ -4,7 +4,7 @@
 //! and [`Engine::resume`] drive it sequentially in the calling thread and deliver every event
 //! to the registered observers. The engine is the only place an [`AuthorityGrant`] is minted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -177,13 +177,9 @@ impl Engine {
         scope: AuthorityScope,
     ) -> AgentId {
         let id = AgentId(u32::try_from(self.setup.agents.len()).unwrap_or(u32::MAX));
-        let dependencies: Vec<ContextKey> = agent
-            .dependencies()
-            .iter()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut dependencies = agent.dependencies().to_vec();
+        dependencies.sort_unstable();
+        dependencies.dedup();
         if dependencies.is_empty() {
             self.setup.independents.insert(id);
         }
