@@ -43,12 +43,12 @@ impl Fact {
             agent_name: context.agent_name,
             cycle: context.cycle,
             validation: state.report,
-            approver: context.approver,
+            approver: context.approver.map(Box::new),
             policy_version: context.policy_version,
             trace: context.trace,
             derived_from: state.derived_from,
             evidence: state.evidence,
-            correction: context.correction,
+            correction: context.correction.map(Box::new),
         };
         Fact {
             key: state.key,
@@ -138,12 +138,13 @@ pub struct PromotionRecord {
     agent_name: Arc<str>,
     cycle: u32,
     validation: ValidationReport,
-    approver: Option<Actor>,
+    /// Boxed, as `correction`: most facts have neither, and every fact of a run is kept.
+    approver: Option<Box<Actor>>,
     policy_version: u32,
     trace: TraceLink,
     derived_from: Vec<FactRef>,
     evidence: Vec<ObservationId>,
-    correction: Option<CorrectionEvent>,
+    correction: Option<Box<CorrectionEvent>>,
 }
 
 impl PromotionRecord {
@@ -174,7 +175,7 @@ impl PromotionRecord {
 
     /// The human who approved the proposal, when the key's policy required one.
     pub fn approver(&self) -> Option<&Actor> {
-        self.approver.as_ref()
+        self.approver.as_deref()
     }
 
     /// The version of the key's validation policy that admitted the fact.
@@ -199,7 +200,7 @@ impl PromotionRecord {
 
     /// The correction this fact made, if it superseded an earlier version.
     pub fn correction(&self) -> Option<&CorrectionEvent> {
-        self.correction.as_ref()
+        self.correction.as_deref()
     }
 }
 
