@@ -16,11 +16,11 @@ fn forge(
     agent: AgentId,
     agent_name: Arc<str>,
     validation: ValidationReport,
-    approver: Option<Actor>,
+    approver: Option<Box<Actor>>,
     trace: TraceLink,
     derived_from: Vec<FactRef>,
     evidence: Vec<ObservationId>,
-    correction: Option<CorrectionEvent>,
+    correction: Option<Box<CorrectionEvent>>,
 ) -> PromotionRecord {
     PromotionRecord {
         proposal,
