@@ -124,11 +124,7 @@ fn why_text(seen: &Inspection, fact: &Fact, indent: &str, shown: &mut Shown, out
         },
     ];
     // A fact from an agent that failed first was made possible by a person's retry.
-    let agent = record.agent_name().to_string();
-    let retried = seen.retries.iter().rev().find(|recorded| {
-        recorded.after_cycle < record.cycle() && recorded.retry.agents().contains(&agent)
-    });
-    if let Some(recorded) = retried {
+    if let Some(recorded) = seen.retry_behind(fact) {
         lines.push(format!(
             "its agent ran again after failing: {}",
             retry_text(recorded)

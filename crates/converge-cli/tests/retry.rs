@@ -225,6 +225,17 @@ fn a_retry_re_executes_only_the_failed_agent_and_replay_reproduces_it_without_ru
         why.contains("its agent ran again after failing: after cycle 2, alice retried score"),
         "{why}"
     );
+    // The JSON form (the API's) names the same retry; a fact whose agent never failed, none.
+    let why = json_of(&converge(
+        &db,
+        &["why", "alerts-1", "evaluations/disk-p2", "--json"],
+    ));
+    assert_eq!(why["retried"], seen["retries"][0], "{why}");
+    let steady = json_of(&converge(
+        &db,
+        &["why", "alerts-1", "hypotheses/disk-growth", "--json"],
+    ));
+    assert_eq!(steady["retried"], Value::Null, "{steady}");
 
     // Replay and verify reproduce the retry from the journal; nothing runs.
     std::fs::remove_file(dir.path().join("ready")).unwrap();

@@ -14,7 +14,7 @@
 
 use converge_core::{
     AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError, Event,
-    EventRecord, Exhausted, ObservationId, Retry, RetryRefusal, Run, Step, StopReason,
+    EventRecord, Exhausted, Fact, ObservationId, Retry, RetryRefusal, Run, Step, StopReason,
 };
 use serde::{Deserialize, Serialize};
 
@@ -828,6 +828,21 @@ impl Inspection {
             .observations
             .binary_search_by_key(&id, |observed| observed.id);
         found.ok().map(|index| &self.observations[index])
+    }
+
+    /// The retry that made `fact` possible: the latest one, before the fact's cycle, that ran
+    /// its agent again after the agent had failed. `None` for a fact whose agent never needed
+    /// one.
+    pub fn retry_behind(&self, fact: &Fact) -> Option<&RecordedRetry> {
+        let record = fact.record();
+        self.retries.iter().rev().find(|recorded| {
+            recorded.after_cycle < record.cycle()
+                && recorded
+                    .retry
+                    .agents()
+                    .iter()
+                    .any(|agent| agent.as_str() == record.agent_name())
+        })
     }
 }
 

@@ -190,6 +190,9 @@ pub(crate) struct FactWhy {
     /// `replayability`, `payload` with the model asked for and the one that answered, the
     /// rendered prompts, the answer, tokens and `latency_ms`; see `docs/llm-agents.md`).
     observations: Vec<Value>,
+    /// The retry that made the fact possible, when its agent failed first and a person ran it
+    /// again (`step`, `after_cycle`, and `retry`: `actor`, `agents`, `reason`); else null.
+    retried: Option<Value>,
 }
 
 /// A source of a fact: named by key and id, and explained like the fact unless it is marked

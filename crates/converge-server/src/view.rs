@@ -92,6 +92,8 @@ fn why(inspection: &Inspection, fact: &Fact, seen: &mut BTreeSet<(String, String
         .filter_map(|id| inspection.observation(*id))
         .collect();
     value["observations"] = json!(observations);
+    // A fact from an agent that failed first was made possible by a person's retry.
+    value["retried"] = json!(inspection.retry_behind(fact));
     seen.insert((fact.key().to_string(), fact.id().as_str().to_owned()));
     let sources: Vec<Value> = fact
         .record()
