@@ -12,8 +12,9 @@
 //! before then. A group with a refused run is committed run by run instead.
 //!
 //! What it does not do: hold a commit back to wait for company (a lone commit goes at once),
-//! or route anything but [`Journal::append_steps`] (claims, renewals, outcomes committed
-//! ahead and reads stay on the slot's own connection).
+//! route anything but [`Journal::append_steps`] (claims, renewals, outcomes committed ahead
+//! and reads stay on the slot's own connection), or take steps of more than
+//! [`GROUPED_EVENTS_MAX`] events, which the slot commits itself.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -26,6 +27,11 @@ use converge_journal::{
 
 /// Most runs committed in one transaction.
 pub(crate) const GROUP_RUNS_MAX: usize = 64;
+
+/// Most events a slot's steps may hold to go through the committer. Larger ones are committed
+/// on the slot's own connection: what grouping saves (a transaction's fixed cost) is small
+/// beside their own writing, and handing them over would copy them.
+pub(crate) const GROUPED_EVENTS_MAX: usize = 4096;
 
 /// One slot's steps, and where its answer goes.
 struct Request {
@@ -232,6 +238,10 @@ impl Journal for Grouped<'_> {
         steps: &[PendingStep],
         after: AfterSteps,
     ) -> Result<(), JournalError> {
+        let events: usize = steps.iter().map(|step| step.events.len()).sum();
+        if events > GROUPED_EVENTS_MAX {
+            return self.journal.append_steps(lease, first, steps, after);
+        }
         self.committer.append_steps(RunSteps {
             lease: lease.clone(),
             first,
