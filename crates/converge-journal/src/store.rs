@@ -457,7 +457,7 @@ fn claim_rows(
     let tokens: Vec<String> = offered.iter().map(|lease| lease.token.clone()).collect();
     let expires_ms = now_ms.saturating_add(LEASE_TTL_MS);
     let rows = tx.lease_runnable(now, holder, expires_ms, &tokens)?;
-    let mut claimed = Vec::with_capacity(limit);
+    let mut claimed = Vec::with_capacity(tokens.len());
     for (row, offer) in rows.into_iter().zip(offered) {
         let run = RunId::new(&row.id).map_err(|error| JournalError::Corrupt {
             detail: error.to_string(),
