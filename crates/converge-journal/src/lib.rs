@@ -814,7 +814,8 @@ pub trait Journal {
     /// Leases to `holder` at most `limit` runs that are running and that no one drives — a
     /// run submitted and not started, one whose driver released it, or one whose lease
     /// expired as of `now_ms` (its driver died or was cut off) — oldest first: the runs a
-    /// worker should drive next. Concurrent claims never receive the same run.
+    /// worker should drive next. Concurrent claims never receive the same run. One call
+    /// leases at most 256 runs that no one holds, whatever `limit` says.
     fn claim(
         &mut self,
         holder: &Holder,

@@ -97,6 +97,26 @@ pub(crate) trait Tx {
     /// The rows of those of `runs` that exist, in any order (one statement where a round
     /// trip costs).
     fn runs_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError>;
+    /// [`Tx::runs_named`], each row with the parts committed for the run's next step (as
+    /// [`Tx::committed`] reads them; one statement where a round trip costs).
+    ///
+    /// Read with the rows' locks, in a backend whose statements each see what was committed
+    /// before they began, the parts may miss what a transaction that held the lock committed
+    /// meanwhile; the caller relies on the lease: a run whose row still has the caller's
+    /// token was written by no one else since, and the caller's own writes were committed
+    /// before it asked.
+    fn runs_named_committed(
+        &mut self,
+        runs: &[&str],
+    ) -> Result<Vec<(RunRow, Vec<PartRow>)>, JournalError> {
+        let rows = self.runs_named(runs)?;
+        let mut read = Vec::with_capacity(rows.len());
+        for row in rows {
+            let parts = self.committed(&row.id, row.steps)?;
+            read.push((row, parts));
+        }
+        Ok(read)
+    }
     /// Inserts a new, running run with no steps.
     fn insert_run(
         &mut self,
@@ -109,6 +129,34 @@ pub(crate) trait Tx {
     /// Up to `limit` runs that are running with no lease or one expired at `now_ms`, oldest
     /// first; in a write transaction, locked, skipping runs another transaction has locked.
     fn runnable(&mut self, now_ms: i64, limit: i64) -> Result<Vec<String>, JournalError>;
+    /// Leases to `holder`, until `expires_ms`, runs that are [`Tx::runnable`] at `now_ms`,
+    /// oldest first, one for each of `tokens` (the first run gets the first token), and
+    /// returns their rows as the leases left them, in that order. A backend where a round
+    /// trip costs does it in one statement.
+    fn lease_runnable(
+        &mut self,
+        now_ms: i64,
+        holder: &Holder,
+        expires_ms: u64,
+        tokens: &[String],
+    ) -> Result<Vec<RunRow>, JournalError> {
+        let limit = i64::try_from(tokens.len()).unwrap_or(i64::MAX);
+        let ids = self.runnable(now_ms, limit)?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for (id, token) in ids.into_iter().zip(tokens) {
+            let run = RunId::new(&id).map_err(|error| JournalError::Corrupt {
+                detail: error.to_string(),
+            })?;
+            self.store_lease(&Lease {
+                run: run.clone(),
+                token: token.clone(),
+                holder: holder.clone(),
+                expires_ms,
+            })?;
+            rows.push(self.run(&id)?.ok_or(JournalError::UnknownRun { run })?);
+        }
+        Ok(rows)
+    }
     /// Up to `limit` running runs leased by processes of `host` with a lease live at
     /// `now_ms`, oldest first, unlocked: their ids, holder pids and lease tokens.
     fn leased_on(
@@ -121,6 +169,13 @@ pub(crate) trait Tx {
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError>;
     /// Clears the run's lease if its token is `token`.
     fn clear_lease(&mut self, run: &str, token: &str) -> Result<(), JournalError>;
+    /// Reads ahead, in one statement where a round trip costs, what loading the run reads
+    /// next: its step rows, its chunks' hashes from the first on and its outcome parts, each
+    /// handed out once by the read that asks for it (nothing, by default).
+    fn read_ahead(&mut self, run: &str) -> Result<(), JournalError> {
+        let _ = run;
+        Ok(())
+    }
     /// The run's step rows, in step order.
     fn steps(&mut self, run: &str) -> Result<Vec<StepRow>, JournalError>;
     /// The ranges of the run's steps from `from` on, in step order, until `each` says stop.
@@ -378,35 +433,62 @@ pub(crate) fn claim(
     now_ms: u64,
     limit: usize,
 ) -> Result<Vec<Lease>, JournalError> {
-    let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
+    Ok(claim_rows(tx, holder, now_ms, limit)?
+        .into_iter()
+        .map(|(lease, _)| lease)
+        .collect())
+}
+
+/// [`claim`], each lease with the run's row as the lease left it when the claim read it.
+fn claim_rows(
+    tx: &mut dyn Tx,
+    holder: &Holder,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<(Lease, Option<RunRow>)>, JournalError> {
     let now = signed(now_ms)?;
-    let mut ids = tx.runnable(now, wanted)?;
+    // The runs are not known yet: each lease takes the run the claim gives it.
+    let unnamed = RunId::new("claim").map_err(|error| JournalError::Corrupt {
+        detail: error.to_string(),
+    })?;
+    let offered: Vec<Lease> = (0..limit.min(CLAIM_RUNS_MAX))
+        .map(|_| Lease::new(&unnamed, holder, now_ms))
+        .collect();
+    let tokens: Vec<String> = offered.iter().map(|lease| lease.token.clone()).collect();
+    let expires_ms = now_ms.saturating_add(LEASE_TTL_MS);
+    let rows = tx.lease_runnable(now, holder, expires_ms, &tokens)?;
+    let mut claimed = Vec::with_capacity(tokens.len());
+    for (row, offer) in rows.into_iter().zip(offered) {
+        let run = RunId::new(&row.id).map_err(|error| JournalError::Corrupt {
+            detail: error.to_string(),
+        })?;
+        claimed.push((Lease { run, ..offer }, Some(row)));
+    }
     // Runs whose driver died on this host are free at once, as `acquire` frees them: each is
     // locked, then taken only if its lease is still the dead one's (a racing claimer that
     // took it first has a live lease).
-    if ids.len() < limit {
+    if claimed.len() < limit {
         let host = Holder::this_host();
         for (id, pid, token) in tx.leased_on(&host, now, LEASED_HERE_SCAN_MAX)? {
-            if ids.len() >= limit {
+            if claimed.len() >= limit {
                 break;
             }
             let gone = u32::try_from(pid).is_ok_and(|pid| Holder::gone_here(&host, pid));
             if gone && tx.run(&id)?.and_then(|row| row.lease_token) == Some(token) {
-                ids.push(id);
+                let run = RunId::new(&id).map_err(|error| JournalError::Corrupt {
+                    detail: error.to_string(),
+                })?;
+                let lease = Lease::new(&run, holder, now_ms);
+                tx.store_lease(&lease)?;
+                claimed.push((lease, None));
             }
         }
     }
-    let mut leases = Vec::new();
-    for id in ids {
-        let run = RunId::new(&id).map_err(|error| JournalError::Corrupt {
-            detail: error.to_string(),
-        })?;
-        let lease = Lease::new(&run, holder, now_ms);
-        tx.store_lease(&lease)?;
-        leases.push(lease);
-    }
-    Ok(leases)
+    Ok(claimed)
 }
+
+/// Most runs one claim leases.
+const CLAIM_RUNS_MAX: usize = 256;
 
 /// Claims runs and loads each under the claim: [`crate::Journal::claim_loaded`]. A run that
 /// cannot be read is returned with its error; a storage failure ends the transaction.
@@ -416,10 +498,14 @@ pub(crate) fn claim_loaded(
     now_ms: u64,
     limit: usize,
 ) -> Result<Vec<ClaimedRun>, JournalError> {
-    let leases = claim(tx, holder, now_ms, limit)?;
+    let leases = claim_rows(tx, holder, now_ms, limit)?;
     let mut claimed = Vec::with_capacity(leases.len());
-    for lease in leases {
-        let recorded = match load(tx, lease.run()) {
+    for (lease, row) in leases {
+        let loaded = match row {
+            Some(row) => load_row(tx, lease.run(), row),
+            None => load(tx, lease.run()),
+        };
+        let recorded = match loaded {
             Err(error @ JournalError::Storage { .. }) => return Err(error),
             loaded => loaded,
         };
@@ -483,7 +569,8 @@ impl Outcomes {
                 got: self.step,
             });
         }
-        let committed = committed_agents(tx, run, self.step, Some(self.cycle))?;
+        let parts = tx.committed(run.as_str(), signed(self.step)?)?;
+        let committed = committed_agents(run, self.step, Some(self.cycle), parts)?;
         let fresh = self
             .encoded
             .iter()
@@ -561,6 +648,14 @@ impl Tip {
     }
 }
 
+/// What a step written reads of the outcomes committed ahead of it.
+enum Read {
+    /// The parts committed for it: read now (`None`), or read with the run's row.
+    Committed(Option<Vec<PartRow>>),
+    /// Nothing: a step after the transaction's first has none.
+    Nothing,
+}
+
 /// Consecutive steps of one run, prepared for one transaction: [`crate::Journal::append_steps`].
 pub(crate) struct Appends {
     lease: Lease,
@@ -593,17 +688,27 @@ impl Appends {
     /// gives the lease up if asked: all of it or, on any refusal or failure, none.
     pub(crate) fn commit(self, tx: &mut dyn Tx) -> Result<(), JournalError> {
         let row = read_run(tx, &self.lease.run)?;
-        self.commit_locked(tx, row)
+        self.commit_locked(tx, row, None)
     }
 
-    /// [`Appends::commit`], the run's row already read and locked.
-    fn commit_locked(self, tx: &mut dyn Tx, row: RunRow) -> Result<(), JournalError> {
+    /// [`Appends::commit`], the run's row already read and locked, with the parts committed
+    /// for its next step when they were read with it.
+    fn commit_locked(
+        self,
+        tx: &mut dyn Tx,
+        row: RunRow,
+        mut committed: Option<Vec<PartRow>>,
+    ) -> Result<(), JournalError> {
         let run = self.lease.run.clone();
         row.check_lease(&self.lease)?;
         let mut tip = Tip::of(&row)?;
         let wrote = !self.appends.is_empty();
         for (index, append) in self.appends.into_iter().enumerate() {
-            append.write(tx, &row, &mut tip, index == 0)?;
+            let read = match index {
+                0 => Read::Committed(committed.take()),
+                _ => Read::Nothing,
+            };
+            append.write(tx, &row, &mut tip, read)?;
         }
         let token = self.release.then_some(self.lease.token.as_str());
         if wrote {
@@ -636,17 +741,19 @@ pub(crate) fn append_group(tx: &mut dyn Tx, group: Vec<Appends>) -> Result<(), J
             detail: "a run appears twice in one group of runs",
         });
     }
-    let mut rows: BTreeMap<String, RunRow> = tx
-        .runs_named(&names)?
+    // The parts read with the locks are those the lease's holder committed (see
+    // `Tx::runs_named_committed`): a row with another token refuses its run before they count.
+    let mut rows: BTreeMap<String, (RunRow, Vec<PartRow>)> = tx
+        .runs_named_committed(&names)?
         .into_iter()
-        .map(|row| (row.id.clone(), row))
+        .map(|(row, parts)| (row.id.clone(), (row, parts)))
         .collect();
     for appends in group {
         let run = &appends.lease.run;
-        let row = rows
+        let (row, parts) = rows
             .remove(run.as_str())
             .ok_or_else(|| JournalError::UnknownRun { run: run.clone() })?;
-        appends.commit_locked(tx, row)?;
+        appends.commit_locked(tx, row, Some(parts))?;
     }
     Ok(())
 }
@@ -714,13 +821,13 @@ impl Append {
 
     /// Writes the step's rows after the steps `tip` stands at, and moves `tip` past it.
     /// Only the transaction's first step can have outcomes committed ahead (they are
-    /// committed for the run's next step only), so only its are read.
+    /// committed for the run's next step only), so only its are read (`read`).
     fn write(
         self,
         tx: &mut dyn Tx,
         row: &RunRow,
         tip: &mut Tip,
-        first: bool,
+        read: Read,
     ) -> Result<(), JournalError> {
         let run = &self.lease.run;
         let step = self.step;
@@ -734,9 +841,13 @@ impl Append {
         );
         let next_seq = tip.events + self.count;
         let link = step_link(input_link, tip.events, self.count, self.head);
-        let committed = match first {
-            true => committed_agents(tx, run, step, self.cycle)?,
-            false => Committed {
+        let committed = match read {
+            Read::Committed(None) => {
+                let parts = tx.committed(run.as_str(), signed(step)?)?;
+                committed_agents(run, step, self.cycle, parts)?
+            }
+            Read::Committed(Some(parts)) => committed_agents(run, step, self.cycle, parts)?,
+            Read::Nothing => Committed {
                 agents: BTreeSet::new(),
                 next_part: 0,
             },
@@ -1116,13 +1227,20 @@ pub(crate) fn header(tx: &mut dyn Tx, run: &RunId) -> Result<RunHeader, JournalE
 
 /// Loads a run for re-deriving: [`crate::Journal::load`].
 pub(crate) fn load(tx: &mut dyn Tx, run: &RunId) -> Result<RecordedRun, JournalError> {
+    let row = read_run(tx, run)?;
+    load_row(tx, run, row)
+}
+
+/// [`load`], the run's row already read.
+fn load_row(tx: &mut dyn Tx, run: &RunId, row: RunRow) -> Result<RecordedRun, JournalError> {
+    tx.read_ahead(run.as_str())?;
     let mut hashes: Vec<Vec<Digest>> = Vec::new();
     let Scanned {
         row,
         inputs,
         open,
         checked,
-    } = scan(tx, run, false, |step, entry| {
+    } = scan_row(tx, run, row, false, |step, entry| {
         let index = usize::try_from(step).unwrap_or(usize::MAX);
         if hashes.len() <= index {
             hashes.resize_with(index.saturating_add(1), Vec::new);
@@ -1212,9 +1330,20 @@ fn scan(
     tx: &mut dyn Tx,
     run: &RunId,
     bodies: bool,
-    mut keep: impl FnMut(u64, &Entry<'_>),
+    keep: impl FnMut(u64, &Entry<'_>),
 ) -> Result<Scanned, JournalError> {
     let row = read_run(tx, run)?;
+    scan_row(tx, run, row, bodies, keep)
+}
+
+/// [`scan`], the run's row already read.
+fn scan_row(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    row: RunRow,
+    bodies: bool,
+    mut keep: impl FnMut(u64, &Entry<'_>),
+) -> Result<Scanned, JournalError> {
     let head = row.head()?;
     let header = row.header()?;
     let step_rows = tx.steps(run.as_str())?;
@@ -1633,19 +1762,19 @@ fn agent_indices(agents: &[u8]) -> impl Iterator<Item = u32> + '_ {
         .map(|agent| u32::from_le_bytes([agent[0], agent[1], agent[2], agent[3]]))
 }
 
-/// Reads which agents have outcomes committed for `step`; with `cycle`, refuses parts
-/// recorded for another cycle.
+/// Which agents have outcomes committed for `step`, from the parts committed for it; with
+/// `cycle`, refuses parts recorded for another cycle.
 fn committed_agents(
-    tx: &mut dyn Tx,
     run: &RunId,
     step: u64,
     cycle: Option<u32>,
+    parts: Vec<PartRow>,
 ) -> Result<Committed, JournalError> {
     let mut committed = Committed {
         agents: BTreeSet::new(),
         next_part: 0,
     };
-    for part in tx.committed(run.as_str(), signed(step)?)? {
+    for part in parts {
         if cycle.is_some_and(|cycle| i64::from(cycle) != part.cycle) {
             return Err(JournalError::InvalidStep {
                 run: run.clone(),

@@ -623,6 +623,69 @@ fn outcomes_ahead_of_their_step(store: &Store) {
     intact(journal.as_ref(), &id);
 }
 
+/// Outcomes committed ahead of their step count when the step is committed with other runs'
+/// (`append_steps_of_runs`, which reads them with the rows it locks): each is stored once,
+/// the step's input is whole, and the runs verify.
+fn outcomes_ahead_in_a_group(store: &Store) {
+    let mut journal = store.open();
+    let engine = engine();
+    let mut group = Vec::new();
+    let mut inputs = Vec::new();
+    for (index, name) in ["group-ahead-b", "group-ahead-a"].into_iter().enumerate() {
+        let id = run_id(name);
+        let lease = journal
+            .create_run(&id, &header(), &holder(), 0)
+            .expect("created");
+        let mut run = engine.start(Context::new()).expect("valid");
+        let start = StepInput::Start { header: header() };
+        journal
+            .append(&lease, 0, &start, &run.take_events())
+            .expect("start");
+        let Step::Execute(batch) = run.next_step() else {
+            panic!("a first cycle");
+        };
+        let outcomes: Vec<_> = batch
+            .agents()
+            .iter()
+            .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+            .collect();
+        let input = StepInput::cycle(&batch, &outcomes);
+        let StepInput::Cycle {
+            cycle,
+            outcomes: records,
+            ..
+        } = &input
+        else {
+            panic!("a cycle");
+        };
+        // One run has its first outcome committed ahead, the other none.
+        if index == 0 {
+            journal
+                .commit_outcomes(&lease, 1, *cycle, &records[..1])
+                .expect("the first agent's outcome");
+        }
+        run.submit(outcomes).expect("complete");
+        group.push(RunSteps {
+            lease,
+            first: 1,
+            steps: vec![PendingStep {
+                input: input.clone(),
+                events: run.take_events(),
+            }],
+            after: AfterSteps::Release,
+        });
+        inputs.push((id, input));
+    }
+    let answers = journal.append_steps_of_runs(&group);
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    for (id, input) in &inputs {
+        let loaded = journal.load(id).expect("loads");
+        assert_eq!(loaded.open, None, "{id}");
+        assert_eq!(&loaded.steps[1].input, input, "{id}: every outcome once");
+        intact(journal.as_ref(), id);
+    }
+}
+
 /// Every write failing, before or after it commits, leaves a run that loads and verifies.
 fn injected_failures(store: &Store) {
     let mut writes = None;
@@ -1088,6 +1151,14 @@ fn claims_load_what_they_lease(store: &Store) {
         .map(|claim| claim.recorded.as_ref().map_or(0, |run| run.steps.len()))
         .collect();
     assert_eq!(steps, [1, 0]);
+    // Each lease has a token of its own, and it is its run's: each renews.
+    assert_ne!(claimed[0].lease.token(), claimed[1].lease.token());
+    for claim in &claimed {
+        let mut lease = claim.lease.clone();
+        journal
+            .renew(&mut lease, 2_500)
+            .expect("the lease is its run's");
+    }
     // The leases are the runs' own: a step commits under one.
     let mut run = engine.start(Context::new()).expect("valid");
     journal
@@ -1440,6 +1511,7 @@ const CASES: &[Case] = &[
     ("leases", leases),
     ("a_live_lease_is_preempted", a_live_lease_is_preempted),
     ("outcomes_ahead_of_their_step", outcomes_ahead_of_their_step),
+    ("outcomes_ahead_in_a_group", outcomes_ahead_in_a_group),
     ("injected_failures", injected_failures),
     ("steps_commit_together", steps_commit_together),
     ("runs_commit_together", runs_commit_together),

@@ -3,7 +3,9 @@
 //! build runtimes the same way, so a run started by one can be resumed or audited by the
 //! other.
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::rc::Rc;
 
 use converge_llm::{Models, Providers};
 use converge_runtime::spec::{JobSpec, Loaded};
@@ -80,10 +82,24 @@ pub fn build(record: &JobRecord, calls: Calls<'_>) -> Result<Built, BuildError> 
 fn build_loaded(loaded: Loaded, record: &JobRecord, calls: Calls<'_>) -> Result<Built, BuildError> {
     let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
     let spec = loaded.spec;
+    let runtime = runtime_of_spec(&spec, record, calls)?;
+    Ok(Built {
+        runtime,
+        spec,
+        warnings,
+    })
+}
+
+/// A runtime built from a checked spec, recording `record` (the spec's text and path).
+fn runtime_of_spec(
+    spec: &JobSpec,
+    record: &JobRecord,
+    calls: Calls<'_>,
+) -> Result<Runtime, BuildError> {
     let models = match calls {
-        Calls::Offline => Models::offline(&spec),
-        Calls::Live { .. } if spec.llm_agents().next().is_none() => Models::offline(&spec),
-        Calls::Live { providers } => Models::live(&spec, providers_of(providers)?, |var| {
+        Calls::Offline => Models::offline(spec),
+        Calls::Live { .. } if spec.llm_agents().next().is_none() => Models::offline(spec),
+        Calls::Live { providers } => Models::live(spec, providers_of(providers)?, |var| {
             std::env::var(var).ok()
         }),
     };
@@ -92,11 +108,7 @@ fn build_loaded(loaded: Loaded, record: &JobRecord, calls: Calls<'_>) -> Result<
         .llm(&models)
         .build()
         .map_err(|error| BuildError::Spec(error.to_string()))?;
-    Ok(Built {
-        runtime: runtime.with_job(record.clone()),
-        spec,
-        warnings,
-    })
+    Ok(runtime.with_job(record.clone()))
 }
 
 /// The runtime of an existing run, rebuilt from the spec in its header. The spec is parsed
@@ -124,9 +136,28 @@ pub fn runtime_of_header(
             created_by: header.created_by.clone(),
         });
     };
-    let loaded = JobSpec::parse_recorded(&record.source, &record.path)
-        .map_err(|error| BuildError::Spec(error.to_string()))?;
-    Ok(build_loaded(loaded, record, calls)?.runtime)
+    RECORDED.with(|recorded| {
+        let mut recorded = recorded.borrow_mut();
+        let spec = match recorded.as_ref() {
+            Some((parsed, spec)) if parsed == record => spec.clone(),
+            _ => {
+                let loaded = JobSpec::parse_recorded(&record.source, &record.path)
+                    .map_err(|error| BuildError::Spec(error.to_string()))?;
+                let spec = Rc::new(loaded.spec);
+                *recorded = Some((record.clone(), spec.clone()));
+                spec
+            }
+        };
+        runtime_of_spec(&spec, record, calls)
+    })
+}
+
+thread_local! {
+    /// The spec this thread last parsed for an existing run, with the record it came from: a
+    /// worker rebuilds runtime after runtime from one spec, and parsing and checking it (YAML,
+    /// CEL) costs more than driving a small run. One spec per thread, so the memory is bounded;
+    /// a spec parses to the same checked spec whenever its text and path are the same.
+    static RECORDED: RefCell<Option<(JobRecord, Rc<JobSpec>)>> = const { RefCell::new(None) };
 }
 
 /// The provider profiles: the built-in ones with the provider file's on top (the given one,
@@ -140,4 +171,49 @@ fn providers_of(file: Option<&Path>) -> Result<Providers, BuildError> {
         }
     };
     loaded.map_err(|error| BuildError::Providers(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_of(source: &str) -> RunHeader {
+        RunHeader {
+            agents: Vec::new(),
+            created_by: "a test".to_owned(),
+            intent: None,
+            job: Some(JobRecord {
+                path: "/jobs/job.yaml".into(),
+                source: source.into(),
+            }),
+        }
+    }
+
+    /// A thread keeps the spec it parsed last; a header with another spec is built from its
+    /// own, and the first again after it.
+    #[test]
+    fn each_header_is_built_from_its_own_spec() {
+        let run = RunId::new("run-1").expect("valid");
+        let rule = |name: &str| {
+            header_of(&format!(
+                "version: 1\nintent: {{objective: x}}\nagents:\n  - {{name: {name}, kind: rule, \
+                 writes: [signals], when: \"true\", propose: {{key: signals, id: {name}, \
+                 content: 1}}}}\n"
+            ))
+        };
+        let (one, two) = (rule("one"), rule("two"));
+        for (header, name) in [(&one, "one"), (&one, "one"), (&two, "two"), (&one, "one")] {
+            let runtime = runtime_of_header(header, &run, Calls::Offline).expect("builds");
+            assert_eq!(runtime.job(), header.job.as_ref());
+            assert!(
+                runtime.engine().agent_names().any(|agent| agent == name),
+                "{name}"
+            );
+        }
+        let Err(BuildError::Spec(_)) =
+            runtime_of_header(&header_of("version: 1\nagents: 3\n"), &run, Calls::Offline)
+        else {
+            panic!("a spec that does not parse is refused, whatever was parsed before");
+        };
+    }
 }

@@ -45,7 +45,7 @@ use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Statement};
 
 use crate::JournalError;
 use crate::check::{StepRow, StepSpan};
-use crate::lease::Lease;
+use crate::lease::{Holder, Lease};
 use crate::store::{
     Backend, ChunkHead, ChunkRow, NewHead, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx, Writes,
     signed, unsigned,
@@ -224,11 +224,12 @@ impl Backend for PostgresJournal {
                 write: true,
                 news: &mut news,
                 pending: Pending::default(),
+                ahead: Ahead::default(),
             };
             let value = op(&mut rows)?;
             rows.send(None)?;
             tx.commit().map_err(storage("committing"))?;
-            news.announce(client);
+            news.announce(client, statements);
             Ok(value)
         });
         self.writes.settle(outcome)
@@ -253,6 +254,7 @@ impl Backend for PostgresJournal {
                 write: false,
                 news: &mut News::default(),
                 pending: Pending::default(),
+                ahead: Ahead::default(),
             })
         })
     }
@@ -361,27 +363,34 @@ impl News {
     }
 
     /// Sends the notifications in a transaction of their own, without waiting for a WAL flush
-    /// (it stores nothing). A failure is dropped: the data is committed, and waiters look
-    /// again on their own.
-    fn announce(&self, client: &mut Client) {
+    /// (it stores nothing), in one prepared statement. A failure is dropped: the data is
+    /// committed, and waiters look again on their own.
+    fn announce(&self, client: &mut Client, statements: &mut HashMap<String, Statement>) {
         if self.sent.is_empty() {
             return;
         }
-        let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = off;");
-        for (channel, run) in &self.sent {
-            // Run ids are letters, digits, `-` and `_`; quotes are doubled all the same.
-            sql.push_str(&format!(
-                " NOTIFY {channel}, '{}';",
-                run.replace('\'', "''")
-            ));
-        }
-        sql.push_str(" COMMIT");
-        if client.batch_execute(&sql).is_err() {
-            // Leave no transaction open behind a failed notification.
-            let _ = client.batch_execute("ROLLBACK");
-        }
+        let channels: Vec<&str> = self.sent.iter().map(|(channel, _)| *channel).collect();
+        let runs: Vec<&str> = self.sent.iter().map(|(_, run)| run.as_str()).collect();
+        let statement = match statements.get(ANNOUNCE) {
+            Some(statement) => statement.clone(),
+            None => match client.prepare(ANNOUNCE) {
+                Ok(statement) => {
+                    statements.insert(ANNOUNCE.to_owned(), statement.clone());
+                    statement
+                }
+                Err(_) => return,
+            },
+        };
+        // Alone, the statement is its own transaction: nothing is left open if it fails.
+        let _ = client.execute(&statement, &[&channels, &runs]);
     }
 }
+
+/// Sends notifications (`$1` the channels, `$2` the runs) as a transaction of its own that
+/// commits without waiting for a WAL flush: `synchronous_commit` is set for this transaction
+/// alone, and read when it commits.
+const ANNOUNCE: &str = "SELECT set_config('synchronous_commit', 'off', true), \
+     pg_notify(channel, run) FROM unnest($1::text[], $2::text[]) AS news(channel, run)";
 
 /// The row operations inside one PostgreSQL transaction, with statements prepared once per
 /// connection.
@@ -394,7 +403,30 @@ struct PgTx<'t> {
     news: &'t mut News,
     /// Rows inserted but not sent yet.
     pending: Pending,
+    /// A run's rows read ahead ([`Tx::read_ahead`]), not handed out yet.
+    ahead: Ahead,
 }
+
+/// A run's rows read ahead in one statement ([`READ_AHEAD`]), each kind handed out once.
+#[derive(Default)]
+struct Ahead {
+    run: String,
+    steps: Option<Vec<postgres::Row>>,
+    chunks: Option<Vec<postgres::Row>>,
+    parts: Option<Vec<postgres::Row>>,
+}
+
+/// A run's step rows, its chunks' hashes and its outcome parts, in one result: the first
+/// column says which (0, 1, 2), the next columns are as [`Tx::steps`], [`Tx::chunks`]
+/// (without bodies) and [`Tx::parts`] read them, in their order.
+const READ_AHEAD: &str = "SELECT 0 AS what, step AS a, first_seq AS b, events AS c, \
+     kind AS d, input AS e, input_link AS f, link AS g, NULL::bytea AS h \
+     FROM converge.steps WHERE run = $1 \
+     UNION ALL SELECT 1, first_seq, step, count, NULL, NULL, hashes, NULL, NULL \
+     FROM converge.events WHERE run = $1 \
+     UNION ALL SELECT 2, step, part, cycle, NULL, NULL, agents, ends, bodies \
+     FROM converge.outcomes WHERE run = $1 \
+     ORDER BY 1, 2, 3";
 
 /// Rows a write transaction inserts, held back and sent in one statement with the run's new
 /// head ([`Tx::advance`]), or before anything else the transaction does: a step's outcomes,
@@ -433,6 +465,20 @@ struct OwnedChunk {
 /// statement's arrays are copied more than once on the server, which costs more than a round
 /// trip past this size).
 const PENDING_BYTES_MAX: usize = 64 * 1024;
+
+impl Ahead {
+    /// The rows of `run` of one kind, if they were read ahead and not handed out yet.
+    fn take(
+        &mut self,
+        run: &str,
+        kind: impl FnOnce(&mut Ahead) -> &mut Option<Vec<postgres::Row>>,
+    ) -> Option<Vec<postgres::Row>> {
+        if self.run != run {
+            return None;
+        }
+        kind(self).take()
+    }
+}
 
 impl Pending {
     fn is_empty(&self) -> bool {
@@ -544,6 +590,8 @@ impl PgTx<'_> {
     /// Room in the pending rows for `bytes` more of `run`'s: those held are sent first when
     /// they are another run's or the new row would take them past [`PENDING_BYTES_MAX`].
     fn pending_for(&mut self, run: &str, bytes: usize) -> Result<&mut Pending, JournalError> {
+        // What was read ahead is no longer all there is.
+        self.ahead = Ahead::default();
         let full = self.pending.bytes.saturating_add(bytes) > PENDING_BYTES_MAX;
         if self.pending.run != run || (full && !self.pending.is_empty()) {
             self.send(None)?;
@@ -569,6 +617,7 @@ impl PgTx<'_> {
         context: &'static str,
     ) -> Result<(), JournalError> {
         self.send(None)?;
+        self.ahead = Ahead::default();
         let statement = self.statement(sql, context)?;
         self.tx
             .execute(&statement, params)
@@ -697,6 +746,64 @@ impl Tx for PgTx<'_> {
         Ok(rows)
     }
 
+    fn runs_named_committed(
+        &mut self,
+        runs: &[&str],
+    ) -> Result<Vec<(RunRow, Vec<PartRow>)>, JournalError> {
+        if !self.write {
+            let rows = self.runs_named(runs)?;
+            let mut read = Vec::with_capacity(rows.len());
+            for row in rows {
+                let parts = self.committed(&row.id, row.steps)?;
+                read.push((row, parts));
+            }
+            return Ok(read);
+        }
+        // The parts are read in the statement's snapshot, taken before it waited for a lock
+        // (`Tx::runs_named_committed` says why that is enough).
+        let sql = format!(
+            "SELECT {RUN_COLUMNS}, o.parts, o.cycles, o.agents FROM converge.runs AS r \
+             LEFT JOIN LATERAL (SELECT array_agg(part ORDER BY part) AS parts, \
+             array_agg(cycle ORDER BY part) AS cycles, array_agg(agents ORDER BY part) AS agents \
+             FROM converge.outcomes WHERE run = r.id AND step = r.steps) AS o ON true \
+             WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r"
+        );
+        let rows = self.query(&sql, &[&runs], "reading runs")?;
+        let mut read = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let run = run_row(row)?;
+            let parts: Option<Vec<i64>> = get(row, 14)?;
+            let cycles: Option<Vec<i64>> = get(row, 15)?;
+            let agents: Option<Vec<Vec<u8>>> = get(row, 16)?;
+            let parts = parts.unwrap_or_default();
+            let cycles = cycles.unwrap_or_default();
+            let agents = agents.unwrap_or_default();
+            if parts.len() != cycles.len() || parts.len() != agents.len() {
+                return Err(JournalError::Corrupt {
+                    detail: format!("the outcome parts of run {} do not line up", run.id),
+                });
+            }
+            let committed = parts
+                .into_iter()
+                .zip(cycles)
+                .zip(agents)
+                .map(|((part, cycle), agents)| PartRow {
+                    step: run.steps,
+                    part,
+                    cycle,
+                    agents,
+                    ends: Vec::new(),
+                    bodies: Vec::new(),
+                })
+                .collect();
+            self.news
+                .statuses
+                .insert(run.id.clone(), run.status.clone());
+            read.push((run, committed));
+        }
+        Ok(read)
+    }
+
     fn runs(&mut self) -> Result<Vec<RunRow>, JournalError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM converge.runs ORDER BY created");
         let rows = self.query(&sql, &[], "listing runs")?;
@@ -715,6 +822,7 @@ impl Tx for PgTx<'_> {
                    VALUES ($1, $2, $3, 'running', NULL, 0, 0, $4, $3)";
         let statement = self.statement(sql, "creating the run")?;
         self.send(None)?;
+        self.ahead = Ahead::default();
         match self
             .tx
             .execute(&statement, &[&run, &header, &header_link, &zero])
@@ -762,6 +870,51 @@ impl Tx for PgTx<'_> {
         rows.iter().map(|row| get(row, 0)).collect()
     }
 
+    fn lease_runnable(
+        &mut self,
+        now_ms: i64,
+        holder: &Holder,
+        expires_ms: u64,
+        tokens: &[String],
+    ) -> Result<Vec<RunRow>, JournalError> {
+        let limit = i64::try_from(tokens.len()).unwrap_or(i64::MAX);
+        let sql = format!(
+            "WITH picked AS (SELECT id AS picked, created FROM converge.runs \
+             WHERE status = 'running' AND (lease_expires_ms IS NULL OR lease_expires_ms <= $1) \
+             ORDER BY created LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             numbered AS (SELECT picked, row_number() OVER (ORDER BY created) AS taken \
+             FROM picked) \
+             UPDATE converge.runs SET lease_token = ($3::text[])[taken], lease_holder = $4, \
+             lease_host = $5, lease_pid = $6, lease_expires_ms = $7 \
+             FROM numbered WHERE id = picked RETURNING {RUN_COLUMNS}, taken"
+        );
+        let rows = self.query(
+            &sql,
+            &[
+                &now_ms,
+                &limit,
+                &tokens,
+                &holder.name,
+                &holder.host,
+                &i64::from(holder.pid),
+                &signed(expires_ms)?,
+            ],
+            "claiming runs",
+        )?;
+        let mut taken = rows
+            .iter()
+            .map(|row| Ok((get::<i64>(row, 14)?, run_row(row)?)))
+            .collect::<Result<Vec<_>, JournalError>>()?;
+        taken.sort_unstable_by_key(|(index, _)| *index);
+        let rows: Vec<RunRow> = taken.into_iter().map(|(_, row)| row).collect();
+        for row in &rows {
+            self.news
+                .statuses
+                .insert(row.id.clone(), row.status.clone());
+        }
+        Ok(rows)
+    }
+
     fn leased_on(
         &mut self,
         host: &str,
@@ -807,7 +960,44 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    fn read_ahead(&mut self, run: &str) -> Result<(), JournalError> {
+        let rows = self.query(READ_AHEAD, &[&run], "reading the run")?;
+        let mut ahead = Ahead {
+            run: run.to_owned(),
+            steps: Some(Vec::new()),
+            chunks: Some(Vec::new()),
+            parts: Some(Vec::new()),
+        };
+        for row in rows {
+            let kind = match get::<i32>(&row, 0)? {
+                0 => &mut ahead.steps,
+                1 => &mut ahead.chunks,
+                _ => &mut ahead.parts,
+            };
+            kind.get_or_insert_with(Vec::new).push(row);
+        }
+        self.ahead = ahead;
+        Ok(())
+    }
+
     fn steps(&mut self, run: &str) -> Result<Vec<StepRow>, JournalError> {
+        if let Some(rows) = self.ahead.take(run, |ahead| &mut ahead.steps) {
+            return rows
+                .iter()
+                .map(|row| {
+                    StepRow::read(
+                        run,
+                        get(row, 1)?,
+                        get(row, 4)?,
+                        get(row, 5)?,
+                        get(row, 2)?,
+                        get(row, 3)?,
+                        get(row, 6)?,
+                        get(row, 7)?,
+                    )
+                })
+                .collect();
+        }
         let rows = self.query(
             "SELECT step, kind, input, first_seq, events, input_link, link \
              FROM converge.steps WHERE run = $1 ORDER BY step",
@@ -909,6 +1099,25 @@ impl Tx for PgTx<'_> {
         bodies: bool,
         each: &mut dyn FnMut(ChunkRow<'_>) -> Result<bool, JournalError>,
     ) -> Result<(), JournalError> {
+        if from == 0
+            && !bodies
+            && let Some(rows) = self.ahead.take(run, |ahead| &mut ahead.chunks)
+        {
+            for row in &rows {
+                let chunk = ChunkRow {
+                    first_seq: get(row, 1)?,
+                    step: get(row, 2)?,
+                    count: get(row, 3)?,
+                    hashes: get(row, 6)?,
+                    ends: None,
+                    bodies: None,
+                };
+                if !each(chunk)? {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         let context = "reading events";
         let sql = if bodies {
             "SELECT first_seq, step, count, hashes, ends, bodies FROM converge.events \
@@ -941,6 +1150,21 @@ impl Tx for PgTx<'_> {
     }
 
     fn parts(&mut self, run: &str) -> Result<Vec<PartRow>, JournalError> {
+        if let Some(rows) = self.ahead.take(run, |ahead| &mut ahead.parts) {
+            return rows
+                .iter()
+                .map(|row| {
+                    Ok(PartRow {
+                        step: get(row, 1)?,
+                        part: get(row, 2)?,
+                        cycle: get(row, 3)?,
+                        agents: get(row, 6)?,
+                        ends: get(row, 7)?,
+                        bodies: get(row, 8)?,
+                    })
+                })
+                .collect();
+        }
         let rows = self.query(
             "SELECT step, part, cycle, agents, ends, bodies FROM converge.outcomes \
              WHERE run = $1 ORDER BY step, part",
