@@ -274,6 +274,7 @@ impl Backend for PostgresJournal {
                 write: false,
                 news: &mut News::default(),
                 pending: Pending::default(),
+                ahead: Ahead::default(),
             })
         })
     }
