@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use converge_core::agents::{ReactOnceAgent, SeedAgent};
 use converge_core::{
-    Actor, Agent, AgentEffect, AuthorityScope, Context, ContextKey, ConvergeResult, Decision,
-    Digest, Engine, EventBatch, Retry, Run, Step, StopReason, ValidationPolicy, execute_isolated,
+    Actor, Agent, AgentEffect, AgentId, AgentOutcome, AuthorityScope, Context, ContextKey,
+    ConvergeResult, Decision, Digest, Engine, EventBatch, Retry, Run, Step, StopReason,
+    ValidationPolicy, execute_isolated,
 };
 use converge_journal::{
     AfterSteps, FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News,
-    PendingStep, Place, PostgresJournal, RunHeader, RunId, RunStatus, RunSteps, SQLITE_POLL,
-    SqliteJournal, StepInput, Verification, Wakeups, wall_clock_ms,
+    OutcomeRecord, PendingStep, Place, PostgresJournal, RunHeader, RunId, RunStatus, RunSteps,
+    SQLITE_POLL, SqliteJournal, StepInput, Verification, Wakeups, wall_clock_ms,
 };
 use serde_json::json;
 
@@ -570,13 +571,23 @@ fn a_live_lease_is_preempted(store: &Store) {
     ));
 }
 
-fn outcomes_ahead_of_their_step(store: &Store) {
-    let mut journal = store.open();
-    let id = run_id("ahead");
+/// A run of `engine` created as `name` with its start appended, and its first cycle executed
+/// but neither submitted nor appended: its id, lease, the run, the cycle's input and outcomes.
+fn first_cycle<'e>(
+    journal: &mut dyn Journal,
+    engine: &'e Engine,
+    name: &str,
+) -> (
+    RunId,
+    Lease,
+    Run<'e>,
+    StepInput,
+    Vec<(AgentId, AgentOutcome)>,
+) {
+    let id = run_id(name);
     let lease = journal
         .create_run(&id, &header(), &holder(), 0)
         .expect("created");
-    let engine = engine();
     let mut run = engine.start(Context::new()).expect("valid");
     let start = StepInput::Start { header: header() };
     journal
@@ -591,19 +602,30 @@ fn outcomes_ahead_of_their_step(store: &Store) {
         .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
         .collect();
     let input = StepInput::cycle(&batch, &outcomes);
+    (id, lease, run, input, outcomes)
+}
+
+/// The cycle and the outcome records of a cycle's input.
+fn cycle_of(input: &StepInput) -> (u32, &[(u32, OutcomeRecord)]) {
     let StepInput::Cycle {
-        cycle,
-        outcomes: records,
-        ..
-    } = &input
+        cycle, outcomes, ..
+    } = input
     else {
         panic!("a cycle");
     };
+    (*cycle, outcomes)
+}
+
+fn outcomes_ahead_of_their_step(store: &Store) {
+    let mut journal = store.open();
+    let engine = engine();
+    let (id, lease, mut run, input, outcomes) = first_cycle(journal.as_mut(), &engine, "ahead");
+    let (cycle, records) = cycle_of(&input);
     journal
-        .commit_outcomes(&lease, 1, *cycle, &records[..1])
+        .commit_outcomes(&lease, 1, cycle, &records[..1])
         .expect("the first agent's outcome");
     journal
-        .commit_outcomes(&lease, 1, *cycle, &records[..1])
+        .commit_outcomes(&lease, 1, cycle, &records[..1])
         .expect("committed at most once");
     let open = journal
         .load(&id)
@@ -611,7 +633,7 @@ fn outcomes_ahead_of_their_step(store: &Store) {
         .open
         .expect("an open cycle");
     assert_eq!(open.outcomes, records[..1].to_vec());
-    assert!(journal.commit_outcomes(&lease, 2, *cycle, records).is_err());
+    assert!(journal.commit_outcomes(&lease, 2, cycle, records).is_err());
 
     run.submit(outcomes).expect("complete");
     journal
@@ -632,36 +654,12 @@ fn outcomes_ahead_in_a_group(store: &Store) {
     let mut group = Vec::new();
     let mut inputs = Vec::new();
     for (index, name) in ["group-ahead-b", "group-ahead-a"].into_iter().enumerate() {
-        let id = run_id(name);
-        let lease = journal
-            .create_run(&id, &header(), &holder(), 0)
-            .expect("created");
-        let mut run = engine.start(Context::new()).expect("valid");
-        let start = StepInput::Start { header: header() };
-        journal
-            .append(&lease, 0, &start, &run.take_events())
-            .expect("start");
-        let Step::Execute(batch) = run.next_step() else {
-            panic!("a first cycle");
-        };
-        let outcomes: Vec<_> = batch
-            .agents()
-            .iter()
-            .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
-            .collect();
-        let input = StepInput::cycle(&batch, &outcomes);
-        let StepInput::Cycle {
-            cycle,
-            outcomes: records,
-            ..
-        } = &input
-        else {
-            panic!("a cycle");
-        };
+        let (id, lease, mut run, input, outcomes) = first_cycle(journal.as_mut(), &engine, name);
         // One run has its first outcome committed ahead, the other none.
         if index == 0 {
+            let (cycle, records) = cycle_of(&input);
             journal
-                .commit_outcomes(&lease, 1, *cycle, &records[..1])
+                .commit_outcomes(&lease, 1, cycle, &records[..1])
                 .expect("the first agent's outcome");
         }
         run.submit(outcomes).expect("complete");
