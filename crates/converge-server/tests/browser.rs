@@ -56,6 +56,7 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
     )?;
     let mut config = ServerConfig::new(db.clone());
     config.providers = Some(providers);
+    config.allow_commands = true;
     let server = Server::bind(config).await?;
     let base = format!("http://{}", server.local_addr());
     let serving = tokio::spawn(server.serve(std::future::pending::<()>()));
@@ -77,6 +78,7 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
 
     let churn_run_id = submit_example(&client, &base, &submitter, "churn-explainer.yaml").await?;
     wait_for_status(&client, &base, &submitter, &churn_run_id, "stopped").await?;
+    let retried_run_id = retried_run(&client, &base, &submitter, &approver, dir.path()).await?;
     assert_eq!(
         model.request_count(),
         1,
@@ -96,6 +98,7 @@ async fn viewer_approves_a_release_and_follows_the_run_live() -> TestResult {
         .env("OTHER_RUN_ID", &other_run_id)
         .env("PAYOUTS_RUN_ID", &payouts_run_id)
         .env("CHURN_RUN_ID", &churn_run_id)
+        .env("RETRIED_RUN_ID", &retried_run_id)
         .env("SERVED_MODEL", SERVED_MODEL)
         .env("CHROMIUM", &chromium)
         .env("ARTIFACTS", &artifacts);
@@ -239,18 +242,89 @@ async fn wait_for_status(
     run_id: &str,
     status: &str,
 ) -> TestResult {
+    wait_until(client, base, token, run_id, status, |run| {
+        run["status"] == status
+    })
+    .await
+}
+
+/// Polls the run until `reached` holds of it (`what` says what for the failure).
+async fn wait_until(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    run_id: &str,
+    what: &str,
+    reached: impl Fn(&Value) -> bool,
+) -> TestResult {
     let deadline = Instant::now() + RUN_TIMEOUT;
     loop {
         let run = get(client, &format!("{base}/v1/runs/{run_id}"), token).await?;
-        if run["status"] == status {
+        if reached(&run) {
             return Ok(());
         }
         assert!(
             Instant::now() < deadline,
-            "run {run_id} is not {status} after {RUN_TIMEOUT:?}: {run}"
+            "run {run_id} is not {what} after {RUN_TIMEOUT:?}: {run}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A job whose `score` command fails until the file `ready` exists.
+fn flaky_spec(ready: &Path) -> String {
+    format!(
+        r#"version: 1
+intent: {{objective: score the alerts once the feed is ready}}
+seeds:
+  - {{key: signals, id: disk, content: "disk 91% full"}}
+agents:
+  - name: score
+    kind: command
+    reads: [signals]
+    writes: [evaluations]
+    command: [sh, -c, 'cat > /dev/null; test -f "{}" || {{ echo "the feed is not ready" >&2; exit 3; }}; echo "{{\"proposals\":[{{\"key\":\"evaluations\",\"id\":\"disk-p2\",\"content\":\"P2\"}}]}}"']
+    timeout_ms: 10000
+"#,
+        ready.display()
+    )
+}
+
+/// A run whose agent failed, then was retried by the approver once the cause was fixed, and
+/// converged; answers its id.
+async fn retried_run(
+    client: &reqwest::Client,
+    base: &str,
+    submitter: &str,
+    approver: &str,
+    dir: &Path,
+) -> TestResult<String> {
+    let ready = dir.join("ready");
+    let response = client
+        .post(format!("{base}/v1/runs?id=alerts&job=alerts.yaml"))
+        .bearer_auth(submitter)
+        .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+        .body(flaky_spec(&ready))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "submitting: {body}");
+    let id = body["id"].as_str().ok_or("no run id")?.to_owned();
+    wait_for_status(client, base, submitter, &id, "stopped").await?;
+    std::fs::write(&ready, "")?;
+    let response = client
+        .post(format!("{base}/v1/runs/{id}/retry"))
+        .bearer_auth(approver)
+        .json(&serde_json::json!({"reason": "the feed is ready"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    wait_until(client, base, submitter, &id, "converged", |run| {
+        run["stop_reason"]["stop"] == "converged"
+    })
+    .await?;
+    Ok(id)
 }
 
 /// Chromium's executable: `CONVERGE_CHROMIUM`, or `chromium` on `PATH`.

@@ -453,10 +453,11 @@ const SEGMENT_OPENERS = {
   run_started: "start",
   cycle_started: "cycle",
   run_resumed: "resume",
+  run_retried: "retry",
   run_stopped: "stop",
 };
 
-/** Groups events into segments: the start, each cycle, each resume, each stop. Events that
+/** Groups events into segments: the start, each cycle, each resume, each retry, each stop. Events that
  *  open no segment belong to the one before them (the stream starts with run_started). */
 function segmentsOf(records) {
   const segments = [];
@@ -469,9 +470,13 @@ function segmentsOf(records) {
 }
 
 function renderSegment(segment, agentName) {
-  const render = { start: startSegment, cycle: cycleSegment, resume: resumeSegment, stop: stopSegment }[
-    segment.kind
-  ];
+  const render = {
+    start: startSegment,
+    cycle: cycleSegment,
+    resume: resumeSegment,
+    retry: retrySegment,
+    stop: stopSegment,
+  }[segment.kind];
   const box = render(segment, agentName);
   box.append(notes(segment.events));
   return box;
@@ -541,6 +546,18 @@ function resumeSegment({ head }) {
     { class: "segment segment-resume", testid: "resumed" },
     h("h4", {}, "Resumed"),
     h("p", {}, `after cycle ${head.cycle} with ${count(head.decisions, "decision")}`),
+  );
+}
+
+/** A person ran failed agents again: who, which, after which cycle, and why. */
+function retrySegment({ head }, agentName) {
+  const agents = (head.agents ?? []).map((id) => agentName(id));
+  return h(
+    "li",
+    { class: "segment segment-retry", testid: "retried" },
+    h("h4", {}, "Retried"),
+    h("p", {}, `${head.actor?.name ?? "someone"} ran ${agents.join(", ")} again after cycle ${head.cycle}`),
+    h("p", { class: "muted small" }, head.reason ?? ""),
   );
 }
 

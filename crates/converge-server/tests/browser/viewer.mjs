@@ -43,6 +43,7 @@ const runId = env("RUN_ID");
 const otherRunId = env("OTHER_RUN_ID");
 const payoutsRunId = env("PAYOUTS_RUN_ID");
 const churnRunId = env("CHURN_RUN_ID");
+const retriedRunId = env("RETRIED_RUN_ID");
 const servedModel = env("SERVED_MODEL");
 const executablePath = env("CHROMIUM");
 const artifacts = env("ARTIFACTS");
@@ -164,7 +165,7 @@ async function untilListed(what, ids) {
 }
 
 await stage("the runs list shows job names, objectives and ages, filtered by status and searched", async () => {
-  await untilListed("all four runs", [runId, otherRunId, payoutsRunId, churnRunId]);
+  await untilListed("all five runs", [runId, otherRunId, payoutsRunId, churnRunId, retriedRunId]);
   const objective = await byTestId("run-row-objective", runRow).innerText();
   if (!objective.includes("payments-service 2.4.0"))
     throw new Error(`the run's row shows the objective ${JSON.stringify(objective)}`);
@@ -174,7 +175,7 @@ await stage("the runs list shows job names, objectives and ages, filtered by sta
   if (!/just now|min ago/.test(age)) throw new Error(`the run's age reads ${JSON.stringify(age)}`);
 
   await byTestId("runs-status").selectOption("stopped");
-  await untilListed("only the stopped runs", [otherRunId, churnRunId]);
+  await untilListed("only the stopped runs", [otherRunId, churnRunId, retriedRunId]);
   await byTestId("runs-status").selectOption("awaiting_approval");
   await untilListed("only the runs awaiting approval", [runId, payoutsRunId]);
   await screenshot("01a-runs-filtered.png");
@@ -183,7 +184,7 @@ await stage("the runs list shows job names, objectives and ages, filtered by sta
   await byTestId("runs-search").fill("greet THE");
   await untilListed("only the run whose objective matches", [otherRunId]);
   const counted = await byTestId("runs-count").innerText();
-  if (counted !== "1 of 4 runs") throw new Error(`the count reads ${JSON.stringify(counted)}`);
+  if (counted !== "1 of 5 runs") throw new Error(`the count reads ${JSON.stringify(counted)}`);
   await byTestId("runs-search").fill(runId);
   await untilListed("only the run whose id matches", [runId]);
   await byTestId("runs-search").fill("weekly-payouts");
@@ -193,7 +194,7 @@ await stage("the runs list shows job names, objectives and ages, filtered by sta
   if ((await listedRuns()).length) throw new Error("a run is listed for a search nothing matches");
   await screenshot("01b-runs-searched.png");
   await byTestId("runs-search").fill("");
-  await untilListed("all four runs again", [runId, otherRunId, payoutsRunId, churnRunId]);
+  await untilListed("all five runs again", [runId, otherRunId, payoutsRunId, churnRunId, retriedRunId]);
 });
 
 await stage("open the run", async () => {
@@ -494,6 +495,28 @@ await stage("a hypothesis from the model shows the exchange it cites, as text", 
   if (overflow !== "auto") throw new Error(`a long answer does not scroll in its box (overflow-y ${overflow})`);
   await exchange.scrollIntoViewIfNeeded();
   await screenshot("07-model-exchange.png");
+});
+
+await stage("a retry shows between the stop it ended and the cycle it ran", async () => {
+  await page.locator(`[data-testid="run-row"][data-run-id="${retriedRunId}"]`).click();
+  await until("the retried run's status", () =>
+    document.querySelector('[data-testid="run-status"]')?.dataset.status === "stopped",
+  );
+  await byTestId("retried").waitFor();
+  const retry = await byTestId("retried").innerText();
+  for (const words of ["alice", "score", "again after cycle", "the feed is ready"]) {
+    if (!retry.includes(words)) throw new Error(`the retry reads ${JSON.stringify(retry)}, without ${words}`);
+  }
+  // In order: the first stop, the retry, the cycle it ran, the last stop.
+  const order = await page.evaluate(() =>
+    [...document.querySelectorAll('[data-testid="run-stopped"], [data-testid="retried"], [data-testid="cycle"]')].map(
+      (node) => node.dataset.testid,
+    ),
+  );
+  const at = order.indexOf("retried");
+  if (order[at - 1] !== "run-stopped" || order[at + 1] !== "cycle" || order.at(-1) !== "run-stopped")
+    throw new Error(`the timeline reads ${JSON.stringify(order)}`);
+  await screenshot("08-retried.png");
 });
 
 await stage("the page at a phone's width", async () => {
