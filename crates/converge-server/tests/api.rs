@@ -1379,31 +1379,14 @@ async fn a_fact_from_a_model_carries_the_exchange_it_cites() -> TestResult {
     Ok(())
 }
 
-/// A job whose `score` command fails until the file `ready` exists beside the journal.
-fn flaky_spec(ready: &std::path::Path) -> String {
-    format!(
-        r#"version: 1
-intent: {{objective: score the alerts once the feed is ready}}
-seeds:
-  - {{key: signals, id: disk, content: "disk 91% full"}}
-agents:
-  - name: score
-    kind: command
-    reads: [signals]
-    writes: [evaluations]
-    command: [sh, -c, 'cat > /dev/null; test -f "{}" || {{ echo "the feed is not ready" >&2; exit 3; }}; echo "{{\"proposals\":[{{\"key\":\"evaluations\",\"id\":\"disk-p2\",\"content\":\"P2\"}}]}}"']
-    timeout_ms: 10000
-"#,
-        ready.display()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_is_an_approvers_recorded_decision_that_re_executes_the_failed_agent() -> TestResult
 {
     let server = TestServer::start_with(|config| config.allow_commands = true).await?;
     let ready = server.dir.path().join("ready");
-    let id = server.submit(&flaky_spec(&ready), Some("alerts")).await?;
+    let id = server
+        .submit(&common::flaky_spec(&ready), Some("alerts"))
+        .await?;
     let run = server.settle(&id).await?;
     assert_eq!(run["status"], "stopped", "{run}");
     let path = format!("/v1/runs/{id}/retry");

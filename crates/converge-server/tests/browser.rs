@@ -18,6 +18,8 @@
 //! `tests/browser/node_modules` the first time. Screenshots of each stage go to
 //! `<target dir>/browser-artifacts`.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -271,25 +273,6 @@ async fn wait_until(
     }
 }
 
-/// A job whose `score` command fails until the file `ready` exists.
-fn flaky_spec(ready: &Path) -> String {
-    format!(
-        r#"version: 1
-intent: {{objective: score the alerts once the feed is ready}}
-seeds:
-  - {{key: signals, id: disk, content: "disk 91% full"}}
-agents:
-  - name: score
-    kind: command
-    reads: [signals]
-    writes: [evaluations]
-    command: [sh, -c, 'cat > /dev/null; test -f "{}" || {{ echo "the feed is not ready" >&2; exit 3; }}; echo "{{\"proposals\":[{{\"key\":\"evaluations\",\"id\":\"disk-p2\",\"content\":\"P2\"}}]}}"']
-    timeout_ms: 10000
-"#,
-        ready.display()
-    )
-}
-
 /// A run whose agent failed, then was retried by the approver once the cause was fixed, and
 /// converged; answers its id.
 async fn retried_run(
@@ -304,7 +287,7 @@ async fn retried_run(
         .post(format!("{base}/v1/runs?id=alerts&job=alerts.yaml"))
         .bearer_auth(submitter)
         .header(reqwest::header::CONTENT_TYPE, "application/yaml")
-        .body(flaky_spec(&ready))
+        .body(common::flaky_spec(&ready))
         .send()
         .await?;
     let status = response.status();

@@ -1,5 +1,6 @@
-//! What the API and security tests share: a server started in-process on `127.0.0.1:0` with
-//! a fresh journal and a set of tokens, and small HTTP helpers over real connections.
+//! What the API, security and browser tests share: a server started in-process on
+//! `127.0.0.1:0` with a fresh journal and a set of tokens, small HTTP helpers over real
+//! connections, and the jobs more than one of them submits.
 
 #![allow(dead_code)]
 
@@ -441,4 +442,24 @@ pub(crate) fn check_event_messages(messages: &[SseMessage]) -> Vec<u64> {
 /// 64 lowercase hex digits.
 pub(crate) fn is_hex_digest(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A job whose `score` command fails until the file `ready` exists: a run to retry once
+/// `ready` is written.
+pub(crate) fn flaky_spec(ready: &std::path::Path) -> String {
+    format!(
+        r#"version: 1
+intent: {{objective: score the alerts once the feed is ready}}
+seeds:
+  - {{key: signals, id: disk, content: "disk 91% full"}}
+agents:
+  - name: score
+    kind: command
+    reads: [signals]
+    writes: [evaluations]
+    command: [sh, -c, 'cat > /dev/null; test -f "{}" || {{ echo "the feed is not ready" >&2; exit 3; }}; echo "{{\"proposals\":[{{\"key\":\"evaluations\",\"id\":\"disk-p2\",\"content\":\"P2\"}}]}}"']
+    timeout_ms: 10000
+"#,
+        ready.display()
+    )
 }
