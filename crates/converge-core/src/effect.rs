@@ -49,12 +49,17 @@ impl AgentEffect {
 
     /// An effect with one proposal.
     pub fn with_proposal(mut self, proposal: Proposal<Draft>) -> AgentEffect {
-        self.proposals.push(proposal);
+        self.propose(proposal);
         self
     }
 
     /// Adds a proposal.
     pub fn propose(&mut self, proposal: Proposal<Draft>) {
+        // Most effects carry one proposal: the first gets room for itself alone, not the
+        // four a growing vector starts with (a cycle of many agents holds every effect).
+        if self.proposals.is_empty() {
+            self.proposals.reserve_exact(1);
+        }
         self.proposals.push(proposal);
     }
 

@@ -273,38 +273,53 @@ pub struct EventBatch {
     previous: Digest,
     first_seq: u64,
     records: Vec<EventRecord>,
-    bodies: Vec<Vec<u8>>,
+    /// Every record's encoding, one after the other.
+    bytes: Vec<u8>,
+    /// Where each record's encoding ends in `bytes`: `ends[i]` is `records[i]`'s.
+    ends: Vec<usize>,
 }
 
 impl EventBatch {
-    /// Seals taken records; `bodies[i]` is `records[i]`'s encoding when it was kept. Both
-    /// buffers are reused as they are, so a wide batch is not copied.
+    /// Seals taken records with the encodings kept for the newest of them (`kept`); older
+    /// records are encoded here. The kept buffer is reused as it is when it covers every
+    /// record, so a wide batch is not copied.
     pub(crate) fn new(
         previous: Digest,
         first_seq: u64,
         records: Vec<EventRecord>,
-        bodies: Vec<Option<Vec<u8>>>,
+        kept: Kept,
     ) -> EventBatch {
-        let encode = |index: usize| {
-            records
-                .get(index)
-                .map(|record| EventRecord::encode(&record.event))
-                .unwrap_or_default()
-        };
-        let mut bodies: Vec<Vec<u8>> = bodies
-            .into_iter()
-            .enumerate()
-            .map(|(index, body)| body.unwrap_or_else(|| encode(index)))
-            .collect();
-        // One body per record, whatever was handed in.
-        bodies.truncate(records.len());
-        let encoded = bodies.len();
-        bodies.extend((encoded..records.len()).map(encode));
+        let Kept {
+            mut bytes,
+            ends,
+            start,
+        } = kept;
+        let kept_count = ends.len().min(records.len());
+        let unkept = records.len() - kept_count;
+        let mut ends: Vec<usize> = Vec::from(ends);
+        ends.truncate(kept_count);
+        if unkept > 0 || start > 0 {
+            // Records taken before encodings were kept (or after some were polled): their
+            // encodings go first, then the kept ones, shifted to follow them.
+            let mut joined = Vec::with_capacity(bytes.len().saturating_sub(start));
+            let mut joined_ends = Vec::with_capacity(records.len());
+            for record in &records[..unkept] {
+                append_encoded(&record.event, &mut joined);
+                joined_ends.push(joined.len());
+            }
+            let shift = joined.len();
+            let kept_end = ends.last().copied().unwrap_or(start);
+            joined.extend_from_slice(bytes.get(start..kept_end).unwrap_or_default());
+            joined_ends.extend(ends.iter().map(|end| end - start + shift));
+            bytes = joined;
+            ends = joined_ends;
+        }
         EventBatch {
             previous,
             first_seq,
             records,
-            bodies,
+            bytes,
+            ends,
         }
     }
 
@@ -345,7 +360,36 @@ impl EventBatch {
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&EventRecord, &[u8])> + '_ {
         self.records
             .iter()
-            .zip(self.bodies.iter().map(Vec::as_slice))
+            .enumerate()
+            .map(|(index, record)| (record, self.encoded(index..index + 1)))
+    }
+
+    /// The encodings of the records in `records` (indexes into [`EventBatch::records`]),
+    /// one after the other, as they are held: a journal compresses consecutive records
+    /// straight from here. Empty for an empty or out-of-range `records`.
+    ///
+    /// ```
+    /// use converge_core::agents::SeedAgent;
+    /// use converge_core::{Context, Engine};
+    ///
+    /// let mut engine = Engine::new();
+    /// engine.register(SeedAgent::new("seed-1", "hello"));
+    /// let mut run = engine.start(Context::new())?;
+    /// run.keep_encoded_events();
+    /// let batch = run.take_events();
+    /// let joined: Vec<u8> = batch.iter().flat_map(|(_, bytes)| bytes.to_vec()).collect();
+    /// assert_eq!(batch.encoded(0..batch.len()), joined.as_slice());
+    /// # Ok::<(), converge_core::EngineError>(())
+    /// ```
+    pub fn encoded(&self, records: std::ops::Range<usize>) -> &[u8] {
+        if records.start >= records.end || records.end > self.ends.len() {
+            return &[];
+        }
+        let start = match records.start {
+            0 => 0,
+            first => self.ends[first - 1],
+        };
+        &self.bytes[start..self.ends[records.end - 1]]
     }
 
     /// The records, without their encodings.
@@ -369,9 +413,47 @@ impl Observer for Vec<EventRecord> {
 
 fn encode_into(event: &Event, buffer: &mut Vec<u8>) {
     buffer.clear();
+    append_encoded(event, buffer);
+}
+
+/// Appends `event`'s encoding to `buffer`.
+fn append_encoded(event: &Event, buffer: &mut Vec<u8>) {
+    let start = buffer.len();
     // Serializing a typed event into memory cannot fail: every map key is a string.
     if serde_json::to_writer(&mut *buffer, event).is_err() {
-        buffer.clear();
+        buffer.truncate(start);
+    }
+}
+
+/// The encodings of a run's pending events, kept for [`crate::Run::take_events`]: one
+/// buffer and where each encoding ends, so a cycle of many events allocates once, not once
+/// per event. They belong to the newest pending events (a run starts keeping them at some
+/// point and then keeps every one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Kept {
+    bytes: Vec<u8>,
+    /// Where each kept encoding ends in `bytes`, oldest first.
+    ends: std::collections::VecDeque<usize>,
+    /// Where the oldest kept encoding starts (past the ones whose events were polled).
+    start: usize,
+}
+
+impl Kept {
+    /// How many encodings are kept.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Room for `events` more encodings' ends.
+    pub(crate) fn reserve(&mut self, events: usize) {
+        self.ends.reserve(events);
+    }
+
+    /// Drops the oldest kept encoding (its event was taken on its own).
+    pub(crate) fn pop_front(&mut self) {
+        if let Some(end) = self.ends.pop_front() {
+            self.start = end;
+        }
     }
 }
 
@@ -398,13 +480,20 @@ impl Chain {
         }
     }
 
-    /// Seals the next event; with `keep`, also returns the bytes it hashed.
-    pub(crate) fn seal(&mut self, event: Event, keep: bool) -> (EventRecord, Option<Vec<u8>>) {
+    /// Seals the next event; with `keep`, the bytes it hashed are appended to it.
+    pub(crate) fn seal(&mut self, event: Event, keep: Option<&mut Kept>) -> EventRecord {
         let seq = self.next_seq;
-        let hash = chain_hash_into(self.head, seq, &event, &mut self.buffer);
+        let hash = match keep {
+            Some(kept) => {
+                let start = kept.bytes.len();
+                append_encoded(&event, &mut kept.bytes);
+                kept.ends.push_back(kept.bytes.len());
+                EventRecord::link_hash(self.head, seq, &kept.bytes[start..])
+            }
+            None => chain_hash_into(self.head, seq, &event, &mut self.buffer),
+        };
         self.next_seq += 1;
         self.head = hash;
-        let body = keep.then(|| self.buffer.clone());
-        (EventRecord { seq, hash, event }, body)
+        EventRecord { seq, hash, event }
     }
 }

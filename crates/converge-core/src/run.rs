@@ -22,7 +22,7 @@ use crate::context::Context;
 use crate::digest::Digest;
 use crate::effect::{AgentOutcome, TokenUsage};
 use crate::engine::{FailurePolicy, Setup};
-use crate::event::{AgentInfo, Chain, Event, EventBatch, EventRecord};
+use crate::event::{AgentInfo, Chain, Event, EventBatch, EventRecord, Kept};
 use crate::gate::{Proposer, Rejection};
 use crate::id::{AgentId, ObservationId, ProposalId};
 use crate::invariant::{InvariantClass, InvariantFailure};
@@ -166,9 +166,9 @@ pub struct Run<'e> {
     phase: Phase,
     /// Emitted events not yet taken.
     events: VecDeque<EventRecord>,
-    /// Their encodings, when kept: `bodies[i]` is `events[i]`'s. Kept apart from the records
-    /// so that taking them moves both buffers instead of copying them.
-    bodies: VecDeque<Option<Vec<u8>>>,
+    /// The encodings of the newest of them, when kept. Kept apart from the records so that
+    /// taking them moves both buffers instead of copying them.
+    kept: Kept,
     /// The hash of the last event taken (the chain's head when none is pending).
     taken_head: Digest,
     /// Whether sealing keeps each event's encoding for [`Run::take_events`].
@@ -203,7 +203,7 @@ impl<'e> Run<'e> {
             state,
             phase: Phase::Ready,
             events: VecDeque::new(),
-            bodies: VecDeque::new(),
+            kept: Kept::default(),
             taken_head: Digest::zero(),
             keep_encoded: false,
         };
@@ -291,7 +291,7 @@ impl<'e> Run<'e> {
             state: *state,
             phase: Phase::Ready,
             events: VecDeque::new(),
-            bodies: VecDeque::new(),
+            kept: Kept::default(),
             taken_head,
             keep_encoded: false,
         }
@@ -456,8 +456,12 @@ impl<'e> Run<'e> {
 
     /// The next event not yet taken, in order.
     pub fn poll_event(&mut self) -> Option<EventRecord> {
+        // Encodings are kept for the newest pending events: the oldest has one when all do.
+        let all_kept = self.kept.len() == self.events.len();
         let record = self.events.pop_front()?;
-        self.bodies.pop_front();
+        if all_kept {
+            self.kept.pop_front();
+        }
         self.taken_head = record.hash;
         Some(record)
     }
@@ -479,7 +483,7 @@ impl<'e> Run<'e> {
     /// # Ok::<(), converge_core::EngineError>(())
     /// ```
     pub fn take_records(&mut self) -> Vec<EventRecord> {
-        self.bodies.clear();
+        self.kept = Kept::default();
         let records = Vec::from(std::mem::take(&mut self.events));
         if let Some(last) = records.last() {
             self.taken_head = last.hash;
@@ -498,7 +502,7 @@ impl<'e> Run<'e> {
             self.taken_head,
             first_seq,
             Vec::from(std::mem::take(&mut self.events)),
-            Vec::from(std::mem::take(&mut self.bodies)),
+            std::mem::take(&mut self.kept),
         );
         self.taken_head = batch.head();
         batch
@@ -529,7 +533,7 @@ impl<'e> Run<'e> {
         let (events, facts) = room_for(&outcomes, self.setup.config.proposals_per_effect_max);
         self.events.reserve(events.saturating_add(1));
         if self.keep_encoded {
-            self.bodies.reserve(events.saturating_add(1));
+            self.kept.reserve(events.saturating_add(1));
         }
         let facts_left = self
             .setup
@@ -1085,9 +1089,9 @@ impl<'e> Run<'e> {
     }
 
     fn emit(&mut self, event: Event) {
-        let (record, body) = self.state.chain.seal(event, self.keep_encoded);
+        let kept = self.keep_encoded.then_some(&mut self.kept);
+        let record = self.state.chain.seal(event, kept);
         self.events.push_back(record);
-        self.bodies.push_back(body);
     }
 }
 

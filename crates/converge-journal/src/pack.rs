@@ -49,41 +49,74 @@ fn deflate(compress: &mut Compress, input: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Records being packed into one group.
+/// The end offsets of records being packed into one group, without their bytes: what a
+/// group of records that already lie one after the other in memory (an `EventBatch`'s)
+/// needs, whose bytes are then compressed where they are ([`Index::seal`]).
+#[derive(Default)]
+pub(crate) struct Index {
+    ends: Vec<u8>,
+    len: usize,
+    count: usize,
+}
+
+impl Index {
+    /// Whether a record of `len` bytes may join this group.
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.count == 0
+            || (self.count < GROUP_RECORDS_MAX && self.len.saturating_add(len) <= GROUP_BYTES_MAX)
+    }
+
+    /// Adds a record of `len` bytes; `Err` if the group would pass what its offsets can
+    /// address.
+    pub(crate) fn push(&mut self, len: usize) -> Result<(), ()> {
+        let end = self.len.checked_add(len).ok_or(())?;
+        let stored = u32::try_from(end).map_err(|_| ())?;
+        self.ends.extend_from_slice(&stored.to_le_bytes());
+        self.len = end;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The stored blobs: the end offsets and `bytes` compressed, which must be the records
+    /// pushed, one after the other.
+    pub(crate) fn seal(self, bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        debug_assert_eq!(bytes.len(), self.len, "a group's bytes are its records'");
+        (self.ends, compress(bytes))
+    }
+}
+
+/// `bytes` compressed with this thread's compressor.
+fn compress(bytes: &[u8]) -> Vec<u8> {
+    COMPRESSOR.with(|compressor| match compressor.try_borrow_mut() {
+        Ok(mut compress) => deflate(&mut compress, bytes),
+        // Not reentrant; a second compressor would do the same work.
+        Err(_) => deflate(&mut Compress::new(Compression::new(LEVEL), true), bytes),
+    })
+}
+
+/// Records being packed into one group, copied together.
 #[derive(Default)]
 pub(crate) struct Group {
-    ends: Vec<u8>,
+    index: Index,
     bodies: Vec<u8>,
-    count: usize,
 }
 
 impl Group {
     /// Whether a record of `len` bytes may join this group.
     pub(crate) fn fits(&self, len: usize) -> bool {
-        self.count == 0
-            || (self.count < GROUP_RECORDS_MAX && self.bodies.len() + len <= GROUP_BYTES_MAX)
+        self.index.fits(len)
     }
 
     /// Adds a record; `Err` if the group would pass what its offsets can address.
     pub(crate) fn push(&mut self, body: &[u8]) -> Result<(), ()> {
+        self.index.push(body.len())?;
         self.bodies.extend_from_slice(body);
-        let end = u32::try_from(self.bodies.len()).map_err(|_| ())?;
-        self.ends.extend_from_slice(&end.to_le_bytes());
-        self.count += 1;
         Ok(())
     }
 
     /// The stored blobs: the end offsets and the compressed bodies.
     pub(crate) fn seal(self) -> (Vec<u8>, Vec<u8>) {
-        let compressed = COMPRESSOR.with(|compressor| match compressor.try_borrow_mut() {
-            Ok(mut compress) => deflate(&mut compress, &self.bodies),
-            // Not reentrant; a second compressor would do the same work.
-            Err(_) => deflate(
-                &mut Compress::new(Compression::new(LEVEL), true),
-                &self.bodies,
-            ),
-        });
-        (self.ends, compressed)
+        self.index.seal(&self.bodies)
     }
 }
 
@@ -164,6 +197,26 @@ mod tests {
         let mut longer = ends.clone();
         longer[8] = 11;
         assert!(Unpacked::new(3, &longer, &bodies).is_err());
+    }
+
+    /// Records sealed where they lie (an index over bytes already joined) are stored exactly
+    /// as the same records copied into a group.
+    #[test]
+    fn an_index_over_joined_records_seals_as_a_group() {
+        let records: [&[u8]; 4] = [b"alpha", b"", b"{\"gamma\":1}", b"delta"];
+        let mut group = Group::default();
+        let mut index = Index::default();
+        for record in records {
+            assert_eq!(group.fits(record.len()), index.fits(record.len()));
+            group.push(record).unwrap();
+            index.push(record.len()).unwrap();
+        }
+        let joined = records.concat();
+        assert_eq!(index.seal(&joined), group.seal());
+        let mut full = Index::default();
+        full.push(GROUP_BYTES_MAX).unwrap();
+        assert!(!full.fits(1), "a full group takes no more bytes");
+        assert!(Index::default().push(usize::MAX).is_err());
     }
 
     /// The thread's compressor, reused, gives each group the bytes a new one gives it,

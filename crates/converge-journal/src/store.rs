@@ -22,7 +22,7 @@ use crate::check::{
 };
 use crate::lease::{Holder, LEASE_TTL_MS, Lease};
 use crate::link::{header_link, input_link, outcomes_digest, step_link};
-use crate::pack::{Group, Unpacked};
+use crate::pack::{Group, Index, Unpacked};
 use crate::parallel;
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
 use crate::{AfterSteps, ClaimedRun, PendingStep};
@@ -1616,29 +1616,31 @@ fn stored_hash(
 /// every stored group ([`Group::fits`]), each with at least one event. `Err(seq)` names an
 /// event too large for a chunk's 32-bit offsets (over 4 GiB).
 fn chunks(events: &EventBatch) -> Result<Vec<Chunk>, u64> {
-    let mut packing: Vec<(u64, usize, Vec<u8>, Group)> = Vec::new();
-    for (record, body) in events.iter() {
+    // Each chunk's records, as indexes into the batch: their bytes lie one after the other
+    // in it, and are compressed from there.
+    let mut packing: Vec<(usize, u64, usize, Vec<u8>, Index)> = Vec::new();
+    for (index, (record, body)) in events.iter().enumerate() {
         if !packing
             .last()
-            .is_some_and(|(_, _, _, group)| group.fits(body.len()))
+            .is_some_and(|(_, _, _, _, group)| group.fits(body.len()))
         {
-            packing.push((record.seq, 0, Vec::new(), Group::default()));
+            packing.push((index, record.seq, 0, Vec::new(), Index::default()));
         }
-        if let Some((_, count, hashes, group)) = packing.last_mut() {
+        if let Some((_, _, count, hashes, group)) = packing.last_mut() {
             *count += 1;
             hashes.extend_from_slice(record.hash.as_bytes());
-            group.push(body).map_err(|()| record.seq)?;
+            group.push(body.len()).map_err(|()| record.seq)?;
         }
     }
     // A second group starts only once the first is full, so groups are worth a thread each.
     Ok(parallel::map(
         packing,
         1,
-        |(first_seq, count, hashes, group)| Chunk {
+        |(first, first_seq, count, hashes, group)| Chunk {
             first_seq,
             count,
             hashes,
-            sealed: group.seal(),
+            sealed: group.seal(events.encoded(first..first + count)),
         },
     ))
 }

@@ -5,8 +5,7 @@
 use converge_core::{Digest, EventBatch, EventRecord};
 
 fn forge(records: Vec<EventRecord>) -> EventBatch {
-    let bodies = records.iter().map(|_| None).collect();
-    EventBatch::new(Digest::zero(), 0, records, bodies)
+    EventBatch::new(Digest::zero(), 0, records, Default::default())
 }
 
 fn main() {

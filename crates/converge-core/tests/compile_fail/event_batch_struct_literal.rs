@@ -5,12 +5,13 @@
 
 use converge_core::{Digest, EventBatch, EventRecord};
 
-fn forge(records: Vec<EventRecord>, bodies: Vec<Vec<u8>>) -> EventBatch {
+fn forge(records: Vec<EventRecord>, bytes: Vec<u8>, ends: Vec<usize>) -> EventBatch {
     EventBatch {
         previous: Digest::zero(),
         first_seq: 0,
         records,
-        bodies,
+        bytes,
+        ends,
     }
 }
 
