@@ -13,7 +13,7 @@
 use crate::check::StepRow;
 use crate::postgres::PostgresJournal;
 use crate::sqlite::SqliteJournal;
-use crate::store::{Backend, ChunkRow, NewHead, NewStep, PartRow, RunRow, Tx, signed};
+use crate::store::{Backend, ChunkRow, NewHead, NewPart, NewStep, PartRow, RunRow, Tx, signed};
 use crate::{Holder, Journal, JournalError, Location, RunId, Verification, wall_clock_ms};
 
 /// One copied run.
@@ -183,7 +183,15 @@ fn write(tx: &mut dyn Tx, stored: &StoredRun) -> Result<(), JournalError> {
         )?;
     }
     for part in &stored.parts {
-        tx.insert_part(&row.id, part)?;
+        let new = NewPart {
+            step: part.step,
+            part: part.part,
+            cycle: part.cycle,
+            agents: &part.agents,
+            ends: &part.ends,
+            bodies: &part.bodies,
+        };
+        tx.insert_part(&row.id, &new)?;
     }
     for chunk in &stored.chunks {
         tx.insert_chunk(

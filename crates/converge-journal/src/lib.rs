@@ -353,12 +353,88 @@ pub struct ClaimedRun {
 
 /// One step for [`Journal::append_steps`]: its input and the events the core emitted taking
 /// it.
+///
+/// ```
+/// use converge_core::{Context, Engine};
+/// use converge_journal::{PendingStep, PreparedInput, RunHeader, StepInput};
+///
+/// let engine = Engine::new();
+/// let mut run = engine.start(Context::new())?;
+/// let header = RunHeader {
+///     agents: Vec::new(),
+///     created_by: "example".to_owned(),
+///     intent: None,
+///     job: None,
+/// };
+/// let step = PendingStep::new(StepInput::Start { header }, run.take_events());
+/// assert_eq!(step.input().kind(), "start");
+/// // The same step, its input encoded ahead of the commit (on any thread):
+/// let prepared = PreparedInput::new(step.input().clone())?;
+/// let again = PendingStep::prepared(prepared, step.events().clone());
+/// assert_eq!(again.input(), step.input());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct PendingStep {
+    input: StepInput,
+    events: EventBatch,
+    /// `input` encoded for storage, when it was prepared ahead.
+    encoded: Option<std::sync::Arc<store::EncodedInput>>,
+}
+
+impl PendingStep {
+    /// A step: `input` as the driver fed it to the core, and the `events` the core emitted
+    /// for it. Its input is encoded when it is committed.
+    pub fn new(input: StepInput, events: EventBatch) -> PendingStep {
+        PendingStep {
+            input,
+            events,
+            encoded: None,
+        }
+    }
+
+    /// A step whose input was encoded ahead of its commit.
+    pub fn prepared(input: PreparedInput, events: EventBatch) -> PendingStep {
+        PendingStep {
+            input: input.input,
+            events,
+            encoded: Some(std::sync::Arc::new(input.encoded)),
+        }
+    }
+
     /// What the driver fed the core.
-    pub input: StepInput,
+    pub fn input(&self) -> &StepInput {
+        &self.input
+    }
+
     /// What the core emitted for it.
-    pub events: EventBatch,
+    pub fn events(&self) -> &EventBatch {
+        &self.events
+    }
+}
+
+/// A step's input encoded for storage ahead of its commit: outcomes encoded, digested and
+/// compressed. What [`Journal::append_steps`] would otherwise do while the journal waits, a
+/// driver can do on another core while the core merges the same outcomes; the stored bytes
+/// are the same either way.
+#[derive(Debug, Clone)]
+pub struct PreparedInput {
+    input: StepInput,
+    encoded: store::EncodedInput,
+}
+
+impl PreparedInput {
+    /// Encodes `input` for storage; fails as its commit would on an outcome that cannot be
+    /// stored.
+    pub fn new(input: StepInput) -> Result<PreparedInput, JournalError> {
+        let encoded = store::EncodedInput::of(&input)?;
+        Ok(PreparedInput { input, encoded })
+    }
+
+    /// The input.
+    pub fn input(&self) -> &StepInput {
+        &self.input
+    }
 }
 
 /// One run's steps for [`Journal::append_steps_of_runs`]: what [`Journal::append_steps`]

@@ -12,6 +12,7 @@
 //! transaction begins), so a backend may run it on another thread.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use converge_core::{Digest, Event, EventBatch};
 use serde_json::Value;
@@ -61,6 +62,17 @@ pub(crate) struct PartRow {
     /// With [`Tx::parts`]: the packed outcomes (empty with [`Tx::committed`]).
     pub(crate) ends: Vec<u8>,
     pub(crate) bodies: Vec<u8>,
+}
+
+/// A new `outcomes` row: one part of a step's outcomes.
+pub(crate) struct NewPart<'a> {
+    pub(crate) step: i64,
+    pub(crate) part: i64,
+    pub(crate) cycle: i64,
+    /// The agents' indices, 4 little-endian bytes each.
+    pub(crate) agents: &'a [u8],
+    pub(crate) ends: &'a [u8],
+    pub(crate) bodies: &'a [u8],
 }
 
 /// A new `steps` row.
@@ -213,7 +225,7 @@ pub(crate) trait Tx {
     /// The parts committed for one step, without their outcomes.
     fn committed(&mut self, run: &str, step: i64) -> Result<Vec<PartRow>, JournalError>;
     /// Inserts one part of outcomes.
-    fn insert_part(&mut self, run: &str, part: &PartRow) -> Result<(), JournalError>;
+    fn insert_part(&mut self, run: &str, part: &NewPart<'_>) -> Result<(), JournalError>;
     /// Inserts one step row.
     fn insert_step(&mut self, run: &str, step: &NewStep<'_>) -> Result<(), JournalError>;
     /// Inserts one chunk of events.
@@ -588,12 +600,8 @@ pub(crate) struct Append {
     start: Option<RunHeader>,
     /// Whether the step retries failed agents: the one step a stopped run accepts.
     retry: bool,
-    stored_input: String,
-    cycle: Option<u32>,
-    encoded: Vec<(u32, Vec<u8>)>,
-    /// Every outcome packed, for the usual case that none was committed ahead of the step.
-    parts: Vec<PartRow>,
-    digest: Digest,
+    /// The input as stored: shared with the step when it was prepared before the commit.
+    input: Arc<EncodedInput>,
     chunks: Vec<Chunk>,
     first_seq: u64,
     count: u64,
@@ -674,7 +682,13 @@ impl Appends {
         let appends = steps
             .iter()
             .zip(first..)
-            .map(|(pending, step)| Append::prepare(lease, step, &pending.input, &pending.events))
+            .map(|(pending, step)| {
+                let input = match &pending.encoded {
+                    Some(encoded) => Arc::clone(encoded),
+                    None => Arc::new(EncodedInput::of(&pending.input)?),
+                };
+                Append::prepare_encoded(lease, step, &pending.input, input, &pending.events)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Appends {
             lease: lease.clone(),
@@ -765,15 +779,19 @@ impl Append {
         input: &StepInput,
         events: &EventBatch,
     ) -> Result<Append, JournalError> {
+        let encoded = Arc::new(EncodedInput::of(input)?);
+        Append::prepare_encoded(lease, step, input, encoded, events)
+    }
+
+    /// [`Append::prepare`] of an input already encoded (`encoded` is `input`'s).
+    fn prepare_encoded(
+        lease: &Lease,
+        step: u64,
+        input: &StepInput,
+        encoded: Arc<EncodedInput>,
+        events: &EventBatch,
+    ) -> Result<Append, JournalError> {
         let run = &lease.run;
-        let (stored_input, outcomes, cycle) = split_outcomes(input)?;
-        let encoded = encode_outcomes(outcomes)?;
-        let digest = outcomes_digest(
-            encoded
-                .iter()
-                .map(|(agent, body)| (*agent, body.as_slice())),
-        );
-        let parts = pack_outcomes(encoded.iter())?;
         let chunks = chunks(events).map_err(|seq| JournalError::ChainMismatch {
             run: run.clone(),
             seq,
@@ -793,11 +811,7 @@ impl Append {
                 _ => None,
             },
             retry: input.retry_into_core().is_some(),
-            stored_input,
-            cycle,
-            encoded,
-            parts,
-            digest,
+            input: encoded,
             chunks,
             first_seq: events.first_seq(),
             count: events.len() as u64,
@@ -836,27 +850,28 @@ impl Append {
             tip.previous,
             step,
             self.kind,
-            &self.stored_input,
-            self.digest,
+            &self.input.stored,
+            self.input.digest,
         );
         let next_seq = tip.events + self.count;
         let link = step_link(input_link, tip.events, self.count, self.head);
         let committed = match read {
             Read::Committed(None) => {
                 let parts = tx.committed(run.as_str(), signed(step)?)?;
-                committed_agents(run, step, self.cycle, parts)?
+                committed_agents(run, step, self.input.cycle, parts)?
             }
-            Read::Committed(Some(parts)) => committed_agents(run, step, self.cycle, parts)?,
+            Read::Committed(Some(parts)) => committed_agents(run, step, self.input.cycle, parts)?,
             Read::Nothing => Committed {
                 agents: BTreeSet::new(),
                 next_part: 0,
             },
         };
-        if let Some(cycle) = self.cycle {
+        if let Some(cycle) = self.input.cycle {
             if committed.agents.is_empty() {
-                insert_parts(tx, run, step, cycle, committed.next_part, self.parts)?;
+                insert_parts(tx, run, step, cycle, committed.next_part, &self.input.parts)?;
             } else {
                 let fresh = self
+                    .input
                     .encoded
                     .iter()
                     .filter(|(agent, _)| !committed.agents.contains(agent));
@@ -874,7 +889,7 @@ impl Append {
             &NewStep {
                 step: signed(step)?,
                 kind: self.kind,
-                input: &self.stored_input,
+                input: &self.input.stored,
                 first_seq: signed(tip.events)?,
                 events: signed(self.count)?,
                 input_link,
@@ -1730,6 +1745,44 @@ fn split_outcomes(input: &StepInput) -> Result<SplitInput<'_>, JournalError> {
     }
 }
 
+/// A step's input as it is stored: the text of its row, its cycle (for a cycle), and its
+/// outcomes encoded, digested and packed. Made during the commit, or before it
+/// ([`crate::PreparedInput`]) by a driver with a core to spare.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedInput {
+    /// The text stored in the step's row (a cycle's without its outcomes).
+    stored: String,
+    cycle: Option<u32>,
+    /// Each outcome's bytes, by agent index, for a step some of whose outcomes were
+    /// committed ahead of it.
+    encoded: Vec<(u32, Vec<u8>)>,
+    /// What the input's link binds of the outcomes.
+    digest: Digest,
+    /// Every outcome packed, for the usual case that none was committed ahead of the step.
+    parts: Vec<Packed>,
+}
+
+impl EncodedInput {
+    /// `input` encoded for storage.
+    pub(crate) fn of(input: &StepInput) -> Result<EncodedInput, JournalError> {
+        let (stored, outcomes, cycle) = split_outcomes(input)?;
+        let encoded = encode_outcomes(outcomes)?;
+        let digest = outcomes_digest(
+            encoded
+                .iter()
+                .map(|(agent, body)| (*agent, body.as_slice())),
+        );
+        let parts = pack_outcomes(encoded.iter())?;
+        Ok(EncodedInput {
+            stored,
+            cycle,
+            encoded,
+            digest,
+            parts,
+        })
+    }
+}
+
 /// Each outcome's stored bytes, by agent index, in increasing index order.
 fn encode_outcomes(outcomes: &[(u32, OutcomeRecord)]) -> Result<Vec<(u32, Vec<u8>)>, JournalError> {
     let mut encoded = parallel::map(
@@ -1800,7 +1853,7 @@ fn insert_outcomes<'o>(
     first_part: i64,
     outcomes: impl Iterator<Item = &'o (u32, Vec<u8>)>,
 ) -> Result<(), JournalError> {
-    insert_parts(tx, run, step, cycle, first_part, pack_outcomes(outcomes)?)
+    insert_parts(tx, run, step, cycle, first_part, &pack_outcomes(outcomes)?)
 }
 
 /// Inserts packed outcome parts, numbered from `first_part`.
@@ -1810,22 +1863,36 @@ fn insert_parts(
     step: u64,
     cycle: u32,
     first_part: i64,
-    parts: Vec<PartRow>,
+    parts: &[Packed],
 ) -> Result<(), JournalError> {
-    for (index, mut part) in parts.into_iter().enumerate() {
-        part.step = signed(step)?;
-        part.part = first_part.saturating_add(index as i64);
-        part.cycle = i64::from(cycle);
+    for (index, packed) in parts.iter().enumerate() {
+        let part = NewPart {
+            step: signed(step)?,
+            part: first_part.saturating_add(index as i64),
+            cycle: i64::from(cycle),
+            agents: &packed.agents,
+            ends: &packed.ends,
+            bodies: &packed.bodies,
+        };
         tx.insert_part(run.as_str(), &part)?;
     }
     Ok(())
+}
+
+/// One part of a step's outcomes, packed: what [`insert_parts`] stores.
+#[derive(Debug, Clone)]
+pub(crate) struct Packed {
+    /// The agents' indices, 4 little-endian bytes each.
+    agents: Vec<u8>,
+    ends: Vec<u8>,
+    bodies: Vec<u8>,
 }
 
 /// Encoded outcomes packed into parts, each compressed (on as many cores as there are full
 /// parts); [`insert_parts`] numbers them.
 fn pack_outcomes<'o>(
     outcomes: impl Iterator<Item = &'o (u32, Vec<u8>)>,
-) -> Result<Vec<PartRow>, JournalError> {
+) -> Result<Vec<Packed>, JournalError> {
     let mut parts: Vec<(Vec<u8>, Group)> = Vec::new();
     for (agent, body) in outcomes {
         if !parts
@@ -1843,10 +1910,7 @@ fn pack_outcomes<'o>(
     }
     Ok(parallel::map(parts, 1, |(agents, group)| {
         let (ends, bodies) = group.seal();
-        PartRow {
-            step: 0,
-            part: 0,
-            cycle: 0,
+        Packed {
             agents,
             ends,
             bodies,

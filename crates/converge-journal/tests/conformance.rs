@@ -25,8 +25,8 @@ use converge_core::{
 };
 use converge_journal::{
     AfterSteps, FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News,
-    OutcomeRecord, PendingStep, Place, PostgresJournal, RunHeader, RunId, RunStatus, RunSteps,
-    SQLITE_POLL, SqliteJournal, StepInput, Verification, Wakeups, wall_clock_ms,
+    OutcomeRecord, PendingStep, Place, PostgresJournal, PreparedInput, RunHeader, RunId, RunStatus,
+    RunSteps, SQLITE_POLL, SqliteJournal, StepInput, Verification, Wakeups, wall_clock_ms,
 };
 use serde_json::json;
 
@@ -666,10 +666,7 @@ fn outcomes_ahead_in_a_group(store: &Store) {
         group.push(RunSteps {
             lease,
             first: 1,
-            steps: vec![PendingStep {
-                input: input.clone(),
-                events: run.take_events(),
-            }],
+            steps: vec![PendingStep::new(input.clone(), run.take_events())],
             after: AfterSteps::Release,
         });
         inputs.push((id, input));
@@ -731,10 +728,7 @@ fn steps_commit_together(store: &Store) {
     let steps: Vec<PendingStep> = recording
         .steps
         .iter()
-        .map(|(input, events)| PendingStep {
-            input: input.clone(),
-            events: events.clone(),
-        })
+        .map(|(input, events)| PendingStep::new(input.clone(), events.clone()))
         .collect();
     assert!(steps.len() >= 4, "the scenario has several steps");
 
@@ -751,10 +745,7 @@ fn steps_commit_together(store: &Store) {
     );
     let mut shuffled: Vec<PendingStep> = steps
         .iter()
-        .map(|step| PendingStep {
-            input: step.input.clone(),
-            events: step.events.clone(),
-        })
+        .map(|step| PendingStep::new(step.input().clone(), step.events().clone()))
         .collect();
     shuffled.swap(1, 2);
     let refused = journal.append_steps(&lease, 0, &shuffled, AfterSteps::KeepLease);
@@ -782,6 +773,28 @@ fn steps_commit_together(store: &Store) {
         matches!(summary.status, RunStatus::Stopped { .. }),
         "{:?}",
         summary.status
+    );
+
+    // Inputs encoded ahead of their commit store exactly what plain ones do.
+    let prepared_id = run_id("prepared");
+    let lease = journal
+        .create_run(&prepared_id, &header(), &holder(), 0)
+        .expect("created");
+    let prepared: Vec<PendingStep> = steps
+        .iter()
+        .map(|step| {
+            let input = PreparedInput::new(step.input().clone()).expect("encodes");
+            PendingStep::prepared(input, step.events().clone())
+        })
+        .collect();
+    journal
+        .append_steps(&lease, 0, &prepared, AfterSteps::Release)
+        .expect("prepared steps");
+    let stored = journal.load(&prepared_id).expect("loads");
+    assert_eq!(stored.steps, reference.steps, "the same steps");
+    assert_eq!(
+        intact(journal.as_ref(), &prepared_id),
+        intact(journal.as_ref(), &one_by_one)
     );
 
     // A writer whose lease was taken commits nothing, however many steps it holds.
@@ -846,10 +859,7 @@ fn runs_commit_together(store: &Store) {
     let steps: Vec<PendingStep> = recording
         .steps
         .iter()
-        .map(|(input, events)| PendingStep {
-            input: input.clone(),
-            events: events.clone(),
-        })
+        .map(|(input, events)| PendingStep::new(input.clone(), events.clone()))
         .collect();
     let group = |names: &[&str], journal: &mut Box<dyn Journal + Send>| -> Vec<RunSteps> {
         names

@@ -14,7 +14,8 @@
 
 use converge_core::{
     AgentId, AgentOutcome, Batch, Context, ConvergeResult, Digest, Engine, EngineError, Event,
-    EventRecord, Exhausted, Fact, ObservationId, Retry, RetryRefusal, Run, Step, StopReason,
+    EventBatch, EventRecord, Exhausted, Fact, ObservationId, Retry, RetryRefusal, Run, Step,
+    StopReason,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +25,8 @@ use crate::clock::Clock;
 use crate::driver::{Executor, Progress, drain};
 use crate::observations::{self, RecordedObservation};
 use converge_journal::{
-    AfterSteps, Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, PendingStep, RecordedRun,
-    RecordedStep, RunId, RunSummary,
+    AfterSteps, Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, PendingStep,
+    PreparedInput, RecordedRun, RecordedStep, RunId, RunSummary,
 };
 use converge_journal::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
 use std::collections::BTreeSet;
@@ -503,9 +504,19 @@ impl<J: Journal> Live<'_, J> {
         run: &mut Run<'_>,
         when: Commit,
     ) -> Result<(), DurableError> {
+        self.take_step(run, when, |events| PendingStep::new(input, events))
+    }
+
+    /// [`Live::take`] of a step made of the run's pending events by `step`.
+    fn take_step(
+        &mut self,
+        run: &mut Run<'_>,
+        when: Commit,
+        step: impl FnOnce(EventBatch) -> PendingStep,
+    ) -> Result<(), DurableError> {
         let events = run.take_events();
         self.stop_committed |= events.records().iter().any(stops);
-        self.pending.push(PendingStep { input, events });
+        self.pending.push(step(events));
         self.next_step += 1;
         if when == Commit::Now || self.pending.len() >= PENDING_STEPS_MAX {
             self.flush(AfterSteps::KeepLease)?;
@@ -523,7 +534,7 @@ impl<J: Journal> Live<'_, J> {
         self.journal
             .append_steps(&self.lease, first, &self.pending, after)?;
         for step in self.pending.drain(..) {
-            for record in step.events.records() {
+            for record in step.events().records() {
                 self.observer.on_event(record);
             }
         }
@@ -672,7 +683,8 @@ impl<J: Journal> Live<'_, J> {
                 .execute_with(&run, &batch, known, &mut progress)
                 .await?;
             let input = StepInput::cycle(&batch, &outcomes);
-            if let Err(error) = run.submit(outcomes) {
+            let (submitted, input) = merge_beside(input, || run.submit(outcomes));
+            if let Err(error) = submitted {
                 let _ = run.halt(StopReason::Halted {
                     reason: error.to_string(),
                 });
@@ -680,7 +692,14 @@ impl<J: Journal> Live<'_, J> {
                 break;
             }
             let when = if pure { Commit::Deferred } else { Commit::Now };
-            self.take(input, &mut run, when)?;
+            match input? {
+                Input::Plain(input) => self.take(input, &mut run, when)?,
+                Input::Prepared(input) => {
+                    self.take_step(&mut run, when, |events| {
+                        PendingStep::prepared(input, events)
+                    })?;
+                }
+            }
         }
         // The drive ends here: its last steps commit with the lease given up.
         self.flush(AfterSteps::Release)?;
@@ -695,6 +714,62 @@ impl<J: Journal> Live<'_, J> {
             })
         })
     }
+}
+
+/// Fewest outcomes in a cycle for its input to be encoded on a thread of its own while the
+/// core merges them: below it, starting the thread costs more than it overlaps.
+const ENCODE_BESIDE_MIN: usize = 512;
+
+/// A cycle's input, ready to be taken as a step.
+enum Input {
+    /// Encoded when it is committed.
+    Plain(StepInput),
+    /// Encoded already ([`merge_beside`]).
+    Prepared(PreparedInput),
+}
+
+/// Runs `merge` (the core merging a cycle's outcomes) while `input`, the same outcomes as
+/// the journal stores them, is encoded on another thread: for a wide cycle the two take
+/// about as long and neither needs the other, so a second core halves the wait. A narrow
+/// cycle, or one whose thread cannot start, is encoded when it is committed instead. An
+/// input that cannot be encoded is the error its commit would have been.
+fn merge_beside<T>(
+    input: StepInput,
+    merge: impl FnOnce() -> T,
+) -> (T, Result<Input, DurableError>) {
+    let wide = match &input {
+        StepInput::Cycle { outcomes, .. } => outcomes.len() >= ENCODE_BESIDE_MIN,
+        _ => false,
+    };
+    if !wide {
+        return (merge(), Ok(Input::Plain(input)));
+    }
+    // The thread takes the input out of `slot`; one that cannot start leaves it there.
+    let mut slot = Some(input);
+    let mut encoded = None;
+    let merged = std::thread::scope(|scope| {
+        let (from, into) = (&mut slot, &mut encoded);
+        let encoder = std::thread::Builder::new()
+            .name("converge-encode".to_owned())
+            .spawn_scoped(scope, move || {
+                *into = from.take().map(PreparedInput::new);
+            });
+        let merged = merge();
+        if let Ok(encoder) = encoder
+            && let Err(panic) = encoder.join()
+        {
+            std::panic::resume_unwind(panic);
+        }
+        merged
+    });
+    let input = match (encoded, slot) {
+        (Some(prepared), _) => prepared.map(Input::Prepared).map_err(DurableError::from),
+        (None, Some(input)) => Ok(Input::Plain(input)),
+        (None, None) => Err(DurableError::from(JournalError::Corrupt {
+            detail: "a cycle's input was neither encoded nor kept".to_owned(),
+        })),
+    };
+    (merged, input)
 }
 
 /// A durable drive's view of a running batch: commits outcomes that finish early, renews

@@ -238,7 +238,7 @@ impl Journal for Grouped<'_> {
         steps: &[PendingStep],
         after: AfterSteps,
     ) -> Result<(), JournalError> {
-        let events: usize = steps.iter().map(|step| step.events.len()).sum();
+        let events: usize = steps.iter().map(|step| step.events().len()).sum();
         if events > GROUPED_EVENTS_MAX {
             return self.journal.append_steps(lease, first, steps, after);
         }

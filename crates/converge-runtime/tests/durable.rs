@@ -101,6 +101,37 @@ fn a_durable_run_equals_the_in_memory_run_and_verifies() {
     ));
 }
 
+/// A cycle wide enough for its input to be encoded on another thread while the core merges
+/// it stores what the in-memory run derives: the same root hash, an intact journal, and a
+/// replay identical to it.
+#[test]
+fn a_wide_cycle_encoded_beside_its_merge_equals_the_in_memory_run() {
+    let wide = || {
+        let mut engine = Engine::new();
+        for index in 0..1500 {
+            engine.register(SeedAgent::new(format!("seed-{index}"), index));
+        }
+        engine.register(ReactOnceAgent::new("hyp-1", "derived insight"));
+        Runtime::new(engine)
+    };
+    let expected = block_on(wide().run(Context::new())).unwrap();
+    let dir = TempDir::new().unwrap();
+    let mut journal = journal_at(&dir);
+    let mut runtime = wide();
+    let result = block_on(runtime.run_durable(&mut journal, &run_id())).unwrap();
+    assert_eq!(result.context.len(), 1501);
+    assert_eq!(result.root_hash, expected.root_hash);
+    let Verification::Intact { root_hash, .. } = journal.verify(&run_id()).unwrap() else {
+        panic!("broken journal")
+    };
+    assert_eq!(root_hash, expected.root_hash);
+    let replayed = wide().replay(&journal, &run_id()).unwrap();
+    assert!(
+        matches!(replayed, ReplayReport::Identical { .. }),
+        "{replayed:?}"
+    );
+}
+
 #[test]
 fn a_run_interrupted_at_any_journal_write_resumes_to_the_same_root_hash() {
     let expected = reference();

@@ -47,8 +47,8 @@ use crate::JournalError;
 use crate::check::{StepRow, StepSpan};
 use crate::lease::{Holder, Lease};
 use crate::store::{
-    Backend, ChunkHead, ChunkRow, NewHead, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx, Writes,
-    signed, unsigned,
+    Backend, ChunkHead, ChunkRow, NewHead, NewPart, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx,
+    Writes, signed, unsigned,
 };
 use schema::storage;
 
@@ -1206,15 +1206,15 @@ impl Tx for PgTx<'_> {
             .collect()
     }
 
-    fn insert_part(&mut self, run: &str, part: &PartRow) -> Result<(), JournalError> {
+    fn insert_part(&mut self, run: &str, part: &NewPart<'_>) -> Result<(), JournalError> {
         let bytes = part.agents.len() + part.ends.len() + part.bodies.len();
         self.pending_for(run, bytes)?.parts.push(PartRow {
             step: part.step,
             part: part.part,
             cycle: part.cycle,
-            agents: part.agents.clone(),
-            ends: part.ends.clone(),
-            bodies: part.bodies.clone(),
+            agents: part.agents.to_vec(),
+            ends: part.ends.to_vec(),
+            bodies: part.bodies.to_vec(),
         });
         Ok(())
     }

@@ -18,8 +18,8 @@ use crate::JournalError;
 use crate::check::{StepRow, StepSpan};
 use crate::lease::Lease;
 use crate::store::{
-    Backend, ChunkHead, ChunkRow, NewHead, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx, Writes,
-    unsigned,
+    Backend, ChunkHead, ChunkRow, NewHead, NewPart, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx,
+    Writes, unsigned,
 };
 use checkpoint::Checkpointer;
 use schema::storage;
@@ -491,7 +491,7 @@ impl Tx for SqliteTx<'_> {
         rows.collect::<Result<_, _>>().map_err(&read)
     }
 
-    fn insert_part(&mut self, run: &str, part: &PartRow) -> Result<(), JournalError> {
+    fn insert_part(&mut self, run: &str, part: &NewPart<'_>) -> Result<(), JournalError> {
         self.execute(
             "INSERT INTO outcomes (run, step, part, cycle, agents, ends, bodies) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
