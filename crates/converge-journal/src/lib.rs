@@ -29,7 +29,7 @@ mod forward;
 mod lease;
 mod link;
 mod pack;
-mod parallel;
+pub mod parallel;
 mod postgres;
 mod record;
 mod sqlite;

@@ -1,8 +1,10 @@
-//! CPU-bound work of one large append or load spread over the machine's cores.
+//! CPU-bound work of one large append or load (or one wide cycle) spread over the machine's
+//! cores.
 //!
 //! Encoding a cycle's outcomes, compressing its groups of records and reading them back are
 //! pure functions of their input, and for a cycle of many agents they are most of what a
-//! commit costs outside storage. [`map`] splits such work into contiguous parts, one per
+//! commit costs outside storage; the runtime executes a cycle's synchronous agents the same
+//! way. [`map`] splits such work into contiguous parts, one per
 //! core (at most [`THREADS_MAX`]), on scoped threads, and returns the results in input
 //! order, so what is stored never depends on how the work was split. Small work stays on
 //! the calling thread: below `min_per_thread` items a part costs more to hand over than it
@@ -12,7 +14,7 @@ use std::num::NonZero;
 use std::sync::OnceLock;
 
 /// Most threads one [`map`] uses, the calling thread included.
-pub(crate) const THREADS_MAX: usize = 8;
+pub const THREADS_MAX: usize = 8;
 
 /// The threads [`map`] may use: the cores this process may run on, at most [`THREADS_MAX`].
 fn threads() -> usize {
@@ -24,9 +26,14 @@ fn threads() -> usize {
     })
 }
 
-/// `items` mapped by `f`, in order; split over up to [`threads`] threads when each would get
-/// at least `min_per_thread` items.
-pub(crate) fn map<T: Send, U: Send>(
+/// `items` mapped by `f`, in order; split over up to [`THREADS_MAX`] threads (one per core)
+/// when each would get at least `min_per_thread` items.
+///
+/// ```
+/// let squares = converge_journal::parallel::map((0..10_000u64).collect(), 1000, |n| n * n);
+/// assert_eq!(squares[9_999], 9_999 * 9_999);
+/// ```
+pub fn map<T: Send, U: Send>(
     items: Vec<T>,
     min_per_thread: usize,
     f: impl Fn(T) -> U + Sync,

@@ -999,20 +999,35 @@ impl<'a> Executor<'a> {
         let ended = loop {
             while in_flight.len() < limit && !self.cancel.is_cancelled() {
                 let Some(id) = queue.next() else { break };
-                progress.agent_started(cycle, name(id));
-                match self.async_agents.get(&id) {
-                    Some(agent) => {
-                        running.insert(id);
-                        in_flight.push(self.execute_async(id, &**agent, ctx));
-                    }
-                    None => {
-                        let agent = run.agent(id);
-                        let outcome = crate::spec::with_deadline(self.deadline(), || {
-                            execute_isolated(agent, ctx)
-                        });
-                        outcomes.push((id, admit(run, id, outcome)));
-                        progress.agent_finished(cycle, name(id));
-                    }
+                if let Some(agent) = self.async_agents.get(&id) {
+                    progress.agent_started(cycle, name(id));
+                    running.insert(id);
+                    in_flight.push(self.execute_async(id, &**agent, ctx));
+                    continue;
+                }
+                // This synchronous agent and those right after it execute together, spread
+                // over the cores: each reads the same context and nothing else.
+                let mut sync = vec![(id, run.agent(id))];
+                while sync.len() < SYNC_GROUP_MAX
+                    && let Some(&next) = queue.peek()
+                    && !self.async_agents.contains_key(&next)
+                {
+                    sync.push((next, run.agent(next)));
+                    queue.next();
+                }
+                for &(id, _) in &sync {
+                    progress.agent_started(cycle, name(id));
+                }
+                let deadline = self.deadline();
+                let executed =
+                    converge_journal::parallel::map(sync, SYNC_PER_THREAD_MIN, |(id, agent)| {
+                        let outcome =
+                            crate::spec::with_deadline(deadline, || execute_isolated(agent, ctx));
+                        (id, outcome)
+                    });
+                for (id, outcome) in executed {
+                    outcomes.push((id, admit(run, id, outcome)));
+                    progress.agent_finished(cycle, name(id));
                 }
             }
             if in_flight.is_empty() {
@@ -1090,6 +1105,13 @@ impl<'a> Executor<'a> {
         (id, outcome)
     }
 }
+
+/// Most synchronous agents executed together (see [`Executor::execute_with`]): a
+/// cancellation waits for at most this many.
+const SYNC_GROUP_MAX: usize = 1024;
+
+/// Fewest synchronous agents worth a thread of their own: most take microseconds.
+const SYNC_PER_THREAD_MIN: usize = 128;
 
 /// `Executor::started_ms` before the drive starts.
 const NOT_STARTED: u64 = u64::MAX;
