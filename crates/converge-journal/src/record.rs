@@ -472,6 +472,9 @@ pub struct JobRecord {
     pub source: String,
 }
 
+/// Fewest outcomes worth recording on a thread of their own ([`StepInput::cycle`]).
+const RECORD_PER_THREAD_MIN: usize = 2048;
+
 /// The input of one journal step: everything replay must feed the core to reproduce the step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -526,10 +529,12 @@ impl StepInput {
     /// Records one cycle: `batch` and the outcomes submitted for it (in any order; they are
     /// stored in `AgentId` order, the order the core merges them in).
     pub fn cycle(batch: &Batch, outcomes: &[(AgentId, AgentOutcome)]) -> StepInput {
-        let mut recorded: Vec<(u32, OutcomeRecord)> = outcomes
-            .iter()
-            .map(|(agent, outcome)| (agent_index(*agent), OutcomeRecord::from_core(outcome)))
-            .collect();
+        // A copy of every outcome: for a wide cycle, spread over the cores.
+        let mut recorded: Vec<(u32, OutcomeRecord)> = crate::parallel::map(
+            outcomes.iter().collect(),
+            RECORD_PER_THREAD_MIN,
+            |(agent, outcome)| (agent_index(*agent), OutcomeRecord::from_core(outcome)),
+        );
         recorded.sort_by_key(|(agent, _)| *agent);
         StepInput::Cycle {
             cycle: batch.cycle(),

@@ -109,7 +109,7 @@ fn a_durable_run_equals_the_in_memory_run_and_verifies() {
 fn a_wide_cycle_executed_and_encoded_in_parallel_equals_the_core_run() {
     let engine = || {
         let mut engine = Engine::new();
-        for index in 0..1500 {
+        for index in 0..4500 {
             engine.register(SeedAgent::new(format!("seed-{index}"), index));
         }
         engine.register(ReactOnceAgent::new("hyp-1", "derived insight"));
@@ -123,7 +123,7 @@ fn a_wide_cycle_executed_and_encoded_in_parallel_equals_the_core_run() {
     let mut journal = journal_at(&dir);
     let mut runtime = wide();
     let result = block_on(runtime.run_durable(&mut journal, &run_id())).unwrap();
-    assert_eq!(result.context.len(), 1501);
+    assert_eq!(result.context.len(), 4501);
     assert_eq!(result.root_hash, expected.root_hash);
     let Verification::Intact { root_hash, .. } = journal.verify(&run_id()).unwrap() else {
         panic!("broken journal")
