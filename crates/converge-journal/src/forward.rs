@@ -189,5 +189,16 @@ macro_rules! forward_journal {
         ) -> Vec<Result<(), $crate::JournalError>> {
             $crate::forward_journal!(@target $s $($to)+).append_steps_of_runs(runs)
         }
+
+        fn append_steps_of_runs_and_claim(
+            &mut $s,
+            runs: &[$crate::RunSteps],
+            holder: &$crate::Holder,
+            now_ms: u64,
+            limit: usize,
+        ) -> $crate::GroupAndClaim {
+            $crate::forward_journal!(@target $s $($to)+)
+                .append_steps_of_runs_and_claim(runs, holder, now_ms, limit)
+        }
     };
 }

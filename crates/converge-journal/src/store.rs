@@ -1133,6 +1133,51 @@ macro_rules! journal_through_backend {
                 }
             }
 
+            fn append_steps_of_runs_and_claim(
+                &mut self,
+                runs: &[$crate::RunSteps],
+                holder: &$crate::Holder,
+                now_ms: u64,
+                limit: usize,
+            ) -> $crate::GroupAndClaim {
+                let prepared = runs
+                    .iter()
+                    .map(|run| {
+                        $crate::store::Appends::prepare(
+                            &run.lease, run.first, &run.steps, run.after,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                // Nothing to claim, or a run refused before any transaction: as
+                // `append_steps_of_runs` would, then a claim of its own.
+                let together = match prepared {
+                    Ok(group) if limit > 0 => {
+                        let holder = holder.clone();
+                        Some(self.write(move |tx| {
+                            $crate::store::append_group(tx, group)?;
+                            $crate::store::claim_loaded(tx, &holder, now_ms, limit)
+                        }))
+                    }
+                    _ => None,
+                };
+                match together {
+                    Some(Ok(claimed)) => $crate::GroupAndClaim {
+                        committed: runs.iter().map(|_| Ok(())).collect(),
+                        claimed: Ok(claimed),
+                    },
+                    // Nothing of the group was kept: each run on its own, then the claim
+                    // (a handle a storage failure poisoned refuses each at once).
+                    _ => {
+                        let committed = $crate::Journal::append_steps_of_runs(self, runs);
+                        let claimed = match limit {
+                            0 => Ok(Vec::new()),
+                            _ => $crate::Journal::claim_loaded(self, holder, now_ms, limit),
+                        };
+                        $crate::GroupAndClaim { committed, claimed }
+                    }
+                }
+            }
+
             fn runs(&self) -> Result<Vec<$crate::RunSummary>, $crate::JournalError> {
                 self.read($crate::store::runs)
             }
