@@ -153,6 +153,16 @@ macro_rules! forward_journal {
             $crate::forward_journal!(@target $s $($to)+).release(lease)
         }
 
+        fn submit_run(
+            &mut $s,
+            run: &$crate::RunId,
+            header: &$crate::RunHeader,
+            holder: &$crate::Holder,
+            now_ms: u64,
+        ) -> Result<(), $crate::JournalError> {
+            $crate::forward_journal!(@target $s $($to)+).submit_run(run, header, holder, now_ms)
+        }
+
         fn commit_outcomes(
             &mut $s,
             lease: &$crate::Lease,

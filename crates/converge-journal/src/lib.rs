@@ -859,6 +859,22 @@ pub trait Journal {
     /// Gives a held lease up; a lease already lost is not an error.
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError>;
 
+    /// Records a new run that no one drives yet, for any worker to claim: what
+    /// [`Journal::create_run`] and then [`Journal::release`] leave, written by a backend in
+    /// one transaction, the run's row inserted once and never leased (this default makes
+    /// both calls, as `holder` at `now_ms`). An existing id is refused
+    /// ([`JournalError::RunExists`]).
+    fn submit_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<(), JournalError> {
+        let lease = self.create_run(run, header, holder, now_ms)?;
+        self.release(&lease)
+    }
+
     /// Commits outcomes of the cycle that will be step `step`, ahead of the step itself, so
     /// that a crash before the step commits loses only the agents that had not finished.
     /// `step` must be the run's next step; an agent's outcome is committed at most once.

@@ -169,6 +169,11 @@ pub(crate) trait Tx {
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError>;
     /// Clears the run's lease if its token is `token`.
     fn clear_lease(&mut self, run: &str, token: &str) -> Result<(), JournalError>;
+    /// Notes that the run inserted in this transaction is runnable, for those who wait for
+    /// runs to drive (nothing, by default).
+    fn submitted(&mut self, run: &str) {
+        let _ = run;
+    }
     /// Reads ahead, in one statement where a round trip costs, what loading the run reads
     /// next: its step rows, its chunks' hashes from the first on and its outcome parts, each
     /// handed out once by the read that asks for it (nothing, by default).
@@ -395,6 +400,21 @@ pub(crate) fn create_run(
     }
     tx.insert_run(run.as_str(), header, link)?;
     tx.store_lease(lease)
+}
+
+/// Creates a run that no one leases, runnable at once: [`crate::Journal::submit_run`].
+pub(crate) fn submit_run(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    header: &str,
+    link: &str,
+) -> Result<(), JournalError> {
+    if tx.run(run.as_str())?.is_some() {
+        return Err(JournalError::RunExists { run: run.clone() });
+    }
+    tx.insert_run(run.as_str(), header, link)?;
+    tx.submitted(run.as_str());
+    Ok(())
 }
 
 /// The text and link of a new run's header.
@@ -1066,6 +1086,18 @@ macro_rules! journal_through_backend {
             fn release(&mut self, lease: &$crate::Lease) -> Result<(), $crate::JournalError> {
                 let held = lease.clone();
                 self.write(move |tx| $crate::store::release(tx, &held))
+            }
+
+            fn submit_run(
+                &mut self,
+                run: &$crate::RunId,
+                header: &$crate::RunHeader,
+                _holder: &$crate::Holder,
+                _now_ms: u64,
+            ) -> Result<(), $crate::JournalError> {
+                let (header, link) = $crate::store::new_header(run, header)?;
+                let run = run.clone();
+                self.write(move |tx| $crate::store::submit_run(tx, &run, &header, &link))
             }
 
             fn commit_outcomes(

@@ -1030,6 +1030,48 @@ fn runs_end_and_begin_together(store: &Store) {
     );
 }
 
+/// A submitted run is recorded in one write, leased to no one: any worker claims it at once,
+/// and on PostgreSQL a waiter for runs to drive hears of it, and its row was written once
+/// (no lease taken and given up).
+fn a_submitted_run_is_leased_to_no_one(store: &Store) {
+    let location = match store {
+        Store::Sqlite(path) => Location::Sqlite(path.clone()),
+        Store::Postgres(url) => Location::Postgres(url.clone()),
+    };
+    let mut journal = store.open();
+    let mut runnable = Wakeups::new(&location, News::Runnable).expect("a waiter");
+    runnable.wait(Duration::from_millis(10)).expect("listens");
+    let id = run_id("submitted");
+    journal
+        .submit_run(&id, &header(), &holder(), 0)
+        .expect("submitted");
+    let summary = journal.summary(&id).expect("summary");
+    assert_eq!(summary.status, RunStatus::Running);
+    assert_eq!((summary.steps, summary.lease), (0, None));
+    assert!(matches!(
+        journal.submit_run(&id, &header(), &holder(), 0),
+        Err(JournalError::RunExists { .. })
+    ));
+    if let Store::Postgres(url) = store {
+        let heard = runnable.wait(Duration::from_secs(5)).expect("waits");
+        assert_eq!(heard, vec![id.clone()]);
+        let mut client = postgres::Client::connect(url, postgres::NoTls).expect("raw");
+        let place: String = client
+            .query_one(
+                "SELECT ctid::text FROM converge.runs WHERE id = 'submitted'",
+                &[],
+            )
+            .and_then(|row| row.try_get(0))
+            .expect("read");
+        assert_eq!(place, "(0,1)", "inserted once, never updated");
+    }
+    let mut theirs = store.open();
+    let claimed = theirs.claim_loaded(&elsewhere(), 0, 5).expect("claims");
+    assert!(claimed.iter().map(|claim| claim.lease.run()).eq([&id]));
+    let recorded = claimed[0].recorded.as_ref().expect("loaded");
+    assert_eq!(recorded.header, header());
+}
+
 fn concurrent_writers(store: &Store) {
     let threads: Vec<_> = (0..4)
         .map(|index| {
@@ -1631,6 +1673,10 @@ const CASES: &[Case] = &[
     ("steps_commit_together", steps_commit_together),
     ("runs_commit_together", runs_commit_together),
     ("runs_end_and_begin_together", runs_end_and_begin_together),
+    (
+        "a_submitted_run_is_leased_to_no_one",
+        a_submitted_run_is_leased_to_no_one,
+    ),
     ("concurrent_writers", concurrent_writers),
     ("racing_takeovers", racing_takeovers),
     ("edits_are_named", edits_are_named),

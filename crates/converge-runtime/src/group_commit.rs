@@ -254,6 +254,16 @@ impl Journal for Grouped<'_> {
         self.journal.release(lease)
     }
 
+    fn submit_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<(), JournalError> {
+        self.journal.submit_run(run, header, holder, now_ms)
+    }
+
     fn commit_outcomes(
         &mut self,
         lease: &Lease,
