@@ -153,6 +153,16 @@ macro_rules! forward_journal {
             $crate::forward_journal!(@target $s $($to)+).release(lease)
         }
 
+        fn submit_run(
+            &mut $s,
+            run: &$crate::RunId,
+            header: &$crate::RunHeader,
+            holder: &$crate::Holder,
+            now_ms: u64,
+        ) -> Result<(), $crate::JournalError> {
+            $crate::forward_journal!(@target $s $($to)+).submit_run(run, header, holder, now_ms)
+        }
+
         fn commit_outcomes(
             &mut $s,
             lease: &$crate::Lease,
@@ -188,6 +198,17 @@ macro_rules! forward_journal {
             runs: &[$crate::RunSteps],
         ) -> Vec<Result<(), $crate::JournalError>> {
             $crate::forward_journal!(@target $s $($to)+).append_steps_of_runs(runs)
+        }
+
+        fn append_steps_of_runs_and_claim(
+            &mut $s,
+            runs: &[$crate::RunSteps],
+            holder: &$crate::Holder,
+            now_ms: u64,
+            limit: usize,
+        ) -> $crate::GroupAndClaim {
+            $crate::forward_journal!(@target $s $($to)+)
+                .append_steps_of_runs_and_claim(runs, holder, now_ms, limit)
         }
     };
 }

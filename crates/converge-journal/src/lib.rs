@@ -451,6 +451,16 @@ pub struct RunSteps {
     pub after: AfterSteps,
 }
 
+/// What [`Journal::append_steps_of_runs_and_claim`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct GroupAndClaim {
+    /// Each run's outcome, in the order the runs were given.
+    pub committed: Vec<Result<(), JournalError>>,
+    /// The runs claimed, each read under the claim, or why the claim failed.
+    pub claimed: Result<Vec<ClaimedRun>, JournalError>,
+}
+
 /// What happens to the lease once [`Journal::append_steps`] has committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterSteps {
@@ -925,6 +935,22 @@ pub trait Journal {
     /// Gives a held lease up; a lease already lost is not an error.
     fn release(&mut self, lease: &Lease) -> Result<(), JournalError>;
 
+    /// Records a new run that no one drives yet, for any worker to claim: what
+    /// [`Journal::create_run`] and then [`Journal::release`] leave, written by a backend in
+    /// one transaction, the run's row inserted once and never leased (this default makes
+    /// both calls, as `holder` at `now_ms`). An existing id is refused
+    /// ([`JournalError::RunExists`]).
+    fn submit_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<(), JournalError> {
+        let lease = self.create_run(run, header, holder, now_ms)?;
+        self.release(&lease)
+    }
+
     /// Commits outcomes of the cycle that will be step `step`, ahead of the step itself, so
     /// that a crash before the step commits loses only the agents that had not finished.
     /// `step` must be the run's next step; an agent's outcome is committed at most once.
@@ -984,6 +1010,31 @@ pub trait Journal {
         runs.iter()
             .map(|run| self.append_steps(&run.lease, run.first, &run.steps, run.after))
             .collect()
+    }
+
+    /// Commits the steps of several runs as [`Journal::append_steps_of_runs`] does and claims
+    /// up to `limit` runs for `holder` as [`Journal::claim_loaded`] does, in the same
+    /// transaction when the group commits together: how a worker whose slots end their
+    /// drives takes their next runs with the commit that ends them, one transaction and one
+    /// flush instead of one for the steps and one per claim.
+    ///
+    /// The claim runs after the group's writes, under the locks they took, so a run the
+    /// group let go while it runs may be claimed again at once. When the group is committed
+    /// run by run (one of its runs was refused), the claim is a transaction of its own after
+    /// them. This default commits, then claims, each on its own.
+    fn append_steps_of_runs_and_claim(
+        &mut self,
+        runs: &[RunSteps],
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> GroupAndClaim {
+        let committed = self.append_steps_of_runs(runs);
+        let claimed = match limit {
+            0 => Ok(Vec::new()),
+            _ => self.claim_loaded(holder, now_ms, limit),
+        };
+        GroupAndClaim { committed, claimed }
     }
 
     /// Every run, in creation order.

@@ -181,6 +181,11 @@ pub(crate) trait Tx {
     fn renew_lease(&mut self, run: &str, expires_ms: i64) -> Result<(), JournalError>;
     /// Clears the run's lease if its token is `token`.
     fn clear_lease(&mut self, run: &str, token: &str) -> Result<(), JournalError>;
+    /// Notes that the run inserted in this transaction is runnable, for those who wait for
+    /// runs to drive (nothing, by default).
+    fn submitted(&mut self, run: &str) {
+        let _ = run;
+    }
     /// Reads ahead, in one statement where a round trip costs, what loading the run reads
     /// next: its step rows, its chunks' hashes from the first on and its outcome parts, each
     /// handed out once by the read that asks for it (nothing, by default).
@@ -407,6 +412,21 @@ pub(crate) fn create_run(
     }
     tx.insert_run(run.as_str(), header, link)?;
     tx.store_lease(lease)
+}
+
+/// Creates a run that no one leases, runnable at once: [`crate::Journal::submit_run`].
+pub(crate) fn submit_run(
+    tx: &mut dyn Tx,
+    run: &RunId,
+    header: &str,
+    link: &str,
+) -> Result<(), JournalError> {
+    if tx.run(run.as_str())?.is_some() {
+        return Err(JournalError::RunExists { run: run.clone() });
+    }
+    tx.insert_run(run.as_str(), header, link)?;
+    tx.submitted(run.as_str());
+    Ok(())
 }
 
 /// The text and link of a new run's header.
@@ -1083,6 +1103,18 @@ macro_rules! journal_through_backend {
                 self.write(move |tx| $crate::store::release(tx, &held))
             }
 
+            fn submit_run(
+                &mut self,
+                run: &$crate::RunId,
+                header: &$crate::RunHeader,
+                _holder: &$crate::Holder,
+                _now_ms: u64,
+            ) -> Result<(), $crate::JournalError> {
+                let (header, link) = $crate::store::new_header(run, header)?;
+                let run = run.clone();
+                self.write(move |tx| $crate::store::submit_run(tx, &run, &header, &link))
+            }
+
             fn commit_outcomes(
                 &mut self,
                 lease: &$crate::Lease,
@@ -1145,6 +1177,51 @@ macro_rules! journal_through_backend {
                     // Nothing of the group was kept: each on its own, for its own answer
                     // (a handle a storage failure poisoned refuses each at once).
                     Err(_) => runs.iter().map(|run| each(self, run)).collect(),
+                }
+            }
+
+            fn append_steps_of_runs_and_claim(
+                &mut self,
+                runs: &[$crate::RunSteps],
+                holder: &$crate::Holder,
+                now_ms: u64,
+                limit: usize,
+            ) -> $crate::GroupAndClaim {
+                let prepared = runs
+                    .iter()
+                    .map(|run| {
+                        $crate::store::Appends::prepare(
+                            &run.lease, run.first, &run.steps, run.after,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                // Nothing to claim, or a run refused before any transaction: as
+                // `append_steps_of_runs` would, then a claim of its own.
+                let together = match prepared {
+                    Ok(group) if limit > 0 => {
+                        let holder = holder.clone();
+                        Some(self.write(move |tx| {
+                            $crate::store::append_group(tx, group)?;
+                            $crate::store::claim_loaded(tx, &holder, now_ms, limit)
+                        }))
+                    }
+                    _ => None,
+                };
+                match together {
+                    Some(Ok(claimed)) => $crate::GroupAndClaim {
+                        committed: runs.iter().map(|_| Ok(())).collect(),
+                        claimed: Ok(claimed),
+                    },
+                    // Nothing of the group was kept: each run on its own, then the claim
+                    // (a handle a storage failure poisoned refuses each at once).
+                    _ => {
+                        let committed = $crate::Journal::append_steps_of_runs(self, runs);
+                        let claimed = match limit {
+                            0 => Ok(Vec::new()),
+                            _ => $crate::Journal::claim_loaded(self, holder, now_ms, limit),
+                        };
+                        $crate::GroupAndClaim { committed, claimed }
+                    }
                 }
             }
 

@@ -24,9 +24,10 @@ use converge_core::{
     ValidationPolicy, execute_isolated,
 };
 use converge_journal::{
-    AfterSteps, FailingJournal, Holder, Journal, JournalError, LEASE_TTL_MS, Lease, Location, News,
-    OutcomeRecord, PendingStep, Place, PostgresJournal, PreparedInput, RunHeader, RunId, RunStatus,
-    RunSteps, SQLITE_POLL, SqliteJournal, StepInput, Verification, Wakeups, wall_clock_ms,
+    AfterSteps, FailingJournal, GroupAndClaim, Holder, Journal, JournalError, LEASE_TTL_MS, Lease,
+    Location, News, OutcomeRecord, PendingStep, Place, PostgresJournal, PreparedInput, RunHeader,
+    RunId, RunStatus, RunSteps, SQLITE_POLL, SqliteJournal, StepInput, Verification, Wakeups,
+    wall_clock_ms,
 };
 use serde_json::json;
 
@@ -923,6 +924,161 @@ fn runs_commit_together(store: &Store) {
     check(journal.as_ref(), "twice");
 }
 
+/// The steps of runs that end and the claim of the next runs commit together: the ending
+/// runs are committed and let go, the oldest runnable runs are leased and read as
+/// `claim_loaded` reads them, and on PostgreSQL every row changed carries one transaction's
+/// id. A refused run sends the group run by run, and the claim still happens.
+fn runs_end_and_begin_together(store: &Store) {
+    let mut journal = store.open();
+    let reference = run_id("reference");
+    let (recording, outcome) = record(journal.as_mut(), &reference);
+    outcome.expect("recorded");
+    let steps: Vec<PendingStep> = recording
+        .steps
+        .iter()
+        .map(|(input, events)| PendingStep::new(input.clone(), events.clone()))
+        .collect();
+    for name in ["waiting-1", "waiting-2", "waiting-3", "waiting-4"] {
+        let lease = journal
+            .create_run(&run_id(name), &header(), &holder(), 0)
+            .expect("created");
+        journal.release(&lease).expect("released: submitted");
+    }
+    let group = |names: &[&str], journal: &mut Box<dyn Journal + Send>| -> Vec<RunSteps> {
+        names
+            .iter()
+            .map(|name| RunSteps {
+                lease: journal
+                    .create_run(&run_id(name), &header(), &holder(), 0)
+                    .expect("created"),
+                first: 0,
+                steps: steps.clone(),
+                after: AfterSteps::Release,
+            })
+            .collect()
+    };
+    let worker = elsewhere();
+    let runs = group(&["ending-b", "ending-a"], &mut journal);
+    let GroupAndClaim {
+        committed, claimed, ..
+    } = journal.append_steps_of_runs_and_claim(&runs, &worker, 2_000, 2);
+    assert!(committed.iter().all(Result::is_ok), "{committed:?}");
+    let expected = journal.load(&reference).expect("loads");
+    for name in ["ending-a", "ending-b"] {
+        let id = run_id(name);
+        assert_eq!(journal.load(&id).expect("loads").steps, expected.steps);
+        assert_eq!(journal.summary(&id).expect("summary").lease, None, "{name}");
+    }
+    if let Store::Postgres(url) = store {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).expect("raw");
+        let ids = ["ending-a", "ending-b", "waiting-1", "waiting-2"];
+        let transactions: i64 = client
+            .query_one(
+                "SELECT count(DISTINCT xmin::text) FROM converge.runs WHERE id = ANY($1)",
+                &[&&ids[..]],
+            )
+            .and_then(|row| row.try_get(0))
+            .expect("counted");
+        assert_eq!(transactions, 1, "one transaction");
+    }
+    let claimed = claimed.expect("claimed");
+    let names: Vec<&str> = claimed
+        .iter()
+        .map(|claim| claim.lease.run().as_str())
+        .collect();
+    assert_eq!(names, ["waiting-1", "waiting-2"], "oldest first, at most 2");
+    for claim in &claimed {
+        let recorded = claim.recorded.as_ref().expect("loaded");
+        assert_eq!(recorded, &journal.load(claim.lease.run()).expect("loads"));
+        assert_eq!(
+            recorded.lease.as_ref().map(|(holder, _)| holder),
+            Some(&worker),
+            "under the claim's lease"
+        );
+        let mut lease = claim.lease.clone();
+        journal.renew(&mut lease, 2_500).expect("its run's lease");
+    }
+    assert_ne!(claimed[0].lease.token(), claimed[1].lease.token());
+
+    // One run's lease taken by another process: the others commit, then the claim.
+    let runs = group(&["mixed-a", "mixed-b"], &mut journal);
+    journal
+        .preempt(&run_id("mixed-b"), &elsewhere(), 0)
+        .expect("preempted");
+    let GroupAndClaim {
+        committed, claimed, ..
+    } = journal.append_steps_of_runs_and_claim(&runs, &worker, 2_000, 1);
+    assert!(committed[0].is_ok(), "{committed:?}");
+    assert!(
+        matches!(committed[1], Err(JournalError::LeaseLost { .. })),
+        "{committed:?}"
+    );
+    let claimed = claimed.expect("claimed");
+    assert!(
+        claimed
+            .iter()
+            .map(|claim| claim.lease.run())
+            .eq([&run_id("waiting-3")])
+    );
+
+    // Nothing to claim: the group alone.
+    let runs = group(&["alone"], &mut journal);
+    let GroupAndClaim {
+        committed, claimed, ..
+    } = journal.append_steps_of_runs_and_claim(&runs, &worker, 2_000, 0);
+    assert!(committed.iter().all(Result::is_ok), "{committed:?}");
+    assert!(claimed.expect("nothing claimed").is_empty());
+    assert_eq!(
+        journal
+            .summary(&run_id("waiting-4"))
+            .expect("summary")
+            .lease,
+        None
+    );
+}
+
+/// A submitted run is recorded in one write, leased to no one: any worker claims it at once,
+/// and on PostgreSQL a waiter for runs to drive hears of it, and its row was written once
+/// (no lease taken and given up).
+fn a_submitted_run_is_leased_to_no_one(store: &Store) {
+    let location = match store {
+        Store::Sqlite(path) => Location::Sqlite(path.clone()),
+        Store::Postgres(url) => Location::Postgres(url.clone()),
+    };
+    let mut journal = store.open();
+    let mut runnable = Wakeups::new(&location, News::Runnable).expect("a waiter");
+    runnable.wait(Duration::from_millis(10)).expect("listens");
+    let id = run_id("submitted");
+    journal
+        .submit_run(&id, &header(), &holder(), 0)
+        .expect("submitted");
+    let summary = journal.summary(&id).expect("summary");
+    assert_eq!(summary.status, RunStatus::Running);
+    assert_eq!((summary.steps, summary.lease), (0, None));
+    assert!(matches!(
+        journal.submit_run(&id, &header(), &holder(), 0),
+        Err(JournalError::RunExists { .. })
+    ));
+    if let Store::Postgres(url) = store {
+        let heard = runnable.wait(Duration::from_secs(5)).expect("waits");
+        assert_eq!(heard, vec![id.clone()]);
+        let mut client = postgres::Client::connect(url, postgres::NoTls).expect("raw");
+        let place: String = client
+            .query_one(
+                "SELECT ctid::text FROM converge.runs WHERE id = 'submitted'",
+                &[],
+            )
+            .and_then(|row| row.try_get(0))
+            .expect("read");
+        assert_eq!(place, "(0,1)", "inserted once, never updated");
+    }
+    let mut theirs = store.open();
+    let claimed = theirs.claim_loaded(&elsewhere(), 0, 5).expect("claims");
+    assert!(claimed.iter().map(|claim| claim.lease.run()).eq([&id]));
+    let recorded = claimed[0].recorded.as_ref().expect("loaded");
+    assert_eq!(recorded.header, header());
+}
+
 fn concurrent_writers(store: &Store) {
     let threads: Vec<_> = (0..4)
         .map(|index| {
@@ -1523,6 +1679,11 @@ const CASES: &[Case] = &[
     ("injected_failures", injected_failures),
     ("steps_commit_together", steps_commit_together),
     ("runs_commit_together", runs_commit_together),
+    ("runs_end_and_begin_together", runs_end_and_begin_together),
+    (
+        "a_submitted_run_is_leased_to_no_one",
+        a_submitted_run_is_leased_to_no_one,
+    ),
     ("concurrent_writers", concurrent_writers),
     ("racing_takeovers", racing_takeovers),
     ("edits_are_named", edits_are_named),

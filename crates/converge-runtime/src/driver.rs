@@ -259,16 +259,15 @@ impl Runtime {
     }
 
     /// Records durable run `run_id` without driving it: created with this runtime's job and
-    /// agents, its lease released at once, so a worker claims it ([`Journal::claim`]) and
-    /// drives it with [`Runtime::resume_durable`].
+    /// agents and leased to no one ([`Journal::submit_run`], one transaction), so a worker
+    /// claims it ([`Journal::claim`]) and drives it with [`Runtime::resume_durable`].
     pub fn submit_durable<J: Journal>(
         &self,
         journal: &mut J,
         run_id: &RunId,
     ) -> Result<(), DurableError> {
         let header = header_of(&self.engine, self.job.as_ref());
-        let lease = journal.create_run(run_id, &header, &self.holder, wall_clock_ms())?;
-        journal.release(&lease)?;
+        journal.submit_run(run_id, &header, &self.holder, wall_clock_ms())?;
         Ok(())
     }
 

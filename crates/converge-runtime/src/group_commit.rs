@@ -11,18 +11,26 @@
 //! nothing it does next — an agent with side effects, events shown to observers — runs
 //! before then. A group with a refused run is committed run by run instead.
 //!
+//! A slot whose drive ends (its steps go with its lease given up) while the worker still
+//! claims asks for its next run with them: the committer claims one run for each such slot
+//! of the group in the same transaction ([`Journal::append_steps_of_runs_and_claim`]), in one
+//! statement, and hands each its run read under the claim. A run that ends and the next one
+//! begun cost one transaction and one flush together, and a slot that gets no run claims on
+//! its own as before. A claimed run whose slot is gone is let go at once.
+//!
 //! What it does not do: hold a commit back to wait for company (a lone commit goes at once),
-//! route anything but [`Journal::append_steps`] (claims, renewals, outcomes committed ahead
-//! and reads stay on the slot's own connection), or take steps of more than
-//! [`GROUPED_EVENTS_MAX`] events, which the slot commits itself.
+//! route anything else than [`Journal::append_steps`] (renewals, outcomes committed ahead, a
+//! slot's own claims and reads stay on the slot's own connection), or take steps of more
+//! than [`GROUPED_EVENTS_MAX`] events, which the slot commits itself.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use converge_core::EventBatch;
 use converge_journal::{
-    AfterSteps, ClaimedRun, Holder, Journal, JournalError, Lease, Location, OutcomeRecord,
-    PendingStep, RunHeader, RunId, RunSteps, StepInput,
+    AfterSteps, ClaimedRun, GroupAndClaim, Holder, Journal, JournalError, Lease, Location,
+    OutcomeRecord, PendingStep, RunHeader, RunId, RunSteps, StepInput, wall_clock_ms,
 };
 
 /// Most runs committed in one transaction.
@@ -33,11 +41,17 @@ pub(crate) const GROUP_RUNS_MAX: usize = 64;
 /// beside their own writing, and handing them over would copy them.
 pub(crate) const GROUPED_EVENTS_MAX: usize = 4096;
 
-/// One slot's steps, and where its answer goes.
+/// One slot's steps, whether it wants its next run claimed with them, and where its answer
+/// goes.
 struct Request {
     steps: RunSteps,
-    answer: mpsc::SyncSender<Result<(), JournalError>>,
+    next: bool,
+    answer: mpsc::SyncSender<Answer>,
 }
+
+/// A slot's answer: its steps committed (or why not), and its next run if it asked for one
+/// and one was claimed.
+type Answer = (Result<(), JournalError>, Option<ClaimedRun>);
 
 /// The committer's thread, with the journal connection it commits on.
 pub(crate) struct Committer {
@@ -46,13 +60,15 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer's thread; it opens its journal at its first request.
-    pub(crate) fn start(location: &Location) -> std::io::Result<Committer> {
+    /// Starts the committer's thread; it opens its journal at its first request, and claims
+    /// runs for `holder`.
+    pub(crate) fn start(location: &Location, holder: &Holder) -> std::io::Result<Committer> {
         let (requests, queue) = mpsc::channel::<Request>();
         let location = location.clone();
+        let holder = holder.clone();
         let thread = std::thread::Builder::new()
             .name("converge-commit".to_owned())
-            .spawn(move || commit_all(&location, &queue))?;
+            .spawn(move || commit_all(&location, &holder, &queue))?;
         Ok(Committer {
             requests: Some(requests),
             thread: Some(thread),
@@ -78,7 +94,7 @@ impl Committer {
 }
 
 /// Takes the requests as they come, each time with every one waiting behind it.
-fn commit_all(location: &Location, queue: &mpsc::Receiver<Request>) {
+fn commit_all(location: &Location, holder: &Holder, queue: &mpsc::Receiver<Request>) {
     let mut journal: Option<Box<dyn Journal + Send>> = None;
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
@@ -94,31 +110,49 @@ fn commit_all(location: &Location, queue: &mpsc::Receiver<Request>) {
                 Ok(opened) => journal.insert(opened),
                 Err(error) => {
                     for request in group {
-                        let _ = request.answer.send(Err(unopened(&error)));
+                        let _ = request.answer.send((Err(unopened(&error)), None));
                     }
                     continue;
                 }
             },
         };
-        let (steps, waiting): (Vec<RunSteps>, Vec<_>) = group
-            .into_iter()
-            .map(|request| (request.steps, request.answer))
-            .unzip();
-        let answers = open.append_steps_of_runs(&steps);
+        let wanted = group.iter().filter(|request| request.next).count();
+        let mut steps = Vec::with_capacity(group.len());
+        let mut waiting = Vec::with_capacity(group.len());
+        for request in group {
+            steps.push(request.steps);
+            waiting.push((request.next, request.answer));
+        }
+        let GroupAndClaim {
+            committed, claimed, ..
+        } = open.append_steps_of_runs_and_claim(&steps, holder, wall_clock_ms(), wanted);
         // A failed write poisons the handle: open the journal again for the next group.
-        if answers.iter().any(|answer| {
-            matches!(
-                answer,
-                Err(JournalError::Storage { .. } | JournalError::Poisoned { .. })
-            )
-        }) {
+        let failed = committed
+            .iter()
+            .any(|answer| failed_in_storage(answer.as_ref().err()))
+            || failed_in_storage(claimed.as_ref().err());
+        // A claim that failed leaves each slot to claim on its own.
+        let mut claimed = claimed.unwrap_or_default().into_iter();
+        for ((next, waiter), answer) in waiting.into_iter().zip(committed) {
+            let run = if next { claimed.next() } else { None };
+            if let Err(mpsc::SendError((_, Some(run)))) = waiter.send((answer, run)) {
+                // The slot is gone (stopped at once): its run is free for others now rather
+                // than once the claim's lease expires.
+                let _ = open.release(&run.lease);
+            }
+        }
+        if failed {
             journal = None;
         }
-        for (waiter, answer) in waiting.into_iter().zip(answers) {
-            // A slot that is gone has no one to tell.
-            let _ = waiter.send(answer);
-        }
     }
+}
+
+/// Whether `error` is a failure of the storage, which leaves the handle poisoned.
+fn failed_in_storage(error: Option<&JournalError>) -> bool {
+    matches!(
+        error,
+        Some(JournalError::Storage { .. } | JournalError::Poisoned { .. })
+    )
 }
 
 /// The error each waiting slot gets when the committer cannot open the journal.
@@ -135,17 +169,22 @@ pub(crate) struct CommitHandle {
 }
 
 impl CommitHandle {
-    /// Commits one run's steps with whatever else is waiting; returns once they are
-    /// committed or refused.
-    fn append_steps(&self, steps: RunSteps) -> Result<(), JournalError> {
+    /// Commits one run's steps with whatever else is waiting, and with `next` claims the
+    /// slot's next run in the same transaction; returns once they are committed or refused.
+    fn append_steps(&self, steps: RunSteps, next: bool) -> Answer {
         let gone = || JournalError::Unsupported {
             detail: "the worker's committer stopped".to_owned(),
         };
         let (answer, answered) = mpsc::sync_channel(1);
-        self.requests
-            .send(Request { steps, answer })
-            .map_err(|_| gone())?;
-        answered.recv().map_err(|_| gone())?
+        let request = Request {
+            steps,
+            next,
+            answer,
+        };
+        if self.requests.send(request).is_err() {
+            return (Err(gone()), None);
+        }
+        answered.recv().unwrap_or_else(|_| (Err(gone()), None))
     }
 }
 
@@ -154,6 +193,10 @@ impl CommitHandle {
 pub(crate) struct Grouped<'j> {
     pub(crate) journal: &'j mut Box<dyn Journal + Send>,
     pub(crate) committer: &'j CommitHandle,
+    /// Whether the worker drains: a drive that ends then asks for no next run.
+    pub(crate) draining: &'j AtomicBool,
+    /// The next run, claimed with the commit that ended the drive.
+    pub(crate) next: Option<ClaimedRun>,
 }
 
 impl Journal for Grouped<'_> {
@@ -211,6 +254,16 @@ impl Journal for Grouped<'_> {
         self.journal.release(lease)
     }
 
+    fn submit_run(
+        &mut self,
+        run: &RunId,
+        header: &RunHeader,
+        holder: &Holder,
+        now_ms: u64,
+    ) -> Result<(), JournalError> {
+        self.journal.submit_run(run, header, holder, now_ms)
+    }
+
     fn commit_outcomes(
         &mut self,
         lease: &Lease,
@@ -242,16 +295,33 @@ impl Journal for Grouped<'_> {
         if events > GROUPED_EVENTS_MAX {
             return self.journal.append_steps(lease, first, steps, after);
         }
-        self.committer.append_steps(RunSteps {
+        let next = after == AfterSteps::Release
+            && self.next.is_none()
+            && !self.draining.load(Ordering::SeqCst);
+        let steps = RunSteps {
             lease: lease.clone(),
             first,
             steps: steps.to_vec(),
             after,
-        })
+        };
+        let (committed, claimed) = self.committer.append_steps(steps, next);
+        self.next = self.next.take().or(claimed);
+        committed
     }
 
     fn append_steps_of_runs(&mut self, runs: &[RunSteps]) -> Vec<Result<(), JournalError>> {
         self.journal.append_steps_of_runs(runs)
+    }
+
+    fn append_steps_of_runs_and_claim(
+        &mut self,
+        runs: &[RunSteps],
+        holder: &Holder,
+        now_ms: u64,
+        limit: usize,
+    ) -> GroupAndClaim {
+        self.journal
+            .append_steps_of_runs_and_claim(runs, holder, now_ms, limit)
     }
 
     converge_journal::forward_journal!(reads to journal);

@@ -27,11 +27,11 @@ pub use agent::{AgentFuture, AsyncAgent};
 pub use cancel::{Cancel, Cancellation};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use converge_journal::{
-    AfterSteps, BreakReason, ClaimedRun, Copied, FailingJournal, Holder, Journal, JournalError,
-    LEASE_RENEW_MS, LEASE_TTL_MS, Lease, Location, News, OpenCycle, PendingStep, Place,
-    PostgresJournal, PreparedInput, RUN_ID_LEN_MAX, RecordedRun, RecordedStep, RunId, RunIdError,
-    RunStatus, RunSteps, RunSummary, SQLITE_POLL, SqliteJournal, StoredEvent, Verification,
-    Wakeups, copy, postgres_client_config, wall_clock_ms,
+    AfterSteps, BreakReason, ClaimedRun, Copied, FailingJournal, GroupAndClaim, Holder, Journal,
+    JournalError, LEASE_RENEW_MS, LEASE_TTL_MS, Lease, Location, News, OpenCycle, PendingStep,
+    Place, PostgresJournal, PreparedInput, RUN_ID_LEN_MAX, RecordedRun, RecordedStep, RunId,
+    RunIdError, RunStatus, RunSteps, RunSummary, SQLITE_POLL, SqliteJournal, StoredEvent,
+    Verification, Wakeups, copy, postgres_client_config, wall_clock_ms,
 };
 pub use converge_journal::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,

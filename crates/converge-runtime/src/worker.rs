@@ -13,7 +13,9 @@
 //!
 //! The slots commit their steps through one committer (`group_commit.rs`): runs that
 //! several slots finish at about the same time are committed in one transaction, each still
-//! under its own lease, and each slot goes on only once its steps are committed.
+//! under its own lease, and each slot goes on only once its steps are committed. A slot whose
+//! drive ends gets its next run claimed in that same transaction, when there is one, and
+//! drives it without a claim of its own; a slot drained with such a run in hand lets it go.
 //!
 //! A run a slot cannot build (its spec no longer builds here: a missing program, provider or
 //! key) keeps the slot's lease until it expires, so the slot moves on to other runs and any
@@ -213,7 +215,8 @@ impl Worker {
             draining: Arc::new(AtomicBool::new(false)),
             stop_now: Arc::new(watch::channel(false).0),
         };
-        let committer = Committer::start(&config.location).map_err(WorkerError::Thread)?;
+        let committer =
+            Committer::start(&config.location, &config.holder).map_err(WorkerError::Thread)?;
         let mut slots = Vec::with_capacity(usize::from(config.concurrency));
         for index in 0..config.concurrency {
             let Some(commits) = committer.handle() else {
@@ -296,6 +299,8 @@ impl Slot {
             Err(error) => return self.trouble(error, false),
         };
         let mut journal: Option<Box<dyn Journal + Send>> = None;
+        // A run claimed with the commit that ended the previous drive.
+        let mut next: Option<ClaimedRun> = None;
         while !self.draining.load(Ordering::SeqCst) && !*self.stopped.borrow() {
             let open = match journal.as_mut() {
                 Some(open) => open,
@@ -308,6 +313,10 @@ impl Slot {
                     }
                 },
             };
+            if let Some(claim) = next.take() {
+                next = self.drive(open, &runtime, claim);
+                continue;
+            }
             match open.claim_loaded(&self.config.holder, wall_clock_ms(), 1) {
                 Ok(claimed) if claimed.is_empty() => {
                     if self.config.until_idle {
@@ -320,7 +329,7 @@ impl Slot {
                 }
                 Ok(claimed) => {
                     for claim in claimed {
-                        self.drive(open, &runtime, claim);
+                        next = self.drive(open, &runtime, claim);
                     }
                 }
                 Err(error) => {
@@ -331,15 +340,20 @@ impl Slot {
                 }
             }
         }
+        // Drained with a run in hand: free for others now, not once its lease expires.
+        if let (Some(claim), Some(open)) = (next, journal.as_mut()) {
+            let _ = open.release(&claim.lease);
+        }
     }
 
-    /// Drives one claimed run to its next stop and reports how it stands.
+    /// Drives one claimed run to its next stop and reports how it stands; returns the next
+    /// run, when one was claimed with the commit that ended the drive.
     fn drive(
         &self,
         journal: &mut Box<dyn Journal + Send>,
         runtime: &tokio::runtime::Runtime,
         claim: ClaimedRun,
-    ) {
+    ) -> Option<ClaimedRun> {
         let ClaimedRun { lease, recorded } = claim;
         let lease = &lease;
         let run: RunId = lease.run().clone();
@@ -351,7 +365,8 @@ impl Slot {
                 // Let it go at once: another slot, or this one, tries again.
                 let _ = journal.release(lease);
                 let error = DurableError::Journal(error);
-                return (self.report)(Report::Failed { run, error });
+                (self.report)(Report::Failed { run, error });
+                return None;
             }
         };
         let driver = match (self.build)(&recorded.header, &run) {
@@ -359,7 +374,8 @@ impl Slot {
             Err(error) => {
                 // Keep the claim until it expires: other runs go first, and any worker tries
                 // this one again later.
-                return (self.report)(Report::Unbuildable { run, error });
+                (self.report)(Report::Unbuildable { run, error });
+                return None;
             }
         };
         let mut driver = driver.with_holder(self.config.holder.clone());
@@ -367,6 +383,8 @@ impl Slot {
         let mut grouped = Grouped {
             journal,
             committer: &self.commits,
+            draining: &self.draining,
+            next: None,
         };
         let outcome = runtime.block_on(async {
             tokio::select! {
@@ -384,6 +402,7 @@ impl Slot {
             Some(Err(error)) => Report::Failed { run, error },
             None => Report::Interrupted { run },
         });
+        grouped.next
     }
 }
 

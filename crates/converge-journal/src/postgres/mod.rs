@@ -961,6 +961,12 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    fn submitted(&mut self, run: &str) {
+        // As a running run let go (`clear_lease`): free to claim, and news to followers.
+        self.news.add(RUNNABLE_CHANNEL, run);
+        self.news.add(EVENTS_CHANNEL, run);
+    }
+
     fn read_ahead(&mut self, run: &str) -> Result<(), JournalError> {
         let rows = self.query(READ_AHEAD, &[&run], "reading the run")?;
         let mut ahead = Ahead {

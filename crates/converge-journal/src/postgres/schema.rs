@@ -40,7 +40,7 @@ CREATE TABLE converge.runs (
     lease_host       TEXT,
     lease_pid        BIGINT,
     lease_expires_ms BIGINT
-);
+) WITH (fillfactor = 50);
 
 CREATE TABLE converge.steps (
     run        TEXT NOT NULL REFERENCES converge.runs (id),
@@ -101,7 +101,8 @@ CREATE TRIGGER outcomes_append_only BEFORE UPDATE OR DELETE ON converge.outcomes
 pub(crate) fn prepare(client: &mut Client, place: &str) -> Result<(), JournalError> {
     if let Some(found) = version(client)? {
         check(found, place)?;
-        return drop_notify_trigger(client);
+        drop_notify_trigger(client)?;
+        return leave_room_in_runs(client);
     }
     let mut tx = client
         .transaction()
@@ -155,6 +156,35 @@ fn drop_notify_trigger(client: &mut Client) -> Result<(), JournalError> {
     .map_err(storage("removing the notification trigger"))?;
     tx.commit()
         .map_err(storage("committing the trigger's removal"))
+}
+
+/// Whether the `runs` table leaves room in its pages for its rows' new versions.
+const RUNS_HAVE_ROOM: &str = "SELECT coalesce('fillfactor=50' = ANY(reloptions), false) \
+     FROM pg_class WHERE oid = 'converge.runs'::regclass";
+
+/// Leaves half of each page of `runs` free, as this build creates it, in a journal an earlier
+/// build created full. A run's row (its header inline) is updated when it is claimed, and a
+/// new version that fits in its page is a HOT update: no new index entries, and only the
+/// changed bytes in the WAL. In full pages of runs submitted and never updated, each claim
+/// moved the row to another page. Only pages filled from now on are affected; no byte of
+/// any row changes.
+fn leave_room_in_runs(client: &mut Client) -> Result<(), JournalError> {
+    let roomy = client
+        .query_one(RUNS_HAVE_ROOM, &[])
+        .and_then(|row| row.try_get::<_, bool>(0))
+        .map_err(storage("reading the runs table's fill factor"))?;
+    if roomy {
+        return Ok(());
+    }
+    let mut tx = client
+        .transaction()
+        .map_err(storage("beginning the fill factor's change"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .map_err(storage("locking the schema"))?;
+    tx.batch_execute("ALTER TABLE converge.runs SET (fillfactor = 50)")
+        .map_err(storage("changing the runs table's fill factor"))?;
+    tx.commit()
+        .map_err(storage("committing the fill factor's change"))
 }
 
 /// Checks that the database holds a journal of this build's version, creating nothing.
