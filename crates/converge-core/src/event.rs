@@ -433,7 +433,7 @@ const ENCODED_EVENT_BYTES_GUESS: usize = 320;
 /// buffer and where each encoding ends, so a cycle of many events allocates once, not once
 /// per event. They belong to the newest pending events (a run starts keeping them at some
 /// point and then keeps every one).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Kept {
     bytes: Vec<u8>,
     /// Where each kept encoding ends in `bytes`, oldest first.

@@ -26,7 +26,7 @@ use crate::link::{header_link, input_link, outcomes_digest, step_link};
 use crate::pack::{Group, Index, Unpacked};
 use crate::parallel;
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
-use crate::{AfterSteps, ClaimedRun, PendingStep};
+use crate::{AfterSteps, ClaimedRun, PendingStep, RunSteps};
 use crate::{
     BreakReason, JournalError, OpenCycle, Place, RecordedRun, RecordedStep, RunId, RunStatus,
     RunSummary, StoredEvent, Verification,
@@ -717,6 +717,14 @@ impl Appends {
         })
     }
 
+    /// Each run's steps prepared for one transaction of them all
+    /// ([`crate::Journal::append_steps_of_runs`]); the first refusal refuses the group.
+    pub(crate) fn prepare_runs(runs: &[RunSteps]) -> Result<Vec<Appends>, JournalError> {
+        runs.iter()
+            .map(|run| Appends::prepare(&run.lease, run.first, &run.steps, run.after))
+            .collect()
+    }
+
     /// Locks the run's row once, checks the lease once, writes every step in order (each
     /// checked against the record the ones before it left) and the run's last head, then
     /// gives the lease up if asked: all of it or, on any refusal or failure, none.
@@ -1160,14 +1168,7 @@ macro_rules! journal_through_backend {
                 if runs.len() < 2 {
                     return runs.iter().map(|run| each(self, run)).collect();
                 }
-                let prepared = runs
-                    .iter()
-                    .map(|run| {
-                        $crate::store::Appends::prepare(
-                            &run.lease, run.first, &run.steps, run.after,
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>();
+                let prepared = $crate::store::Appends::prepare_runs(runs);
                 let together = match prepared {
                     Ok(group) => self.write(move |tx| $crate::store::append_group(tx, group)),
                     Err(refused) => Err(refused),
@@ -1187,14 +1188,7 @@ macro_rules! journal_through_backend {
                 now_ms: u64,
                 limit: usize,
             ) -> $crate::GroupAndClaim {
-                let prepared = runs
-                    .iter()
-                    .map(|run| {
-                        $crate::store::Appends::prepare(
-                            &run.lease, run.first, &run.steps, run.after,
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>();
+                let prepared = $crate::store::Appends::prepare_runs(runs);
                 // Nothing to claim, or a run refused before any transaction: as
                 // `append_steps_of_runs` would, then a claim of its own.
                 let together = match prepared {

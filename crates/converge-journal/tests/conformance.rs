@@ -147,6 +147,32 @@ struct Recording {
     result: Option<ConvergeResult>,
 }
 
+impl Recording {
+    /// The recorded steps, as a driver hands them to [`Journal::append_steps`].
+    fn pending(&self) -> Vec<PendingStep> {
+        self.steps
+            .iter()
+            .map(|(input, events)| PendingStep::new(input.clone(), events.clone()))
+            .collect()
+    }
+}
+
+/// Runs created under the names `names`, each with every one of `steps` to commit from its
+/// start, its lease given up with them.
+fn created_with(journal: &mut dyn Journal, names: &[&str], steps: &[PendingStep]) -> Vec<RunSteps> {
+    names
+        .iter()
+        .map(|name| RunSteps {
+            lease: journal
+                .create_run(&run_id(name), &header(), &holder(), 0)
+                .expect("created"),
+            first: 0,
+            steps: steps.to_vec(),
+            after: AfterSteps::Release,
+        })
+        .collect()
+}
+
 /// Drives `engine` sequentially, appending every step under `lease`; a run that parks is
 /// approved by a human and continued. Stops at the first journal error.
 fn record_with(
@@ -726,11 +752,7 @@ fn steps_commit_together(store: &Store) {
     let one_by_one = run_id("one-by-one");
     let (recording, outcome) = record(journal.as_mut(), &one_by_one);
     outcome.expect("recorded");
-    let steps: Vec<PendingStep> = recording
-        .steps
-        .iter()
-        .map(|(input, events)| PendingStep::new(input.clone(), events.clone()))
-        .collect();
+    let steps = recording.pending();
     assert!(steps.len() >= 4, "the scenario has several steps");
 
     let id = run_id("together");
@@ -857,24 +879,7 @@ fn runs_commit_together(store: &Store) {
     let reference = run_id("reference");
     let (recording, outcome) = record(journal.as_mut(), &reference);
     outcome.expect("recorded");
-    let steps: Vec<PendingStep> = recording
-        .steps
-        .iter()
-        .map(|(input, events)| PendingStep::new(input.clone(), events.clone()))
-        .collect();
-    let group = |names: &[&str], journal: &mut Box<dyn Journal + Send>| -> Vec<RunSteps> {
-        names
-            .iter()
-            .map(|name| RunSteps {
-                lease: journal
-                    .create_run(&run_id(name), &header(), &holder(), 0)
-                    .expect("created"),
-                first: 0,
-                steps: steps.clone(),
-                after: AfterSteps::Release,
-            })
-            .collect()
-    };
+    let steps = recording.pending();
     let check = |journal: &(dyn Journal + Send), name: &str| {
         let id = run_id(name);
         let loaded = journal.load(&id).expect("loads");
@@ -885,7 +890,7 @@ fn runs_commit_together(store: &Store) {
     };
 
     // Given in any order: each run is locked in the order of the ids.
-    let runs = group(&["group-c", "group-a", "group-b"], &mut journal);
+    let runs = created_with(journal.as_mut(), &["group-c", "group-a", "group-b"], &steps);
     let answers = journal.append_steps_of_runs(&runs);
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     for name in ["group-a", "group-b", "group-c"] {
@@ -894,7 +899,7 @@ fn runs_commit_together(store: &Store) {
 
     // One lease taken by another process: that run is refused and writes nothing, the
     // others commit.
-    let runs = group(&["mixed-a", "mixed-b", "mixed-c"], &mut journal);
+    let runs = created_with(journal.as_mut(), &["mixed-a", "mixed-b", "mixed-c"], &steps);
     let mut theirs = store.open();
     theirs
         .preempt(&run_id("mixed-b"), &elsewhere(), 0)
@@ -913,7 +918,7 @@ fn runs_commit_together(store: &Store) {
 
     // The same run twice: the first commits and gives the lease up, so the second is
     // refused.
-    let runs = group(&["twice"], &mut journal);
+    let runs = created_with(journal.as_mut(), &["twice"], &steps);
     let twice = [runs[0].clone(), runs[0].clone()];
     let answers = journal.append_steps_of_runs(&twice);
     assert!(answers[0].is_ok(), "{answers:?}");
@@ -933,32 +938,15 @@ fn runs_end_and_begin_together(store: &Store) {
     let reference = run_id("reference");
     let (recording, outcome) = record(journal.as_mut(), &reference);
     outcome.expect("recorded");
-    let steps: Vec<PendingStep> = recording
-        .steps
-        .iter()
-        .map(|(input, events)| PendingStep::new(input.clone(), events.clone()))
-        .collect();
+    let steps = recording.pending();
     for name in ["waiting-1", "waiting-2", "waiting-3", "waiting-4"] {
         let lease = journal
             .create_run(&run_id(name), &header(), &holder(), 0)
             .expect("created");
         journal.release(&lease).expect("released: submitted");
     }
-    let group = |names: &[&str], journal: &mut Box<dyn Journal + Send>| -> Vec<RunSteps> {
-        names
-            .iter()
-            .map(|name| RunSteps {
-                lease: journal
-                    .create_run(&run_id(name), &header(), &holder(), 0)
-                    .expect("created"),
-                first: 0,
-                steps: steps.clone(),
-                after: AfterSteps::Release,
-            })
-            .collect()
-    };
     let worker = elsewhere();
-    let runs = group(&["ending-b", "ending-a"], &mut journal);
+    let runs = created_with(journal.as_mut(), &["ending-b", "ending-a"], &steps);
     let GroupAndClaim {
         committed, claimed, ..
     } = journal.append_steps_of_runs_and_claim(&runs, &worker, 2_000, 2);
@@ -1001,7 +989,7 @@ fn runs_end_and_begin_together(store: &Store) {
     assert_ne!(claimed[0].lease.token(), claimed[1].lease.token());
 
     // One run's lease taken by another process: the others commit, then the claim.
-    let runs = group(&["mixed-a", "mixed-b"], &mut journal);
+    let runs = created_with(journal.as_mut(), &["mixed-a", "mixed-b"], &steps);
     journal
         .preempt(&run_id("mixed-b"), &elsewhere(), 0)
         .expect("preempted");
@@ -1022,7 +1010,7 @@ fn runs_end_and_begin_together(store: &Store) {
     );
 
     // Nothing to claim: the group alone.
-    let runs = group(&["alone"], &mut journal);
+    let runs = created_with(journal.as_mut(), &["alone"], &steps);
     let GroupAndClaim {
         committed, claimed, ..
     } = journal.append_steps_of_runs_and_claim(&runs, &worker, 2_000, 0);
