@@ -836,7 +836,58 @@ const CASES: &[cluster::Case] = &[
         "postgres_restarted_mid_load_loses_nothing",
         postgres_restarted_mid_load_loses_nothing,
     ),
+    (
+        "a_revoked_token_is_refused_by_every_replica_at_once",
+        a_revoked_token_is_refused_by_every_replica_at_once,
+    ),
 ];
+
+/// Replicas keep live tokens in memory; a revocation committed in the database reaches
+/// every one of them within moments (its notification), not after a kept token expires.
+fn a_revoked_token_is_refused_by_every_replica_at_once(cluster: &Cluster) {
+    // Bound, not dropped: the servers run as long as their processes are held.
+    let Deployment {
+        dir: _dir,
+        url,
+        processes: _processes,
+        bases,
+        ..
+    } = deploy(cluster, "revoke", 2);
+    let output = converge(
+        Path::new(&url),
+        &[
+            "token", "create", "--tenant", "acme", "--name", "carol", "--role", "viewer", "--json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let made: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let secret = made["token"].as_str().expect("a token");
+    let id = made["id"].as_str().expect("an id");
+    // Used on both replicas, so both keep it.
+    for _ in 0..3 {
+        for base in &bases {
+            assert_eq!(get(base, secret, "/v1/runs").0, 200);
+        }
+    }
+    let output = converge(Path::new(&url), &["token", "revoke", id]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let revoked = Instant::now();
+    for base in &bases {
+        loop {
+            let (status, _) = get(base, secret, "/v1/runs");
+            if status == 401 {
+                break;
+            }
+            assert_eq!(status, 200);
+            // Far less than the time a kept token lives when no revocation is heard (5 s).
+            assert!(
+                revoked.elapsed() < Duration::from_secs(2),
+                "{base} still accepts the revoked token"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
 
 fn main() {
     cluster::run_cases("scale_out", CASES);

@@ -109,6 +109,9 @@ pub(crate) trait Tx {
     /// The rows of those of `runs` that exist, in any order (one statement where a round
     /// trip costs).
     fn runs_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError>;
+    /// [`Tx::runs_named`] without locks, and without the header and its link (both empty:
+    /// [`SUMMARY_COLUMNS`]): what summaries read.
+    fn summaries_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError>;
     /// [`Tx::runs_named`], each row with the parts committed for the run's next step (as
     /// [`Tx::committed`] reads them; one statement where a round trip costs).
     ///
@@ -289,6 +292,14 @@ impl Writes {
 pub(crate) const RUN_COLUMNS: &str = "id, header, header_link, status, stop_reason, steps, \
                                       events, root_hash, record_hash, lease_token, \
                                       lease_holder, lease_host, lease_pid, lease_expires_ms";
+
+/// [`RUN_COLUMNS`] for a summary: the header and its link read as empty text. A header (the
+/// job spec, about a kilobyte) is what a page of summaries would otherwise mostly read.
+pub(crate) const SUMMARY_COLUMNS: &str = "id, CAST('' AS TEXT) AS header, \
+                                          CAST('' AS TEXT) AS header_link, \
+                                          status, stop_reason, steps, events, root_hash, \
+                                          record_hash, lease_token, lease_holder, lease_host, \
+                                          lease_pid, lease_expires_ms";
 
 /// A `runs` row as stored.
 pub(crate) struct RunRow {
@@ -1287,7 +1298,10 @@ pub(crate) use journal_through_backend;
 
 /// One run's summary.
 pub(crate) fn summary(tx: &mut dyn Tx, run: &RunId) -> Result<RunSummary, JournalError> {
-    read_run(tx, run)?.summary()
+    tx.summaries_named(&[run.as_str()])?
+        .first()
+        .ok_or_else(|| JournalError::UnknownRun { run: run.clone() })?
+        .summary()
 }
 
 /// The summaries of `runs`, in their order, in one read; `None` for a run not held.
@@ -1297,7 +1311,7 @@ pub(crate) fn summaries(
 ) -> Result<Vec<Option<RunSummary>>, JournalError> {
     let names: Vec<&str> = runs.iter().map(RunId::as_str).collect();
     let rows: BTreeMap<String, RunRow> = tx
-        .runs_named(&names)?
+        .summaries_named(&names)?
         .into_iter()
         .map(|row| (row.id.clone(), row))
         .collect();

@@ -21,6 +21,7 @@ mod server;
 mod service;
 mod slots;
 mod store;
+mod token_cache;
 pub mod view;
 mod viewer;
 

@@ -340,13 +340,22 @@ pub(crate) async fn authenticate(
             ApiError::unauthorized("the Authorization header is not a Converge token")
         })?;
     let hash = secret.hash();
+    if let Some(principal) = service.tokens.get(&hash) {
+        return Ok(principal);
+    }
+    // Noted before the read: a revocation heard meanwhile keeps what it read out.
+    let generation = service.tokens.generation();
     let token = service.store(move |store| store.token(&hash)).await?;
     let token = token.ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-    Ok(Principal {
+    let principal = Principal {
         tenant: token.tenant,
         name: token.name,
         role: token.role,
-    })
+    };
+    if let Some(generation) = generation {
+        service.tokens.keep(hash, principal.clone(), generation);
+    }
+    Ok(principal)
 }
 
 async fn health(State(service): State<Arc<Service>>) -> Response {

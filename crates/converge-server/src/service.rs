@@ -26,6 +26,7 @@ use crate::job::{self, BuildError, Calls};
 use crate::metrics::Metrics;
 use crate::slots::{Slot, Slots};
 use crate::store::{Ownership, Store, StoreError};
+use crate::token_cache::{self, TokenCache};
 use crate::{Drivers, ServerConfig};
 
 /// The server's state, shared by every request.
@@ -43,6 +44,8 @@ pub(crate) struct Service {
     /// Most drives taken at once: beyond, a drive is refused at once (429) rather than left
     /// to wait behind others' runs without an answer.
     admitted_max: usize,
+    /// Live tokens kept while revocations are heard (PostgreSQL only).
+    pub(crate) tokens: Arc<TokenCache>,
 }
 
 /// What a run's job goes by: its name and its objective, as far as its header says.
@@ -92,6 +95,14 @@ impl Service {
             journals.give(config.db.open()?);
         }
         let drives = std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2));
+        let tokens = Arc::new(TokenCache::default());
+        if let converge_runtime::Location::Postgres(url) = &config.db {
+            token_cache::hear_revocations(url, Arc::downgrade(&tokens)).map_err(|error| {
+                StoreError::Invalid(format!(
+                    "cannot start listening for token revocations: {error}"
+                ))
+            })?;
+        }
         Ok(Service {
             config,
             stores,
@@ -101,6 +112,7 @@ impl Service {
             drives: Arc::new(tokio::sync::Semaphore::new(drives)),
             admitted: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             admitted_max: drives * DRIVES_QUEUED_PER_TURN,
+            tokens,
         })
     }
 

@@ -47,8 +47,8 @@ use crate::JournalError;
 use crate::check::{StepRow, StepSpan};
 use crate::lease::{Holder, Lease};
 use crate::store::{
-    Backend, ChunkHead, ChunkRow, NewHead, NewPart, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx,
-    Writes, signed, unsigned,
+    Backend, ChunkHead, ChunkRow, NewHead, NewPart, NewStep, PartRow, RUN_COLUMNS, RunRow,
+    SUMMARY_COLUMNS, Tx, Writes, signed, unsigned,
 };
 use schema::storage;
 
@@ -745,6 +745,12 @@ impl Tx for PgTx<'_> {
                 .insert(row.id.clone(), row.status.clone());
         }
         Ok(rows)
+    }
+
+    fn summaries_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError> {
+        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM converge.runs WHERE id = ANY($1)");
+        let rows = self.query(&sql, &[&runs], "reading runs")?;
+        rows.iter().map(run_row).collect()
     }
 
     fn runs_named_committed(

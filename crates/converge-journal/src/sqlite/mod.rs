@@ -18,8 +18,8 @@ use crate::JournalError;
 use crate::check::{StepRow, StepSpan};
 use crate::lease::Lease;
 use crate::store::{
-    Backend, ChunkHead, ChunkRow, NewHead, NewPart, NewStep, PartRow, RUN_COLUMNS, RunRow, Tx,
-    Writes, unsigned,
+    Backend, ChunkHead, ChunkRow, NewHead, NewPart, NewStep, PartRow, RUN_COLUMNS, RunRow,
+    SUMMARY_COLUMNS, Tx, Writes, unsigned,
 };
 use checkpoint::Checkpointer;
 use schema::storage;
@@ -197,6 +197,19 @@ impl Tx for SqliteTx<'_> {
         let mut rows = Vec::with_capacity(runs.len());
         for run in runs {
             rows.extend(self.run(run)?);
+        }
+        Ok(rows)
+    }
+
+    fn summaries_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!("SELECT {SUMMARY_COLUMNS} FROM runs WHERE id = ?1"))
+            .map_err(storage("reading runs"))?;
+        let mut rows = Vec::with_capacity(runs.len());
+        for run in runs {
+            let row = statement.query_row([run], run_row).optional();
+            rows.extend(row.map_err(storage("reading runs"))?);
         }
         Ok(rows)
     }

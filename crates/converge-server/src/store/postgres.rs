@@ -236,6 +236,11 @@ impl Sql for PostgresTables {
     fn place(&self) -> &str {
         &self.place
     }
+
+    fn notify(&mut self, channel: &str) -> Result<(), StoreError> {
+        self.execute("SELECT pg_notify($1, '')", &[Value::Text(channel)])
+            .map(drop)
+    }
 }
 
 fn cells(row: &postgres::Row, place: &str) -> Result<Row, StoreError> {

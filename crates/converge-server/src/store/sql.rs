@@ -89,4 +89,7 @@ pub(crate) trait Sql: Send {
     fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError>;
     /// The database, for messages (a file path, or a URL without its password).
     fn place(&self) -> &str;
+    /// Notifies the database's listeners on `channel`, where the database has listeners
+    /// (PostgreSQL); elsewhere nothing.
+    fn notify(&mut self, channel: &str) -> Result<(), StoreError>;
 }
