@@ -7,9 +7,18 @@
 //! run), rebuilds its runtime with the [`Build`] callback,
 //! drives it to its next stop under the claim's lease with [`Runtime::resume_claimed`] —
 //! re-deriving what was committed, executing only what was not, every commit fenced by the
-//! lease — reports how it stands and claims the next. With nothing to claim it waits for
-//! news ([`Wakeups`]: LISTEN/NOTIFY on PostgreSQL) or [`IDLE_LOOK`], whichever comes first:
-//! a dead worker's runs are free once their leases expire, which no notification announces.
+//! lease — reports how it stands and claims the next.
+//!
+//! A slot with nothing to claim waits at the worker's doorbell, at most [`IDLE_LOOK`]. One
+//! thread per worker waits for news ([`Wakeups`]: LISTEN/NOTIFY on PostgreSQL, a look every
+//! `SQLITE_POLL` on SQLite) and rings it: news of k runs wakes at most k idle slots, not all
+//! of them, and a wait that ends with no news (always on SQLite; on PostgreSQL after
+//! [`IDLE_LOOK`] without any, since a dead worker's runs are free once their leases expire,
+//! which no notification announces) wakes one idle slot to look. A woken slot that claims a
+//! run rings once more before driving it, so that when more runs are runnable than were
+//! announced the claims go on one slot at a time; one that finds nothing waits again. So a
+//! worker holds one listening connection whatever its number of slots, and a run submitted
+//! to idle slots wakes one of them, and the one that claims it one more.
 //!
 //! The slots commit their steps through one committer (`group_commit.rs`): runs that
 //! several slots finish at about the same time are committed in one transaction, each still
@@ -31,10 +40,10 @@
 //! anything (the caller turns each [`Report`] into words).
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use converge_core::StopReason;
 use converge_journal::{
@@ -51,6 +60,10 @@ pub const IDLE_LOOK: Duration = Duration::from_secs(2);
 /// How long a slot waits before trying again after the journal failed.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// The longest a worker's listener waits for news at a time before it looks whether the
+/// worker drains: how long a drained worker may take to end when it is idle.
+const NEWS_TURN: Duration = Duration::from_millis(200);
+
 /// Rebuilds the runtime of a claimed run from its journal header (the spec it keeps); the
 /// error is a sentence for people.
 pub type Build = Arc<dyn Fn(&RunHeader, &RunId) -> Result<Runtime, String> + Send + Sync>;
@@ -65,7 +78,8 @@ pub struct WorkerConfig {
     pub location: Location,
     /// Who holds the leases of the runs it drives.
     pub holder: Holder,
-    /// Slots: runs driven at once, each with a journal connection and a listening one.
+    /// Slots: runs driven at once, each with a journal connection (the worker has one
+    /// listening connection besides, for all its slots).
     pub concurrency: u16,
     /// Whether a slot ends when it finds nothing to claim, instead of waiting for news.
     pub until_idle: bool,
@@ -75,11 +89,12 @@ pub struct WorkerConfig {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Report {
-    /// A slot met trouble: it tries again after [`RETRY_AFTER`] if `retrying`, or else it
-    /// has ended.
+    /// A slot, or the worker's listener for news, met trouble: it tries again after
+    /// [`RETRY_AFTER`] if `retrying`, or else it has ended (a listener that ended leaves
+    /// the idle slots looking every [`IDLE_LOOK`]).
     Trouble {
-        /// The slot's index.
-        slot: u16,
+        /// The slot's index; `None` for the worker's listener for news.
+        slot: Option<u16>,
         /// What went wrong.
         problem: String,
         /// Whether the slot tries again.
@@ -128,7 +143,10 @@ impl fmt::Display for Report {
                 problem,
                 retrying,
             } => {
-                write!(f, "slot {slot}: {problem}")?;
+                match slot {
+                    Some(slot) => write!(f, "slot {slot}: {problem}")?,
+                    None => write!(f, "news of runs to drive: {problem}")?,
+                }
                 if *retrying {
                     f.write_str("; trying again")?;
                 }
@@ -170,8 +188,8 @@ impl fmt::Display for Report {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
-    /// A slot's thread could not be started.
-    #[error("cannot start a worker slot: {0}")]
+    /// A slot's thread, or the worker's listener's, could not be started.
+    #[error("cannot start a worker's thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
@@ -180,12 +198,15 @@ pub enum WorkerError {
 pub struct Control {
     draining: Arc<AtomicBool>,
     stop_now: Arc<watch::Sender<bool>>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl Control {
     /// No slot claims again; the runs in flight go on to their next stop.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        // The idle slots and the listener end now, not at their next look.
+        self.doorbell.close();
     }
 
     /// Drains, and drops the drives in flight at once.
@@ -199,6 +220,9 @@ impl Control {
 /// [`WorkerConfig::until_idle`]) out of runs.
 pub struct Worker {
     slots: Vec<JoinHandle<()>>,
+    /// Waits for news and rings the doorbell; none with [`WorkerConfig::until_idle`], whose
+    /// slots never wait.
+    listener: Option<JoinHandle<()>>,
     /// Commits the slots' steps, several runs in one transaction when they come together.
     committer: Committer,
     control: Control,
@@ -214,9 +238,29 @@ impl Worker {
         let control = Control {
             draining: Arc::new(AtomicBool::new(false)),
             stop_now: Arc::new(watch::channel(false).0),
+            doorbell: Arc::new(Doorbell::new(usize::from(config.concurrency))),
         };
         let committer =
             Committer::start(&config.location, &config.holder).map_err(WorkerError::Thread)?;
+        let listener = if config.until_idle {
+            None
+        } else {
+            let listener = Listener {
+                location: config.location.clone(),
+                doorbell: control.doorbell.clone(),
+                report: report.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name("converge-worker-news".to_owned())
+                .spawn(move || listener.run());
+            match spawned {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    committer.finish();
+                    return Err(WorkerError::Thread(error));
+                }
+            }
+        };
         let mut slots = Vec::with_capacity(usize::from(config.concurrency));
         for index in 0..config.concurrency {
             let Some(commits) = committer.handle() else {
@@ -230,6 +274,7 @@ impl Worker {
                 report: report.clone(),
                 draining: control.draining.clone(),
                 stopped: control.stop_now.subscribe(),
+                doorbell: control.doorbell.clone(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("converge-worker-{index}"))
@@ -240,6 +285,9 @@ impl Worker {
                     // The slots already started must not outlive a worker that failed.
                     control.stop_now();
                     slots.into_iter().for_each(|slot| drop(slot.join()));
+                    if let Some(listener) = listener {
+                        drop(listener.join());
+                    }
                     committer.finish();
                     return Err(WorkerError::Thread(error));
                 }
@@ -247,6 +295,7 @@ impl Worker {
         }
         Ok(Worker {
             slots,
+            listener,
             committer,
             control,
         })
@@ -257,12 +306,183 @@ impl Worker {
         self.control.clone()
     }
 
-    /// Waits for every slot to end.
+    /// Waits for every slot to end, then ends the listener.
     pub fn join(self) {
         for slot in self.slots {
             let _ = slot.join();
         }
+        // No slot waits any more (drained, stopped, or out of runs): the listener goes too.
+        self.control.doorbell.close();
+        if let Some(listener) = self.listener {
+            let _ = listener.join();
+        }
         self.committer.finish();
+    }
+}
+
+/// How a wait at the [`Doorbell`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// A ring: look for runs.
+    Rung,
+    /// No ring within the wait's timeout: look anyway.
+    TimedOut,
+    /// The worker drains, stops or ends: look no more.
+    Closed,
+}
+
+/// Where a worker's idle slots wait to be told to look for runs, one slot per ring.
+///
+/// A ring left while no slot waits (a slot between a claim that found nothing and its wait,
+/// or every slot busy) is kept as a token for the next waiter, so no ring is lost; tokens
+/// are capped at [`Doorbell::tokens_max`] (the number of slots), so rings heard while every
+/// slot is busy cost at most one look per slot later. A waiter waits at most its timeout,
+/// token or not, and closing the doorbell wakes every waiter at once.
+struct Doorbell {
+    state: Mutex<Bell>,
+    rung: Condvar,
+    /// The most tokens kept: the number of slots.
+    tokens_max: usize,
+}
+
+#[derive(Debug, Default)]
+struct Bell {
+    /// Rings not yet answered, at most [`Doorbell::tokens_max`].
+    tokens: usize,
+    /// Slots waiting now.
+    waiting: usize,
+    closed: bool,
+}
+
+impl Doorbell {
+    fn new(tokens_max: usize) -> Doorbell {
+        Doorbell {
+            state: Mutex::new(Bell::default()),
+            rung: Condvar::new(),
+            tokens_max: tokens_max.max(1),
+        }
+    }
+
+    fn bell(&self) -> MutexGuard<'_, Bell> {
+        // A waiter that panicked holding the lock left the counts whole: go on with them.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rings `times`: wakes as many waiting slots, and keeps a token for each ring no slot
+    /// waits for (up to the cap).
+    fn ring(&self, times: usize) {
+        let mut bell = self.bell();
+        let added = times.min(self.tokens_max - bell.tokens);
+        bell.tokens += added;
+        drop(bell);
+        for _ in 0..added {
+            self.rung.notify_one();
+        }
+    }
+
+    /// Wakes one waiting slot to look, if one waits and no ring is on its way to it: a look
+    /// nobody is idle for is not kept (a slot that goes idle looks before it waits).
+    fn ring_idle(&self) {
+        let mut bell = self.bell();
+        if bell.waiting > bell.tokens {
+            bell.tokens += 1;
+            drop(bell);
+            self.rung.notify_one();
+        }
+    }
+
+    /// Waits for a ring (taking its token) at most `timeout`.
+    fn wait(&self, timeout: Duration) -> Waited {
+        let mut bell = self.bell();
+        bell.waiting += 1;
+        let (mut bell, _) = self
+            .rung
+            .wait_timeout_while(bell, timeout, |bell| bell.tokens == 0 && !bell.closed)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        bell.waiting -= 1;
+        if bell.closed {
+            Waited::Closed
+        } else if bell.tokens > 0 {
+            bell.tokens -= 1;
+            Waited::Rung
+        } else {
+            Waited::TimedOut
+        }
+    }
+
+    /// Wakes every waiter, now and from now on: the worker drains, stops or ends.
+    fn close(&self) {
+        self.bell().closed = true;
+        self.rung.notify_all();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.bell().closed
+    }
+
+    /// Whether the doorbell was closed, waiting for that at most `timeout`.
+    fn closed_within(&self, timeout: Duration) -> bool {
+        let bell = self.bell();
+        let (bell, _) = self
+            .rung
+            .wait_timeout_while(bell, timeout, |bell| !bell.closed)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        bell.closed
+    }
+}
+
+/// A worker's one waiter for news of runs to drive: it rings the [`Doorbell`] for the idle
+/// slots, until the worker drains, stops or ends.
+struct Listener {
+    location: Location,
+    doorbell: Arc<Doorbell>,
+    report: Reporter,
+}
+
+impl Listener {
+    fn trouble(&self, problem: impl fmt::Display, retrying: bool) {
+        (self.report)(Report::Trouble {
+            slot: None,
+            problem: problem.to_string(),
+            retrying,
+        });
+    }
+
+    fn run(self) {
+        let mut wakeups = match Wakeups::new(&self.location, News::Runnable) {
+            Ok(wakeups) => wakeups,
+            // The idle slots still look every IDLE_LOOK.
+            Err(error) => return self.trouble(error, false),
+        };
+        // SQLite has no news: every wait ends empty after a short sleep, and is a look.
+        let polls = matches!(self.location, Location::Sqlite(_));
+        let mut last_look = Instant::now();
+        while !self.doorbell.is_closed() {
+            let turn = IDLE_LOOK.saturating_sub(last_look.elapsed()).min(NEWS_TURN);
+            match wakeups.wait(turn) {
+                Ok(runs) if !runs.is_empty() => {
+                    last_look = Instant::now();
+                    self.doorbell.ring(runs.len());
+                }
+                Ok(_) => {
+                    if polls || last_look.elapsed() >= IDLE_LOOK {
+                        last_look = Instant::now();
+                        self.doorbell.ring_idle();
+                    }
+                }
+                Err(error) => {
+                    self.trouble(error, true);
+                    // Claims go on by polling meanwhile.
+                    self.doorbell.ring_idle();
+                    if self.doorbell.closed_within(RETRY_AFTER) {
+                        return;
+                    }
+                    last_look = Instant::now();
+                }
+            }
+        }
     }
 }
 
@@ -275,12 +495,13 @@ struct Slot {
     report: Reporter,
     draining: Arc<AtomicBool>,
     stopped: watch::Receiver<bool>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl Slot {
     fn trouble(&self, problem: impl fmt::Display, retrying: bool) {
         (self.report)(Report::Trouble {
-            slot: self.index,
+            slot: Some(self.index),
             problem: problem.to_string(),
             retrying,
         });
@@ -294,13 +515,11 @@ impl Slot {
             Ok(runtime) => runtime,
             Err(error) => return self.trouble(format_args!("no async runtime: {error}"), false),
         };
-        let mut wakeups = match Wakeups::new(&self.config.location, News::Runnable) {
-            Ok(wakeups) => wakeups,
-            Err(error) => return self.trouble(error, false),
-        };
         let mut journal: Option<Box<dyn Journal + Send>> = None;
         // A run claimed with the commit that ended the previous drive.
         let mut next: Option<ClaimedRun> = None;
+        // Whether the slot was idle at the doorbell before its next claim.
+        let mut woken = false;
         while !self.draining.load(Ordering::SeqCst) && !*self.stopped.borrow() {
             let open = match journal.as_mut() {
                 Some(open) => open,
@@ -322,12 +541,14 @@ impl Slot {
                     if self.config.until_idle {
                         return;
                     }
-                    if let Err(error) = wakeups.wait(IDLE_LOOK) {
-                        self.trouble(error, true);
-                        std::thread::sleep(RETRY_AFTER);
-                    }
+                    // Closed: the loop ends (the worker drains or stops).
+                    woken = self.doorbell.wait(IDLE_LOOK) != Waited::Closed;
                 }
                 Ok(claimed) => {
+                    if std::mem::take(&mut woken) {
+                        // There may be more runs than rings: the next idle slot looks too.
+                        self.doorbell.ring(1);
+                    }
                     for claim in claimed {
                         next = self.drive(open, &runtime, claim);
                     }
@@ -421,5 +642,98 @@ mod tests {
             agents: vec!["score".to_owned()],
         };
         assert_eq!(report.to_string(), "run acme-score: halted with 2 facts");
+    }
+
+    /// `waiters` threads parked at `bell`, each sending how its wait ended.
+    fn park(
+        bell: &Arc<Doorbell>,
+        waiters: usize,
+        timeout: Duration,
+    ) -> (std::sync::mpsc::Receiver<Waited>, Vec<JoinHandle<()>>) {
+        let (tell, told) = std::sync::mpsc::channel();
+        let threads = (0..waiters)
+            .map(|_| {
+                let (bell, tell) = (bell.clone(), tell.clone());
+                std::thread::spawn(move || {
+                    let _ = tell.send(bell.wait(timeout));
+                })
+            })
+            .collect();
+        let parked = Instant::now();
+        while bell.bell().waiting < waiters {
+            assert!(parked.elapsed() < Duration::from_secs(5), "waiters park");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (told, threads)
+    }
+
+    /// The waits that ended: the `expected` ones (each within 5 s), and any other that ends
+    /// within a short while after them.
+    fn ended(told: &std::sync::mpsc::Receiver<Waited>, expected: usize) -> Vec<Waited> {
+        let mut ended: Vec<Waited> = (0..expected)
+            .map_while(|_| told.recv_timeout(Duration::from_secs(5)).ok())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        ended.extend(told.try_iter());
+        ended
+    }
+
+    #[test]
+    fn a_ring_wakes_one_waiter_and_k_rings_wake_k() {
+        let bell = Arc::new(Doorbell::new(8));
+        let (told, threads) = park(&bell, 5, Duration::from_secs(60));
+        assert_eq!(ended(&told, 0), Vec::<Waited>::new(), "no ring, no waking");
+        bell.ring(1);
+        assert_eq!(ended(&told, 1), vec![Waited::Rung]);
+        assert_eq!(bell.bell().waiting, 4, "the others still wait");
+        bell.ring(3);
+        assert_eq!(ended(&told, 3), vec![Waited::Rung; 3]);
+        assert_eq!(bell.bell().waiting, 1);
+        assert_eq!(bell.bell().tokens, 0, "every ring was answered");
+        // More rings than waiters: the one left wakes, the rest are kept up to the cap.
+        bell.ring(100);
+        assert_eq!(ended(&told, 1), vec![Waited::Rung]);
+        assert_eq!(bell.bell().tokens, 7, "the cap (8) less the ring answered");
+        threads
+            .into_iter()
+            .for_each(|thread| thread.join().expect("waiter"));
+    }
+
+    #[test]
+    fn a_ring_with_no_waiter_is_kept_up_to_the_cap() {
+        let bell = Doorbell::new(3);
+        bell.ring(2);
+        assert_eq!(bell.bell().tokens, 2);
+        bell.ring(10);
+        assert_eq!(bell.bell().tokens, 3, "capped at the number of slots");
+        // A look rung while nobody waits is not kept.
+        let idle = Doorbell::new(3);
+        idle.ring_idle();
+        assert_eq!(idle.bell().tokens, 0);
+        // The kept rings are answered at once, then a waiter waits its timeout.
+        for _ in 0..3 {
+            assert_eq!(bell.wait(Duration::from_secs(60)), Waited::Rung);
+        }
+        let waited = Instant::now();
+        assert_eq!(bell.wait(Duration::from_millis(50)), Waited::TimedOut);
+        assert!(waited.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_look_wakes_one_idle_waiter_and_closing_wakes_all() {
+        let bell = Arc::new(Doorbell::new(4));
+        let (told, threads) = park(&bell, 4, Duration::from_secs(60));
+        bell.ring_idle();
+        bell.ring_idle();
+        assert_eq!(ended(&told, 2), vec![Waited::Rung; 2]);
+        assert_eq!(bell.bell().waiting, 2);
+        let closing = Instant::now();
+        bell.close();
+        assert_eq!(ended(&told, 2), vec![Waited::Closed; 2]);
+        threads
+            .into_iter()
+            .for_each(|thread| thread.join().expect("waiter"));
+        assert!(closing.elapsed() < Duration::from_secs(5));
+        assert_eq!(bell.wait(Duration::from_secs(60)), Waited::Closed);
     }
 }

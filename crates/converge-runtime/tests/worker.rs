@@ -1,8 +1,11 @@
 //! A worker on an embedded journal: its slots commit small steps through their shared
 //! committer, and a step too large to hand over (more than `GROUPED_EVENTS_MAX` events) on
 //! the slot's own connection. Both kinds of run end converged, intact, with every fact.
+//! A worker left idle wakes for runs submitted one at a time and in a burst, and one drained
+//! while idle ends at once.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use converge_core::agents::SeedAgent;
 use converge_core::{ContextKey, Engine};
@@ -12,6 +15,9 @@ use converge_runtime::{
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// What a test hears from a worker besides runs reaching their stops, in words.
+type Heard = Arc<Mutex<Vec<String>>>;
 
 /// An engine of `seeds` seed agents: one cycle, `seeds` facts, two events per fact.
 fn seeds(seeds: usize) -> Engine {
@@ -85,5 +91,114 @@ fn small_and_large_steps_both_commit_through_a_worker() -> TestResult {
             "{name}"
         );
     }
+    Ok(())
+}
+
+/// A waiting worker (not `until_idle`) of `slots` slots on the journal at `location`, and the
+/// reports other than a reached stop.
+fn waiting_worker(
+    location: &Location,
+    slots: u16,
+) -> Result<(Worker, Heard), Box<dyn std::error::Error>> {
+    let build: Build = Arc::new(|header, _| Ok(Runtime::new(seeds(header.agents.len()))));
+    let troubles = Arc::new(Mutex::new(Vec::new()));
+    let heard = troubles.clone();
+    let config = WorkerConfig {
+        location: location.clone(),
+        holder: Holder::this_process("idle worker test"),
+        concurrency: slots,
+        until_idle: false,
+    };
+    let worker = Worker::start(
+        &config,
+        build,
+        Arc::new(move |report| {
+            if !matches!(report, Report::Reached { .. }) {
+                heard.lock().expect("reports").push(report.to_string());
+            }
+        }),
+    )?;
+    Ok((worker, troubles))
+}
+
+/// Waits until every run of `names` stopped converged, failing after `within`.
+fn until_converged(
+    journal: &impl Journal,
+    names: &[String],
+    within: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    for name in names {
+        let id = RunId::new(name.as_str())?;
+        loop {
+            let status = journal.summary(&id)?.status;
+            if let RunStatus::Stopped { reason } = &status {
+                assert_eq!(reason["stop"], "converged", "{name}");
+                break;
+            }
+            assert!(started.elapsed() < within, "{name} is still {status:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn an_idle_worker_drives_runs_submitted_one_by_one_and_in_a_burst() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let location = Location::Sqlite(dir.path().join("journal.db"));
+    let mut journal = location.open()?;
+    let (worker, troubles) = waiting_worker(&location, 4)?;
+    let control = worker.control();
+    // Every slot found nothing and waits.
+    std::thread::sleep(Duration::from_millis(300));
+
+    for index in 0..6 {
+        let name = format!("one-{index}");
+        Runtime::new(seeds(2)).submit_durable(&mut journal, &RunId::new(name.as_str())?)?;
+        // Well within IDLE_LOOK (2 s), the most a slot waits unless a ring wakes it: the first
+        // run, submitted while all four slots wait since their first look, would otherwise
+        // wait 1.7 s.
+        until_converged(&journal, &[name], Duration::from_secs(1))?;
+        // Idle again before the next.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // More runs at once than slots: the claims go on from one slot to the next.
+    let burst: Vec<String> = (0..10).map(|index| format!("burst-{index}")).collect();
+    for name in &burst {
+        Runtime::new(seeds(3)).submit_durable(&mut journal, &RunId::new(name.as_str())?)?;
+    }
+    until_converged(&journal, &burst, Duration::from_secs(30))?;
+
+    control.drain();
+    worker.join();
+    assert_eq!(*troubles.lock().expect("reports"), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn a_worker_drained_while_idle_ends_at_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let location = Location::Sqlite(dir.path().join("journal.db"));
+    let (worker, troubles) = waiting_worker(&location, 4)?;
+    // Every slot found nothing and waits.
+    std::thread::sleep(Duration::from_millis(300));
+    let control = worker.control();
+    let (ended, joined) = std::sync::mpsc::channel();
+    let joining = std::thread::spawn(move || {
+        worker.join();
+        let _ = ended.send(());
+    });
+    let drained = Instant::now();
+    control.drain();
+    // The waiting slots, and the listener for news once they are gone, end within moments.
+    assert!(
+        joined.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the worker still runs 5 s after it was drained"
+    );
+    joining.join().expect("joined");
+    let took = drained.elapsed();
+    assert!(took < Duration::from_secs(5), "join took {took:?}");
+    assert_eq!(*troubles.lock().expect("reports"), Vec::<String>::new());
     Ok(())
 }
