@@ -748,8 +748,18 @@ impl Tx for PgTx<'_> {
     }
 
     fn summaries_named(&mut self, runs: &[&str]) -> Result<Vec<RunRow>, JournalError> {
-        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM converge.runs WHERE id = ANY($1)");
-        let rows = self.query(&sql, &[&runs], "reading runs")?;
+        // One run by equality: a plan prepared while the table was small may scan it whole
+        // for `= ANY`, never for the key's equality.
+        let rows = match runs {
+            [run] => {
+                let sql = format!("SELECT {SUMMARY_COLUMNS} FROM converge.runs WHERE id = $1");
+                self.query(&sql, &[run], "reading the run")?
+            }
+            _ => {
+                let sql = format!("SELECT {SUMMARY_COLUMNS} FROM converge.runs WHERE id = ANY($1)");
+                self.query(&sql, &[&runs], "reading runs")?
+            }
+        };
         rows.iter().map(run_row).collect()
     }
 
