@@ -75,11 +75,11 @@ impl Load {
                         let Some((at, request)) = next else {
                             return;
                         };
-                        let ok = send(&mut connection, address, &request).await;
+                        let status = send(&mut connection, address, &request).await;
                         if at >= measured_from {
                             let elapsed = at.elapsed();
                             let mut latencies = latencies.lock().unwrap_or_else(|e| e.into_inner());
-                            latencies.record(request.endpoint, elapsed, ok);
+                            latencies.record(request.endpoint, elapsed, status);
                         }
                     }
                 })
@@ -122,12 +122,13 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
 
 /// Sends `request` on the connection, opening one if there is none; whether it answered
 /// 2xx. A connection that failed is dropped, and the next request opens another.
-async fn send(connection: &mut Option<Connection>, address: SocketAddr, request: &Request) -> bool {
+/// Sends `request`; the status answered, or [`NO_ANSWER`].
+async fn send(connection: &mut Option<Connection>, address: SocketAddr, request: &Request) -> u16 {
     if connection.is_none() {
         *connection = Connection::open(address).await.ok();
     }
     let Some(open) = connection.as_mut() else {
-        return false;
+        return NO_ANSWER;
     };
     match open
         .send(
@@ -146,11 +147,11 @@ async fn send(connection: &mut Option<Connection>, address: SocketAddr, request:
                     .unwrap_or_else(|e| e.into_inner())
                     .push(id.clone());
             }
-            ok
+            status
         }
         Err(_) => {
             *connection = None;
-            false
+            NO_ANSWER
         }
     }
 }
@@ -230,11 +231,14 @@ fn bad(message: &str) -> std::io::Error {
     std::io::Error::new(ErrorKind::InvalidData, message.to_owned())
 }
 
+/// The status recorded for a request that got no answer (the connection failed).
+pub(crate) const NO_ANSWER: u16 = 0;
+
 /// Latencies of one load, per endpoint, in microseconds.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Latencies {
-    /// `(endpoint, latency_us, answered 2xx)`.
-    pub(crate) samples: Vec<(usize, u64, bool)>,
+    /// `(endpoint, latency_us, status)`, the status [`NO_ANSWER`] when none came.
+    pub(crate) samples: Vec<(usize, u64, u16)>,
     /// Requests scheduled in the measured window.
     pub(crate) scheduled: u64,
     /// Requests not answered before the drain ended.
@@ -244,9 +248,9 @@ pub(crate) struct Latencies {
 }
 
 impl Latencies {
-    pub(crate) fn record(&mut self, endpoint: usize, latency: Duration, ok: bool) {
+    pub(crate) fn record(&mut self, endpoint: usize, latency: Duration, status: u16) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.samples.push((endpoint, us, ok));
+        self.samples.push((endpoint, us, status));
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -284,8 +288,21 @@ impl Latencies {
             let index = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len());
             round(sorted[index - 1] as f64 / 1000.0, 2)
         };
-        let errors =
-            self.samples.iter().filter(|sample| !sample.2).count() as u64 + self.unanswered;
+        // Every answer that is not 2xx, by status ("none": the connection failed).
+        let mut refused: std::collections::BTreeMap<String, u64> = Default::default();
+        for (_, _, status) in &self.samples {
+            if !(200..300).contains(status) {
+                let status = match *status {
+                    NO_ANSWER => "none".to_owned(),
+                    status => status.to_string(),
+                };
+                *refused.entry(status).or_default() += 1;
+            }
+        }
+        if self.unanswered > 0 {
+            *refused.entry("none".to_owned()).or_default() += self.unanswered;
+        }
+        let errors: u64 = refused.values().sum();
         let elapsed = self.last_done.unwrap_or(window).max(window);
         let mut line = serde_json::json!({
             "scenario": "pg-serve",
@@ -294,6 +311,7 @@ impl Latencies {
             "rps": round(self.samples.len() as f64 / elapsed.as_secs_f64(), 1),
             "requests": self.samples.len(),
             "errors": errors,
+            "errors_by_status": refused,
             "p50_ms": at(0.50),
             "p90_ms": at(0.90),
             "p99_ms": at(0.99),
