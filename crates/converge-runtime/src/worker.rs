@@ -27,8 +27,10 @@
 //! drives it without a claim of its own; a slot drained with such a run in hand lets it go.
 //!
 //! A run a slot cannot build (its spec no longer builds here: a missing program, provider or
-//! key) keeps the slot's lease until it expires, so the slot moves on to other runs and any
-//! worker tries it again later; each attempt is reported.
+//! key) or cannot read (its stored record altered, or past a reader's limits) keeps the
+//! slot's lease until it expires, so the slot moves on to other runs and any worker tries it
+//! again later; each attempt is reported. Let go at once, it would be claimed again at once,
+//! by every slot in turn, ahead of every run submitted after it.
 //!
 //! [`Control::drain`] stops claiming: the runs in flight go on to their next stop.
 //! [`Control::stop_now`] drops the drives at once (killing their agents' processes); their
@@ -583,8 +585,10 @@ impl Slot {
         let recorded = match recorded {
             Ok(recorded) => recorded,
             Err(error) => {
-                // Let it go at once: another slot, or this one, tries again.
-                let _ = journal.release(lease);
+                // A storage failure fails the claim itself; this run is unreadable (altered,
+                // or past a reader's limits), which trying again at once cannot change. Keep
+                // the claim until it expires, as for a run that does not build: other runs
+                // go first, instead of every slot claiming this one again and again.
                 let error = DurableError::Journal(error);
                 (self.report)(Report::Failed { run, error });
                 return None;

@@ -2,7 +2,8 @@
 //! committer, and a step too large to hand over (more than `GROUPED_EVENTS_MAX` events) on
 //! the slot's own connection. Both kinds of run end converged, intact, with every fact.
 //! A worker left idle wakes for runs submitted one at a time and in a burst, and one drained
-//! while idle ends at once.
+//! while idle ends at once. A run whose record cannot be read is tried once per lease, and
+//! the runs behind it are driven.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -173,6 +174,40 @@ fn an_idle_worker_drives_runs_submitted_one_by_one_and_in_a_burst() -> TestResul
     control.drain();
     worker.join();
     assert_eq!(*troubles.lock().expect("reports"), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn an_unreadable_run_is_tried_once_per_lease_and_the_runs_behind_it_are_driven() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("journal.db");
+    let location = Location::Sqlite(path.clone());
+    let mut journal = location.open()?;
+    // Submitted first, so every claim would take it first.
+    Runtime::new(seeds(2)).submit_durable(&mut journal, &RunId::new("altered")?)?;
+    rusqlite::Connection::open(&path)?.execute(
+        "UPDATE runs SET header = 'not a header' WHERE id = 'altered'",
+        [],
+    )?;
+    let behind: Vec<String> = (0..4).map(|index| format!("behind-{index}")).collect();
+    for name in &behind {
+        Runtime::new(seeds(2)).submit_durable(&mut journal, &RunId::new(name.as_str())?)?;
+    }
+    let (worker, troubles) = waiting_worker(&location, 2)?;
+    until_converged(&journal, &behind, Duration::from_secs(10))?;
+    // Long enough for a slot that let the run go at once to claim it hundreds of times.
+    std::thread::sleep(Duration::from_millis(500));
+    let control = worker.control();
+    control.drain();
+    worker.join();
+    let heard = troubles.lock().expect("reports").clone();
+    let failures = heard.iter().filter(|said| said.contains("altered")).count();
+    // Once: its claim is kept until its lease expires (30 s), so no slot claims it again.
+    assert_eq!(failures, 1, "{heard:?}");
+    assert!(
+        journal.summary(&RunId::new("altered")?)?.lease.is_some(),
+        "the failed claim is kept"
+    );
     Ok(())
 }
 
