@@ -457,10 +457,16 @@ impl Kept {
             .reserve(events.saturating_mul(ENCODED_EVENT_BYTES_GUESS));
     }
 
-    /// Drops the oldest kept encoding (its event was taken on its own).
+    /// Drops the oldest kept encoding (its event was taken on its own). Once none is left the
+    /// buffer starts over, so a run whose events are only ever polled holds no more bytes
+    /// than its pending events' encodings.
     pub(crate) fn pop_front(&mut self) {
         if let Some(end) = self.ends.pop_front() {
             self.start = end;
+        }
+        if self.ends.is_empty() {
+            self.bytes.clear();
+            self.start = 0;
         }
     }
 }
@@ -503,5 +509,27 @@ impl Chain {
         self.next_seq += 1;
         self.head = hash;
         EventRecord { seq, hash, event }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polled_encodings_leave_no_bytes_behind() {
+        let mut chain = Chain::new();
+        let mut kept = Kept::default();
+        for cycle in 0..1000 {
+            let event = Event::RunResumed {
+                cycle,
+                decisions: 0,
+            };
+            chain.seal(event, Some(&mut kept));
+            // Taken on its own as soon as it is sealed, as an observer polling the run does.
+            kept.pop_front();
+        }
+        assert_eq!(kept.len(), 0);
+        assert!(kept.bytes.is_empty(), "{} bytes kept", kept.bytes.len());
     }
 }
