@@ -457,6 +457,16 @@ impl Kept {
             .reserve(events.saturating_mul(ENCODED_EVENT_BYTES_GUESS));
     }
 
+    /// One kept encoding: `bytes`, the newest pending event's.
+    pub(crate) fn of_one(bytes: Vec<u8>) -> Kept {
+        let end = bytes.len();
+        Kept {
+            bytes,
+            ends: std::collections::VecDeque::from([end]),
+            start: 0,
+        }
+    }
+
     /// Drops the oldest kept encoding (its event was taken on its own). Once none is left the
     /// buffer starts over, so a run whose events are only ever polled holds no more bytes
     /// than its pending events' encodings.
@@ -492,6 +502,16 @@ impl Chain {
             head: Digest::zero(),
             buffer: Vec::with_capacity(256),
         }
+    }
+
+    /// The bytes hashed for the newest event sealed without keeping them (empty at first).
+    pub(crate) fn last_encoding(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    /// Hands over [`Chain::last_encoding`], leaving a fresh buffer.
+    pub(crate) fn take_last_encoding(&mut self) -> Vec<u8> {
+        std::mem::replace(&mut self.buffer, Vec::with_capacity(256))
     }
 
     /// Seals the next event; with `keep`, the bytes it hashed are appended to it.

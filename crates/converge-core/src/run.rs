@@ -512,7 +512,26 @@ impl<'e> Run<'e> {
     /// [`Run::take_events`] need not encode it again. Drivers that journal every event call
     /// this once after starting a run; it changes no event and no hash.
     pub fn keep_encoded_events(&mut self) {
+        if !self.keep_encoded && self.kept.len() == 0 {
+            self.adopt_last_encoding();
+        }
         self.keep_encoded = true;
+    }
+
+    /// Keeps the encoding the chain hashed last when it is the newest pending event's (a
+    /// run's `run_started` names every agent: a wide run need not encode it twice).
+    fn adopt_last_encoding(&mut self) {
+        let Some(last) = self.events.back() else {
+            return;
+        };
+        let previous = match self.events.len() {
+            1 => self.taken_head,
+            pending => self.events[pending - 2].hash,
+        };
+        let encoding = self.state.chain.last_encoding();
+        if EventRecord::link_hash(previous, last.seq, encoding) == last.hash {
+            self.kept = Kept::of_one(self.state.chain.take_last_encoding());
+        }
     }
 
     /// Hands back the outcomes of the outstanding batch, in any order. They are merged in

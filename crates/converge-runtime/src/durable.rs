@@ -445,8 +445,9 @@ pub(crate) const PENDING_STEPS_MAX: usize = 64;
 /// Whether a step may wait to be committed with the ones after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Commit {
-    /// It executed no agent that acts outside the run (or none at all): it waits, and is
-    /// committed with the next step that may not wait, or when the drive ends.
+    /// It waits, and is committed with the next step that may not wait, or when the drive
+    /// ends. A cycle of agents that act outside the run waits only until the next batch
+    /// executes ([`Live::drive`]); a step of pure agents (or of none) may wait longer.
     Deferred,
     /// It is committed now, with every step held back before it.
     Now,
@@ -459,8 +460,10 @@ pub(crate) enum Commit {
 /// re-executing one gives the same outcome and does nothing else) are held back and
 /// committed together with the next step that may not wait: a step of an agent with side
 /// effects is committed before that agent runs, and the drive's last step commits with the
-/// lease given up. What a crash leaves is still a prefix of the run's steps; the pure steps
-/// it loses are executed again on resume, with the same outcomes and events.
+/// lease given up. A cycle of agents with side effects is held back only while the core
+/// decides what follows it: it commits before any agent executes again, or with the stop step
+/// of a run it ended. What a crash leaves is still a prefix of the run's steps; the pure
+/// steps it loses are executed again on resume, with the same outcomes and events.
 pub(crate) struct Live<'a, J: Journal> {
     pub(crate) journal: &'a mut J,
     pub(crate) lease: Lease,
@@ -605,12 +608,14 @@ impl<J: Journal> Live<'_, J> {
         open.outcomes
             .into_iter()
             .map(|(agent, record)| {
+                // A batch's agents are in id order: a wide cycle's outcomes are found by halves.
                 let id = batch
                     .agents()
-                    .iter()
-                    .copied()
-                    .find(|id| u32::try_from(id.index()).ok() == Some(agent))
-                    .ok_or_else(|| diverged(&run_id, self.next_step, "an outcome of no agent"))?;
+                    .binary_search_by_key(&agent, |id| {
+                        u32::try_from(id.index()).unwrap_or(u32::MAX)
+                    })
+                    .map(|at| batch.agents()[at])
+                    .map_err(|_| diverged(&run_id, self.next_step, "an outcome of no agent"))?;
                 let outcome = record.into_core().map_err(|source| DurableError::Record {
                     run: run_id.clone(),
                     step: self.next_step,
@@ -636,6 +641,10 @@ impl<J: Journal> Live<'_, J> {
         mut run: Run<'_>,
     ) -> Result<ConvergeResult, DurableError> {
         executor.start();
+        // Whether a step held back records agents that act outside the run: it may wait only
+        // while the core decides what comes next (no agent executes meanwhile), so a cycle
+        // that ends the run commits with its stop, in one transaction.
+        let mut outside_held = false;
         loop {
             self.renew_if_due()?;
             // A run the last cycle stopped is not halted again: its stop step follows.
@@ -670,9 +679,12 @@ impl<J: Journal> Live<'_, J> {
                 break;
             };
             let pure = self.all_pure(&batch);
-            if !pure {
-                // What this batch's agents do outside the run follows every step before it.
+            if !pure || outside_held {
+                // What this batch's agents do outside the run follows every step before it,
+                // and no agent executes before the outcomes of those that act outside it are
+                // committed.
                 self.flush(AfterSteps::KeepLease)?;
+                outside_held = false;
             }
             let known = self.known_outcomes(&batch)?;
             let mut progress = Commits {
@@ -691,11 +703,11 @@ impl<J: Journal> Live<'_, J> {
                 drain(&mut run, self.observer);
                 break;
             }
-            let when = if pure { Commit::Deferred } else { Commit::Now };
+            outside_held |= !pure;
             match input? {
-                Input::Plain(input) => self.take(input, &mut run, when)?,
+                Input::Plain(input) => self.take(input, &mut run, Commit::Deferred)?,
                 Input::Prepared(input) => {
-                    self.take_step(&mut run, when, |events| {
+                    self.take_step(&mut run, Commit::Deferred, |events| {
                         PendingStep::prepared(input, events)
                     })?;
                 }

@@ -139,14 +139,18 @@ fn a_wide_cycle_executed_and_encoded_in_parallel_equals_the_core_run() {
 #[test]
 fn a_run_interrupted_at_any_journal_write_resumes_to_the_same_root_hash() {
     let expected = reference();
-    let steps = {
+    let (steps, writes) = {
         let dir = TempDir::new().unwrap();
-        let mut journal = journal_at(&dir);
+        let mut journal = FailingJournal::new(journal_at(&dir), u64::MAX);
         block_on(job(false).0.run_durable(&mut journal, &run_id())).unwrap();
-        journal.summary(&run_id()).unwrap().steps
+        let steps = journal.inner().summary(&run_id()).unwrap().steps;
+        (steps, journal.writes())
     };
     assert!(steps > 5, "a multi-cycle job ({steps} steps)");
-    for k in 0..steps {
+    // A write commits one step, or several held back together (the last cycle with its stop).
+    assert!(writes < steps, "{writes} writes for {steps} steps");
+    let mut committed_before = 0;
+    for k in 0..writes {
         for committed in [false, true] {
             let dir = TempDir::new().unwrap();
             let inner = journal_at(&dir);
@@ -163,7 +167,18 @@ fn a_run_interrupted_at_any_journal_write_resumes_to_the_same_root_hash() {
             drop(failing);
             let mut journal = journal_at(&dir);
             let acknowledged = journal.summary(&run_id()).unwrap().steps;
-            assert_eq!(acknowledged, if committed { k + 1 } else { k });
+            if committed {
+                assert!(
+                    acknowledged > committed_before,
+                    "write {k} commits at least one step"
+                );
+                committed_before = acknowledged;
+            } else {
+                assert_eq!(
+                    acknowledged, committed_before,
+                    "write {k}, failed before its commit, leaves the steps before it"
+                );
+            }
             assert!(matches!(
                 journal.verify(&run_id()).unwrap(),
                 Verification::Intact { .. }
@@ -202,6 +217,10 @@ fn a_run_interrupted_at_any_journal_write_resumes_to_the_same_root_hash() {
             assert_eq!(root_hash, expected.root_hash);
         }
     }
+    assert_eq!(
+        committed_before, steps,
+        "the last write commits the last step"
+    );
 }
 
 #[test]
