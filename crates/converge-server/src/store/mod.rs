@@ -202,15 +202,13 @@ impl Tokens {
 
     /// Revokes a token: requests bearing it are refused from now on (by server replicas on
     /// PostgreSQL, which keep live tokens in memory, as soon as they hear of it: the
-    /// revocation is announced once committed).
+    /// revocation is announced in the transaction that commits it).
     pub fn revoke(&mut self, id: &str) -> Result<(), StoreError> {
-        let changed = self.store.sql.execute(
+        let changed = self.store.sql.execute_announced(
             "UPDATE server_tokens SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
             &[Value::Text(id), Value::Int(now_ms() as i64)],
+            crate::token_cache::REVOKED_CHANNEL,
         )?;
-        if changed > 0 {
-            self.store.sql.notify(crate::token_cache::REVOKED_CHANNEL)?;
-        }
         if changed == 0 {
             let known = self.store.sql.query(
                 "SELECT id FROM server_tokens WHERE id = $1",

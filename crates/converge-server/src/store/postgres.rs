@@ -237,9 +237,21 @@ impl Sql for PostgresTables {
         &self.place
     }
 
-    fn notify(&mut self, channel: &str) -> Result<(), StoreError> {
-        self.execute("SELECT pg_notify($1, '')", &[Value::Text(channel)])
-            .map(drop)
+    fn execute_announced(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        channel: &str,
+    ) -> Result<u64, StoreError> {
+        self.run(sql, params, |client, statement, params| {
+            let mut tx = client.transaction()?;
+            let changed = tx.execute(statement, params)?;
+            if changed > 0 {
+                tx.execute("SELECT pg_notify($1, '')", &[&channel])?;
+            }
+            tx.commit()?;
+            Ok(changed)
+        })
     }
 }
 

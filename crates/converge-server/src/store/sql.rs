@@ -89,7 +89,14 @@ pub(crate) trait Sql: Send {
     fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError>;
     /// The database, for messages (a file path, or a URL without its password).
     fn place(&self) -> &str;
-    /// Notifies the database's listeners on `channel`, where the database has listeners
-    /// (PostgreSQL); elsewhere nothing.
-    fn notify(&mut self, channel: &str) -> Result<(), StoreError>;
+    /// Runs a statement and, when it changed rows, notifies the database's listeners on
+    /// `channel` in the same transaction, where the database has listeners (PostgreSQL):
+    /// the change and its announcement commit together or not at all. Elsewhere it is
+    /// [`Sql::execute`].
+    fn execute_announced(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        channel: &str,
+    ) -> Result<u64, StoreError>;
 }

@@ -147,8 +147,13 @@ impl Sql for SqliteTables {
         &self.place
     }
 
-    fn notify(&mut self, _channel: &str) -> Result<(), StoreError> {
+    fn execute_announced(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        _channel: &str,
+    ) -> Result<u64, StoreError> {
         // A file has no listeners: servers on it read tokens on every request.
-        Ok(())
+        self.execute(sql, params)
     }
 }
