@@ -9,7 +9,8 @@
 //! re-deriving what was committed, executing only what was not, every commit fenced by the
 //! lease — reports how it stands and claims the next.
 //!
-//! A slot with nothing to claim waits at the worker's doorbell, at most [`IDLE_LOOK`]. One
+//! A slot with nothing to claim waits at the worker's doorbell, at most [`LISTENED_LOOK`]
+//! while the worker's listener runs and [`IDLE_LOOK`] while it does not. One
 //! thread per worker waits for news ([`Wakeups`]: LISTEN/NOTIFY on PostgreSQL, a look every
 //! `SQLITE_POLL` on SQLite) and rings it: news of k runs wakes at most k idle slots, not all
 //! of them, and a wait that ends with no news (always on SQLite; on PostgreSQL after
@@ -56,8 +57,15 @@ use tokio::sync::watch;
 use crate::group_commit::{CommitHandle, Committer, Grouped};
 use crate::{DurableError, Runtime};
 
-/// How long an idle slot waits for news before it looks for runs anyway.
+/// How long an idle slot waits for news before it looks for runs anyway, when no listener
+/// rings for it; and how often a worker's listener has one idle slot look when no news came.
 pub const IDLE_LOOK: Duration = Duration::from_secs(2);
+
+/// How long an idle slot waits while the worker's listener runs: the listener has one idle
+/// slot look every [`IDLE_LOOK`], so the slots' own looks are a last resort, and a worker
+/// with many idle slots costs the database one look every [`IDLE_LOOK`], not one per slot.
+/// A listener that stops wakes every waiting slot, which then looks every [`IDLE_LOOK`].
+pub const LISTENED_LOOK: Duration = Duration::from_secs(30);
 
 /// How long a slot waits before trying again after the journal failed.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -354,6 +362,8 @@ struct Bell {
     /// Slots waiting now.
     waiting: usize,
     closed: bool,
+    /// Whether the worker's listener runs: it has one idle slot look every [`IDLE_LOOK`].
+    listening: bool,
 }
 
 impl Doorbell {
@@ -396,12 +406,32 @@ impl Doorbell {
     }
 
     /// Waits for a ring (taking its token) at most `timeout`.
+    #[cfg(test)]
     fn wait(&self, timeout: Duration) -> Waited {
-        let mut bell = self.bell();
+        let bell = self.bell();
+        self.wait_locked(bell, timeout)
+    }
+
+    /// An idle slot's wait: at most [`LISTENED_LOOK`] while the listener runs, else at most
+    /// [`IDLE_LOOK`]; cut short when the listener stops.
+    fn wait_idle(&self) -> Waited {
+        let bell = self.bell();
+        let timeout = if bell.listening {
+            LISTENED_LOOK
+        } else {
+            IDLE_LOOK
+        };
+        self.wait_locked(bell, timeout)
+    }
+
+    fn wait_locked(&self, mut bell: MutexGuard<'_, Bell>, timeout: Duration) -> Waited {
+        let listening = bell.listening;
         bell.waiting += 1;
         let (mut bell, _) = self
             .rung
-            .wait_timeout_while(bell, timeout, |bell| bell.tokens == 0 && !bell.closed)
+            .wait_timeout_while(bell, timeout, |bell| {
+                bell.tokens == 0 && !bell.closed && (bell.listening || !listening)
+            })
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         bell.waiting -= 1;
         if bell.closed {
@@ -411,6 +441,15 @@ impl Doorbell {
             Waited::Rung
         } else {
             Waited::TimedOut
+        }
+    }
+
+    /// Records whether the listener runs; when it stops, every waiting slot wakes to look,
+    /// and idle slots wait [`IDLE_LOOK`] at most from then on.
+    fn set_listening(&self, listening: bool) {
+        self.bell().listening = listening;
+        if !listening {
+            self.rung.notify_all();
         }
     }
 
@@ -458,6 +497,8 @@ impl Listener {
             // The idle slots still look every IDLE_LOOK.
             Err(error) => return self.trouble(error, false),
         };
+        // However the loop ends, a panic included, the idle slots look on their own again.
+        let _listening = Listening::start(&self.doorbell);
         // SQLite has no news: every wait ends empty after a short sleep, and is a look.
         let polls = matches!(self.location, Location::Sqlite(_));
         let mut last_look = Instant::now();
@@ -485,6 +526,22 @@ impl Listener {
                 }
             }
         }
+    }
+}
+
+/// Marks a doorbell listened to while it lives.
+struct Listening<'d>(&'d Doorbell);
+
+impl<'d> Listening<'d> {
+    fn start(doorbell: &'d Doorbell) -> Listening<'d> {
+        doorbell.set_listening(true);
+        Listening(doorbell)
+    }
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.0.set_listening(false);
     }
 }
 
@@ -544,7 +601,7 @@ impl Slot {
                         return;
                     }
                     // Closed: the loop ends (the worker drains or stops).
-                    woken = self.doorbell.wait(IDLE_LOOK) != Waited::Closed;
+                    woken = self.doorbell.wait_idle() != Waited::Closed;
                 }
                 Ok(claimed) => {
                     if std::mem::take(&mut woken) {
@@ -701,6 +758,42 @@ mod tests {
         threads
             .into_iter()
             .for_each(|thread| thread.join().expect("waiter"));
+    }
+
+    #[test]
+    fn idle_slots_wait_long_while_a_listener_rings_and_look_when_it_stops() {
+        let bell = Arc::new(Doorbell::new(4));
+        let listening = Listening::start(&bell);
+        let (tell, told) = std::sync::mpsc::channel();
+        let threads: Vec<JoinHandle<()>> = (0..3)
+            .map(|_| {
+                let (bell, tell) = (bell.clone(), tell.clone());
+                std::thread::spawn(move || {
+                    let _ = tell.send(bell.wait_idle());
+                })
+            })
+            .collect();
+        let parked = Instant::now();
+        while bell.bell().waiting < 3 {
+            assert!(parked.elapsed() < Duration::from_secs(5), "waiters park");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(IDLE_LOOK + Duration::from_millis(500));
+        assert!(
+            told.try_recv().is_err(),
+            "a listened slot waits past IDLE_LOOK: the listener has one look every IDLE_LOOK"
+        );
+        // The listener stops: every waiting slot looks at once.
+        drop(listening);
+        assert_eq!(ended(&told, 3), vec![Waited::TimedOut; 3]);
+        threads
+            .into_iter()
+            .for_each(|thread| thread.join().expect("waiter"));
+        // From then on an idle slot looks every IDLE_LOOK on its own.
+        let waited = Instant::now();
+        assert_eq!(bell.wait_idle(), Waited::TimedOut);
+        let elapsed = waited.elapsed();
+        assert!(elapsed >= IDLE_LOOK && elapsed < IDLE_LOOK + Duration::from_secs(2));
     }
 
     #[test]
