@@ -3,7 +3,7 @@
 //! It exists so tests (of this crate and of drivers built on it) can check that a run stops
 //! with an error and leaves a journal that still verifies, whichever write fails. It injects
 //! nothing but failures of [`Journal::append`], [`Journal::append_steps`] and
-//! [`Journal::commit_outcomes`] and is not
+//! [`Journal::commit_outcomes`] (and, when asked, of every [`Journal::renew`]) and is not
 //! meant for production use.
 
 use converge_core::EventBatch;
@@ -25,6 +25,8 @@ pub struct FailingJournal<J> {
     fail_at: u64,
     calls: u64,
     write_first: bool,
+    /// Whether every lease renewal fails (it is not counted as a write).
+    refuse_renewals: bool,
 }
 
 impl<J: Journal> FailingJournal<J> {
@@ -35,6 +37,16 @@ impl<J: Journal> FailingJournal<J> {
             fail_at,
             calls: 0,
             write_first: false,
+            refuse_renewals: false,
+        }
+    }
+
+    /// Fails no write, but every lease renewal, with [`JournalError::Injected`] (its `call`
+    /// the writes made so far), as when the journal fails while a drive holds steps back.
+    pub fn refusing_renewals(inner: J) -> FailingJournal<J> {
+        FailingJournal {
+            refuse_renewals: true,
+            ..FailingJournal::new(inner, u64::MAX)
         }
     }
 
@@ -110,6 +122,9 @@ impl<J: Journal> Journal for FailingJournal<J> {
     }
 
     fn renew(&mut self, lease: &mut Lease, now_ms: u64) -> Result<(), JournalError> {
+        if self.refuse_renewals {
+            return Err(JournalError::Injected { call: self.calls });
+        }
         self.inner.renew(lease, now_ms)
     }
 

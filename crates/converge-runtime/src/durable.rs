@@ -562,15 +562,18 @@ impl<J: Journal> Live<'_, J> {
 
     /// Renews the lease once a third of its time to live has passed.
     fn renew_if_due(&mut self) -> Result<(), DurableError> {
-        // When it is due goes by the drive's clock; the new expiry by the wall clock
-        // leases are reckoned in.
-        let now_ms = self.clock.now_ms();
-        if now_ms.saturating_sub(self.renewed_ms) >= LEASE_RENEW_MS {
+        if self.renewal_due() {
             self.journal
                 .renew(&mut self.lease, converge_journal::wall_clock_ms())?;
-            self.renewed_ms = now_ms;
+            self.renewed_ms = self.clock.now_ms();
         }
         Ok(())
+    }
+
+    /// Whether the lease is due for renewal: when goes by the drive's clock; the new expiry
+    /// by the wall clock leases are reckoned in.
+    fn renewal_due(&self) -> bool {
+        self.clock.now_ms().saturating_sub(self.renewed_ms) >= LEASE_RENEW_MS
     }
 
     /// The outcomes committed ahead of this cycle before a crash, checked against the batch
@@ -646,6 +649,11 @@ impl<J: Journal> Live<'_, J> {
         // that ends the run commits with its stop, in one transaction.
         let mut outside_held = false;
         loop {
+            if outside_held && self.renewal_due() {
+                // A renewal that fails must not cost those outcomes: they are committed first.
+                self.flush(AfterSteps::KeepLease)?;
+                outside_held = false;
+            }
             self.renew_if_due()?;
             // A run the last cycle stopped is not halted again: its stop step follows.
             if run.stop_reason().is_none() {

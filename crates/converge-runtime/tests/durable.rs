@@ -15,8 +15,8 @@ use converge_core::{
     Engine, Proposal, StopReason, ValidationPolicy,
 };
 use converge_runtime::{
-    DurableError, FailingJournal, Journal, JournalError, ReplayReport, RunId, Runtime,
-    SqliteJournal, Verification,
+    DurableError, FailingJournal, Journal, JournalError, LEASE_RENEW_MS, ManualClock, ReplayReport,
+    RunId, Runtime, SqliteJournal, Verification,
 };
 use tempfile::TempDir;
 
@@ -221,6 +221,51 @@ fn a_run_interrupted_at_any_journal_write_resumes_to_the_same_root_hash() {
         committed_before, steps,
         "the last write commits the last step"
     );
+}
+
+/// Proposes one seed, moving the drive's clock past the lease's renewal time as it does.
+struct SlowSeed(Arc<ManualClock>);
+
+impl Agent for SlowSeed {
+    fn name(&self) -> &str {
+        "slow-seed"
+    }
+
+    fn dependencies(&self) -> &[ContextKey] {
+        &[]
+    }
+
+    fn requested_scope(&self) -> AuthorityScope {
+        AuthorityScope::keys([ContextKey::Seeds])
+    }
+
+    fn accepts(&self, ctx: &Context) -> bool {
+        ctx.count(ContextKey::Seeds) == 0
+    }
+
+    fn execute(&self, _ctx: &Context) -> AgentEffect {
+        self.0.advance_ms(LEASE_RENEW_MS);
+        AgentEffect::empty().with_proposal(Proposal::new(ContextKey::Seeds, "slow", "done"))
+    }
+}
+
+#[test]
+fn a_cycle_of_agents_with_side_effects_is_committed_before_a_renewal_that_fails() {
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let mut engine = Engine::new();
+    engine.register(SlowSeed(clock.clone()));
+    let mut runtime = Runtime::new(engine).with_clock(clock);
+    let mut journal = FailingJournal::refusing_renewals(journal_at(&dir));
+    let error = block_on(runtime.run_durable(&mut journal, &run_id())).unwrap_err();
+    assert!(
+        matches!(error, DurableError::Journal(JournalError::Injected { .. })),
+        "{error}"
+    );
+    // The agent acted outside the run: its cycle was committed before the renewal failed,
+    // so resuming does not execute it again.
+    let summary = journal.inner().summary(&run_id()).unwrap();
+    assert_eq!(summary.steps, 2, "the start and the agent's cycle");
 }
 
 #[test]
