@@ -493,6 +493,8 @@ pub(crate) struct Chain {
     pub(crate) next_seq: u64,
     pub(crate) head: Digest,
     buffer: Vec<u8>,
+    /// The seq of the event whose encoding `buffer` holds, if any.
+    buffered: Option<u64>,
 }
 
 impl Chain {
@@ -501,17 +503,18 @@ impl Chain {
             next_seq: 0,
             head: Digest::zero(),
             buffer: Vec::with_capacity(256),
+            buffered: None,
         }
     }
 
-    /// The bytes hashed for the newest event sealed without keeping them (empty at first).
-    pub(crate) fn last_encoding(&self) -> &[u8] {
-        &self.buffer
-    }
-
-    /// Hands over [`Chain::last_encoding`], leaving a fresh buffer.
-    pub(crate) fn take_last_encoding(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.buffer, Vec::with_capacity(256))
+    /// Hands over the bytes hashed for event `seq` when they are still at hand (it was the
+    /// newest event sealed without keeping them), leaving a fresh buffer.
+    pub(crate) fn take_encoding_of(&mut self, seq: u64) -> Option<Vec<u8>> {
+        if self.buffered != Some(seq) {
+            return None;
+        }
+        self.buffered = None;
+        Some(std::mem::replace(&mut self.buffer, Vec::with_capacity(256)))
     }
 
     /// Seals the next event; with `keep`, the bytes it hashed are appended to it.
@@ -524,7 +527,10 @@ impl Chain {
                 kept.ends.push_back(kept.bytes.len());
                 EventRecord::link_hash(self.head, seq, &kept.bytes[start..])
             }
-            None => chain_hash_into(self.head, seq, &event, &mut self.buffer),
+            None => {
+                self.buffered = Some(seq);
+                chain_hash_into(self.head, seq, &event, &mut self.buffer)
+            }
         };
         self.next_seq += 1;
         self.head = hash;

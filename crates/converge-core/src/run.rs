@@ -524,13 +524,8 @@ impl<'e> Run<'e> {
         let Some(last) = self.events.back() else {
             return;
         };
-        let previous = match self.events.len() {
-            1 => self.taken_head,
-            pending => self.events[pending - 2].hash,
-        };
-        let encoding = self.state.chain.last_encoding();
-        if EventRecord::link_hash(previous, last.seq, encoding) == last.hash {
-            self.kept = Kept::of_one(self.state.chain.take_last_encoding());
+        if let Some(encoding) = self.state.chain.take_encoding_of(last.seq) {
+            self.kept = Kept::of_one(encoding);
         }
     }
 
