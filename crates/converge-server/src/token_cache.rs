@@ -2,7 +2,8 @@
 //! round trip to the database for its token.
 //!
 //! A token is only ever kept while revocations are heard: a thread of its own listens on
-//! [`REVOKED_CHANNEL`], on which `Tokens::revoke` notifies after it commits, and forgets
+//! [`REVOKED_CHANNEL`], on which `Tokens::revoke` notifies in the transaction that revokes
+//! (the notification is delivered when it commits), and forgets
 //! every kept token at each notification, and whenever its listening connection is lost or
 //! opened again (revocations may have gone unheard meanwhile). So a revoked token is refused
 //! by every replica as soon as the notification arrives, within milliseconds; if it never
@@ -27,7 +28,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use crate::auth::Principal;
 
-/// The channel `Tokens::revoke` notifies on after a revocation commits.
+/// The channel `Tokens::revoke` notifies on, in the transaction of the revocation.
 pub(crate) const REVOKED_CHANNEL: &str = "converge_tokens_revoked";
 
 /// How long a token is kept at most, even when no revocation is heard.
@@ -163,6 +164,14 @@ mod tests {
     use super::*;
     use crate::auth::Role;
 
+    /// A cache that hears revocations, and its generation.
+    fn hearing() -> (TokenCache, u64) {
+        let cache = TokenCache::default();
+        cache.forget_all(true);
+        let generation = cache.generation().expect("hearing");
+        (cache, generation)
+    }
+
     fn principal(name: &str) -> Principal {
         Principal {
             tenant: "acme".to_owned(),
@@ -181,9 +190,7 @@ mod tests {
 
     #[test]
     fn a_kept_token_is_forgotten_at_a_revocation() {
-        let cache = TokenCache::default();
-        cache.forget_all(true);
-        let generation = cache.generation().expect("hearing");
+        let (cache, generation) = hearing();
         cache.keep([1; 32], principal("sam"), generation);
         assert_eq!(cache.get(&[1; 32]), Some(principal("sam")));
         cache.forget_all(true);
@@ -192,9 +199,7 @@ mod tests {
 
     #[test]
     fn a_lookup_that_raced_a_revocation_keeps_nothing() {
-        let cache = TokenCache::default();
-        cache.forget_all(true);
-        let before = cache.generation().expect("hearing");
+        let (cache, before) = hearing();
         // The revocation is heard while the lookup reads the database.
         cache.forget_all(true);
         cache.keep([1; 32], principal("sam"), before);
@@ -203,9 +208,7 @@ mod tests {
 
     #[test]
     fn a_lost_listener_stops_every_kept_token_at_once() {
-        let cache = TokenCache::default();
-        cache.forget_all(true);
-        let generation = cache.generation().expect("hearing");
+        let (cache, generation) = hearing();
         cache.keep([1; 32], principal("sam"), generation);
         cache.forget_all(false);
         assert_eq!(cache.get(&[1; 32]), None);
@@ -214,9 +217,7 @@ mod tests {
 
     #[test]
     fn the_cache_never_holds_more_than_its_bound() {
-        let cache = TokenCache::default();
-        cache.forget_all(true);
-        let generation = cache.generation().expect("hearing");
+        let (cache, generation) = hearing();
         for index in 0..=KEPT_MAX {
             let mut hash = [0u8; 32];
             hash[..8].copy_from_slice(&(index as u64).to_le_bytes());
