@@ -40,31 +40,9 @@ fn small_and_large_steps_both_commit_through_a_worker() -> TestResult {
         Runtime::new(seeds(count)).submit_durable(&mut journal, &RunId::new(name)?)?;
     }
 
-    let build: Build = Arc::new(|header, _| Ok(Runtime::new(seeds(header.agents.len()))));
     // Anything but a run reaching its stop (trouble, a failed drive) stops the worker at once
     // — a slot would otherwise try the run again for ever — and fails the test below.
-    let troubles = Arc::new(Mutex::new(Vec::new()));
-    let control: Arc<Mutex<Option<Control>>> = Arc::new(Mutex::new(None));
-    let (heard, stopper) = (troubles.clone(), control.clone());
-    let config = WorkerConfig {
-        location: location.clone(),
-        holder: Holder::this_process("worker test"),
-        concurrency: 2,
-        until_idle: true,
-    };
-    let worker = Worker::start(
-        &config,
-        build,
-        Arc::new(move |report| {
-            if !matches!(report, Report::Reached { .. }) {
-                heard.lock().expect("reports").push(report.to_string());
-                if let Some(control) = &*stopper.lock().expect("control") {
-                    control.stop_now();
-                }
-            }
-        }),
-    )?;
-    *control.lock().expect("control") = Some(worker.control());
+    let (worker, troubles) = start_worker(&location, 2, Ending::AtFirstTrouble)?;
     worker.join();
     assert_eq!(*troubles.lock().expect("reports"), Vec::<String>::new());
 
@@ -95,20 +73,31 @@ fn small_and_large_steps_both_commit_through_a_worker() -> TestResult {
     Ok(())
 }
 
-/// A waiting worker (not `until_idle`) of `slots` slots on the journal at `location`, and the
+/// When a test's worker ends.
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    /// Once idle, or at once on anything but a run reaching its stop.
+    AtFirstTrouble,
+    /// When the test stops it: it waits for runs while idle.
+    Stopped,
+}
+
+/// A worker of `slots` slots on the journal at `location`, ending as `ending` says, and the
 /// reports other than a reached stop.
-fn waiting_worker(
+fn start_worker(
     location: &Location,
     slots: u16,
+    ending: Ending,
 ) -> Result<(Worker, Heard), Box<dyn std::error::Error>> {
     let build: Build = Arc::new(|header, _| Ok(Runtime::new(seeds(header.agents.len()))));
     let troubles = Arc::new(Mutex::new(Vec::new()));
-    let heard = troubles.clone();
+    let control: Arc<Mutex<Option<Control>>> = Arc::new(Mutex::new(None));
+    let (heard, stopper) = (troubles.clone(), control.clone());
     let config = WorkerConfig {
         location: location.clone(),
-        holder: Holder::this_process("idle worker test"),
+        holder: Holder::this_process("worker test"),
         concurrency: slots,
-        until_idle: false,
+        until_idle: ending == Ending::AtFirstTrouble,
     };
     let worker = Worker::start(
         &config,
@@ -116,9 +105,15 @@ fn waiting_worker(
         Arc::new(move |report| {
             if !matches!(report, Report::Reached { .. }) {
                 heard.lock().expect("reports").push(report.to_string());
+                if let Some(control) = &*stopper.lock().expect("control") {
+                    control.stop_now();
+                }
             }
         }),
     )?;
+    if ending == Ending::AtFirstTrouble {
+        *control.lock().expect("control") = Some(worker.control());
+    }
     Ok((worker, troubles))
 }
 
@@ -149,7 +144,7 @@ fn an_idle_worker_drives_runs_submitted_one_by_one_and_in_a_burst() -> TestResul
     let dir = tempfile::tempdir()?;
     let location = Location::Sqlite(dir.path().join("journal.db"));
     let mut journal = location.open()?;
-    let (worker, troubles) = waiting_worker(&location, 4)?;
+    let (worker, troubles) = start_worker(&location, 4, Ending::Stopped)?;
     let control = worker.control();
     // Every slot found nothing and waits.
     std::thread::sleep(Duration::from_millis(300));
@@ -193,7 +188,7 @@ fn an_unreadable_run_is_tried_once_per_lease_and_the_runs_behind_it_are_driven()
     for name in &behind {
         Runtime::new(seeds(2)).submit_durable(&mut journal, &RunId::new(name.as_str())?)?;
     }
-    let (worker, troubles) = waiting_worker(&location, 2)?;
+    let (worker, troubles) = start_worker(&location, 2, Ending::Stopped)?;
     until_converged(&journal, &behind, Duration::from_secs(10))?;
     // Long enough for a slot that let the run go at once to claim it hundreds of times.
     std::thread::sleep(Duration::from_millis(500));
@@ -215,7 +210,7 @@ fn an_unreadable_run_is_tried_once_per_lease_and_the_runs_behind_it_are_driven()
 fn a_worker_drained_while_idle_ends_at_once() -> TestResult {
     let dir = tempfile::tempdir()?;
     let location = Location::Sqlite(dir.path().join("journal.db"));
-    let (worker, troubles) = waiting_worker(&location, 4)?;
+    let (worker, troubles) = start_worker(&location, 4, Ending::Stopped)?;
     // Every slot found nothing and waits.
     std::thread::sleep(Duration::from_millis(300));
     let control = worker.control();
