@@ -273,9 +273,12 @@ pub struct EventBatch {
     previous: Digest,
     first_seq: u64,
     records: Vec<EventRecord>,
-    /// Every record's encoding, one after the other.
+    /// How many of the first records had their encodings handed to an [`EncodingSink`]
+    /// instead: `bytes` holds the others'.
+    handed: usize,
+    /// The encodings of the records past the handed ones, one after the other.
     bytes: Vec<u8>,
-    /// Where each record's encoding ends in `bytes`: `ends[i]` is `records[i]`'s.
+    /// Where each held encoding ends in `bytes`: `ends[i]` is `records[handed + i]`'s.
     ends: Vec<usize>,
 }
 
@@ -293,17 +296,23 @@ impl EventBatch {
             mut bytes,
             ends,
             start,
+            handed,
         } = kept;
-        let kept_count = ends.len().min(records.len());
-        let unkept = records.len() - kept_count;
+        // Encodings are handed over only while every pending event's is kept or handed, so
+        // the records are the handed ones, then those encoded before encodings were kept (if
+        // none was handed), then the kept ones.
+        let handed = handed.min(records.len());
+        let held = &records[handed..];
+        let kept_count = ends.len().min(held.len());
+        let unkept = held.len() - kept_count;
         let mut ends: Vec<usize> = Vec::from(ends);
         ends.truncate(kept_count);
         if unkept > 0 || start > 0 {
             // Records taken before encodings were kept (or after some were polled): their
             // encodings go first, then the kept ones, shifted to follow them.
             let mut joined = Vec::with_capacity(bytes.len().saturating_sub(start));
-            let mut joined_ends = Vec::with_capacity(records.len());
-            for record in &records[..unkept] {
+            let mut joined_ends = Vec::with_capacity(held.len());
+            for record in &held[..unkept] {
                 append_encoded(&record.event, &mut joined);
                 joined_ends.push(joined.len());
             }
@@ -318,6 +327,7 @@ impl EventBatch {
             previous,
             first_seq,
             records,
+            handed,
             bytes,
             ends,
         }
@@ -356,17 +366,26 @@ impl EventBatch {
         &self.records
     }
 
-    /// Each record with its encoding ([`EventRecord::encode`]), in seq order.
+    /// How many of the first records had their encodings handed to the run's
+    /// [`EncodingSink`] while it went on ([`crate::Run::hand_encoded_events_to`]): the batch
+    /// holds the encodings of the others only. Zero for a run without a sink.
+    pub fn handed(&self) -> usize {
+        self.handed
+    }
+
+    /// Each record whose encoding the batch holds (every record past the first
+    /// [`EventBatch::handed`]) with that encoding ([`EventRecord::encode`]), in seq order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&EventRecord, &[u8])> + '_ {
-        self.records
+        self.records[self.handed..]
             .iter()
             .enumerate()
-            .map(|(index, record)| (record, self.encoded(index..index + 1)))
+            .map(|(index, record)| (record, self.held(index..index + 1)))
     }
 
     /// The encodings of the records in `records` (indexes into [`EventBatch::records`]),
     /// one after the other, as they are held: a journal compresses consecutive records
-    /// straight from here. Empty for an empty or out-of-range `records`.
+    /// straight from here. Empty for an empty or out-of-range `records`, and for one that
+    /// starts among the handed records.
     ///
     /// ```
     /// use converge_core::agents::SeedAgent;
@@ -382,6 +401,17 @@ impl EventBatch {
     /// # Ok::<(), converge_core::EngineError>(())
     /// ```
     pub fn encoded(&self, records: std::ops::Range<usize>) -> &[u8] {
+        match (
+            records.start.checked_sub(self.handed),
+            records.end.checked_sub(self.handed),
+        ) {
+            (Some(start), Some(end)) => self.held(start..end),
+            _ => &[],
+        }
+    }
+
+    /// The held encodings `held` (indexes past the handed records), one after the other.
+    fn held(&self, records: std::ops::Range<usize>) -> &[u8] {
         if records.start >= records.end || records.end > self.ends.len() {
             return &[];
         }
@@ -395,6 +425,70 @@ impl EventBatch {
     /// The records, without their encodings.
     pub fn into_records(self) -> Vec<EventRecord> {
         self.records
+    }
+}
+
+/// Takes a run's event encodings in groups while the run goes on: what lets a journal
+/// compress a wide cycle's events on another core while the core is still merging it, and
+/// reuse one group's memory for the next, instead of holding every encoding until the step
+/// is taken ([`crate::Run::hand_encoded_events_to`]).
+///
+/// The run fills a group with the encodings of consecutive events and hands it over once
+/// the next encoding would not fit ([`EncodingSink::fits`]); the last group stays with the
+/// run until its events are taken, in the [`EventBatch`].
+///
+/// See [`crate::Run::hand_encoded_events_to`] for one in use.
+pub trait EncodingSink: Send + Sync {
+    /// Whether an encoding of `len` bytes may join a group holding `count` encodings (at
+    /// least one) of `bytes` bytes in all.
+    fn fits(&self, count: usize, bytes: usize, len: usize) -> bool;
+
+    /// Takes a full group, and gives back an empty buffer for the next one (a reused one
+    /// keeps a wide cycle from touching new memory for every group).
+    fn take(&mut self, group: Encodings) -> Vec<u8>;
+}
+
+/// The encodings of consecutive events, one after the other: a group handed to an
+/// [`EncodingSink`]. Only the core makes one, so its bytes are exactly those the chain hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encodings {
+    first_seq: u64,
+    bytes: Vec<u8>,
+    /// Where each encoding ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Encodings {
+    /// The seq of the first event.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// How many encodings the group holds (at least one).
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the group holds none (never, for a group a run handed over).
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Every encoding, one after the other.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Where each encoding ends in [`Encodings::bytes`].
+    pub fn ends(&self) -> &[usize] {
+        &self.ends
+    }
+
+    /// The buffer, emptied, for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        let mut bytes = self.bytes;
+        bytes.clear();
+        bytes
     }
 }
 
@@ -440,6 +534,9 @@ pub(crate) struct Kept {
     ends: std::collections::VecDeque<usize>,
     /// Where the oldest kept encoding starts (past the ones whose events were polled).
     start: usize,
+    /// How many pending events, older than the kept ones, had their encodings handed to a
+    /// sink.
+    pub(crate) handed: usize,
 }
 
 impl Kept {
@@ -449,12 +546,42 @@ impl Kept {
     }
 
     /// Room for `events` more encodings. Their bytes get room for a generous guess of their
-    /// size: room never written is never touched, while a buffer grown by doubling writes
-    /// each byte twice over.
-    pub(crate) fn reserve(&mut self, events: usize) {
+    /// size (`bytes`: whether to reserve it; not when a sink takes them in groups): room
+    /// never written is never touched, while a buffer grown by doubling writes each byte
+    /// twice over.
+    pub(crate) fn reserve(&mut self, events: usize, bytes: bool) {
         self.ends.reserve(events);
-        self.bytes
-            .reserve(events.saturating_mul(ENCODED_EVENT_BYTES_GUESS));
+        if bytes {
+            self.bytes
+                .reserve(events.saturating_mul(ENCODED_EVENT_BYTES_GUESS));
+        }
+    }
+
+    /// Hands the kept encodings but the newest to `sink` when the newest does not fit their
+    /// group; `next_seq` follows the newest's event. Only a buffer holding nothing but
+    /// kept encodings is handed over (none was polled).
+    pub(crate) fn hand_over_full(&mut self, sink: &mut dyn EncodingSink, next_seq: u64) {
+        let count = self.ends.len();
+        if count < 2 || self.start != 0 {
+            return;
+        }
+        let (group_end, newest_end) = (self.ends[count - 2], self.ends[count - 1]);
+        if sink.fits(count - 1, group_end, newest_end - group_end) {
+            return;
+        }
+        let newest = self.bytes.split_off(group_end);
+        let ends: Vec<usize> = self.ends.drain(..count - 1).collect();
+        let group = Encodings {
+            first_seq: next_seq - count as u64,
+            bytes: std::mem::take(&mut self.bytes),
+            ends,
+        };
+        let mut next = sink.take(group);
+        next.clear();
+        next.extend_from_slice(&newest);
+        self.bytes = next;
+        self.ends[0] = newest.len();
+        self.handed += count - 1;
     }
 
     /// One kept encoding: `bytes`, the newest pending event's.
@@ -464,6 +591,7 @@ impl Kept {
             bytes,
             ends: std::collections::VecDeque::from([end]),
             start: 0,
+            handed: 0,
         }
     }
 

@@ -63,7 +63,7 @@ pub use context::Context;
 pub use digest::{Digest, DigestError, write_canonical};
 pub use effect::{AgentEffect, AgentOutcome, TokenUsage};
 pub use engine::{Engine, EngineConfig, EngineError, FailurePolicy};
-pub use event::{AgentInfo, Event, EventBatch, EventRecord, Observer};
+pub use event::{AgentInfo, EncodingSink, Encodings, Event, EventBatch, EventRecord, Observer};
 pub use fact::{CorrectionEvent, Fact, PromotionRecord};
 pub use gate::{
     Candidate, PromotionGate, Rejection, STRUCTURAL_CHECKS, ValidationPolicy, ValidationReport,

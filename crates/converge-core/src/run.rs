@@ -22,7 +22,7 @@ use crate::context::Context;
 use crate::digest::Digest;
 use crate::effect::{AgentOutcome, TokenUsage};
 use crate::engine::{FailurePolicy, Setup};
-use crate::event::{AgentInfo, Chain, Event, EventBatch, EventRecord, Kept};
+use crate::event::{AgentInfo, Chain, EncodingSink, Event, EventBatch, EventRecord, Kept};
 use crate::gate::{Proposer, Rejection};
 use crate::id::{AgentId, ObservationId, ProposalId};
 use crate::invariant::{InvariantClass, InvariantFailure};
@@ -173,6 +173,8 @@ pub struct Run<'e> {
     taken_head: Digest,
     /// Whether sealing keeps each event's encoding for [`Run::take_events`].
     keep_encoded: bool,
+    /// Where full groups of kept encodings go, if anywhere.
+    sink: Option<Box<dyn EncodingSink>>,
 }
 
 impl<'e> Run<'e> {
@@ -206,6 +208,7 @@ impl<'e> Run<'e> {
             kept: Kept::default(),
             taken_head: Digest::zero(),
             keep_encoded: false,
+            sink: None,
         };
         run.begin();
         run
@@ -294,6 +297,7 @@ impl<'e> Run<'e> {
             kept: Kept::default(),
             taken_head,
             keep_encoded: false,
+            sink: None,
         }
     }
 
@@ -457,9 +461,12 @@ impl<'e> Run<'e> {
     /// The next event not yet taken, in order.
     pub fn poll_event(&mut self) -> Option<EventRecord> {
         // Encodings are kept for the newest pending events: the oldest has one when all do.
+        // A handed one stays with the sink's group.
         let all_kept = self.kept.len() == self.events.len();
         let record = self.events.pop_front()?;
-        if all_kept {
+        if self.kept.handed > 0 {
+            self.kept.handed -= 1;
+        } else if all_kept {
             self.kept.pop_front();
         }
         self.taken_head = record.hash;
@@ -518,6 +525,55 @@ impl<'e> Run<'e> {
         self.keep_encoded = true;
     }
 
+    /// From now on, keeps each event's encoding and hands them to `sink` in groups as they
+    /// fill ([`EncodingSink`]), while the run goes on; the rest are taken with the events
+    /// ([`Run::take_events`], whose batch says how many were handed:
+    /// [`EventBatch::handed`]). It changes no event and no hash. A driver that uses a sink
+    /// takes events only with [`Run::take_events`]: an event polled or taken as a record
+    /// leaves its encoding with the group it was handed in.
+    ///
+    /// ```
+    /// use converge_core::agents::SeedAgent;
+    /// use converge_core::{Context, EncodingSink, Encodings, Engine, Step, execute_isolated};
+    ///
+    /// /// Groups of at most two encodings, counted.
+    /// struct Pairs(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+    ///
+    /// impl EncodingSink for Pairs {
+    ///     fn fits(&self, count: usize, _bytes: usize, _len: usize) -> bool {
+    ///         count < 2
+    ///     }
+    ///     fn take(&mut self, group: Encodings) -> Vec<u8> {
+    ///         self.0.lock().unwrap().push(group.len());
+    ///         group.into_buffer()
+    ///     }
+    /// }
+    ///
+    /// let mut engine = Engine::new();
+    /// for seed in 0..3 {
+    ///     engine.register(SeedAgent::new(format!("seed-{seed}"), "hello"));
+    /// }
+    /// let mut run = engine.start(Context::new())?;
+    /// let groups = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    /// run.hand_encoded_events_to(Box::new(Pairs(groups.clone())));
+    /// let _start = run.take_events();
+    /// let Step::Execute(batch) = run.next_step() else { unreachable!() };
+    /// let outcomes = batch.agents().iter()
+    ///     .map(|&id| (id, execute_isolated(run.agent(id), run.context())))
+    ///     .collect();
+    /// run.submit(outcomes)?;
+    /// // The cycle's start, three agents, three facts and the cycle's end: three pairs
+    /// // handed over, the rest taken with the batch.
+    /// let cycle = run.take_events();
+    /// assert_eq!(*groups.lock().unwrap(), [2, 2, 2]);
+    /// assert_eq!((cycle.len(), cycle.handed()), (8, 6));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn hand_encoded_events_to(&mut self, sink: Box<dyn EncodingSink>) {
+        self.keep_encoded_events();
+        self.sink = Some(sink);
+    }
+
     /// Keeps the encoding the chain hashed last when it is the newest pending event's (a
     /// run's `run_started` names every agent: a wide run need not encode it twice).
     fn adopt_last_encoding(&mut self) {
@@ -547,7 +603,8 @@ impl<'e> Run<'e> {
         let (events, facts) = room_for(&outcomes, self.setup.config.proposals_per_effect_max);
         self.events.reserve(events.saturating_add(1));
         if self.keep_encoded {
-            self.kept.reserve(events.saturating_add(1));
+            self.kept
+                .reserve(events.saturating_add(1), self.sink.is_none());
         }
         let facts_left = self
             .setup
@@ -1106,6 +1163,13 @@ impl<'e> Run<'e> {
         let kept = self.keep_encoded.then_some(&mut self.kept);
         let record = self.state.chain.seal(event, kept);
         self.events.push_back(record);
+        // Handing over needs every pending event's encoding kept or handed, so that the
+        // batch's handed records are its first.
+        if let Some(sink) = self.sink.as_deref_mut()
+            && self.kept.handed + self.kept.len() == self.events.len()
+        {
+            self.kept.hand_over_full(sink, self.state.chain.next_seq);
+        }
     }
 }
 

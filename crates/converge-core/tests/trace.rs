@@ -137,3 +137,103 @@ fn taken_batches_carry_the_bytes_the_chain_hashed_whether_kept_or_not() {
     );
     assert_eq!(kept.last().unwrap().0.hash, result.root_hash);
 }
+
+/// A sink that takes groups of at most `count_max` encodings and `bytes_max` bytes (a
+/// larger encoding alone), and keeps them.
+struct Limited {
+    count_max: usize,
+    bytes_max: usize,
+    groups: Arc<Mutex<Vec<converge_core::Encodings>>>,
+}
+
+impl converge_core::EncodingSink for Limited {
+    fn fits(&self, count: usize, bytes: usize, len: usize) -> bool {
+        count < self.count_max && bytes + len <= self.bytes_max
+    }
+
+    fn take(&mut self, group: converge_core::Encodings) -> Vec<u8> {
+        self.groups.lock().unwrap().push(group);
+        Vec::with_capacity(64)
+    }
+}
+
+/// Runs `agents` seeds and a reaction to them, taking each step's events in one batch, with
+/// encodings handed to a [`Limited`] sink when `limits` are given; returns every event's
+/// encoding as taken (from the groups, then the batch), each batch's handed count, and the
+/// root hash.
+fn handed(agents: usize, limits: Option<(usize, usize)>) -> (Vec<Vec<u8>>, Vec<usize>, String) {
+    use converge_core::{Step, execute_isolated};
+    let mut engine = Engine::new();
+    for seed in 0..agents {
+        engine.register(SeedAgent::new(format!("seed-{seed}"), "x".repeat(seed % 7)));
+    }
+    engine.register(ReactOnceAgent::new("hyp-1", "derived insight"));
+    let mut run = engine.start(Context::new()).unwrap();
+    let groups = Arc::new(Mutex::new(Vec::new()));
+    match limits {
+        Some((count_max, bytes_max)) => run.hand_encoded_events_to(Box::new(Limited {
+            count_max,
+            bytes_max,
+            groups: groups.clone(),
+        })),
+        None => run.keep_encoded_events(),
+    }
+    let mut encodings = Vec::new();
+    let mut handed_counts = Vec::new();
+    let mut take = |run: &mut converge_core::Run<'_>| {
+        let batch = run.take_events();
+        let groups: Vec<_> = std::mem::take(&mut *groups.lock().unwrap());
+        let mut seq = batch.first_seq();
+        for group in &groups {
+            assert_eq!(group.first_seq(), seq, "groups follow each other");
+            let (count_max, bytes_max) = limits.unwrap();
+            assert!(group.len() <= count_max);
+            assert!(group.len() == 1 || group.bytes().len() <= bytes_max);
+            let mut start = 0;
+            for &end in group.ends() {
+                encodings.push(group.bytes()[start..end].to_vec());
+                start = end;
+            }
+            seq += group.len() as u64;
+        }
+        assert_eq!(seq - batch.first_seq(), batch.handed() as u64);
+        assert_eq!(batch.iter().len(), batch.len() - batch.handed());
+        encodings.extend(batch.iter().map(|(_, bytes)| bytes.to_vec()));
+        for (index, record) in batch.records().iter().enumerate() {
+            let at = encodings.len() - batch.len() + index;
+            assert_eq!(encodings[at], EventRecord::encode(&record.event));
+        }
+        handed_counts.push(batch.handed());
+    };
+    while let Step::Execute(batch) = run.next_step() {
+        take(&mut run);
+        let outcomes: Vec<_> = batch
+            .agents()
+            .iter()
+            .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
+            .collect();
+        run.submit(outcomes).unwrap();
+    }
+    take(&mut run);
+    let root = run.finish().ok().unwrap().root_hash.to_string();
+    (encodings, handed_counts, root)
+}
+
+#[test]
+fn encodings_handed_in_groups_are_the_ones_the_chain_hashed_and_change_no_hash() {
+    for agents in [1, 2, 3, 17, 200] {
+        let (plain, none_handed, root) = handed(agents, None);
+        assert!(none_handed.iter().all(|&handed| handed == 0));
+        for limits in [(1, 1), (2, 10_000), (5, 300), (64, 2_000), (4096, 1 << 20)] {
+            let (encodings, handed_counts, with_sink) = handed(agents, Some(limits));
+            assert_eq!(with_sink, root, "{agents} agents, limits {limits:?}");
+            assert_eq!(encodings, plain, "{agents} agents, limits {limits:?}");
+            if agents >= 17 && limits.0 < 64 {
+                assert!(
+                    handed_counts.iter().any(|&handed| handed > 0),
+                    "a wide cycle hands groups over ({agents} agents, limits {limits:?})"
+                );
+            }
+        }
+    }
+}

@@ -29,6 +29,7 @@ mod forward;
 mod lease;
 mod link;
 mod pack;
+mod packer;
 pub mod parallel;
 mod postgres;
 mod record;
@@ -39,6 +40,7 @@ mod wakeups;
 pub use copy::{Copied, copy};
 pub use failing::FailingJournal;
 pub use lease::{Holder, LEASE_RENEW_MS, LEASE_TTL_MS, Lease, wall_clock_ms};
+pub use packer::{GROUPS_IN_FLIGHT_MAX, Packed, PackedEvents, PackingSink, packer};
 pub use postgres::{PostgresJournal, client_config as postgres_client_config};
 pub use record::{
     DecisionRecord, DerivationRecord, EffectRecord, JobRecord, KeyRecord, ObservationRecord,
@@ -380,6 +382,8 @@ pub struct PendingStep {
     events: EventBatch,
     /// `input` encoded for storage, when it was prepared ahead.
     encoded: Option<std::sync::Arc<store::EncodedInput>>,
+    /// The packed groups of the encodings `events` handed over ([`EventBatch::handed`]).
+    packed: PackedEvents,
 }
 
 impl PendingStep {
@@ -390,6 +394,7 @@ impl PendingStep {
             input,
             events,
             encoded: None,
+            packed: PackedEvents::default(),
         }
     }
 
@@ -399,6 +404,7 @@ impl PendingStep {
             input: input.input,
             events,
             encoded: Some(std::sync::Arc::new(input.encoded)),
+            packed: PackedEvents::default(),
         }
     }
 

@@ -59,11 +59,16 @@ pub(crate) struct Index {
     count: usize,
 }
 
+/// Whether a record of `len` bytes may join a group of `count` records of `bytes` bytes in
+/// all: any record joins an empty group.
+pub(crate) fn fits(count: usize, bytes: usize, len: usize) -> bool {
+    count == 0 || (count < GROUP_RECORDS_MAX && bytes.saturating_add(len) <= GROUP_BYTES_MAX)
+}
+
 impl Index {
     /// Whether a record of `len` bytes may join this group.
     pub(crate) fn fits(&self, len: usize) -> bool {
-        self.count == 0
-            || (self.count < GROUP_RECORDS_MAX && self.len.saturating_add(len) <= GROUP_BYTES_MAX)
+        fits(self.count, self.len, len)
     }
 
     /// Adds a record of `len` bytes; `Err` if the group would pass what its offsets can

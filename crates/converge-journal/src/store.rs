@@ -26,7 +26,7 @@ use crate::link::{header_link, input_link, outcomes_digest, step_link};
 use crate::pack::{Group, Index, Unpacked};
 use crate::parallel;
 use crate::record::{OutcomeRecord, RunHeader, StepInput};
-use crate::{AfterSteps, ClaimedRun, PendingStep, RunSteps};
+use crate::{AfterSteps, ClaimedRun, PackedEvents, PendingStep, RunSteps};
 use crate::{
     BreakReason, JournalError, OpenCycle, Place, RecordedRun, RecordedStep, RunId, RunStatus,
     RunSummary, StoredEvent, Verification,
@@ -718,7 +718,14 @@ impl Appends {
                     Some(encoded) => Arc::clone(encoded),
                     None => Arc::new(EncodedInput::of(&pending.input)?),
                 };
-                Append::prepare_encoded(lease, step, &pending.input, input, &pending.events)
+                Append::prepare_encoded(
+                    lease,
+                    step,
+                    &pending.input,
+                    input,
+                    &pending.events,
+                    &pending.packed,
+                )
             })
             .collect::<Result<_, _>>()?;
         Ok(Appends {
@@ -819,23 +826,27 @@ impl Append {
         events: &EventBatch,
     ) -> Result<Append, JournalError> {
         let encoded = Arc::new(EncodedInput::of(input)?);
-        Append::prepare_encoded(lease, step, input, encoded, events)
+        let packed = PackedEvents::default();
+        Append::prepare_encoded(lease, step, input, encoded, events, &packed)
     }
 
-    /// [`Append::prepare`] of an input already encoded (`encoded` is `input`'s).
+    /// [`Append::prepare`] of an input already encoded (`encoded` is `input`'s), with the
+    /// packed groups of the encodings its events handed over.
     fn prepare_encoded(
         lease: &Lease,
         step: u64,
         input: &StepInput,
         encoded: Arc<EncodedInput>,
         events: &EventBatch,
+        packed: &PackedEvents,
     ) -> Result<Append, JournalError> {
         let run = &lease.run;
-        let chunks = chunks(events).map_err(|seq| JournalError::ChainMismatch {
-            run: run.clone(),
-            seq,
-            detail: "the event is larger than the 4 GiB a journal stores".to_owned(),
-        })?;
+        let chunks =
+            chunks(events, packed).map_err(|(seq, detail)| JournalError::ChainMismatch {
+                run: run.clone(),
+                seq,
+                detail,
+            })?;
         let status = status_after(events);
         let stop_reason = match &status {
             Some(RunStatus::Stopped { reason }) => Some(to_json(reason)?),
@@ -936,7 +947,7 @@ impl Append {
             },
         )?;
         for chunk in &self.chunks {
-            let (ends, bodies) = &chunk.sealed;
+            let (ends, bodies) = &*chunk.sealed;
             tx.insert_chunk(
                 run.as_str(),
                 &ChunkRow {
@@ -1713,13 +1724,53 @@ fn stored_hash(
 }
 
 /// Splits a batch into the chunks it is stored as: runs of consecutive events bounded like
-/// every stored group ([`Group::fits`]), each with at least one event. `Err(seq)` names an
-/// event too large for a chunk's 32-bit offsets (over 4 GiB).
-fn chunks(events: &EventBatch) -> Result<Vec<Chunk>, u64> {
-    // Each chunk's records, as indexes into the batch: their bytes lie one after the other
-    // in it, and are compressed from there.
+/// every stored group ([`Group::fits`]), each with at least one event. The events whose
+/// encodings the batch handed over come first, as the groups `packed` holds, which must be
+/// exactly those. `Err` names the event at fault and why: one too large for a chunk's
+/// 32-bit offsets (over 4 GiB), or one the packed groups do not match.
+fn chunks(events: &EventBatch, packed: &PackedEvents) -> Result<Vec<Chunk>, (u64, String)> {
+    let records = events.records();
+    let mut chunks = Vec::with_capacity(packed.groups.len());
+    let mut next = 0;
+    for group in &packed.groups {
+        let first_seq = events.first_seq() + next as u64;
+        if group.first_seq != first_seq || group.count == 0 || next + group.count > events.handed()
+        {
+            return Err((
+                first_seq,
+                "its encoding was not among the packed groups given with the step".to_owned(),
+            ));
+        }
+        let hashes = records[next..next + group.count]
+            .iter()
+            .flat_map(|record| record.hash.as_bytes().iter().copied())
+            .collect();
+        chunks.push(Chunk {
+            first_seq,
+            count: group.count,
+            hashes,
+            sealed: Arc::clone(&group.sealed),
+        });
+        next += group.count;
+    }
+    if next != events.handed() {
+        return Err((
+            events.first_seq() + next as u64,
+            "its encoding was handed over, but is not among the packed groups given with the \
+             step"
+                .to_owned(),
+        ));
+    }
+    // Each later chunk's records, as indexes into the batch: their bytes lie one after the
+    // other in it, and are compressed from there.
+    let too_large = |seq| {
+        (
+            seq,
+            "the event is larger than the 4 GiB a journal stores".to_owned(),
+        )
+    };
     let mut packing: Vec<(usize, u64, usize, Vec<u8>, Index)> = Vec::new();
-    for (index, (record, body)) in events.iter().enumerate() {
+    for (index, (record, body)) in (events.handed()..).zip(events.iter()) {
         if !packing
             .last()
             .is_some_and(|(_, _, _, _, group)| group.fits(body.len()))
@@ -1729,20 +1780,21 @@ fn chunks(events: &EventBatch) -> Result<Vec<Chunk>, u64> {
         if let Some((_, _, count, hashes, group)) = packing.last_mut() {
             *count += 1;
             hashes.extend_from_slice(record.hash.as_bytes());
-            group.push(body.len()).map_err(|()| record.seq)?;
+            group.push(body.len()).map_err(|()| too_large(record.seq))?;
         }
     }
     // A second group starts only once the first is full, so groups are worth a thread each.
-    Ok(parallel::map(
+    chunks.extend(parallel::map(
         packing,
         1,
         |(first, first_seq, count, hashes, group)| Chunk {
             first_seq,
             count,
             hashes,
-            sealed: group.seal(events.encoded(first..first + count)),
+            sealed: Arc::new(group.seal(events.encoded(first..first + count))),
         },
-    ))
+    ));
+    Ok(chunks)
 }
 
 /// Consecutive events as one `events` row, their bodies compressed.
@@ -1751,7 +1803,7 @@ struct Chunk {
     count: usize,
     hashes: Vec<u8>,
     /// The group's end offsets and compressed bodies.
-    sealed: (Vec<u8>, Vec<u8>),
+    sealed: Arc<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The status a run has after a step that emitted `events`: set by a `run_stopped` event,

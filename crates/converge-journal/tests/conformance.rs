@@ -25,9 +25,9 @@ use converge_core::{
 };
 use converge_journal::{
     AfterSteps, FailingJournal, GroupAndClaim, Holder, Journal, JournalError, LEASE_TTL_MS, Lease,
-    Location, News, OutcomeRecord, PendingStep, Place, PostgresJournal, PreparedInput, RunHeader,
-    RunId, RunStatus, RunSteps, SQLITE_POLL, SqliteJournal, StepInput, Verification, Wakeups,
-    wall_clock_ms,
+    Location, News, OutcomeRecord, PackedEvents, PendingStep, Place, PostgresJournal,
+    PreparedInput, RunHeader, RunId, RunStatus, RunSteps, SQLITE_POLL, SqliteJournal, StepInput,
+    Verification, Wakeups, wall_clock_ms,
 };
 use serde_json::json;
 
@@ -68,6 +68,38 @@ impl Store {
                         "SET session_replication_role = replica; SET search_path = converge; {sql}"
                     ))
                     .expect("tampered");
+            }
+        }
+    }
+
+    /// Run `run`'s stored event chunks, read behind the journal's back: each one's first seq,
+    /// count, end offsets and compressed bodies, in seq order.
+    fn chunks(&self, run: &str) -> Vec<(i64, i64, Vec<u8>, Vec<u8>)> {
+        let sql = "SELECT first_seq, count, ends, bodies FROM events WHERE run = $1 \
+                   ORDER BY first_seq";
+        match self {
+            Store::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).expect("raw open");
+                let mut statement = conn.prepare(sql).expect("prepared");
+                statement
+                    .query_map([run], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })
+                    .expect("read")
+                    .collect::<Result<_, _>>()
+                    .expect("rows")
+            }
+            Store::Postgres(url) => {
+                let mut client = postgres::Client::connect(url, postgres::NoTls).expect("raw");
+                client
+                    .batch_execute("SET search_path = converge")
+                    .expect("schema");
+                client
+                    .query(sql, &[&run])
+                    .expect("read")
+                    .iter()
+                    .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+                    .collect()
             }
         }
     }
@@ -370,6 +402,128 @@ fn many_events_span_chunks(store: &Store) {
         _ => None,
     });
     assert_eq!(Some(cycle), recorded, "outcomes read back as appended");
+}
+
+/// A wide cycle's encodings packed while the run merges it (`converge_journal::packer`) are
+/// stored byte for byte as packing the whole batch at the commit stores them; a step whose
+/// batch handed encodings over is refused, writing nothing, without its packed groups or
+/// with another step's.
+fn packed_while_running(store: &Store) {
+    let mut journal = store.open();
+    let mut engine = Engine::new();
+    for index in 0..5000 {
+        engine.register(SeedAgent::new(format!("seed-{index}"), index));
+    }
+    let plain = run_id("plain");
+    let lease = journal
+        .create_run(&plain, &header(), &holder(), 0)
+        .expect("created");
+    let (_, outcome) = record_with(journal.as_mut(), &engine, &lease);
+    outcome.expect("recorded");
+
+    let id = run_id("packed");
+    let lease = journal
+        .create_run(&id, &header(), &holder(), 0)
+        .expect("created");
+    let (steps, groups) = packed_steps(&engine);
+    let handed: Vec<usize> = steps.iter().map(|(_, events)| events.handed()).collect();
+    assert!(
+        handed.iter().sum::<usize>() >= 8192,
+        "the cycle's encodings went to the packer: {handed:?}"
+    );
+    let pending: Vec<PendingStep> = steps
+        .iter()
+        .zip(&groups)
+        .map(|((input, events), packed)| {
+            PendingStep::new(input.clone(), events.clone()).with_packed(packed.clone())
+        })
+        .collect();
+    let (cycle, wide) = steps
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, (_, events))| events.handed())
+        .expect("steps");
+    // A narrower run's groups for its own wide step: fewer than this one's.
+    let mut narrower = Engine::new();
+    for index in 0..3000 {
+        narrower.register(SeedAgent::new(format!("seed-{index}"), index));
+    }
+    let (_, other) = packed_steps(&narrower);
+    let other = other
+        .into_iter()
+        .max_by_key(PackedEvents::events)
+        .expect("groups");
+    assert!(other.events() > 0 && other.events() < wide.1.handed());
+
+    // Without its packed groups, or with another step's, the wide step is refused.
+    let committed = |journal: &dyn Journal| journal.summary(&id).expect("summary").steps;
+    journal
+        .append_steps(&lease, 0, &pending[..cycle], AfterSteps::KeepLease)
+        .expect("the steps before the wide one");
+    let before = committed(journal.as_ref());
+    let unpacked = journal.append(&lease, cycle as u64, &wide.0, &wide.1);
+    assert!(
+        matches!(&unpacked, Err(JournalError::ChainMismatch { seq, .. }) if *seq == wide.1.first_seq()),
+        "{unpacked:?}"
+    );
+    let wrong = PendingStep::new(wide.0.clone(), wide.1.clone()).with_packed(other);
+    let refused = journal.append_steps(&lease, cycle as u64, &[wrong], AfterSteps::KeepLease);
+    assert!(
+        matches!(&refused, Err(JournalError::ChainMismatch { seq, .. }) if *seq > wide.1.first_seq()),
+        "{refused:?}"
+    );
+    assert_eq!(
+        committed(journal.as_ref()),
+        before,
+        "a refusal writes nothing"
+    );
+
+    journal
+        .append_steps(&lease, cycle as u64, &pending[cycle..], AfterSteps::Release)
+        .expect("the packed steps commit");
+    let (events, root) = intact(journal.as_ref(), &id);
+    assert_eq!((events, root), intact(journal.as_ref(), &plain));
+    let bodies = |id: &RunId| -> Vec<Vec<u8>> {
+        journal
+            .events(id, 0)
+            .expect("events read")
+            .into_iter()
+            .map(|event| event.body)
+            .collect()
+    };
+    assert_eq!(bodies(&id), bodies(&plain), "the same bytes stored");
+    let chunks = store.chunks("packed");
+    assert!(
+        chunks.len() >= 3,
+        "the wide cycle spans chunks: {}",
+        chunks.len()
+    );
+    assert!(
+        chunks == store.chunks("plain"),
+        "the same chunks stored, compressed to the same bytes"
+    );
+}
+
+/// Drives `engine` with its encodings handed to a packer, taking each step's packed groups.
+fn packed_steps(engine: &Engine) -> (Vec<(StepInput, EventBatch)>, Vec<PackedEvents>) {
+    let mut run = engine.start(Context::new()).expect("valid agents");
+    let (sink, mut packed) = converge_journal::packer();
+    run.hand_encoded_events_to(Box::new(sink));
+    let mut steps = vec![(StepInput::Start { header: header() }, run.take_events())];
+    drive(&mut run, &mut |input, events| {
+        steps.push((input, events));
+        Ok(())
+    })
+    .expect("driven");
+    let groups = steps
+        .iter()
+        .map(|(_, events)| {
+            let groups = packed.take(events).expect("packed");
+            assert_eq!(groups.events(), events.handed());
+            groups
+        })
+        .collect();
+    (steps, groups)
 }
 
 fn refusals_write_nothing(store: &Store) {
@@ -1655,6 +1809,7 @@ type Case = (&'static str, fn(&Store));
 const CASES: &[Case] = &[
     ("round_trip", round_trip),
     ("many_events_span_chunks", many_events_span_chunks),
+    ("packed_while_running", packed_while_running),
     ("refusals_write_nothing", refusals_write_nothing),
     (
         "a_stopped_run_takes_only_a_retry",

@@ -556,18 +556,7 @@ impl Runtime {
         let mut run = self.engine.resume_run(result, Vec::new())?;
         run.keep_encoded_events();
         let mut observer = Deliver(&mut self.observers);
-        let mut live = Live {
-            journal,
-            lease: lease.clone(),
-            next_step,
-            observer: &mut observer,
-            open: None,
-            clock: &*self.clock,
-            renewed_ms: self.clock.now_ms(),
-            stop_committed: false,
-            pure: &NO_AGENTS,
-            pending: Vec::new(),
-        };
+        let mut live = Live::new(journal, lease, next_step, &mut observer, &*self.clock);
         live.commit(StepInput::decisions(&[]), &mut run)?;
         let halt = HaltRecord::cancelled(&Cancellation::new(by, reason));
         live.halt(&halt, &mut run)?;
@@ -645,9 +634,6 @@ struct Parts<'r> {
     clock: &'r dyn Clock,
     pure: &'r BTreeSet<AgentId>,
 }
-
-/// No agent: what a commit that executes nothing holds back nothing for.
-static NO_AGENTS: BTreeSet<AgentId> = BTreeSet::new();
 
 /// Whether a drive's last commit gave its lease up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -728,19 +714,7 @@ fn commit_alone<J: Journal>(
 ) -> Result<(), DurableError> {
     run.keep_encoded_events();
     let mut observer = Deliver(observers);
-    let mut live = Live {
-        journal,
-        lease: lease.clone(),
-        next_step,
-        observer: &mut observer,
-        open: None,
-        clock,
-        renewed_ms: clock.now_ms(),
-        stop_committed: false,
-        pure: &NO_AGENTS,
-        pending: Vec::new(),
-    };
-    live.commit(input, &mut run)
+    Live::new(journal, lease, next_step, &mut observer, clock).commit(input, &mut run)
 }
 
 /// Drives `run` from journal step `next_step` under `lease`, committing `first` (a start or
@@ -761,20 +735,12 @@ async fn drive_leased<J: Journal>(
         clock,
         pure,
     } = parts;
-    // The journal stores the bytes the core hashed; keeping them spares encoding twice.
-    run.keep_encoded_events();
-    let mut live = Live {
-        journal,
-        lease: lease.clone(),
-        next_step,
-        observer: &mut observer,
-        open,
-        clock,
-        renewed_ms: clock.now_ms(),
-        stop_committed: false,
-        pure,
-        pending: Vec::new(),
-    };
+    let mut live = Live::new(journal, lease, next_step, &mut observer, clock);
+    live.open = open;
+    live.pure = pure;
+    // The journal stores the bytes the core hashed, packed as the run goes on: keeping them
+    // spares encoding twice, and packing them then spares the commit most of its work.
+    live.pack_while_running(&mut run);
     match first {
         // A start executed nothing: it waits for the first step that may not.
         Some(start @ StepInput::Start { .. }) => live.take(start, &mut run, Commit::Deferred)?,

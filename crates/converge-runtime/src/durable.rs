@@ -25,8 +25,8 @@ use crate::clock::Clock;
 use crate::driver::{Executor, Progress, drain};
 use crate::observations::{self, RecordedObservation};
 use converge_journal::{
-    AfterSteps, Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, PendingStep,
-    PreparedInput, RecordedRun, RecordedStep, RunId, RunSummary,
+    AfterSteps, Journal, JournalError, LEASE_RENEW_MS, Lease, OpenCycle, Packed, PackedEvents,
+    PendingStep, PreparedInput, RecordedRun, RecordedStep, RunId, RunSummary,
 };
 use converge_journal::{JobRecord, OutcomeRecord, RecordError, RunHeader, StepInput};
 use std::collections::BTreeSet;
@@ -481,6 +481,45 @@ pub(crate) struct Live<'a, J: Journal> {
     pub(crate) pure: &'a BTreeSet<AgentId>,
     /// Steps taken and not committed yet, in order: they end at `next_step`.
     pub(crate) pending: Vec<PendingStep>,
+    /// Where the run's encodings are packed while it goes on, when they are.
+    pub(crate) packed: Option<Packed>,
+}
+
+/// The agents of a run driven for one commit, which executes none.
+static NO_AGENTS: BTreeSet<AgentId> = BTreeSet::new();
+
+impl<'a, J: Journal> Live<'a, J> {
+    /// Drives a run from step `next_step` under `lease`: no cycle open, every agent
+    /// treated as acting outside the run, nothing held back, encodings kept by the run.
+    pub(crate) fn new(
+        journal: &'a mut J,
+        lease: &Lease,
+        next_step: u64,
+        observer: &'a mut dyn ActivityObserver,
+        clock: &'a dyn Clock,
+    ) -> Live<'a, J> {
+        Live {
+            journal,
+            lease: lease.clone(),
+            next_step,
+            observer,
+            open: None,
+            clock,
+            renewed_ms: clock.now_ms(),
+            stop_committed: false,
+            pure: &NO_AGENTS,
+            pending: Vec::new(),
+            packed: None,
+        }
+    }
+
+    /// Hands the run's encodings to a packer while it goes on, so a wide cycle's are
+    /// compressed on another core as the core merges it ([`converge_journal::packer`]).
+    pub(crate) fn pack_while_running(&mut self, run: &mut Run<'_>) {
+        let (sink, packed) = converge_journal::packer();
+        run.hand_encoded_events_to(Box::new(sink));
+        self.packed = Some(packed);
+    }
 }
 
 impl<J: Journal> Live<'_, J> {
@@ -518,8 +557,18 @@ impl<J: Journal> Live<'_, J> {
         step: impl FnOnce(EventBatch) -> PendingStep,
     ) -> Result<(), DurableError> {
         let events = run.take_events();
+        let packed = match &mut self.packed {
+            Some(packed) => packed.take(&events).map_err(|detail| {
+                DurableError::Journal(JournalError::ChainMismatch {
+                    run: self.lease.run().clone(),
+                    seq: events.first_seq(),
+                    detail,
+                })
+            })?,
+            None => PackedEvents::default(),
+        };
         self.stop_committed |= events.records().iter().any(stops);
-        self.pending.push(step(events));
+        self.pending.push(step(events).with_packed(packed));
         self.next_step += 1;
         if when == Commit::Now || self.pending.len() >= PENDING_STEPS_MAX {
             self.flush(AfterSteps::KeepLease)?;

@@ -10,6 +10,7 @@ fn forge(records: Vec<EventRecord>, bytes: Vec<u8>, ends: Vec<usize>) -> EventBa
         previous: Digest::zero(),
         first_seq: 0,
         records,
+        handed: 0,
         bytes,
         ends,
     }
