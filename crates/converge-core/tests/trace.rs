@@ -66,10 +66,23 @@ fn the_trace_is_identical_across_runs() {
     assert_eq!(quickstart_trace(), quickstart_trace());
 }
 
+/// Executes every agent of `batch` in turn and submits their outcomes.
+fn execute(run: &mut converge_core::Run<'_>, batch: &converge_core::Batch) {
+    let outcomes: Vec<_> = batch
+        .agents()
+        .iter()
+        .map(|&agent| {
+            let outcome = converge_core::execute_isolated(run.agent(agent), run.context());
+            (agent, outcome)
+        })
+        .collect();
+    run.submit(outcomes).unwrap();
+}
+
 /// Drives the Quick Start by hand, taking events in batches (kept encodings or not, mixed
 /// with single polls), and returns every record with the bytes it was taken with.
 fn taken(keep: bool) -> (Vec<(EventRecord, Vec<u8>)>, converge_core::Digest) {
-    use converge_core::{Digest, Step, execute_isolated};
+    use converge_core::{Digest, Step};
     let mut engine = Engine::new();
     engine.register(SeedAgent::new("seed-1", "initial data"));
     engine.register(ReactOnceAgent::new("hyp-1", "derived insight"));
@@ -103,12 +116,7 @@ fn taken(keep: bool) -> (Vec<(EventRecord, Vec<u8>)>, converge_core::Digest) {
     };
     take(&mut run, &mut taken);
     while let Step::Execute(batch) = run.next_step() {
-        let outcomes: Vec<_> = batch
-            .agents()
-            .iter()
-            .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
-            .collect();
-        run.submit(outcomes).unwrap();
+        execute(&mut run, &batch);
         // One event taken on its own, the rest as a batch.
         let single = run.poll_event().unwrap();
         let bytes = EventRecord::encode(&single.event);
@@ -162,7 +170,7 @@ impl converge_core::EncodingSink for Limited {
 /// encoding as taken (from the groups, then the batch), each batch's handed count, and the
 /// root hash.
 fn handed(agents: usize, limits: Option<(usize, usize)>) -> (Vec<Vec<u8>>, Vec<usize>, String) {
-    use converge_core::{Step, execute_isolated};
+    use converge_core::Step;
     let mut engine = Engine::new();
     for seed in 0..agents {
         engine.register(SeedAgent::new(format!("seed-{seed}"), "x".repeat(seed % 7)));
@@ -207,12 +215,7 @@ fn handed(agents: usize, limits: Option<(usize, usize)>) -> (Vec<Vec<u8>>, Vec<u
     };
     while let Step::Execute(batch) = run.next_step() {
         take(&mut run);
-        let outcomes: Vec<_> = batch
-            .agents()
-            .iter()
-            .map(|&agent| (agent, execute_isolated(run.agent(agent), run.context())))
-            .collect();
-        run.submit(outcomes).unwrap();
+        execute(&mut run, &batch);
     }
     take(&mut run);
     let root = run.finish().ok().unwrap().root_hash.to_string();

@@ -12,7 +12,8 @@
 //! over; what is stored is byte for byte what packing the whole batch at the commit stores.
 //!
 //! Groups in flight are bounded ([`GROUPS_IN_FLIGHT_MAX`]): a run that emits faster than
-//! the thread packs waits for it. The thread starts with the first full group, so a run
+//! the thread packs waits for it. Packed groups wait for their step to be taken; they are
+//! that step's chunks, which its commit holds in memory anyway. The thread starts with the first full group, so a run
 //! whose steps are all small never starts one, and it ends when the run drops the sink. A
 //! thread the system refuses to start is not an error: groups are then packed as they are
 //! handed over.
