@@ -278,7 +278,7 @@ impl Runtime {
     /// is written.
     ///
     /// The run's lease is taken first: a run another live process drives is refused at once
-    /// ([`JournalError::Leased`]) and nothing executes.
+    /// ([`JournalError::Leased`](converge_journal::JournalError::Leased)) and nothing executes.
     pub async fn resume_durable<J: Journal>(
         &mut self,
         journal: &mut J,
@@ -297,7 +297,7 @@ impl Runtime {
     /// cost a transaction for nothing.
     ///
     /// A `recorded` read before the claim may be stale: the first commit then finds the
-    /// run's steps moved on and refuses it ([`JournalError::OutOfOrder`]), writing nothing.
+    /// run's steps moved on and refuses it ([`JournalError::OutOfOrder`](converge_journal::JournalError::OutOfOrder)), writing nothing.
     pub async fn resume_claimed<J: Journal>(
         &mut self,
         journal: &mut J,

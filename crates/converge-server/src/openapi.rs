@@ -2,7 +2,7 @@
 //! `/openapi.json`.
 //!
 //! Each operation's annotation in `api/` lists its success answer and the errors only it
-//! can give; [`Errors`] adds those every `/v1` operation can give (a query, path or header
+//! can give; `Errors` adds those every `/v1` operation can give (a query, path or header
 //! that does not parse, no token, a run that is not the tenant's, a body over the limit, an
 //! internal error), so no status the server sends is missing from the document. The
 //! operations routes (`/`, `/healthz`, `/metrics`, `/openapi.json`) are deliberately left

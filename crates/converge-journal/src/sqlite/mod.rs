@@ -28,7 +28,7 @@ use schema::storage;
 ///
 /// [`SqliteJournal::open`] creates the file if it does not exist, or opens an existing
 /// journal after checking, without writing, that it is one and that its schema is not newer
-/// than this build's. Every [`Journal::append`] is one `IMMEDIATE` transaction committed with
+/// than this build's. Every [`Journal::append`](crate::Journal::append) is one `IMMEDIATE` transaction committed with
 /// a full fsync of the write-ahead log.
 ///
 /// ```
