@@ -752,6 +752,7 @@ fn stop_code(result: &ConvergeResult) -> u8 {
 fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_stack_size(converge_runtime::DRIVER_STACK_BYTES)
         .enable_all()
         .build()
         .map_err(|error| CliError::Other(format!("cannot start the async runtime: {error}")))?;

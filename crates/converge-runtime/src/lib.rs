@@ -42,6 +42,6 @@ pub use driver::{DriverConfig, Runtime};
 pub use durable::{Divergence, DurableError, Inspection, RecordedRetry, ReplayReport};
 pub use observations::RecordedObservation;
 pub use worker::{
-    Build, Control, IDLE_LOOK, LISTENED_LOOK, RETRY_AFTER, Report, Reporter, Worker, WorkerConfig,
-    WorkerError,
+    Build, Control, DRIVER_STACK_BYTES, IDLE_LOOK, LISTENED_LOOK, RETRY_AFTER, Report, Reporter,
+    Worker, WorkerConfig, WorkerError,
 };

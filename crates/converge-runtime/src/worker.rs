@@ -74,6 +74,12 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// worker drains: how long a drained worker may take to end when it is idle.
 const NEWS_TURN: Duration = Duration::from_millis(200);
 
+/// The stack a thread that drives runs is given (each worker slot's, and the command line's
+/// runtime threads): room for a job's expression evaluations on the thread's own stack,
+/// beside the drive, so that none maps a segment of its own. Reserved, not touched: only the
+/// pages a thread uses are ever backed.
+pub const DRIVER_STACK_BYTES: usize = 2 * crate::spec::EVAL_STACK_BYTES;
+
 /// Rebuilds the runtime of a claimed run from its journal header (the spec it keeps); the
 /// error is a sentence for people.
 pub type Build = Arc<dyn Fn(&RunHeader, &RunId) -> Result<Runtime, String> + Send + Sync>;
@@ -288,6 +294,7 @@ impl Worker {
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("converge-worker-{index}"))
+                .stack_size(DRIVER_STACK_BYTES)
                 .spawn(move || slot.run());
             match spawned {
                 Ok(handle) => slots.push(handle),

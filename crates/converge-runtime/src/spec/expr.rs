@@ -6,8 +6,8 @@
 //! by its cost limit (see `cost.rs`), which ends it with [`ExpressionError::TooCostly`]
 //! instead of letting nested comprehensions run for hours. The CEL crate's
 //! parser and evaluator recurse deeply (tens of kilobytes of stack per level in debug
-//! builds), so both run on a stack segment of their own rather than the caller's, and a panic
-//! inside them becomes an error. This module does not decide what a result means.
+//! builds), so both run with a bounded stack of their own (the caller's when it has that much
+//! left, else a fresh segment), and a panic inside them becomes an error. This module does not decide what a result means.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -33,7 +33,7 @@ const PARSE_NESTING_MAX: u16 = 32;
 const PARSE_STACK_BYTES: usize = 64 << 20;
 
 /// Stack given to one evaluation; an expression of [`EXPRESSION_DEPTH_MAX`] needs far less.
-const EVAL_STACK_BYTES: usize = 16 << 20;
+pub(crate) const EVAL_STACK_BYTES: usize = 16 << 20;
 
 /// The CEL environment shared by every expression of a spec: the standard library only, and
 /// the cost limit of each evaluation.
@@ -295,10 +295,15 @@ fn cel_value(value: &Value) -> cel::Value {
     }
 }
 
-/// Runs `work` on a fresh stack segment, turning a panic into an error.
+/// Runs `work` with at least `stack_bytes` of stack, turning a panic into an error: on the
+/// caller's stack when that much of it is left (a worker's slot threads have room for an
+/// evaluation), else on a fresh segment of that size. Mapping a segment for every
+/// evaluation cost a run's driver more than the evaluations did.
 fn guarded<T>(stack_bytes: usize, work: impl FnOnce() -> T) -> Result<T, String> {
-    stacker::grow(stack_bytes, || catch_unwind(AssertUnwindSafe(work)))
-        .map_err(|_| "the expression engine failed unexpectedly".to_owned())
+    stacker::maybe_grow(stack_bytes, stack_bytes, || {
+        catch_unwind(AssertUnwindSafe(work))
+    })
+    .map_err(|_| "the expression engine failed unexpectedly".to_owned())
 }
 
 fn describe_parse_errors(errors: &cel::ParseErrors) -> String {
@@ -391,6 +396,41 @@ mod tests {
         expression
             .holds(&bindings, &[])
             .map_err(|error| error.to_string())
+    }
+
+    /// Where `guarded` ran its work, on a thread of `thread_stack` bytes: how far the work's
+    /// stack was from the caller's, and how much stack it had left.
+    fn guarded_on(thread_stack: usize) -> (usize, usize) {
+        std::thread::Builder::new()
+            .stack_size(thread_stack)
+            .spawn(|| {
+                let caller = 0u8;
+                let caller_at = std::ptr::addr_of!(caller) as usize;
+                guarded(EVAL_STACK_BYTES, || {
+                    let inside = 0u8;
+                    let inside_at = std::ptr::addr_of!(inside) as usize;
+                    (
+                        caller_at.abs_diff(inside_at),
+                        stacker::remaining_stack().unwrap_or(0),
+                    )
+                })
+                .unwrap()
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_evaluation_runs_in_place_where_the_stack_has_room_and_on_a_segment_otherwise() {
+        // A driver's thread has room: no segment is mapped for the evaluation.
+        let (distance, left) = guarded_on(crate::DRIVER_STACK_BYTES);
+        assert!(distance < 1 << 20, "ran {distance} bytes away from its caller");
+        assert!(left >= EVAL_STACK_BYTES - (1 << 20), "{left} bytes of stack left");
+        // A small thread's evaluation still gets its whole stack, on a segment of its own.
+        let (distance, left) = guarded_on(1 << 20);
+        assert!(distance >= 1 << 20, "ran only {distance} bytes away from its caller");
+        assert!(left >= EVAL_STACK_BYTES - (1 << 20), "{left} bytes of stack left");
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub use command::{
 pub(crate) use cost::with_deadline;
 pub use cost::{EXPRESSION_COST_DEFAULT, EXPRESSION_COST_MAX};
 pub use error::{Problem, SpecError};
+pub(crate) use expr::EVAL_STACK_BYTES;
 pub use expr::{EXPRESSION_BYTES_MAX, EXPRESSION_DEPTH_MAX};
 pub use llm::{
     LLM_ERROR_KINDS, LlmAgentSpec, LlmPrompt, LlmRetry, StructuredOutput, check_base_url,
