@@ -425,12 +425,24 @@ mod tests {
     fn an_evaluation_runs_in_place_where_the_stack_has_room_and_on_a_segment_otherwise() {
         // A driver's thread has room: no segment is mapped for the evaluation.
         let (distance, left) = guarded_on(crate::DRIVER_STACK_BYTES);
-        assert!(distance < 1 << 20, "ran {distance} bytes away from its caller");
-        assert!(left >= EVAL_STACK_BYTES - (1 << 20), "{left} bytes of stack left");
+        assert!(
+            distance < 1 << 20,
+            "ran {distance} bytes away from its caller"
+        );
+        assert!(
+            left >= EVAL_STACK_BYTES - (1 << 20),
+            "{left} bytes of stack left"
+        );
         // A small thread's evaluation still gets its whole stack, on a segment of its own.
         let (distance, left) = guarded_on(1 << 20);
-        assert!(distance >= 1 << 20, "ran only {distance} bytes away from its caller");
-        assert!(left >= EVAL_STACK_BYTES - (1 << 20), "{left} bytes of stack left");
+        assert!(
+            distance >= 1 << 20,
+            "ran only {distance} bytes away from its caller"
+        );
+        assert!(
+            left >= EVAL_STACK_BYTES - (1 << 20),
+            "{left} bytes of stack left"
+        );
     }
 
     #[test]
