@@ -1741,10 +1741,10 @@ fn chunks(events: &EventBatch, packed: &PackedEvents) -> Result<Vec<Chunk>, (u64
                 "its encoding was not among the packed groups given with the step".to_owned(),
             ));
         }
-        let hashes = records[next..next + group.count]
-            .iter()
-            .flat_map(|record| record.hash.as_bytes().iter().copied())
-            .collect();
+        let mut hashes = Vec::with_capacity(group.count * 32);
+        for record in &records[next..next + group.count] {
+            hashes.extend_from_slice(record.hash.as_bytes());
+        }
         chunks.push(Chunk {
             first_seq,
             count: group.count,
